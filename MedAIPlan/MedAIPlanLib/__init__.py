@@ -1,0 +1,1 @@
+"""MedAIPlan algorithms (Qt- and Slicer-free) and the module's Logic."""

@@ -1,0 +1,1 @@
+"""MedAIRegister algorithms (Qt- and Slicer-free) and the module's Logic."""

@@ -1,0 +1,1 @@
+"""MedAISeg algorithms (Qt- and Slicer-free) and the module's Logic."""
