@@ -22,7 +22,7 @@ from .phantoms import STRUCTURE_COLORS, STRUCTURES, make_ct_phantom
 from .progress import Progress
 from .report import Report
 
-DEMO_STEPS = ("MedAISegLib.demo", "MedAIRegisterLib.demo", "MedAIPlanLib.demo")
+DEMO_STEPS = ("MedAISegLib.demo", "MedAIRegisterLib.demo", "MedAIPlanLib.demo", "MedAIPlanLib.evaluation_demo")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import slicer
 import vtk
 
@@ -38,8 +39,15 @@ class SegmentInfo:
     terminology: str | None = None
 
     def color_or_default(self) -> tuple[float, float, float]:
-        """The segment's colour, or a distinct default chosen from its label value."""
-        return self.color or DEFAULT_COLORS[(self.label - 1) % len(DEFAULT_COLORS)]
+        """The segment's colour, or a distinct default chosen from its label value.
+
+        Slicer reserves exactly (0.5, 0.5, 0.5) to mean "no colour" and replaces it with a
+        generated one, so that grey is nudged imperceptibly to be kept.
+        """
+        color = tuple(self.color) if self.color else DEFAULT_COLORS[(self.label - 1) % len(DEFAULT_COLORS)]
+        if all(abs(c - 0.5) < 1e-9 for c in color):
+            color = (0.501, 0.501, 0.501)
+        return color
 
 
 def require_segmentation(node, role: str = "segmentation") -> None:
@@ -108,7 +116,7 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
     for order, info in enumerate(infos, start=1):
         relabeled[array == order] = info.label
     if reference is not None:
-        relabeled = resample_array(relabeled, geometry, reference, interpolator=3)  # nearest
+        relabeled = resample_array(relabeled, geometry, reference, interpolator=sitk.sitkNearestNeighbor)
         geometry = reference
     return relabeled, geometry, infos
 
@@ -169,7 +177,7 @@ def reference_geometry(node) -> Geometry | None:
     text = node.GetSegmentation().GetConversionParameter("Reference image geometry")
     if not text:
         return None
-    values = [float(v) for v in text.split(";")]
+    values = [float(v) for v in text.split(";") if v.strip()]
     matrix = np.array(values[:16]).reshape(4, 4)
     extent = [int(v) for v in values[16:22]]
     shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)

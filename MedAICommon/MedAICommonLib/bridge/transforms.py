@@ -23,39 +23,24 @@ from .nodes import matrix_from_vtk, vtk_matrix_from_array
 
 
 def sitk_to_matrix(transform: sitk.Transform) -> np.ndarray:
-    """4x4 LPS matrix of a linear SimpleITK transform (maps fixed -> moving points)."""
-    transform = _flatten(transform)
-    dim = transform.GetDimension()
-    if dim != 3:
-        raise BridgeError(f"Expected a 3D transform, got {dim}D")
+    """4x4 LPS matrix of a linear SimpleITK transform (maps fixed -> moving points).
+
+    Works for any linear transform (Euler, versor, similarity, affine, translation, scale,
+    composites of them) by probing it at the origin and the unit axes, which is exact for
+    affine maps.
+    """
+    if transform.GetDimension() != 3:
+        raise BridgeError(f"Expected a 3D transform, got {transform.GetDimension()}D")
     if not transform.IsLinear():
         raise BridgeError(f"{transform.GetName()} is not linear; use a grid/B-spline transform node instead")
-    affine = sitk.AffineTransform(3)
-    if transform.GetName() != "IdentityTransform":
-        # Every linear ITK transform has matrix + translation + centre; AffineTransform copies them.
-        affine.SetMatrix(transform.GetMatrix() if hasattr(transform, "GetMatrix") else np.eye(3).ravel())
-        affine.SetTranslation(transform.GetTranslation() if hasattr(transform, "GetTranslation") else (0, 0, 0))
-        if hasattr(transform, "GetCenter"):
-            affine.SetCenter(transform.GetCenter())
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
     matrix = np.eye(4)
-    a = np.array(affine.GetMatrix()).reshape(3, 3)
-    c = np.array(affine.GetCenter())
-    t = np.array(affine.GetTranslation())
-    matrix[:3, :3] = a
-    matrix[:3, 3] = t + c - a @ c
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        matrix[:3, axis] = np.array(transform.TransformPoint(tuple(unit))) - origin
+    matrix[:3, 3] = origin
     return matrix
-
-
-def _flatten(transform: sitk.Transform) -> sitk.Transform:
-    """Reduce a composite of linear transforms to one affine transform; downcast otherwise."""
-    if transform.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        matrix = np.eye(4)
-        # ITK applies the last-added transform first.
-        for index in range(composite.GetNumberOfTransforms()):
-            matrix = matrix @ sitk_to_matrix(composite.GetNthTransform(index))
-        return matrix_to_sitk(matrix)
-    return transform.Downcast() if hasattr(transform, "Downcast") else transform
 
 
 def matrix_to_sitk(matrix_lps: np.ndarray) -> sitk.AffineTransform:
