@@ -1,0 +1,24 @@
+"""MedAICommon: hidden Slicer module that carries MedAI's shared code.
+
+Slicer puts every scripted module's folder on ``sys.path``; this hidden module's folder holds
+``MedAICommonLib`` (geometry conventions, MRML bridge, headless runtime, reports, ``medai``
+CLI), which MedAISeg, MedAIRegister and MedAIPlan import. It has no panel of its own.
+"""
+
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+
+class MedAICommon(ScriptedLoadableModule):
+    """Hidden module: makes MedAICommonLib importable by the other MedAI modules."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAI Common")
+        self.parent.categories = [_("MedAI")]
+        self.parent.dependencies = []
+        self.parent.hidden = True
+        self.parent.contributors = ["MedAI contributors"]
+        self.parent.helpText = _("Shared code of the MedAI extension (MRML bridge, headless runtime, reports).")
+        self.parent.acknowledgementText = _(
+            "MedAI builds on 3D Slicer, MONAI, SimpleITK, VTK, pydicom and PyTorch.")

@@ -1,0 +1,63 @@
+"""Rewrite the script and resource lists in each module's CMakeLists.txt from the files on disk.
+
+slicerMacroBuildScriptedModule installs only what is listed, so every Python file of a module
+and its Lib package, and every resource, must be named. Run after adding or removing files;
+``Testing/Python/test_extension_layout.py`` fails when the lists are stale.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
+RESOURCE_SUFFIXES = (".png", ".ui", ".json", ".csv", ".txt", ".hlut")
+
+
+def module_scripts(module: str) -> list[str]:
+    """Python files of the module (its main file and its Lib package), relative to its folder."""
+    folder = REPO / module
+    files = [f"{module}.py"] + [p.relative_to(folder).as_posix() for p in sorted((folder / f"{module}Lib").rglob("*.py"))]
+    return [f for f in files if "__pycache__" not in f]
+
+
+def module_resources(module: str) -> list[str]:
+    """Resource files of the module (icons, UI, catalogues, requirements)."""
+    folder = REPO / module / "Resources"
+    if not folder.exists():
+        return []
+    return [p.relative_to(REPO / module).as_posix() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in RESOURCE_SUFFIXES]
+
+
+def render_list(name: str, items: list[str]) -> str:
+    return f"set({name}\n" + "".join(f"  {item}\n" for item in items) + "  )"
+
+
+def updated_cmake(module: str, text: str) -> str:
+    text = re.sub(r"set\(MODULE_PYTHON_SCRIPTS\n.*?\n  \)", render_list("MODULE_PYTHON_SCRIPTS", module_scripts(module)),
+                  text, flags=re.S)
+    return re.sub(r"set\(MODULE_PYTHON_RESOURCES\n.*?\n  \)",
+                  render_list("MODULE_PYTHON_RESOURCES", module_resources(module)), text, flags=re.S)
+
+
+def main(check: bool = False) -> int:
+    stale = []
+    for module in MODULES:
+        path = REPO / module / "CMakeLists.txt"
+        text = path.read_text()
+        new = updated_cmake(module, text)
+        if new != text:
+            stale.append(module)
+            if not check:
+                path.write_text(new)
+    if check and stale:
+        print(f"stale CMake lists: {stale}; run python Utilities/update_cmake_sources.py")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(check="--check" in sys.argv))
