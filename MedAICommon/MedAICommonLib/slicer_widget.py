@@ -1,0 +1,126 @@
+"""Base for MedAI module widgets in Slicer: parameter node binding, progress bar, Cancel, errors.
+
+Follows Slicer's scripted-module template (``parameterNodeWrapper`` + ``connectGui``); the
+module widgets only add their buttons and call their Logic through :meth:`run_logic`.
+Only imported inside the Slicer application.
+"""
+
+from __future__ import annotations
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from .progress import CancelledError, Progress
+from .slicer_app import progress_to_status_bar
+
+
+class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Common widget behaviour; subclasses set ``UI_FILE``, ``make_logic`` and ``connect_buttons``."""
+
+    UI_FILE = ""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._progress: Progress | None = None
+
+    # --- template lifecycle -----------------------------------------------------------
+    def setup(self) -> None:
+        """Load the .ui, create the Logic, observe scene closing, bind the parameter node."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(self.UI_FILE))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.make_logic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.cancelButton.enabled = False
+        self.connect_buttons()
+        self.initializeParameterNode()
+
+    def make_logic(self):
+        """Return the module's Logic (override)."""
+        raise NotImplementedError
+
+    def connect_buttons(self) -> None:
+        """Connect the module's action buttons (override)."""
+
+    def cleanup(self) -> None:
+        """Remove observers when the module is unloaded."""
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Bind the parameter node when the module is shown."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Unbind the GUI from the parameter node when another module is shown."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Bind the module's parameter node, choosing default inputs from the scene."""
+        self.setParameterNode(self.logic.getParameterNode())
+        self.choose_default_inputs(self._parameterNode)
+
+    def choose_default_inputs(self, parameterNode) -> None:
+        """Fill empty inputs with the first suitable nodes (override)."""
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Connect the GUI to a parameter node (or disconnect with None)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        """Enable action buttons whose inputs are set (override)."""
+
+    # --- running ---------------------------------------------------------------------
+    def run_logic(self, title: str, function, *args, **kwargs):
+        """Run a Logic call with progress, Cancel and an error dialog; returns its result or None."""
+        self._progress = Progress(progress_to_status_bar(self.ui.progressBar))
+        self.ui.cancelButton.enabled = True
+        self.ui.statusLabel.text = _("{title}...").format(title=title)
+        result = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title), waitCursor=True):
+                try:
+                    result = function(*args, progress=self._progress, **kwargs)
+                    self.ui.statusLabel.text = _("{title}: done.").format(title=title)
+                except CancelledError:
+                    self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
+        finally:
+            self.ui.cancelButton.enabled = False
+            self.ui.progressBar.setValue(0)
+            self._progress = None
+        return result
+
+    def onCancel(self) -> None:
+        """Ask the running computation to stop at its next progress step."""
+        if self._progress is not None:
+            self._progress.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            qt.QApplication.processEvents()

@@ -1,0 +1,203 @@
+"""MedAIPlan: photon dose estimation and plan optimisation, DVH, gamma, isodose, DICOM-RT.
+
+Module, Widget, Logic and Test as in Slicer's scripted-module template. The computing Logic is
+``MedAIPlanLib.logic.MedAIPlanLogic`` (dose engine, optimisation) and
+``MedAIPlanLib.evaluation_logic.PlanEvaluationLogic`` (DVH, gamma, isodose, DICOM-RT), both
+Qt-free with the scene passed in. Dose volumes are marked the way SlicerRT marks them, so
+SlicerRT's DVH, isodose and dose-comparison modules accept them too.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
+
+from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.logic import MedAIPlanLogic as MedAIPlanCoreLogic
+
+
+class MedAIPlan(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAI Planning")
+        self.parent.categories = [_("MedAI"), _("Radiotherapy")]
+        self.parent.dependencies = ["MedAICommon"]
+        self.parent.contributors = ["MedAI contributors"]
+        self.parent.helpText = _(
+            "Estimate the dose of an external-beam photon plan from a CT and a segmentation: HU to electron "
+            "density, pencil-beam dose with matRad base data, fluence optimisation against target and organ "
+            "objectives. Check plans with DVHs and dose metrics, gamma comparison and isodose surfaces, and "
+            "exchange them as DICOM RTDOSE / RTSTRUCT / RTPLAN. Dose estimates are for research, not for "
+            "clinical treatment.")
+        self.parent.acknowledgementText = _(
+            "The pencil-beam physics and base data follow matRad (BSD-3, DKFZ); RT conventions follow SlicerRT.")
+
+
+@parameterNodeWrapper
+class MedAIPlanParameterNode:
+    """Panel state, saved with the scene (the plan's parameters travel with it)."""
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    structures: vtkMRMLSegmentationNode
+    targetSegment: str = ""
+    prescriptionGy: Annotated[float, WithinRange(0.0, 200.0)] = 60.0
+    fractions: Annotated[int, WithinRange(1, 100)] = 30
+    gantryAngles: str = "0,51,102,153,204,255,306"
+    bixelWidthMm: Annotated[float, WithinRange(1.0, 20.0)] = 5.0
+    doseGridMm: Annotated[float, WithinRange(1.0, 10.0)] = 3.0
+    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    outputDose: vtkMRMLScalarVolumeNode
+    doseVolume: vtkMRMLScalarVolumeNode
+    dvhMetricsTable: vtkMRMLTableNode
+    isodoseLevels: str = "50,80,95,100,107"
+    referenceDose: vtkMRMLScalarVolumeNode
+    evaluatedDose: vtkMRMLScalarVolumeNode
+    dosePercent: Annotated[float, WithinRange(0.1, 20.0)] = 3.0
+    dtaMm: Annotated[float, WithinRange(0.1, 20.0)] = 3.0
+    thresholdPercent: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
+    localGamma: bool = False
+    gammaVolume: vtkMRMLScalarVolumeNode
+    rtImportPath: Path
+    rtExportFolder: Path
+    deidentify: bool = False
+
+
+def _numbers(text: str) -> list[float]:
+    """Comma-separated numbers from a text field, with a clear error."""
+    try:
+        return [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+    except ValueError as error:
+        raise ValueError(f"Expected comma-separated numbers, got {text!r}") from error
+
+
+class MedAIPlanWidget(MedAIWidgetBase):
+    """Binds the panel to the parameter node and calls the Logic."""
+
+    UI_FILE = "UI/MedAIPlan.ui"
+
+    def make_logic(self):
+        return MedAIPlanLogic()
+
+    def connect_buttons(self) -> None:
+        self.ui.planButton.connect("clicked(bool)", self.onPlan)
+        self.ui.dvhButton.connect("clicked(bool)", self.onDVH)
+        self.ui.isodoseButton.connect("clicked(bool)", self.onIsodose)
+        self.ui.gammaButton.connect("clicked(bool)", self.onGamma)
+        self.ui.rtImportButton.connect("clicked(bool)", self.onRTImport)
+        self.ui.rtExportButton.connect("clicked(bool)", self.onRTExport)
+
+    def choose_default_inputs(self, p) -> None:
+        if not p.ctVolume:
+            p.ctVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not p.structures:
+            p.structures = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        self.ui.planButton.enabled = bool(p.ctVolume and p.structures and p.targetSegment)
+        self.ui.dvhButton.enabled = bool(p.doseVolume and p.structures)
+        self.ui.isodoseButton.enabled = bool(p.doseVolume)
+        self.ui.gammaButton.enabled = bool(p.referenceDose and p.evaluatedDose)
+        self.ui.rtImportButton.enabled = bool(str(p.rtImportPath or ""))
+        self.ui.rtExportButton.enabled = bool(str(p.rtExportFolder or "") and (p.doseVolume or p.structures))
+
+    def onPlan(self) -> None:
+        dose = self.run_logic(_("Planning"), self.logic.planFromParameters, self._parameterNode)
+        if dose is not None:
+            self._parameterNode.outputDose = dose
+            self._parameterNode.doseVolume = dose
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume, foreground=dose,
+                                             foregroundOpacity=0.5)
+
+    def onDVH(self) -> None:
+        table = self.run_logic(_("DVH"), self.logic.dvhFromParameters, self._parameterNode)
+        if table is not None:
+            self._parameterNode.dvhMetricsTable = table
+
+    def onIsodose(self) -> None:
+        self.run_logic(_("Isodose"), self.logic.isodoseFromParameters, self._parameterNode)
+
+    def onGamma(self) -> None:
+        gamma = self.run_logic(_("Gamma"), self.logic.gammaFromParameters, self._parameterNode)
+        if gamma is not None:
+            self._parameterNode.gammaVolume = gamma
+
+    def onRTImport(self) -> None:
+        self.run_logic(_("DICOM-RT import"), self.logic.rtImportFromParameters, self._parameterNode)
+
+    def onRTExport(self) -> None:
+        self.run_logic(_("DICOM-RT export"), self.logic.rtExportFromParameters, self._parameterNode)
+
+
+class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
+    """Slicer-side Logic: dose engine and evaluation Logic on ``slicer.mrmlScene`` plus the parameter node."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MedAIPlanCoreLogic.__init__(self, slicer.mrmlScene)
+        self.evaluation = PlanEvaluationLogic(slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return MedAIPlanParameterNode(super().getParameterNode())
+
+    def planFromParameters(self, p, progress=None):
+        """Beams, dose-influence matrix, fluence optimisation; returns the dose volume node (Gy)."""
+        return self.plan(p.ctVolume, p.structures, target=p.targetSegment, prescription_gy=p.prescriptionGy,
+                         fractions=p.fractions, gantry_angles=_numbers(p.gantryAngles),
+                         bixel_width_mm=p.bixelWidthMm, dose_grid_mm=p.doseGridMm, device=p.device,
+                         output_dose_node=p.outputDose, progress=progress)
+
+    def dvhFromParameters(self, p, progress=None):
+        """DVH tables, plot and metrics table; returns the metrics table node."""
+        return self.evaluation.compute_dvh(p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
+                                           metrics_table_node=p.dvhMetricsTable, progress=progress)
+
+    def isodoseFromParameters(self, p, progress=None):
+        """Isodose surfaces at percentages of the prescription; returns the model nodes."""
+        levels = [p.prescriptionGy * v / 100.0 for v in _numbers(p.isodoseLevels)]
+        return self.evaluation.isodose(p.doseVolume, levels, progress=progress)
+
+    def gammaFromParameters(self, p, progress=None):
+        """Gamma index volume of the evaluated dose against the reference; returns the gamma volume node."""
+        return self.evaluation.gamma(p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent, dta_mm=p.dtaMm,
+                                     threshold_percent=p.thresholdPercent, local=p.localGamma,
+                                     output_node=p.gammaVolume, progress=progress)
+
+    def rtImportFromParameters(self, p, progress=None):
+        """Import an RTDOSE/RTSTRUCT/RTPLAN file or folder; returns the created nodes."""
+        return self.evaluation.rt_import(str(p.rtImportPath), progress=progress)
+
+    def rtExportFromParameters(self, p, progress=None):
+        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder; returns the written paths."""
+        return self.evaluation.rt_export(str(p.rtExportFolder), dose_node=p.doseVolume, segmentation_node=p.structures,
+                                         reference_volume=p.ctVolume, deidentify=p.deidentify, progress=progress)
+
+
+class MedAIPlanTest(ScriptedLoadableModuleTest):
+    """Runs the same scenarios as the pytest suite (``MedAIPlanLib/*scenarios.py``) on Slicer's scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from MedAIPlanLib import evaluation_scenarios, scenarios
+
+        for module in (scenarios, evaluation_scenarios):
+            for name in sorted(n for n in dir(module) if n.startswith("scenario_")):
+                self.setUp()
+                self.delayDisplay(f"MedAIPlan: {name}")
+                getattr(module, name)(slicer.mrmlScene)
+        self.delayDisplay("MedAIPlan: all scenarios passed")

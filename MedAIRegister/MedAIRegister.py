@@ -1,0 +1,166 @@
+"""MedAIRegister: mutual-information, ICP and paired-landmark registration with quality metrics.
+
+Module, Widget, Logic and Test as in Slicer's scripted-module template. The computing Logic is
+``MedAIRegisterLib.logic.MedAIRegisterLogic`` (Qt-free, scene passed in); results are transform
+nodes that, as the moving node's parent, align it with the fixed node.
+"""
+
+from typing import Annotated
+
+import slicer
+from slicer import (
+    vtkMRMLDisplayableNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTransformNode,
+)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
+
+from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAIRegisterLib.logic import MedAIRegisterLogic as MedAIRegisterCoreLogic
+
+
+class MedAIRegister(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAI Registration")
+        self.parent.categories = [_("MedAI"), _("Registration")]
+        self.parent.dependencies = ["MedAICommon"]
+        self.parent.contributors = ["MedAI contributors"]
+        self.parent.helpText = _(
+            "Align volumes (rigid, similarity, affine, B-spline; Mattes mutual information for CT/MR/PET), "
+            "surfaces and point sets (ICP with multi-start) and paired landmarks (rigid, similarity, affine, "
+            "thin-plate spline). The result is a transform node: make it the moving node's parent to align it "
+            "with the fixed node. Segmentations and dose volumes follow through the same transform.")
+        self.parent.acknowledgementText = _("MedAI builds on 3D Slicer, SimpleITK, VTK, SciPy and PyTorch.")
+
+
+@parameterNodeWrapper
+class MedAIRegisterParameterNode:
+    """Panel state, saved with the scene."""
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    preset: Annotated[str, Choice(["ct-ct", "ct-mr-head", "mr-mr-brain", "pet-ct", "custom"])] = "ct-ct"
+    transformType: Annotated[str, Choice(["rigid", "similarity", "affine", "bspline"])] = "rigid"
+    metric: Annotated[str, Choice(["mattes", "meansquares", "correlation"])] = "mattes"
+    samplingPercentage: Annotated[float, WithinRange(0.1, 100.0)] = 10.0
+    fixedMask: vtkMRMLSegmentationNode
+    movingMask: vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(["cpu", "auto", "cuda"])] = "cpu"
+    outputTransform: vtkMRMLTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    fixedSurface: vtkMRMLDisplayableNode
+    movingSurface: vtkMRMLDisplayableNode
+    icpMode: Annotated[str, Choice(["point-to-plane", "point-to-point"])] = "point-to-plane"
+    icpTransform: Annotated[str, Choice(["rigid", "similarity", "affine"])] = "rigid"
+    icpTrimFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.1
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    landmarkMethod: Annotated[str, Choice(["rigid", "similarity", "affine", "tps"])] = "rigid"
+
+
+class MedAIRegisterWidget(MedAIWidgetBase):
+    """Binds the panel to the parameter node and calls the Logic."""
+
+    UI_FILE = "UI/MedAIRegister.ui"
+
+    def make_logic(self):
+        return MedAIRegisterLogic()
+
+    def connect_buttons(self) -> None:
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.icpButton.connect("clicked(bool)", self.onICP)
+        self.ui.landmarksButton.connect("clicked(bool)", self.onLandmarks)
+
+    def choose_default_inputs(self, p) -> None:
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        if not p.fixedVolume and volumes:
+            p.fixedVolume = volumes[0]
+        if not p.movingVolume and len(volumes) > 1:
+            p.movingVolume = volumes[1]
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        self.ui.registerButton.enabled = bool(p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
+        self.ui.icpButton.enabled = bool(p.fixedSurface and p.movingSurface)
+        self.ui.landmarksButton.enabled = bool(p.fixedLandmarks and p.movingLandmarks)
+
+    def _show_result(self, transform, moving) -> None:
+        if transform is not None:
+            self._parameterNode.outputTransform = transform
+            if moving is not None and moving.GetParentTransformNode() is None:
+                moving.SetAndObserveTransformNodeID(transform.GetID())
+
+    def onRegister(self) -> None:
+        transform = self.run_logic(_("Registration"), self.logic.registerFromParameters, self._parameterNode)
+        self._show_result(transform, None if self._parameterNode.outputVolume else self._parameterNode.movingVolume)
+        if self._parameterNode.outputVolume:
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.fixedVolume,
+                                             foreground=self._parameterNode.outputVolume, foregroundOpacity=0.5)
+
+    def onICP(self) -> None:
+        transform = self.run_logic(_("ICP"), self.logic.icpFromParameters, self._parameterNode)
+        self._show_result(transform, self._parameterNode.movingSurface)
+
+    def onLandmarks(self) -> None:
+        transform = self.run_logic(_("Landmark registration"), self.logic.landmarksFromParameters,
+                                   self._parameterNode)
+        self._show_result(transform, self._parameterNode.movingLandmarks)
+
+
+class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
+    """Slicer-side Logic: the headless Logic on ``slicer.mrmlScene`` plus the parameter node."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MedAIRegisterCoreLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return MedAIRegisterParameterNode(super().getParameterNode())
+
+    def registerFromParameters(self, p, progress=None):
+        """Intensity-based registration of the moving volume onto the fixed one; returns the transform node."""
+        return self.register_volumes(
+            p.fixedVolume, p.movingVolume, transform_type=p.transformType,
+            preset=None if p.preset == "custom" else p.preset, metric=p.metric,
+            sampling_percentage=p.samplingPercentage / 100.0, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
+            device=p.device, output_transform_node=p.outputTransform, output_volume_node=p.outputVolume,
+            progress=progress)
+
+    def icpFromParameters(self, p, progress=None):
+        """ICP of the moving surface onto the fixed one; returns the transform node."""
+        return self.icp(p.fixedSurface, p.movingSurface, mode=p.icpMode, transform_type=p.icpTransform,
+                        trim_fraction=p.icpTrimFraction, output_transform_node=p.outputTransform, progress=progress)
+
+    def landmarksFromParameters(self, p, progress=None):
+        """Paired-landmark fit; returns the transform node."""
+        return self.landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
+                              output_transform_node=p.outputTransform, progress=progress)
+
+
+class MedAIRegisterTest(ScriptedLoadableModuleTest):
+    """Runs the same scenarios as the pytest suite (``MedAIRegisterLib/scenarios.py``) on Slicer's scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from MedAIRegisterLib import scenarios
+
+        for name in sorted(n for n in dir(scenarios) if n.startswith("scenario_")):
+            self.setUp()
+            self.delayDisplay(f"MedAIRegister: {name}")
+            getattr(scenarios, name)(slicer.mrmlScene)
+        self.delayDisplay("MedAIRegister: all scenarios passed")

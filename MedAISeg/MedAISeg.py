@@ -1,0 +1,190 @@
+"""MedAISeg: preprocessing, classical and AI segmentation, post-processing, lesions, evaluation.
+
+Module, Widget, Logic and Test as in Slicer's scripted-module template. The computing Logic is
+``MedAISegLib.logic.MedAISegLogic`` (Qt-free, scene passed in, also used by ``medai`` and pytest);
+the Logic class here adds Slicer's parameter node and maps it to Logic calls.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import slicer
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
+
+from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAISegLib.logic import MedAISegLogic as MedAISegCoreLogic
+
+
+class MedAISeg(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedAI Segmentation")
+        self.parent.categories = [_("MedAI"), _("Segmentation")]
+        self.parent.dependencies = ["MedAICommon"]
+        self.parent.contributors = ["MedAI contributors"]
+        self.parent.helpText = _(
+            "Turn a CT or MR volume into a labelled segmentation: denoising (GPU non-local means, "
+            "anisotropic diffusion, CLAHE, N4), threshold / Otsu / region growing, MONAI bundles and "
+            "TorchScript models with sliding-window inference, clean-up, lesion detection and evaluation "
+            "against a reference (Dice, HD95, ...). The same operations run headless with the "
+            "<code>medai</code> command.")
+        self.parent.acknowledgementText = _(
+            "MedAI builds on 3D Slicer, MONAI, PyTorch, SimpleITK and VTK.")
+
+
+@parameterNodeWrapper
+class MedAISegParameterNode:
+    """Panel state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    preprocessMethod: Annotated[str, Choice(["nlm", "anisotropic", "curvature", "clahe", "n4", "normalize"])] = "nlm"
+    preprocessedVolume: vtkMRMLScalarVolumeNode
+    segmentMethod: Annotated[str, Choice(["otsu", "threshold", "region-growing", "model"])] = "otsu"
+    lowerThreshold: float = 100.0
+    upperThreshold: float = 3000.0
+    seeds: vtkMRMLMarkupsFiducialNode
+    modelPath: Path
+    flipTTA: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+    keepLargestComponent: bool = False
+    fillHoles: bool = True
+    minIslandMm3: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
+    lesionTable: vtkMRMLTableNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+    evaluationTable: vtkMRMLTableNode
+
+
+class MedAISegWidget(MedAIWidgetBase):
+    """Binds the panel to the parameter node and calls the Logic."""
+
+    UI_FILE = "UI/MedAISeg.ui"
+
+    def make_logic(self):
+        return MedAISegLogic()
+
+    def connect_buttons(self) -> None:
+        self.ui.preprocessButton.connect("clicked(bool)", self.onPreprocess)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
+        self.ui.lesionsButton.connect("clicked(bool)", self.onLesions)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+
+    def choose_default_inputs(self, p) -> None:
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        has_input = bool(p and p.inputVolume)
+        self.ui.preprocessButton.enabled = has_input
+        self.ui.segmentButton.enabled = has_input and (p.segmentMethod != "model" or bool(str(p.modelPath or "")))
+        has_segmentation = bool(p and p.outputSegmentation)
+        self.ui.postprocessButton.enabled = has_segmentation
+        self.ui.lesionsButton.enabled = has_segmentation
+        self.ui.evaluateButton.enabled = has_segmentation and bool(p.referenceSegmentation)
+
+    def onPreprocess(self) -> None:
+        node = self.run_logic(_("Preprocessing"), self.logic.preprocessFromParameters, self._parameterNode)
+        if node is not None:
+            self._parameterNode.preprocessedVolume = node
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+    def onSegment(self) -> None:
+        node = self.run_logic(_("Segmentation"), self.logic.segmentFromParameters, self._parameterNode)
+        if node is not None:
+            self._parameterNode.outputSegmentation = node
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+
+    def onPostprocess(self) -> None:
+        self.run_logic(_("Clean-up"), self.logic.postprocessFromParameters, self._parameterNode)
+
+    def onLesions(self) -> None:
+        table = self.run_logic(_("Lesion detection"), self.logic.lesionsFromParameters, self._parameterNode)
+        if table is not None:
+            self._parameterNode.lesionTable = table
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+
+    def onEvaluate(self) -> None:
+        table = self.run_logic(_("Evaluation"), self.logic.evaluateFromParameters, self._parameterNode)
+        if table is not None:
+            self._parameterNode.evaluationTable = table
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+
+
+class MedAISegLogic(ScriptedLoadableModuleLogic, MedAISegCoreLogic):
+    """Slicer-side Logic: the headless Logic on ``slicer.mrmlScene`` plus the parameter node."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MedAISegCoreLogic.__init__(self, slicer.mrmlScene)
+
+    def getParameterNode(self):
+        return MedAISegParameterNode(super().getParameterNode())
+
+    def preprocessFromParameters(self, p, progress=None):
+        """Run the chosen preprocessing on the input; returns the output volume node."""
+        return self.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
+                            device=p.device, progress=progress)
+
+    def segmentFromParameters(self, p, progress=None):
+        """Segment the input with the chosen method; returns the segmentation node."""
+        if p.segmentMethod == "model":
+            return self.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
+                                           flip_tta=p.flipTTA, output_node=p.outputSegmentation,
+                                           progress=progress)
+        if p.segmentMethod == "region-growing":
+            return self.region_growing(p.inputVolume, p.seeds, lower=p.lowerThreshold, upper=p.upperThreshold,
+                                       output_node=p.outputSegmentation, progress=progress)
+        if p.segmentMethod == "otsu":
+            return self.otsu(p.inputVolume, output_node=p.outputSegmentation, progress=progress)
+        return self.threshold(p.inputVolume, p.lowerThreshold, p.upperThreshold,
+                              output_node=p.outputSegmentation, progress=progress)
+
+    def postprocessFromParameters(self, p, progress=None):
+        """Apply the checked clean-up operations to every segment of the output segmentation."""
+        return self.postprocess(p.outputSegmentation, keep_largest=p.keepLargestComponent,
+                                fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3, progress=progress)
+
+    def lesionsFromParameters(self, p, progress=None):
+        """Detect lesions in the output segmentation; returns the lesion table node."""
+        _markups, table = self.detect_lesions(p.outputSegmentation, intensity_node=p.inputVolume,
+                                              table_node=p.lesionTable, progress=progress)
+        return table
+
+    def evaluateFromParameters(self, p, progress=None):
+        """Compare the output segmentation with the reference; returns the metrics table node."""
+        return self.evaluate(p.referenceSegmentation, p.outputSegmentation, table_node=p.evaluationTable,
+                             progress=progress)
+
+
+class MedAISegTest(ScriptedLoadableModuleTest):
+    """Runs the same scenarios as the pytest suite (``MedAISegLib/scenarios.py``) on Slicer's scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from MedAISegLib import scenarios
+
+        for name in sorted(n for n in dir(scenarios) if n.startswith("scenario_")):
+            self.setUp()
+            self.delayDisplay(f"MedAISeg: {name}")
+            getattr(scenarios, name)(slicer.mrmlScene)
+        self.delayDisplay("MedAISeg: all scenarios passed")
