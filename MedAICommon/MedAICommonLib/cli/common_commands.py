@@ -53,8 +53,11 @@ def cmd_demo(args, report) -> int:
     from ..demo import run_demo
 
     scene = get_scene()
-    with progress_printer() as callback:
-        context = run_demo(scene, args.output, report, Progress(callback))
+    if args.progress.callback is not None:  # --progress-json: a worker reports to its parent
+        context = run_demo(scene, args.output, report, args.progress)
+    else:
+        with progress_printer() as callback:
+            context = run_demo(scene, args.output, report, Progress(callback))
     print(f"demo: results in {context.output_dir} (overview: {report.outputs['overview']})")
     return 0
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import importlib.util
 import sys
 import traceback
 
+from ..progress import CancelledError, Progress
 from ..report import Report
 
 # Modules that contribute subcommands, in the order they appear in ``medai --help``.
@@ -28,6 +30,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     """``--report FILE`` and ``--debug``, on every subcommand."""
     parser.add_argument("--report", metavar="FILE", help="write a JSON report of the run to FILE")
     parser.add_argument("--debug", action="store_true", help="show a full traceback on errors")
+    parser.add_argument("--progress-json", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_progress(stage: str, fraction: float) -> None:
+    """Progress as one JSON line on stdout, read by :class:`MedAICommonLib.worker.Worker`."""
+    print(json.dumps({"progress": {"stage": stage, "fraction": round(fraction, 4)}}), flush=True)
+
+
 def main(argv=None) -> int:
     """Run ``medai`` with ``argv``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -53,10 +61,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     report = Report(command=args.command)
+    args.progress = Progress(_json_progress if getattr(args, "progress_json", False) else None)
     try:
         code = args.func(args, report)
-    except KeyboardInterrupt:
-        print("medai: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, CancelledError):
+        print(f"medai {args.command}: cancelled", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
         if getattr(args, "debug", False):
