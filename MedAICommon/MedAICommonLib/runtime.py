@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import slicer
 import vtk
@@ -32,7 +33,7 @@ _LOGIC_CLASSES = {
 
 def in_slicer_application() -> bool:
     """True when running inside the Slicer application (GUI or ``--no-main-window``)."""
-    return hasattr(slicer, "app") and hasattr(slicer, "mrmlScene")
+    return hasattr(slicer, "app")
 
 
 @dataclass
@@ -82,12 +83,37 @@ _default_runtime: HeadlessRuntime | None = None
 _lock = threading.Lock()
 
 
+class _ModuleHandle:
+    """Stands for ``slicer.modules.<name>`` outside Slicer: gives access to the module's logic."""
+
+    def __init__(self, logic):
+        self._logic = logic
+
+    def logic(self):
+        """The module logic bound to the headless scene."""
+        return self._logic
+
+
+def install_as_default(runtime: HeadlessRuntime) -> None:
+    """Make ``runtime`` what ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()`` refer to.
+
+    With it, ``slicer.util`` helpers (``getNode``, ``arrayFromVolume``,
+    ``arrayFromSegmentBinaryLabelmap``, ...) work on the headless scene as they do in Slicer.
+    Never used inside the Slicer application, whose own scene and modules stay untouched.
+    """
+    if in_slicer_application():
+        raise RuntimeError("Inside Slicer the application's scene is used; do not install a headless runtime")
+    slicer.mrmlScene = runtime.scene
+    slicer.modules = SimpleNamespace(**{name.lower(): _ModuleHandle(logic) for name, logic in runtime.logics.items()})
+
+
 def get_runtime() -> HeadlessRuntime:
-    """The process-wide headless runtime (created on first use); not used inside Slicer."""
+    """The process-wide headless runtime (created on first use, installed as ``slicer.mrmlScene``)."""
     global _default_runtime
     with _lock:
         if _default_runtime is None:
             _default_runtime = create_runtime()
+            install_as_default(_default_runtime)
         return _default_runtime
 
 

@@ -98,3 +98,26 @@ def test_save_is_atomic_and_leaves_no_temporary_files(scene, tmp_path):
     bridge.save_node(node, target)
     assert target.read_bytes().startswith(b"NRRD")
     assert [p.name for p in tmp_path.iterdir()] == ["v.nrrd"]
+
+
+def test_slicer_util_helpers_work_on_the_headless_scene():
+    """The default runtime is installed as slicer.mrmlScene / slicer.modules, so slicer.util works as in Slicer."""
+    import slicer
+    import slicer.util
+
+    from MedAICommonLib.runtime import get_scene
+
+    scene = get_scene()
+    assert slicer.mrmlScene is scene
+    phantom = make_ct_phantom(shape_kji=(8, 10, 12))
+    volume = bridge.create_volume(scene, phantom.ct, phantom.geometry, "util test CT")
+    segmentation = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
+                                              [SegmentInfo(1, "body")], "util test seg", reference_volume=volume)
+    try:
+        assert slicer.util.getNode("util test CT") is volume
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), phantom.ct)
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
+        np.testing.assert_array_equal(mask > 0, phantom.labels == 1)
+    finally:
+        bridge.remove_nodes(scene, [volume, segmentation])
