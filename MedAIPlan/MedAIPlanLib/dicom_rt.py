@@ -1,0 +1,206 @@
+"""DICOM-RT import: RTDOSE grids, RTSTRUCT contours (and their rasterisation), RTPLAN beams.
+
+Everything is returned in DICOM's patient coordinates, **LPS** mm, arrays KJI.
+
+RTDOSE geometry: column direction i = ImageOrientationPatient[0:3] with spacing PixelSpacing[1],
+row direction j = ImageOrientationPatient[3:6] with spacing PixelSpacing[0] (pixels may be
+non-square), frames along the normal i x j at GridFrameOffsetVector (relative when its first value
+is 0, else absolute positions along the normal). Frames are reordered so that k runs along
++normal with a positive spacing; feet-first orientations ([-1,0,0,0,1,0]) fall out of the
+direction cosines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from scipy.interpolate import interp1d
+
+from MedAICommonLib.geometry import Geometry
+
+from .dvh import group_contours_by_plane, inside_polygons
+
+
+def read_dataset(path) -> pydicom.Dataset:
+    """Read a DICOM file, also one without a file meta header (implicit VR little endian)."""
+    ds = pydicom.dcmread(str(path), force=True)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        ds.file_meta = ds.file_meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    return ds
+
+
+@dataclass
+class RtDose:
+    """An RTDOSE grid: dose (float32, KJI, in ``units``), LPS geometry and header facts."""
+
+    dose: np.ndarray
+    geometry: Geometry
+    units: str
+    scaling: float
+    summation: str
+    frame_of_reference_uid: str = ""
+    dataset: pydicom.Dataset | None = field(default=None, repr=False)
+
+
+def read_rtdose(path_or_dataset) -> RtDose:
+    """Read an RTDOSE (multi-frame, any GridFrameOffsetVector, DoseGridScaling applied)."""
+    ds = path_or_dataset if isinstance(path_or_dataset, pydicom.Dataset) else read_dataset(path_or_dataset)
+    if getattr(ds, "Modality", "RTDOSE") != "RTDOSE":
+        raise ValueError(f"Expected an RTDOSE, got modality {ds.Modality}.")
+    pixels = ds.pixel_array.astype(np.float64)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    scaling = float(getattr(ds, "DoseGridScaling", 1.0) or 1.0)
+    dose = pixels * scaling
+    iop = np.array(ds.ImageOrientationPatient, dtype=float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    ipp = np.array(ds.ImagePositionPatient, dtype=float)
+    n_frames = dose.shape[0]
+    offsets = np.array(getattr(ds, "GridFrameOffsetVector", None) or [0.0], dtype=float)[:n_frames]
+    if len(offsets) < n_frames:
+        raise ValueError(f"RTDOSE has {n_frames} frames but only {len(offsets)} GridFrameOffsetVector values.")
+    if n_frames > 1 and offsets[0] != 0.0:  # absolute positions along the normal
+        offsets = offsets - offsets[0]
+    order = np.argsort(offsets, kind="stable")
+    offsets, dose = offsets[order], dose[order]
+    origin = ipp + offsets[0] * normal
+    rel = offsets - offsets[0]
+    if n_frames > 1:
+        steps = np.diff(rel)
+        step = float(np.median(steps))
+        if np.max(np.abs(steps - step)) > 1e-3 * max(step, 1e-6):  # non-uniform: resample linearly
+            step = float(steps.min())
+            new = np.arange(0, rel[-1] + step / 2, step)
+            dose = interp1d(rel, dose, axis=0)(np.clip(new, 0, rel[-1]))
+    else:
+        step = float(getattr(ds, "SliceThickness", 0) or 1.0)
+    spacing = (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]), step)
+    direction = np.column_stack([row_dir, col_dir, normal])
+    geometry = Geometry(spacing, tuple(origin), direction, "LPS", dose.shape)
+    return RtDose(dose.astype(np.float32), geometry, str(getattr(ds, "DoseUnits", "GY")).upper(), scaling,
+                  str(getattr(ds, "DoseSummationType", "")), str(getattr(ds, "FrameOfReferenceUID", "")), ds)
+
+
+@dataclass
+class RtRoi:
+    """One RTSTRUCT ROI: number, name, colour (0..1), type and closed planar contours (LPS mm)."""
+
+    number: int
+    name: str
+    color: tuple[float, float, float] | None
+    roi_type: str
+    contours: list[np.ndarray]
+    points: list[np.ndarray] = field(default_factory=list)
+
+
+def read_rtstruct(path_or_dataset) -> list[RtRoi]:
+    """ROIs of an RTSTRUCT with their CLOSED_PLANAR contours (POINT contours kept separately)."""
+    ds = path_or_dataset if isinstance(path_or_dataset, pydicom.Dataset) else read_dataset(path_or_dataset)
+    names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
+    types = {int(o.ReferencedROINumber): str(getattr(o, "RTROIInterpretedType", ""))
+             for o in getattr(ds, "RTROIObservationsSequence", [])}
+    rois = []
+    for rc in getattr(ds, "ROIContourSequence", []):
+        number = int(rc.ReferencedROINumber)
+        color = tuple(float(c) / 255.0 for c in rc.ROIDisplayColor) if "ROIDisplayColor" in rc else None
+        contours, points = [], []
+        for c in getattr(rc, "ContourSequence", []):
+            data = np.array(c.ContourData, dtype=float).reshape(-1, 3)
+            kind = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR"))
+            (contours if kind == "CLOSED_PLANAR" and len(data) >= 3 else points).append(data)
+        rois.append(RtRoi(number, names.get(number, f"ROI {number}"), color, types.get(number, ""), contours, points))
+    return rois
+
+
+def contour_grid(contours_by_roi: list[list[np.ndarray]], pixel_mm: float = 1.0, margin_mm: float = 2.0) -> Geometry:
+    """An axial LPS grid covering all contours: ``pixel_mm`` in-plane, one slice per contour plane."""
+    allc = [c for cs in contours_by_roi for c in cs]
+    if not allc:
+        raise ValueError("The structure set has no closed planar contours to rasterise.")
+    pts = np.concatenate(allc)
+    zs = np.array(sorted({float(np.round(np.median(c[:, 2]), 2)) for c in allc}))
+    dz = float(np.median(np.diff(zs))) if len(zs) > 1 else pixel_mm
+    lo = pts.min(axis=0) - margin_mm
+    hi = pts.max(axis=0) + margin_mm
+    n_xy = np.ceil((hi[:2] - lo[:2]) / pixel_mm).astype(int) + 1
+    nz = int(round((zs[-1] - zs[0]) / dz)) + 1
+    return Geometry((pixel_mm, pixel_mm, dz), (lo[0], lo[1], zs[0]), np.eye(3), "LPS", (nz, int(n_xy[1]), int(n_xy[0])))
+
+
+def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.ndarray:
+    """Boolean KJI mask on an axial LPS ``geometry``: a voxel is in when its centre is inside (even-odd).
+
+    Each contour plane fills the slice whose centre is nearest, so a stack of contours gives slabs
+    with half-slice end caps, as in the usual RTSTRUCT convention.
+    """
+    geometry = geometry.to_space("LPS")
+    nk, nj, ni = geometry.shape_kji
+    mask = np.zeros((nk, nj, ni), dtype=bool)
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    for z, polys in group_contours_by_plane(contours).items():
+        k_cont = geometry.point_to_index(np.array([polys[0][0, 0], polys[0][0, 1], z]))[2]
+        k = int(np.round(k_cont))
+        if k < 0 or k >= nk:
+            continue
+        ijk = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], axis=1)
+        xy = geometry.index_to_point(ijk)[:, :2]
+        mask[k] |= inside_polygons(xy, polys).reshape(nj, ni)
+    return mask
+
+
+@dataclass
+class RtBeam:
+    """One treatment beam (geometry at the first control point; angles in degrees, LPS mm)."""
+
+    number: int
+    name: str
+    radiation_type: str
+    energy_mv: float | None
+    gantry_deg: float
+    couch_deg: float
+    collimator_deg: float
+    isocenter_lps: tuple[float, float, float]
+    sad_mm: float
+    meterset_mu: float | None
+    control_points: int
+    jaws_mm: dict = field(default_factory=dict)
+
+
+def read_rtplan(path_or_dataset) -> dict:
+    """Plan label, fractions and beams (:class:`RtBeam`) of an RTPLAN."""
+    ds = path_or_dataset if isinstance(path_or_dataset, pydicom.Dataset) else read_dataset(path_or_dataset)
+    meterset, fractions = {}, None
+    for fg in getattr(ds, "FractionGroupSequence", []):
+        fractions = int(getattr(fg, "NumberOfFractionsPlanned", 0) or 0) or fractions
+        for rb in getattr(fg, "ReferencedBeamSequence", []):
+            if "BeamMeterset" in rb:
+                meterset[int(rb.ReferencedBeamNumber)] = float(rb.BeamMeterset)
+    beams = []
+    for b in getattr(ds, "BeamSequence", []):
+        cps = list(getattr(b, "ControlPointSequence", []))
+        cp0 = cps[0] if cps else pydicom.Dataset()
+        jaws = {}
+        for dev in getattr(cp0, "BeamLimitingDevicePositionSequence", []):
+            if str(dev.RTBeamLimitingDeviceType) in ("X", "Y", "ASYMX", "ASYMY"):
+                jaws[str(dev.RTBeamLimitingDeviceType)] = [float(v) for v in dev.LeafJawPositions]
+        beams.append(RtBeam(
+            int(b.BeamNumber), str(getattr(b, "BeamName", b.BeamNumber)), str(getattr(b, "RadiationType", "")),
+            float(cp0.NominalBeamEnergy) if "NominalBeamEnergy" in cp0 else None,
+            float(getattr(cp0, "GantryAngle", 0.0)), float(getattr(cp0, "PatientSupportAngle", 0.0)),
+            float(getattr(cp0, "BeamLimitingDeviceAngle", 0.0)),
+            tuple(float(v) for v in getattr(cp0, "IsocenterPosition", (0.0, 0.0, 0.0))),
+            float(getattr(b, "SourceAxisDistance", 1000.0)), meterset.get(int(b.BeamNumber)), len(cps), jaws))
+    return {"label": str(getattr(ds, "RTPlanLabel", "")), "fractions": fractions, "beams": beams,
+            "frame_of_reference_uid": str(getattr(ds, "FrameOfReferenceUID", ""))}
+
+
+def modality_of(path) -> str:
+    """The Modality of a DICOM file ('RTDOSE', 'RTSTRUCT', 'RTPLAN', 'CT' ...)."""
+    ds = pydicom.dcmread(str(Path(path)), force=True, stop_before_pixels=True)
+    return str(getattr(ds, "Modality", ""))

@@ -1,0 +1,106 @@
+"""Dose statistics of a structure from its dose samples (see :mod:`dvh`): Dx, Vx, indices.
+
+Definitions (doses in Gy, volumes in cc or %):
+
+* ``D(x%)``: the minimum dose received by the hottest x % of the volume (D98, D95, D50, D2 ...);
+  ``D(v cc)``: the same for an absolute volume (Dmax is reported as D0.03cc, ICRU 83).
+* ``V(d)``: volume receiving at least d Gy (cc and %).
+* Paddick conformity index ``CI = TV_PIV^2 / (TV * PIV)`` (TV target volume, PIV prescription
+  isodose volume, TV_PIV target volume inside it).
+* ICRU-83 homogeneity index ``HI = (D2 - D98) / D50`` of the target.
+* Paddick gradient index ``GI = V(50 % of Rx) / V(Rx)`` (body volumes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dvh import DoseSamples
+
+
+def _cdf(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-linear cumulative DVH: volume positions (cc, increasing) and doses (decreasing).
+
+    Samples of equal dose are grouped; each group sits at the centre of the volume it represents;
+    the maximum and minimum sampled doses (zero-weight extreme points included) end the curve.
+    """
+    values, inverse = np.unique(np.round(samples.dose, 5), return_inverse=True)  # 10 uGy groups
+    w = np.bincount(inverse, weights=samples.weight)[::-1] / 1000.0
+    d = values[::-1]
+    keep = w > 0
+    cum = np.cumsum(w[keep])
+    centres = cum - w[keep] / 2.0
+    pos = np.concatenate([[0.0], centres, [cum[-1] if len(cum) else 0.0]])
+    dose = np.concatenate([[d[0]], d[keep], [d[-1]]])
+    return pos, dose
+
+
+def dose_at_volume_cc(samples: DoseSamples, volume_cc: float) -> float:
+    """Minimum dose (Gy) received by the hottest ``volume_cc`` of the structure (interpolated)."""
+    if not len(samples.dose) or samples.volume_cc <= 0:
+        return float("nan")
+    pos, dose = _cdf(samples)
+    return float(np.interp(volume_cc, pos, dose))
+
+
+def dose_at_volume_percent(samples: DoseSamples, percent: float) -> float:
+    """Minimum dose (Gy) received by the hottest ``percent`` % of the structure (D95 = percent 95)."""
+    return dose_at_volume_cc(samples, samples.volume_cc * percent / 100.0)
+
+
+def volume_at_dose(samples: DoseSamples, dose_gy: float) -> tuple[float, float]:
+    """Volume receiving at least ``dose_gy``: (cc, % of the structure)."""
+    cc = float(samples.weight[samples.dose >= dose_gy].sum() / 1000.0)
+    total = samples.volume_cc
+    return cc, (100.0 * cc / total if total > 0 else float("nan"))
+
+
+def structure_metrics(samples: DoseSamples, v_doses_gy: tuple[float, ...] = ()) -> dict[str, float]:
+    """The standard table row of a structure: volume, Dmean, Dmin, Dmax (D0.03cc), D98/D95/D50/D2, Vx."""
+    if not len(samples.dose):
+        return {"volume_cc": 0.0}
+    total = samples.volume_cc
+    out = {
+        "volume_cc": total,
+        "Dmean_Gy": float(np.average(samples.dose, weights=samples.weight)),
+        "Dmin_Gy": float(samples.dose.min()),
+        "Dmax_Gy": dose_at_volume_cc(samples, min(0.03, total)),
+        "Dmax_point_Gy": float(samples.dose.max()),
+    }
+    for p in (98, 95, 50, 2):
+        out[f"D{p}_Gy"] = dose_at_volume_percent(samples, p)
+    for d in v_doses_gy:
+        cc, pct = volume_at_dose(samples, d)
+        out[f"V{d:g}Gy_cc"] = cc
+        out[f"V{d:g}Gy_percent"] = pct
+    return out
+
+
+def paddick_conformity_index(target: DoseSamples, body: DoseSamples, prescription_gy: float) -> float:
+    """Paddick CI = TV_PIV^2 / (TV x PIV); ``body`` samples define the prescription isodose volume."""
+    tv = target.volume_cc
+    tv_piv, _ = volume_at_dose(target, prescription_gy)
+    piv, _ = volume_at_dose(body, prescription_gy)
+    if tv <= 0 or piv <= 0:
+        return 0.0
+    return tv_piv ** 2 / (tv * piv)
+
+
+def homogeneity_index(target: DoseSamples) -> float:
+    """ICRU-83 homogeneity index (D2 - D98) / D50 of the target."""
+    d50 = dose_at_volume_percent(target, 50)
+    if not d50 > 0:
+        return float("nan")
+    return (dose_at_volume_percent(target, 2) - dose_at_volume_percent(target, 98)) / d50
+
+
+def gradient_index(body: DoseSamples, prescription_gy: float) -> float:
+    """Paddick gradient index V(50 % Rx) / V(Rx) over the body samples."""
+    v100, _ = volume_at_dose(body, prescription_gy)
+    v50, _ = volume_at_dose(body, 0.5 * prescription_gy)
+    return v50 / v100 if v100 > 0 else float("inf")
+
+
+def grid_volume_at_dose_cc(dose, voxel_volume_mm3: float, dose_gy: float) -> float:
+    """Volume (cc) of dose-grid voxels receiving at least ``dose_gy`` (for PIV without a body contour)."""
+    return float(np.count_nonzero(np.asarray(dose) >= dose_gy) * voxel_volume_mm3 / 1000.0)
