@@ -1,0 +1,179 @@
+"""Sparse dose-influence matrix (dose-grid voxel x bixel) of photon beams, forward dose, dose grids.
+
+The dose grid may be coarser than the CT: it spans the CT's extent (first voxel centre shared) with
+``resolution_mm`` spacing; radiological depths are traced through the CT-grid density directly at
+the dose-grid voxel centres; doses are interpolated back to the CT grid trilinearly. Dose is only
+computed in ``voxel_mask`` (as matRad: the union of the plan's structures), elsewhere it is 0.
+Voxel order of the matrix rows: the dose grid's KJI array flattened in C order. Units: Gy per
+unit bixel weight (matRad's photon base-data normalisation); all coordinates LPS mm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from MedAICommonLib.geometry import Geometry
+
+from .beams import Beam, voxel_points_lps
+from .matrad_io import PhotonMachine
+from .pencil_beam import bixel_dose, convolve_kernels, interpolate_kernels, iso_lateral_offsets
+from .raytrace import radiological_depth, sample_volume, ssd_along_ray
+
+
+@dataclass
+class DoseInfluence:
+    """``matrix`` (n_voxels x n_bixels, CSC, float32) on ``geometry`` (LPS) with bixel book-keeping."""
+
+    matrix: sp.csc_matrix
+    geometry: Geometry
+    beam_of_bixel: np.ndarray
+    ssd_mm: list[float] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def num_bixels(self) -> int:
+        return self.matrix.shape[1]
+
+    def dose(self, weights) -> np.ndarray:
+        """Dose (KJI array on the dose grid) for bixel ``weights``."""
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        if w.size != self.num_bixels:
+            raise ValueError(f"Expected {self.num_bixels} bixel weights, got {w.size}.")
+        return (self.matrix @ w).reshape(self.geometry.shape_kji)
+
+    def beam_dose(self, weights, beam: int) -> np.ndarray:
+        """Dose of one beam (KJI, dose grid)."""
+        w = np.where(self.beam_of_bixel == beam, np.asarray(weights, float), 0.0)
+        return self.dose(w)
+
+
+def make_dose_grid(ct_geometry: Geometry, resolution_mm=None) -> Geometry:
+    """Dose-grid geometry (LPS): the CT's own grid when ``resolution_mm`` is None, else a coarser one."""
+    g = ct_geometry.to_space("LPS")
+    if resolution_mm is None:
+        return g
+    res = np.broadcast_to(np.asarray(resolution_mm, float), (3,))
+    if np.any(res <= 0):
+        raise ValueError(f"Dose grid resolution must be positive (mm), got {res.tolist()}.")
+    extent = (np.array(g.shape_kji[::-1]) - 1) * np.array(g.spacing)
+    n = np.floor(extent / res + 1e-6).astype(int) + 1
+    return Geometry(tuple(res), g.origin, g.direction, "LPS", tuple(int(v) for v in n[::-1]))
+
+
+def resample_nearest(array: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Nearest-neighbour resampling of a KJI array between grids (0 outside)."""
+    pts = voxel_points_lps(target)
+    vol = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    out = sample_volume(vol, source.to_space("LPS"), torch.as_tensor(pts, dtype=torch.float32), mode="nearest")
+    return out.numpy().reshape(target.shape_kji)
+
+
+def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geometry) -> np.ndarray:
+    """Trilinear interpolation of a dose-grid dose onto the CT grid (float32, KJI)."""
+    ct = ct_geometry.to_space("LPS")
+    if dose_geometry.same_grid(ct):
+        return np.asarray(dose, dtype=np.float32)
+    pts = torch.as_tensor(voxel_points_lps(ct), dtype=torch.float32)
+    vol = torch.as_tensor(np.asarray(dose, dtype=np.float32))
+    return sample_volume(vol, dose_geometry, pts).numpy().reshape(ct.shape_kji)
+
+
+def _central_ray(beam: Beam) -> int:
+    return int(np.argmin((beam.ray_pos ** 2).sum(axis=1)))
+
+
+def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], machine: PhotonMachine,
+                voxel_mask: np.ndarray | None = None, dose_resolution_mm=None,
+                lateral_cutoff_mm: float = 50.0, kernel_cutoff_mm: float | None = None,
+                rel_threshold: float = 0.0, ssd_density_threshold: float = 0.05,
+                device: str | torch.device = "cpu", progress=None) -> DoseInfluence:
+    """Dose-influence matrix of ``beams`` on a dose grid (see module docstring).
+
+    ``density``: relative electron density (KJI, CT grid); ``voxel_mask``: CT-grid bool mask of the
+    voxels to compute (default: density > 0.05); ``lateral_cutoff_mm``: matRad's geometric lateral
+    cut-off (the effective radius adds half the bixel diagonal); ``rel_threshold``: drop entries
+    below this fraction of each bixel's maximum (0 keeps all).
+    """
+    t0 = time.perf_counter()
+    ct = ct_geometry.to_space("LPS")
+    if ct.shape_kji != tuple(np.shape(density)):
+        raise ValueError("The density array does not match the CT geometry's shape.")
+    dgeo = make_dose_grid(ct, dose_resolution_mm)
+    if voxel_mask is None:
+        voxel_mask = np.asarray(density) > 0.05
+    mask_d = resample_nearest(voxel_mask.astype(np.float32), ct, dgeo) > 0.5
+    flat_idx = np.flatnonzero(mask_d.ravel())
+    if flat_idx.size == 0:
+        raise ValueError("No voxels to compute dose in; check the body/structure masks.")
+    pts_all = voxel_points_lps(dgeo, mask_d)
+    dev = torch.device(device)
+    density_t = torch.as_tensor(np.asarray(density, dtype=np.float32), device=dev)
+    rows, cols, vals, beam_of_bixel, ssds = [], [], [], [], []
+    col0 = 0
+    t_trace = t_pb = 0.0
+    for b, beam in enumerate(beams):
+        if beam.num_bixels == 0:
+            continue
+        sad = beam.sad
+        source = beam.source
+        rot = beam.rotation
+        cutoff = lateral_cutoff_mm + beam.bixel_width / np.sqrt(2.0)
+        q_all = (pts_all - source) @ rot
+        u = q_all[:, 0] * sad / q_all[:, 1]
+        v = q_all[:, 2] * sad / q_all[:, 1]
+        rp = beam.ray_pos
+        near = np.zeros(len(u), dtype=bool)
+        slack = (cutoff * 1.02 + 1.0) ** 2
+        for a in range(0, len(rp), 64):
+            r = rp[a:a + 64]
+            d2 = (u[None, :] - r[:, 0:1]) ** 2 + (v[None, :] - r[:, 1:2]) ** 2
+            near |= (d2 <= slack).any(axis=0)
+        cand = np.flatnonzero(near)
+        t1 = time.perf_counter()
+        rad = radiological_depth(density_t, ct, source, rot, sad, pts_all[cand], device=dev)
+        central = _central_ray(beam)
+        ssd = ssd_along_ray(density, ct, source, beam.ray_targets_lps()[central], ssd_density_threshold)
+        ssds.append(ssd)
+        kernels = convolve_kernels(machine, ssd, beam.bixel_width, kernel_cutoff=kernel_cutoff_mm, device=dev)
+        t2 = time.perf_counter()
+        t_trace += t2 - t1
+        q = torch.as_tensor(q_all[cand], dtype=torch.float64, device=dev)
+        uu = torch.as_tensor(u[cand], device=dev)
+        vv = torch.as_tensor(v[cand], device=dev)
+        rad_t = torch.as_tensor(rad, device=dev)
+        geo_t = torch.linalg.norm(q, dim=1)
+        rp_t = torch.as_tensor(rp, dtype=torch.float64, device=dev)
+        chunk = max(1, int(2_000_000 // max(1, len(cand))))
+        for a in range(0, len(rp), chunk):
+            r = rp_t[a:a + chunk]
+            d2 = (uu[None, :] - r[:, 0:1]) ** 2 + (vv[None, :] - r[:, 1:2]) ** 2
+            ray_i, vox_i = torch.nonzero(d2 <= slack, as_tuple=True)
+            lx, lz = iso_lateral_offsets(q[vox_i], r[ray_i], sad)
+            keep = lx * lx + lz * lz <= cutoff * cutoff
+            ray_i, vox_i, lx, lz = ray_i[keep], vox_i[keep], lx[keep], lz[keep]
+            kv = interpolate_kernels(kernels, lx.float(), lz.float())
+            dose = bixel_dose(machine, kv, rad_t[vox_i], geo_t[vox_i], sad)
+            if rel_threshold > 0 and dose.numel():
+                cmax = torch.zeros(len(r), dtype=dose.dtype, device=dev).scatter_reduce(0, ray_i, dose, "amax")
+                keep = dose >= rel_threshold * cmax[ray_i]
+                ray_i, vox_i, dose = ray_i[keep], vox_i[keep], dose[keep]
+            rows.append(flat_idx[cand[vox_i.cpu().numpy()]])
+            cols.append(col0 + a + ray_i.cpu().numpy())
+            vals.append(dose.cpu().numpy().astype(np.float32))
+        t_pb += time.perf_counter() - t2
+        beam_of_bixel.append(np.full(len(rp), b))
+        col0 += len(rp)
+        if progress is not None:
+            progress.update("dose influence", (b + 1) / len(beams))
+    n_vox = int(np.prod(dgeo.shape_kji))
+    mat = sp.csc_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
+                         (np.concatenate(rows) if rows else np.zeros(0, int),
+                          np.concatenate(cols) if cols else np.zeros(0, int))), shape=(n_vox, col0), dtype=np.float32)
+    timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
+    return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
+                         ssds, timings)
