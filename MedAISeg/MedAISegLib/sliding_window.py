@@ -64,9 +64,10 @@ def _is_oom(error: BaseException) -> bool:
 def _run(network, image: torch.Tensor, roi, overlap, batch_size, device, amp, mode, sigma_scale,
          stitch_device, flips, progress):
     spatial = image.shape[1:]
-    pad = []
+    pad = []  # axes shorter than the ROI are zero-padded on both sides, as MONAI does
     for n, r in zip(reversed(spatial), reversed(roi)):
-        pad += [0, max(0, r - n)]
+        diff = max(0, r - n)
+        pad += [diff // 2, diff - diff // 2]
     padded = F.pad(image, pad) if any(pad) else image
     full = padded.shape[1:]
     starts = list(itertools.product(*[window_starts(n, r, overlap) for n, r in zip(full, roi)]))
@@ -93,7 +94,7 @@ def _run(network, image: torch.Tensor, roi, overlap, batch_size, device, amp, mo
         if progress is not None:
             progress(min(1.0, (first + len(group)) / len(starts)))
     accum /= norm
-    crop = tuple(slice(0, n) for n in spatial)
+    crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + n) for a, n in enumerate(spatial))
     return accum[(slice(None), *crop)], len(starts)
 
 

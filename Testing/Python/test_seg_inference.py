@@ -53,7 +53,7 @@ def test_window_starts_cover_like_monai():
 def test_constant_blending_equals_monai_sliding_window():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(3, 3, 1)).eval()
-    x = torch.randn(1, 23, 30, 17)
+    x = torch.randn(1, 23, 30, 11)  # last axis shorter than the ROI: padded on both sides like MONAI
     ours = sliding_window_inference(net, x, (16, 16, 16), overlap=0.25, batch_size=3, mode="constant",
                                     activation="none", return_probabilities=True)
     with torch.no_grad():
