@@ -239,3 +239,25 @@ def compute_dvh(samples: DoseSamples, bin_width_gy: float = 0.01, max_dose_gy: f
     diff_cc = diff / 1000.0
     cum = np.cumsum(diff_cc[::-1])[::-1]
     return DVH(edges[:-1], cum, diff_cc, samples.volume_cc)
+
+
+def dvh_agreement(reference_dose_gy, reference_volume_percent, dvh: DVH, max_dose_gy: float,
+                  volume_criterion_percent: float = 1.0, dose_criterion_percent: float = 1.0) -> float:
+    """% of reference DVH points that agree with ``dvh`` (1D gamma <= 1, Ebert et al. 2010, as SlicerRT).
+
+    Gamma of a reference point (D, V%) is the smallest normalised distance to the cumulative curve
+    of ``dvh`` with volume tolerance ``volume_criterion_percent`` (% of the structure volume) and
+    dose tolerance ``dose_criterion_percent`` of ``max_dose_gy``.
+    """
+    rd = np.asarray(reference_dose_gy, dtype=float)
+    rv = np.asarray(reference_volume_percent, dtype=float)
+    dose_tol = max_dose_gy * dose_criterion_percent / 100.0
+    # Densify the curve so point-to-point distances approximate point-to-curve distances.
+    top = max(float(dvh.dose_gy[-1]), float(rd.max()) if len(rd) else 0.0)
+    fine = np.arange(0.0, top + dose_tol, dose_tol / 10.0)
+    curve = np.interp(fine, dvh.dose_gy, dvh.cumulative_percent, right=0.0)
+    passed = 0
+    for d, v in zip(rd, rv):
+        g2 = ((fine - d) / dose_tol) ** 2 + ((curve - v) / volume_criterion_percent) ** 2
+        passed += bool(g2.min() <= 1.0)
+    return 100.0 * passed / max(len(rd), 1)
