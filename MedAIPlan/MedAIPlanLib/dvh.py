@@ -194,7 +194,11 @@ def contour_volume_cc(contours: list[np.ndarray], slice_spacing: float | None = 
     lower, upper = _slab_bounds(zs, slice_spacing)
     total = 0.0
     for polys, z0, z1 in zip(planes.values(), lower, upper):
-        total += sum(abs(_shoelace(p)) for p in polys) * (z1 - z0)  # holes need a finer model; rare
+        area = 0.0
+        for n, p in enumerate(polys):  # even-odd: a contour nested in an odd number of others is a hole
+            depth = sum(bool(inside_polygons(p[:1], [q])[0]) for m, q in enumerate(polys) if m != n)
+            area += abs(_shoelace(p)) * (-1.0 if depth % 2 else 1.0)
+        total += area * (z1 - z0)
     return total / 1000.0
 
 
