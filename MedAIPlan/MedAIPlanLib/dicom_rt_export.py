@@ -72,8 +72,15 @@ def _base_dataset(sop_class: str, modality: str, patient: dict | None, study_uid
 
 
 def rtdose_dataset(dose_gy: np.ndarray, geometry: Geometry, summation: str = "PLAN", patient: dict | None = None,
-                   study_uid: str | None = None, frame_of_reference_uid: str | None = None) -> Dataset:
-    """An RTDOSE dataset (uint32 x DoseGridScaling, Gy, PHYSICAL) for a KJI dose grid."""
+                   study_uid: str | None = None, frame_of_reference_uid: str | None = None,
+                   bits: int = 32, plan_uid: str | None = None) -> Dataset:
+    """An RTDOSE dataset (uint32 or uint16 x DoseGridScaling, Gy, PHYSICAL) for a KJI dose grid.
+
+    ``plan_uid`` (SOP Instance UID of the RTPLAN) is referenced when given; without it a PLAN/BEAM
+    summation cannot be stated (DICOM requires the reference), so the summation becomes MANUAL.
+    """
+    if bits not in (16, 32):
+        raise ValueError(f"RTDOSE pixels are 16 or 32 bits, not {bits}.")
     dose = np.asarray(dose_gy, dtype=np.float64)
     if dose.ndim != 3:
         raise ValueError(f"An RTDOSE needs a 3D dose grid, got shape {dose.shape}.")
@@ -86,9 +93,9 @@ def rtdose_dataset(dose_gy: np.ndarray, geometry: Geometry, summation: str = "PL
     if abs(abs(float(np.dot(normal, k_dir))) - 1.0) > 1e-4:
         raise ValueError("RTDOSE frames must be perpendicular to the image plane (the grid is sheared).")
     top = float(np.nanmax(dose)) if dose.size else 0.0
-    scaling_text = _ds_string(top / 4.0e9 if top > 0 else 1.0)
+    scaling_text = _ds_string(top / (4.0e9 if bits == 32 else 65000.0) if top > 0 else 1.0)
     scaling = float(scaling_text)
-    pixels = np.round(np.nan_to_num(dose) / scaling).astype(np.uint32)
+    pixels = np.round(np.nan_to_num(dose) / scaling).astype(np.uint32 if bits == 32 else np.uint16)
     ds = _base_dataset(RTDOSE_SOP_CLASS, "RTDOSE", patient, study_uid, frame_of_reference_uid)
     ds.ImagePositionPatient = [_ds_string(v) for v in lps.origin]
     ds.ImageOrientationPatient = [_ds_string(v) for v in np.concatenate([row_dir, col_dir])]
@@ -101,12 +108,19 @@ def rtdose_dataset(dose_gy: np.ndarray, geometry: Geometry, summation: str = "PL
     ds.Rows, ds.Columns = nj, ni
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 32
-    ds.BitsStored = 32
-    ds.HighBit = 31
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     ds.DoseUnits = "GY"
     ds.DoseType = "PHYSICAL"
+    if plan_uid:
+        ref_plan = Dataset()
+        ref_plan.ReferencedSOPClassUID = RTPLAN_SOP_CLASS
+        ref_plan.ReferencedSOPInstanceUID = plan_uid
+        ds.ReferencedRTPlanSequence = Sequence([ref_plan])
+    elif summation not in ("RECORD", "MANUAL"):
+        summation = "MANUAL"
     ds.DoseSummationType = summation
     ds.DoseGridScaling = scaling_text
     ds.PixelData = pixels.tobytes()
@@ -173,14 +187,20 @@ def rtstruct_dataset(labels: np.ndarray, geometry: Geometry, segments: list[tupl
 
 
 def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int = 1, patient: dict | None = None,
-                   study_uid: str | None = None, frame_of_reference_uid: str | None = None) -> Dataset:
+                   study_uid: str | None = None, frame_of_reference_uid: str | None = None,
+                   structure_set_uid: str | None = None, machine: str = "MedAI") -> Dataset:
     """A minimal STATIC photon RTPLAN: beams as dicts with name, gantry_deg, couch_deg, collimator_deg,
     isocenter_lps (mm), meterset_mu, energy_mv, sad_mm and optional jaws_mm {'X': [x1, x2], 'Y': [y1, y2]}."""
     ds = _base_dataset(RTPLAN_SOP_CLASS, "RTPLAN", patient, study_uid, frame_of_reference_uid)
     ds.RTPlanLabel = label[:16]
     ds.RTPlanDate = ds.StudyDate
     ds.RTPlanTime = ds.StudyTime
-    ds.RTPlanGeometry = "PATIENT"
+    ds.RTPlanGeometry = "PATIENT" if structure_set_uid else "TREATMENT_DEVICE"
+    if structure_set_uid:
+        ref_ss = Dataset()
+        ref_ss.ReferencedSOPClassUID = RTSTRUCT_SOP_CLASS
+        ref_ss.ReferencedSOPInstanceUID = structure_set_uid
+        ds.ReferencedStructureSetSequence = Sequence([ref_ss])
     fg = Dataset()
     fg.FractionGroupNumber = 1
     fg.NumberOfFractionsPlanned = int(fractions)
@@ -196,6 +216,7 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
         beam.BeamNumber = n
         beam.BeamName = str(b.get("name", f"Beam {n}"))[:64]
         beam.BeamType = "STATIC"
+        beam.TreatmentMachineName = machine
         beam.RadiationType = "PHOTON"
         beam.TreatmentDeliveryType = "TREATMENT"
         beam.SourceAxisDistance = _ds_string(float(b.get("sad_mm", 1000.0)))
