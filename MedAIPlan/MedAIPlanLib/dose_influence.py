@@ -21,7 +21,7 @@ from MedAICommonLib.geometry import Geometry
 
 from .beams import Beam, voxel_points_lps
 from .matrad_io import PhotonMachine
-from .pencil_beam import bixel_dose, convolve_kernels, interpolate_kernels, iso_lateral_offsets
+from .pencil_beam import convolve_kernels, depth_components, interpolate_kernels, iso_lateral_offsets
 from .raytrace import radiological_depth, sample_volume, ssd_along_ray
 
 
@@ -142,13 +142,13 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         kernels = convolve_kernels(machine, ssd, beam.bixel_width, kernel_cutoff=kernel_cutoff_mm, device=dev)
         t2 = time.perf_counter()
         t_trace += t2 - t1
-        q = torch.as_tensor(q_all[cand], dtype=torch.float64, device=dev)
-        uu = torch.as_tensor(u[cand], device=dev)
-        vv = torch.as_tensor(v[cand], device=dev)
-        rad_t = torch.as_tensor(rad, device=dev)
-        geo_t = torch.linalg.norm(q, dim=1)
-        rp_t = torch.as_tensor(rp, dtype=torch.float64, device=dev)
-        chunk = max(1, int(2_000_000 // max(1, len(cand))))
+        q = torch.as_tensor(q_all[cand], dtype=torch.float32, device=dev)
+        uu = torch.as_tensor(u[cand], dtype=torch.float32, device=dev)
+        vv = torch.as_tensor(v[cand], dtype=torch.float32, device=dev)
+        comp = depth_components(machine, torch.as_tensor(rad, device=dev),
+                                torch.as_tensor(np.linalg.norm(q_all[cand], axis=1), device=dev), sad)
+        rp_t = torch.as_tensor(rp, dtype=torch.float32, device=dev)
+        chunk = max(1, int(4_000_000 // max(1, len(cand))))
         for a in range(0, len(rp), chunk):
             r = rp_t[a:a + chunk]
             d2 = (uu[None, :] - r[:, 0:1]) ** 2 + (vv[None, :] - r[:, 1:2]) ** 2
@@ -156,8 +156,8 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
             lx, lz = iso_lateral_offsets(q[vox_i], r[ray_i], sad)
             keep = lx * lx + lz * lz <= cutoff * cutoff
             ray_i, vox_i, lx, lz = ray_i[keep], vox_i[keep], lx[keep], lz[keep]
-            kv = interpolate_kernels(kernels, lx.float(), lz.float())
-            dose = bixel_dose(machine, kv, rad_t[vox_i], geo_t[vox_i], sad)
+            kv = interpolate_kernels(kernels, lx, lz)
+            dose = torch.clamp((kv * comp[vox_i]).sum(dim=1), min=0.0)
             if rel_threshold > 0 and dose.numel():
                 cmax = torch.zeros(len(r), dtype=dose.dtype, device=dev).scatter_reduce(0, ray_i, dose, "amax")
                 keep = dose >= rel_threshold * cmax[ray_i]

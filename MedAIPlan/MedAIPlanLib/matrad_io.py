@@ -29,6 +29,8 @@ class Structure:
     name: str
     kind: str
     mask: np.ndarray
+    priority: int = 2
+    objectives: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +136,29 @@ def matrad_geometry(ct) -> Geometry:
     return Geometry(spacing=res, origin=(x[0], y[0], z[0]), space="LPS", shape_kji=(dim[2], dim[0], dim[1]))
 
 
+_OBJECTIVE_NAMES = {
+    "SquaredOverdosing": "squared_overdose", "SquaredUnderdosing": "squared_underdose",
+    "SquaredDeviation": "squared_deviation", "MeanDose": "mean", "MaxDVH": "max_dvh", "MinDVH": "min_dvh",
+}
+
+
+def _objectives(value) -> list[dict]:
+    """matRad ``cst{i,6}`` objective structs -> [{"type", "dose", "penalty", ["volume"]}] (Gy, %)."""
+    out = []
+    items = value.flat if isinstance(value, np.ndarray) else [value]
+    for obj in items:
+        name = str(getattr(obj, "className", "")).split("matRad_")[-1]
+        if name not in _OBJECTIVE_NAMES:
+            continue
+        params = np.atleast_1d(np.asarray(getattr(obj, "parameters", 0.0), dtype=float))
+        entry = {"type": _OBJECTIVE_NAMES[name], "dose": float(params[0]),
+                 "penalty": float(getattr(obj, "penalty", 1.0))}
+        if name in ("MaxDVH", "MinDVH") and params.size > 1:
+            entry["volume"] = float(params[1])
+        out.append(entry)
+    return out
+
+
 def load_matrad_patient(path) -> MatRadPatient:
     """Read ``ct`` and ``cst`` of a matRad/pyRadPlan patient ``.mat`` file."""
     data = _loadmat(path)
@@ -153,7 +178,11 @@ def load_matrad_patient(path) -> MatRadPatient:
     structures = []
     for row in cst:
         idx = _first(row[3])
-        structures.append(Structure(str(row[1]), str(row[2]).upper(), matrad_indices_to_mask(idx, dim)))
+        props = row[4] if len(row) > 4 else None
+        priority = int(getattr(props, "Priority", 1 if str(row[2]).upper() == "TARGET" else 2))
+        objectives = _objectives(row[5]) if len(row) > 5 else []
+        structures.append(Structure(str(row[1]), str(row[2]).upper(), matrad_indices_to_mask(idx, dim),
+                                    priority, objectives))
     return MatRadPatient(hu=np.asarray(hu), density=density, geometry=matrad_geometry(ct),
                          structures=structures, hlut=hlut)
 

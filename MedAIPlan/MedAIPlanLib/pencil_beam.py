@@ -78,33 +78,38 @@ def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, 
 
 def interpolate_kernels(kernels: ConvolvedKernels, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Bilinear kernel values (N, 3) at iso-plane lateral offsets x, z (mm); 0 outside the grid."""
-    n = kernels.values.shape[-1]
+    v = kernels.values.permute(1, 2, 0)          # (n_z, n_x, 3): one gather fetches all three kernels
+    n = v.shape[0]
     fx = (x - kernels.start_mm) / kernels.res_mm
     fz = (z - kernels.start_mm) / kernels.res_mm
     x0 = torch.floor(fx)
     z0 = torch.floor(fz)
-    wx = (fx - x0).to(kernels.values.dtype)
-    wz = (fz - z0).to(kernels.values.dtype)
+    wx = (fx - x0).to(v.dtype)[:, None]
+    wz = (fz - z0).to(v.dtype)[:, None]
     x0 = x0.long()
     z0 = z0.long()
-    valid = (x0 >= 0) & (z0 >= 0) & (x0 < n - 1) & (z0 < n - 1)
+    valid = ((x0 >= 0) & (z0 >= 0) & (x0 < n - 1) & (z0 < n - 1))[:, None]
     x0 = x0.clamp(0, n - 2)
     z0 = z0.clamp(0, n - 2)
-    v = kernels.values
-    out = (v[:, z0, x0] * (1 - wx) * (1 - wz) + v[:, z0, x0 + 1] * wx * (1 - wz)
-           + v[:, z0 + 1, x0] * (1 - wx) * wz + v[:, z0 + 1, x0 + 1] * wx * wz)
-    return (out * valid).T
+    top = v[z0, x0] + wx * (v[z0, x0 + 1] - v[z0, x0])
+    bottom = v[z0 + 1, x0] + wx * (v[z0 + 1, x0 + 1] - v[z0 + 1, x0])
+    return (top + wz * (bottom - top)) * valid
+
+
+def depth_components(machine: PhotonMachine, rad_depth: torch.Tensor, geo_dist: torch.Tensor, sad: float,
+                     dtype=torch.float32) -> torch.Tensor:
+    """Per-voxel factors (N, 3): ``beta_k/(beta_k-m)(exp(-m d)-exp(-beta_k d)) (SAD/r)^2`` (ray independent)."""
+    betas = torch.as_tensor(machine.betas, dtype=torch.float64, device=rad_depth.device)
+    d = rad_depth.double()[:, None]
+    comp = betas / (betas - machine.m) * (torch.exp(-machine.m * d) - torch.exp(-betas * d))
+    return (comp * ((sad / geo_dist.double()) ** 2)[:, None]).to(dtype)
 
 
 def bixel_dose(machine: PhotonMachine, kernel_values: torch.Tensor, rad_depth: torch.Tensor,
                geo_dist: torch.Tensor, sad: float) -> torch.Tensor:
     """Dose per bixel weight at voxels: depth-dose components x kernels, inverse-square corrected."""
-    dt = kernel_values.dtype
-    betas = torch.as_tensor(machine.betas, dtype=dt, device=kernel_values.device)
-    d = rad_depth.to(dt)[:, None]
-    comp = betas / (betas - machine.m) * (torch.exp(-machine.m * d) - torch.exp(-betas * d))
-    dose = (comp * kernel_values).sum(dim=1) * (sad / geo_dist.to(dt)) ** 2
-    return torch.clamp(dose, min=0.0)
+    comp = depth_components(machine, rad_depth, geo_dist, sad, kernel_values.dtype)
+    return torch.clamp((comp * kernel_values).sum(dim=1), min=0.0)
 
 
 def iso_lateral_offsets(q: torch.Tensor, ray_pos: torch.Tensor, sad: float) -> tuple[torch.Tensor, torch.Tensor]:

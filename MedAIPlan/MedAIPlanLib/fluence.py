@@ -1,0 +1,191 @@
+"""Fluence (bixel weight) optimisation with non-negative weights against per-structure objectives.
+
+Objectives follow matRad's definitions (doses in Gy of the whole plan, normalised per voxel and
+multiplied by a penalty weight):
+
+* ``squared_overdose``  ``1/N sum max(d - D, 0)^2``; ``squared_underdose`` ``1/N sum max(D - d, 0)^2``
+* ``squared_deviation`` ``1/N sum (d - D)^2``; ``mean`` ``max(mean(d) - D, 0)^2``
+* ``max_dvh`` (at most ``volume`` % above D): ``1/N sum (d - D)^2`` over voxels with
+  D < d < D_volume%; ``min_dvh`` (at least ``volume`` % above D): over voxels with D_volume% < d < D.
+
+Voxels shared by several structures count only for the one with the best (lowest) priority, as
+matRad's overlap priorities. The dose is evaluated on torch (CPU or CUDA) as sparse matrix-vector
+products; the weights are optimised by L-BFGS-B with bounds w >= 0 (scipy) or, on a GPU, by
+projected gradient descent (Adam with clamping).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+OBJECTIVE_TYPES = ("squared_overdose", "squared_underdose", "squared_deviation", "mean", "max_dvh", "min_dvh")
+
+
+@dataclass
+class Objective:
+    """One objective on a structure: ``type`` (see module), ``dose`` (Gy), ``penalty``, ``volume`` (%)."""
+
+    structure: str
+    type: str
+    dose: float
+    penalty: float = 1.0
+    volume: float = 50.0
+
+    def __post_init__(self):
+        if self.type not in OBJECTIVE_TYPES:
+            raise ValueError(f"Unknown objective type {self.type!r}; use one of {', '.join(OBJECTIVE_TYPES)}.")
+        if self.dose < 0 or self.penalty < 0:
+            raise ValueError("Objective dose and penalty must be non-negative.")
+
+
+@dataclass
+class FluenceResult:
+    """Optimised weights (per-fraction scale, see :func:`optimise_fluence`), objective history, time."""
+
+    weights: np.ndarray
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    iterations: int = 0
+
+
+def exclusive_voxels(masks: dict[str, np.ndarray], priorities: dict[str, int]) -> dict[str, np.ndarray]:
+    """Flat voxel indices per structure after removing voxels claimed by a better-priority structure."""
+    taken = None
+    out = {}
+    for name in sorted(masks, key=lambda n: priorities.get(n, 2)):
+        m = np.asarray(masks[name], bool).ravel()
+        own = m if taken is None else m & ~taken
+        out[name] = np.flatnonzero(own)
+        taken = m.copy() if taken is None else taken | m
+    return out
+
+
+def _torch_csr(matrix: sp.spmatrix, device) -> torch.Tensor:
+    m = matrix.tocsr().astype(np.float32)
+    return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64), torch.as_tensor(m.indices, dtype=torch.int64),
+                                   torch.as_tensor(m.data), size=m.shape, device=device)
+
+
+class _Problem:
+    def __init__(self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective], scale: float,
+                 device):
+        self.device = torch.device(device)
+        self.terms = []
+        used = sorted({o.structure for o in objectives})
+        missing = [s for s in used if s not in voxels or len(voxels[s]) == 0]
+        if missing:
+            raise ValueError(f"Objectives name structures without voxels: {', '.join(missing)}.")
+        csr = dij.tocsr()
+        self.blocks = {}
+        self.on_cpu = self.device.type == "cpu"
+        for s in used:
+            sub = (csr[voxels[s]] * scale).astype(np.float32).tocsr()
+            if self.on_cpu:   # scipy's CSR products are faster than torch's sparse CSR on the CPU
+                self.blocks[s] = (sub, sub.T.tocsr())
+            else:
+                self.blocks[s] = (_torch_csr(sub, self.device), _torch_csr(sub.T, self.device))
+        self.objectives = objectives
+
+    def _mv(self, matrix, x: torch.Tensor) -> torch.Tensor:
+        if self.on_cpu:
+            return torch.from_numpy(np.asarray(matrix @ x.numpy().astype(np.float32), dtype=np.float64))
+        return (matrix @ x[:, None].float()).double().ravel()
+
+    def value_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        grad = torch.zeros_like(w)
+        doses = {s: self._mv(a, w) for s, (a, _) in self.blocks.items()}
+        gd = {s: torch.zeros_like(d) for s, d in doses.items()}
+        for o in self.objectives:
+            d = doses[o.structure]
+            n = d.numel()
+            if o.type == "squared_overdose":
+                r = torch.clamp(d - o.dose, min=0)
+                f, g = (r * r).sum() / n, 2 * r / n
+            elif o.type == "squared_underdose":
+                r = torch.clamp(o.dose - d, min=0)
+                f, g = (r * r).sum() / n, -2 * r / n
+            elif o.type == "squared_deviation":
+                r = d - o.dose
+                f, g = (r * r).sum() / n, 2 * r / n
+            elif o.type == "mean":
+                r = torch.clamp(d.mean() - o.dose, min=0)
+                f, g = r * r, torch.full_like(d, float(2 * r / n))
+            else:
+                dv = torch.quantile(d, 1 - o.volume / 100.0) if n > 1 else d[0]
+                if o.type == "max_dvh":
+                    sel = (d > o.dose) & (d < dv)
+                else:
+                    sel = (d < o.dose) & (d > dv)
+                r = torch.where(sel, d - o.dose, torch.zeros_like(d))
+                f, g = (r * r).sum() / n, 2 * r / n
+            total = total + o.penalty * f
+            gd[o.structure] = gd[o.structure] + o.penalty * g
+        for s, (_, at) in self.blocks.items():
+            grad = grad + self._mv(at, gd[s])
+        return float(total), grad
+
+
+def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
+                     prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
+                     w0: np.ndarray | None = None, device="cpu", method: str = "auto", progress=None) -> FluenceResult:
+    """Optimise non-negative bixel weights; plan dose = ``fractions`` x (dij @ w).
+
+    ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
+    uniform fluence scaled so that the target's mean dose equals the prescription (as matRad).
+    ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (torch projected Adam), "auto".
+    """
+    if prescription_gy is None or prescription_gy <= 0:
+        raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
+    if fractions < 1:
+        raise ValueError("The number of fractions must be at least 1.")
+    if target not in voxels or len(voxels[target]) == 0:
+        raise ValueError(f"The target {target!r} has no voxels on the dose grid.")
+    if not objectives:
+        raise ValueError("Give at least one objective.")
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    problem = _Problem(dij, voxels, objectives, float(fractions), dev)
+    n = dij.shape[1]
+    if w0 is None:
+        mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
+        if mean_t <= 0:
+            raise ValueError("The beams deliver no dose to the target; check the beam geometry.")
+        w0 = np.full(n, prescription_gy / mean_t)
+    history: list[float] = []
+    if method == "auto":
+        method = "pgd" if dev.type == "cuda" else "lbfgsb"
+    if method == "lbfgsb":
+        from scipy.optimize import minimize
+
+        def fun(x):
+            f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
+            history.append(f)
+            if progress is not None:
+                progress.update("optimisation", min(1.0, len(history) / max_iter))
+            return f, g.cpu().numpy()
+
+        res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
+                       options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": 1e-10, "gtol": 1e-8})
+        w, iters = res.x, int(res.nit)
+    else:
+        w = torch.as_tensor(w0, dtype=torch.float64, device=dev).clone().requires_grad_(False)
+        lr = float(np.mean(w0)) * 0.05
+        m = torch.zeros_like(w)
+        v = torch.zeros_like(w)
+        for it in range(1, max_iter + 1):
+            f, g = problem.value_and_grad(w)
+            history.append(f)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            step = lr * (m / (1 - 0.9 ** it)) / (torch.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
+            w = torch.clamp(w - step, min=0)
+            if progress is not None:
+                progress.update("optimisation", it / max_iter)
+        w, iters = w.cpu().numpy(), max_iter
+    return FluenceResult(np.asarray(w, float), history, time.perf_counter() - t0, iters)
