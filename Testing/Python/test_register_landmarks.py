@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from MedAIRegisterLib import landmarks
 
 
