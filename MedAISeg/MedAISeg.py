@@ -158,9 +158,11 @@ class MedAISegLogic(ScriptedLoadableModuleLogic, MedAISegCoreLogic):
                               output_node=p.outputSegmentation, progress=progress)
 
     def postprocessFromParameters(self, p, progress=None):
-        """Apply the checked clean-up operations to every segment of the output segmentation."""
+        """Apply the checked clean-up operations to every segment of the output segmentation (in place:
+        the user pressed "Clean up" on that segmentation)."""
         return self.postprocess(p.outputSegmentation, keep_largest=p.keepLargestComponent,
-                                fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3, progress=progress)
+                                fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3,
+                                output_node=p.outputSegmentation, progress=progress)
 
     def lesionsFromParameters(self, p, progress=None):
         """Detect lesions in the output segmentation; returns the lesion table node."""
