@@ -43,7 +43,7 @@ def register(subparsers, add_common_options) -> None:
     group.add_argument("--model", metavar="BUNDLE_DIR|FILE", help="MONAI bundle folder or TorchScript file with card")
     p.add_argument("--lower", type=float, help="lower threshold (input units, e.g. HU)")
     p.add_argument("--upper", type=float, help="upper threshold (input units, e.g. HU)")
-    p.add_argument("--seeds", help="region-growing seeds: a markups file or 'R,A,S;R,A,S' in mm")
+    p.add_argument("--seeds", help="region-growing seeds: a markups file or 'R,A,S;R,A,S' in mm (write --seeds=-10,5,3 when the first is negative)")
     p.add_argument("--confidence", action="store_true", help="confidence-connected region growing")
     p.add_argument("--classes", type=int, default=2, help="Otsu classes")
     p.add_argument("--extra-input", action="append", default=[], help="more model inputs (channels), in order")
