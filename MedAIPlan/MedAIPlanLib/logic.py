@@ -1,0 +1,313 @@
+"""MedAIPlan Logic: photon dose (SVD pencil beam) and fluence optimisation on MRML nodes.
+
+Inputs are a CT volume node (HU) and a segmentation node (target and organs); outputs are dose
+volume nodes in Gy on the CT geometry, marked as SlicerRT dose volumes (``DicomRtImport.DoseVolume``,
+dose unit attributes, ``Dose_ColorTable``). Nodes are converted only through
+:mod:`MedAICommonLib.bridge`; outputs are created after the computation succeeded; an existing
+``output_dose_node`` is updated instead. Bad input raises ``ValueError`` saying what to do.
+After each run ``self.last_info`` holds beams, weights, timings and per-structure dose figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from MedAICommonLib import bridge
+from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.devices import select_device
+from MedAICommonLib.progress import Progress
+from MedAICommonLib.runtime import get_scene
+
+from . import dose_volume
+from .beam_angles import select_beams_greedy
+from .beams import make_beams
+from .dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
+from .fluence import Objective, exclusive_voxels, optimise_fluence
+from .hlut import hu_to_density, load_hlut
+from .matrad_io import load_matrad_patient, load_photon_machine
+from .plan_metrics import structure_stats
+
+TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
+BODY_NAMES = ("body", "external", "skin", "outline", "patient")
+PLAN_ATTRIBUTE_PREFIX = "MedAIPlan."
+
+
+def default_machine_path() -> Path:
+    """photons_Generic.mat: $MEDAI_PHOTON_MACHINE, the module's Resources, or the shared data folder."""
+    candidates = []
+    if os.environ.get("MEDAI_PHOTON_MACHINE"):
+        candidates.append(Path(os.environ["MEDAI_PHOTON_MACHINE"]))
+    here = Path(__file__).resolve().parents[1]
+    candidates.append(here / "Resources" / "photons_Generic.mat")
+    shared = os.environ.get("MEDAI_SHARED_DATA")
+    for root in ([Path(shared)] if shared else []) + [here.parents[1] / "shared" / "data", here.parents[0] / "shared" / "data"]:
+        candidates.append(root / "rt" / "matRad" / "photons_Generic.mat")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ValueError("Photon base data photons_Generic.mat (matRad, BSD-3) not found; set MEDAI_PHOTON_MACHINE "
+                     "to its path.")
+
+
+def default_objectives(names: list[str], target: str, prescription_gy: float) -> list[Objective]:
+    """Target: squared deviation from the prescription (penalty 1000); body: overdose above 60 % Rx
+    (100); other organs: overdose above 50 % Rx (300)."""
+    out = [Objective(target, "squared_deviation", prescription_gy, 1000.0)]
+    for n in names:
+        if n == target:
+            continue
+        if n.lower() in BODY_NAMES:
+            out.append(Objective(n, "squared_overdose", 0.6 * prescription_gy, 100.0))
+        else:
+            out.append(Objective(n, "squared_overdose", 0.5 * prescription_gy, 300.0))
+    return out
+
+
+class MedAIPlanLogic:
+    """Headless Logic of MedAIPlan bound to ``scene`` (default :func:`MedAICommonLib.runtime.get_scene`)."""
+
+    def __init__(self, scene=None, machine_path=None) -> None:
+        self.scene = scene if scene is not None else get_scene()
+        self._machine_path = machine_path
+        self._machine = None
+        self.last_info: dict = {}
+        self.matrad_structures: dict = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _progress(progress) -> Progress:
+        return progress if isinstance(progress, Progress) else Progress(progress)
+
+    @property
+    def machine(self):
+        """The photon base data (loaded once)."""
+        if self._machine is None:
+            self._machine = load_photon_machine(self._machine_path or default_machine_path())
+        return self._machine
+
+    def _inputs(self, ct_node, segmentation_node, target, hlut_path=None):
+        bridge.require_scalar_volume(ct_node, "CT volume")
+        bridge.require_segmentation(segmentation_node, "structure set")
+        hu, geometry = bridge.array_from_volume(ct_node)
+        names = [i.name for i in bridge.segment_infos(segmentation_node)]
+        if not target:
+            raise ValueError("Choose the target segment (e.g. --target PTV).")
+        match = [n for n in names if n.lower() == str(target).lower()]
+        if not match:
+            raise ValueError(f"Target segment {target!r} not found; segments are: {', '.join(names)}.")
+        masks = {n: bridge.segment_mask(segmentation_node, n, reference=geometry)[0].astype(bool) for n in names}
+        if not masks[match[0]].any():
+            raise ValueError(f"The target segment {match[0]!r} is empty.")
+        table = load_hlut(hlut_path) if hlut_path else None
+        density = hu_to_density(hu, table)
+        return hu, geometry, density, masks, match[0]
+
+    @staticmethod
+    def _priorities(masks: dict, target: str, given: dict | None = None) -> dict:
+        if given:
+            return {n: given.get(n, 2) for n in masks}
+        return {n: 1 if n == target else (3 if n.lower() in BODY_NAMES else 2) for n in masks}
+
+    def _body_mask(self, masks, density):
+        body = density > 0.05
+        for m in masks.values():
+            body |= m
+        return body
+
+    def _beams(self, masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
+               margin_mm):
+        if gantry_angles is None or len(list(gantry_angles)) == 0:
+            raise ValueError("Give the gantry angles (degrees), e.g. 0,51,102,153,204,255,306.")
+        return make_beams(masks[target], geometry, list(gantry_angles), couch_angles, bixel_width_mm,
+                          isocenter_lps, margin_mm)
+
+    def _output(self, dose_ct, geometry, name, node, attributes):
+        node = bridge.create_volume(self.scene, dose_ct.astype(np.float32), geometry, name, node=node)
+        dose_volume.mark_as_dose_volume(node)
+        for k, v in attributes.items():
+            node.SetAttribute(PLAN_ATTRIBUTE_PREFIX + k, str(v))
+        return node
+
+    def _metrics(self, dose_ct, masks):
+        return {n: structure_stats(dose_ct, m) for n, m in masks.items()}
+
+    # --- matRad files ----------------------------------------------------------------------
+    def load_matrad(self, path, name: str | None = None, progress=None):
+        """Load a matRad/pyRadPlan patient ``.mat`` as (CT node in HU, segmentation node)."""
+        progress = self._progress(progress)
+        progress.update("reading matRad file", 0.1)
+        patient = load_matrad_patient(path)
+        base = name or Path(path).stem
+        geometry = patient.geometry.to_space("RAS")
+        labels = np.zeros(patient.hu.shape, np.uint16)
+        segments = []
+        # paint low-priority (large) structures first so that targets and organs stay on top
+        order = sorted(range(len(patient.structures)), key=lambda i: -patient.structures[i].priority)
+        overlap = False
+        for i in order:
+            s = patient.structures[i]
+            overlap |= bool(np.any(labels[s.mask] > 0))
+            labels[s.mask] = i + 1
+            segments.append(SegmentInfo(i + 1, s.name))
+        ct = bridge.create_volume(self.scene, patient.hu.astype(np.int16), geometry, f"{base} CT")
+        seg = bridge.create_segmentation(self.scene, labels, geometry, sorted(segments, key=lambda s: s.label),
+                                         f"{base} structures", reference_volume=ct)
+        if overlap:  # a label map cannot hold overlaps: set each segment's own mask
+            self._set_exact_masks(seg, patient, geometry, ct)
+        self.matrad_structures = {s.name: s for s in patient.structures}
+        self.last_info = {"structures": {s.name: int(s.mask.sum()) for s in patient.structures}}
+        progress.update("done", 1.0)
+        return ct, seg
+
+    def _set_exact_masks(self, seg, patient, geometry, ct):
+        for s in patient.structures:
+            single = bridge.create_segmentation(self.scene, s.mask.astype(np.uint16), geometry,
+                                                [SegmentInfo(1, s.name)], "__medai_tmp__", reference_volume=ct)
+            try:
+                segmentation = seg.GetSegmentation()
+                seg_id = segmentation.GetSegmentIdBySegmentName(s.name)
+                src = single.GetSegmentation()
+                segmentation.RemoveSegment(seg_id)
+                segmentation.CopySegmentFromSegmentation(src, src.GetNthSegmentID(0))
+            finally:
+                bridge.remove_nodes(self.scene, [single])
+
+    # --- dose -------------------------------------------------------------------------------
+    def compute_dose(self, ct_node, segmentation_node, target: str, gantry_angles=TG119_ANGLES, couch_angles=None,
+                     bixel_width_mm: float = 5.0, weights=None, beam_weights=None, prescription_gy=None,
+                     fractions: int = 1, dose_grid_mm=None, isocenter_lps=None, margin_mm: float = 0.0,
+                     per_beam: bool = False, output_dose_node=None, device: str = "auto", hlut_path=None,
+                     progress=None):
+        """Forward dose (Gy, CT grid) of beams with given bixel ``weights`` or per-beam open-field weights.
+
+        Without ``weights``, every bixel of beam b gets ``beam_weights[b]`` (default 1); when a
+        ``prescription_gy`` is given the plan is scaled so the target's mean dose equals it.
+        Otherwise dose = ``fractions`` x dij @ weights (matRad's units: Gy per unit weight).
+        """
+        progress = self._progress(progress)
+        if prescription_gy is not None and prescription_gy <= 0:
+            raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
+        if fractions < 1:
+            raise ValueError("The number of fractions must be at least 1.")
+        progress.update("reading inputs", 0.02)
+        hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
+        beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
+                            margin_mm)
+        dev = select_device(device)
+        dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
+                          dose_resolution_mm=dose_grid_mm, device=dev, progress=progress.sub(0.05, 0.85))
+        if weights is not None:
+            w = np.asarray(weights, float).ravel()
+            if w.size != dij.num_bixels:
+                raise ValueError(f"The plan has {dij.num_bixels} bixels but {w.size} weights were given.")
+            if np.any(w < 0):
+                raise ValueError("Bixel weights must be non-negative.")
+        else:
+            bw = np.ones(len(beams)) if beam_weights is None else np.asarray(beam_weights, float)
+            if bw.size != len(beams):
+                raise ValueError(f"Give one beam weight per beam ({len(beams)}), got {bw.size}.")
+            w = bw[dij.beam_of_bixel]
+        dose_d = dij.dose(w) * fractions
+        if prescription_gy is not None:
+            tmask = resample_nearest(masks[target].astype(np.float32), geometry, dij.geometry) > 0.5
+            mean_t = float(dose_d[tmask].mean()) if tmask.any() else 0.0
+            if mean_t <= 0:
+                raise ValueError("The beams give no dose to the target; check angles and isocentre.")
+            w = w * prescription_gy / mean_t
+            dose_d = dose_d * prescription_gy / mean_t
+        progress.update("interpolating to the CT grid", 0.9)
+        dose_ct = dose_to_ct_grid(dose_d, dij.geometry, geometry)
+        beam_doses = [dose_to_ct_grid(dij.beam_dose(w, b) * fractions, dij.geometry, geometry)
+                      for b in range(len(beams))] if per_beam else []
+        attrs = self._attributes(beams, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
+        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, attrs)
+        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, attrs)
+                      for d, b in zip(beam_doses, beams)]
+        self.last_info = {"beams": self._beam_info(beams), "num_bixels": dij.num_bixels, "weights": w,
+                          "device": str(dev), "timings": dij.timings, "dij_nnz": int(dij.matrix.nnz),
+                          "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
+                          "dose_grid": list(dij.geometry.spacing)}
+        progress.update("done", 1.0)
+        return node
+
+    @staticmethod
+    def _beam_info(beams):
+        return [{"gantry_deg": b.gantry_deg, "couch_deg": b.couch_deg, "bixels": b.num_bixels,
+                 "isocenter_lps_mm": [round(float(v), 2) for v in b.isocenter]} for b in beams]
+
+    @staticmethod
+    def _attributes(beams, target, prescription, fractions, bixel_width, dose_grid):
+        return {"Target": target, "PrescriptionGy": prescription if prescription is not None else "",
+                "Fractions": fractions, "GantryAngles": ",".join(f"{b.gantry_deg:g}" for b in beams),
+                "CouchAngles": ",".join(f"{b.couch_deg:g}" for b in beams), "BixelWidthMm": bixel_width,
+                "DoseGridMm": dose_grid if dose_grid is not None else "CT",
+                "IsocenterLPS": ",".join(f"{v:.2f}" for v in beams[0].isocenter)}
+
+    # --- plan -------------------------------------------------------------------------------
+    def plan(self, ct_node, segmentation_node, target: str, prescription_gy: float, fractions: int = 1,
+             gantry_angles=TG119_ANGLES, couch_angles=None, bixel_width_mm: float = 5.0, dose_grid_mm=3.0,
+             objectives: list[Objective] | None = None, select_beams: int | None = None, isocenter_lps=None,
+             margin_mm: float = 0.0, max_iter: int = 150, per_beam: bool = False, output_dose_node=None,
+             device: str = "auto", hlut_path=None, priorities: dict | None = None, progress=None):
+        """Beams, dose-influence matrix, fluence optimisation; returns the plan's dose node (Gy, CT grid).
+
+        With ``select_beams`` = n, the n best of ``gantry_angles`` are chosen greedily first.
+        Default objectives: :func:`default_objectives`.
+        """
+        progress = self._progress(progress)
+        if prescription_gy is None or prescription_gy <= 0:
+            raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
+        if fractions < 1:
+            raise ValueError("The number of fractions must be at least 1.")
+        progress.update("reading inputs", 0.02)
+        hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
+        if objectives is None:
+            objectives = default_objectives(list(masks), target, prescription_gy)
+        unknown = [o.structure for o in objectives if o.structure not in masks]
+        if unknown:
+            raise ValueError(f"Objectives name unknown segments: {', '.join(unknown)}.")
+        beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
+                            margin_mm)
+        dev = select_device(device)
+        dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
+                          dose_resolution_mm=dose_grid_mm, device=dev, progress=progress.sub(0.05, 0.6))
+        masks_d = {n: resample_nearest(m.astype(np.float32), geometry, dij.geometry) > 0.5 for n, m in masks.items()}
+        voxels = exclusive_voxels(masks_d, self._priorities(masks, target, priorities))
+        used = {o.structure for o in objectives}
+        objectives = [o for o in objectives if len(voxels.get(o.structure, [])) > 0 or o.structure == target]
+        chosen = list(range(len(beams)))
+        selection_scores = []
+        if select_beams:
+            chosen, selection_scores = select_beams_greedy(dij.matrix, dij.beam_of_bixel, int(select_beams), voxels,
+                                                           objectives, prescription_gy, target, fractions,
+                                                           progress=progress.sub(0.6, 0.75))
+            chosen = sorted(chosen)
+        cols = np.flatnonzero(np.isin(dij.beam_of_bixel, chosen))
+        sub = dij.matrix[:, cols]
+        result = optimise_fluence(sub, voxels, objectives, prescription_gy, target, fractions, max_iter=max_iter,
+                                  device=dev, progress=progress.sub(0.75, 0.95))
+        w = np.zeros(dij.num_bixels)
+        w[cols] = result.weights
+        dose_d = dij.dose(w) * fractions
+        dose_ct = dose_to_ct_grid(dose_d, dij.geometry, geometry)
+        kept = [beams[b] for b in chosen]
+        beam_doses = [dose_to_ct_grid(dij.beam_dose(w, b) * fractions, dij.geometry, geometry) for b in chosen] \
+            if per_beam else []
+        attrs = self._attributes(kept, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
+        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, attrs)
+        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, attrs)
+                      for d, b in zip(beam_doses, kept)]
+        self.last_info = {
+            "beams": self._beam_info(kept), "candidate_angles": [b.gantry_deg for b in beams],
+            "selection_objective": selection_scores, "num_bixels": int(len(cols)), "weights": w[cols],
+            "device": str(dev), "timings": {**dij.timings, "optimisation_s": result.seconds},
+            "iterations": result.iterations, "objective": result.history[-1] if result.history else None,
+            "objectives": [o.__dict__ for o in objectives if o.structure in used], "dij_nnz": int(dij.matrix.nnz),
+            "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
+            "dose_grid": list(dij.geometry.spacing),
+        }
+        progress.update("done", 1.0)
+        return node
