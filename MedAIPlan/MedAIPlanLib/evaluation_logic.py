@@ -1,0 +1,272 @@
+"""Plan evaluation Logic: DVH and dose metrics, gamma, isodose, DICOM-RT import/export, on MRML nodes.
+
+Outputs follow SlicerRT's conventions: one DVH table per structure plus a metrics table and a plot
+chart; a gamma volume (attribute ``DoseComparison.GammaVolume``, 0 outside the analysed region)
+with its pass rate; dose volumes marked with :func:`dose_volume.mark_as_dose_volume`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from vtk.util.numpy_support import vtk_to_numpy
+
+from MedAICommonLib import bridge
+from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.devices import select_device
+from MedAICommonLib.progress import Progress
+from MedAICommonLib.runtime import get_scene
+
+from . import dicom_rt, dicom_rt_export, dose_metrics, dvh, gamma, isodose
+from .dose_volume import mark_as_dose_volume
+
+PLANAR_CONTOUR = "Planar contour"
+
+
+@dataclass
+class DvhResult:
+    """DVH outputs: per-structure tables, the metrics table and chart nodes, and the metrics as numbers."""
+
+    tables: dict
+    metrics_table: object
+    chart: object
+    combined_table: object
+    metrics: dict = field(default_factory=dict)
+
+
+def _contours_from_polydata(poly) -> list[np.ndarray]:
+    """Closed contours ((N, 3) RAS points) from a planar-contour polydata (one line cell each)."""
+    if poly is None or poly.GetNumberOfPoints() == 0:
+        return []
+    points = vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+    lines = poly.GetLines()
+    offsets = vtk_to_numpy(lines.GetOffsetsArray()).astype(int)
+    conn = vtk_to_numpy(lines.GetConnectivityArray()).astype(int)
+    contours = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        ids = conn[a:b]
+        if len(ids) > 1 and ids[0] == ids[-1]:
+            ids = ids[:-1]
+        if len(ids) >= 3:
+            contours.append(points[ids])
+    return contours
+
+
+class PlanEvaluationLogic:
+    """Evaluate dose volumes against structures and each other; move plans in and out as DICOM-RT."""
+
+    def __init__(self, scene=None, progress: Progress | None = None):
+        self.scene = scene if scene is not None else get_scene()
+        self.progress = progress or Progress()
+
+    # --- DVH -----------------------------------------------------------------------------
+    def structure_samples(self, dose_node, segmentation_node, segment_names=None, oversampling: int = 2):
+        """``{segment name: DoseSamples}``: planar contours when the segment has them, else its voxels."""
+        bridge.require_scalar_volume(dose_node, "dose volume")
+        bridge.require_segmentation(segmentation_node, "structure set")
+        dose, geometry = bridge.array_from_volume(dose_node)
+        segmentation = segmentation_node.GetSegmentation()
+        infos = bridge.segment_infos(segmentation_node)
+        names = [s.name for s in infos] if segment_names is None else list(segment_names)
+        missing = [n for n in names if n not in {s.name for s in infos}]
+        if missing:
+            raise ValueError(f"Segment(s) {missing} not found in '{segmentation_node.GetName()}'; "
+                             f"available: {[s.name for s in infos]}")
+        samples = {}
+        for i, name in enumerate(names):
+            self.progress.update(f"DVH {name}", i / max(len(names), 1))
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+            contours = _contours_from_polydata(segment.GetRepresentation(PLANAR_CONTOUR)) if segment else []
+            if contours:
+                samples[name] = dvh.contour_samples(contours, dose, geometry)
+            else:
+                mask, mask_geometry = bridge.segment_mask(segmentation_node, name)
+                samples[name] = dvh.mask_samples(dose, geometry, mask, mask_geometry, oversampling)
+        return samples
+
+    def compute_dvh(self, dose_node, segmentation_node, segment_names=None, v_doses_gy=(),
+                    bin_width_gy: float = 0.05, prescription_gy: float | None = None,
+                    target_segment: str | None = None, body_segment: str | None = None,
+                    oversampling: int = 2, existing: DvhResult | None = None) -> DvhResult:
+        """DVH tables (one per structure + a combined one), a metrics table and a plot chart.
+
+        With ``prescription_gy`` and ``target_segment``, Paddick CI, ICRU-83 HI and the gradient index
+        are added (PIV from ``body_segment`` samples, or from the dose grid voxels without one).
+        """
+        samples = self.structure_samples(dose_node, segmentation_node, segment_names, oversampling)
+        if not any(len(s.dose) for s in samples.values()):
+            raise ValueError("None of the structures overlaps the dose grid; check that they share a frame of reference.")
+        top = max(float(s.dose.max()) for s in samples.values() if len(s.dose))
+        curves = {name: dvh.compute_dvh(s, bin_width_gy, top) for name, s in samples.items()}
+        metrics = {name: dose_metrics.structure_metrics(s, tuple(v_doses_gy)) for name, s in samples.items()}
+        plan_indices = {}
+        if prescription_gy and target_segment:
+            if target_segment not in samples:
+                raise ValueError(f"Target '{target_segment}' is not among the evaluated structures.")
+            target = samples[target_segment]
+            plan_indices["HI_ICRU83"] = dose_metrics.homogeneity_index(target)
+            if body_segment and body_segment in samples:
+                body = samples[body_segment]
+                plan_indices["CI_Paddick"] = dose_metrics.paddick_conformity_index(target, body, prescription_gy)
+                plan_indices["GI_Paddick"] = dose_metrics.gradient_index(body, prescription_gy)
+            else:
+                dose, geometry = bridge.array_from_volume(dose_node)
+                voxel = float(np.prod(geometry.spacing))
+                piv = dose_metrics.grid_volume_at_dose_cc(dose, voxel, prescription_gy)
+                tv_piv, _ = dose_metrics.volume_at_dose(target, prescription_gy)
+                plan_indices["CI_Paddick"] = tv_piv ** 2 / (target.volume_cc * piv) if piv > 0 else 0.0
+                half = dose_metrics.grid_volume_at_dose_cc(dose, voxel, 0.5 * prescription_gy)
+                plan_indices["GI_Paddick"] = half / piv if piv > 0 else float("inf")
+        dose_name = dose_node.GetName()
+        tables = {}
+        for name, curve in curves.items():
+            node = (existing.tables.get(name) if existing else None)
+            tables[name] = bridge.create_table(self.scene, {
+                "Dose (Gy)": curve.dose_gy, "Volume (%)": curve.cumulative_percent,
+                "Volume (cc)": curve.cumulative_cc, "Differential (cc)": curve.differential_cc},
+                f"{dose_name} DVH {name}", node=node)
+        n_bins = max(len(c.dose_gy) for c in curves.values())
+        combined = {"Dose (Gy)": np.arange(n_bins) * bin_width_gy}
+        for name, curve in curves.items():
+            combined[f"{name} (%)"] = np.pad(curve.cumulative_percent, (0, n_bins - len(curve.dose_gy)))
+        combined_table = bridge.create_table(self.scene, combined, f"{dose_name} DVH",
+                                             node=existing.combined_table if existing else None)
+        keys = sorted({k for m in metrics.values() for k in m})
+        columns = {"Structure": list(metrics)}
+        for key in keys:
+            columns[key] = [float(m.get(key, float("nan"))) for m in metrics.values()]
+        metrics_table = bridge.create_table(self.scene, columns, f"{dose_name} DVH metrics",
+                                            node=existing.metrics_table if existing else None)
+        for key, value in plan_indices.items():
+            metrics_table.SetAttribute(f"MedAI.{key}", repr(float(value)))
+        chart = bridge.create_plot_chart(self.scene, combined_table, "Dose (Gy)",
+                                         [c for c in combined if c != "Dose (Gy)"], f"{dose_name} DVH chart",
+                                         x_title="Dose (Gy)", y_title="Volume (%)",
+                                         chart=existing.chart if existing else None)
+        self.progress.update("DVH", 1.0)
+        all_metrics = {name: m for name, m in metrics.items()}
+        all_metrics.update({"plan": plan_indices} if plan_indices else {})
+        return DvhResult(tables, metrics_table, chart, combined_table, all_metrics)
+
+    # --- gamma ---------------------------------------------------------------------------
+    def gamma(self, reference_node, evaluated_node, dose_percent: float = 3.0, dta_mm: float = 3.0,
+              threshold_percent: float = 10.0, local: bool = False, max_gamma: float = 2.0,
+              normalization_dose_gy: float | None = None, step_mm: float | None = None,
+              device: str = "auto", output_node=None):
+        """Gamma volume of ``evaluated_node`` vs ``reference_node`` on the reference grid, and its result.
+
+        Voxels below the threshold are 0 in the volume (as SlicerRT); the pass rate counts the others.
+        """
+        bridge.require_scalar_volume(reference_node, "reference dose")
+        bridge.require_scalar_volume(evaluated_node, "evaluated dose")
+        ref, ref_geo = bridge.array_from_volume(reference_node)
+        ev, ev_geo = bridge.array_from_volume(evaluated_node)
+        torch_device = select_device(device)
+        result = gamma.gamma_index(ref, ref_geo, ev, ev_geo, dose_percent, dta_mm, threshold_percent, local,
+                                   max_gamma, normalization_dose_gy, step_mm, torch_device,
+                                   progress=lambda f: self.progress.update("gamma", f))
+        volume = np.nan_to_num(result.gamma, nan=0.0).astype(np.float32)
+        node = bridge.create_volume(self.scene, volume, ref_geo, f"{evaluated_node.GetName()} gamma",
+                                    node=output_node)
+        node.SetAttribute("DoseComparison.GammaVolume", "1")
+        node.SetAttribute("MedAI.GammaPassRate", repr(result.pass_rate))
+        return node, result
+
+    # --- isodose -------------------------------------------------------------------------
+    def isodose(self, dose_node, levels=isodose.DEFAULT_LEVELS_PERCENT, prescription_gy: float | None = None,
+                percent: bool = True, smooth: bool = False, existing_models=None):
+        """Isodose surface model nodes (one per level reached) and a legend table node."""
+        bridge.require_scalar_volume(dose_node, "dose volume")
+        dose, geometry = bridge.array_from_volume(dose_node)
+        if percent and prescription_gy is None:
+            prescription_gy = float(dose.max())
+        lv = isodose.isodose_levels(levels, prescription_gy, percent)
+        surfaces = []
+        for i, level in enumerate(lv):
+            self.progress.update("isodose", i / len(lv))
+            surfaces.append((level, isodose.isodose_surface(dose, geometry, level.dose_gy, smooth)))
+        existing_models = list(existing_models or [])
+        models = []
+        for level, poly in surfaces:
+            if poly.GetNumberOfPoints() == 0:
+                continue
+            node = existing_models.pop(0) if existing_models else None
+            models.append(bridge.create_model(self.scene, poly, f"{dose_node.GetName()} isodose {level.label}",
+                                              node=node, color=level.color))
+        legend = bridge.create_table(self.scene, isodose.legend_rows(lv), f"{dose_node.GetName()} isodose legend")
+        return models, legend, lv
+
+    # --- DICOM-RT ------------------------------------------------------------------------
+    def import_rtdose(self, path, name: str | None = None):
+        """Load an RTDOSE file into a dose volume node (Gy, marked as dose as SlicerRT does)."""
+        rd = dicom_rt.read_rtdose(path)
+        geometry = rd.geometry.to_space("RAS")
+        node = bridge.create_volume(self.scene, rd.dose, geometry, name or Path(path).stem)
+        mark_as_dose_volume(node, "Gy" if rd.units == "GY" else rd.units, rd.scaling)
+        return node
+
+    def import_rtstruct(self, path, reference_node=None, pixel_mm: float = 1.0, name: str | None = None):
+        """Load an RTSTRUCT into a segmentation node, rasterising its contours on ``reference_node``'s
+        grid (when axial) or on an axial grid of ``pixel_mm`` with one slice per contour plane."""
+        rois = [r for r in dicom_rt.read_rtstruct(path) if r.contours]
+        if not rois:
+            raise ValueError(f"{path} has no closed planar contours to import.")
+        if reference_node is not None:
+            grid = bridge.volume_geometry(reference_node).to_space("LPS")
+        else:
+            grid = dicom_rt.contour_grid([r.contours for r in rois], pixel_mm)
+        labels = np.zeros(grid.shape_kji, dtype=np.uint16)
+        segments = []
+        for value, roi in enumerate(rois, start=1):
+            self.progress.update(f"RTSTRUCT {roi.name}", value / (len(rois) + 1))
+            labels[dicom_rt.rasterize_contours(roi.contours, grid)] = value
+            segments.append(SegmentInfo(value, roi.name, roi.color))
+        return bridge.create_segmentation(self.scene, labels, grid.to_space("RAS"), segments,
+                                          name or Path(path).stem, reference_volume=reference_node)
+
+    def import_rtplan(self, path, name: str | None = None):
+        """Load the beams of an RTPLAN into a table node (one row per beam); returns (table, plan dict)."""
+        plan = dicom_rt.read_rtplan(path)
+        beams = plan["beams"]
+        columns = {
+            "Beam": [b.name for b in beams], "Gantry (deg)": [b.gantry_deg for b in beams],
+            "Couch (deg)": [b.couch_deg for b in beams], "Collimator (deg)": [b.collimator_deg for b in beams],
+            "Isocenter R (mm)": [-b.isocenter_lps[0] for b in beams],
+            "Isocenter A (mm)": [-b.isocenter_lps[1] for b in beams],
+            "Isocenter S (mm)": [b.isocenter_lps[2] for b in beams],
+            "MU": [b.meterset_mu if b.meterset_mu is not None else float("nan") for b in beams],
+            "Energy (MV)": [b.energy_mv if b.energy_mv is not None else float("nan") for b in beams],
+            "SAD (mm)": [b.sad_mm for b in beams],
+        }
+        table = bridge.create_table(self.scene, columns, name or f"{plan['label'] or Path(path).stem} beams")
+        return table, plan
+
+    def export_rt(self, output_dir, dose_node=None, segmentation_node=None, beams=None, bits: int = 32) -> dict:
+        """Write RTDOSE / RTSTRUCT / RTPLAN (those given) sharing study and frame of reference; returns paths."""
+        if dose_node is None and segmentation_node is None and not beams:
+            raise ValueError("Nothing to export: give a dose volume, a segmentation or beams.")
+        out = Path(output_dir)
+        study, frame = dicom_rt_export.generate_uid(), dicom_rt_export.generate_uid()
+        paths = {}
+        ss_uid = plan_uid = None
+        datasets = {}
+        if segmentation_node is not None:
+            labels, geometry, infos = bridge.labelmap_from_segmentation(segmentation_node)
+            datasets["RTSTRUCT"] = dicom_rt_export.rtstruct_dataset(
+                labels, geometry, [(s.label, s.name, s.color) for s in infos], study_uid=study,
+                frame_of_reference_uid=frame, label=segmentation_node.GetName())
+            ss_uid = datasets["RTSTRUCT"].SOPInstanceUID
+        if beams:
+            datasets["RTPLAN"] = dicom_rt_export.rtplan_dataset(beams, study_uid=study, frame_of_reference_uid=frame,
+                                                                structure_set_uid=ss_uid)
+            plan_uid = datasets["RTPLAN"].SOPInstanceUID
+        if dose_node is not None:
+            dose, geometry = bridge.array_from_volume(dose_node)
+            datasets["RTDOSE"] = dicom_rt_export.rtdose_dataset(np.clip(dose, 0, None), geometry, study_uid=study,
+                                                                frame_of_reference_uid=frame, bits=bits,
+                                                                plan_uid=plan_uid)
+        for modality, ds in datasets.items():
+            paths[modality] = str(dicom_rt_export.write_dataset(ds, out / f"{modality}.dcm"))
+        return paths
