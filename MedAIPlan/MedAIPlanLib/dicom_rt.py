@@ -142,15 +142,21 @@ def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.nda
     geometry = geometry.to_space("LPS")
     nk, nj, ni = geometry.shape_kji
     mask = np.zeros((nk, nj, ni), dtype=bool)
-    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
     for z, polys in group_contours_by_plane(contours).items():
-        k_cont = geometry.point_to_index(np.array([polys[0][0, 0], polys[0][0, 1], z]))[2]
-        k = int(np.round(k_cont))
+        pts = np.concatenate(polys)
+        corners = geometry.point_to_index(np.column_stack([pts, np.full(len(pts), z)]))
+        k = int(np.round(np.median(corners[:, 2])))
         if k < 0 or k >= nk:
             continue
+        i0, j0 = (max(0, int(np.floor(v)) - 1) for v in corners[:, :2].min(axis=0))
+        i1, j1 = (int(np.ceil(v)) + 2 for v in corners[:, :2].max(axis=0))
+        i1, j1 = min(i1, ni), min(j1, nj)
+        if i1 <= i0 or j1 <= j0:
+            continue
+        jj, ii = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
         ijk = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], axis=1)
         xy = geometry.index_to_point(ijk)[:, :2]
-        mask[k] |= inside_polygons(xy, polys).reshape(nj, ni)
+        mask[k, j0:j1, i0:i1] |= inside_polygons(xy, polys).reshape(jj.shape)
     return mask
 
 
