@@ -1,0 +1,123 @@
+"""``medai register``, ``medai icp`` and ``medai landmarks``.
+
+Each writes the transform file Slicer writes for the node that, as the moving node's parent, aligns
+it with the fixed node (the file holds ITK's fixed -> moving LPS transform).
+"""
+
+from __future__ import annotations
+
+from MedAICommonLib import bridge
+from MedAICommonLib.runtime import get_scene
+
+from .icp import METRICS, TRANSFORMS
+from .intensity_registration import PRESETS
+from .landmarks import METHODS
+from .logic import DEVICES, MedAIRegisterLogic
+
+SURFACE_HELP = "model (.vtk .vtp .ply .stl .obj), markups (.mrk.json) or FILE.seg.nrrd:SEGMENT"
+
+
+def register(subparsers, add_common_options) -> None:
+    """Add the registration subcommands to ``medai``."""
+    p = subparsers.add_parser("register", help="intensity-based (MI) registration of two volumes")
+    p.add_argument("fixed", help="fixed volume (.nrrd .nii .nii.gz .mha ...)")
+    p.add_argument("moving", help="moving volume")
+    p.add_argument("--output-transform", required=True, metavar="T.h5", help="transform file to write (.h5 .tfm)")
+    p.add_argument("--output-volume", metavar="R.nrrd", help="moving volume resampled onto the fixed grid")
+    p.add_argument("--transform", default="rigid", choices=("rigid", "similarity", "affine", "bspline"))
+    p.add_argument("--preset", default="ct-ct", choices=tuple(PRESETS))
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="cpu: SimpleITK; torch-cpu / cuda: the torch MI path; auto: cuda if present else cpu")
+    add_common_options(p)
+    p.set_defaults(func=run_register)
+
+    p = subparsers.add_parser("icp", help="ICP surface registration")
+    p.add_argument("fixed", help=SURFACE_HELP)
+    p.add_argument("moving", help=SURFACE_HELP)
+    p.add_argument("--output-transform", required=True, metavar="T.h5")
+    p.add_argument("--metric", default="point-to-plane", choices=METRICS)
+    p.add_argument("--transform", default="rigid", choices=TRANSFORMS)
+    p.add_argument("--trim", type=float, default=0.9, help="share of closest pairs used per step (0.05..1)")
+    p.add_argument("--multi-start", default="axes", choices=("none", "centroid", "axes", "all", "sphere"))
+    add_common_options(p)
+    p.set_defaults(func=run_icp)
+
+    p = subparsers.add_parser("landmarks", help="paired-landmark registration")
+    p.add_argument("fixed", help="fixed landmarks (.mrk.json or .fcsv)")
+    p.add_argument("moving", help="moving landmarks, same count and order")
+    p.add_argument("--output-transform", required=True, metavar="T.h5")
+    p.add_argument("--method", default="rigid", choices=METHODS)
+    add_common_options(p)
+    p.set_defaults(func=run_landmarks)
+
+
+def run_register(args, report) -> int:
+    """Register two volume files and write the transform (and optionally the resampled volume)."""
+    scene = get_scene()
+    logic = MedAIRegisterLogic(scene)
+    with report.timed("load"):
+        fixed = bridge.load_volume(scene, args.fixed)
+        moving = bridge.load_volume(scene, args.moving)
+    report.inputs.update({"fixed": args.fixed, "moving": args.moving})
+    report.parameters.update({"transform": args.transform, "preset": args.preset, "device": args.device})
+    with report.timed("register"):
+        node = logic.register_volumes(fixed, moving, args.transform, args.preset, args.device,
+                                      resample=bool(args.output_volume))
+    report.device = logic.last.backend if logic.last.backend == "simpleitk" else args.device
+    with report.timed("save"):
+        report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
+        if args.output_volume:
+            report.outputs["volume"] = str(bridge.save_node(logic.last_volume, args.output_volume))
+    report.metrics.update(logic.last.metrics)
+    return 0
+
+
+def _load_surface(scene, spec: str):
+    """A node (or (segmentation, segment) pair) from a surface file argument."""
+    lower = spec.lower()
+    if ".seg.nrrd:" in lower or ".seg.nhdr:" in lower:
+        path, segment = spec.rsplit(":", 1)
+        segmentation = bridge.load_segmentation(scene, path)
+        names = [info.name for info in bridge.segment_infos(segmentation)]
+        if segment not in names:
+            raise ValueError(f"No segment '{segment}' in {path}; it has: {', '.join(names)}.")
+        return (segmentation, segment)
+    kind = bridge.guess_kind(spec)
+    if kind == "markups":
+        return bridge.load_markups(scene, spec)
+    if kind == "model":
+        return bridge.load_model(scene, spec)
+    raise ValueError(f"{spec} is not a surface; give a {SURFACE_HELP}.")
+
+
+def run_icp(args, report) -> int:
+    """ICP of the moving surface onto the fixed one; writes the transform."""
+    scene = get_scene()
+    logic = MedAIRegisterLogic(scene)
+    with report.timed("load"):
+        fixed, moving = _load_surface(scene, args.fixed), _load_surface(scene, args.moving)
+    report.inputs.update({"fixed": args.fixed, "moving": args.moving})
+    report.parameters.update({"metric": args.metric, "transform": args.transform, "trim": args.trim,
+                              "multi_start": args.multi_start})
+    with report.timed("icp"):
+        node = logic.register_surfaces(fixed, moving, args.metric, args.transform, args.trim, args.multi_start)
+    with report.timed("save"):
+        report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
+    report.metrics.update(logic.last.metrics)
+    return 0
+
+
+def run_landmarks(args, report) -> int:
+    """Paired-landmark registration of two markups files; writes the transform."""
+    scene = get_scene()
+    logic = MedAIRegisterLogic(scene)
+    with report.timed("load"):
+        fixed, moving = bridge.load_markups(scene, args.fixed), bridge.load_markups(scene, args.moving)
+    report.inputs.update({"fixed": args.fixed, "moving": args.moving})
+    report.parameters["method"] = args.method
+    with report.timed("fit"):
+        node = logic.register_landmarks(fixed, moving, args.method)
+    with report.timed("save"):
+        report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
+    report.metrics.update(logic.last.metrics)
+    return 0

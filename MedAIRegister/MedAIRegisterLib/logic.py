@@ -1,0 +1,273 @@
+"""MedAIRegister Logic: registration between MRML nodes (volumes, surfaces, landmarks).
+
+Every method computes first and creates/updates output nodes only on success. Results are transform
+nodes that, set as the **moving node's parent**, align it with the fixed node (to-parent maps moving
+RAS -> fixed RAS); saved with ``bridge.save_node`` their file holds ITK's fixed -> moving transform.
+Each result node references its inputs ("fixed" and "moving" node references).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MedAICommonLib import bridge
+from MedAICommonLib.progress import Progress
+from MedAICommonLib.runtime import get_scene
+
+from . import icp as icp_module
+from . import intensity_registration, landmarks, quality
+
+DEVICES = ("cpu", "torch-cpu", "cuda", "auto")
+"""``cpu``: SimpleITK (reference); ``torch-cpu``: the torch path on the CPU; ``cuda``: torch on the GPU;
+``auto``: torch on CUDA when available, else SimpleITK."""
+
+
+@dataclass
+class RegistrationOutcome:
+    """What the last run produced: metrics (numbers for reports) and the backend used."""
+
+    metrics: dict = field(default_factory=dict)
+    backend: str = ""
+    itk_transform: object = None
+
+
+class MedAIRegisterLogic:
+    """Registration of MRML nodes; ``scene`` defaults to Slicer's scene or the headless one."""
+
+    def __init__(self, scene=None, progress: Progress | None = None):
+        self.scene = scene if scene is not None else get_scene()
+        self.progress = progress or Progress()
+        self.last = RegistrationOutcome()
+
+    # ------------------------------------------------------------------ volumes
+    def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "ct-ct",
+                         device: str = "cpu", fixed_mask=None, moving_mask=None, output_transform_node=None,
+                         output_volume_node=None, resample: bool = False, sampling_percentage: float | None = None):
+        """Register ``moving_node`` to ``fixed_node`` (scalar volumes) by intensity; returns the transform node.
+
+        ``transform_type``: rigid, similarity, affine or bspline; ``preset``: a key of
+        ``intensity_registration.PRESETS``; ``device``: see ``DEVICES``; masks: a label-map volume node or
+        ``(segmentation_node, segment_name)`` on each side. With ``resample`` (or an
+        ``output_volume_node``) the moving volume resampled onto the fixed grid is produced too, as
+        ``self.last_volume``. Metrics (MI/NCC before and after) are in ``self.last.metrics``.
+        """
+        for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
+            try:
+                bridge.require_scalar_volume(node, role)
+            except bridge.BridgeError as error:
+                raise ValueError(str(error)) from error
+        if device not in DEVICES:
+            raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+        if preset not in intensity_registration.PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; use one of {', '.join(intensity_registration.PRESETS)}.")
+        self.progress.update("preparing", 0.0)
+        fixed_image = bridge.volume_to_sitk(fixed_node)
+        moving_image = bridge.volume_to_sitk(moving_node)
+        fixed_mask_image = self._mask_image(fixed_mask, fixed_node)
+        moving_mask_image = self._mask_image(moving_mask, moving_node)
+        backend = self._backend(device, transform_type)
+        sub = self.progress.sub(0.05, 0.85)
+        if backend == "simpleitk":
+            result = intensity_registration.register_images(
+                fixed_image, moving_image, transform_type, preset=preset, fixed_mask=fixed_mask_image,
+                moving_mask=moving_mask_image, sampling_percentage=sampling_percentage,
+                progress=lambda f: sub.update("registering", f))
+            transform = result.transform
+            metric_value, elapsed = result.metric_value, result.elapsed_s
+        else:
+            from MedAICommonLib.geometry import Geometry
+
+            from .torch_registration import register_torch
+
+            if fixed_mask_image is not None or moving_mask_image is not None:
+                raise ValueError("Masks are supported on the SimpleITK path only; use --device cpu.")
+            settings = intensity_registration.PRESETS[preset]
+            result = register_torch(
+                sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image),
+                sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image), transform_type,
+                bins=settings.bins, sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
+                shrink_factors=settings.shrink_factors, smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
+                device="cuda" if device == "auto" else ("cpu" if device == "torch-cpu" else device),
+                progress=lambda f: sub.update("registering", f))
+            transform = result.sitk_transform()
+            metric_value, elapsed = -result.mutual_information, result.elapsed_s
+        self.progress.update("evaluating", 0.9)
+        fixed_array = sitk.GetArrayFromImage(fixed_image)
+        before = self._resample(moving_image, fixed_image, sitk.Transform())
+        after = self._resample(moving_image, fixed_image, transform)
+        metrics = {
+            "mi_before": quality.mutual_information(fixed_array, before),
+            "mi_after": quality.mutual_information(fixed_array, after),
+            "ncc_before": quality.normalized_cross_correlation(fixed_array, before),
+            "ncc_after": quality.normalized_cross_correlation(fixed_array, after),
+            "final_metric_value": metric_value, "registration_s": elapsed,
+        }
+        # Outputs, only now that everything succeeded.
+        name = f"{moving_node.GetName()} registration"
+        transform_node = self._transform_node(transform, name, output_transform_node)
+        bridge.set_fixed_moving_references(transform_node, fixed_node, moving_node)
+        self.last_volume = None
+        if resample or output_volume_node is not None:
+            _, geometry = bridge.sitk_to_array(fixed_image)
+            self.last_volume = bridge.create_volume(self.scene, after.astype(np.float32), geometry,
+                                                    f"{moving_node.GetName()} registered", node=output_volume_node)
+        self.last = RegistrationOutcome(metrics, backend, transform)
+        self.progress.update("done", 1.0)
+        return transform_node
+
+    def _backend(self, device: str, transform_type: str) -> str:
+        if device == "cpu" or transform_type in ("bspline", "similarity"):
+            return "simpleitk"
+        if device == "auto":
+            import torch
+
+            return "torch" if torch.cuda.is_available() else "simpleitk"
+        return "torch"
+
+    def _mask_image(self, mask, volume_node):
+        if mask is None:
+            return None
+        if isinstance(mask, tuple):
+            segmentation, segment = mask
+            _, geometry = bridge.array_from_volume(volume_node)
+            array, geometry = bridge.segment_mask(segmentation, segment, geometry)
+            return bridge.array_to_sitk(array.astype(np.uint8), geometry)
+        return bridge.volume_to_sitk(mask)
+
+    @staticmethod
+    def _resample(moving: sitk.Image, reference: sitk.Image, transform) -> np.ndarray:
+        floor = float(np.min(sitk.GetArrayViewFromImage(moving)))
+        out = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), reference, transform, sitk.sitkLinear, floor)
+        return sitk.GetArrayFromImage(out)
+
+    def _transform_node(self, transform, name, node=None):
+        """A transform node holding ITK's fixed -> moving ``transform`` (linear, or composite via a file)."""
+        try:
+            return bridge.sitk_to_transform_node(transform, self.scene, name, node)
+        except bridge.BridgeError:
+            pass
+        # Deformable: let Slicer's own reader build the node from the ITK file.
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "transform.h5"
+            sitk.WriteTransform(transform, str(path))
+            loaded = bridge.load_transform(self.scene, path, name)
+        storage = loaded.GetStorageNode()
+        loaded.SetAndObserveStorageNodeID(None)
+        if storage is not None:
+            self.scene.RemoveNode(storage)
+        if node is None:
+            return loaded
+        node.SetAndObserveTransformFromParent(loaded.GetTransformFromParent())
+        self.scene.RemoveNode(loaded)
+        return node
+
+    # ------------------------------------------------------------------ carry data through
+    def carry_through(self, node, transform_node, reference_volume, name: str | None = None, output_node=None):
+        """Resample a volume (e.g. dose) or segmentation defined on the moving side onto the fixed grid of
+        ``reference_volume`` through ``transform_node``; returns a new node (attributes of volumes kept)."""
+        itk = self._itk_of(transform_node)
+        _, reference = bridge.array_from_volume(reference_volume)
+        name = name or f"{node.GetName()} registered"
+        if node.IsA("vtkMRMLSegmentationNode"):
+            labels, geometry = bridge.labelmap_from_segmentation(node)
+            moved = bridge.resample_array(labels, geometry, reference, sitk.sitkNearestNeighbor, 0, itk)
+            return bridge.create_segmentation(self.scene, moved.astype(np.uint16), reference,
+                                              bridge.segment_infos(node), name, node=output_node)
+        array, geometry = bridge.array_from_volume(node)
+        moved = bridge.resample_array(array.astype(np.float32), geometry, reference, sitk.sitkLinear, 0.0, itk)
+        out = bridge.create_volume(self.scene, moved, reference, name, labelmap=bridge.is_labelmap(node),
+                                   node=output_node)
+        for attribute in node.GetAttributeNames() or ():
+            out.SetAttribute(attribute, node.GetAttribute(attribute))
+        return out
+
+    @staticmethod
+    def _itk_of(transform_node):
+        if transform_node.IsLinear():
+            return bridge.transform_node_to_sitk(transform_node)
+        with tempfile.TemporaryDirectory() as folder:
+            path = bridge.save_node(transform_node, Path(folder) / "t.h5")
+            return sitk.ReadTransform(str(path))
+
+    # ------------------------------------------------------------------ surfaces (ICP)
+    def surface_points(self, source) -> np.ndarray:
+        """(N, 3) world RAS points of a model node, markups node or ``(segmentation_node, segment_name)``
+        (segment surface by marching cubes on its binary label map)."""
+        if isinstance(source, tuple):
+            segmentation, segment = source
+            mask, geometry = bridge.segment_mask(segmentation, segment)
+            if not mask.any():
+                raise ValueError(f"Segment '{segment}' of '{segmentation.GetName()}' is empty.")
+            from skimage.measure import marching_cubes
+
+            padded = np.pad(mask.astype(np.float32), 1)
+            vertices_kji, _, _, _ = marching_cubes(padded, 0.5)
+            return geometry.to_space("RAS").index_to_point(vertices_kji[:, ::-1] - 1.0)
+        if source is not None and source.IsA("vtkMRMLModelNode"):
+            return bridge.points_from_polydata(bridge.polydata_from_model(source))
+        if source is not None and source.IsA("vtkMRMLMarkupsNode"):
+            return bridge.points_from_markups(source)
+        raise ValueError("A surface must be a model node, a markups node or (segmentation node, segment name).")
+
+    def register_surfaces(self, fixed, moving, metric: str = "point-to-plane", transform_type: str = "rigid",
+                          trim_fraction: float = 0.9, multi_start: str = "axes", output_transform_node=None,
+                          fixed_node=None, moving_node=None):
+        """ICP of the ``moving`` surface onto ``fixed`` (see :meth:`surface_points`); returns the transform node.
+
+        Metrics (RMS, inlier fraction, iterations) are in ``self.last.metrics``.
+        """
+        self.progress.update("surfaces", 0.0)
+        fixed_points, moving_points = self.surface_points(fixed), self.surface_points(moving)
+        sub = self.progress.sub(0.05, 0.95)
+        result = icp_module.icp(fixed_points, moving_points, metric=metric, transform=transform_type,
+                                trim_fraction=trim_fraction, multi_start=multi_start,
+                                progress=lambda f: sub.update("icp", f))
+        self.last = RegistrationOutcome({
+            "rms_mm": result.rms_mm, "rms_all_mm": result.rms_all_mm, "inlier_fraction": result.inlier_fraction,
+            "inlier_distance_mm": result.inlier_distance_mm, "iterations": result.iterations,
+            "converged": result.converged, "start": result.start,
+            "fixed_points": len(fixed_points), "moving_points": len(moving_points)}, "icp")
+        name = f"{self._name(moving)} registration"
+        node = bridge.create_linear_transform(self.scene, result.matrix, name, output_transform_node)
+        bridge.set_fixed_moving_references(node, fixed_node or self._node(fixed), moving_node or self._node(moving))
+        self.progress.update("done", 1.0)
+        return node
+
+    @staticmethod
+    def _node(source):
+        return source[0] if isinstance(source, tuple) else source
+
+    def _name(self, source) -> str:
+        return f"{source[0].GetName()}:{source[1]}" if isinstance(source, tuple) else source.GetName()
+
+    # ------------------------------------------------------------------ landmarks
+    def register_landmarks(self, fixed_markups, moving_markups, method: str = "rigid", output_transform_node=None):
+        """Paired-landmark registration (rigid, similarity, affine, tps) of two markups nodes with the same
+        number of points in the same order; returns the transform node. FRE per point and predicted TRE
+        are in ``self.last.metrics``."""
+        fixed_points = bridge.points_from_markups(fixed_markups)
+        moving_points = bridge.points_from_markups(moving_markups)
+        result = landmarks.fit_landmarks(moving_points, fixed_points, method)
+        metrics = {"fre_mean_mm": result.fre_mean_mm, "fre_rms_mm": result.fre_rms_mm,
+                   "fre_max_mm": float(result.residuals_mm.max()), "fre_per_point_mm": result.residuals_mm.tolist(),
+                   "points": len(fixed_points)}
+        if result.predicted_tre_mm is not None:
+            metrics["predicted_tre_mm"] = result.predicted_tre_mm.tolist()
+            metrics["predicted_tre_mean_mm"] = float(result.predicted_tre_mm.mean())
+        name = f"{moving_markups.GetName()} registration"
+        if method == "tps":
+            # Slicer stores a TPS as from-parent (fixed RAS -> moving RAS), which it can write as ITK's
+            # ThinPlateSplineKernelTransform; the to-parent is its inverse, computed by VTK on the fly.
+            tps = landmarks.thin_plate_spline(fixed_points, moving_points)
+            node = output_transform_node or self.scene.AddNewNodeByClass("vtkMRMLTransformNode", name)
+            node.SetAndObserveTransformFromParent(tps)
+        else:
+            node = bridge.create_linear_transform(self.scene, result.matrix, name, output_transform_node)
+        bridge.set_fixed_moving_references(node, fixed_markups, moving_markups)
+        self.last = RegistrationOutcome(metrics, f"landmarks-{method}")
+        return node
