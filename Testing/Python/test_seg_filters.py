@@ -12,8 +12,8 @@ from MedAISegLib.nonlocal_means import estimate_noise_sigma, nonlocal_means
 
 
 def brute_force_nlm(a, h, sigma, p, s):
-    """Textbook NLM, voxel by voxel (replicate padding, centre weight = max of the others)."""
-    pad = np.pad(a.astype(np.float64), p + s, mode="edge")
+    """Textbook NLM, voxel by voxel (mirror padding, centre weight = max of the others)."""
+    pad = np.pad(a.astype(np.float64), p + s, mode="reflect")
     out = np.zeros(a.shape)
     r = range(-s, s + 1)
     for v in itertools.product(*[range(n) for n in a.shape]):
