@@ -205,6 +205,13 @@ class MedAISegLogic:
 
         return download_model(model_id, progress=report)
 
+    def import_model(self, path, model_id: str | None = None) -> Path:
+        """Copy a local model (bundle folder, TorchScript file with its card, or archive, unpacked
+        safely) into the per-user cache; returns the path to pass to :meth:`segment_with_model`."""
+        from .model_catalog import import_local_model
+
+        return import_local_model(path, model_id)
+
     # --- post-processing -------------------------------------------------------------------
     def postprocess(self, segmentation_node, keep_largest: bool = False, fill_holes: bool = False,
                     min_island_mm3: float = 0.0, smoothing_mm: float = 0.0, segment_names=None, output_node=None,
