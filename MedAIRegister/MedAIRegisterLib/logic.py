@@ -174,10 +174,10 @@ class MedAIRegisterLogic:
         _, reference = bridge.array_from_volume(reference_volume)
         name = name or f"{node.GetName()} registered"
         if node.IsA("vtkMRMLSegmentationNode"):
-            labels, geometry = bridge.labelmap_from_segmentation(node)
+            labels, geometry, infos = bridge.labelmap_from_segmentation(node)
             moved = bridge.resample_array(labels, geometry, reference, sitk.sitkNearestNeighbor, 0, itk)
-            return bridge.create_segmentation(self.scene, moved.astype(np.uint16), reference,
-                                              bridge.segment_infos(node), name, node=output_node)
+            return bridge.create_segmentation(self.scene, moved.astype(np.uint16), reference, infos, name,
+                                              node=output_node)
         array, geometry = bridge.array_from_volume(node)
         moved = bridge.resample_array(array.astype(np.float32), geometry, reference, sitk.sitkLinear, 0.0, itk)
         out = bridge.create_volume(self.scene, moved, reference, name, labelmap=bridge.is_labelmap(node),

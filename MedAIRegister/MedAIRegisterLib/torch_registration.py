@@ -104,7 +104,7 @@ def _matrix(params: dict, transform: str) -> torch.Tensor:
 
 def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                    transform: str = "rigid", *, bins: int = 32, sampling_percentage: float = 0.2,
-                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 120,
+                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 60,
                    learning_rate_mm: float = 2.0, initial_matrix_lps: np.ndarray | None = None,
                    device: str = "auto", seed: int = 0, progress=None) -> TorchRegistrationResult:
     """Register ``moving`` to ``fixed`` by Parzen MI; returns the fixed -> moving LPS matrix.

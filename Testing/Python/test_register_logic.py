@@ -1,0 +1,69 @@
+"""Logic scenarios (shared with the Slicer self-test), devices, B-spline output and quality metrics."""
+
+import numpy as np
+import pytest
+
+from MedAICommonLib import bridge
+from MedAICommonLib.phantoms import make_ct_phantom
+from MedAIRegisterLib import quality, scenarios, simulation
+from MedAIRegisterLib.logic import MedAIRegisterLogic
+
+
+def test_scenario_volume_rigid_mi(scene):
+    result = scenarios.scenario_volume_rigid_mi(scene)
+    assert result["tre_mean_mm"] < 1.0
+
+
+def test_scenario_landmarks_rigid(scene):
+    scenarios.scenario_landmarks_rigid(scene)
+
+
+def test_scenario_icp_markups_to_model(scene):
+    scenarios.scenario_icp_markups_to_model(scene)
+
+
+def _pair(scene):
+    phantom = make_ct_phantom()
+    fixed = bridge.create_volume(scene, phantom.ct.astype(np.float32), phantom.geometry, "F")
+    moving_image, truth = simulation.moved_copy(bridge.volume_to_sitk(fixed), (4.0, 0.0, 8.0), (6.0, -5.0, 4.0))
+    return fixed, bridge.sitk_to_volume(moving_image, scene, "M"), truth
+
+
+def test_torch_cpu_path_through_logic_updates_given_nodes(scene):
+    fixed, moving, truth = _pair(scene)
+    existing = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "mine")
+    before = scene.GetNumberOfNodes()
+    logic = MedAIRegisterLogic(scene)
+    node = logic.register_volumes(fixed, moving, "rigid", "ct-mr-head", "torch-cpu", output_transform_node=existing)
+    assert node is existing
+    assert scene.GetNumberOfNodes() == before  # no new nodes: the given one was updated
+    assert logic.last.backend == "torch"
+    assert logic.last.metrics["ncc_after"] > logic.last.metrics["ncc_before"]
+
+
+@pytest.mark.slow
+def test_bspline_gives_a_deformable_transform_node(scene):
+    fixed, moving, _ = _pair(scene)
+    logic = MedAIRegisterLogic(scene)
+    node = logic.register_volumes(fixed, moving, "bspline", "ct-mr-head", "cpu")
+    assert not node.IsLinear()
+    assert logic.last.metrics["mi_after"] > logic.last.metrics["mi_before"]
+
+
+def test_bad_inputs_raise_value_errors(scene):
+    fixed, _, _ = _pair(scene)
+    logic = MedAIRegisterLogic(scene)
+    with pytest.raises(ValueError, match="moving volume"):
+        logic.register_volumes(fixed, None)
+    with pytest.raises(ValueError, match="preset"):
+        logic.register_volumes(fixed, fixed, preset="xx")
+
+
+def test_quality_metrics_behave():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 20, 20))
+    assert quality.normalized_cross_correlation(a, 2 * a + 1) == pytest.approx(1.0)
+    assert quality.mutual_information(a, -a) > quality.mutual_information(a, rng.normal(size=a.shape))
+    assert quality.dice(a > 0, a > 0) == 1.0
+    board = quality.checkerboard(np.zeros((8, 8, 8)), np.ones((8, 8, 8)), squares=2)
+    assert board.mean() == pytest.approx(0.5)
