@@ -37,18 +37,18 @@ def test_reproduces_slicerrt_gamma_baseline(eclipse_pair):
 def test_different_grids_and_local(eclipse_pair):
     """An evaluated dose resampled to a 2 mm grid gives nearly the same interpolated-search pass rate."""
     (ref, ref_geo), (ev, ev_geo), _ = eclipse_pair
-    ref, ev = ref[50:80, 30:60, 60:110], ev[50:80, 30:60, 60:110]
-    origin = ref_geo.index_to_point(np.array([60.0, 30.0, 50.0]))
+    ref, ev = ref[55:75, 35:55, 70:100], ev[55:75, 35:55, 70:100]
+    origin = ref_geo.index_to_point(np.array([70.0, 35.0, 55.0]))
     ref_geo = Geometry(ref_geo.spacing, origin, ref_geo.direction, "LPS", ref.shape)
     image = sitk.GetImageFromArray(ev)
     ref_geo.apply_to_sitk(image)
     fine = sitk.Resample(image, [int(s * 2.5 / 2.0) for s in image.GetSize()], sitk.Transform(), sitk.sitkLinear,
                          image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection(), 0.0, sitk.sitkFloat32)
     ev_fine, fine_geo = sitk.GetArrayFromImage(fine), Geometry.from_sitk(fine)
-    same = gamma_index(ref, ref_geo, ev, ref_geo, 3.0, 3.0, 10.0, step_mm=0.5)
-    other = gamma_index(ref, ref_geo, ev_fine, fine_geo, 3.0, 3.0, 10.0, step_mm=0.5)
+    same = gamma_index(ref, ref_geo, ev, ref_geo, 3.0, 3.0, 10.0, step_mm=1.0)
+    other = gamma_index(ref, ref_geo, ev_fine, fine_geo, 3.0, 3.0, 10.0, step_mm=1.0)
     assert abs(same.pass_rate - other.pass_rate) < 2.0
-    local = gamma_index(ref, ref_geo, ev, ref_geo, 3.0, 3.0, 10.0, local=True, step_mm=0.5)
+    local = gamma_index(ref, ref_geo, ev, ref_geo, 3.0, 3.0, 10.0, local=True, step_mm=1.0)
     assert local.pass_rate <= same.pass_rate
 
 
