@@ -31,14 +31,19 @@ def select_beams_greedy(dij: sp.spmatrix, beam_of_bixel: np.ndarray, num_beams: 
             if c in chosen:
                 continue
             cols = np.flatnonzero(np.isin(beam_of_bixel, chosen + [c]))
-            result = optimise_fluence(dij[:, cols], voxels, objectives, prescription_gy, target, fractions,
-                                      max_iter=trial_iterations)
-            value = result.history[-1] if result.history else np.inf
+            try:
+                result = optimise_fluence(dij[:, cols], voxels, objectives, prescription_gy, target, fractions,
+                                          max_iter=trial_iterations)
+                value = result.history[-1] if result.history else np.inf
+            except ValueError:   # e.g. this beam alone misses the target
+                value = np.inf
             if value < best_value:
                 best, best_value = c, value
             done += 1
             if progress is not None:
                 progress.update("beam-angle selection", done / total_trials)
+        if best is None:
+            raise ValueError("No candidate beam reaches the target; check the isocentre and angles.")
         chosen.append(best)
         scores.append(float(best_value))
     return chosen, scores
