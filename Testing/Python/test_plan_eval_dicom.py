@@ -1,0 +1,137 @@
+"""DICOM-RT import/export: feet-first and non-square-pixel RTDOSE, RTSTRUCT, RTPLAN, validity, de-identification."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from MedAICommonLib import bridge
+from MedAIPlanLib.deidentify import UidMap, deidentify_dataset
+from MedAIPlanLib.dicom_rt import read_dataset, read_rtdose, read_rtplan, read_rtstruct
+from MedAIPlanLib.dicom_rt_export import rtdose_dataset, rtplan_dataset, rtstruct_dataset, write_dataset
+from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.dvh import contour_volume_cc
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
+
+def test_feet_first_rtdose_geometry(shared_data):
+    """FFS: i runs to patient right (-x), frames run inferior (-z), as GDCM and PyMedPhys read it."""
+    path = shared_data / "rt" / "pymedphys-data" / "RD.TBB_feet_in_supine.dcm"
+    ds = pydicom.dcmread(path)
+    rd = read_rtdose(path)
+    assert rd.dose.shape == (81, 101, 101)
+    ipp = np.array(ds.ImagePositionPatient, float)
+    np.testing.assert_allclose(rd.geometry.index_to_point([0, 0, 0]), ipp)
+    np.testing.assert_allclose(rd.geometry.index_to_point([1, 1, 1]), ipp + [-2.0, 2.0, -2.5])
+    np.testing.assert_allclose(rd.dose, ds.pixel_array * float(ds.DoseGridScaling), rtol=1e-6)
+    other = read_rtdose(shared_data / "rt" / "pymedphys-data" / "RD.TBC_feet_in_supine.dcm")
+    assert other.geometry.same_grid(rd.geometry)
+
+
+def test_non_square_pixels_and_negative_offsets(shared_data):
+    """PixelSpacing (row, column) = (1.03125, 1.0079) mm; frames 0..-77.5 mm reordered to run +z."""
+    path = shared_data / "rt" / "pymedphys-data" / "rtdose_non_square_pixels.dcm"
+    ds = read_dataset(path)  # no file meta header
+    rd = read_rtdose(path)
+    spacing_i, spacing_j, spacing_k = rd.geometry.spacing
+    assert spacing_i == pytest.approx(float(ds.PixelSpacing[1]))
+    assert spacing_j == pytest.approx(float(ds.PixelSpacing[0]))
+    offsets = np.array(ds.GridFrameOffsetVector, float)
+    assert spacing_k == pytest.approx(abs(offsets[1] - offsets[0]), rel=1e-3)
+    z = rd.geometry.index_to_point(np.array([[0, 0, k] for k in range(rd.dose.shape[0])], float))[:, 2]
+    np.testing.assert_allclose(z, np.sort(float(ds.ImagePositionPatient[2]) + offsets), atol=0.05)
+    # the last DICOM frame (most inferior) is our first slice
+    np.testing.assert_allclose(rd.dose[0], ds.pixel_array[-1] * float(ds.DoseGridScaling), rtol=1e-6)
+
+
+def test_single_frame_with_long_offset_vector(shared_data):
+    rd = read_rtdose(shared_data / "rt" / "pydicom" / "rtdose_1frame.dcm")
+    assert rd.dose.shape == (1, 10, 10)
+    assert rd.units == "RELATIVE"
+
+
+def test_rtstruct_import_end_capped_cylinder(scene, shared_data):
+    """Nelms' SI cylinder (contours every 2 mm): rasterised with half-slice end caps = pi r^2 (h + 2 mm)."""
+    path = shared_data / "rt" / "nelms-dvh-benchmark" / "structures" / "Cylinder_20_0.dcm"
+    node = PlanEvaluationLogic(scene).import_rtstruct(path, pixel_mm=0.5)
+    mask, geometry = bridge.segment_mask(node, bridge.segment_infos(node)[0].name)
+    volume_cc = mask.sum() * float(np.prod(geometry.spacing)) / 1000.0
+    assert abs(volume_cc - np.pi * 12.0 ** 2 * 26.0 / 1000.0) < 0.02 * 11.76  # 0.5 mm pixel-centre sampling
+
+
+@pytest.mark.slow
+def test_rtstruct_import_volume_and_empty_roi(scene, shared_data):
+    """dicompyler-core's breast RTSTRUCT: rasterised volumes match the contours' volumes within 2 %."""
+    path = shared_data / "rt" / "dicompyler-core" / "rtss.dcm"
+    rois = {r.name: r for r in read_rtstruct(path)}
+    assert rois["Areola"].contours == []
+    node = PlanEvaluationLogic(scene).import_rtstruct(path, pixel_mm=1.0)
+    names = [s.name for s in bridge.segment_infos(node)]
+    assert "Areola" not in names
+    assert "Heart" in names
+    mask, geometry = bridge.segment_mask(node, "Heart")
+    voxel_cc = float(np.prod(geometry.spacing)) / 1000.0
+    expected = contour_volume_cc(rois["Heart"].contours)
+    assert abs(mask.sum() * voxel_cc - expected) < 0.02 * expected
+
+
+def test_rtplan_beams(scene, shared_data):
+    table, plan = PlanEvaluationLogic(scene).import_rtplan(shared_data / "rt" / "dicompyler-core" / "rtplan.dcm")
+    cols = bridge.columns_from_table(table)
+    assert cols["Gantry (deg)"] == [327.0, 0.0, 56.0, 150.0]
+    assert cols["MU"] == [97.0, 87.0, 89.0, 94.0]
+    assert plan["fractions"] == 7
+    assert cols["Isocenter R (mm)"][0] == pytest.approx(-72.53, abs=0.01)
+
+
+def test_export_round_trip_and_validity(tmp_path, shared_data):
+    """RTDOSE/RTSTRUCT/RTPLAN written here re-import identically and pass dciodvfy when it is installed."""
+    rd = read_rtdose(shared_data / "rt" / "pymedphys-data" / "RD.TBB_feet_in_supine.dcm")
+    ds = rtdose_dataset(rd.dose, rd.geometry)
+    back = read_rtdose(write_dataset(ds, tmp_path / "RD.dcm"))
+    assert back.geometry.same_grid(rd.geometry, 1e-4)
+    assert np.abs(back.dose - rd.dose).max() <= 0.5 * back.scaling + 1e-7
+    labels = np.zeros((10, 30, 30), np.uint8)
+    labels[2:8, 5:25, 8:20] = 1
+    ss = rtstruct_dataset(labels, rd.geometry.with_shape((10, 30, 30)), [(1, "box", (0.0, 1.0, 0.0))])
+    roi = read_rtstruct(write_dataset(ss, tmp_path / "RS.dcm"))[0]
+    assert roi.name == "box"
+    assert roi.color == (0.0, 1.0, 0.0)
+    box_cc = labels.sum() * 2.0 * 2.0 * 2.5 / 1000.0
+    assert abs(contour_volume_cc(roi.contours) - box_cc) < 0.02 * box_cc
+    plan = rtplan_dataset([{"name": "AP", "gantry_deg": 0.0, "meterset_mu": 100.0, "isocenter_lps": (1.0, 2.0, 3.0)}],
+                          structure_set_uid=ss.SOPInstanceUID)
+    beam = read_rtplan(write_dataset(plan, tmp_path / "RP.dcm"))["beams"][0]
+    assert (beam.gantry_deg, beam.meterset_mu, beam.isocenter_lps) == (0.0, 100.0, (1.0, 2.0, 3.0))
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) not installed; pydicom re-reading checked above")
+    write_dataset(rtdose_dataset(rd.dose, rd.geometry, bits=16), tmp_path / "RD16.dcm")  # dciodvfy cannot parse 32-bit
+    for name in ("RD16.dcm", "RS.dcm", "RP.dcm"):
+        run = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True, text=True, check=False)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], (name, errors)
+
+
+def test_logic_import_marks_dose(scene, shared_data):
+    node = PlanEvaluationLogic(scene).import_rtdose(shared_data / "rt" / "pydicom" / "rtdose.dcm")
+    assert node.GetAttribute(DOSE_VOLUME_ATTRIBUTE) == "1"
+    assert node.GetDisplayNode().GetColorNode().GetName() == "Dose_ColorTable"
+
+
+def test_deidentify_keeps_references(shared_data):
+    uid_map = UidMap("test")
+    plan = pydicom.dcmread(shared_data / "rt" / "dicompyler-core" / "rtplan.dcm")
+    ss = pydicom.dcmread(shared_data / "rt" / "dicompyler-core" / "rtss.dcm")
+    old_ss_uid = ss.SOPInstanceUID
+    deidentify_dataset(plan, uid_map)
+    deidentify_dataset(ss, uid_map)
+    assert ss.SOPInstanceUID != old_ss_uid
+    assert plan.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == ss.SOPInstanceUID
+    assert plan.FrameOfReferenceUID == ss.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID
+    assert str(ss.PatientName) == "ANONYMOUS"
+    assert ss.PatientIdentityRemoved == "YES"
+    assert "InstitutionName" not in ss
