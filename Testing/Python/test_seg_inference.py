@@ -4,6 +4,7 @@ The test network is a 1x1x1 convolution whose argmax is "intensity > T", so the 
 known voxel by voxel, on real volumes whose direction is not identity.
 """
 
+import itertools
 import json
 
 import numpy as np
@@ -199,3 +200,35 @@ def test_memory_guard_lowers_batch_then_stitches_on_cpu():
     none = choose_setting((512, 512, 400), 1, 14, (96, 96, 96), device_free_bytes=2**20, host_free_bytes=2**20)
     assert not none.fits
     assert "coarser spacing" in none.advice
+
+
+def test_flip_tta_unflips_each_prediction():
+    torch.manual_seed(1)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()  # not flip-symmetric
+    x = torch.randn(1, 12, 10, 8)
+    result = sliding_window_inference(net, x, (12, 10, 8), mode="constant", tta_flips=True, activation="none",
+                                      return_probabilities=True)
+    expected = torch.zeros(2, 12, 10, 8)
+    with torch.no_grad():
+        for n in range(4):
+            for axes in itertools.combinations((2, 3, 4), n):
+                out = net(torch.flip(x[None], axes) if axes else x[None])
+                expected += (torch.flip(out, axes) if axes else out)[0]
+    np.testing.assert_allclose(result.probabilities, (expected / 8).numpy(), atol=1e-5)
+
+
+def test_two_channel_bundle(head, tmp_path):
+    bundle = write_bundle(tmp_path / "bundle")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["in_channels"] = 2
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    net = torch.nn.Conv3d(2, 2, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1, 1] = 0.01  # the second channel decides
+        net.bias[1] = -0.01 * THRESHOLD
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    dark = sitk.Image(head) * 0.0
+    result = run_bundle(bundle, [dark, head])
+    np.testing.assert_array_equal(result.labels, sitk.GetArrayFromImage(head) > THRESHOLD)
