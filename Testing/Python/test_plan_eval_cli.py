@@ -53,7 +53,8 @@ def test_medai_rt_import_export_isodose(shared_data, tmp_path):
     b = sitk.ReadImage(str(tmp_path / "back" / "RTDOSE.nrrd"))
     assert np.abs(sitk.GetArrayFromImage(a) - sitk.GetArrayFromImage(b)).max() < 1e-6
     np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-    assert main(["isodose", str(dose_file), str(tmp_path / "iso"), "--levels", "30,50",
+    prostate = shared_data / "rt" / "SlicerRT" / "EclipseProstate_Dose.nrrd"
+    assert main(["isodose", str(prostate), str(tmp_path / "iso"), "--levels", "20,45", "--gy",
                  "--report", str(tmp_path / "iso.json")]) == 0
     assert json.loads((tmp_path / "iso.json").read_text())["metrics"]["surfaces"] == 2
 
