@@ -23,6 +23,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from MedAICommonLib.progress import Progress
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
 from MedAIRegisterLib.logic import MedAIRegisterLogic as MedAIRegisterCoreLogic
 
@@ -56,14 +57,14 @@ class MedAIRegisterParameterNode:
     samplingPercentage: Annotated[float, WithinRange(0.1, 100.0)] = 10.0
     fixedMask: vtkMRMLSegmentationNode
     movingMask: vtkMRMLSegmentationNode
-    device: Annotated[str, Choice(["cpu", "auto", "cuda"])] = "cpu"
+    device: Annotated[str, Choice(["cpu", "auto", "cuda", "torch-cpu"])] = "cpu"
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     fixedSurface: vtkMRMLDisplayableNode
     movingSurface: vtkMRMLDisplayableNode
     icpMode: Annotated[str, Choice(["point-to-plane", "point-to-point"])] = "point-to-plane"
     icpTransform: Annotated[str, Choice(["rigid", "similarity", "affine"])] = "rigid"
-    icpTrimFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.1
+    icpInlierFraction: Annotated[float, WithinRange(0.1, 1.0)] = 0.9
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     landmarkMethod: Annotated[str, Choice(["rigid", "similarity", "affine", "tps"])] = "rigid"
@@ -130,24 +131,41 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
     def getParameterNode(self):
         return MedAIRegisterParameterNode(super().getParameterNode())
 
+    def _with_progress(self, progress):
+        self.progress = progress or Progress()
+
+    @staticmethod
+    def _mask(segmentation):
+        """A (segmentation, first segment name) mask, as the Logic takes it, or None."""
+        if segmentation is None or segmentation.GetSegmentation().GetNumberOfSegments() == 0:
+            return None
+        return segmentation, segmentation.GetSegmentation().GetNthSegment(0).GetName()
+
     def registerFromParameters(self, p, progress=None):
-        """Intensity-based registration of the moving volume onto the fixed one; returns the transform node."""
+        """Intensity-based registration of the moving volume onto the fixed one; returns the transform node.
+
+        The metric comes from the preset ("custom" uses the CT-CT preset's settings).
+        """
+        self._with_progress(progress)
         return self.register_volumes(
             p.fixedVolume, p.movingVolume, transform_type=p.transformType,
-            preset=None if p.preset == "custom" else p.preset, metric=p.metric,
-            sampling_percentage=p.samplingPercentage / 100.0, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
-            device=p.device, output_transform_node=p.outputTransform, output_volume_node=p.outputVolume,
-            progress=progress)
+            preset="ct-ct" if p.preset == "custom" else p.preset, device=p.device,
+            fixed_mask=self._mask(p.fixedMask), moving_mask=self._mask(p.movingMask),
+            sampling_percentage=p.samplingPercentage / 100.0, output_transform_node=p.outputTransform,
+            output_volume_node=p.outputVolume)
 
     def icpFromParameters(self, p, progress=None):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
-        return self.icp(p.fixedSurface, p.movingSurface, mode=p.icpMode, transform_type=p.icpTransform,
-                        trim_fraction=p.icpTrimFraction, output_transform_node=p.outputTransform, progress=progress)
+        self._with_progress(progress)
+        return self.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
+                                      transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
+                                      output_transform_node=p.outputTransform)
 
     def landmarksFromParameters(self, p, progress=None):
         """Paired-landmark fit; returns the transform node."""
-        return self.landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
-                              output_transform_node=p.outputTransform, progress=progress)
+        self._with_progress(progress)
+        return self.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
+                                       output_transform_node=p.outputTransform)
 
 
 class MedAIRegisterTest(ScriptedLoadableModuleTest):
