@@ -105,25 +105,27 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     chunk = max(1, int(chunk_voxels // (3 * per_offset)))
     # Copies of xp shifted by d need xp padded by s more on the far side.
     xpp = F.pad(xp[None, None], (s,) * 6, mode="replicate")[0, 0]
+    diff_buffer = torch.empty((chunk, *grown), device=device)
+    inner = (slice(s + p, s + p + shape[0]), slice(s + p, s + p + shape[1]), slice(s + p, s + p + shape[2]))
     for start in range(0, len(offsets), chunk):
         group = offsets[start:start + chunk]
-        shifted = torch.stack([xpp[s + a:s + a + grown[0], s + b:s + b + grown[1], s + c:s + c + grown[2]]
-                               for a, b, c in group])
-        diff = shifted - base[None, : grown[0], : grown[1], : grown[2]]
-        dist = _box_sum(diff.square_(), p)  # (n, D+2s, H+2s, W+2s): distance at voxel v between v and v + d
-        del diff
-        w = dist.sub_(var2).clamp_(min=0.0).mul_(-1.0 / h2).exp_()
-        # voxel v gets x(v + d) with weight w_d(v) (all offsets of the chunk at once) ...
-        w_fwd = w[:, s:s + shape[0], s:s + shape[1], s:s + shape[2]]
-        x_fwd = shifted[:, s + p:s + p + shape[0], s + p:s + p + shape[1], s + p:s + p + shape[2]]
-        weight_sum += w_fwd.sum(0)
-        value_sum += (w_fwd * x_fwd).sum(0)
-        torch.maximum(w_max, w_fwd.amax(0), out=w_max)
-        # ... and voxel v + d gets x(v) with the same weight
+        diff = diff_buffer[:len(group)]
         for index, (a, b, c) in enumerate(group):
+            torch.sub(xpp[s + a:s + a + grown[0], s + b:s + b + grown[1], s + c:s + c + grown[2]],
+                      base[: grown[0], : grown[1], : grown[2]], out=diff[index])
+        dist = _box_sum(diff.square_(), p)  # (n, D+2s, H+2s, W+2s): distance at voxel v between v and v + d
+        w = dist.sub_(var2).clamp_(min=0.0).mul_(-1.0 / h2).exp_()
+        w_fwd = w[:, s:s + shape[0], s:s + shape[1], s:s + shape[2]]
+        weight_sum += w_fwd.sum(0)
+        torch.maximum(w_max, w_fwd.amax(0), out=w_max)
+        for index, (a, b, c) in enumerate(group):
+            # voxel v gets x(v + d) with weight w_d(v); voxel v + d gets x(v) with the same weight
+            x_fwd = xp[inner[0].start + a:inner[0].stop + a, inner[1].start + b:inner[1].stop + b,
+                       inner[2].start + c:inner[2].stop + c]
+            value_sum.addcmul_(w_fwd[index], x_fwd)
             w_bwd = w[index, s - a:s - a + shape[0], s - b:s - b + shape[1], s - c:s - c + shape[2]]
-            x_bwd = xp[s + p - a:s + p - a + shape[0], s + p - b:s + p - b + shape[1],
-                       s + p - c:s + p - c + shape[2]]
+            x_bwd = xp[inner[0].start - a:inner[0].stop - a, inner[1].start - b:inner[1].stop - b,
+                       inner[2].start - c:inner[2].stop - c]
             weight_sum += w_bwd
             value_sum.addcmul_(w_bwd, x_bwd)
             torch.maximum(w_max, w_bwd, out=w_max)
