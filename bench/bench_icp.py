@@ -1,0 +1,124 @@
+"""ICP on the Stanford bunny (bun090 onto bun000, mm): MedAI vs VTK's vtkIterativeClosestPointTransform (rigid)
+vs Open3D's registration_icp. Prints one JSON object.
+
+Two settings, same data for every method:
+* ``from_identity``: the real task (scans 90 degrees apart, no initial guess). MedAI uses its multi-start.
+* ``from_common_start``: local refinement from the ground truth perturbed by 10 degrees / 5 mm, one start each.
+
+Open3D runs in another interpreter (``OPEN3D_PYTHON``, default /tmp/venv-reg/bin/python) when it is
+not importable here. Usage: ``python bench/bench_icp.py [DATA_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import vtk
+from scipy.spatial.transform import Rotation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
+from test_register_icp import bunny_pair, pose_errors  # noqa: E402
+
+from MedAIRegisterLib.icp import icp  # noqa: E402
+
+OPEN3D_SCRIPT = r"""
+import json, sys, time, numpy as np, open3d as o3d
+data = np.load(sys.argv[1])
+fixed, moving = o3d.geometry.PointCloud(), o3d.geometry.PointCloud()
+fixed.points = o3d.utility.Vector3dVector(data["fixed"]); moving.points = o3d.utility.Vector3dVector(data["moving"])
+out = {}
+for name in ("identity", "start"):
+    init = np.eye(4) if name == "identity" else data["start"]
+    for kind in ("point_to_point", "point_to_plane"):
+        t0 = time.perf_counter()
+        if kind == "point_to_plane":
+            fixed.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(12))
+            estimation = o3d.pipelines.registration.TransformationEstimationPointToPlane()
+        else:
+            estimation = o3d.pipelines.registration.TransformationEstimationPointToPoint()
+        result = o3d.pipelines.registration.registration_icp(
+            moving, fixed, 5.0, init, estimation, o3d.pipelines.registration.ICPConvergenceCriteria(max_iteration=100))
+        out[f"{name}_{kind}"] = {"time_s": time.perf_counter() - t0, "matrix": np.asarray(result.transformation).tolist()}
+print(json.dumps(out))
+"""
+
+
+def vtk_icp(fixed, moving, start, max_points=5000):
+    """vtkIterativeClosestPointTransform (rigid) of moving -> fixed, from ``start``; returns (matrix, seconds)."""
+    def polydata(points):
+        vpoints = vtk.vtkPoints()
+        for p in points:
+            vpoints.InsertNextPoint(*p)
+        poly = vtk.vtkPolyData()
+        poly.SetPoints(vpoints)
+        verts = vtk.vtkVertexGlyphFilter()
+        verts.SetInputData(poly)
+        verts.Update()
+        return verts.GetOutput()
+
+    moved = moving @ start[:3, :3].T + start[:3, 3]
+    source, target = polydata(moved), polydata(fixed)
+    t0 = time.perf_counter()
+    icp_transform = vtk.vtkIterativeClosestPointTransform()
+    icp_transform.SetSource(source)
+    icp_transform.SetTarget(target)
+    icp_transform.GetLandmarkTransform().SetModeToRigidBody()
+    icp_transform.SetMaximumNumberOfIterations(100)
+    icp_transform.SetMaximumNumberOfLandmarks(max_points)
+    icp_transform.CheckMeanDistanceOn()
+    icp_transform.SetMaximumMeanDistance(1e-4)
+    icp_transform.Update()
+    elapsed = time.perf_counter() - t0
+    matrix = np.array([[icp_transform.GetMatrix().GetElement(i, j) for j in range(4)] for i in range(4)])
+    return matrix @ start, elapsed
+
+
+def summarise(matrix, seconds, truth, moving):
+    rotation, translation = pose_errors(np.asarray(matrix), truth, moving)
+    return {"time_s": round(seconds, 3), "rotation_error_deg": round(rotation, 3), "translation_error_mm": round(translation, 3)}
+
+
+def main() -> None:
+    data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
+    fixed, moving, truth = bunny_pair(data_dir)
+    perturb = np.eye(4)
+    perturb[:3, :3] = Rotation.from_rotvec(np.deg2rad(10.0) * np.array([0.6, 0.8, 0.0])).as_matrix()
+    perturb[:3, 3] = [3.0, -4.0, 0.0]
+    start = perturb @ truth
+    out = {"data": "bun090 -> bun000 (mm)", "fixed_points": len(fixed), "moving_points": len(moving)}
+    t0 = time.perf_counter()
+    ours = icp(fixed, moving, metric="point-to-plane", multi_start="sphere", trim_fraction=0.4)
+    out["medai_from_identity"] = summarise(ours.matrix, time.perf_counter() - t0, truth, moving)
+    t0 = time.perf_counter()
+    ours = icp(fixed, moving, metric="point-to-plane", initial=start, trim_fraction=0.4)
+    out["medai_from_common_start"] = summarise(ours.matrix, time.perf_counter() - t0, truth, moving)
+    for name, init in (("identity", np.eye(4)), ("common_start", start)):
+        matrix, seconds = vtk_icp(fixed, moving, init)
+        out[f"vtk_from_{name}"] = summarise(matrix, seconds, truth, moving)
+    python = os.environ.get("OPEN3D_PYTHON", "/tmp/venv-reg/bin/python")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "clouds.npz"
+        np.savez(path, fixed=fixed, moving=moving, start=start)
+        try:
+            run = subprocess.run([python, "-c", OPEN3D_SCRIPT, str(path)], capture_output=True, text=True, check=True)
+            results = json.loads(run.stdout.strip().splitlines()[-1])
+            for key, value in results.items():
+                label = key.replace("identity", "from_identity").replace("start", "from_common_start", 1)
+                out[f"open3d_{label}"] = summarise(value["matrix"], value["time_s"], truth, moving)
+        except (OSError, subprocess.CalledProcessError, ValueError) as error:
+            out["open3d"] = f"not run: {error}"
+    base = out["medai_from_common_start"]["time_s"]
+    out["time_ratio_vs_medai_common_start"] = {k: round(v["time_s"] / base, 2) for k, v in out.items()
+                                               if isinstance(v, dict) and "common_start" in k}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
