@@ -52,7 +52,8 @@ class MedAISegParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    preprocessMethod: Annotated[str, Choice(["nlm", "anisotropic", "curvature", "clahe", "n4", "normalize"])] = "nlm"
+    preprocessMethod: Annotated[str, Choice(["nlm", "anisotropic", "curvature", "clahe", "histogram", "n4",
+                                              "normalize"])] = "nlm"
     preprocessedVolume: vtkMRMLScalarVolumeNode
     segmentMethod: Annotated[str, Choice(["otsu", "threshold", "region-growing", "model"])] = "otsu"
     lowerThreshold: float = 100.0
