@@ -85,3 +85,22 @@ def _small_offset():
     offset[:3, :3] = Rotation.from_euler("z", 3, degrees=True).as_matrix()
     offset[:3, 3] = [1.0, 0.5, -1.0]
     return offset
+
+
+def test_icp_command_on_ply_files_writes_the_inverse_pose(shared_data, tmp_path):
+    """`medai icp bun000.ply bun090.ply` (files in metres, read as LPS like Slicer does): the file holds
+    ITK's fixed -> moving transform, i.e. the inverse of the scanner pose that maps bun090 onto bun000."""
+    import SimpleITK as sitk
+
+    from MedAICommonLib.cli.main import main
+
+    folder = shared_data / "pointsets" / "stanford-bunny"
+    out = tmp_path / "bunny.h5"
+    assert main(["icp", str(folder / "bun000.ply"), str(folder / "bun090.ply"), "--output-transform", str(out),
+                 "--multi-start", "sphere", "--trim", "0.4"]) == 0
+    _, moving_mm, truth = bunny_pair(shared_data)
+    itk = sitk.ReadTransform(str(out))
+    moving = moving_mm[::50] / 1000.0
+    on_fixed = moving @ truth[:3, :3].T + truth[:3, 3] / 1000.0
+    back = np.array([itk.TransformPoint(tuple(p)) for p in on_fixed])
+    assert np.linalg.norm(back - moving, axis=1).mean() * 1000.0 < 1.0  # mm
