@@ -16,6 +16,7 @@ from ..report import Report
 COMMAND_MODULES = (
     "MedAICommonLib.cli.common_commands",
     "MedAISegLib.commands",
+    "MedAISegLib.training_commands",
     "MedAIRegisterLib.commands",
     "MedAIPlanLib.commands",
     "MedAIPlanLib.evaluation_commands",
