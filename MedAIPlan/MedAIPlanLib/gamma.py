@@ -8,7 +8,9 @@ trilinearly at the reference voxel positions plus the search offsets (all in phy
 
 Search strategy (fast on CPU and GPU): the offsets within ``DTA * max_gamma`` are precomputed and
 sorted by length; they are applied in chunks to the voxels still "open" (whose current gamma^2 is
-larger than the distance term of the next offset), so most voxels stop after a few offsets.
+larger than the distance term of the next offset), so most voxels stop after a few offsets. With an
+interpolated step, a coarse lattice (DTA/4 or half a voxel) is searched that way first, then a fine
+lattice of the requested step around each voxel's best coarse offset refines the minimum.
 
 Two offset lattices:
 
@@ -84,6 +86,32 @@ def _sample(eval_t: torch.Tensor, index_ijk: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(outside, float("nan"))
 
 
+def _sorted_search(eval_t, base, ref_vals, inv_dd2, offsets: np.ndarray, dta_mm: float, m_ijk, best, best_off,
+                   chunk_elements: int, progress=None) -> None:
+    """Update ``best`` (gamma^2) in place over offsets sorted by length, stopping per voxel early."""
+    off_mm = torch.as_tensor(offsets, dtype=base.dtype, device=base.device)
+    off_ijk = off_mm @ m_ijk.T
+    dist2 = (off_mm ** 2).sum(dim=1) / dta_mm ** 2
+    open_idx = torch.arange(ref_vals.numel(), device=base.device)
+    start, n_off = 0, len(offsets)
+    while start < n_off and open_idx.numel():
+        chunk = max(1, min(n_off - start, chunk_elements // max(open_idx.numel(), 1)))
+        sel = slice(start, start + chunk)
+        values = _sample(eval_t, base[open_idx][None, :, :] + off_ijk[sel][:, None, :])
+        g2 = dist2[sel][:, None] + (values - ref_vals[open_idx][None, :]) ** 2 * inv_dd2[open_idx][None, :]
+        g2, arg = torch.nan_to_num(g2, nan=float("inf")).min(dim=0)
+        improved = g2 < best[open_idx]
+        best[open_idx] = torch.where(improved, g2, best[open_idx])
+        if best_off is not None:
+            idx = open_idx[improved]
+            best_off[idx] = off_mm[sel][arg[improved]]
+        start += chunk
+        if start < n_off:
+            open_idx = open_idx[best[open_idx] > dist2[start]]
+        if progress is not None:
+            progress(start / n_off)
+
+
 def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: np.ndarray,
                 evaluated_geometry: Geometry, dose_percent: float = 3.0, dta_mm: float = 3.0,
                 threshold_percent: float = 10.0, local: bool = False, max_gamma: float = 2.0,
@@ -116,30 +144,37 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     points = ref_geo.index_to_point(idx[:, ::-1].astype(float))  # LPS mm
     to_eval = ev_geo.physical_to_ijk()
     base = torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device)
-    offsets = search_offsets(dta_mm, max_gamma, ev_geo, step_mm)
-    off_ijk = torch.as_tensor(offsets @ to_eval[:3, :3].T, dtype=dtype, device=device)
-    dist2 = torch.as_tensor((offsets ** 2).sum(axis=1) / dta_mm ** 2, dtype=dtype, device=device)
     eval_t = torch.as_tensor(evaluated, dtype=dtype, device=device)
     crit = dose_percent / 100.0
     inv_dd2 = 1.0 / (crit * ref_vals) ** 2 if local else torch.full_like(ref_vals, 1.0 / (crit * norm) ** 2)
     best = torch.full_like(ref_vals, float(max_gamma) ** 2)
-    open_idx = torch.arange(ref_vals.numel(), device=device)
-    start = 0
-    n_off = offsets.shape[0]
-    while start < n_off and open_idx.numel():
-        chunk = max(1, min(n_off - start, chunk_elements // max(open_idx.numel(), 1)))
-        sel = slice(start, start + chunk)
-        pos = base[open_idx][None, :, :] + off_ijk[sel][:, None, :]
-        values = _sample(eval_t, pos)
-        g2 = dist2[sel][:, None] + (values - ref_vals[open_idx][None, :]) ** 2 * inv_dd2[open_idx][None, :]
-        g2 = torch.nan_to_num(g2, nan=float("inf")).amin(dim=0)
-        best[open_idx] = torch.minimum(best[open_idx], g2)
-        start += chunk
-        if start < n_off:
-            still = best[open_idx] > dist2[start]
-            open_idx = open_idx[still]
-        if progress is not None:
-            progress(start / n_off)
+    m_ijk = torch.as_tensor(to_eval[:3, :3], dtype=dtype, device=device)
+    if step_mm is None:
+        _sorted_search(eval_t, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk, best, None,
+                       chunk_elements, progress)
+    else:
+        # Coarse-to-fine: a coarse lattice (sorted, early exit) finds each voxel's best offset, then a fine
+        # lattice of step_mm in the cube of one coarse step around it refines the minimum.
+        coarse_step = max(float(step_mm), min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
+        best_off = torch.zeros((ref_vals.numel(), 3), dtype=dtype, device=device)
+        coarse = search_offsets(dta_mm, max_gamma, ev_geo, coarse_step)
+        _sorted_search(eval_t, base, ref_vals, inv_dd2, coarse, dta_mm, m_ijk, best, best_off,
+                       chunk_elements, progress)
+        if coarse_step > step_mm:
+            n = int(np.ceil(coarse_step / step_mm))
+            grid = np.arange(-n, n + 1) * (coarse_step / n)
+            local_off = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3)
+            local_t = torch.as_tensor(local_off, dtype=dtype, device=device)
+            limit = float(max_gamma) * dta_mm
+            rows = max(1, chunk_elements // max(len(local_off), 1))
+            for a in range(0, ref_vals.numel(), rows):
+                sl = slice(a, a + rows)
+                off = best_off[sl][:, None, :] + local_t[None, :, :]  # (n, m, 3) mm
+                d2 = (off ** 2).sum(-1) / dta_mm ** 2
+                values = _sample(eval_t, base[sl][:, None, :] + off @ m_ijk.T)
+                g2 = d2 + (values - ref_vals[sl][:, None]) ** 2 * inv_dd2[sl][:, None]
+                g2 = torch.where(d2 <= (limit / dta_mm) ** 2 + 1e-9, g2, torch.full_like(g2, float("inf")))
+                best[sl] = torch.minimum(best[sl], torch.nan_to_num(g2, nan=float("inf")).amin(dim=1))
     gamma_vals = torch.sqrt(best).clamp(max=float(max_gamma)).cpu().numpy().astype(np.float32)
     gamma = np.full(reference.shape, np.nan, dtype=np.float32)
     gamma[mask] = gamma_vals

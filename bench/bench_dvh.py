@@ -1,0 +1,95 @@
+"""DVH: MedAI (contour sampling with shape interpolation and end caps) vs dicompyler-core on Nelms' benchmark.
+
+Same RTSTRUCT/RTDOSE pairs for both; each D-value (Dmin, Dmax, Dmean, D99, D95, D5, D1, D0.03cc) and
+the volume are compared with the analytical values; a row passes when all are within 1 %. Prints
+one JSON object (times, pass fractions, median errors).
+
+    MEDAI_PEER_SITE=/tmp/venv-eval/lib/python3.11/site-packages python bench/bench_dvh.py
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from MedAIPlanLib import dose_metrics
+from MedAIPlanLib.dicom_rt import read_rtdose, read_rtstruct
+from MedAIPlanLib.dvh import contour_samples
+
+KEYS = ("Dmin", "Dmax", "Dmean", "D99", "D95", "D5", "D1", "D0.03cc")
+
+
+def rows(base: Path):
+    with open(base / "analytical" / "Extracted_Analytical_D_points.csv") as handle:
+        for row in csv.DictReader(handle):
+            structure = base / "structures" / f"{row['structure']}.dcm"
+            if structure.exists() and "x" not in row["dose_voxel_mm"]:
+                grid = "AntPost" if row["gradient_direction"].startswith("Z") else "SupInf"
+                yield row, structure, base / "dose_grids" / f"Linear_{grid}_{row['dose_voxel_mm']}mm_Aligned.dcm"
+
+
+def medai_values(structure, dose_path, cache):
+    if dose_path not in cache:
+        cache[dose_path] = read_rtdose(dose_path)
+    rd = cache[dose_path]
+    roi = next(r for r in read_rtstruct(structure) if r.contours)
+    s = contour_samples(roi.contours, rd.dose, rd.geometry)
+    out = {"Dmin": s.dose.min(), "Dmax": s.dose.max(), "Dmean": np.average(s.dose, weights=s.weight),
+           "D0.03cc": dose_metrics.dose_at_volume_cc(s, 0.03), "volume": s.volume_cc}
+    for p in (99, 95, 5, 1):
+        out[f"D{p}"] = dose_metrics.dose_at_volume_percent(s, p)
+    return out
+
+
+def dicompyler_values(structure, dose_path, interpolate: bool):
+    from dicompylercore import dvhcalc
+
+    import pydicom
+
+    ss = pydicom.dcmread(structure)
+    number = next(int(r.ReferencedROINumber) for r in ss.ROIContourSequence
+                  if getattr(r, "ContourSequence", None) and r.ContourSequence[0].ContourGeometricType == "CLOSED_PLANAR")
+    kwargs = {"interpolation_resolution": (0.25, 0.25), "interpolation_segments_between_planes": 2} if interpolate else {}
+    dvh = dvhcalc.get_dvh(str(structure), str(dose_path), number, **kwargs).absolute_dose()
+    out = {"Dmin": dvh.min, "Dmax": dvh.max, "Dmean": dvh.mean, "volume": dvh.volume,
+           "D0.03cc": dvh.statistic("D0.03cc").value}
+    for p in (99, 95, 5, 1):
+        out[f"D{p}"] = dvh.statistic(f"D{p}").value
+    return out
+
+
+def score(values, row):
+    errors = [abs(values[k] - float(row[f"{k}_cGy"]) / 100) / (float(row[f"{k}_cGy"]) / 100) * 100 for k in KEYS]
+    if row["total_volume_cc"]:
+        errors.append(abs(values["volume"] - float(row["total_volume_cc"])) / float(row["total_volume_cc"]) * 100)
+    return max(errors), errors
+
+
+def main() -> None:
+    if os.environ.get("MEDAI_PEER_SITE"):
+        sys.path.append(os.environ["MEDAI_PEER_SITE"])
+    base = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt" / "nelms-dvh-benchmark"
+    items = list(rows(base))
+    result = {"data": "Nelms et al. 2015 analytical DVH benchmark", "rows": len(items), "criterion": "all D-values and volume within 1 %"}
+    cache = {}
+    start = time.perf_counter()
+    ours = [score(medai_values(s, d, cache), r) for r, s, d in items]
+    result["medai"] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": sum(m <= 1 for m, _ in ours),
+                       "median_error_percent": float(np.median([e for _, es in ours for e in es]))}
+    for name, interp in (("dicompyler_core", False), ("dicompyler_core_interpolated", True)):
+        start = time.perf_counter()
+        theirs = [score(dicompyler_values(s, d, interp), r) for r, s, d in items]
+        result[name] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": sum(m <= 1 for m, _ in theirs),
+                        "median_error_percent": float(np.median([e for _, es in theirs for e in es]))}
+    result["time_ratio_dicompyler_over_medai"] = round(result["dicompyler_core"]["time_s"] / result["medai"]["time_s"], 2)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
