@@ -48,9 +48,8 @@ def medai_values(structure, dose_path, cache):
 
 
 def dicompyler_values(structure, dose_path, interpolate: bool):
-    from dicompylercore import dvhcalc
-
     import pydicom
+    from dicompylercore import dvhcalc
 
     ss = pydicom.dcmread(structure)
     number = next(int(r.ReferencedROINumber) for r in ss.ROIContourSequence
