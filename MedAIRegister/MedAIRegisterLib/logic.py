@@ -47,14 +47,17 @@ class MedAIRegisterLogic:
     # ------------------------------------------------------------------ volumes
     def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "ct-ct",
                          device: str = "cpu", fixed_mask=None, moving_mask=None, output_transform_node=None,
-                         output_volume_node=None, resample: bool = False, sampling_percentage: float | None = None):
+                         output_volume_node=None, resample: bool = False, sampling_percentage: float | None = None,
+                         metric: str | None = None):
         """Register ``moving_node`` to ``fixed_node`` (scalar volumes) by intensity; returns the transform node.
 
         ``transform_type``: rigid, similarity, affine or bspline; ``preset``: a key of
         ``intensity_registration.PRESETS``; ``device``: see ``DEVICES``; masks: a label-map volume node or
         ``(segmentation_node, segment_name)`` on each side. With ``resample`` (or an
         ``output_volume_node``) the moving volume resampled onto the fixed grid is produced too, as
-        ``self.last_volume``. Metrics (MI/NCC before and after) are in ``self.last.metrics``.
+        ``self.last_volume``. ``sampling_percentage`` (fraction 0..1) and ``metric`` (mattes, meansquares,
+        correlation; SimpleITK path only) override the preset. Metrics (MI/NCC before and after) are in
+        ``self.last.metrics``.
         """
         for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
             try:
@@ -75,7 +78,7 @@ class MedAIRegisterLogic:
         if backend == "simpleitk":
             result = intensity_registration.register_images(
                 fixed_image, moving_image, transform_type, preset=preset, fixed_mask=fixed_mask_image,
-                moving_mask=moving_mask_image, sampling_percentage=sampling_percentage,
+                moving_mask=moving_mask_image, sampling_percentage=sampling_percentage, metric=metric,
                 progress=lambda f: sub.update("registering", f))
             transform = result.transform
             metric_value, elapsed = result.metric_value, result.elapsed_s
@@ -197,7 +200,13 @@ class MedAIRegisterLogic:
     # ------------------------------------------------------------------ surfaces (ICP)
     def surface_points(self, source) -> np.ndarray:
         """(N, 3) world RAS points of a model node, markups node or ``(segmentation_node, segment_name)``
-        (segment surface by marching cubes on its binary label map)."""
+        (segment surface by marching cubes on its binary label map; a bare segmentation node means its
+        first segment)."""
+        if source is not None and not isinstance(source, tuple) and source.IsA("vtkMRMLSegmentationNode"):
+            infos = bridge.segment_infos(source)
+            if not infos:
+                raise ValueError(f"Segmentation '{source.GetName()}' has no segments; add one or pick a model.")
+            source = (source, infos[0].name)
         if isinstance(source, tuple):
             segmentation, segment = source
             mask, geometry = bridge.segment_mask(segmentation, segment)
