@@ -91,13 +91,15 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
                 voxel_mask: np.ndarray | None = None, dose_resolution_mm=None,
                 lateral_cutoff_mm: float = 50.0, kernel_cutoff_mm: float | None = None,
                 rel_threshold: float = 0.0, ssd_density_threshold: float = 0.05,
-                device: str | torch.device = "cpu", progress=None) -> DoseInfluence:
+                ignore_outside_densities: bool = True, device: str | torch.device = "cpu",
+                progress=None) -> DoseInfluence:
     """Dose-influence matrix of ``beams`` on a dose grid (see module docstring).
 
     ``density``: relative electron density (KJI, CT grid); ``voxel_mask``: CT-grid bool mask of the
     voxels to compute (default: density > 0.05); ``lateral_cutoff_mm``: matRad's geometric lateral
     cut-off (the effective radius adds half the bixel diagonal); ``rel_threshold``: drop entries
-    below this fraction of each bixel's maximum (0 keeps all).
+    below this fraction of each bixel's maximum (0 keeps all); ``ignore_outside_densities``: as
+    matRad's default, density outside ``voxel_mask`` (couch, immobilisation) is set to 0 for ray tracing.
     """
     t0 = time.perf_counter()
     ct = ct_geometry.to_space("LPS")
@@ -106,6 +108,8 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     dgeo = make_dose_grid(ct, dose_resolution_mm)
     if voxel_mask is None:
         voxel_mask = np.asarray(density) > 0.05
+    if ignore_outside_densities:
+        density = np.where(voxel_mask, density, 0.0).astype(np.float32)
     mask_d = resample_nearest(voxel_mask.astype(np.float32), ct, dgeo) > 0.5
     flat_idx = np.flatnonzero(mask_d.ravel())
     if flat_idx.size == 0:

@@ -112,7 +112,12 @@ class MedAIPlanLogic:
         return {n: 1 if n == target else (3 if n.lower() in BODY_NAMES else 2) for n in masks}
 
     def _body_mask(self, masks, density):
-        body = density > 0.05
+        """Voxels that get dose and count for ray tracing (matRad: the union of the structures).
+
+        Without a body/external segment the patient is taken as density > 0.05 plus all segments, so a
+        target-and-organs-only segmentation still attenuates through the whole patient."""
+        has_body = any(n.lower() in BODY_NAMES for n in masks)
+        body = np.zeros(density.shape, bool) if has_body else density > 0.05
         for m in masks.values():
             body |= m
         return body
