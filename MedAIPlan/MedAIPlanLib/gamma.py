@@ -10,7 +10,8 @@ Search strategy (fast on CPU and GPU): the offsets within ``DTA * max_gamma`` ar
 sorted by length; they are applied in chunks to the voxels still "open" (whose current gamma^2 is
 larger than the distance term of the next offset), so most voxels stop after a few offsets. With an
 interpolated step, a coarse lattice (DTA/4 or half a voxel) is searched that way first, then a fine
-lattice of the requested step around each voxel's best coarse offset refines the minimum.
+pattern search (27 points, halving the step down to about the requested step) refines each voxel's
+best coarse offset.
 
 Two offset lattices:
 
@@ -73,33 +74,54 @@ def search_offsets(dta_mm: float, max_gamma: float, eval_geometry: Geometry,
     return offsets[order]
 
 
-def _sample(eval_t: torch.Tensor, index_ijk: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of a (K, J, I) tensor at continuous (..., 3) ijk indices; NaN outside."""
-    k, j, i = eval_t.shape
-    size = torch.tensor([i, j, k], dtype=index_ijk.dtype, device=index_ijk.device)
-    norm = 2.0 * index_ijk / torch.clamp(size - 1, min=1) - 1.0
-    shape = index_ijk.shape[:-1]
-    grid = norm.reshape(1, -1, 1, 1, 3)
-    out = torch.nn.functional.grid_sample(eval_t[None, None], grid, mode="bilinear",
-                                          padding_mode="border", align_corners=True).reshape(shape)
-    outside = ((index_ijk < -1e-4) | (index_ijk > (size - 1) + 1e-4)).any(dim=-1)
-    return out.masked_fill(outside, float("nan"))
+class _Sampler:
+    """Trilinear sampling of the evaluated dose at continuous ijk indices.
+
+    The volume is padded with ``pad`` voxels of a huge dose, so points outside the grid can never
+    agree with a reference dose (no per-sample bounds test); indices are mapped once to
+    ``grid_sample``'s normalised coordinates, so a sample is one affine add plus the interpolation.
+    """
+
+    def __init__(self, evaluated: torch.Tensor, pad: int):
+        big = float(torch.nan_to_num(evaluated).abs().max()) * 1e4 + 1e4
+        self.volume = torch.nn.functional.pad(evaluated[None, None], (pad,) * 6, value=big)
+        k, j, i = self.volume.shape[2:]
+        self.scale = 2.0 / torch.tensor([max(i - 1, 1), max(j - 1, 1), max(k - 1, 1)], dtype=evaluated.dtype,
+                                        device=evaluated.device)
+        self.pad = pad
+
+    def points(self, ijk: torch.Tensor) -> torch.Tensor:
+        """Normalised coordinates of ijk points (original grid indices)."""
+        return (ijk + self.pad) * self.scale - 1.0
+
+    def vectors(self, d_ijk: torch.Tensor) -> torch.Tensor:
+        """Normalised coordinates of ijk displacements."""
+        return d_ijk * self.scale
+
+    def __call__(self, norm: torch.Tensor) -> torch.Tensor:
+        shape = norm.shape[:-1]
+        out = torch.nn.functional.grid_sample(self.volume, norm.reshape(1, -1, 1, 1, 3), mode="bilinear",
+                                              padding_mode="border", align_corners=True)
+        return out.reshape(shape)
 
 
-def _sorted_search(eval_t, base, ref_vals, inv_dd2, offsets: np.ndarray, dta_mm: float, m_ijk, best, best_off,
+def _sorted_search(sampler, base, ref_vals, inv_dd2, offsets: np.ndarray, dta_mm: float, m_ijk, best, best_off,
                    chunk_elements: int, progress=None) -> None:
-    """Update ``best`` (gamma^2) in place over offsets sorted by length, stopping per voxel early."""
+    """Update ``best`` (gamma^2) in place over offsets sorted by length, stopping per voxel early.
+
+    ``base`` holds the reference points in the sampler's normalised coordinates.
+    """
     off_mm = torch.as_tensor(offsets, dtype=base.dtype, device=base.device)
-    off_ijk = off_mm @ m_ijk.T
+    off_ijk = sampler.vectors(off_mm @ m_ijk.T)
     dist2 = (off_mm ** 2).sum(dim=1) / dta_mm ** 2
     open_idx = torch.arange(ref_vals.numel(), device=base.device)
     start, n_off = 0, len(offsets)
     while start < n_off and open_idx.numel():
         chunk = max(1, min(n_off - start, chunk_elements // max(open_idx.numel(), 1)))
         sel = slice(start, start + chunk)
-        values = _sample(eval_t, base[open_idx][None, :, :] + off_ijk[sel][:, None, :])
+        values = sampler(base[open_idx][None, :, :] + off_ijk[sel][:, None, :])
         g2 = dist2[sel][:, None] + (values - ref_vals[open_idx][None, :]) ** 2 * inv_dd2[open_idx][None, :]
-        g2, arg = torch.nan_to_num(g2, nan=float("inf")).min(dim=0)
+        g2, arg = g2.min(dim=0)
         improved = g2 < best[open_idx]
         best[open_idx] = torch.where(improved, g2, best[open_idx])
         if best_off is not None:
@@ -138,43 +160,49 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     if local:
         mask &= reference > 0
     device = torch.device(device)
-    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    # float64 on the CPU for the voxel lattice (bit-exact with SlicerRT's baseline); float32 otherwise
+    dtype = torch.float64 if device.type == "cpu" and step_mm is None else torch.float32
     idx = np.argwhere(mask)  # (N, 3) k, j, i
     ref_vals = torch.as_tensor(reference[mask], dtype=dtype, device=device)
     points = ref_geo.index_to_point(idx[:, ::-1].astype(float))  # LPS mm
     to_eval = ev_geo.physical_to_ijk()
-    base = torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device)
-    eval_t = torch.as_tensor(evaluated, dtype=dtype, device=device)
+    pad = int(np.ceil(dta_mm * max_gamma / min(ev_geo.spacing))) + 2
+    sampler = _Sampler(torch.as_tensor(evaluated, dtype=dtype, device=device), pad)
+    base = sampler.points(torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device))
     crit = dose_percent / 100.0
     inv_dd2 = 1.0 / (crit * ref_vals) ** 2 if local else torch.full_like(ref_vals, 1.0 / (crit * norm) ** 2)
     best = torch.full_like(ref_vals, float(max_gamma) ** 2)
     m_ijk = torch.as_tensor(to_eval[:3, :3], dtype=dtype, device=device)
     if step_mm is None:
-        _sorted_search(eval_t, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk, best, None,
-                       chunk_elements, progress)
+        _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk,
+                       best, None, chunk_elements, progress)
     else:
-        # Coarse-to-fine: a coarse lattice (sorted, early exit) finds each voxel's best offset, then a fine
-        # lattice of step_mm in the cube of one coarse step around it refines the minimum.
+        # Coarse-to-fine: a coarse lattice (sorted, early exit) finds each voxel's best offset, then a
+        # pattern search (27 points, halving the step) refines it down to about step_mm.
         coarse_step = max(float(step_mm), min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
         best_off = torch.zeros((ref_vals.numel(), 3), dtype=dtype, device=device)
         coarse = search_offsets(dta_mm, max_gamma, ev_geo, coarse_step)
-        _sorted_search(eval_t, base, ref_vals, inv_dd2, coarse, dta_mm, m_ijk, best, best_off,
+        _sorted_search(sampler, base, ref_vals, inv_dd2, coarse, dta_mm, m_ijk, best, best_off,
                        chunk_elements, progress)
-        if coarse_step > step_mm:
-            n = int(np.ceil(coarse_step / step_mm))
-            grid = np.arange(-n, n + 1) * (coarse_step / n)
-            local_off = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3)
-            local_t = torch.as_tensor(local_off, dtype=dtype, device=device)
-            limit = float(max_gamma) * dta_mm
-            rows = max(1, chunk_elements // max(len(local_off), 1))
-            for a in range(0, ref_vals.numel(), rows):
-                sl = slice(a, a + rows)
-                off = best_off[sl][:, None, :] + local_t[None, :, :]  # (n, m, 3) mm
+        unit = torch.as_tensor(np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3),
+                               dtype=dtype, device=device)
+        limit2 = float(max_gamma) ** 2
+        h = coarse_step / 2.0
+        rows = max(1, chunk_elements // len(unit))
+        while h >= 0.5 * step_mm:
+            for a0 in range(0, ref_vals.numel(), rows):
+                sl = slice(a0, a0 + rows)
+                off = best_off[sl][:, None, :] + h * unit[None, :, :]  # (n, 27, 3) mm
                 d2 = (off ** 2).sum(-1) / dta_mm ** 2
-                values = _sample(eval_t, base[sl][:, None, :] + off @ m_ijk.T)
+                values = sampler(base[sl][:, None, :] + sampler.vectors(off @ m_ijk.T))
                 g2 = d2 + (values - ref_vals[sl][:, None]) ** 2 * inv_dd2[sl][:, None]
-                g2 = torch.where(d2 <= (limit / dta_mm) ** 2 + 1e-9, g2, torch.full_like(g2, float("inf")))
-                best[sl] = torch.minimum(best[sl], torch.nan_to_num(g2, nan=float("inf")).amin(dim=1))
+                g2 = torch.where(d2 <= limit2 + 1e-9, g2, torch.full_like(g2, float("inf")))
+                g2min, arg = g2.min(dim=1)
+                better = g2min < best[sl]
+                best[sl] = torch.where(better, g2min, best[sl])
+                chosen = off[torch.arange(off.shape[0], device=device), arg]
+                best_off[sl] = torch.where(better[:, None], chosen, best_off[sl])
+            h /= 2.0
     gamma_vals = torch.sqrt(best).clamp(max=float(max_gamma)).cpu().numpy().astype(np.float32)
     gamma = np.full(reference.shape, np.nan, dtype=np.float32)
     gamma[mask] = gamma_vals
