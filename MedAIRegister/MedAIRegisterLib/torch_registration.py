@@ -76,15 +76,41 @@ def _normalise(values: torch.Tensor, bins: int, lo: float, hi: float) -> torch.T
     return ((values - lo) / max(hi - lo, 1e-6)).clamp(0, 1) * (bins - 1)
 
 
+def parzen_weights(values_in_bins: torch.Tensor, bins: int) -> torch.Tensor:
+    """(N, bins) Gaussian Parzen-window weights (width one bin, rows sum to 1) of values scaled to [0, bins-1]."""
+    centres = torch.arange(bins, dtype=values_in_bins.dtype, device=values_in_bins.device)
+    weights = torch.exp(-0.5 * (values_in_bins[:, None] - centres) ** 2)
+    return weights / weights.sum(1, keepdim=True)
+
+
 def parzen_mutual_information(fixed_bins: torch.Tensor, moving_bins: torch.Tensor, weights: torch.Tensor,
-                              bins: int) -> torch.Tensor:
-    """Differentiable MI (nats) of paired samples already scaled to [0, bins-1], Gaussian Parzen windows."""
-    centres = torch.arange(bins, dtype=fixed_bins.dtype, device=fixed_bins.device)
-    wf = torch.exp(-0.5 * (fixed_bins[:, None] - centres) ** 2)
-    wm = torch.exp(-0.5 * (moving_bins[:, None] - centres) ** 2)
-    wf = wf / wf.sum(1, keepdim=True)
-    wm = wm / wm.sum(1, keepdim=True)
+                              bins: int, fixed_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Differentiable MI (nats) of paired samples already scaled to [0, bins-1], Gaussian Parzen windows.
+
+    ``weights`` (N,) weigh each pair (0 for samples mapped outside the moving image); ``fixed_weights``
+    may pass the fixed side's precomputed :func:`parzen_weights` (constant during optimisation).
+    """
+    wf = parzen_weights(fixed_bins, bins) if fixed_weights is None else fixed_weights
+    wm = parzen_weights(moving_bins, bins)
     joint = (wf * weights[:, None]).T @ wm
+    joint = joint / joint.sum().clamp_min(1e-12)
+    pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    ratio = joint / (pf @ pm).clamp_min(1e-12)
+    return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
+
+
+def linear_kernel_mutual_information(fixed_index: torch.Tensor, moving_bins: torch.Tensor, weights: torch.Tensor,
+                                     bins: int) -> torch.Tensor:
+    """Differentiable MI (nats) with the fixed side in hard bins (``fixed_index``, int64) and the moving side
+    split linearly between its two nearest bins (first-order B-spline Parzen window): O(N), not O(N x bins)."""
+    moving_bins = moving_bins.clamp(0, bins - 1 - 1e-4)
+    lower = moving_bins.detach().floor()
+    fraction = moving_bins - lower
+    lower = lower.long()
+    flat = torch.zeros(bins * bins, dtype=moving_bins.dtype, device=moving_bins.device)
+    flat = flat.index_add(0, fixed_index * bins + lower, weights * (1 - fraction))
+    flat = flat.index_add(0, fixed_index * bins + lower + 1, weights * fraction)
+    joint = flat.reshape(bins, bins)
     joint = joint / joint.sum().clamp_min(1e-12)
     pf, pm = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     ratio = joint / (pf @ pm).clamp_min(1e-12)
@@ -104,13 +130,16 @@ def _matrix(params: dict, transform: str) -> torch.Tensor:
 
 def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                    transform: str = "rigid", *, bins: int = 32, sampling_percentage: float = 0.2,
-                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 60,
+                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 40,
                    learning_rate_mm: float = 2.0, initial_matrix_lps: np.ndarray | None = None,
-                   device: str = "auto", seed: int = 0, progress=None) -> TorchRegistrationResult:
+                   device: str = "auto", seed: int = 0, progress=None,
+                   kernel: str = "gaussian") -> TorchRegistrationResult:
     """Register ``moving`` to ``fixed`` by Parzen MI; returns the fixed -> moving LPS matrix.
 
     ``learning_rate_mm`` is the initial Adam step for translations (mm); rotations get the same step
     divided by the fixed image radius (radians), affine terms likewise. Steps halve per level.
+    ``kernel``: "gaussian" Parzen windows on both sides (default, smoother) or "linear" (fixed side in
+    hard bins, moving side first-order B-spline; ~2x faster, ~2x larger TRE in our tests).
     """
     if transform not in ("rigid", "affine"):
         raise ValueError(f"The torch path does rigid or affine, not {transform!r}.")
@@ -125,13 +154,14 @@ def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     try:
         return _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage,
                          shrink_factors, smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps,
-                         dev, seed, progress, start)
+                         dev, seed, progress, start, kernel)
     finally:
         torch.set_num_threads(threads)
 
 
 def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage, shrink_factors,
-              smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps, dev, seed, progress, start):
+              smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps, dev, seed, progress, start,
+              kernel):
     generator = np.random.default_rng(seed)
     fg, mg = fixed_geometry.to_space("LPS"), moving_geometry.to_space("LPS")
     dtype = torch.float32
@@ -177,6 +207,8 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
         kji_t = torch.as_tensor(kji, device=dev)
         fixed_values = f_s[0, 0, kji_t[:, 0], kji_t[:, 1], kji_t[:, 2]]
         fixed_bins = _normalise(fixed_values, bins, f_lo, f_hi)
+        fixed_weights = parzen_weights(fixed_bins, bins) if kernel == "gaussian" else None
+        fixed_index = fixed_bins.round().long()
         step = learning_rate_mm / (2**level)
         groups = [{"params": [params["translation"]], "lr": step},
                   {"params": [params["rotation"]], "lr": step / radius}]
@@ -184,6 +216,7 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
             groups.append({"params": [params["linear"]], "lr": step / radius})
         optimiser = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, iterations, eta_min=step * 0.02)
+        previous = None
         for iteration in range(iterations):
             optimiser.zero_grad()
             matrix = _matrix(params, transform)
@@ -193,12 +226,23 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
             inside = (normalised.abs() <= 1.0).all(1).to(dtype)
             sampled = F.grid_sample(m_s, normalised.reshape(1, 1, 1, -1, 3), mode="bilinear",
                                     padding_mode="border", align_corners=True).reshape(-1)
-            mi = parzen_mutual_information(fixed_bins, _normalise(sampled, bins, m_lo, m_hi), inside, bins)
+            if kernel == "gaussian":
+                mi = parzen_mutual_information(fixed_bins, _normalise(sampled, bins, m_lo, m_hi), inside, bins,
+                                               fixed_weights)
+            else:
+                mi = linear_kernel_mutual_information(fixed_index, _normalise(sampled, bins, m_lo, m_hi), inside, bins)
             (-mi).backward()
             optimiser.step()
             scheduler.step()
             mi_value = float(mi.detach())
             total += 1
+            if iteration % 10 == 9:
+                # Stop the level once 10 steps moved no point of the fixed image by more than 0.02 mm.
+                snapshot = torch.cat([params["translation"].detach(), radius * params["rotation"].detach()]
+                                     + ([radius * params["linear"].detach().ravel()] if transform == "affine" else []))
+                if previous is not None and float((snapshot - previous).abs().max()) < 0.02:
+                    break
+                previous = snapshot
             if progress is not None and iteration % 10 == 0:
                 progress((level + iteration / iterations) / len(shrink_factors))
     with torch.no_grad():
