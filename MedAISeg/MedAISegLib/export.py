@@ -1,0 +1,246 @@
+"""MONAI bundle export of a trained network, and compressed exports (fp16 TorchScript, ONNX).
+
+The bundle is the one :mod:`.bundle` runs: ``configs/inference.json`` (``network_def``, the same
+preprocessing the training used — ``LoadImaged``, ``EnsureChannelFirstd``, ``Orientationd(RAS)``,
+``Spacingd`` to the training spacing (mm), z-score ``NormalizeIntensityd`` — a
+``SlidingWindowInferer`` with the training ROI and softmax/``Invertd``/argmax postprocessing),
+``configs/metadata.json`` (labels in ``network_data_format.outputs.pred.channel_def``, spacing,
+normalisation, training figures) and ``models/model.pt`` (a plain state dict, loadable with
+``torch.load(weights_only=True)``). Compressed exports go next to it as ``models/model_fp16.ts``
+and ``models/model.onnx`` and are each compared with the fp32 network (label agreement over the
+voxels of sample volumes) and timed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .sliding_window import sliding_window_inference
+
+NETWORKS = ("segresnet", "unet", "dynunet", "swinunetr")
+
+
+def network_definition(name: str, in_channels: int, out_channels: int, features: int = 16) -> dict:
+    """MONAI config (``_target_`` form) of network ``name`` (segresnet|unet|dynunet|swinunetr).
+
+    ``features``: channels of the first level (doubles at each of the levels below).
+    """
+    name = name.lower()
+    common = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels}
+    if name == "segresnet":
+        return {"_target_": "monai.networks.nets.SegResNet", **common, "init_filters": features,
+                "blocks_down": [1, 2, 2], "blocks_up": [1, 1], "dropout_prob": 0.0}
+    if name == "unet":
+        return {"_target_": "monai.networks.nets.UNet", **common,
+                "channels": [features, 2 * features, 4 * features, 8 * features], "strides": [2, 2, 2],
+                "num_res_units": 1, "norm": "INSTANCE"}
+    if name == "dynunet":
+        return {"_target_": "monai.networks.nets.DynUNet", **common, "kernel_size": [3, 3, 3, 3],
+                "strides": [1, 2, 2, 2], "upsample_kernel_size": [2, 2, 2],
+                "filters": [features, 2 * features, 4 * features, 8 * features], "norm_name": "instance"}
+    if name == "swinunetr":
+        return {"_target_": "monai.networks.nets.SwinUNETR", **common, "feature_size": max(12, features // 12 * 12)}
+    raise ValueError(f"Unknown network {name!r}; choose one of {', '.join(NETWORKS)}.")
+
+
+def build_network(definition: dict) -> torch.nn.Module:
+    """Instantiate a ``_target_`` network config (as the bundle's ConfigParser does)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"network_def": definition})
+    return parser.get_parsed_content("network_def")
+
+
+def preprocessing_definition(spacing_mm, keys=("image",)) -> list[dict]:
+    """Transforms shared by training and the exported bundle (label keys use nearest interpolation)."""
+    keys = list(keys)
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return [{"_target_": "LoadImaged", "keys": keys, "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": keys},
+            {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": keys, "pixdim": [float(s) for s in spacing_mm], "mode": modes},
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False, "channel_wise": True},
+            {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"}]
+
+
+def build_transforms(definitions: list[dict]):
+    """A MONAI ``Compose`` from transform configs."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"t": {"_target_": "Compose", "transforms": definitions}})
+    return parser.get_parsed_content("t")
+
+
+def export_bundle(folder, network: torch.nn.Module, definition: dict, labels: dict, spacing_mm, roi,
+                  name: str = "MedAI trained model", training: dict | None = None) -> Path:
+    """Write a MONAI bundle at ``folder``; ``labels``: {value: name} without background."""
+    folder = Path(folder)
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    config = {
+        "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": definition,
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing_definition(spacing_mm)},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [int(r) for r in roi], "sw_batch_size": 4,
+                    "overlap": 0.25, "mode": "gaussian"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False, "to_tensor": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg"}]},
+    }
+    (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    channel_def = {"0": "background", **{str(int(k)): str(v) for k, v in sorted(labels.items())}}
+    metadata = {
+        "name": name, "version": "0.1.0", "task": "segmentation", "monai_version": _monai_version(),
+        "pytorch_version": torch.__version__.split("+")[0],
+        "description": "Trained in MedAI (medai train).",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": int(definition["in_channels"]),
+                                 "spatial_shape": [int(r) for r in roi], "format": "magnitude",
+                                 "pixdim": [float(s) for s in spacing_mm], "normalization": "zscore"}},
+            "outputs": {"pred": {"type": "image", "num_channels": int(definition["out_channels"]),
+                                 "format": "segmentation", "channel_def": channel_def}}},
+        "medai": {"spacing_mm": [float(s) for s in spacing_mm], "roi": [int(r) for r in roi],
+                  "normalization": "zscore", "axcodes": "RAS", "training": training or {}},
+    }
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in network.state_dict().items()}
+    torch.save(state, folder / "models" / "model.pt")
+    return folder
+
+
+def _monai_version() -> str:
+    import monai
+
+    return monai.__version__
+
+
+def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict, dict]:
+    """(network with the bundle's ``model.pt`` weights, its ``network_def``, metadata) of a bundle."""
+    bundle = Path(bundle)
+    config_path = bundle / "configs" / "inference.json"
+    if not config_path.exists() or not (bundle / "models" / "model.pt").exists():
+        raise ValueError(f"{bundle} is not a bundle with configs/inference.json and models/model.pt; "
+                         "give a bundle exported by medai train or a MONAI zoo bundle.")
+    config = json.loads(config_path.read_text())
+    definition = config["network_def"]
+    network = build_network(definition)
+    state = torch.load(str(bundle / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    network.load_state_dict(state)
+    metadata_path = bundle / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    return network, definition, metadata
+
+
+class OnnxNetwork:
+    """Callable running an ONNX file with onnxruntime on CPU, torch tensors in and out."""
+
+    def __init__(self, path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: batch.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+class _Fp16Wrapper(torch.nn.Module):
+    """fp16 weights inside, fp32 tensors at the interface."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.half()).float()
+
+
+def export_compressed(bundle, samples: list[torch.Tensor], fp16: bool = True, onnx: bool = True,
+                      device="cpu", repeat: int = 1, threads: int | None = None) -> dict:
+    """Write ``models/model_fp16.ts`` and/or ``models/model.onnx`` and compare them with fp32.
+
+    ``samples``: preprocessed ``(C, X, Y, Z)`` volumes (as the bundle's preprocessing gives them);
+    each export is run over them with the bundle's ROI and MedAI's sliding window, and its labels
+    compared voxel by voxel with the fp32 network's (``agreement`` = equal voxels / all voxels).
+    Times are the best of ``repeat`` runs (seconds, all samples). fp16 runs on ``device``; on a CPU
+    torch computes fp16 convolutions slowly or not at all, which the report then says.
+    """
+    bundle = Path(bundle)
+    network, definition, metadata = load_bundle_network(bundle)
+    roi = metadata.get("medai", {}).get("roi") or \
+        json.loads((bundle / "configs" / "inference.json").read_text())["inferer"]["roi_size"]
+    device = torch.device(device)
+    network = network.to(device).eval()
+    reference, seconds = _run_all(network, samples, roi, device, repeat)
+    report = {"fp32": {"seconds": seconds, "device": str(device)}}
+    example = torch.zeros((1, int(definition["in_channels"]), *[int(r) for r in roi]))
+    if fp16:
+        path = bundle / "models" / "model_fp16.ts"
+        entry = {"file": str(path), "device": str(device)}
+        try:
+            wrapped = _Fp16Wrapper(build_network(definition)).eval()
+            wrapped.network.load_state_dict({k: v.half() if v.is_floating_point() else v
+                                             for k, v in network.state_dict().items()})
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapped.to(device), example.to(device), check_trace=False)
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path), map_location=device)
+            labels, entry["seconds"] = _run_all(loaded, samples, roi, device, repeat)
+            entry["agreement"] = _agreement(reference, labels)
+            entry["speedup_vs_fp32"] = round(seconds / max(entry["seconds"], 1e-9), 3)
+            entry["size_mb"] = round(path.stat().st_size / 1e6, 3)
+        except (RuntimeError, NotImplementedError) as error:
+            entry["error"] = f"fp16 not runnable on {device}: {str(error).splitlines()[0]}"
+        report["fp16_torchscript"] = entry
+    if onnx:
+        path = bundle / "models" / "model.onnx"
+        cpu_network = network.to("cpu")
+        with torch.no_grad():
+            torch.onnx.export(cpu_network, example, str(path), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+        runner = OnnxNetwork(path, threads=threads)
+        labels, onnx_seconds = _run_all(runner, samples, roi, torch.device("cpu"), repeat)
+        cpu_reference, cpu_seconds = (reference, seconds) if device.type == "cpu" else \
+            _run_all(cpu_network, samples, roi, torch.device("cpu"), repeat)
+        report["onnx"] = {"file": str(path), "device": "cpu (onnxruntime)", "seconds": onnx_seconds,
+                          "fp32_cpu_seconds": cpu_seconds, "agreement": _agreement(cpu_reference, labels),
+                          "speedup_vs_fp32": round(cpu_seconds / max(onnx_seconds, 1e-9), 3),
+                          "size_mb": round(path.stat().st_size / 1e6, 3)}
+        network.to(device)
+    return report
+
+
+def _run_all(network, samples, roi, device, repeat):
+    best, labels = None, []
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        labels = [sliding_window_inference(network, s, roi, overlap=0.25, batch_size=4, device=device,
+                                           amp=False).labels for s in samples]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        best = elapsed if best is None else min(best, elapsed)
+    return labels, round(best, 4)
+
+
+def _agreement(reference: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    equal = sum(int(np.count_nonzero(a == b)) for a, b in zip(reference, labels))
+    total = sum(a.size for a in reference)
+    return round(equal / max(total, 1), 6)

@@ -1,0 +1,325 @@
+"""Train or fine-tune a MONAI segmentation network on image/label pairs, then export a bundle.
+
+Cases are ``(image, label)`` pairs given as file paths or SimpleITK images (LPS, any grid; the
+label on the image's grid or its own). They go through the exact preprocessing the exported
+bundle uses (:func:`.export.preprocessing_definition`: RAS orientation, resampling to
+``spacing_mm``, z-score), are cached, then sampled as ``roi`` patches balanced between
+foreground and background (``RandCropByPosNegLabeld``) and augmented (flips, 90° rotations,
+small affine, intensity scale/shift, Gaussian noise; elastic optional). Loss: Dice +
+cross-entropy; AdamW with a cosine schedule; mixed precision on CUDA. A validation split is
+scored after each epoch with MedAI's sliding window (mean foreground Dice); the best weights are
+kept, training stops early after ``patience`` epochs without improvement, and a checkpoint
+(``checkpoint.pt``, loadable with ``weights_only=True``) allows ``resume``. Cancel (through a
+:class:`MedAICommonLib.progress.Progress`) stops at the next step and keeps the best model.
+Curves are written as ``training_curves.csv`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .export import build_network, build_transforms, export_bundle, load_bundle_network, network_definition, \
+    preprocessing_definition
+from .sliding_window import sliding_window_inference
+
+
+@dataclass
+class TrainingConfig:
+    """Training settings (spacing in mm, ROI in voxels at that spacing)."""
+
+    network: str = "segresnet"
+    features: int = 16
+    spacing_mm: tuple = (1.5, 1.5, 1.5)
+    roi: tuple = (64, 64, 64)
+    epochs: int = 100
+    batch_size: int = 2
+    samples_per_case: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.2
+    patience: int = 20
+    seed: int = 0
+    amp: bool = True
+    augment: bool = True
+    elastic: bool = False
+    resume: bool = False
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced: the network (best weights), figures and files."""
+
+    network: torch.nn.Module
+    definition: dict
+    labels: dict
+    best_dice: float
+    best_epoch: int
+    epochs_run: int
+    history: list
+    stopped: str
+    files: dict
+    seconds: float
+
+
+def _to_file(item, folder: Path, name: str) -> str:
+    if isinstance(item, sitk.Image):
+        path = folder / f"{name}.nii.gz"
+        sitk.WriteImage(item, str(path))
+        return str(path)
+    path = Path(item)
+    if not path.exists():
+        raise ValueError(f"Training file {path} not found.")
+    return str(path)
+
+
+def _label_on_image_grid(image_path: str, label_path: str, folder: Path, name: str) -> str:
+    image, label = sitk.ReadImage(image_path), sitk.ReadImage(label_path)
+    if image.GetSize() == label.GetSize() and np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-3) and \
+            np.allclose(image.GetSpacing(), label.GetSpacing()) and \
+            np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4):
+        return label_path
+    resampled = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    path = folder / f"{name}_label_resampled.nii.gz"
+    sitk.WriteImage(resampled, str(path))
+    return str(path)
+
+
+def _augmentations(config: TrainingConfig) -> list:
+    from monai import transforms as T
+
+    keys = ["image", "label"]
+    roi = [int(r) for r in config.roi]
+    steps = [T.SpatialPadd(keys, spatial_size=roi),
+             T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1,
+                                      num_samples=config.samples_per_case, image_key="image", image_threshold=-1e9)]
+    if config.augment:
+        steps += [T.RandFlipd(keys, prob=0.5, spatial_axis=0), T.RandFlipd(keys, prob=0.5, spatial_axis=1),
+                  T.RandFlipd(keys, prob=0.5, spatial_axis=2), T.RandRotate90d(keys, prob=0.5, max_k=3),
+                  T.RandAffined(keys, prob=0.3, rotate_range=[0.26] * 3, scale_range=[0.1] * 3,
+                                mode=["bilinear", "nearest"], padding_mode="border"),
+                  T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+                  T.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+                  T.RandGaussianNoised("image", prob=0.3, std=0.1)]
+        if config.elastic:
+            steps.append(T.Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(50, 150), prob=0.2,
+                                          mode=["bilinear", "nearest"]))
+    return steps
+
+
+def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes) -> dict:
+    """Dice of each label value in ``classes`` (1.0 when absent from both)."""
+    scores = {}
+    for c in classes:
+        a, b = prediction == c, reference == c
+        denom = int(a.sum()) + int(b.sum())
+        scores[int(c)] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
+    return scores
+
+
+def _validate(network, cases, roi, device, amp, classes) -> float:
+    network.eval()
+    scores = []
+    with torch.no_grad():
+        for case in cases:
+            result = sliding_window_inference(network, case["image"], roi, overlap=0.25, batch_size=2,
+                                              device=device, amp=amp)
+            reference = np.rint(case["label"][0].numpy()).astype(np.int64)
+            scores.append(np.mean(list(dice_per_class(result.labels, reference, classes).values())))
+    network.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def write_curves(history: list, folder) -> dict:
+    """``training_curves.csv`` and ``.png`` (loss and validation Dice per epoch) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "training_curves.csv", folder / "training_curves.png"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "loss", "val_dice", "learning_rate", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], label="training loss (Dice+CE)")
+    ax.plot(epochs, [h["val_dice"] for h in history], label="validation Dice")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
+    return {"curves_csv": str(csv_path), "curves_png": str(png_path)}
+
+
+def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
+          progress=None, on_epoch=None) -> TrainingResult:
+    """Train on ``cases`` (list of (image, label), files or SimpleITK images); see the module docstring.
+
+    ``init_bundle``: fine-tune from this bundle's weights (its network and, unless ``config``
+    overrides them, spacing and ROI; output layers whose class count differs are re-initialised).
+    ``progress``: a ``Progress`` (stage, fraction; cancel keeps the best model); ``on_epoch``:
+    called with each epoch's history row (epoch, loss, val_dice, learning_rate, seconds).
+    """
+    from monai.data import CacheDataset, DataLoader
+    from monai.losses import DiceCELoss
+    from monai.transforms import Compose
+    from monai.utils import set_determinism
+
+    from MedAICommonLib.progress import CancelledError
+
+    config = config or TrainingConfig()
+    if len(cases) < 1:
+        raise ValueError("Training needs at least one image/label pair.")
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    set_determinism(seed=config.seed)
+    tmp = tempfile.TemporaryDirectory(prefix="medai-train-")
+    try:
+        folder = Path(tmp.name)
+        items = []
+        for index, (image, label) in enumerate(cases):
+            image_path = _to_file(image, folder, f"case{index}")
+            label_path = _label_on_image_grid(image_path, _to_file(label, folder, f"case{index}_label"), folder,
+                                              f"case{index}")
+            items.append({"image": image_path, "label": label_path})
+        values = sorted({int(v) for it in items for v in np.unique(sitk.GetArrayFromImage(
+            sitk.ReadImage(it["label"])))} - {0})
+        if not values:
+            raise ValueError("The label maps are empty: draw at least one segment before training.")
+        labels = {v: config.labels.get(v, f"label {v}") for v in values}
+        out_channels = max(values) + 1
+        definition = network_definition(config.network, 1, out_channels, config.features)
+        network = build_network(definition)
+        if init_bundle is not None:
+            base, base_definition, _ = load_bundle_network(init_bundle)
+            if base_definition.get("out_channels") == out_channels:
+                definition, network = base_definition, base
+            else:  # another label set: keep every layer whose shape still fits
+                definition = {**base_definition, "out_channels": out_channels}
+                network = build_network(definition)
+                own = network.state_dict()
+                own.update({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape})
+                network.load_state_dict(own)
+        network = network.to(device)
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(items))
+        n_val = int(round(config.val_fraction * len(items))) if len(items) > 1 else 0
+        n_val = min(max(n_val, 1 if len(items) > 2 else 0), len(items) - 1)
+        val_items = [items[i] for i in order[:n_val]]
+        train_items = [items[i] for i in order[n_val:]]
+        pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label")))
+        train_ds = CacheDataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), progress=False)
+        val_cases = [pre(item) for item in val_items]
+        loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
+                            generator=torch.Generator().manual_seed(config.seed))
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+        use_amp = config.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        history, best_dice, best_epoch, first_epoch = [], -1.0, 0, 1
+        best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        checkpoint_path = output_dir / "checkpoint.pt"
+        if config.resume and checkpoint_path.exists():
+            state = torch.load(str(checkpoint_path), map_location=device, weights_only=True)
+            network.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            best_state, best_dice, best_epoch = state["best_model"], float(state["best_dice"]), int(state["best_epoch"])
+            history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
+        stopped = "epochs"
+        classes = list(labels)
+        try:
+            for epoch in range(first_epoch, config.epochs + 1):
+                epoch_start, losses = time.perf_counter(), []
+                network.train()
+                for batch in loader:
+                    if progress is not None:
+                        progress.check()
+                    image, label = batch["image"].to(device), batch["label"].to(device)
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        loss = loss_fn(network(image), label)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    losses.append(float(loss.detach()))
+                scheduler.step()
+                val_dice = _validate(network, val_cases, config.roi, device, config.amp, classes) if val_cases \
+                    else 1.0 - float(np.mean(losses))
+                row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "val_dice": round(val_dice, 5),
+                       "learning_rate": optimizer.param_groups[0]["lr"],
+                       "seconds": round(time.perf_counter() - epoch_start, 3)}
+                history.append(row)
+                if val_dice > best_dice:
+                    best_dice, best_epoch = val_dice, epoch
+                    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "best_model": best_state, "best_dice": best_dice,
+                            "best_epoch": best_epoch, "epoch": epoch, "history": history}, checkpoint_path)
+                if on_epoch is not None:
+                    on_epoch(row)
+                if progress is not None:
+                    progress.update(f"epoch {epoch}: loss {row['loss']:.3f}, validation Dice {val_dice:.3f}",
+                                    epoch / config.epochs)
+                if epoch - best_epoch >= config.patience:
+                    stopped = "early stop"
+                    break
+        except CancelledError:
+            stopped = "cancelled"
+        network.load_state_dict(best_state)
+        network.eval()
+        files = write_curves(history, output_dir) if history else {}
+        files["checkpoint"] = str(checkpoint_path)
+    finally:
+        tmp.cleanup()
+    return TrainingResult(network=network, definition=definition, labels=labels, best_dice=round(best_dice, 5),
+                          best_epoch=best_epoch, epochs_run=len(history), history=history, stopped=stopped,
+                          files=files, seconds=round(time.perf_counter() - start, 2))
+
+
+def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
+                     progress=None, on_epoch=None, name: str = "MedAI trained model") -> TrainingResult:
+    """:func:`train`, then :func:`.export.export_bundle` of the best model into ``bundle_dir``
+    (curves and checkpoint in ``bundle_dir/logs``)."""
+    config = config or TrainingConfig()
+    if init_bundle is not None:
+        _, _, metadata = load_bundle_network(init_bundle)
+        medai = metadata.get("medai", {})
+        config.spacing_mm = tuple(medai.get("spacing_mm", config.spacing_mm))
+        config.roi = tuple(medai.get("roi", config.roi))
+    result = train(cases, Path(bundle_dir) / "logs", config, init_bundle, device, progress, on_epoch)
+    summary = {k: v for k, v in asdict(config).items() if k != "labels"}
+    summary.update({"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run, "stopped": result.stopped, "cases": len(cases),
+                    "init_bundle": str(init_bundle) if init_bundle else None})
+    export_bundle(bundle_dir, result.network, result.definition, result.labels, config.spacing_mm, config.roi,
+                  name=name, training=summary)
+    result.files["bundle"] = str(bundle_dir)
+    return result
+
+
+def preprocess_for_bundle(image, bundle) -> torch.Tensor:
+    """``(C, X, Y, Z)`` tensor of ``image`` (file or SimpleITK) after ``bundle``'s preprocessing."""
+    _, _, metadata = load_bundle_network(bundle)
+    spacing = metadata.get("medai", {}).get("spacing_mm")
+    if spacing is None:
+        raise ValueError(f"{bundle} has no MedAI spacing in its metadata; export it with medai train.")
+    with tempfile.TemporaryDirectory(prefix="medai-pre-") as tmp:
+        path = _to_file(image, Path(tmp), "image")
+        return build_transforms(preprocessing_definition(spacing))({"image": path})["image"].as_tensor()
