@@ -67,34 +67,56 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 def _strided_box(x: torch.Tensor, radius: int, step: int, starts, counts) -> torch.Tensor:
     """Box sums of side 2r+1 over dims 1..3 of ``x`` (N, D, H, W), evaluated only at the box
-    starts ``starts[i] + k * step`` (k < ``counts[i]``) along each axis."""
+    starts ``starts[i] + k * step`` (k < ``counts[i]``) along each axis (outer axis first, which
+    shrinks the data most cheaply: whole planes)."""
     size = 2 * radius + 1
     for axis, (start, count) in enumerate(zip(starts, counts), start=1):
-        index = [slice(None)] * 4
-        index[axis] = slice(start, start + (count - 1) * step + 1, step)
-        out = x[tuple(index)].clone()
-        for j in range(1, size):
+        def view(j, x=x, axis=axis, start=start, count=count):
+            index = [slice(None)] * 4
             index[axis] = slice(start + j, start + j + (count - 1) * step + 1, step)
-            out += x[tuple(index)]
+            return x[tuple(index)]
+        if size == 1:
+            x = view(0).contiguous()
+            continue
+        out = torch.add(view(0), view(1))
+        for j in range(2, size):
+            out += view(j)
         x = out
     return x
 
 
 def _spread(w: torch.Tensor, radius: int, step: int, shape) -> torch.Tensor:
     """Transpose of :func:`_strided_box` with starts 0: add each sub-grid value ``w[k]`` (centre
-    ``k * step``) to the voxels of its block ``[k*step - r, k*step + r]``, cropped to ``shape``."""
-    size = 2 * radius + 1
-    for axis, n in enumerate(shape, start=1):
-        count = w.shape[axis]
-        grown = list(w.shape)
-        grown[axis] = (count - 1) * step + size
-        out = torch.zeros(grown, dtype=w.dtype, device=w.device)
-        index = [slice(None)] * 4
-        for j in range(size):
-            index[axis] = slice(j, j + (count - 1) * step + 1, step)
-            out[tuple(index)] += w
-        w = out.narrow(axis, radius, n)
-    return w.contiguous()
+    ``k * step``) to the voxels of its block ``[k*step - r, k*step + r]``, cropped to ``shape``.
+
+    Per axis, the voxels ``k * step + q`` (residue q) sum the centres ``k + t`` with
+    ``|t * step - q| <= r``; the outer axis goes last so the full-size writes are whole planes.
+    """
+    reach = radius // step + 1
+    for axis in (3, 2, 1):
+        n, count = shape[axis - 1], w.shape[axis]
+        padded_shape = list(w.shape)
+        padded_shape[axis] = count + 2 * reach
+        padded = w.new_zeros(padded_shape)
+        padded.narrow(axis, reach, count).copy_(w)
+        out_shape = list(w.shape)
+        out_shape[axis] = n
+        out = w.new_empty(out_shape)
+        for q in range(step):
+            index = [slice(None)] * 4
+            index[axis] = slice(q, n, step)
+            dest = out[tuple(index)]
+            length = dest.shape[axis]
+            terms = [padded.narrow(axis, reach + t, length) for t in range(-reach, reach + 1)
+                     if abs(t * step - q) <= radius]
+            if len(terms) == 1:
+                dest.copy_(terms[0])
+            else:
+                torch.add(terms[0], terms[1], out=dest)
+                for term in terms[2:]:
+                    dest += term
+        w = out
+    return w
 
 
 def _weights_(dist: torch.Tensor, var2: float, h2: float) -> torch.Tensor:
