@@ -85,7 +85,7 @@ def _strided_box(x: torch.Tensor, radius: int, step: int, starts, counts) -> tor
     return x
 
 
-def _spread(w: torch.Tensor, radius: int, step: int, shape) -> torch.Tensor:
+def _spread(w: torch.Tensor, radius: int, step: int, shape, axes=(3, 2, 1)) -> torch.Tensor:
     """Transpose of :func:`_strided_box` with starts 0: add each sub-grid value ``w[k]`` (centre
     ``k * step``) to the voxels of its block ``[k*step - r, k*step + r]``, cropped to ``shape``.
 
@@ -93,12 +93,8 @@ def _spread(w: torch.Tensor, radius: int, step: int, shape) -> torch.Tensor:
     ``|t * step - q| <= r``; the outer axis goes last so the full-size writes are whole planes.
     """
     reach = radius // step + 1
-    for axis in (3, 2, 1):
+    for axis in axes:
         n, count = shape[axis - 1], w.shape[axis]
-        padded_shape = list(w.shape)
-        padded_shape[axis] = count + 2 * reach
-        padded = w.new_zeros(padded_shape)
-        padded.narrow(axis, reach, count).copy_(w)
         out_shape = list(w.shape)
         out_shape[axis] = n
         out = w.new_empty(out_shape)
@@ -107,16 +103,31 @@ def _spread(w: torch.Tensor, radius: int, step: int, shape) -> torch.Tensor:
             index[axis] = slice(q, n, step)
             dest = out[tuple(index)]
             length = dest.shape[axis]
-            terms = [padded.narrow(axis, reach + t, length) for t in range(-reach, reach + 1)
-                     if abs(t * step - q) <= radius]
-            if len(terms) == 1:
-                dest.copy_(terms[0])
-            else:
-                torch.add(terms[0], terms[1], out=dest)
-                for term in terms[2:]:
-                    dest += term
+            dest.copy_(w.narrow(axis, 0, length))  # t = 0: q <= radius always
+            for t in range(-reach, reach + 1):
+                if t == 0 or abs(t * step - q) > radius:
+                    continue
+                first, last = max(0, -t), min(length, count - t)  # centres k + t that exist
+                if last > first:
+                    dest.narrow(axis, first, last - first).add_(w.narrow(axis, first + t, last - first))
         w = out
     return w
+
+
+def _spread_outer_accumulate(target: torch.Tensor, w: torch.Tensor, x: torch.Tensor, radius: int, step: int):
+    """``target += spread_along_axis0(w) * x`` for 3D tensors, without materialising the spread:
+    the last (outer-axis) step of :func:`_spread` fused with the weighted sum of values."""
+    reach = radius // step + 1
+    count = w.shape[0]
+    for q in range(step):
+        dest, values = target[q::step], x[q::step]
+        length = dest.shape[0]
+        for t in range(-reach, reach + 1):
+            if abs(t * step - q) > radius:
+                continue
+            first, last = max(0, -t), min(length, count - t)
+            if last > first:
+                dest[first:last].addcmul_(w[first + t:last + t], values[first:last])
 
 
 def _weights_(dist: torch.Tensor, var2: float, h2: float) -> torch.Tensor:
@@ -217,11 +228,11 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, step: in
         w = _weights_(torch.cat([dist_fwd, dist_bwd]), var2, h2)  # (2n, counts...): +d then -d
         weight_sub += w.sum(0)
         torch.maximum(w_max, w.amax(0), out=w_max)
-        spread = _spread(w, p, step, shape)
+        planes = _spread(w, p, step, shape, axes=(3, 2))  # spread within planes; across them below
         signed = list(group) + [(-a, -b, -c) for a, b, c in group]
         for index, (a, b, c) in enumerate(signed):
-            value_sum.addcmul_(spread[index], xp[pad + a:pad + a + shape[0], pad + b:pad + b + shape[1],
-                                                 pad + c:pad + c + shape[2]])
+            _spread_outer_accumulate(value_sum, planes[index], xp[pad + a:pad + a + shape[0],
+                                     pad + b:pad + b + shape[1], pad + c:pad + c + shape[2]], p, step)
         if progress is not None:
             progress(min(1.0, (start + len(group)) / len(offsets)))
     centre = torch.clamp(w_max, min=1e-12)
