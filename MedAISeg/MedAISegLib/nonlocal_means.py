@@ -65,13 +65,13 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _strided_box(x: torch.Tensor, radius: int, step: int, starts, counts) -> torch.Tensor:
+def _strided_box(x: torch.Tensor, radius: int, steps, starts, counts) -> torch.Tensor:
     """Box sums of side 2r+1 over dims 1..3 of ``x`` (N, D, H, W), evaluated only at the box
-    starts ``starts[i] + k * step`` (k < ``counts[i]``) along each axis (outer axis first, which
+    starts ``starts[i] + k * steps[i]`` (k < ``counts[i]``) along each axis (outer axis first, which
     shrinks the data most cheaply: whole planes)."""
     size = 2 * radius + 1
-    for axis, (start, count) in enumerate(zip(starts, counts), start=1):
-        def view(j, x=x, axis=axis, start=start, count=count):
+    for axis, (step, start, count) in enumerate(zip(steps, starts, counts), start=1):
+        def view(j, x=x, axis=axis, step=step, start=start, count=count):
             index = [slice(None)] * 4
             index[axis] = slice(start + j, start + j + (count - 1) * step + 1, step)
             return x[tuple(index)]
@@ -85,15 +85,17 @@ def _strided_box(x: torch.Tensor, radius: int, step: int, starts, counts) -> tor
     return x
 
 
-def _spread(w: torch.Tensor, radius: int, step: int, shape, axes=(3, 2, 1)) -> torch.Tensor:
+def _spread(w: torch.Tensor, radius: int, steps, shape, axes=(3, 2, 1)) -> torch.Tensor:
     """Transpose of :func:`_strided_box` with starts 0: add each sub-grid value ``w[k]`` (centre
-    ``k * step``) to the voxels of its block ``[k*step - r, k*step + r]``, cropped to ``shape``.
+    ``k * step``, ``step = steps[axis]``) to the voxels of its block ``[k*step - r, k*step + r]``,
+    cropped to ``shape``.
 
     Per axis, the voxels ``k * step + q`` (residue q) sum the centres ``k + t`` with
     ``|t * step - q| <= r``; the outer axis goes last so the full-size writes are whole planes.
     """
-    reach = radius // step + 1
     for axis in axes:
+        step = steps[axis - 1]
+        reach = radius // step + 1
         n, count = shape[axis - 1], w.shape[axis]
         out_shape = list(w.shape)
         out_shape[axis] = n
@@ -199,10 +201,10 @@ def _voxelwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, chunk_vo
     return value_sum / weight_sum
 
 
-def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, step: int, chunk_voxels: int, progress):
+def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, chunk_voxels: int, progress):
     shape = tuple(x.shape)
     device = x.device
-    counts = [(n + step - 1) // step for n in shape]  # block centres 0, n, 2n, ... per axis
+    counts = [(n + step - 1) // step for n, step in zip(shape, steps)]  # centres 0, n, 2n, ... per axis
     pad = p + 2 * s
     xp = _padded(x, pad)
     # sq_d(u) = (x(u + d) - x(u))^2 for u in [-p-s, N+p+s) per axis; index u' = u + p + s.
@@ -222,29 +224,29 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, step: in
         sq.square_()
         # Distance of the block at centre c to the block at c + d: boxes starting at u' = c + s;
         # to the block at c - d: sq_d shifted by -d, i.e. boxes starting at c + s - d.
-        dist_fwd = _strided_box(sq, p, step, (s, s, s), counts)
-        dist_bwd = torch.cat([_strided_box(sq[index:index + 1], p, step, (s - a, s - b, s - c), counts)
+        dist_fwd = _strided_box(sq, p, steps, (s, s, s), counts)
+        dist_bwd = torch.cat([_strided_box(sq[index:index + 1], p, steps, (s - a, s - b, s - c), counts)
                               for index, (a, b, c) in enumerate(group)])
         w = _weights_(torch.cat([dist_fwd, dist_bwd]), var2, h2)  # (2n, counts...): +d then -d
         weight_sub += w.sum(0)
         torch.maximum(w_max, w.amax(0), out=w_max)
-        planes = _spread(w, p, step, shape, axes=(3, 2))  # spread within planes; across them below
+        planes = _spread(w, p, steps, shape, axes=(3, 2))  # spread within planes; across them below
         signed = list(group) + [(-a, -b, -c) for a, b, c in group]
         for index, (a, b, c) in enumerate(signed):
             _spread_outer_accumulate(value_sum, planes[index], xp[pad + a:pad + a + shape[0],
-                                     pad + b:pad + b + shape[1], pad + c:pad + c + shape[2]], p, step)
+                                     pad + b:pad + b + shape[1], pad + c:pad + c + shape[2]], p, steps[0])
         if progress is not None:
             progress(min(1.0, (start + len(group)) / len(offsets)))
     centre = torch.clamp(w_max, min=1e-12)
-    value_sum.addcmul_(_spread(centre[None], p, step, shape)[0], x)
-    weight_sum = _spread((weight_sub + centre)[None], p, step, shape)[0]
+    value_sum.addcmul_(_spread(centre[None], p, steps, shape)[0], x)
+    weight_sum = _spread((weight_sub + centre)[None], p, steps, shape)[0]
     return value_sum / weight_sum
 
 
 def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int = 1, search_radius: int = 3,
                    sigma: float | None = None, device: str | torch.device = "cpu",
                    chunk_voxels: int = 2**22, progress=None, mode: str = "voxelwise",
-                   block_step: int = 2) -> np.ndarray:
+                   block_step: int | tuple[int, int, int] = 2) -> np.ndarray:
     """Denoise a 3D KJI array with non-local means; returns float32 of the same shape.
 
     ``h``: filter strength (intensity unit); default ``0.8 * sigma``. ``sigma``: noise standard
@@ -255,8 +257,8 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     keeps the work cache-friendly on CPUs; raise it on GPUs).
     ``progress``: optional callable ``(fraction)`` called between chunks (may raise to cancel).
     ``mode``: ``"voxelwise"`` (classic NLM) or ``"blockwise"`` (Coupe et al. 2008: weights on a
-    sub-grid of step ``block_step`` voxels, blocks = patches of radius ``patch_radius``; needs
-    ``1 <= block_step <= patch_radius + 1`` so that the blocks cover every voxel).
+    sub-grid of step ``block_step`` voxels, one int or (k, j, i) steps; blocks = patches of radius
+    ``patch_radius``; needs ``1 <= step <= patch_radius + 1`` so that the blocks cover every voxel).
     """
     volume = np.asarray(array)
     if volume.ndim != 3:
@@ -265,7 +267,8 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
         raise ValueError("patch_radius must be >= 0 and search_radius >= 1 (voxels)")
     if mode not in MODES:
         raise ValueError(f"Unknown NLM mode {mode!r}; choose one of {', '.join(MODES)}.")
-    if mode == "blockwise" and not 1 <= int(block_step) <= patch_radius + 1:
+    steps = tuple(int(n) for n in np.broadcast_to(block_step, 3))
+    if mode == "blockwise" and not all(1 <= n <= patch_radius + 1 for n in steps):
         raise ValueError(f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
                          f"(blocks must cover every voxel), got {block_step}.")
     sigma = estimate_noise_sigma(volume) if sigma is None else float(sigma)
@@ -282,7 +285,7 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     var2 = 2.0 * (sigma / scale) ** 2 * patch_voxels
     p, s = int(patch_radius), int(search_radius)
     if mode == "blockwise":
-        out = _blockwise(x, h2, var2, p, s, int(block_step), chunk_voxels, progress)
+        out = _blockwise(x, h2, var2, p, s, steps, chunk_voxels, progress)
     else:
         out = _voxelwise(x, h2, var2, p, s, chunk_voxels, progress)
     return (out * scale + offset).cpu().numpy().astype(np.float32)

@@ -10,12 +10,13 @@ from MedAISegLib.nonlocal_means import nonlocal_means
 
 
 def brute_force_blockwise(a, h, sigma, p, s, n):
-    """Blockwise NLM block by block: centres every n voxels, block = patch of radius p, each block
+    """Blockwise NLM block by block: centres every n voxels (int or per axis), block = patch of radius p, each block
     restored as a whole, overlapping estimates combined weighted by the blocks' total weights."""
     pad = np.pad(a.astype(np.float64), p + s, mode="reflect")
     num, den = np.zeros(a.shape), np.zeros(a.shape)
     r = range(-s, s + 1)
-    for centre in itertools.product(*[range(0, m, n) for m in a.shape]):
+    steps = np.broadcast_to(n, 3)
+    for centre in itertools.product(*[range(0, m, int(k)) for m, k in zip(a.shape, steps)]):
         c = [x + p + s for x in centre]
         ref = pad[c[0] - p:c[0] + p + 1, c[1] - p:c[1] + p + 1, c[2] - p:c[2] + p + 1]
         weights, blocks = [], []
@@ -37,7 +38,9 @@ def brute_force_blockwise(a, h, sigma, p, s, n):
     return num / den
 
 
-@pytest.mark.parametrize("shape,p,s,n", [((7, 8, 9), 1, 2, 2), ((8, 7, 9), 1, 1, 1), ((9, 9, 8), 2, 1, 3)])
+@pytest.mark.parametrize(("shape", "p", "s", "n"), [((7, 8, 9), 1, 2, 2), ((8, 7, 9), 1, 1, 1),
+                                                    ((9, 9, 8), 2, 1, 3),
+                                                    ((7, 9, 8), 1, 2, (2, 2, 1))])
 def test_blockwise_equals_brute_force_blockwise(shape, p, s, n):
     rng = np.random.default_rng(3)
     a = (rng.normal(0, 10, shape) + np.arange(shape[2]) * 15 + np.arange(shape[0])[:, None, None] * 5)
@@ -45,7 +48,8 @@ def test_blockwise_equals_brute_force_blockwise(shape, p, s, n):
     ours = nonlocal_means(a, h=12.0, sigma=10.0, patch_radius=p, search_radius=s, mode="blockwise",
                           block_step=n, chunk_voxels=5000)
     reference = brute_force_blockwise(a, 12.0, 10.0, p, s, n)
-    assert ours.shape == a.shape and ours.dtype == np.float32
+    assert ours.shape == a.shape
+    assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, reference, atol=1e-3 * np.ptp(a))
 
 
@@ -74,7 +78,9 @@ def test_blockwise_reports_progress_and_can_be_cancelled():
     a = make_ct_phantom(shape_kji=(8, 24, 24), noise_hu=30.0).ct
     seen = []
     nonlocal_means(a, search_radius=2, mode="blockwise", chunk_voxels=30000, progress=seen.append)
-    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == 1.0
+    assert len(seen) > 2
+    assert seen == sorted(seen)
+    assert seen[-1] == 1.0
 
     class Cancelled(Exception):
         pass
