@@ -86,3 +86,26 @@ def test_initial_transform_node_starts_from_a_given_pose(scene):
         logic.register_volumes(fixed, moving, "rigid", "ct-mr-head", device, initial_transform_node=start)
         tre = intensity_registration.target_registration_error(logic.last.itk_transform, truth, points)
         assert tre.mean() < 1.0, device
+
+
+def test_dose_volume_carried_through_transform_keeps_attributes_and_moves_peak(scene):
+    """A dose blob on the moving grid lands, on the fixed grid, where the transform node puts its centre."""
+    from MedAICommonLib.geometry import Geometry, lps_to_ras_points, ras_to_lps_points
+
+    geometry = Geometry((4.0, 4.0, 4.0), (-60.0, -60.0, -40.0), np.eye(3), "RAS", (21, 31, 31))
+    centre_ras = np.array([10.0, -8.0, 4.0])
+    points = geometry.index_to_point(np.stack(np.meshgrid(*[np.arange(n) for n in (31, 31, 21)], indexing="ij"),
+                                              -1).reshape(-1, 3))
+    dose = np.exp(-np.sum((points - centre_ras) ** 2, axis=1) / (2 * 10.0**2)).reshape(31, 31, 21).transpose(2, 1, 0)
+    fixed = bridge.create_volume(scene, np.zeros((21, 31, 31), np.float32), geometry, "fixed")
+    moving_dose = bridge.create_volume(scene, (60.0 * dose).astype(np.float32), geometry, "dose")
+    moving_dose.SetAttribute("DicomRtImport.DoseVolume", "1")
+    itk = simulation.rigid_transform((0.0, 0.0, 10.0), (6.0, -4.0, 2.0), (0.0, 0.0, 0.0))
+    node = bridge.sitk_to_transform_node(itk, scene, "T")
+    carried = MedAIRegisterLogic(scene).carry_through(moving_dose, node, fixed)
+    assert carried.GetAttribute("DicomRtImport.DoseVolume") == "1"
+    array, carried_geometry = bridge.array_from_volume(carried)
+    peak = carried_geometry.index_to_point(np.array(np.unravel_index(np.argmax(array), array.shape))[::-1])
+    expected = lps_to_ras_points(itk.GetInverse().TransformPoint(tuple(ras_to_lps_points(centre_ras))))
+    assert np.linalg.norm(peak - expected) <= 4.0 * np.sqrt(3)  # within one voxel diagonal
+    assert array.max() == pytest.approx(60.0, rel=0.1)
