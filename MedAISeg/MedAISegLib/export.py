@@ -34,7 +34,8 @@ def network_definition(name: str, in_channels: int, out_channels: int, features:
     common = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": out_channels}
     if name == "segresnet":
         return {"_target_": "monai.networks.nets.SegResNet", **common, "init_filters": features,
-                "blocks_down": [1, 2, 2], "blocks_up": [1, 1], "dropout_prob": 0.0}
+                "blocks_down": [1, 2, 2], "blocks_up": [1, 1], "dropout_prob": 0.0,
+                "norm": ["GROUP", {"num_groups": min(8, features)}]}
     if name == "unet":
         return {"_target_": "monai.networks.nets.UNet", **common,
                 "channels": [features, 2 * features, 4 * features, 8 * features], "strides": [2, 2, 2],

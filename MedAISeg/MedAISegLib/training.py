@@ -314,12 +314,53 @@ def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, in
     return result
 
 
-def preprocess_for_bundle(image, bundle) -> torch.Tensor:
-    """``(C, X, Y, Z)`` tensor of ``image`` (file or SimpleITK) after ``bundle``'s preprocessing."""
+def preprocess_for_bundle(image, bundle, with_affine: bool = False):
+    """``(C, X, Y, Z)`` tensor of ``image`` (file or SimpleITK) after ``bundle``'s preprocessing;
+    with ``with_affine`` also its 4x4 voxel (i, j, k) to RAS (mm) matrix."""
     _, _, metadata = load_bundle_network(bundle)
     spacing = metadata.get("medai", {}).get("spacing_mm")
     if spacing is None:
         raise ValueError(f"{bundle} has no MedAI spacing in its metadata; export it with medai train.")
     with tempfile.TemporaryDirectory(prefix="medai-pre-") as tmp:
         path = _to_file(image, Path(tmp), "image")
-        return build_transforms(preprocessing_definition(spacing))({"image": path})["image"].as_tensor()
+        data = build_transforms(preprocessing_definition(spacing))({"image": path})["image"]
+    tensor = data.as_tensor()
+    return (tensor, np.asarray(data.affine, dtype=float)) if with_affine else tensor
+
+
+def saliency_map(network: torch.nn.Module, image: torch.Tensor, class_index: int, roi, device="cpu",
+                 smoothing_voxels: float = 1.0) -> np.ndarray:
+    """Gradient×input saliency of class ``class_index`` for a ``(C, X, Y, Z)`` preprocessed image.
+
+    Per ``roi`` tile (the volume is zero-padded to whole tiles), the summed logit of the class
+    over the voxels predicted as that class is back-propagated to the input (tiles without
+    the class stay 0); the map is |gradient × input| summed over channels, Gaussian-smoothed and scaled to
+    [0, 1]. Returns an ``(X, Y, Z)`` float32 array on the input grid.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    device = torch.device(device)
+    network = network.to(device).eval()
+    image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    roi = [int(r) for r in roi]
+    spatial = image.shape[1:]
+    padded_shape = [int(np.ceil(n / r)) * r for n, r in zip(spatial, roi)]
+    padded = torch.zeros((image.shape[0], *padded_shape))
+    padded[:, :spatial[0], :spatial[1], :spatial[2]] = image
+    result = torch.zeros(padded_shape)
+    for x in range(0, padded_shape[0], roi[0]):
+        for y in range(0, padded_shape[1], roi[1]):
+            for z in range(0, padded_shape[2], roi[2]):
+                tile = padded[None, :, x:x + roi[0], y:y + roi[1], z:z + roi[2]].to(device).requires_grad_(True)
+                logits = network(tile)
+                mask = (logits.argmax(1) == class_index).float()
+                if mask.sum() == 0:  # the class is not predicted in this tile: nothing to explain
+                    continue
+                (logits[:, class_index] * mask).sum().backward()
+                saliency = (tile.grad * tile).abs().sum(1)[0]
+                result[x:x + roi[0], y:y + roi[1], z:z + roi[2]] = saliency.detach().cpu()
+    array = result[:spatial[0], :spatial[1], :spatial[2]].numpy()
+    if smoothing_voxels > 0:
+        array = gaussian_filter(array, smoothing_voxels)
+    peak = float(array.max())
+    return (array / peak if peak > 0 else array).astype(np.float32)

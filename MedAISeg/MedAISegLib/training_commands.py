@@ -1,0 +1,120 @@
+"""``medai train`` and ``medai export``: train a model on labelled cases, compressed exports.
+
+``medai train --images FILE... --labels FILE... --output BUNDLE_DIR [--epochs N] [--network NAME]``
+reads volumes and label maps (or ``.seg.nrrd`` segmentations) through Slicer's storage nodes,
+trains (or fine-tunes with ``--init-bundle``) and writes a MONAI bundle that ``medai segment
+--model BUNDLE_DIR`` runs. ``medai export BUNDLE_DIR --sample FILE... [--fp16] [--onnx]`` adds
+fp16 TorchScript / ONNX files to the bundle and reports their label agreement and speed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from MedAICommonLib import bridge
+from MedAICommonLib.cli.progress_bar import progress_printer
+from MedAICommonLib.devices import select_device
+from MedAICommonLib.progress import Progress
+from MedAICommonLib.runtime import get_scene
+
+from .export import NETWORKS
+from .training import TrainingConfig
+from .training_logic import MedAITrainingLogic
+
+
+def register(subparsers, add_common_options) -> None:
+    """Add ``train`` and ``export``."""
+    p = subparsers.add_parser("train", help="train (or fine-tune) a segmentation model on labelled volumes")
+    p.add_argument("--images", nargs="+", required=True, metavar="FILE", help="training volumes")
+    p.add_argument("--labels", nargs="+", required=True, metavar="FILE",
+                   help="label maps or .seg.nrrd segmentations, one per image, in the same order")
+    p.add_argument("--output", required=True, metavar="BUNDLE_DIR", help="folder of the exported MONAI bundle")
+    p.add_argument("--epochs", type=int, default=100, metavar="N")
+    p.add_argument("--network", default="segresnet", choices=NETWORKS, metavar="NAME",
+                   help=f"one of {', '.join(NETWORKS)} (default segresnet)")
+    p.add_argument("--init-bundle", metavar="BUNDLE_DIR", help="fine-tune from this bundle's weights")
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar="MM", help="training spacing")
+    p.add_argument("--roi", type=int, nargs=3, default=[64, 64, 64], metavar="VOXELS", help="patch size")
+    p.add_argument("--features", type=int, default=16, help="channels of the first network level")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--samples-per-case", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=20, help="early stop after N epochs without improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
+    p.add_argument("--resume", action="store_true", help="continue from BUNDLE_DIR/logs/checkpoint.pt")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    add_common_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("export", help="fp16 TorchScript / ONNX exports of a bundle, checked and timed")
+    p.add_argument("bundle", metavar="BUNDLE_DIR")
+    p.add_argument("--sample", nargs="+", required=True, metavar="FILE", help="volumes to compare the exports on")
+    p.add_argument("--fp16", action="store_true", help="write models/model_fp16.ts")
+    p.add_argument("--onnx", action="store_true", help="write models/model.onnx (onnxruntime, CPU)")
+    p.add_argument("--repeat", type=int, default=1, help="timing repeats (best of N)")
+    p.add_argument("--device", default="auto", help="device of the fp32 / fp16 runs")
+    add_common_options(p)
+    p.set_defaults(func=cmd_export)
+
+
+def _load_labels(scene, path):
+    name = str(path).lower()
+    if name.endswith(".seg.nrrd") or name.endswith(".seg.nii.gz"):
+        return bridge.load_segmentation(scene, path)
+    return bridge.load_volume(scene, path, labelmap=True)
+
+
+def cmd_train(args, report) -> int:
+    """``medai train``."""
+    if len(args.images) != len(args.labels):
+        raise ValueError(f"Give one --labels file per --images file ({len(args.images)} images, "
+                         f"{len(args.labels)} labels).")
+    scene = get_scene()
+    report.inputs.update({"images": [str(p) for p in args.images], "labels": [str(p) for p in args.labels]})
+    with report.timed("load"):
+        volumes = [bridge.load_volume(scene, p) for p in args.images]
+        labels = [_load_labels(scene, p) for p in args.labels]
+    config = TrainingConfig(network=args.network, features=args.features, spacing_mm=tuple(args.spacing),
+                            roi=tuple(args.roi), epochs=args.epochs, batch_size=args.batch_size,
+                            samples_per_case=args.samples_per_case, learning_rate=args.learning_rate,
+                            val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                            augment=not args.no_augment, elastic=args.elastic, resume=args.resume)
+    report.parameters.update({k: v for k, v in vars(config).items() if k != "labels"})
+    report.parameters["init_bundle"] = args.init_bundle
+    logic = MedAITrainingLogic(scene)
+    with report.timed("train"), progress_printer() as callback:
+        result = logic.train(volumes, labels, args.output, config, init_bundle=args.init_bundle, device=args.device,
+                             progress=Progress(callback))
+    report.device = logic.last_info["device"]
+    report.outputs.update({"bundle": str(Path(args.output)), **result.files})
+    report.metrics.update({k: logic.last_info[k] for k in ("best_val_dice", "best_epoch", "epochs_run", "stopped")})
+    report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
+    return 0
+
+
+def cmd_export(args, report) -> int:
+    """``medai export``."""
+    from .export import export_compressed
+    from .training import preprocess_for_bundle
+
+    if not (args.fp16 or args.onnx):
+        raise ValueError("Choose at least one export: --fp16 and/or --onnx.")
+    scene = get_scene()
+    report.inputs.update({"bundle": str(args.bundle), "samples": [str(p) for p in args.sample]})
+    with report.timed("load"):
+        samples = [preprocess_for_bundle(bridge.volume_to_sitk(bridge.load_volume(scene, p)), args.bundle)
+                   for p in args.sample]
+    device = select_device(args.device)
+    report.device = str(device)
+    report.parameters.update({"fp16": args.fp16, "onnx": args.onnx, "repeat": args.repeat})
+    with report.timed("export"):
+        result = export_compressed(args.bundle, samples, fp16=args.fp16, onnx=args.onnx, device=device,
+                                   repeat=args.repeat)
+    for key, entry in result.items():
+        if "file" in entry:
+            report.outputs[key] = entry["file"]
+    report.metrics.update(result)
+    return 0
