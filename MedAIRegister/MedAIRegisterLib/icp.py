@@ -188,6 +188,9 @@ def _iterate(tree, fixed, normals, moving, starts, metric, transform, trim_fract
     """
     matrices = np.array(starts, dtype=float).reshape(-1, 4, 4)
     count, n = len(matrices), len(moving)
+    centre = moving.mean(axis=0)
+    radius = float(np.max(np.linalg.norm(moving - centre, axis=1)))
+    step_tolerance_mm = 10 * tolerance_mm
     rms = np.full(count, np.inf)
     iteration = 0
     for iteration in range(1, iterations + 1):  # noqa: B007 - reported after the loop
@@ -209,13 +212,17 @@ def _iterate(tree, fixed, normals, moving, starts, metric, transform, trim_fract
         matrices = step @ matrices
         if progress is not None:
             progress(iteration, float(rms.min()))
-        if iteration > anneal and np.all(np.abs(previous - rms) < tolerance_mm):
+        # Largest displacement the step gives any sample (bounded via the samples' radius), mm.
+        moved_by = (np.linalg.norm(step[:, :3, :3] - np.eye(3), axis=(1, 2)) * radius
+                    + np.linalg.norm(step[:, :3, 3] + np.einsum("sij,j->si", step[:, :3, :3] - np.eye(3), centre),
+                                     axis=1))
+        if iteration > anneal and (np.all(np.abs(previous - rms) < tolerance_mm) or np.all(moved_by < step_tolerance_mm)):
             return matrices, rms, iteration, True
     return matrices, rms, iteration, False
 
 
 def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-point", transform: str = "rigid",
-        trim_fraction: float = 0.9, max_iterations: int = 100, tolerance_mm: float = 1e-5,
+        trim_fraction: float = 0.9, max_iterations: int = 100, tolerance_mm: float = 1e-4,
         multi_start: str = "axes", initial: np.ndarray | None = None, max_points: int = 5000,
         start_points: int = 300, start_iterations: int = 30, anneal: int = 0, inlier_distance_mm: float | None = None,
         fixed_normals: np.ndarray | None = None, seed: int = 0, progress=None) -> IcpResult:
@@ -227,7 +234,8 @@ def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-point"
     ``initial``, a 4x4 moving -> fixed matrix, is given); the moving cloud is randomly subsampled
     to ``max_points`` (``start_points`` while ranking the starts, with trimming annealed over the first
     half of ``start_iterations``; ``anneal`` does the same for a single start).
-    ``progress(fraction)`` is called as it goes.
+    Stops when the trimmed RMS changes by less than ``tolerance_mm`` or a step moves no sample by more
+    than 10 x ``tolerance_mm``. ``progress(fraction)`` is called as it goes.
     """
     fixed = np.asarray(fixed, dtype=float)
     moving = np.asarray(moving, dtype=float)
