@@ -43,6 +43,7 @@ class MedAIRegisterLogic:
         self.scene = scene if scene is not None else get_scene()
         self.progress = progress or Progress()
         self.last = RegistrationOutcome()
+        self.last_volume = None
 
     # ------------------------------------------------------------------ volumes
     def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "ct-ct",
