@@ -2,10 +2,11 @@
 and with MedAI in one run: dose-influence time, optimisation time, target coverage, organ doses,
 and each beam's open-field dose compared with pyRadPlan's (gamma 3 %/3 mm, 10 % threshold).
 
-Run with a Python that has pyRadPlan (own venv, --system-site-packages on top of MedAI's):
+pyRadPlan lives in its own venv; this script (run with MedAI's Python) runs pyRadPlan's half in a
+child process with that venv's Python, then MedAI's half in-process, on the same bixels:
     python3 -m venv --system-site-packages /tmp/venv-plan
     /tmp/venv-plan/bin/pip install pyRadPlan==0.5.0 "pydantic==2.11.*"
-    /tmp/venv-plan/bin/python bench/bench_plan_tg119.py [--data ../shared/data] [--device cpu]
+    python bench/bench_plan_tg119.py --pyradplan-python /tmp/venv-plan/bin/python [--device cpu]
 Prints one JSON object. Both sides use the same objectives (the TG119 file's cst: Core squared
 overdose 25 Gy/300, OuterTarget squared deviation 50 Gy/1000, BODY squared overdose 30 Gy/100),
 the same photon base data (matRad Generic 6 MV) and a 5 mm dose grid (pyRadPlan's default).
@@ -57,8 +58,8 @@ def run_medai(data: Path, device: str, rays=None):
     voxels = exclusive_voxels(masks_d, {s.name: s.priority for s in p.structures})
     objectives = [Objective(s.name, o["type"], o["dose"], o["penalty"]) for s in p.structures for o in s.objectives]
     t1 = time.perf_counter()
-    res = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1, max_iter=300,
-                           device=device)
+    res = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1, max_iter=500,
+                           device=device, tol=1e-5)   # pyRadPlan's scipy solver: 500 iterations, tol 1e-5
     t_opt = time.perf_counter() - t1
     dose = dose_to_ct_grid(dij.dose(res.weights), dij.geometry, p.geometry)
     open_doses = [dose_to_ct_grid(dij.beam_dose(np.ones(dij.num_bixels), b), dij.geometry, p.geometry)
@@ -80,7 +81,8 @@ def run_pyradplan(data: Path):
     dij = calc_dose_influence(ct, cst, stf, pln)
     t_dij = time.perf_counter() - t0
     t1 = time.perf_counter()
-    fluence = fluence_optimization(ct, cst, stf, dij, pln)
+    opt_info = {}
+    fluence = fluence_optimization(ct, cst, stf, dij, pln, opt_info=opt_info)
     t_opt = time.perf_counter() - t1
     result = dij.compute_result_ct_grid(fluence)
     dose_img = result["physical_dose"]
@@ -95,21 +97,58 @@ def run_pyradplan(data: Path):
     n_bixels = int(len(fluence))
     rays = [(np.asarray(b.iso_center, float), np.array([np.asarray(r.ray_pos_bev, float)[[0, 2]] for r in b.rays]))
             for b in stf.beams]
-    return dose, open_doses, rays, {"dij_s": t_dij, "optimisation_s": t_opt, "num_bixels": n_bixels}
+    return dose, open_doses, rays, {"dij_s": t_dij, "optimisation_s": t_opt, "num_bixels": n_bixels,
+                                    "iterations": opt_info.get("num_iter"), "dij_nnz": _nnz(dij)}
+
+
+def _nnz(dij):
+    try:
+        return int(dij.physical_dose.flat[0].nnz)
+    except (AttributeError, TypeError, IndexError):
+        return None
+
+
+def _worker(data: Path, out: Path) -> None:
+    dose, open_doses, rays, prp = run_pyradplan(data)
+    np.savez(out, dose=np.asarray(dose), open_doses=np.stack([np.asarray(d) for d in open_doses]),
+             iso=np.stack([r[0] for r in rays]), ray_counts=np.array([len(r[1]) for r in rays]),
+             rays=np.concatenate([r[1] for r in rays]), info=json.dumps(prp))
+
+
+def _pyradplan_child(python: str, data: Path):
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pyradplan.npz"
+        subprocess.run([python, str(Path(__file__).resolve()), "--data", str(data), "--worker", str(out)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        z = np.load(out)
+        splits = np.cumsum(z["ray_counts"])[:-1]
+        rays = list(zip(z["iso"], np.split(z["rays"], splits)))
+        return z["dose"], list(z["open_doses"]), rays, json.loads(str(z["info"]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pyradplan-python", help="Python of the venv with pyRadPlan 0.5.0 (default: this one)")
     ap.add_argument("--skip-pyradplan", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = Path(args.data)
+    if args.worker:
+        _worker(data, Path(args.worker))
+        return
     from MedAIPlanLib.plan_metrics import gamma_pass_rate
 
     rays = None
     if not args.skip_pyradplan:
-        dose, open_doses, rays, prp = run_pyradplan(data)
+        if args.pyradplan_python:
+            dose, open_doses, rays, prp = _pyradplan_child(args.pyradplan_python, data)
+        else:
+            dose, open_doses, rays, prp = run_pyradplan(data)
     p, beams, medai, medai_open = run_medai(data, args.device, rays)
     out = {"case": "TG119 7 beams, 5 mm bixels, 5 mm dose grid", "medai": medai}
     if not args.skip_pyradplan:

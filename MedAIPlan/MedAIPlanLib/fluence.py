@@ -133,12 +133,14 @@ class _Problem:
 
 def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
                      prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
-                     w0: np.ndarray | None = None, device="cpu", method: str = "auto", progress=None) -> FluenceResult:
+                     w0: np.ndarray | None = None, device="cpu", method: str = "auto", tol: float | None = None,
+                     progress=None) -> FluenceResult:
     """Optimise non-negative bixel weights; plan dose = ``fractions`` x (dij @ w).
 
     ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
     uniform fluence scaled so that the target's mean dose equals the prescription (as matRad).
     ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (torch projected Adam), "auto".
+    ``tol``: L-BFGS-B's ftol and gtol (default 1e-10 / 1e-8: run to ``max_iter``).
     """
     if prescription_gy is None or prescription_gy <= 0:
         raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
@@ -171,7 +173,8 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
             return f, g.cpu().numpy()
 
         res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
-                       options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": 1e-10, "gtol": 1e-8})
+                       options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": tol or 1e-10,
+                                "gtol": tol or 1e-8})
         w, iters = res.x, int(res.nit)
     else:
         w = torch.as_tensor(w0, dtype=torch.float64, device=dev).clone().requires_grad_(False)
