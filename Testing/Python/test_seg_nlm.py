@@ -5,7 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
+from MedAICommonLib import bridge
 from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.progress import CancelledError, Progress
+from MedAISegLib.logic import MedAISegLogic
 from MedAISegLib.nonlocal_means import nonlocal_means
 
 
@@ -98,6 +101,35 @@ def test_bad_mode_and_step_are_refused():
         nonlocal_means(a, sigma=1.0, mode="patchwise")
     with pytest.raises(ValueError, match="block_step"):
         nonlocal_means(a, sigma=1.0, patch_radius=1, mode="blockwise", block_step=3)
+
+
+def test_logic_denoise_blockwise_on_a_volume_node_and_cancel(scene):
+    kwargs = dict(shape_kji=(12, 40, 40), spacing=(6.0, 6.0, 8.0), direction=np.diag([-1.0, 1.0, 1.0]))
+    phantom = make_ct_phantom(noise_hu=40.0, **kwargs)
+    clean = make_ct_phantom(noise_hu=0.0, **kwargs).ct
+    node = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
+    logic = MedAISegLogic(scene)
+    out = logic.denoise(node, "nlm", device="cpu", mode="blockwise", sigma=40.0, search_radius=2)
+    array, geometry = bridge.array_from_volume(out)
+    assert out.GetName() == "ct nlm"
+    assert geometry.same_grid(phantom.geometry)
+    assert np.sqrt(np.mean((array - clean) ** 2)) < 0.6 * np.sqrt(np.mean((phantom.ct - clean) ** 2))
+    np.testing.assert_allclose(bridge.array_from_volume(node)[0], phantom.ct)  # input untouched
+    # Cancel from the progress callback part-way through the NLM offsets: no output node is made.
+    progress, seen = Progress(), []
+
+    def on_update(stage, fraction):
+        seen.append((stage, fraction))
+        if stage == "nlm" and fraction > 0.3:
+            progress.cancel()
+
+    progress.callback = on_update
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(CancelledError, match="nlm"):
+        logic.denoise(node, "nlm", device="cpu", mode="blockwise", search_radius=2, chunk_voxels=40000,
+                      progress=progress)
+    assert scene.GetNumberOfNodes() == nodes_before
+    assert seen[-1][1] < 0.9
 
 
 @pytest.mark.gpu
