@@ -51,7 +51,7 @@ def run_medai(data: Path, device: str, rays=None):
     if rays is not None:   # the same bixels as pyRadPlan's stf (it grows the target by one bixel width)
         beams = [Beam(b.gantry_deg, b.couch_deg, iso, r, 5.0) for b, (iso, r) in zip(beams, rays)]
     dij = compute_dij(p.density, p.geometry, beams, machine, voxel_mask=p.structure("BODY").mask,
-                      dose_resolution_mm=5.0, device=device)
+                      dose_resolution_mm=5.0, dij_sampling=True, device=device)   # as pyRadPlan's default
     t_dij = time.perf_counter() - t0
     masks_d = {s.name: resample_nearest(s.mask.astype(np.float32), p.geometry, dij.geometry) > 0.5
                for s in p.structures}

@@ -83,6 +83,45 @@ def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geom
     return sample_volume(vol, dose_geometry, pts).numpy().reshape(ct.shape_kji)
 
 
+def _near_rays(u: np.ndarray, v: np.ndarray, ray_pos: np.ndarray, width: float, cutoff: float) -> np.ndarray:
+    """Points (iso-plane u, v) within about ``cutoff`` of some ray: a superset, by a dilated ray lattice."""
+    lattice = np.round(ray_pos / width).astype(int)
+    r = int(np.ceil(cutoff / width)) + 2
+    lo = lattice.min(axis=0) - r
+    shape = lattice.max(axis=0) - lo + r + 1
+    grid = np.zeros(shape, bool)
+    grid[lattice[:, 0] - lo[0], lattice[:, 1] - lo[1]] = True
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    grid = ndimage.binary_dilation(grid, structure=(yy ** 2 + xx ** 2) <= r * r)
+    iu = np.round(u / width).astype(int) - lo[0]
+    iv = np.round(v / width).astype(int) - lo[1]
+    inside = (iu >= 0) & (iv >= 0) & (iu < shape[0]) & (iv < shape[1])
+    out = np.zeros(len(u), bool)
+    out[inside] = grid[iu[inside], iv[inside]]
+    return out
+
+
+def _sample_tail(ray_i, rad_depth, dose, tail, generator, delta_mm: float = 5.0):
+    """matRad's dij sampling of the lateral tail; returns (keep mask, new doses of the kept entries)."""
+    if not bool(tail.any()):
+        return torch.ones_like(tail), dose
+    cluster = ray_i.long() * 100_000 + torch.ceil(rad_depth / delta_mm).long()
+    uniq, inv = torch.unique(cluster[tail], return_inverse=True)
+    cmax = torch.zeros(len(uniq), dtype=dose.dtype, device=dose.device).scatter_reduce(
+        0, inv, dose[tail], "amax", include_self=False)
+    thr = cmax[inv]
+    r = torch.rand(int(tail.sum()), generator=generator).to(dose.device)
+    keep_tail = (r * thr <= dose[tail]) & (thr > 0)
+    keep = ~tail
+    keep_idx = torch.nonzero(tail, as_tuple=True)[0][keep_tail]
+    keep[keep_idx] = True
+    new = dose.clone()
+    new[keep_idx] = thr[keep_tail]
+    return keep, new[keep]
+
+
 def _central_ray(beam: Beam) -> int:
     return int(np.argmin((beam.ray_pos ** 2).sum(axis=1)))
 
@@ -91,7 +130,8 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
                 voxel_mask: np.ndarray | None = None, dose_resolution_mm=None,
                 lateral_cutoff_mm: float = 50.0, kernel_cutoff_mm: float | None = None,
                 rel_threshold: float = 0.0, ssd_density_threshold: float = 0.05,
-                ignore_outside_densities: bool = True, device: str | torch.device = "cpu",
+                ignore_outside_densities: bool = True, dij_sampling: bool = False,
+                sampling_core_mm: float = 20.0, seed: int = 0, device: str | torch.device = "cpu",
                 progress=None) -> DoseInfluence:
     """Dose-influence matrix of ``beams`` on a dose grid (see module docstring).
 
@@ -99,8 +139,12 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     voxels to compute (default: density > 0.05); ``lateral_cutoff_mm``: matRad's geometric lateral
     cut-off (the effective radius adds half the bixel diagonal); ``rel_threshold``: drop entries
     below this fraction of each bixel's maximum (0 keeps all); ``ignore_outside_densities``: as
-    matRad's default, density outside ``voxel_mask`` (couch, immobilisation) is set to 0 for ray tracing.
+    matRad's default, density outside ``voxel_mask`` (couch, immobilisation) is set to 0 for ray tracing;
+    ``dij_sampling``: matRad's lateral dij sampling (outside ``sampling_core_mm`` + half the bixel
+    diagonal from the bixel axis, tail voxels of each 5 mm radiological-depth cluster are kept with
+    probability dose / cluster maximum and set to that maximum: unbiased, far fewer entries).
     """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     t0 = time.perf_counter()
     ct = ct_geometry.to_space("LPS")
     if ct.shape_kji != tuple(np.shape(density)):
@@ -131,12 +175,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         u = q_all[:, 0] * sad / q_all[:, 1]
         v = q_all[:, 2] * sad / q_all[:, 1]
         rp = beam.ray_pos
-        near = np.zeros(len(u), dtype=bool)
-        slack = (cutoff * 1.02 + 1.0) ** 2
-        for a in range(0, len(rp), 64):
-            r = rp[a:a + 64]
-            d2 = (u[None, :] - r[:, 0:1]) ** 2 + (v[None, :] - r[:, 1:2]) ** 2
-            near |= (d2 <= slack).any(axis=0)
+        near = _near_rays(u, v, rp, beam.bixel_width, cutoff)
         cand = np.flatnonzero(near)
         t1 = time.perf_counter()
         rad = radiological_depth(density_t, ct, source, rot, sad, pts_all[cand], device=dev)
@@ -149,9 +188,11 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         q = torch.as_tensor(q_all[cand], dtype=torch.float32, device=dev)
         uu = torch.as_tensor(u[cand], dtype=torch.float32, device=dev)
         vv = torch.as_tensor(v[cand], dtype=torch.float32, device=dev)
-        comp = depth_components(machine, torch.as_tensor(rad, device=dev),
-                                torch.as_tensor(np.linalg.norm(q_all[cand], axis=1), device=dev), sad)
+        geo_t = torch.as_tensor(np.linalg.norm(q_all[cand], axis=1), dtype=torch.float32, device=dev)
+        rad_t = torch.as_tensor(rad, dtype=torch.float32, device=dev)
+        comp = depth_components(machine, rad_t, geo_t, sad)
         rp_t = torch.as_tensor(rp, dtype=torch.float32, device=dev)
+        slack = (cutoff * 1.02 + 1.0) ** 2
         chunk = max(1, int(4_000_000 // max(1, len(cand))))
         for a in range(0, len(rp), chunk):
             r = rp_t[a:a + chunk]
@@ -162,6 +203,11 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
             ray_i, vox_i, lx, lz = ray_i[keep], vox_i[keep], lx[keep], lz[keep]
             kv = interpolate_kernels(kernels, lx, lz)
             dose = torch.clamp((kv * comp[vox_i]).sum(dim=1), min=0.0)
+            if dij_sampling and dose.numel():
+                core_r = sampling_core_mm + beam.bixel_width / np.sqrt(2.0)
+                lat2 = (lx * lx + lz * lz) * (geo_t[vox_i] / sad) ** 2     # un-projected, as matRad
+                keep, dose = _sample_tail(ray_i, rad_t[vox_i], dose, lat2 > core_r ** 2, generator)
+                ray_i, vox_i = ray_i[keep], vox_i[keep]
             if rel_threshold > 0 and dose.numel():
                 cmax = torch.zeros(len(r), dtype=dose.dtype, device=dev).scatter_reduce(0, ray_i, dose, "amax")
                 keep = dose >= rel_threshold * cmax[ray_i]

@@ -33,6 +33,13 @@ class ConvolvedKernels:
     res_mm: float
     ssd_mm: float
 
+    @property
+    def values_last(self) -> torch.Tensor:
+        """(n, n, 3) contiguous copy (cached) for gathers."""
+        if getattr(self, "_last", None) is None:
+            self._last = self.values.permute(1, 2, 0).contiguous()
+        return self._last
+
     def to(self, device) -> ConvolvedKernels:
         return ConvolvedKernels(self.values.to(device), self.start_mm, self.res_mm, self.ssd_mm)
 
@@ -78,7 +85,7 @@ def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, 
 
 def interpolate_kernels(kernels: ConvolvedKernels, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Bilinear kernel values (N, 3) at iso-plane lateral offsets x, z (mm); 0 outside the grid."""
-    v = kernels.values.permute(1, 2, 0)          # (n_z, n_x, 3): one gather fetches all three kernels
+    v = kernels.values_last                      # (n_z, n_x, 3): one gather fetches all three kernels
     n = v.shape[0]
     fx = (x - kernels.start_mm) / kernels.res_mm
     fz = (z - kernels.start_mm) / kernels.res_mm
@@ -91,8 +98,14 @@ def interpolate_kernels(kernels: ConvolvedKernels, x: torch.Tensor, z: torch.Ten
     valid = ((x0 >= 0) & (z0 >= 0) & (x0 < n - 1) & (z0 < n - 1))[:, None]
     x0 = x0.clamp(0, n - 2)
     z0 = z0.clamp(0, n - 2)
-    top = v[z0, x0] + wx * (v[z0, x0 + 1] - v[z0, x0])
-    bottom = v[z0 + 1, x0] + wx * (v[z0 + 1, x0 + 1] - v[z0 + 1, x0])
+    flat = v.reshape(n * n, 3)
+    i00 = z0 * n + x0
+    v00 = flat.index_select(0, i00)
+    v01 = flat.index_select(0, i00 + 1)
+    v10 = flat.index_select(0, i00 + n)
+    v11 = flat.index_select(0, i00 + n + 1)
+    top = v00 + wx * (v01 - v00)
+    bottom = v10 + wx * (v11 - v10)
     return (top + wz * (bottom - top)) * valid
 
 
