@@ -4,7 +4,11 @@ Same RTSTRUCT/RTDOSE pairs for both; each D-value (Dmin, Dmax, Dmean, D99, D95, 
 the volume are compared with the analytical values; a row passes when all are within 1 %. Prints
 one JSON object (times, pass fractions, median errors).
 
-    MEDAI_PEER_SITE=/tmp/venv-eval/lib/python3.11/site-packages python bench/bench_dvh.py
+    MEDAI_PEER_PYTHON=/tmp/venv-eval/bin/python python bench/bench_dvh.py
+
+dicompyler-core 0.5.6 needs pydicom < 3 while MedAI uses pydicom 3, so its side runs in the peer's
+Python (``MEDAI_PEER_PYTHON``, a venv with dicompyler-core and pydicom 2.4) as ``bench_dvh.py --peer``;
+the time reported for it is measured inside that process.
 """
 
 from __future__ import annotations
@@ -12,15 +16,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-from MedAIPlanLib import dose_metrics
-from MedAIPlanLib.dicom_rt import read_rtdose, read_rtstruct
-from MedAIPlanLib.dvh import contour_samples
 
 KEYS = ("Dmin", "Dmax", "Dmean", "D99", "D95", "D5", "D1", "D0.03cc")
 
@@ -35,6 +36,10 @@ def rows(base: Path):
 
 
 def medai_values(structure, dose_path, cache):
+    from MedAIPlanLib import dose_metrics
+    from MedAIPlanLib.dicom_rt import read_rtdose, read_rtstruct
+    from MedAIPlanLib.dvh import contour_samples
+
     if dose_path not in cache:
         cache[dose_path] = read_rtdose(dose_path)
     rd = cache[dose_path]
@@ -63,6 +68,18 @@ def dicompyler_values(structure, dose_path, interpolate: bool):
     return out
 
 
+def peer() -> None:
+    """Run in the peer's Python: dicompyler-core values for every row, as JSON on stdout."""
+    base = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt" / "nelms-dvh-benchmark"
+    out = {}
+    for interp in (False, True):
+        start = time.perf_counter()
+        values = [dicompyler_values(s, d, interp) for _, s, d in rows(base)]
+        out[str(interp)] = {"time_s": time.perf_counter() - start,
+                            "values": [{k: float(v) for k, v in x.items()} for x in values]}
+    print(json.dumps(out))
+
+
 def score(values, row):
     errors = [abs(values[k] - float(row[f"{k}_cGy"]) / 100) / (float(row[f"{k}_cGy"]) / 100) * 100 for k in KEYS]
     if row["total_volume_cc"]:
@@ -71,8 +88,9 @@ def score(values, row):
 
 
 def main() -> None:
-    if os.environ.get("MEDAI_PEER_SITE"):
-        sys.path.append(os.environ["MEDAI_PEER_SITE"])
+    if "--peer" in sys.argv:
+        peer()
+        return
     base = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt" / "nelms-dvh-benchmark"
     items = list(rows(base))
     result = {"data": "Nelms et al. 2015 analytical DVH benchmark", "rows": len(items), "criterion": "all D-values and volume within 1 %"}
@@ -81,10 +99,13 @@ def main() -> None:
     ours = [score(medai_values(s, d, cache), r) for r, s, d in items]
     result["medai"] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": sum(m <= 1 for m, _ in ours),
                        "median_error_percent": float(np.median([e for _, es in ours for e in es]))}
+    peer_python = os.environ.get("MEDAI_PEER_PYTHON", "/tmp/venv-eval/bin/python")
+    run = subprocess.run([peer_python, __file__, "--peer"], capture_output=True, text=True, check=True)
+    peer_out = json.loads(run.stdout.strip().splitlines()[-1])
     for name, interp in (("dicompyler_core", False), ("dicompyler_core_interpolated", True)):
-        start = time.perf_counter()
-        theirs = [score(dicompyler_values(s, d, interp), r) for r, s, d in items]
-        result[name] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": sum(m <= 1 for m, _ in theirs),
+        theirs = [score(v, r) for v, (r, _, _) in zip(peer_out[str(interp)]["values"], items)]
+        result[name] = {"time_s": round(peer_out[str(interp)]["time_s"], 2),
+                        "rows_passing": sum(m <= 1 for m, _ in theirs),
                         "median_error_percent": float(np.median([e for _, es in theirs for e in es]))}
     result["time_ratio_dicompyler_over_medai"] = round(result["dicompyler_core"]["time_s"] / result["medai"]["time_s"], 2)
     print(json.dumps(result, indent=1))
