@@ -144,12 +144,13 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
     def registerFromParameters(self, p, progress=None):
         """Intensity-based registration of the moving volume onto the fixed one; returns the transform node.
 
-        The metric comes from the preset ("custom" uses the CT-CT preset's settings).
+        "custom" starts from the CT-CT preset's settings with the chosen metric.
         """
         self._with_progress(progress)
         return self.register_volumes(
             p.fixedVolume, p.movingVolume, transform_type=p.transformType,
             preset="ct-ct" if p.preset == "custom" else p.preset, device=p.device,
+            metric=p.metric if p.preset == "custom" else None,
             fixed_mask=self._mask(p.fixedMask), moving_mask=self._mask(p.movingMask),
             sampling_percentage=p.samplingPercentage / 100.0, output_transform_node=p.outputTransform,
             output_volume_node=p.outputVolume)
