@@ -36,6 +36,26 @@ class DvhResult:
     metrics: dict = field(default_factory=dict)
 
 
+def _polydata_from_contours(contours_lps: list[np.ndarray]):
+    """A planar-contour polydata (RAS points, one closed line cell per contour) from LPS contours."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    points = np.concatenate(contours_lps) * np.array([-1.0, -1.0, 1.0])
+    vtk_points = vtk.vtkPoints()
+    vtk_points.SetData(numpy_to_vtk(np.ascontiguousarray(points), deep=True))
+    lines = vtk.vtkCellArray()
+    start = 0
+    for c in contours_lps:
+        ids = list(range(start, start + len(c))) + [start]
+        lines.InsertNextCell(len(ids), ids)
+        start += len(c)
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(vtk_points)
+    poly.SetLines(lines)
+    return poly
+
+
 def _contours_from_polydata(poly) -> list[np.ndarray]:
     """Closed contours ((N, 3) RAS points) from a planar-contour polydata (one line cell each)."""
     if poly is None or poly.GetNumberOfPoints() == 0:
@@ -223,8 +243,15 @@ class PlanEvaluationLogic:
             self.progress.update(f"RTSTRUCT {roi.name}", value / (len(rois) + 1))
             labels[dicom_rt.rasterize_contours(roi.contours, grid)] = value
             segments.append(SegmentInfo(value, roi.name, roi.color))
-        return bridge.create_segmentation(self.scene, labels, grid.to_space("RAS"), segments,
+        node = bridge.create_segmentation(self.scene, labels, grid.to_space("RAS"), segments,
                                           name or Path(path).stem, reference_volume=reference_node)
+        # Keep the original contours too (as SlicerRT's "Planar contour" representation) for exact DVHs.
+        segmentation = node.GetSegmentation()
+        for roi in rois:
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(roi.name))
+            if segment is not None:
+                segment.AddRepresentation(PLANAR_CONTOUR, _polydata_from_contours(roi.contours))
+        return node
 
     def import_rtplan(self, path, name: str | None = None):
         """Load the beams of an RTPLAN into a table node (one row per beam); returns (table, plan dict)."""
