@@ -31,6 +31,9 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--sigma", type=float, help="NLM noise sigma (input units; default estimated)")
     p.add_argument("--patch-radius", type=int, default=1, help="NLM patch radius (voxels)")
     p.add_argument("--search-radius", type=int, default=3, help="NLM search radius (voxels)")
+    p.add_argument("--nlm-mode", choices=["voxelwise", "blockwise"], default="voxelwise",
+                   help="NLM weights per voxel, or per block (Coupe 2008 blockwise; several times faster)")
+    p.add_argument("--block-step", type=int, default=2, help="blockwise NLM: block step (voxels)")
     p.add_argument("--iterations", type=int, default=5, help="anisotropic/curvature diffusion iterations")
     add_common_options(p)
     p.set_defaults(func=cmd_denoise)
@@ -98,7 +101,9 @@ def cmd_denoise(args, report) -> int:
         node = _load_input(scene, args.input)
     params = {}
     if args.method == "nlm":
-        params = {"patch_radius": args.patch_radius, "search_radius": args.search_radius}
+        params = {"patch_radius": args.patch_radius, "search_radius": args.search_radius, "mode": args.nlm_mode}
+        if args.nlm_mode == "blockwise":
+            params["block_step"] = args.block_step
         if args.h is not None:
             params["h"] = args.h
         if args.sigma is not None:
