@@ -1,6 +1,6 @@
 """Demo step of plan evaluation: DVH, metrics, isodose and a plan report on the plan step's dose.
 
-Uses ``context.nodes["dose"]`` when the planning step left one; otherwise makes a simple analytic
+Uses ``context.nodes["dose"]`` (or ``"plan_dose"``) when the planning step left one; otherwise makes a simple analytic
 dose (a Gaussian around the lesion, 60 Gy peak) on the phantom so the step still shows something.
 """
 
@@ -33,7 +33,7 @@ def analytic_dose(context):
 
 def run(context) -> None:
     """DVH + metrics + isodose on the dose node; a plan report PNG; panels and report metrics."""
-    dose_node = context.nodes.get("dose") or analytic_dose(context)
+    dose_node = context.nodes.get("dose") or context.nodes.get("plan_dose") or analytic_dose(context)
     logic = PlanEvaluationLogic(context.scene, context.progress)
     names = [s.name for s in bridge.segment_infos(context.structures_node)]
     target = "lesion" if "lesion" in names else names[-1]
