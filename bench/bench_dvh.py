@@ -97,7 +97,7 @@ def main() -> None:
     cache = {}
     start = time.perf_counter()
     ours = [score(medai_values(s, d, cache), r) for r, s, d in items]
-    result["medai"] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": sum(m <= 1 for m, _ in ours),
+    result["medai"] = {"time_s": round(time.perf_counter() - start, 2), "rows_passing": int(sum(m <= 1 for m, _ in ours)),
                        "median_error_percent": float(np.median([e for _, es in ours for e in es]))}
     peer_python = os.environ.get("MEDAI_PEER_PYTHON", "/tmp/venv-eval/bin/python")
     run = subprocess.run([peer_python, __file__, "--peer"], capture_output=True, text=True, check=True)
@@ -105,7 +105,7 @@ def main() -> None:
     for name, interp in (("dicompyler_core", False), ("dicompyler_core_interpolated", True)):
         theirs = [score(v, r) for v, (r, _, _) in zip(peer_out[str(interp)]["values"], items)]
         result[name] = {"time_s": round(peer_out[str(interp)]["time_s"], 2),
-                        "rows_passing": sum(m <= 1 for m, _ in theirs),
+                        "rows_passing": int(sum(m <= 1 for m, _ in theirs)),
                         "median_error_percent": float(np.median([e for _, es in theirs for e in es]))}
     result["time_ratio_dicompyler_over_medai"] = round(result["dicompyler_core"]["time_s"] / result["medai"]["time_s"], 2)
     print(json.dumps(result, indent=1))
