@@ -227,7 +227,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         val_cases = [pre(item) for item in val_items]
         loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
                             generator=torch.Generator().manual_seed(config.seed))
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
         use_amp = config.amp and device.type == "cuda"

@@ -212,8 +212,9 @@ def test_slow_training_reaches_dice_090_on_new_phantoms(network, tmp_path, scene
     bundle = tmp_path / network
     assert main(["train", "--images", *images, "--labels", *labels, "--output", str(bundle), "--epochs", "25",
                  "--network", network, "--spacing", "2", "2", "2", "--roi", "24", "24", "24", "--features", "8",
-                 "--learning-rate", "5e-3", "--patience", "25"]) == 0
+                 "--learning-rate", "5e-3", "--patience", "25", "--report", str(tmp_path / "r.json")]) == 0
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
     scores = _segment_dice(bundle, [5000, 5001, 5002, 5003, 5004], tmp_path, scene)
-    assert np.mean(scores) >= 0.90, scores
+    assert np.mean(scores) >= 0.90, (scores, metrics, (bundle / "logs" / "training_curves.csv").read_text())
     network_module, definition, _ = load_bundle_network(bundle)
     assert network.lower() in definition["_target_"].lower()
