@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--pyradplan-python", help="Python of the venv with pyRadPlan 0.5.0 (default: this one)")
     ap.add_argument("--skip-pyradplan", action="store_true")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads for MedAI (default: torch's choice)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = Path(args.data)
@@ -149,8 +150,13 @@ def main() -> None:
             dose, open_doses, rays, prp = _pyradplan_child(args.pyradplan_python, data)
         else:
             dose, open_doses, rays, prp = run_pyradplan(data)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     p, beams, medai, medai_open = run_medai(data, args.device, rays)
-    out = {"case": "TG119 7 beams, 5 mm bixels, 5 mm dose grid", "medai": medai}
+    out = {"case": "TG119 7 beams, 5 mm bixels, 5 mm dose grid", "torch_threads": torch.get_num_threads(),
+           "medai": medai}
     if not args.skip_pyradplan:
         if dose.shape != p.hu.shape:       # pyRadPlan returns (z, y, x) like SimpleITK = KJI
             dose = np.asarray(dose).reshape(p.hu.shape)
