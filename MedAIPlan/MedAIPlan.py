@@ -20,6 +20,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from MedAICommonLib.progress import Progress
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.logic import MedAIPlanLogic as MedAIPlanCoreLogic
@@ -160,30 +161,64 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
                          bixel_width_mm=p.bixelWidthMm, dose_grid_mm=p.doseGridMm, device=p.device,
                          output_dose_node=p.outputDose, progress=progress)
 
+    def _evaluation(self, progress):
+        self.evaluation.progress = progress or Progress()
+        return self.evaluation
+
     def dvhFromParameters(self, p, progress=None):
-        """DVH tables, plot and metrics table; returns the metrics table node."""
-        return self.evaluation.compute_dvh(p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
-                                           metrics_table_node=p.dvhMetricsTable, progress=progress)
+        """DVH tables, plot and metrics table (CI/HI/GI for the target when set); returns the metrics table."""
+        result = self._evaluation(progress).compute_dvh(
+            p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
+            target_segment=p.targetSegment or None)
+        return result.metrics_table
 
     def isodoseFromParameters(self, p, progress=None):
         """Isodose surfaces at percentages of the prescription; returns the model nodes."""
-        levels = [p.prescriptionGy * v / 100.0 for v in _numbers(p.isodoseLevels)]
-        return self.evaluation.isodose(p.doseVolume, levels, progress=progress)
+        models, _legend, _levels = self._evaluation(progress).isodose(
+            p.doseVolume, _numbers(p.isodoseLevels), prescription_gy=p.prescriptionGy, percent=True)
+        return models
 
     def gammaFromParameters(self, p, progress=None):
         """Gamma index volume of the evaluated dose against the reference; returns the gamma volume node."""
-        return self.evaluation.gamma(p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent, dta_mm=p.dtaMm,
-                                     threshold_percent=p.thresholdPercent, local=p.localGamma,
-                                     output_node=p.gammaVolume, progress=progress)
+        node, _result = self._evaluation(progress).gamma(
+            p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent, dta_mm=p.dtaMm,
+            threshold_percent=p.thresholdPercent, local=p.localGamma, device=p.device, output_node=p.gammaVolume)
+        return node
 
     def rtImportFromParameters(self, p, progress=None):
-        """Import an RTDOSE/RTSTRUCT/RTPLAN file or folder; returns the created nodes."""
-        return self.evaluation.rt_import(str(p.rtImportPath), progress=progress)
+        """Import RTDOSE / RTSTRUCT / RTPLAN files (one file, or every one in a folder); returns the nodes."""
+        import pydicom
+
+        evaluation = self._evaluation(progress)
+        path = Path(p.rtImportPath)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        nodes = []
+        for file in files:
+            try:
+                modality = pydicom.dcmread(str(file), stop_before_pixels=True, specific_tags=["Modality"]).Modality
+            except Exception:  # noqa: BLE001 - files that are not DICOM are skipped
+                continue
+            if modality == "RTDOSE":
+                nodes.append(evaluation.import_rtdose(file))
+            elif modality == "RTSTRUCT":
+                nodes.append(evaluation.import_rtstruct(file, reference_node=p.ctVolume))
+            elif modality == "RTPLAN":
+                nodes.append(evaluation.import_rtplan(file)[0])
+        if not nodes:
+            raise ValueError(f"No RTDOSE, RTSTRUCT or RTPLAN found in {path}.")
+        return nodes
 
     def rtExportFromParameters(self, p, progress=None):
-        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder; returns the written paths."""
-        return self.evaluation.rt_export(str(p.rtExportFolder), dose_node=p.doseVolume, segmentation_node=p.structures,
-                                         reference_volume=p.ctVolume, deidentify=p.deidentify, progress=progress)
+        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder, de-identified if asked; returns paths."""
+        from MedAIPlanLib.deidentify import UidMap, deidentify_file
+
+        paths = self._evaluation(progress).export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
+                                                     segmentation_node=p.structures)
+        if p.deidentify:
+            uid_map = UidMap()
+            for path in paths.values():
+                deidentify_file(path, path, uid_map)
+        return paths
 
 
 class MedAIPlanTest(ScriptedLoadableModuleTest):
