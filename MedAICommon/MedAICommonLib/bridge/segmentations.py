@@ -103,7 +103,11 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
         extent_mode = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
         ok = logic.ExportSegmentsToLabelmapNode(node, id_list, label_node, None, extent_mode)
         if not ok:
-            raise BridgeError(f"Could not export segments of '{node.GetName()}' to a label map")
+            source = node.GetSegmentation().GetSourceRepresentationName()
+            hint = (" Its segments are planar contours (e.g. a SlicerRT structure set), which slicer-core "
+                    "cannot rasterise; import the RTSTRUCT with MedAIPlan (medai rt-import) instead."
+                    if source == "Planar contour" else "")
+            raise BridgeError(f"Could not export segments of '{node.GetName()}' to a label map.{hint}")
         from .volumes import array_from_volume
         array, geometry = array_from_volume(label_node, world=True)
     finally:
