@@ -121,3 +121,14 @@ def test_slicer_util_helpers_work_on_the_headless_scene():
         np.testing.assert_array_equal(mask > 0, phantom.labels == 1)
     finally:
         bridge.remove_nodes(scene, [volume, segmentation])
+
+
+def test_label_map_export_leaves_no_nodes_behind(scene):
+    phantom = make_ct_phantom(shape_kji=(8, 10, 12))
+    node = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
+                                      [SegmentInfo(v, n) for v, n in phantom.names.items()], "s")
+    before = scene.GetNumberOfNodes()
+    for _ in range(3):
+        bridge.labelmap_from_segmentation(node)
+        bridge.segment_mask(node, "liver")
+    assert scene.GetNumberOfNodes() == before

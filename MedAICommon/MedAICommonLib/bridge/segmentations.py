@@ -94,6 +94,7 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
         infos = [s for s in infos if s.name in segment_names]
     ids = segment_ids(node)
     scene = node.GetScene()
+    colors_before = _color_table_ids(scene)
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__medai_temp_labelmap__")
     try:
         id_list = vtk.vtkStringArray()
@@ -111,10 +112,10 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
         from .volumes import array_from_volume
         array, geometry = array_from_volume(label_node, world=True)
     finally:
-        color = label_node.GetDisplayNode().GetColorNode() if label_node.GetDisplayNode() else None
         remove_nodes(scene, [label_node])
-        if color is not None and color.GetName().startswith("__medai_temp_labelmap__"):
-            scene.RemoveNode(color)
+        # The export makes a colour table for the temporary label map: remove whatever it added.
+        for color_id in _color_table_ids(scene) - colors_before:
+            scene.RemoveNode(scene.GetNodeByID(color_id))
     # Exported values follow the order of id_list (1..n); map them to the segments' labels.
     relabeled = np.zeros(array.shape, dtype=np.uint16)
     for order, info in enumerate(infos, start=1):
@@ -123,6 +124,11 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
         relabeled = resample_array(relabeled, geometry, reference, interpolator=sitk.sitkNearestNeighbor)
         geometry = reference
     return relabeled, geometry, infos
+
+
+def _color_table_ids(scene) -> set[str]:
+    return {scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode").GetID()
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"))}
 
 
 def segment_mask(node, segment_name: str, reference: Geometry | None = None) -> tuple[np.ndarray, Geometry]:
