@@ -22,7 +22,13 @@ from .phantoms import STRUCTURE_COLORS, STRUCTURES, make_ct_phantom
 from .progress import Progress
 from .report import Report
 
-DEMO_STEPS = ("MedAISegLib.demo", "MedAIRegisterLib.demo", "MedAIPlanLib.demo", "MedAIPlanLib.evaluation_demo")
+DEMO_STEPS = {
+    "segmentation": "MedAISegLib.demo",
+    "registration": "MedAIRegisterLib.demo",
+    "plan": "MedAIPlanLib.demo",
+    "plan evaluation": "MedAIPlanLib.evaluation_demo",
+}
+"""Demo step name -> module with ``run(context)``, in pipeline order."""
 
 
 @dataclass
@@ -46,9 +52,13 @@ class DemoContext:
 
 
 def axial_slice(array_kji: np.ndarray, k: int | None = None) -> np.ndarray:
-    """An axial slice for display (anterior up, patient right on the viewer's left, for RAS-aligned grids)."""
+    """Axial slice ``k`` in radiological display orientation, for grids with identity RAS direction.
+
+    Rows follow j (+y = anterior), columns i (+x = the patient's right in RAS); flipping both puts
+    anterior at the top and the patient's right on the viewer's left, as Slicer's Red view shows it.
+    """
     k = array_kji.shape[0] // 2 if k is None else k
-    return np.flipud(array_kji[k])
+    return np.flipud(np.fliplr(array_kji[k]))
 
 
 def prepare_inputs(context: DemoContext) -> None:
@@ -71,10 +81,10 @@ def prepare_inputs(context: DemoContext) -> None:
     context.add_panel("Phantom CT (axial)", axial_slice(array, k), vmin=-400, vmax=400)
 
 
-def available_steps() -> list[str]:
-    """The module demo steps installed, in pipeline order."""
-    return [name for name in DEMO_STEPS
-            if importlib.util.find_spec(name.split(".")[0]) is not None and importlib.util.find_spec(name)]
+def available_steps() -> dict[str, str]:
+    """The module demo steps installed (name -> module), in pipeline order."""
+    return {step: module for step, module in DEMO_STEPS.items()
+            if importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module)}
 
 
 def write_overview(context: DemoContext, path: Path) -> Path:
@@ -112,12 +122,12 @@ def run_demo(scene, output_dir, report: Report, progress: Progress | None = None
     with report.timed("inputs"):
         context.progress.update("inputs", 0.0)
         prepare_inputs(context)
-    for index, name in enumerate(steps):
-        context.progress.update(name.split(".")[0], (index + 1) / (len(steps) + 2))
-        with report.timed(name.split(".")[0]):
-            importlib.import_module(name).run(context)
+    for index, (step, module) in enumerate(steps.items()):
+        context.progress.update(step, (index + 1) / (len(steps) + 2))
+        with report.timed(step):
+            importlib.import_module(module).run(context)
     overview = write_overview(context, context.output_dir / "overview.png")
     report.outputs["overview"] = str(overview)
-    report.parameters["steps"] = ["inputs", *[s.split(".")[0] for s in steps]]
+    report.parameters["steps"] = ["inputs", *steps]
     context.progress.update("done", 1.0)
     return context

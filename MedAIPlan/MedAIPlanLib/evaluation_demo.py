@@ -36,9 +36,11 @@ def run(context) -> None:
     dose_node = context.nodes.get("dose") or context.nodes.get("plan_dose") or analytic_dose(context)
     logic = PlanEvaluationLogic(context.scene, context.progress)
     names = [s.name for s in bridge.segment_infos(context.structures_node)]
-    target = "lesion" if "lesion" in names else names[-1]
     dose, geometry = bridge.array_from_volume(dose_node)
-    prescription = 0.9 * float(dose.max()) if dose.max() > 0 else 1.0
+    # A plan's dose node records its target and prescription (MedAIPlan.* attributes); use them.
+    target = dose_node.GetAttribute("MedAIPlan.Target") or ("lesion" if "lesion" in names else names[-1])
+    recorded = dose_node.GetAttribute("MedAIPlan.PrescriptionGy")
+    prescription = float(recorded) if recorded else (0.9 * float(dose.max()) if dose.max() > 0 else 1.0)
     result = logic.compute_dvh(dose_node, context.structures_node, v_doses_gy=(20.0,), prescription_gy=prescription,
                                target_segment=target, oversampling=1)
     models, legend, levels = logic.isodose(dose_node, (50, 80, 95), prescription)
