@@ -25,6 +25,8 @@ from slicer.ScriptedLoadableModule import (
 
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
 from MedAISegLib.logic import MedAISegLogic as MedAISegCoreLogic
+from MedAISegLib.training import TrainingConfig
+from MedAISegLib.training_logic import MedAITrainingLogic
 
 
 class MedAISeg(ScriptedLoadableModule):
@@ -66,6 +68,11 @@ class MedAISegParameterNode:
     fillHoles: bool = True
     minIslandMm3: Annotated[float, WithinRange(0.0, 1e6)] = 0.0
     lesionTable: vtkMRMLTableNode
+    trainingLabels: vtkMRMLSegmentationNode
+    network: Annotated[str, Choice(["segresnet", "unet", "dynunet", "swinunetr"])] = "segresnet"
+    epochs: Annotated[int, WithinRange(1, 10000)] = 50
+    trainingSpacingMm: Annotated[float, WithinRange(0.3, 10.0)] = 1.5
+    bundleFolder: Path
     referenceSegmentation: vtkMRMLSegmentationNode
     evaluationTable: vtkMRMLTableNode
 
@@ -84,6 +91,9 @@ class MedAISegWidget(MedAIWidgetBase):
         self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
         self.ui.lesionsButton.connect("clicked(bool)", self.onLesions)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
+        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTune)
+        self.ui.explainButton.connect("clicked(bool)", self.onExplain)
 
     def choose_default_inputs(self, p) -> None:
         if not p.inputVolume:
@@ -98,6 +108,10 @@ class MedAISegWidget(MedAIWidgetBase):
         self.ui.postprocessButton.enabled = has_segmentation
         self.ui.lesionsButton.enabled = has_segmentation
         self.ui.evaluateButton.enabled = has_segmentation and bool(p.referenceSegmentation)
+        can_train = has_input and bool(p.trainingLabels) and bool(str(p.bundleFolder or ""))
+        self.ui.trainButton.enabled = can_train
+        self.ui.fineTuneButton.enabled = can_train and bool(str(p.modelPath or ""))
+        self.ui.explainButton.enabled = has_input and bool(str(p.modelPath or ""))
 
     def onPreprocess(self) -> None:
         node = self.run_logic(_("Preprocessing"), self.logic.preprocessFromParameters, self._parameterNode)
@@ -129,15 +143,47 @@ class MedAISegWidget(MedAIWidgetBase):
             slicer.app.applicationLogic().PropagateTableSelection()
 
 
+    def onTrain(self) -> None:
+        if self.run_logic(_("Training"), self.logic.trainFromParameters, self._parameterNode) is not None:
+            self._parameterNode.modelPath = self._parameterNode.bundleFolder
+
+    def onFineTune(self) -> None:
+        if self.run_logic(_("Fine-tuning"), self.logic.fineTuneFromParameters, self._parameterNode) is not None:
+            self._parameterNode.modelPath = self._parameterNode.bundleFolder
+
+    def onExplain(self) -> None:
+        node = self.run_logic(_("Saliency"), self.logic.explainFromParameters, self._parameterNode)
+        if node is not None:
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=node,
+                                             foregroundOpacity=0.5)
+
+
 class MedAISegLogic(ScriptedLoadableModuleLogic, MedAISegCoreLogic):
     """Slicer-side Logic: the headless Logic on ``slicer.mrmlScene`` plus the parameter node."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         MedAISegCoreLogic.__init__(self, slicer.mrmlScene)
+        self.training = MedAITrainingLogic(slicer.mrmlScene)
 
     def getParameterNode(self):
         return MedAISegParameterNode(super().getParameterNode())
+
+    def trainFromParameters(self, p, progress=None):
+        """Train a new model on the input volume and its labelled case; returns the training result."""
+        config = TrainingConfig(network=p.network, epochs=p.epochs, spacing_mm=(p.trainingSpacingMm,) * 3)
+        return self.training.train([p.inputVolume], [p.trainingLabels], str(p.bundleFolder), config,
+                                   device=p.device, progress=progress)
+
+    def fineTuneFromParameters(self, p, progress=None):
+        """Fine-tune the current model on the labelled case (e.g. a corrected result); returns the result."""
+        return self.training.fine_tune_on_case(p.inputVolume, p.trainingLabels, str(p.modelPath),
+                                               str(p.bundleFolder), epochs=p.epochs, device=p.device,
+                                               progress=progress)
+
+    def explainFromParameters(self, p, progress=None):
+        """Saliency volume of the current model for its first label; returns the volume node."""
+        return self.training.explain(p.inputVolume, str(p.modelPath), device=p.device)
 
     def preprocessFromParameters(self, p, progress=None):
         """Run the chosen preprocessing on the input; returns the output volume node."""

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ("MedAISeg", "MedAIRegister", "MedAIPlan")
 CORE_LOGIC = {
-    "MedAISeg": [("MedAISegLib.logic", "MedAISegLogic")],
+    "MedAISeg": [("MedAISegLib.logic", "MedAISegLogic"), ("MedAISegLib.training_logic", "MedAITrainingLogic")],
     "MedAIRegister": [("MedAIRegisterLib.logic", "MedAIRegisterLogic")],
     "MedAIPlan": [("MedAIPlanLib.logic", "MedAIPlanLogic"), ("MedAIPlanLib.evaluation_logic", "PlanEvaluationLogic")],
 }
@@ -86,8 +86,9 @@ def test_slicer_logic_calls_existing_core_logic_methods(module):
             if isinstance(target, ast.Name) and target.id == "self" and name not in own and name != "getParameterNode":
                 if not hasattr(cores[0], name):
                     missing.append(name)
-            elif isinstance(target, ast.Attribute) and target.attr == "evaluation" and not hasattr(cores[-1], name):
-                missing.append(f"evaluation.{name}")
+            elif (isinstance(target, ast.Attribute) and target.attr in ("evaluation", "training")
+                  and not hasattr(cores[-1], name)):
+                missing.append(f"{target.attr}.{name}")
     assert missing == []
 
 
