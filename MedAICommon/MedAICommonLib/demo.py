@@ -31,6 +31,10 @@ DEMO_STEPS = {
 """Demo step name -> module with ``run(context)``, in pipeline order."""
 
 
+class DemoStepSkipped(Exception):
+    """Raised by a demo step that cannot run here (e.g. missing base data); the reason is reported."""
+
+
 @dataclass
 class DemoContext:
     """What the demo steps share: the scene, the output folder, the input nodes, the report."""
@@ -125,7 +129,10 @@ def run_demo(scene, output_dir, report: Report, progress: Progress | None = None
     for index, (step, module) in enumerate(steps.items()):
         context.progress.update(step, (index + 1) / (len(steps) + 2))
         with report.timed(step):
-            importlib.import_module(module).run(context)
+            try:
+                importlib.import_module(module).run(context)
+            except DemoStepSkipped as reason:
+                report.metrics.setdefault("skipped_steps", {})[step] = str(reason)
     overview = write_overview(context, context.output_dir / "overview.png")
     report.outputs["overview"] = str(overview)
     report.parameters["steps"] = ["inputs", *steps]

@@ -51,7 +51,13 @@ def _add_shared(p) -> None:
 
 
 def register(subparsers, add_common_options) -> None:
-    """Add ``dose`` and ``plan``."""
+    """Add ``dose``, ``plan`` and ``download-base-data``."""
+    p = subparsers.add_parser("download-base-data",
+                              help="download matRad's photon base data (SHA-256 checked) into the user cache")
+    p.add_argument("--url", default=None, help="alternative URL (e.g. a local mirror); the checksum still applies")
+    add_common_options(p)
+    p.set_defaults(func=cmd_download_base_data)
+
     p = subparsers.add_parser("dose", help="forward photon dose for given beams and weights")
     _add_shared(p)
     p.add_argument("--weights", metavar="FILE", help="bixel weights (.npy or text, one per bixel)")
@@ -174,3 +180,16 @@ def cmd_plan(args, report) -> int:
                           objectives=objectives, select_beams=args.select_beams, max_iter=args.iterations,
                           priorities=priorities, progress=Progress(callback), **kwargs)
     return _finish(scene, logic, args, report, dose, seg)
+
+
+def cmd_download_base_data(args, report) -> int:
+    """``medai download-base-data``: fetch photons_Generic.mat at matRad's pinned commit, checked."""
+    from .base_data import MACHINE_URL, download_machine
+
+    url = args.url or MACHINE_URL
+    with report.timed("download"):
+        path = download_machine(url)
+    report.inputs["url"] = url
+    report.outputs["base_data"] = str(path)
+    print(f"photon base data: {path}")
+    return 0

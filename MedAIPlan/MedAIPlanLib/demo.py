@@ -9,15 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from MedAICommonLib import bridge
-from MedAICommonLib.demo import axial_slice
+from MedAICommonLib.demo import DemoStepSkipped, axial_slice
 
-from .logic import MedAIPlanLogic
+from .logic import MedAIPlanLogic, default_machine_path
 
 DEMO_PRESCRIPTION_GY = 60.0
 
 
 def run(context) -> None:
     """Plan on ``context.ct_node`` / ``context.structures_node`` (target ``lesion``), save the dose."""
+    try:
+        default_machine_path()
+    except ValueError as error:
+        raise DemoStepSkipped(str(error)) from error
     logic = MedAIPlanLogic(context.scene)
     names = [i.name for i in bridge.segment_infos(context.structures_node)]
     target = "lesion" if "lesion" in names else "liver"

@@ -58,6 +58,8 @@ def cmd_demo(args, report) -> int:
     else:
         with progress_printer() as callback:
             context = run_demo(scene, args.output, report, Progress(callback))
+    for step, reason in report.metrics.get("skipped_steps", {}).items():
+        print(f"medai demo: warning: step '{step}' skipped: {reason}", file=sys.stderr)
     print(f"demo: results in {context.output_dir} (overview: {report.outputs['overview']})")
     return 0
 
