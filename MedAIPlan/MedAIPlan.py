@@ -22,8 +22,6 @@ from slicer.ScriptedLoadableModule import (
 
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
-from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
-from MedAIPlanLib.logic import MedAIPlanLogic as MedAIPlanCoreLogic
 
 
 class MedAIPlan(ScriptedLoadableModule):
@@ -143,44 +141,68 @@ class MedAIPlanWidget(MedAIWidgetBase):
         self.run_logic(_("DICOM-RT export"), self.logic.rtExportFromParameters, self._parameterNode)
 
 
-class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
-    """Slicer-side Logic: dose engine and evaluation Logic on ``slicer.mrmlScene`` plus the parameter node."""
+class MedAIPlanLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side Logic: the parameter node, and the dose-engine and evaluation Logic on ``slicer.mrmlScene``.
+
+    The headless Logic (``core``, ``evaluation``) is imported on first use, so the module loads before
+    torch is installed; the panel ensures it (asking the user) before a run.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        MedAIPlanCoreLogic.__init__(self, slicer.mrmlScene)
-        self.evaluation = PlanEvaluationLogic(slicer.mrmlScene)
+        self._core = None
+        self._evaluation_logic = None
+
+    @property
+    def core(self):
+        """``MedAIPlanLib.logic.MedAIPlanLogic`` on Slicer's scene."""
+        if self._core is None:
+            from MedAIPlanLib.logic import MedAIPlanLogic as MedAIPlanCoreLogic
+
+            self._core = MedAIPlanCoreLogic(slicer.mrmlScene)
+        return self._core
+
+    @property
+    def evaluation(self):
+        """``MedAIPlanLib.evaluation_logic.PlanEvaluationLogic`` on Slicer's scene."""
+        if self._evaluation_logic is None:
+            from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
+            self._evaluation_logic = PlanEvaluationLogic(slicer.mrmlScene)
+        return self._evaluation_logic
 
     def getParameterNode(self):
         return MedAIPlanParameterNode(super().getParameterNode())
 
     def planFromParameters(self, p, progress=None):
         """Beams, dose-influence matrix, fluence optimisation; returns the dose volume node (Gy)."""
-        return self.plan(p.ctVolume, p.structures, target=p.targetSegment, prescription_gy=p.prescriptionGy,
-                         fractions=p.fractions, gantry_angles=_numbers(p.gantryAngles),
-                         bixel_width_mm=p.bixelWidthMm, dose_grid_mm=p.doseGridMm, device=p.device,
-                         output_dose_node=p.outputDose, progress=progress)
+        return self.core.plan(p.ctVolume, p.structures, target=p.targetSegment, prescription_gy=p.prescriptionGy,
+                              fractions=p.fractions, gantry_angles=_numbers(p.gantryAngles),
+                              bixel_width_mm=p.bixelWidthMm, dose_grid_mm=p.doseGridMm, device=p.device,
+                              output_dose_node=p.outputDose, progress=progress)
 
-    def _evaluation(self, progress):
+    def _report_to(self, progress) -> None:
         self.evaluation.progress = progress or Progress()
-        return self.evaluation
 
     def dvhFromParameters(self, p, progress=None):
         """DVH tables, plot and metrics table (CI/HI/GI for the target when set); returns the metrics table."""
-        result = self._evaluation(progress).compute_dvh(
+        self._report_to(progress)
+        result = self.evaluation.compute_dvh(
             p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
             target_segment=p.targetSegment or None)
         return result.metrics_table
 
     def isodoseFromParameters(self, p, progress=None):
         """Isodose surfaces at percentages of the prescription; returns the model nodes."""
-        models, _legend, _levels = self._evaluation(progress).isodose(
+        self._report_to(progress)
+        models, _legend, _levels = self.evaluation.isodose(
             p.doseVolume, _numbers(p.isodoseLevels), prescription_gy=p.prescriptionGy, percent=True)
         return models
 
     def gammaFromParameters(self, p, progress=None):
         """Gamma index volume of the evaluated dose against the reference; returns the gamma volume node."""
-        node, _result = self._evaluation(progress).gamma(
+        self._report_to(progress)
+        node, _result = self.evaluation.gamma(
             p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent, dta_mm=p.dtaMm,
             threshold_percent=p.thresholdPercent, local=p.localGamma, device=p.device, output_node=p.gammaVolume)
         return node
@@ -189,7 +211,7 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
         """Import RTDOSE / RTSTRUCT / RTPLAN files (one file, or every one in a folder); returns the nodes."""
         import pydicom
 
-        evaluation = self._evaluation(progress)
+        self._report_to(progress)
         path = Path(p.rtImportPath)
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
         nodes = []
@@ -199,11 +221,11 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
             except Exception:  # noqa: BLE001 - files that are not DICOM are skipped
                 continue
             if modality == "RTDOSE":
-                nodes.append(evaluation.import_rtdose(file))
+                nodes.append(self.evaluation.import_rtdose(file))
             elif modality == "RTSTRUCT":
-                nodes.append(evaluation.import_rtstruct(file, reference_node=p.ctVolume))
+                nodes.append(self.evaluation.import_rtstruct(file, reference_node=p.ctVolume))
             elif modality == "RTPLAN":
-                nodes.append(evaluation.import_rtplan(file)[0])
+                nodes.append(self.evaluation.import_rtplan(file)[0])
         if not nodes:
             raise ValueError(f"No RTDOSE, RTSTRUCT or RTPLAN found in {path}.")
         return nodes
@@ -212,7 +234,8 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic, MedAIPlanCoreLogic):
         """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder, de-identified if asked; returns paths."""
         from MedAIPlanLib.deidentify import UidMap, deidentify_file
 
-        paths = self._evaluation(progress).export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
+        self._report_to(progress)
+        paths = self.evaluation.export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
                                                      segmentation_node=p.structures)
         if p.deidentify:
             uid_map = UidMap()

@@ -25,7 +25,6 @@ from slicer.ScriptedLoadableModule import (
 
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
-from MedAIRegisterLib.logic import MedAIRegisterLogic as MedAIRegisterCoreLogic
 
 
 class MedAIRegister(ScriptedLoadableModule):
@@ -121,18 +120,31 @@ class MedAIRegisterWidget(MedAIWidgetBase):
         self._show_result(transform, self._parameterNode.movingLandmarks)
 
 
-class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
-    """Slicer-side Logic: the headless Logic on ``slicer.mrmlScene`` plus the parameter node."""
+class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side Logic: the parameter node, and the headless Logic on ``slicer.mrmlScene``.
+
+    The headless Logic (``core``) is imported on first use, so the module loads before its Python
+    dependencies are installed; the panel ensures them (asking the user) before a run.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        MedAIRegisterCoreLogic.__init__(self, slicer.mrmlScene)
+        self._core = None
+
+    @property
+    def core(self):
+        """``MedAIRegisterLib.logic.MedAIRegisterLogic`` on Slicer's scene."""
+        if self._core is None:
+            from MedAIRegisterLib.logic import MedAIRegisterLogic as MedAIRegisterCoreLogic
+
+            self._core = MedAIRegisterCoreLogic(slicer.mrmlScene)
+        return self._core
 
     def getParameterNode(self):
         return MedAIRegisterParameterNode(super().getParameterNode())
 
     def _with_progress(self, progress):
-        self.progress = progress or Progress()
+        self.core.progress = progress or Progress()
 
     @staticmethod
     def _mask(segmentation):
@@ -147,7 +159,7 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
         "custom" starts from the CT-CT preset's settings with the chosen metric.
         """
         self._with_progress(progress)
-        return self.register_volumes(
+        return self.core.register_volumes(
             p.fixedVolume, p.movingVolume, transform_type=p.transformType,
             preset="ct-ct" if p.preset == "custom" else p.preset, device=p.device,
             metric=p.metric if p.preset == "custom" else None,
@@ -158,14 +170,14 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic, MedAIRegisterCoreLogic):
     def icpFromParameters(self, p, progress=None):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
         self._with_progress(progress)
-        return self.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
+        return self.core.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
                                       transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
                                       output_transform_node=p.outputTransform)
 
     def landmarksFromParameters(self, p, progress=None):
         """Paired-landmark fit; returns the transform node."""
         self._with_progress(progress)
-        return self.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
+        return self.core.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
                                        output_transform_node=p.outputTransform)
 
 

@@ -24,9 +24,6 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
-from MedAISegLib.logic import MedAISegLogic as MedAISegCoreLogic
-from MedAISegLib.training import TrainingConfig
-from MedAISegLib.training_logic import MedAITrainingLogic
 
 
 class MedAISeg(ScriptedLoadableModule):
@@ -158,19 +155,43 @@ class MedAISegWidget(MedAIWidgetBase):
                                              foregroundOpacity=0.5)
 
 
-class MedAISegLogic(ScriptedLoadableModuleLogic, MedAISegCoreLogic):
-    """Slicer-side Logic: the headless Logic on ``slicer.mrmlScene`` plus the parameter node."""
+class MedAISegLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side Logic: the parameter node, and the headless Logic on ``slicer.mrmlScene``.
+
+    The headless Logic (``core``, ``training``) is imported on first use, so the module loads even
+    before torch and MONAI are installed; the panel ensures them (asking the user) before a run.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        MedAISegCoreLogic.__init__(self, slicer.mrmlScene)
-        self.training = MedAITrainingLogic(slicer.mrmlScene)
+        self._core = None
+        self._training = None
+
+    @property
+    def core(self):
+        """``MedAISegLib.logic.MedAISegLogic`` on Slicer's scene."""
+        if self._core is None:
+            from MedAISegLib.logic import MedAISegLogic as MedAISegCoreLogic
+
+            self._core = MedAISegCoreLogic(slicer.mrmlScene)
+        return self._core
+
+    @property
+    def training(self):
+        """``MedAISegLib.training_logic.MedAITrainingLogic`` on Slicer's scene."""
+        if self._training is None:
+            from MedAISegLib.training_logic import MedAITrainingLogic
+
+            self._training = MedAITrainingLogic(slicer.mrmlScene)
+        return self._training
 
     def getParameterNode(self):
         return MedAISegParameterNode(super().getParameterNode())
 
     def trainFromParameters(self, p, progress=None):
         """Train a new model on the input volume and its labelled case; returns the training result."""
+        from MedAISegLib.training import TrainingConfig
+
         config = TrainingConfig(network=p.network, epochs=p.epochs, spacing_mm=(p.trainingSpacingMm,) * 3)
         return self.training.train([p.inputVolume], [p.trainingLabels], str(p.bundleFolder), config,
                                    device=p.device, progress=progress)
@@ -187,39 +208,39 @@ class MedAISegLogic(ScriptedLoadableModuleLogic, MedAISegCoreLogic):
 
     def preprocessFromParameters(self, p, progress=None):
         """Run the chosen preprocessing on the input; returns the output volume node."""
-        return self.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
+        return self.core.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
                             device=p.device, progress=progress)
 
     def segmentFromParameters(self, p, progress=None):
         """Segment the input with the chosen method; returns the segmentation node."""
         if p.segmentMethod == "model":
-            return self.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
+            return self.core.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
                                            flip_tta=p.flipTTA, output_node=p.outputSegmentation,
                                            progress=progress)
         if p.segmentMethod == "region-growing":
-            return self.region_growing(p.inputVolume, p.seeds, lower=p.lowerThreshold, upper=p.upperThreshold,
+            return self.core.region_growing(p.inputVolume, p.seeds, lower=p.lowerThreshold, upper=p.upperThreshold,
                                        output_node=p.outputSegmentation, progress=progress)
         if p.segmentMethod == "otsu":
-            return self.otsu(p.inputVolume, output_node=p.outputSegmentation, progress=progress)
-        return self.threshold(p.inputVolume, p.lowerThreshold, p.upperThreshold,
+            return self.core.otsu(p.inputVolume, output_node=p.outputSegmentation, progress=progress)
+        return self.core.threshold(p.inputVolume, p.lowerThreshold, p.upperThreshold,
                               output_node=p.outputSegmentation, progress=progress)
 
     def postprocessFromParameters(self, p, progress=None):
         """Apply the checked clean-up operations to every segment of the output segmentation (in place:
         the user pressed "Clean up" on that segmentation)."""
-        return self.postprocess(p.outputSegmentation, keep_largest=p.keepLargestComponent,
+        return self.core.postprocess(p.outputSegmentation, keep_largest=p.keepLargestComponent,
                                 fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3,
                                 output_node=p.outputSegmentation, progress=progress)
 
     def lesionsFromParameters(self, p, progress=None):
         """Detect lesions in the output segmentation; returns the lesion table node."""
-        _markups, table = self.detect_lesions(p.outputSegmentation, intensity_node=p.inputVolume,
+        _markups, table = self.core.detect_lesions(p.outputSegmentation, intensity_node=p.inputVolume,
                                               table_node=p.lesionTable, progress=progress)
         return table
 
     def evaluateFromParameters(self, p, progress=None):
         """Compare the output segmentation with the reference; returns the metrics table node."""
-        return self.evaluate(p.referenceSegmentation, p.outputSegmentation, table_node=p.evaluationTable,
+        return self.core.evaluate(p.referenceSegmentation, p.outputSegmentation, table_node=p.evaluationTable,
                              progress=progress)
 
 

@@ -15,13 +15,14 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from .progress import CancelledError, Progress
-from .slicer_app import progress_to_status_bar
+from .slicer_app import ensure_requirements, ensure_torch, progress_to_status_bar
 
 
 class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Common widget behaviour; subclasses set ``UI_FILE``, ``make_logic`` and ``connect_buttons``."""
 
     UI_FILE = ""
+    NEEDS_TORCH = True
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -99,8 +100,18 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Enable action buttons whose inputs are set (override)."""
 
     # --- running ---------------------------------------------------------------------
+    def ensure_dependencies(self) -> bool:
+        """torch (through the PyTorch extension) and ``Resources/requirements.txt``, asking the user first."""
+        name = self.moduleName
+        if self.NEEDS_TORCH and not ensure_torch(name):
+            return False
+        return ensure_requirements(self.resourcePath("requirements.txt"), name)
+
     def run_logic(self, title: str, function, *args, **kwargs):
         """Run a Logic call with progress, Cancel and an error dialog; returns its result or None."""
+        if not self.ensure_dependencies():
+            self.ui.statusLabel.text = _("{title}: required Python packages are missing.").format(title=title)
+            return None
         self._progress = Progress(progress_to_status_bar(self.ui.progressBar))
         self.ui.cancelButton.enabled = True
         self.ui.statusLabel.text = _("{title}...").format(title=title)
