@@ -171,14 +171,14 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
         self._with_progress(progress)
         return self.core.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
-                                      transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
-                                      output_transform_node=p.outputTransform)
+                                           transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
+                                           output_transform_node=p.outputTransform)
 
     def landmarksFromParameters(self, p, progress=None):
         """Paired-landmark fit; returns the transform node."""
         self._with_progress(progress)
         return self.core.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
-                                       output_transform_node=p.outputTransform)
+                                            output_transform_node=p.outputTransform)
 
 
 class MedAIRegisterTest(ScriptedLoadableModuleTest):

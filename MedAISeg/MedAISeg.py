@@ -209,39 +209,39 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
     def preprocessFromParameters(self, p, progress=None):
         """Run the chosen preprocessing on the input; returns the output volume node."""
         return self.core.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
-                            device=p.device, progress=progress)
+                                 device=p.device, progress=progress)
 
     def segmentFromParameters(self, p, progress=None):
         """Segment the input with the chosen method; returns the segmentation node."""
         if p.segmentMethod == "model":
             return self.core.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
-                                           flip_tta=p.flipTTA, output_node=p.outputSegmentation,
-                                           progress=progress)
+                                                flip_tta=p.flipTTA, output_node=p.outputSegmentation,
+                                                progress=progress)
         if p.segmentMethod == "region-growing":
             return self.core.region_growing(p.inputVolume, p.seeds, lower=p.lowerThreshold, upper=p.upperThreshold,
-                                       output_node=p.outputSegmentation, progress=progress)
+                                            output_node=p.outputSegmentation, progress=progress)
         if p.segmentMethod == "otsu":
             return self.core.otsu(p.inputVolume, output_node=p.outputSegmentation, progress=progress)
         return self.core.threshold(p.inputVolume, p.lowerThreshold, p.upperThreshold,
-                              output_node=p.outputSegmentation, progress=progress)
+                                   output_node=p.outputSegmentation, progress=progress)
 
     def postprocessFromParameters(self, p, progress=None):
         """Apply the checked clean-up operations to every segment of the output segmentation (in place:
         the user pressed "Clean up" on that segmentation)."""
         return self.core.postprocess(p.outputSegmentation, keep_largest=p.keepLargestComponent,
-                                fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3,
-                                output_node=p.outputSegmentation, progress=progress)
+                                     fill_holes=p.fillHoles, min_island_mm3=p.minIslandMm3,
+                                     output_node=p.outputSegmentation, progress=progress)
 
     def lesionsFromParameters(self, p, progress=None):
         """Detect lesions in the output segmentation; returns the lesion table node."""
         _markups, table = self.core.detect_lesions(p.outputSegmentation, intensity_node=p.inputVolume,
-                                              table_node=p.lesionTable, progress=progress)
+                                                   table_node=p.lesionTable, progress=progress)
         return table
 
     def evaluateFromParameters(self, p, progress=None):
         """Compare the output segmentation with the reference; returns the metrics table node."""
         return self.core.evaluate(p.referenceSegmentation, p.outputSegmentation, table_node=p.evaluationTable,
-                             progress=progress)
+                                  progress=progress)
 
 
 class MedAISegTest(ScriptedLoadableModuleTest):
