@@ -209,6 +209,16 @@ def dose_at_points(dose: np.ndarray, geometry: Geometry, points: np.ndarray) -> 
     return map_coordinates(np.asarray(dose, dtype=np.float64), coords, order=1, mode="constant", cval=0.0)
 
 
+def fraction_inside_grid(geometry: Geometry, points: np.ndarray) -> float:
+    """Share of (N, 3) physical points (same space as ``geometry``) that fall inside the voxel grid."""
+    points = np.asarray(points, dtype=float)
+    if not len(points) or geometry.shape_kji is None:
+        return 0.0
+    ijk = geometry.point_to_index(points)
+    upper = np.array(geometry.shape_kji[::-1], float) - 0.5
+    return float(np.mean(np.all((ijk >= -0.5) & (ijk <= upper), axis=1)))
+
+
 def mask_samples(dose: np.ndarray, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry | None = None,
                  oversampling: int = 2) -> DoseSamples:
     """Dose samples of a voxel mask (KJI bool on ``mask_geometry``, default the dose grid).

@@ -101,9 +101,13 @@ class PlanEvaluationLogic:
             contours = _contours_from_polydata(segment.GetRepresentation(PLANAR_CONTOUR)) if segment else []
             if contours:
                 samples[name] = dvh.contour_samples(contours, dose, geometry)
+                points = np.concatenate(contours)
             else:
                 mask, mask_geometry = bridge.segment_mask(segmentation_node, name)
                 samples[name] = dvh.mask_samples(dose, geometry, mask, mask_geometry, oversampling)
+                points = mask_geometry.index_to_point(np.argwhere(mask)[::max(1, int(mask.sum()) // 5000), ::-1])
+            if len(points) and dvh.fraction_inside_grid(geometry.with_shape(dose.shape), points) == 0.0:
+                samples[name] = dvh.DoseSamples(np.zeros(0), np.zeros(0))  # entirely off the dose grid
         return samples
 
     def compute_dvh(self, dose_node, segmentation_node, segment_names=None, v_doses_gy=(),
@@ -181,6 +185,7 @@ class PlanEvaluationLogic:
         """
         bridge.require_scalar_volume(reference_node, "reference dose")
         bridge.require_scalar_volume(evaluated_node, "evaluated dose")
+        bridge.require_overlap(reference_node, evaluated_node, "reference and evaluated doses")
         ref, ref_geo = bridge.array_from_volume(reference_node)
         ev, ev_geo = bridge.array_from_volume(evaluated_node)
         torch_device = select_device(device)

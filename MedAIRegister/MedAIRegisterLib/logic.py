@@ -64,8 +64,11 @@ class MedAIRegisterLogic:
         for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
             try:
                 bridge.require_scalar_volume(node, role)
+                bridge.require_volume_extent(node, 4, role)
             except bridge.BridgeError as error:
                 raise ValueError(str(error)) from error
+        if initial_transform_node is None:
+            bridge.require_overlap(fixed_node, moving_node, "fixed and moving volumes")
         if device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
         if preset not in intensity_registration.PRESETS:

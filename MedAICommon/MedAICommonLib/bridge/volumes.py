@@ -31,6 +31,47 @@ def require_scalar_volume(node, role: str = "input volume") -> None:
             f"The {role} '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; "
             "convert it to a scalar volume (e.g. Vector to Scalar Volume) first."
         )
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    if np.issubdtype(values.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise BridgeError(f"The {role} '{node.GetName()}' has {bad} NaN or infinite voxel(s); replace them "
+                              "(e.g. with the background value) before processing.")
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
+        if peak > EXTREME_INTENSITY:
+            raise BridgeError(f"The {role} '{node.GetName()}' has intensities up to {peak:.3g}, beyond any image "
+                              "unit (HU, MR, Gy); rescale it to its physical range first.")
+
+
+EXTREME_INTENSITY = 1e12
+"""Magnitudes above this are refused as corrupt or unscaled data (no medical image unit comes close)."""
+
+
+def require_volume_extent(node, min_voxels: int = 4, role: str = "input volume") -> None:
+    """Raise unless the volume has at least ``min_voxels`` voxels along every axis (3D methods need it)."""
+    dims = node.GetImageData().GetDimensions()
+    if min(dims) < min_voxels:
+        raise BridgeError(f"The {role} '{node.GetName()}' is {dims[0]}x{dims[1]}x{dims[2]} voxels; this needs at "
+                          f"least {min_voxels} along each axis (a 3D volume, not a single slice).")
+
+
+def require_overlap(node_a, node_b, what: str = "volumes") -> None:
+    """Raise unless the two volumes' physical extents (world RAS) intersect."""
+    if not grids_overlap(volume_geometry(node_a), volume_geometry(node_b)):
+        raise BridgeError(f"The {what} '{node_a.GetName()}' and '{node_b.GetName()}' do not overlap in space; "
+                          "check that they share a frame of reference (or align them first).")
+
+
+def grids_overlap(a: Geometry, b: Geometry) -> bool:
+    """True when the axis-aligned RAS bounding boxes of two grids (with shapes) intersect."""
+    boxes = []
+    for geometry in (a.to_space("RAS"), b.to_space("RAS")):
+        k, j, i = (n - 1 for n in geometry.shape_kji)
+        corners = np.array([[x, y, z] for x in (-0.5, i + 0.5) for y in (-0.5, j + 0.5) for z in (-0.5, k + 0.5)])
+        points = geometry.index_to_point(corners)
+        boxes.append((points.min(axis=0), points.max(axis=0)))
+    (lo_a, hi_a), (lo_b, hi_b) = boxes
+    return bool(np.all(lo_a <= hi_b) and np.all(lo_b <= hi_a))
 
 
 def volume_geometry(node, world: bool = True) -> Geometry:
@@ -139,7 +180,7 @@ def is_labelmap(node) -> bool:
 
 
 __all__ = [
-    "SCALAR_VOLUME_CLASSES", "array_from_volume", "array_to_sitk", "create_volume", "is_labelmap",
-    "require_scalar_volume", "resample_array", "sitk_to_array", "sitk_to_volume", "update_volume",
+    "SCALAR_VOLUME_CLASSES", "array_from_volume", "array_to_sitk", "create_volume", "grids_overlap", "is_labelmap",
+    "require_overlap", "require_scalar_volume", "require_volume_extent", "resample_array", "sitk_to_array", "sitk_to_volume", "update_volume",
     "volume_geometry", "volume_to_sitk",
 ]
