@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from MedAICommonLib.downloads import download
+
 MATRAD_COMMIT = "c014dc82d620bace0836eb8cc420fe33c19cdb87"
 MACHINE_URL = (f"https://raw.githubusercontent.com/e0404/matRad/{MATRAD_COMMIT}/"
                "matRad/basedata/photons_Generic.mat")
@@ -25,7 +27,5 @@ def cached_machine_path() -> Path:
 
 def download_machine(url: str = MACHINE_URL, destination=None, progress=None) -> Path:
     """Download the base data (resumable, size- and SHA-256-checked); returns its path."""
-    from MedAISegLib.model_catalog import download
-
     return download(url, destination or cached_machine_path(), sha256=MACHINE_SHA256,
                     size_bytes=MACHINE_SIZE_BYTES, progress=progress)
