@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
-RESOURCE_SUFFIXES = (".png", ".ui", ".json", ".csv", ".txt", ".hlut")
+RESOURCE_SUFFIXES = (".png", ".ui", ".json", ".csv", ".txt", ".hlut", ".mat", ".md")
 
 
 def module_scripts(module: str) -> list[str]:
