@@ -52,7 +52,10 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--extra-input", action="append", default=[], help="more model inputs (channels), in order")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (models)")
-    p.add_argument("--uncertainty", metavar="FILE", help="also write the voxel-wise entropy volume (TorchScript models)")
+    p.add_argument("--uncertainty", metavar="FILE", help="also write the voxel-wise entropy volume (nats; models)")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="trust the MONAI bundle given with --model as it is now (its configs can run Python code); "
+                        "recorded in the per-user trust store. Catalogue downloads are trusted already")
     add_common_options(p)
     p.set_defaults(func=cmd_segment)
 
@@ -145,9 +148,11 @@ def cmd_segment(args, report) -> int:
         progress = Progress(callback)
         if args.model:
             report.inputs["model"] = str(args.model)
-            report.parameters.update({"model": str(args.model), "tta": args.tta, "device": args.device})
+            report.parameters.update({"model": str(args.model), "tta": args.tta, "device": args.device,
+                                      "trust_bundle": args.trust_bundle})
             seg = logic.segment_with_model([node, *extra], args.model, device=args.device, flip_tta=args.tta,
-                                           return_entropy=bool(args.uncertainty), progress=progress)
+                                           return_entropy=bool(args.uncertainty), trust_bundle=args.trust_bundle,
+                                           progress=progress)
             report.device = logic.last_info.get("device", "cpu")
         elif args.method == "threshold":
             report.parameters.update({"method": "threshold", "lower": args.lower, "upper": args.upper})

@@ -140,16 +140,27 @@ class MedAISegLogic:
     # --- AI segmentation -------------------------------------------------------------------
     def segment_with_model(self, input_nodes, model_path, device: str = "auto", flip_tta: bool = False,
                            output_node=None, batch_size: int = 4, amp: bool = True, inferer: str = "bundle",
-                           return_probabilities: bool = False, return_entropy: bool = False, progress=None):
+                           return_probabilities: bool = False, return_entropy: bool = False,
+                           trust_bundle: bool = False, progress=None):
         """Segment with a MONAI bundle folder or a TorchScript file with a model card.
 
         ``input_nodes``: one volume node per model input (the first one sets the output grid).
         The segmentation node ('<first input> segmentation') gets the model's label names, colours
-        and terminology, and the first input as reference geometry. With ``return_probabilities`` /
-        ``return_entropy`` (TorchScript models) volume nodes '<input> probability <label>' and
-        '<input> uncertainty' are created too and listed in ``self.last_info['extra_nodes']``.
+        and terminology, and the first input as reference geometry. ``flip_tta`` averages the 8 flipped
+        predictions; with ``return_probabilities`` / ``return_entropy`` volume nodes '<input> probability
+        <label>' and '<input> uncertainty' (entropy, nats) are created too and listed in
+        ``self.last_info['extra_nodes']`` (both model kinds; a bundle then runs through MedAI's sliding
+        window with its own ROI/overlap/batch, as it also does when the memory guard finds its own
+        inferer would not fit).
+
+        Trust: a bundle's configs can run Python, so a bundle runs only when it is trusted (downloaded
+        from the catalogue with a verified checksum, or trusted by the user with :meth:`trust_bundle`);
+        otherwise ``ValueError`` names the bundle and how to trust it, and nothing changes. Pass
+        ``trust_bundle=True`` only after the user confirmed (it records the trust, like ``--trust-bundle``).
+        TorchScript models with a card run no config code and need no trust.
         """
-        from .bundle import is_bundle, run_bundle
+        from .bundle import is_bundle, load_bundle_weights, run_bundle
+        from .bundle_trust import record_trust, require_trusted
         from .torchscript_model import load_torchscript_with_card, run_model
 
         nodes = list(input_nodes) if isinstance(input_nodes, (list, tuple)) else [input_nodes]
@@ -161,6 +172,12 @@ class MedAISegLogic:
         if not path.exists():
             raise ValueError(f"Model {model_path} not found; give a MONAI bundle folder or a TorchScript file "
                              "(catalogue models must be downloaded first with download_model).")
+        bundle = is_bundle(path)
+        if bundle:
+            load_bundle_weights(path)  # corrupt or code-running weights are refused before trust is asked
+            if trust_bundle:
+                record_trust(path)
+            require_trusted(path)
         progress = self._progress(progress)
         torch_device = select_device(device)
         progress.update("reading inputs", 0.05)
@@ -170,8 +187,10 @@ class MedAISegLogic:
         def report(fraction):
             sub.update("inference", fraction)
 
-        if is_bundle(path):
-            result = run_bundle(path, images, device=torch_device, inferer=inferer, amp=amp, progress=report)
+        if bundle:
+            result = run_bundle(path, images, device=torch_device, inferer=inferer, amp=amp, tta_flips=flip_tta,
+                                return_probabilities=return_probabilities, return_entropy=return_entropy,
+                                batch_size=batch_size, progress=report)
         else:
             network, card = load_torchscript_with_card(path, torch_device)
             result = run_model(network, card, images, device=torch_device, batch_size=batch_size, amp=amp,
@@ -193,6 +212,34 @@ class MedAISegLogic:
                               voxels={s.name: int((result.labels == s.value).sum()) for s in result.segments})
         progress.update("done", 1.0)
         return node
+
+    def bundle_trust_info(self, model_path) -> dict:
+        """What the panel shows before running ``model_path``: ``path`` (resolved), ``is_bundle``,
+        ``needs_trust`` (a bundle not trusted with its current configs), ``trusted``, ``origin``
+        (``catalogue``/``local``; ``torchscript`` for card models), ``source`` (catalogue id and URL),
+        ``digest`` (sha256 of the configs and Python files), ``changed`` (trusted before, edited since)."""
+        from .bundle import is_bundle
+        from .bundle_trust import trust_info
+
+        path = Path(model_path)
+        if not path.exists():
+            raise ValueError(f"Model {model_path} not found; give a MONAI bundle folder or a TorchScript file.")
+        if not is_bundle(path):
+            return {"path": str(path.resolve()), "is_bundle": False, "needs_trust": False, "trusted": True,
+                    "origin": "torchscript", "source": None, "digest": None, "changed": False, "trusted_at": None}
+        info = trust_info(path)
+        return dict(info, is_bundle=True, needs_trust=not info["trusted"])
+
+    def trust_bundle(self, model_path) -> dict:
+        """Record that the user trusts the bundle at ``model_path`` as it is now (call after the user
+        confirmed the prompt showing :meth:`bundle_trust_info`); returns the new trust info."""
+        from .bundle import is_bundle
+        from .bundle_trust import record_trust
+
+        if not is_bundle(model_path):
+            raise ValueError(f"{model_path} is not a MONAI bundle folder (configs/inference.json); only bundles "
+                             "need trust.")
+        return dict(record_trust(model_path), is_bundle=True, needs_trust=False)
 
     def download_model(self, model_id: str, progress=None) -> Path:
         """Download a catalogue model into the per-user cache (checked); returns its folder or file."""

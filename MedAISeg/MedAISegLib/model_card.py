@@ -6,6 +6,7 @@ same folder)::
     {
       "name": "Spleen CT", "format": "torchscript", "file": "model.ts",
       "inputs": [{"name": "CT", "modality": "CT"}],           # one entry per channel, in order
+      "orientation": "RAS",                                   # optional; null = the input's own axes
       "spacing_mm": [1.5, 1.5, 2.0],                          # i, j, k; null = the input's own grid
       "axis_order": "ijk",                                    # network axes after the channel: ijk (MONAI) or kji
       "normalization": {"type": "window", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1, "clip": true},
@@ -18,6 +19,13 @@ Normalisation types: ``none``; ``window`` (MONAI ScaleIntensityRange: [a_min, a_
 b_max], optional clip); ``zscore`` (per channel, ``nonzero``: statistics over non-zero voxels only);
 ``percentile`` (``lower``/``upper`` percentiles -> [0, 1], clipped). Units: those of the input
 (HU for CT). ``activation_bytes_per_voxel`` (optional) tunes the memory estimate.
+
+``orientation`` (optional): the voxel-axis orientation the network was trained in, as three
+letters naming where increasing i, j, k point (DICOM/MONAI convention: "RAS" = i towards Right,
+j towards Anterior, k towards Superior, like MONAI's ``Orientationd(axcodes="RAS")``; "LPS" =
+DICOM's). The input is reoriented with SimpleITK ``DICOMOrient`` (a permutation/flip of the voxel
+axes, no interpolation; an oblique volume gets the closest axes) before ``spacing_mm`` applies,
+and the labels are mapped back exactly onto the input's grid.
 """
 
 from __future__ import annotations
@@ -29,6 +37,18 @@ from pathlib import Path
 import numpy as np
 
 NORMALIZATIONS = ("none", "window", "zscore", "percentile")
+_AXIS_PAIRS = ({"R", "L"}, {"A", "P"}, {"S", "I"})
+
+
+def check_orientation(code) -> str | None:
+    """Upper-case orientation code (e.g. "RAS", "LPS", "PIR"), None for none; ValueError when invalid."""
+    if code in (None, ""):
+        return None
+    text = str(code).upper()
+    axes = sorted(next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in text)
+    if axes != [0, 1, 2]:
+        raise ValueError(f"orientation {code!r} is not an axis code like 'RAS' or 'LPS' (one of R/L, A/P, S/I each).")
+    return text
 
 
 @dataclass
@@ -57,6 +77,7 @@ class ModelCard:
     file: str | None = None
     format: str = "torchscript"
     activation_bytes_per_voxel: float = 512.0
+    orientation: str | None = None
 
     @property
     def channels(self) -> int:
@@ -91,7 +112,8 @@ class ModelCard:
                    normalization=norm, roi_size=roi, overlap=float(data.get("overlap", 0.25)),
                    activation=data.get("activation", "softmax"), file=data.get("file"),
                    format=data.get("format", "torchscript"),
-                   activation_bytes_per_voxel=float(data.get("activation_bytes_per_voxel", 512.0)))
+                   activation_bytes_per_voxel=float(data.get("activation_bytes_per_voxel", 512.0)),
+                   orientation=check_orientation(data.get("orientation")))
 
     @classmethod
     def load(cls, path) -> ModelCard:
@@ -107,7 +129,7 @@ class ModelCard:
         return {"name": self.name, "format": self.format, "file": self.file, "inputs": self.inputs,
                 "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None, "axis_order": self.axis_order,
                 "normalization": self.normalization, "roi_size": list(self.roi_size), "overlap": self.overlap,
-                "activation": self.activation,
+                "activation": self.activation, "orientation": self.orientation,
                 "labels": [{"value": lab.value, "name": lab.name, "color": list(lab.color) if lab.color else None,
                             "terminology": lab.terminology} for lab in self.labels]}
 

@@ -5,6 +5,13 @@ archive extraction. Nothing is downloaded unless :func:`download_model` is calle
 Cache: ``$MEDAI_CACHE_DIR`` or ``~/.cache/medai/models``; a model lives in ``<cache>/<id>/`` (the
 extracted bundle) next to its archive. A partial download is kept as ``<file>.part`` and resumed
 with ``Range: bytes=<done>-`` (a server that ignores Range restarts it from zero).
+
+Checksums: every downloadable entry carries ``sha256`` (preferred) or, only where the publisher
+gives none (the MONAI model zoo publishes sha1 in its ``model_info.json``), ``sha1``; the schema
+refuses an entry with neither and :func:`download_model` refuses to download one. Whichever digests
+are present are all verified before the file is used. A bundle unpacked from such a verified
+download is recorded as trusted (:mod:`.bundle_trust`, origin ``catalogue``); imported local
+models are not.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from MedAICommonLib.downloads import ChecksumError, download, file_digest
+
+from .bundle_trust import ORIGIN_CATALOGUE, is_trusted, record_trust
 
 __all__ = ["ChecksumError", "cache_dir", "download", "download_model", "file_digest", "find_model",
            "import_local_model", "load_catalog", "safe_extract", "validate"]
@@ -132,25 +141,66 @@ def _single_root(folder: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
-def download_model(model_id: str, catalog: list[dict] | None = None, progress=None, cache=None) -> Path:
-    """Download (if not cached) and unpack a catalogue model; returns the bundle folder or model file."""
-    entry = find_model(model_id, catalog)
-    folder = Path(cache or cache_dir()) / entry["id"]
-    ready = folder / "model"
-    if ready.exists():
-        return _single_root(ready)
-    name = Path(entry["url"].split("?")[0]).name or "download"
-    archive = download(entry["url"], folder / name, sha256=entry.get("sha256"), sha1=entry.get("sha1"),
-                       size_bytes=entry.get("size_bytes"), progress=progress)
-    staging = folder / "model.tmp"
+def _verify_archive(entry: dict, archive: Path) -> None:
+    """Check every digest the entry gives (sha256 and sha1); deletes the file and raises on a mismatch."""
+    for algorithm in ("sha256", "sha1"):
+        if entry.get(algorithm) and file_digest(archive, algorithm) != entry[algorithm].lower():
+            archive.unlink(missing_ok=True)
+            raise ChecksumError(f"{archive.name} of {entry['id']} failed the {algorithm} check; it was deleted, "
+                                "download it again.")
+
+
+def _trust_if_bundle(entry: dict, model: Path) -> None:
+    from .bundle import is_bundle
+
+    if is_bundle(model):
+        record_trust(model, origin=ORIGIN_CATALOGUE, source=f"{entry['id']} {entry['url']}")
+
+
+def _unpack(entry: dict, archive: Path, folder: Path, name: str) -> Path:
+    ready, staging = folder / "model", folder / "model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     if entry.get("archive", "zip") == "none":
         staging.mkdir(parents=True)
         shutil.copy2(archive, staging / name)
     else:
         safe_extract(archive, staging)
+    shutil.rmtree(ready, ignore_errors=True)
     os.replace(staging, ready)
     return _single_root(ready)
+
+
+def download_model(model_id: str, catalog: list[dict] | None = None, progress=None, cache=None) -> Path:
+    """Download (if not cached) and unpack a catalogue model; returns the bundle folder or model file.
+
+    The download is checked against the entry's sha256 (and sha1 when given; sha1 alone only where the
+    publisher gives no sha256) and size; an unpacked bundle is recorded as trusted. A cached bundle
+    that is no longer trusted (edited, or the trust store was reset) is unpacked again from its kept,
+    re-verified archive."""
+    entry = find_model(model_id, catalog)
+    if not (entry.get("sha256") or entry.get("sha1")):
+        raise ValueError(f"The catalogue entry {entry['id']!r} has no sha256 checksum; refusing an unchecked "
+                         "download. Add the file's sha256 to the catalogue.")
+    folder = Path(cache or cache_dir()) / entry["id"]
+    name = Path(entry["url"].split("?")[0]).name or "download"
+    archive = folder / name
+    ready = folder / "model"
+    if ready.exists():
+        model = _single_root(ready)
+        from .bundle import is_bundle
+
+        if not is_bundle(model) or is_trusted(model) or not archive.exists():
+            return model
+        _verify_archive(entry, archive)
+        model = _unpack(entry, archive, folder, name)
+        _trust_if_bundle(entry, model)
+        return model
+    archive = download(entry["url"], archive, sha256=entry.get("sha256"), sha1=entry.get("sha1"),
+                       size_bytes=entry.get("size_bytes"), progress=progress)
+    _verify_archive(entry, archive)
+    model = _unpack(entry, archive, folder, name)
+    _trust_if_bundle(entry, model)
+    return model
 
 
 def import_local_model(path, model_id: str | None = None, cache=None) -> Path:

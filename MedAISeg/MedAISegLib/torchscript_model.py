@@ -1,11 +1,17 @@
 """Run a segmentation network described by a :class:`~.model_card.ModelCard` on SimpleITK images.
 
-The pipeline: channels resampled onto the first image's grid (multi-channel inputs such as the
-four BraTS MR sequences) -> optional resampling to the card's spacing (same origin and direction)
+The pipeline: optional reorientation of the first image to the card's ``orientation`` (SimpleITK
+``DICOMOrient``: an exact permutation/flip of the voxel axes, e.g. "RAS" = i towards Right) ->
+channels resampled onto that grid (multi-channel inputs such as the four BraTS MR sequences) ->
+optional resampling to the card's spacing (same origin and direction)
 -> per-channel normalisation -> :func:`~.sliding_window.sliding_window_inference` -> labels
 (and optional probabilities/entropy) resampled back onto the first image's exact grid (nearest
-neighbour for labels, linear for probabilities). Images are LPS (SimpleITK); the returned geometry
-is RAS.
+neighbour for labels, linear for probabilities; a pure reorientation maps back voxel for voxel).
+Images are LPS (SimpleITK); the returned geometry is RAS.
+
+TorchScript models with a card run no configuration code: they need no trust (unlike MONAI
+bundles, see :mod:`.bundle_trust`); the archive is still loaded with clear errors for truncated
+files (:mod:`.model_checks`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from MedAICommonLib.geometry import Geometry
 
 from .memory_guard import choose_setting, free_memory
 from .model_card import LabelInfo, ModelCard, find_card, normalize_array
+from .model_checks import explain_channel_error, load_torchscript_file
 from .sliding_window import sliding_window_inference
 
 
@@ -39,11 +46,9 @@ class InferenceResult:
 
 
 def load_torchscript(path, device="cpu"):
-    """Load a TorchScript model file (``.ts``/``.pt`` saved by ``torch.jit.save``)."""
-    try:
-        return torch.jit.load(str(path), map_location=torch.device(device))
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"{path} is not a TorchScript model ({error}); export it with torch.jit.save.") from error
+    """Load a TorchScript model file (``.ts``/``.pt`` saved by ``torch.jit.save``); ValueError when it is
+    truncated/corrupt (re-download or re-export) or not TorchScript."""
+    return load_torchscript_file(path, device)
 
 
 def load_torchscript_with_card(path, device="cpu") -> tuple[object, ModelCard]:
@@ -65,27 +70,44 @@ def prepare_channels(images: list[sitk.Image], card: ModelCard) -> tuple[np.ndar
         names = ", ".join(str(item.get("name", "?")) for item in card.inputs)
         raise ValueError(f"The model takes {card.channels} input volume(s) ({names}), got {len(images)}.")
     reference = images[0]
-    work = reference
-    if card.spacing_mm is not None and not np.allclose(reference.GetSpacing(), card.spacing_mm, rtol=1e-4):
+    oriented = sitk.DICOMOrient(reference, card.orientation) if card.orientation else reference
+    work = oriented
+    if card.spacing_mm is not None and not np.allclose(oriented.GetSpacing(), card.spacing_mm, rtol=1e-4):
         size = [max(1, int(round(n * s0 / s))) for n, s0, s in
-                zip(reference.GetSize(), reference.GetSpacing(), card.spacing_mm)]
+                zip(oriented.GetSize(), oriented.GetSpacing(), card.spacing_mm)]
         work = sitk.Image(size, sitk.sitkFloat32)
-        work.SetOrigin(reference.GetOrigin())
-        work.SetDirection(reference.GetDirection())
+        work.SetOrigin(oriented.GetOrigin())
+        work.SetDirection(oriented.GetDirection())
         work.SetSpacing(tuple(float(s) for s in card.spacing_mm))
     channels = []
     for image in images:
-        resampled = _resample(image, work, sitk.sitkLinear)
+        if work is oriented and _same_grid(image, reference):  # exact: a permutation of the voxels
+            resampled = sitk.Cast(sitk.DICOMOrient(image, card.orientation) if card.orientation else image,
+                                  sitk.sitkFloat32)
+        else:
+            resampled = _resample(image, work, sitk.sitkLinear)
         array = normalize_array(sitk.GetArrayFromImage(resampled), card.normalization)
         channels.append(array.transpose(2, 1, 0) if card.axis_order == "ijk" else array)
     return np.stack(channels), work
 
 
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
+            and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
+
+
+def probabilities_by_label(probabilities: np.ndarray, activation: str) -> np.ndarray:
+    """Probabilities indexed by label value: sigmoid outputs (channel c = label c + 1) get a background
+    channel ``1 - max`` in front; softmax/none outputs already have background as channel 0."""
+    if activation != "sigmoid":
+        return probabilities
+    return np.concatenate([1.0 - probabilities.max(axis=0, keepdims=True), probabilities]).astype(np.float32)
+
+
 def restore_to_reference(array_kji: np.ndarray, work: sitk.Image, reference: sitk.Image, labels: bool) -> np.ndarray:
-    """Resample a working-grid KJI array onto the reference image's grid (no-op on the same grid)."""
-    same = (work.GetSize() == reference.GetSize() and np.allclose(work.GetSpacing(), reference.GetSpacing())
-            and np.allclose(work.GetOrigin(), reference.GetOrigin()))
-    if same:
+    """Resample a working-grid KJI array onto the reference image's grid (no-op on the same grid;
+    exact for a reoriented grid, whose voxel centres coincide with the reference's)."""
+    if _same_grid(work, reference):
         return array_kji
     image = sitk.GetImageFromArray(array_kji)
     image.CopyInformation(work)
@@ -107,11 +129,18 @@ def run_model(network, card: ModelCard, images: list[sitk.Image], device="cpu", 
                              batch_size, parameters, amp and device.type == "cuda", card.activation_bytes_per_voxel)
     if not setting.fits:
         raise ValueError(f"Not enough memory for this model and volume. {setting.advice}")
-    result = sliding_window_inference(network, data, card.roi_size, overlap=card.overlap if overlap is None else overlap,
-                                      batch_size=setting.batch_size, device=device, amp=amp,
-                                      tta_flips=tta_flips, activation=card.activation,
-                                      return_probabilities=return_probabilities, return_entropy=return_entropy,
-                                      cpu_stitching=setting.cpu_stitching, progress=progress)
+    try:
+        result = sliding_window_inference(network, data, card.roi_size,
+                                          overlap=card.overlap if overlap is None else overlap,
+                                          batch_size=setting.batch_size, device=device, amp=amp,
+                                          tta_flips=tta_flips, activation=card.activation,
+                                          return_probabilities=return_probabilities, return_entropy=return_entropy,
+                                          cpu_stitching=setting.cpu_stitching, progress=progress)
+    except RuntimeError as error:
+        explained = explain_channel_error(error, len(images), f"{card.name!r} (card: {card.channels} input(s))")
+        if explained is not None:
+            raise explained from error
+        raise
 
     def to_kji(a):
         return np.ascontiguousarray(a.transpose(2, 1, 0)) if card.axis_order == "ijk" else a
@@ -122,13 +151,14 @@ def run_model(network, card: ModelCard, images: list[sitk.Image], device="cpu", 
                           segments=list(card.labels))
     if result.probabilities is not None:
         out.probabilities = np.stack([restore_to_reference(to_kji(p), work, reference, labels=False)
-                                      for p in result.probabilities])
+                                      for p in probabilities_by_label(result.probabilities, card.activation)])
     if result.entropy is not None:
         out.entropy = restore_to_reference(to_kji(result.entropy), work, reference, labels=False)
     out.info = {"device": str(device), "batch_size": result.batch_size, "windows": result.windows,
                 "cpu_stitching": result.stitched_on_cpu, "working_shape_kji": list(data.shape[1:][::-1])
                 if card.axis_order == "ijk" else list(data.shape[1:]),
-                "resampled": work.GetSize() != reference.GetSize(),
+                "resampled": not _same_grid(work, sitk.DICOMOrient(reference, card.orientation)
+                                             if card.orientation else reference), "orientation": card.orientation,
                 "memory_estimate_bytes": {"device": setting.device_bytes, "host": setting.host_bytes},
                 "seconds": round(time.perf_counter() - start, 3)}
     return out

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_seg_inference import THRESHOLD, write_bundle
+from test_seg_inference import THRESHOLD, isolated_trust_store, write_bundle  # noqa: F401
 
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.phantoms import make_ct_phantom
@@ -61,6 +61,9 @@ def test_segment_with_bundle_from_the_command_line(shared_data, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
     out, report = tmp_path / "head.seg.nrrd", tmp_path / "r.json"
     assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu",
+                 "--report", str(report)]) == 1  # an untrusted bundle is refused
+    assert not out.exists()
+    assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu", "--trust-bundle",
                  "--report", str(report)]) == 0
     data = read_report(report)
     assert data["metrics"]["segments"] == ["bright tissue"]

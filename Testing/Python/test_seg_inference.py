@@ -15,12 +15,27 @@ from monai.inferers import sliding_window_inference as monai_sliding_window
 
 from MedAICommonLib.geometry import Geometry
 from MedAISegLib.bundle import is_bundle, run_bundle
+from MedAISegLib.bundle_trust import record_trust
 from MedAISegLib.memory_guard import choose_setting, estimate_memory
 from MedAISegLib.model_card import ModelCard, find_card
 from MedAISegLib.sliding_window import sliding_window_inference, window_starts
 from MedAISegLib.torchscript_model import load_torchscript_with_card, run_model
 
 THRESHOLD = 10000.5  # anatomical.nii intensity units (int16 values, so no ties)
+
+
+@pytest.fixture(autouse=True)
+def isolated_trust_store(tmp_path, monkeypatch):
+    """Bundle trust is recorded in a per-test store, never in the user's."""
+    store = tmp_path / "trust" / "trusted_bundles.json"
+    monkeypatch.setenv("MEDAI_TRUST_STORE", str(store))
+    return store
+
+
+def trusted(bundle):
+    """Record the test's own bundle as trusted (what the user's confirmation does) and return it."""
+    record_trust(bundle)
+    return bundle
 
 
 def threshold_net(threshold=THRESHOLD, gain=0.01):
@@ -168,7 +183,7 @@ def write_bundle(folder, spacing=None, weights="pt"):
 
 @pytest.mark.parametrize("weights", ["pt", "ts"])
 def test_monai_bundle_runs_unchanged_and_lands_on_input_voxels(head, tmp_path, weights):
-    bundle = write_bundle(tmp_path / "bundle", weights=weights)
+    bundle = trusted(write_bundle(tmp_path / "bundle", weights=weights))
     assert is_bundle(bundle)
     result = run_bundle(bundle, [head])
     expected = sitk.GetArrayFromImage(head) > THRESHOLD
@@ -178,7 +193,7 @@ def test_monai_bundle_runs_unchanged_and_lands_on_input_voxels(head, tmp_path, w
 
 
 def test_monai_bundle_with_resampling_maps_back(head, tmp_path):
-    bundle = write_bundle(tmp_path / "bundle", spacing=[3.0, 3.0, 3.0])
+    bundle = trusted(write_bundle(tmp_path / "bundle", spacing=[3.0, 3.0, 3.0]))
     expected = sitk.GetArrayFromImage(head) > THRESHOLD
     results = {}
     for inferer in ("bundle", "medai"):
@@ -222,6 +237,7 @@ def test_two_channel_bundle(head, tmp_path):
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     config["network_def"]["in_channels"] = 2
     (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    trusted(bundle)
     net = torch.nn.Conv3d(2, 2, 1)
     with torch.no_grad():
         net.weight.zero_()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_seg_inference import THRESHOLD, threshold_net, write_bundle  # noqa: I001
+from test_seg_inference import THRESHOLD, isolated_trust_store, threshold_net, write_bundle  # noqa: F401, I001
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
@@ -69,7 +69,7 @@ def test_torchscript_model_labels_land_on_the_right_ras_voxels(scene, head_node,
 
 def test_bundle_labels_land_on_the_right_ras_voxels(scene, head_node, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
-    seg = MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu")
+    seg = MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu", trust_bundle=True)
     assert same_points(labelled_points_ras(seg, "bright tissue"), bright_points_ras(head_node))
 
 

@@ -1,0 +1,96 @@
+"""Model files are untrusted data: load them safely and turn low-level failures into clear errors.
+
+- :func:`load_state_dict_file`: ``torch.load(weights_only=True)``; a pickle that would run code is
+  refused, a truncated/corrupt file says so and asks to re-download or re-export.
+- :func:`load_torchscript_file`: the same for TorchScript archives.
+- :func:`explain_channel_error`: a network's "expected input ... to have N channels, but got M"
+  ``RuntimeError`` becomes a ``ValueError`` naming expected vs given channels.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+_CORRUPT = ("central directory", "zip archive", "unexpected eof", "ran out of input", "corrupt", "truncated",
+            "invalid header", "failed finding", "file not found in archive", "pytorchstreamreader")
+_CHANNELS = re.compile(r"expected input\[([^\]]*)\] to have (\d+) channels, but got (\d+) channels")
+
+
+def _corrupt_error(path: Path, error: BaseException) -> ValueError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"The model weights {path} are truncated or corrupt ({first[:160]}); "
+                      "re-download or re-export the model.")
+
+
+def _looks_corrupt(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, (EOFError, zipfile.BadZipFile)) or any(word in text for word in _CORRUPT)
+
+
+def load_state_dict_file(path) -> dict:
+    """State dict from ``path`` (``torch.load(weights_only=True)``; a ``{"model": {...}}`` checkpoint is
+    unwrapped). ``ValueError`` when the file would run code, is truncated/corrupt, or holds no weights."""
+    path = Path(path)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
+            raise ValueError(f"Refused to load {path}: it is not plain weights (torch.load weights_only=True "
+                             f"refused it: {str(error).splitlines()[0][:200]}). Only use model files from a "
+                             "source you trust; re-download or re-export the model.") from error
+        raise _corrupt_error(path, error) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        if isinstance(error, OSError) or _looks_corrupt(error):
+            raise _corrupt_error(path, error) from error
+        raise
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no network weights (a state dict of tensors); re-export the model "
+                         "with torch.save(network.state_dict(), ...).")
+    return state
+
+
+def load_torchscript_file(path, device="cpu"):
+    """``torch.jit.load`` with a clear ``ValueError`` for truncated/corrupt or non-TorchScript files."""
+    path = Path(path)
+    try:
+        return torch.jit.load(str(path), map_location=torch.device(device))
+    except (RuntimeError, ValueError, EOFError, OSError) as error:
+        if isinstance(error, OSError) or _looks_corrupt(error):
+            raise _corrupt_error(path, error) from error
+        raise ValueError(f"{path} is not a TorchScript model ({str(error).splitlines()[0][:160]}); export it "
+                         "with torch.jit.save, or re-download the model.") from error
+
+
+def load_weights_into(network, state: dict, path) -> None:
+    """``network.load_state_dict(state)`` with a ``ValueError`` naming ``path`` when they do not fit."""
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"The weights {path} do not fit the bundle's network_def "
+                         f"({str(error).splitlines()[0][:200]}); re-download or re-export the model.") from error
+
+
+def first_layer_channels(network) -> int | None:
+    """Input channels of the first convolution (first 5-D weight), or None when there is none."""
+    for parameter in network.parameters() if hasattr(network, "parameters") else []:
+        if parameter.ndim == 5:
+            return int(parameter.shape[1])
+    return None
+
+
+def explain_channel_error(error: BaseException, given: int, model: str) -> ValueError | None:
+    """A ``ValueError`` for a network/input channel mismatch, or None when ``error`` is something else."""
+    match = _CHANNELS.search(str(error))
+    if match is None:
+        return None
+    expected = int(match.group(2))
+    return ValueError(f"The model {model} expects {expected} input channel(s) but was given {given} "
+                      f"(the network got {match.group(3)}); select {expected} input volume(s), or fix the model "
+                      "card's 'inputs' / the bundle's network_def so they match the network.")
