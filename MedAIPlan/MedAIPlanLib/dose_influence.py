@@ -122,6 +122,76 @@ def _sample_tail(ray_i, rad_depth, dose, tail, generator, delta_mm: float = 5.0)
     return keep, new[keep]
 
 
+def _bixel_rotations(ray_pos: np.ndarray, sad: float) -> np.ndarray:
+    """(B, 3, 3) rotations about the source turning each bixel's ray into the beam axis (calcGeoDists)."""
+    b = np.column_stack([ray_pos[:, 0], np.full(len(ray_pos), float(sad)), ray_pos[:, 1]])
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    w = np.cross(np.array([0.0, 1.0, 0.0]), b)
+    c = b[:, 1]
+    s2 = (w * w).sum(axis=1)
+    factor = np.where(s2 > 1e-20, (1 - c) / np.maximum(s2, 1e-20), 0.0)
+    cross = np.zeros((len(b), 3, 3))
+    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+    cross[:, 1, 0], cross[:, 2, 0], cross[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
+    return np.eye(3)[None] - cross + factor[:, None, None] * (cross @ cross)
+
+
+def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, sampling, core_r, rel_threshold,
+                        seed):
+    """One beam's dij columns on the CPU (numba): returns (counts per bixel, rows, values)."""
+    from .dose_kernels import column_upper_bounds, compact_columns, pencil_beam_columns
+
+    rp = np.asarray(beam.ray_pos, float)
+    cw = float(beam.bixel_width)
+    u0, v0 = float(u.min()), float(v.min())
+    cu = np.floor((u - u0) / cw).astype(np.int64)
+    cv = np.floor((v - v0) / cw).astype(np.int64)
+    ncu, ncv = int(cu.max()) + 1, int(cv.max()) + 1
+    cell = cv * ncu + cu
+    order = np.argsort(cell, kind="stable")
+    cell_start = np.zeros(ncu * ncv + 1, np.int64)
+    np.cumsum(np.bincount(cell, minlength=ncu * ncv), out=cell_start[1:])
+    half = cutoff * 1.05 + 1.0
+    lo_u = np.floor((rp[:, 0] - half - u0) / cw).astype(np.int64)
+    hi_u = np.floor((rp[:, 0] + half - u0) / cw).astype(np.int64)
+    lo_v = np.floor((rp[:, 1] - half - v0) / cw).astype(np.int64)
+    hi_v = np.floor((rp[:, 1] + half - v0) / cw).astype(np.int64)
+    bounds = column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v)
+    offsets = np.zeros(len(rp) + 1, np.int64)
+    np.cumsum(bounds, out=offsets[1:])
+    slot_rows = np.empty(int(offsets[-1]), np.int64)
+    slot_vals = np.empty(int(offsets[-1]), np.float32)
+    counts = np.zeros(len(rp), np.int64)
+    kern = np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32)
+    pencil_beam_columns(np.ascontiguousarray(q[order], dtype=np.float64),
+                        np.ascontiguousarray(comp[order], dtype=np.float32),
+                        np.ascontiguousarray(rad[order], dtype=np.float64),
+                        np.ascontiguousarray(rows[order], dtype=np.int64), cell_start, ncu, ncv, u0, v0, cw,
+                        half ** 2, rp, lo_u, hi_u, lo_v, hi_v,
+                        _bixel_rotations(rp, beam.sad), float(beam.sad), float(cutoff) ** 2, kern,
+                        float(kernels.start_mm), float(kernels.res_mm), offsets, bool(sampling), float(core_r) ** 2,
+                        5.0, float(rel_threshold), int(seed), slot_rows, slot_vals, counts)
+    out_rows = np.empty(int(counts.sum()), np.int64)
+    out_vals = np.empty(int(counts.sum()), np.float32)
+    compact_columns(offsets, counts, slot_rows, slot_vals, out_rows, out_vals)
+    return counts, out_rows, out_vals
+
+
+def _depth_components_np(machine: PhotonMachine, rad: np.ndarray, geo: np.ndarray, sad: float) -> np.ndarray:
+    """numpy twin of :func:`pencil_beam.depth_components` (N, 3) float32."""
+    betas = np.asarray(machine.betas, float)
+    e_m = np.exp(-machine.m * rad)[:, None]
+    comp = betas / (betas - machine.m) * (e_m - np.exp(-betas[None, :] * rad[:, None]))
+    return (comp * ((sad / geo) ** 2)[:, None]).astype(np.float32)
+
+
+def default_kernel_cutoff(machine: PhotonMachine, lateral_cutoff_mm: float, bixel_width: float) -> float:
+    """Kernel extent (mm) that leaves the convolved kernel exact within the lateral cut-off: the cut-off
+    plus the bixel's half diagonal twice over plus the penumbra's 5 sigma and a 2 mm margin."""
+    sigma = machine.penumbra_fwhm / np.sqrt(8 * np.log(2))
+    return float(lateral_cutoff_mm + 1.5 * bixel_width + 5 * sigma + 2.0)
+
+
 def _central_ray(beam: Beam) -> int:
     return int(np.argmin((beam.ray_pos ** 2).sum(axis=1)))
 
@@ -160,8 +230,12 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         raise ValueError("No voxels to compute dose in; check the body/structure masks.")
     pts_all = voxel_points_lps(dgeo, mask_d)
     dev = torch.device(device)
-    density_t = torch.as_tensor(np.asarray(density, dtype=np.float32), device=dev)
-    rows, cols, vals, beam_of_bixel, ssds = [], [], [], [], []
+    density_np = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
+    density_t = torch.as_tensor(density_np, device=dev) if dev.type != "cpu" else None
+    # fan rays and stored path samples: the CT spacing, but no finer than half the dose grid
+    fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
+    rows, col_counts, vals, beam_of_bixel, ssds = [], [], [], [], []
+    kernel_cache = {}
     col0 = 0
     t_trace = t_pb = 0.0
     for b, beam in enumerate(beams):
@@ -178,13 +252,34 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         near = _near_rays(u, v, rp, beam.bixel_width, cutoff)
         cand = np.flatnonzero(near)
         t1 = time.perf_counter()
-        rad = radiological_depth(density_t, ct, source, rot, sad, pts_all[cand], device=dev)
+        rad = radiological_depth(density_np if dev.type == "cpu" else density_t, ct, source, rot, sad, pts_all[cand],
+                                 lateral_mm=fan_mm, store_mm=fan_mm / 2.0, device=dev)
         central = _central_ray(beam)
         ssd = ssd_along_ray(density, ct, source, beam.ray_targets_lps()[central], ssd_density_threshold)
         ssds.append(ssd)
-        kernels = convolve_kernels(machine, ssd, beam.bixel_width, kernel_cutoff=kernel_cutoff_mm, device=dev)
+        k_cut = kernel_cutoff_mm or default_kernel_cutoff(machine, lateral_cutoff_mm, beam.bixel_width)
+        key = (int(np.argmin(np.abs(machine.kernel_ssd - ssd))) if np.isfinite(ssd) else -1, beam.bixel_width, k_cut)
+        if key not in kernel_cache:
+            kernel_cache[key] = convolve_kernels(machine, ssd, beam.bixel_width, kernel_cutoff=k_cut, device=dev)
+        kernels = kernel_cache[key]
         t2 = time.perf_counter()
         t_trace += t2 - t1
+        if dev.type == "cpu":
+            qc = q_all[cand]
+            geo = np.linalg.norm(qc, axis=1)
+            comp = _depth_components_np(machine, rad, geo, sad)
+            counts, r_, v_ = _beam_columns_numba(qc, u[cand], v[cand], comp, rad, flat_idx[cand], beam, kernels,
+                                                 cutoff, dij_sampling, sampling_core_mm + beam.bixel_width / np.sqrt(2.0),
+                                                 rel_threshold, seed * 7919 + b)
+            col_counts.append(counts)
+            rows.append(r_)
+            vals.append(v_)
+            t_pb += time.perf_counter() - t2
+            beam_of_bixel.append(np.full(len(rp), b))
+            col0 += len(rp)
+            if progress is not None:
+                progress.update("dose influence", (b + 1) / len(beams))
+            continue
         q = torch.as_tensor(q_all[cand], dtype=torch.float32, device=dev)
         uu = torch.as_tensor(u[cand], dtype=torch.float32, device=dev)
         vv = torch.as_tensor(v[cand], dtype=torch.float32, device=dev)
@@ -212,18 +307,23 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
                 cmax = torch.zeros(len(r), dtype=dose.dtype, device=dev).scatter_reduce(0, ray_i, dose, "amax")
                 keep = dose >= rel_threshold * cmax[ray_i]
                 ray_i, vox_i, dose = ray_i[keep], vox_i[keep], dose[keep]
-            rows.append(flat_idx[cand[vox_i.cpu().numpy()]])
-            cols.append(col0 + a + ray_i.cpu().numpy())
-            vals.append(dose.cpu().numpy().astype(np.float32))
+            order = torch.argsort(ray_i, stable=True).cpu().numpy()
+            rows.append(flat_idx[cand[vox_i.cpu().numpy()[order]]])
+            col_counts.append(np.bincount(ray_i.cpu().numpy(), minlength=len(r)))
+            vals.append(dose.cpu().numpy().astype(np.float32)[order])
         t_pb += time.perf_counter() - t2
         beam_of_bixel.append(np.full(len(rp), b))
         col0 += len(rp)
         if progress is not None:
             progress.update("dose influence", (b + 1) / len(beams))
     n_vox = int(np.prod(dgeo.shape_kji))
+    indptr = np.zeros(col0 + 1, np.int64)
+    if col_counts:
+        np.cumsum(np.concatenate(col_counts), out=indptr[1:])
+    idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
     mat = sp.csc_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
-                         (np.concatenate(rows) if rows else np.zeros(0, int),
-                          np.concatenate(cols) if cols else np.zeros(0, int))), shape=(n_vox, col0), dtype=np.float32)
+                         (np.concatenate(rows) if rows else np.zeros(0, int)).astype(idx_dtype),
+                         indptr.astype(idx_dtype)), shape=(n_vox, col0))
     timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
     return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
                          ssds, timings)

@@ -35,28 +35,46 @@ def sample_volume(volume: torch.Tensor, geometry: Geometry, points_lps: torch.Te
     return out.reshape(-1)
 
 
-def _box_distance_range(geometry: Geometry, source: np.ndarray) -> tuple[float, float]:
+def _nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi) ijk index bounds (one voxel of slack) of the non-zero density, None when all zero."""
+    d = np.asarray(density)
+    bounds = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        nz = np.flatnonzero(d.any(axis=other))
+        if len(nz) == 0:
+            return None
+        bounds.append((nz[0] - 1, nz[-1] + 1))
+    (k0, k1), (j0, j1), (i0, i1) = bounds
+    return np.array([i0, j0, k0], float), np.array([i1, j1, k1], float)
+
+
+def _box_distance_range(geometry: Geometry, source: np.ndarray, box=None) -> tuple[float, float]:
+    """Nearest and farthest distance (mm) from ``source`` to the volume's box (or the ijk ``box`` (lo, hi))."""
     g = geometry.to_space("LPS")
     n = np.array(g.shape_kji[::-1], float)
-    corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)])
+    lo, hi = (np.full(3, -0.5), n - 0.5) if box is None else (np.maximum(box[0], -0.5), np.minimum(box[1], n - 0.5))
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
     pts = g.index_to_point(corners)
     ijk = g.point_to_index(source)
-    inside = np.all(ijk >= -0.5) and np.all(ijk <= n - 0.5)
+    inside = np.all(ijk >= lo) and np.all(ijk <= hi)
     d = np.linalg.norm(pts - source, axis=1)
     near = 0.0
     if not inside:  # distance from the source to the box (exact for an axis-aligned box in ijk)
-        clamped = np.clip(ijk, -0.5, n - 0.5)
+        clamped = np.clip(ijk, lo, hi)
         near = float(np.linalg.norm(g.index_to_point(clamped) - source))
     return near, float(d.max())
 
 
 def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, source_lps, rotation: np.ndarray,
                        sad: float, points_lps: np.ndarray, step_mm: float | None = None,
-                       lateral_mm: float | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+                       lateral_mm: float | None = None, device: str | torch.device = "cpu",
+                       store_mm: float | None = None) -> np.ndarray:
     """Radiological depth (mm water-equivalent) of LPS ``points_lps`` (N, 3) for a point source.
 
     ``rotation`` maps BEV to LPS (see :mod:`beams`); the beam axis is BEV +y, the fan grid lives on
-    the plane at ``sad`` from the source. Returns float64 (N,).
+    the plane at ``sad`` from the source. Returns float64 (N,). On the CPU a fused numba kernel
+    marches the fan and keeps the cumulative path every ``store_mm`` (default: the step) along s.
     """
     points = np.asarray(points_lps, float)
     if len(points) == 0:
@@ -70,12 +88,16 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     u = q[:, 0] * sad / q[:, 1]
     v = q[:, 2] * sad / q[:, 1]
     s = np.linalg.norm(q, axis=1)
-    s0, s_box = _box_distance_range(geometry, source)
+    box = _nonzero_box(density) if isinstance(density, np.ndarray) else None
+    s0, s_box = _box_distance_range(geometry, source, box)
     s1 = min(float(s.max()), s_box) + step
     u_axis = np.arange(u.min() - 2 * lat, u.max() + 2 * lat + lat / 2, lat)
     v_axis = np.arange(v.min() - 2 * lat, v.max() + 2 * lat + lat / 2, lat)
     s_axis = np.arange(max(s0 - step, 0.0), s1 + step, step)
     dev = torch.device(device)
+    if dev.type == "cpu":
+        return _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s, u_axis, v_axis,
+                                         s_axis, step, store_mm)
     dt = torch.float32
     vol = torch.as_tensor(np.asarray(density, dtype=np.float32), device=dev)
     ut = torch.as_tensor(u_axis, dtype=dt, device=dev)
@@ -105,6 +127,28 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     out = torch.nn.functional.grid_sample(cum[None, None], grid, mode="bilinear", padding_mode="border",
                                           align_corners=True)
     return out.reshape(-1).double().cpu().numpy()
+
+
+def _fan_directions(u_axis, v_axis, sad, rotation) -> np.ndarray:
+    vv, uu = np.meshgrid(v_axis, u_axis, indexing="ij")
+    d = np.stack([uu, np.full_like(uu, float(sad)), vv], axis=-1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.ascontiguousarray(d @ np.asarray(rotation, float).T)
+
+
+def _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s, u_axis, v_axis, s_axis, step,
+                              store_mm):
+    from .dose_kernels import interp_cum, trace_fan
+
+    g = geometry.to_space("LPS")
+    vol = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
+    affine = np.ascontiguousarray(g.physical_to_ijk()[:3], dtype=np.float64)
+    every = max(1, int(round(float(store_mm or step) / step)))
+    cum = trace_fan(vol, affine, np.asarray(source, float), _fan_directions(u_axis, v_axis, sad, rotation),
+                    float(s_axis[0]), float(step), len(s_axis) + every, every)
+    lat_u = u_axis[1] - u_axis[0] if len(u_axis) > 1 else 1.0
+    lat_v = v_axis[1] - v_axis[0] if len(v_axis) > 1 else 1.0
+    return interp_cum(cum, (u - u_axis[0]) / lat_u, (v - v_axis[0]) / lat_v, (s - s_axis[0]) / (step * every))
 
 
 def ssd_along_ray(density: np.ndarray, geometry: Geometry, source_lps, target_lps,
