@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import map_coordinates
 from vtk.util.numpy_support import vtk_to_numpy
 
 from MedAICommonLib import bridge
@@ -19,7 +20,7 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import dicom_rt, dicom_rt_export, dose_metrics, dvh, gamma, isodose
+from . import dicom_rt, dicom_rt_export, dose_metrics, dvh, gamma, isodose, plan_report
 from .dose_volume import mark_as_dose_volume
 
 PLANAR_CONTOUR = "Planar contour"
@@ -72,6 +73,19 @@ def _contours_from_polydata(poly) -> list[np.ndarray]:
         if len(ids) >= 3:
             contours.append(points[ids])
     return contours
+
+
+def _slice_indices(shape_kji, center_kji, view: str) -> np.ndarray:
+    """KJI indices (rows, cols, 3) of the axial (K fixed), coronal (J fixed) or sagittal (I fixed) plane."""
+    k, j, i = (np.arange(n) for n in shape_kji)
+    if view == "axial":
+        jj, ii = np.meshgrid(j, i, indexing="ij")
+        return np.stack([np.full_like(jj, center_kji[0]), jj, ii], axis=-1)
+    if view == "coronal":
+        kk, ii = np.meshgrid(k, i, indexing="ij")
+        return np.stack([kk, np.full_like(kk, center_kji[1]), ii], axis=-1)
+    kk, jj = np.meshgrid(k, j, indexing="ij")
+    return np.stack([kk, jj, np.full_like(kk, center_kji[2])], axis=-1)
 
 
 class PlanEvaluationLogic:
@@ -128,7 +142,8 @@ class PlanEvaluationLogic:
         plan_indices = {}
         if prescription_gy and target_segment:
             if target_segment not in samples:
-                raise ValueError(f"Target '{target_segment}' is not among the evaluated structures.")
+                raise ValueError(f"Target '{target_segment}' is not among the evaluated structures "
+                                 f"({', '.join(samples)}); give one of these names.")
             target = samples[target_segment]
             plan_indices["HI_ICRU83"] = dose_metrics.homogeneity_index(target)
             if body_segment and body_segment in samples:
@@ -173,6 +188,52 @@ class PlanEvaluationLogic:
         all_metrics = {name: m for name, m in metrics.items()}
         all_metrics.update({"plan": plan_indices} if plan_indices else {})
         return DvhResult(tables, metrics_table, chart, combined_table, all_metrics)
+
+    # --- plan report -----------------------------------------------------------------------
+    def write_report(self, path, dose_node, dvh_result: DvhResult, ct_node=None, title: str | None = None,
+                     isodose_levels_gy=(), info: dict | None = None) -> Path:
+        """Write the plan report for ``dose_node`` and a :meth:`compute_dvh` result: a multi-page PDF
+        (summary + metric table, axial/coronal/sagittal dose overlays through the dose maximum, DVH) when
+        ``path`` ends in .pdf, else a one-page PNG. ``ct_node`` (optional) is sampled on the dose grid."""
+        dose, geometry = bridge.array_from_volume(dose_node)
+        curves = {}
+        for name, table in dvh_result.tables.items():
+            cols = bridge.columns_from_table(table)
+            curves[name] = (np.asarray(cols["Dose (Gy)"]), np.asarray(cols["Volume (%)"]))
+        metrics = {n: m for n, m in dvh_result.metrics.items() if n != "plan"}
+        # Views in patient axes (Superior, Anterior, Right) through the dose maximum.
+        perm, flips = plan_report.sar_orientation(geometry.to_space("RAS").direction)
+        view = np.flip(np.transpose(dose, perm), flips)
+        spacing_kji = np.array(geometry.spacing)[::-1][perm]
+        center = np.unravel_index(int(np.argmax(view)), view.shape)
+        ct = None
+        if ct_node is not None:
+            ct_array, ct_geometry = bridge.array_from_volume(ct_node)
+            ct_geometry = ct_geometry.to_space(geometry.space)
+            ct = {}
+            for name in ("axial", "coronal", "sagittal"):  # CT (HU, -1000 outside) at the dose voxel centres
+                idx = _slice_indices(view.shape, center, name)  # (rows, cols, 3) in the view's KJI
+                orig = np.empty_like(idx)
+                for o in range(3):
+                    orig[..., perm[o]] = view.shape[o] - 1 - idx[..., o] if o in flips else idx[..., o]
+                points = geometry.index_to_point(orig.reshape(-1, 3)[:, ::-1].astype(float))
+                ijk = ct_geometry.point_to_index(points)
+                values = map_coordinates(np.asarray(ct_array, float), ijk[:, ::-1].T, order=1, mode="constant", cval=-1000.0)
+                ct[name] = values.reshape(idx.shape[:2])
+        title = title or f"{dose_node.GetName()} plan report"
+        path = Path(path)
+        self.progress.update("Plan report", 0.5)
+        if path.suffix.lower() == ".pdf":
+            out, _ = plan_report.write_plan_report_pdf(
+                path, view, spacing_kji[::-1], curves, metrics, ct=ct, center_kji=center, title=title,
+                isodose_levels_gy=tuple(isodose_levels_gy), plan_indices=dvh_result.metrics.get("plan"), info=info)
+        else:
+            out = plan_report.write_plan_report(
+                path, ct["axial"][::-1, ::-1] if ct else np.zeros_like(view[center[0]]), view[center[0]][::-1, ::-1],
+                curves, metrics,
+                title=title, isodose_levels_gy=tuple(isodose_levels_gy), plan_indices=dvh_result.metrics.get("plan"))
+        self.progress.update("Plan report", 1.0)
+        return out
 
     # --- gamma ---------------------------------------------------------------------------
     def gamma(self, reference_node, evaluated_node, dose_percent: float = 3.0, dta_mm: float = 3.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import SimpleITK as sitk
@@ -64,3 +65,41 @@ def test_medai_gamma_bad_input_one_line_error(tmp_path, capsys):
     code = main(["gamma", str(tmp_path / "missing.nrrd"), str(tmp_path / "missing2.nrrd")])
     assert code == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _write_phantom_plan(tmp_path):
+    """A 40x48x44 grid (2.5 x 2 x 3 mm): CT (water cylinder in air), a Gaussian dose, target + OAR labels."""
+    shape = (40, 48, 44)  # k, j, i
+    kk, jj, ii = np.indices(shape).astype(float)
+    spacing = (2.5, 2.0, 3.0)  # i, j, k (mm)
+    x, y, z = (ii - 22) * spacing[0], (jj - 24) * spacing[1], (kk - 20) * spacing[2]
+    ct = np.where(x ** 2 + y ** 2 < 45.0 ** 2, 0.0, -1000.0).astype(np.int16)
+    dose = (60.0 * np.exp(-(x ** 2 + (y - 5) ** 2 + z ** 2) / (2 * 18.0 ** 2))).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[x ** 2 + (y - 5) ** 2 + z ** 2 < 12.0 ** 2] = 1
+    labels[(x - 25) ** 2 + y ** 2 + z ** 2 < 8.0 ** 2] = 2
+    paths = {}
+    for name, array in (("ct", ct), ("dose", dose), ("labels", labels)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        image.SetOrigin((-55.0, -48.0, -60.0))
+        paths[name] = tmp_path / f"{name}.nrrd"
+        sitk.WriteImage(image, str(paths[name]))
+    return paths
+
+
+def test_medai_dvh_writes_pdf_and_png_plan_reports(tmp_path):
+    """``medai dvh ... --report-pdf F.pdf``: a 3-page PDF (summary, axial/coronal/sagittal overlays, DVH) and a PNG."""
+    paths = _write_phantom_plan(tmp_path)
+    pdf, png, report = tmp_path / "plan.pdf", tmp_path / "plan.png", tmp_path / "dvh.json"
+    code = main(["dvh", str(paths["dose"]), str(paths["labels"]), "--prescription", "50", "--target", "1",
+                 "--report-pdf", str(pdf), "--report-png", str(png), "--ct", str(paths["ct"]), "--report", str(report)])
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["outputs"]["report_pdf"] == str(pdf) and data["outputs"]["report_png"] == str(png)
+    raw = pdf.read_bytes()
+    assert raw.startswith(b"%PDF-") and raw.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", raw)) == 3
+    assert re.search(rb"/Count\s+3\b", raw)
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+    assert set(data["metrics"]["plan"]) >= {"HI_ICRU83", "CI_Paddick", "GI_Paddick"}
