@@ -22,7 +22,7 @@ _CHANNELS = re.compile(r"expected input\[([^\]]*)\] to have (\d+) channels, but 
 
 
 def _corrupt_error(path: Path, error: BaseException) -> ValueError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = str(error).strip().split(". ")[0] if str(error).strip() else type(error).__name__
     return ValueError(f"The model weights {path} are truncated or corrupt ({first[:160]}); "
                       "re-download or re-export the model.")
 
@@ -74,7 +74,7 @@ def load_weights_into(network, state: dict, path) -> None:
         network.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"The weights {path} do not fit the bundle's network_def "
-                         f"({str(error).splitlines()[0][:200]}); re-download or re-export the model.") from error
+                         f"({' '.join(str(error).split())[:240]}); re-download or re-export the model.") from error
 
 
 def first_layer_channels(network) -> int | None:
@@ -91,6 +91,6 @@ def explain_channel_error(error: BaseException, given: int, model: str) -> Value
     if match is None:
         return None
     expected = int(match.group(2))
-    return ValueError(f"The model {model} expects {expected} input channel(s) but was given {given} "
-                      f"(the network got {match.group(3)}); select {expected} input volume(s), or fix the model "
+    return ValueError(f"The model {model} expects {expected} input channel(s) but was given {given}; "
+                      f"select {expected} input volume(s), or fix the model "
                       "card's 'inputs' / the bundle's network_def so they match the network.")
