@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 _LN2 = float(np.log(2.0))
 MODES = ("voxelwise", "blockwise")
+BACKENDS = ("auto", "numba", "torch")
 
 
 def estimate_noise_sigma(array: np.ndarray) -> float:
@@ -246,7 +247,7 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, c
 def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int = 1, search_radius: int = 3,
                    sigma: float | None = None, device: str | torch.device = "cpu",
                    chunk_voxels: int = 2**22, progress=None, mode: str = "voxelwise",
-                   block_step: int | tuple[int, int, int] = 2) -> np.ndarray:
+                   block_step: int | tuple[int, int, int] = 2, backend: str = "auto") -> np.ndarray:
     """Denoise a 3D KJI array with non-local means; returns float32 of the same shape.
 
     ``h``: filter strength (intensity unit); default ``0.8 * sigma``. ``sigma``: noise standard
@@ -267,6 +268,8 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
         raise ValueError("patch_radius must be >= 0 and search_radius >= 1 (voxels)")
     if mode not in MODES:
         raise ValueError(f"Unknown NLM mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown NLM backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     steps = tuple(int(n) for n in np.broadcast_to(block_step, 3))
     if mode == "blockwise" and not all(1 <= n <= patch_radius + 1 for n in steps):
         raise ValueError(f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
@@ -284,7 +287,18 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     h2 = (h / scale) ** 2 * patch_voxels
     var2 = 2.0 * (sigma / scale) ** 2 * patch_voxels
     p, s = int(patch_radius), int(search_radius)
-    if mode == "blockwise":
+    if backend == "numba" and (device.type != "cpu" or mode != "blockwise"):
+        raise ValueError("The numba NLM backend runs the blockwise mode on the CPU only; use backend='torch' "
+                         f"(or 'auto') for mode={mode!r} on device {device}.")
+    if mode == "blockwise" and device.type == "cpu" and backend != "torch":
+        from . import nonlocal_means_numba
+
+        xp = _padded(x, p + s).numpy()
+        planes = max(torch.get_num_threads(), chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))
+        out = torch.from_numpy(nonlocal_means_numba.blockwise(
+            xp, x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, np.array(_half_offsets(s) + [
+                (-a, -b, -c) for a, b, c in _half_offsets(s)]), planes, torch.get_num_threads(), progress))
+    elif mode == "blockwise":
         out = _blockwise(x, h2, var2, p, s, steps, chunk_voxels, progress)
     else:
         out = _voxelwise(x, h2, var2, p, s, chunk_voxels, progress)

@@ -1,0 +1,224 @@
+"""Fused CPU kernels (numba) for the blockwise non-local means of :mod:`.nonlocal_means`.
+
+Same definition as the torch code there (Coupe et al. 2008 blockwise NLM, BM3D-style aggregation of
+the overlapping blocks, centre weight = the block's largest weight, weights ``2**clamp(e, -100, 0)``),
+computed without full-size temporaries: one task per centre plane (the plane of block centres
+``k = kk * step_k``) keeps everything it touches in the L1/L2 cache and loops over the search offsets;
+per offset it forms the squared differences of the block's planes, box-sums them at the block centres,
+takes the weights (a vectorised ``exp2``) and spreads ``weight * x(v + d)`` over the block's voxels.
+Tasks whose blocks do not overlap along k (centre planes more than ``2 p`` apart: one "colour") run in
+parallel (``prange``) and never write the same voxel, so results do not depend on the thread count.
+
+Arrays are KJI float32; ``xp`` is the input padded by ``p + s`` voxels on every side.
+Compiled once per machine (``cache=True``: the first call of a session that finds no cache compiles
+for a few seconds; later sessions load the cached machine code).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+_F32 = np.float32
+# 2**f = exp(f ln 2) for f in [-0.5, 0.5]: Taylor terms (ln 2)^n / n! up to n = 6 (relative error < 2e-7).
+_C1, _C2, _C3 = _F32(0.6931471805599453), _F32(0.2402265069591007), _F32(0.05550410866482158)
+_C4, _C5, _C6 = _F32(0.009618129107628477), _F32(0.0013333558146428443), _F32(0.00015403530393381606)
+_ONE, _HALF, _TINY = _F32(1.0), _F32(0.5), _F32(1e-12)
+_LOWEST = _F32(-100.0)
+_ZERO = _F32(0.0)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as float32 (builds ``2**n`` from its exponent bits)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, context.get_value_type(types.int32))
+        return builder.bitcast(value, context.get_value_type(types.float32))
+
+    return types.float32(bits), codegen
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _exp2(e):
+    """``2**e`` for float32 ``e`` in [-100, 0] (callers clamp): exponent bits times a polynomial."""
+    n = np.floor(e + _HALF)
+    f = e - n
+    poly = _ONE + f * (_C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6)))))
+    return poly * _float32_from_bits((np.int64(n) + 127) << 23)
+
+
+@njit(cache=True, fastmath=True)
+def exp2_array(e):
+    """``2**e`` elementwise for a float32 array with values in [-100, 0] (exposed for tests)."""
+    out = np.empty_like(e)
+    for i in range(e.size):
+        out.flat[i] = _exp2(e.flat[i])
+    return out
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _spread_i(T, wpad, ni, nic, p, si, R):
+    """``T[jc, i] = sum of w[jc, ic]`` over the centres ``ic * si`` within ``p`` of ``i``, where
+    ``w[jc, ic] = wpad[jc, R + ic]`` and ``wpad`` has a zero margin of ``R`` (no bound tests).
+    Residue-wise: voxel ``i = m * si + q`` gets the centres ``m + t`` with ``|t si - q| <= p``."""
+    for jc in range(T.shape[0]):
+        out, w = T[jc], wpad[jc]
+        for q in range(si):
+            lo, hi = -((p - q) // si), (q + p) // si
+            count = (ni - q + si - 1) // si
+            first = lo + R
+            if hi == lo:
+                for m in range(count):
+                    out[q + m * si] = w[m + first]
+            elif hi == lo + 1:
+                for m in range(count):
+                    out[q + m * si] = w[m + first] + w[m + first + 1]
+            else:
+                for m in range(count):
+                    acc = w[m + first]
+                    for t in range(1, hi - lo + 1):
+                        acc += w[m + first + t]
+                    out[q + m * si] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
+    """Accumulate the blockwise NLM numerator ``vs`` and denominator ``ws`` (both (nk, nj, ni) float32,
+    updated in place) of the blocks centred on the centre planes ``centre_planes`` (indices kk of
+    k = kk * sk; planes whose blocks overlap must not be in the same call).
+
+    ``xp``: input padded by ``p + s``; ``offsets``: (M, 3) int64 search offsets (without 0);
+    ``inv = 1 / (h2 ln 2)`` and ``var2`` (box-sum units, float32): weight ``2**clamp((var2 - dist) * inv)``.
+    """
+    nk, nj, ni = vs.shape
+    pad = p + s
+    njc = (nj + sj - 1) // sj
+    nic = (ni + si - 1) // si
+    gj, gi = nj + 2 * p, ni + 2 * p  # squared-difference grid: j' = j + p, i' = i + p
+    R = p // si + 1  # reach of a block along i, in centres
+    for t in prange(centre_planes.shape[0]):
+        kc = centre_planes[t] * sk
+        k0, k1 = max(kc - p, 0), min(kc + p + 1, nk)
+        D = np.empty((gj, gi), np.float32)
+        E = np.empty(gi, np.float32)
+        F = np.empty(ni, np.float32)
+        dist = np.empty((njc, nic), np.float32)
+        wpad = np.zeros((njc, nic + 2 * R), np.float32)  # weights at the centres, zero margin R along i
+        T = np.empty((njc, ni), np.float32)
+        wrow = np.empty(ni, np.float32)
+        wsub = np.zeros((njc, nic), np.float32)
+        wmax = np.zeros((njc, nic), np.float32)
+        for o in range(offsets.shape[0]):
+            a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
+            # D[j', i'] = sum over the block's planes of (x(u + d) - x(u))^2, u = (k, j' - p, i' - p)
+            for jj in range(gj):
+                for ii in range(gi):
+                    D[jj, ii] = _ZERO
+            for b0 in range(-p, p + 1):
+                z = kc + b0 + pad
+                for jj in range(gj):
+                    moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
+                    for ii in range(gi):
+                        diff = moved[ii] - here[ii]
+                        row[ii] += diff * diff
+            # Box sums along j at the centre rows, then along i at the centre columns.
+            for jc in range(njc):
+                j0 = jc * sj
+                for ii in range(gi):
+                    E[ii] = D[j0, ii]
+                for q in range(1, 2 * p + 1):
+                    row = D[j0 + q]
+                    for ii in range(gi):
+                        E[ii] += row[ii]
+                drow = dist[jc]
+                for ic in range(nic):
+                    drow[ic] = E[ic * si]
+                for q in range(1, 2 * p + 1):
+                    for ic in range(nic):
+                        drow[ic] += E[ic * si + q]
+            # Weights at the centres (one contiguous, vectorised loop), kept with a zero margin along i.
+            for jc in range(njc):
+                drow, wrow_c, srow, mrow = dist[jc], wpad[jc, R:R + nic], wsub[jc], wmax[jc]
+                for ic in range(nic):
+                    w = _exp2(min(max((var2 - drow[ic]) * inv, _LOWEST), _ZERO))
+                    wrow_c[ic] = w
+                    srow[ic] += w
+                    mrow[ic] = max(mrow[ic], w)
+            _spread_i(T, wpad, ni, nic, p, si, R)
+            # value_sum(v) += (sum of the weights of the blocks containing v) * x(v + d)
+            for j in range(nj):
+                lo, hi = max(0, (j - p + sj - 1) // sj), min(njc - 1, (j + p) // sj)
+                for i in range(ni):
+                    wrow[i] = T[lo, i]
+                for jc in range(lo + 1, hi + 1):
+                    for i in range(ni):
+                        wrow[i] += T[jc, i]
+                for k in range(k0, k1):
+                    target, values = vs[k, j], xp[k + a + pad, j + b + pad, c + pad:]
+                    for i in range(ni):
+                        target[i] += wrow[i] * values[i]
+        # Centre weight (the block's largest weight) and the normalisation, spread over the blocks.
+        Tw = np.empty((njc, ni), np.float32)
+        for jc in range(njc):
+            for ic in range(nic):
+                centre = max(wmax[jc, ic], _TINY)
+                wpad[jc, R + ic] = centre
+                wsub[jc, ic] += centre
+        _spread_i(T, wpad, ni, nic, p, si, R)
+        for jc in range(njc):
+            for ic in range(nic):
+                wpad[jc, R + ic] = wsub[jc, ic]
+        _spread_i(Tw, wpad, ni, nic, p, si, R)
+        for j in range(nj):
+            lo, hi = max(0, (j - p + sj - 1) // sj), min(njc - 1, (j + p) // sj)
+            for i in range(ni):
+                wrow[i] = T[lo, i]
+                F[i] = Tw[lo, i]
+            for jc in range(lo + 1, hi + 1):
+                for i in range(ni):
+                    wrow[i] += T[jc, i]
+                    F[i] += Tw[jc, i]
+            for k in range(k0, k1):
+                target, weights, values = vs[k, j], ws[k, j], xp[k + pad, j + pad, pad:]
+                for i in range(ni):
+                    target[i] += wrow[i] * values[i]
+                    weights[i] += F[i]
+
+
+def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: float, offsets: np.ndarray,
+              planes_per_call: int, threads: int, progress=None) -> np.ndarray:
+    """Blockwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + s``, float32) is ``xp``.
+
+    Runs the centre planes in groups of mutually non-overlapping blocks (``planes_per_call`` per call,
+    ``threads`` numba threads), calling ``progress(fraction)`` between calls (it may raise to cancel).
+    Returns the float32 estimate (numerator / denominator).
+    """
+    sk, sj, si = (int(n) for n in steps)
+    nk = int(shape[0])
+    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    vs = np.zeros(tuple(int(n) for n in shape), np.float32)
+    ws = np.zeros_like(vs)
+    centres = np.arange((nk + sk - 1) // sk, dtype=np.int64)
+    colours = 2 * p // sk + 1  # centre planes this many apart have disjoint blocks along k
+    calls = []
+    for colour in range(colours):
+        group = centres[colour::colours]
+        calls += [np.ascontiguousarray(group[i:i + planes_per_call]) for i in range(0, len(group), planes_per_call)]
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        for done, group in enumerate(calls, start=1):
+            blockwise_planes(xp, vs, ws, group, offsets, p, s, sk, sj, si, _F32(inv), _F32(var2))
+            if progress is not None:
+                progress(done / len(calls))
+    finally:
+        numba.set_num_threads(previous)
+    return vs / ws
