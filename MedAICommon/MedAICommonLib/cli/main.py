@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import importlib.util
 import sys
 import traceback
 
 from ..progress import CancelledError, Progress
+from .progress_bar import json_progress, set_json_mode
 from ..report import Report
 
 # Modules that contribute subcommands, in the order they appear in ``medai --help``.
@@ -48,11 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _json_progress(stage: str, fraction: float) -> None:
-    """Progress as one JSON line on stdout, read by :class:`MedAICommonLib.worker.Worker`."""
-    print(json.dumps({"progress": {"stage": stage, "fraction": round(fraction, 4)}}), flush=True)
-
-
 def main(argv=None) -> int:
     """Run ``medai`` with ``argv``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -62,7 +57,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     report = Report(command=args.command)
-    args.progress = Progress(_json_progress if getattr(args, "progress_json", False) else None)
+    json_mode = bool(getattr(args, "progress_json", False))
+    set_json_mode(json_mode)
+    args.progress = Progress(json_progress if json_mode else None)
     try:
         code = args.func(args, report)
     except (KeyboardInterrupt, CancelledError):

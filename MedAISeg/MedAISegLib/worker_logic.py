@@ -1,0 +1,57 @@
+"""MedAISeg's heavy runs as worker jobs (:mod:`MedAICommonLib.scene_job`), for the panel.
+
+AI inference and training run in a separate process, exchanging files with the scene, so that a
+crash, an out-of-memory kill or a Cancel cannot take the user's unsaved scene with them. Each builder
+returns a :class:`~MedAICommonLib.scene_job.SceneJob`; the panel starts it and polls it from a timer.
+"""
+
+from __future__ import annotations
+
+from MedAICommonLib.scene_job import JobOutput, SceneJob
+
+
+def segment_with_model_job(scene, input_nodes: list, model_path: str, device: str = "auto", flip_tta: bool = False,
+                           output_node=None, trust_bundle: bool = False) -> SceneJob:
+    """``medai segment`` with a model on one or more input channels; the output is a segmentation node.
+
+    ``trust_bundle`` passes ``--trust-bundle``: only after the user confirmed a bundle from outside
+    the catalogue (its configs can run Python code).
+    """
+    if not input_nodes or input_nodes[0] is None:
+        raise ValueError("Select the input volume to segment.")
+    if not model_path:
+        raise ValueError("Choose a model (a MONAI bundle folder or a TorchScript file with its card).")
+    inputs = {f"channel{i}": node for i, node in enumerate(input_nodes)}
+    args = ["segment", "{in:channel0}", "{out:segmentation}", "--model", str(model_path), "--device", device]
+    for key in list(inputs)[1:]:
+        args += ["--extra-input", f"{{in:{key}}}"]
+    if flip_tta:
+        args.append("--tta")
+    if trust_bundle:
+        args.append("--trust-bundle")
+    name = f"{input_nodes[0].GetName()} segmentation"
+    return SceneJob(scene, args, inputs,
+                    [JobOutput("segmentation", "segmentation.seg.nrrd", name, "segmentation", node=output_node)])
+
+
+def train_job(scene, volume_nodes: list, label_nodes: list, bundle_folder: str, network: str = "segresnet",
+              epochs: int = 50, spacing_mm: float = 1.5, device: str = "auto", init_bundle: str | None = None) -> SceneJob:
+    """``medai train`` on labelled cases from the scene; the worker writes the bundle to ``bundle_folder``."""
+    if not volume_nodes or len(volume_nodes) != len(label_nodes) or None in volume_nodes or None in label_nodes:
+        raise ValueError("Training needs one label segmentation per input volume; select both.")
+    if not bundle_folder:
+        raise ValueError("Choose the folder the trained model (bundle) is written to.")
+    inputs = {}
+    args = ["train", "--images"]
+    for i, node in enumerate(volume_nodes):
+        inputs[f"image{i}"] = node
+        args.append(f"{{in:image{i}}}")
+    args.append("--labels")
+    for i, node in enumerate(label_nodes):
+        inputs[f"label{i}"] = node
+        args.append(f"{{in:label{i}}}")
+    args += ["--output", str(bundle_folder), "--epochs", str(int(epochs)), "--network", network,
+             "--spacing", *(str(float(spacing_mm)),) * 3, "--device", device]
+    if init_bundle:
+        args += ["--init-bundle", str(init_bundle)]
+    return SceneJob(scene, args, inputs, [])

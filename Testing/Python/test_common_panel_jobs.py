@@ -1,0 +1,75 @@
+"""The panels' heavy runs in a worker process: AI segmentation, registration and planning come back as
+the same nodes the in-process Logic makes (geometry, values, SlicerRT dose marks, fixed/moving references).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_seg_inference import THRESHOLD, threshold_net
+
+from MedAICommonLib import bridge
+from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.geometry import Geometry, rotation_matrix
+from MedAICommonLib.phantoms import make_ct_phantom
+from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.worker_logic import plan_job
+from MedAIRegisterLib.worker_logic import register_job
+from MedAISegLib.worker_logic import segment_with_model_job
+
+
+def test_model_segmentation_job_lands_on_the_input_voxels_in_ras(scene, shared_data, tmp_path):
+    head = bridge.load_volume(scene, shared_data / "registration/monai-testing-data/anatomical.nii")
+    assert not np.allclose(bridge.volume_geometry(head).direction, np.eye(3))
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(threshold_net()), str(model))
+    card = {"name": "bright", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "bright tissue"}]}
+    (tmp_path / "net.ts.json").write_text(json.dumps(card))
+
+    seg = segment_with_model_job(scene, [head], str(model), device="cpu").run(timeout=300)["segmentation"]
+
+    mask, geometry = bridge.segment_mask(seg, "bright tissue")
+    array, head_geometry = bridge.array_from_volume(head)
+    labelled = geometry.index_to_point(np.argwhere(mask)[:, ::-1].astype(float))
+    bright = head_geometry.index_to_point(np.argwhere(array > THRESHOLD)[:, ::-1].astype(float))
+    assert len(labelled) == len(bright) > 0
+    assert sorted(map(tuple, np.round(labelled, 3).tolist())) == sorted(map(tuple, np.round(bright, 3).tolist()))
+    assert seg.GetName() == "anatomical segmentation"
+
+
+def test_registration_job_transform_aligns_moving_with_fixed(scene):
+    phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
+    fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
+    moved = Geometry(phantom.geometry.spacing, np.array(phantom.geometry.origin) + (6.0, -4.0, 5.0),
+                     phantom.geometry.direction, "RAS", phantom.ct.shape)
+    moving = bridge.create_volume(scene, phantom.ct, moved, "moving")
+
+    nodes = register_job(scene, fixed, moving, transform_type="rigid", preset="ct-ct", device="cpu").run(timeout=300)
+
+    matrix = bridge.matrix_from_transform_node(nodes["transform"])  # to-parent, RAS: moves moving onto fixed
+    np.testing.assert_allclose(matrix[:3, 3], (-6.0, 4.0, -5.0), atol=1.0)
+    np.testing.assert_allclose(matrix[:3, :3], np.eye(3), atol=0.02)
+    assert nodes["transform"].GetNodeReference("fixed") is fixed
+    assert nodes["transform"].GetNodeReference("moving") is moving
+    assert bridge.volume_geometry(nodes["volume"]).same_grid(bridge.volume_geometry(fixed))
+
+
+def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene):
+    phantom = make_ct_phantom(shape_kji=(20, 36, 36), spacing=(5.0, 5.0, 5.0), direction=rotation_matrix("z", 0.0))
+    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
+    structures = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
+                                            [SegmentInfo(v, n) for v, n in phantom.names.items()], "structures",
+                                            reference_volume=ct)
+
+    job = plan_job(scene, ct, structures, target="lesion", prescription_gy=60.0, fractions=30,
+                   gantry_angles=(0, 120, 240), bixel_width_mm=10.0, dose_grid_mm=5.0, device="cpu")
+    dose = job.run(timeout=600)["dose"]
+
+    assert dose.GetAttribute(DOSE_VOLUME_ATTRIBUTE) == "1"
+    assert dose.GetAttribute("MedAIPlan.prescription_gy") == "60.0"
+    values, geometry = bridge.array_from_volume(dose)
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    lesion, _ = bridge.segment_mask(structures, "lesion")
+    assert np.median(values[lesion > 0]) == pytest.approx(60.0, rel=0.1)
+    assert values[lesion == 0].mean() < 0.5 * 60.0
