@@ -59,14 +59,49 @@ def test_nelms_axial_cylinders_and_cones_fast(shared_data):
     assert all(results)
 
 
+def test_nelms_sphere_and_rotated_cylinder_fast(shared_data):
+    """Sphere and the cylinder lying across the slices (2 mm set): the poles follow the true surface."""
+    cache = {}
+    results = [_nelms_row_ok(*args, cache) for args in _nelms_rows(shared_data, r"(Sphere|RtCylinder)_20_0$")]
+    assert len(results) == 4
+    assert all(results)
+
+
+def test_sphere_from_coarse_contours_keeps_its_volume():
+    """Circles every 3 mm of a 9 mm sphere (poles = tiny squares): volume and D-values of the true sphere.
+
+    A linear (or cubic) blend of the planes' signed distances cuts the domes near the poles into cones
+    (-1.8 % volume here); the power field r^2 - rho^2 is quadratic along z, so the blend is exact.
+    """
+    r, zs = 9.0, np.arange(-9.0, 9.01, 3.0)
+    contours = []
+    for z in zs:
+        rz = np.sqrt(max(r * r - z * z, 0.0))
+        if rz < 0.2:
+            c = 0.1 * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+        else:
+            t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+            c = rz * np.column_stack([np.cos(t), np.sin(t)])
+        contours.append(np.column_stack([c, np.full(len(c), z)]))
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0), origin=(-15.0, -15.0, -15.0), space="LPS", shape_kji=(31, 31, 31))
+    dose = np.broadcast_to((np.arange(31) - 15.0 + 20.0)[:, None, None], (31, 31, 31)).astype(float)  # z + 20 Gy
+    s = contour_samples(contours, dose, geometry, target_samples=1_000_000)
+    exact = 4.0 / 3.0 * np.pi * r ** 3 / 1000.0
+    assert abs(s.volume_cc - exact) <= 0.01 * exact
+    # D99 of a sphere in a linear gradient: height h of the bottom cap holding 1 % of the volume
+    h = next(h for h in np.linspace(0, r, 100001) if np.pi * h * h * (3 * r - h) / 3 >= 0.01 * exact * 1000)
+    assert abs(dose_metrics.dose_at_volume_percent(s, 99) - (20.0 - r + h)) <= 0.01 * (20.0 - r + h)
+    assert abs(np.average(s.dose, weights=s.weight) - 20.0) < 0.02
+
+
 @pytest.mark.slow
 def test_nelms_all_rows(shared_data):
-    """All rows with data here (60): axially contoured shapes pass; the total is reported in notes/7.md."""
+    """All rows with data here (60): axially contoured shapes and spheres pass; 52/60 in all (notes/7.md)."""
     cache = {}
-    axial = [_nelms_row_ok(*a, cache) for a in _nelms_rows(shared_data, r"(Cylinder|Cone)_")]
+    axial = [_nelms_row_ok(*a, cache) for a in _nelms_rows(shared_data, r"(Cylinder|Cone|Sphere)_")]
     assert np.mean(axial) >= 0.95
     everything = [_nelms_row_ok(*a, cache) for a in _nelms_rows(shared_data, r".*")]
-    assert np.mean(everything) >= 0.5
+    assert np.mean(everything) >= 0.85
 
 
 def _slicerrt_contours(folder, case):
