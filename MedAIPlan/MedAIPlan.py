@@ -114,12 +114,15 @@ class MedAIPlanWidget(MedAIWidgetBase):
         self.ui.rtExportButton.enabled = bool(str(p.rtExportFolder or "") and (p.doseVolume or p.structures))
 
     def onPlan(self) -> None:
-        dose = self.run_logic(_("Planning"), self.logic.planFromParameters, self._parameterNode)
-        if dose is not None:
-            self._parameterNode.outputDose = dose
-            self._parameterNode.doseVolume = dose
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume, foreground=dose,
-                                             foregroundOpacity=0.5)
+        """Dose-influence matrix and optimisation in a worker process (minutes on a large CT)."""
+        self.run_job(_("Planning"), lambda: self.logic.planJobFromParameters(self._parameterNode),
+                     on_done=lambda nodes: self._show_dose(nodes["dose"]))
+
+    def _show_dose(self, dose) -> None:
+        self._parameterNode.outputDose = dose
+        self._parameterNode.doseVolume = dose
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume, foreground=dose,
+                                         foregroundOpacity=0.5)
 
     def onDVH(self) -> None:
         table = self.run_logic(_("DVH"), self.logic.dvhFromParameters, self._parameterNode)
@@ -173,6 +176,15 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return MedAIPlanParameterNode(super().getParameterNode())
+
+    def planJobFromParameters(self, p):
+        """Planning as a worker job (see ``MedAIPlanLib.worker_logic``)."""
+        from MedAIPlanLib.worker_logic import plan_job
+
+        return plan_job(slicer.mrmlScene, p.ctVolume, p.structures, target=p.targetSegment,
+                        prescription_gy=p.prescriptionGy, fractions=p.fractions,
+                        gantry_angles=_numbers(p.gantryAngles), bixel_width_mm=p.bixelWidthMm,
+                        dose_grid_mm=p.doseGridMm, device=p.device, output_dose_node=p.outputDose)
 
     def planFromParameters(self, p, progress=None):
         """Beams, dose-influence matrix, fluence optimisation; returns the dose volume node (Gy)."""

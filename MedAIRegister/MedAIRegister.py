@@ -104,11 +104,21 @@ class MedAIRegisterWidget(MedAIWidgetBase):
                 moving.SetAndObserveTransformNodeID(transform.GetID())
 
     def onRegister(self) -> None:
-        transform = self.run_logic(_("Registration"), self.logic.registerFromParameters, self._parameterNode)
-        self._show_result(transform, None if self._parameterNode.outputVolume else self._parameterNode.movingVolume)
-        if self._parameterNode.outputVolume:
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.fixedVolume,
-                                             foreground=self._parameterNode.outputVolume, foregroundOpacity=0.5)
+        p = self._parameterNode
+        if self.logic.runsInWorker(p):  # deformable: minutes on the CPU, so in a separate process
+            self.run_job(_("Registration"), lambda: self.logic.registerJobFromParameters(p),
+                         on_done=lambda nodes: self._show_registration(nodes["transform"], nodes.get("volume")))
+            return
+        transform = self.run_logic(_("Registration"), self.logic.registerFromParameters, p)
+        self._show_registration(transform, p.outputVolume)
+
+    def _show_registration(self, transform, volume) -> None:
+        p = self._parameterNode
+        if volume is not None:
+            p.outputVolume = volume
+        self._show_result(transform, None if volume is not None else p.movingVolume)
+        if volume is not None:
+            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=volume, foregroundOpacity=0.5)
 
     def onICP(self) -> None:
         transform = self.run_logic(_("ICP"), self.logic.icpFromParameters, self._parameterNode)
@@ -152,6 +162,19 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
         if segmentation is None or segmentation.GetSegmentation().GetNumberOfSegments() == 0:
             return None
         return segmentation, segmentation.GetSegmentation().GetNthSegment(0).GetName()
+
+    @staticmethod
+    def runsInWorker(p) -> bool:
+        """Deformable registration runs in a worker process; masks and custom metrics need the in-process Logic."""
+        return p.transformType == "bspline" and p.preset != "custom" and not p.fixedMask and not p.movingMask
+
+    def registerJobFromParameters(self, p):
+        """Registration as a worker job (see ``MedAIRegisterLib.worker_logic``)."""
+        from MedAIRegisterLib.worker_logic import register_job
+
+        return register_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, transform_type=p.transformType,
+                            preset=p.preset, device=p.device, output_transform_node=p.outputTransform,
+                            output_volume_node=p.outputVolume)
 
     def registerFromParameters(self, p, progress=None):
         """Intensity-based registration of the moving volume onto the fixed one; returns the transform node.

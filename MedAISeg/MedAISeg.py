@@ -117,10 +117,38 @@ class MedAISegWidget(MedAIWidgetBase):
             slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onSegment(self) -> None:
-        node = self.run_logic(_("Segmentation"), self.logic.segmentFromParameters, self._parameterNode)
+        p = self._parameterNode
+        if p.segmentMethod == "model":  # AI inference: in a worker process, after the trust check
+            trust = self.confirm_bundle_trust(str(p.modelPath))
+            if trust is not None:
+                self.run_job(_("Segmentation"), lambda: self.logic.segmentJobFromParameters(p, trust_bundle=trust),
+                             on_done=lambda nodes: self._show_segmentation(nodes["segmentation"]))
+            return
+        self._show_segmentation(self.run_logic(_("Segmentation"), self.logic.segmentFromParameters, p))
+
+    def _show_segmentation(self, node) -> None:
         if node is not None:
             self._parameterNode.outputSegmentation = node
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+
+    def confirm_bundle_trust(self, model_path: str):
+        """None if the user declined; else whether to pass ``--trust-bundle``.
+
+        MONAI bundle configs can run Python code: a bundle from outside the catalogue (or one edited
+        since it was trusted) runs only after the user saw where it comes from and agreed.
+        """
+        if not self.ensure_dependencies():
+            return None
+        info = self.logic.core.bundle_trust_info(model_path)
+        if not info.get("needs_trust"):
+            return False
+        changed = _("It was trusted before, but its configuration changed since.") if info.get("changed") else ""
+        text = _("This MONAI bundle is not from the MedAI model catalogue:\n{path}\n\n"
+                 "Its configuration files can run Python code on this computer. {changed}\n"
+                 "Configuration digest (sha256): {digest}\n\n"
+                 "Run it only if you trust where it came from. Trust this bundle and run it?").format(
+            path=info.get("path", model_path), changed=changed, digest=info.get("digest", "?"))
+        return True if slicer.util.confirmYesNoDisplay(text, windowTitle=_("Trust this model?")) else None
 
     def onPostprocess(self) -> None:
         self.run_logic(_("Clean-up"), self.logic.postprocessFromParameters, self._parameterNode)
@@ -141,8 +169,12 @@ class MedAISegWidget(MedAIWidgetBase):
 
 
     def onTrain(self) -> None:
-        if self.run_logic(_("Training"), self.logic.trainFromParameters, self._parameterNode) is not None:
-            self._parameterNode.modelPath = self._parameterNode.bundleFolder
+        p = self._parameterNode
+
+        def done(_nodes):
+            p.modelPath = p.bundleFolder
+
+        self.run_job(_("Training"), lambda: self.logic.trainJobFromParameters(p), on_done=done)
 
     def onFineTune(self) -> None:
         if self.run_logic(_("Fine-tuning"), self.logic.fineTuneFromParameters, self._parameterNode) is not None:
@@ -210,6 +242,20 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         """Run the chosen preprocessing on the input; returns the output volume node."""
         return self.core.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
                                  device=p.device, progress=progress)
+
+    def segmentJobFromParameters(self, p, trust_bundle: bool = False):
+        """AI segmentation as a worker job (see ``MedAISegLib.worker_logic``)."""
+        from MedAISegLib.worker_logic import segment_with_model_job
+
+        return segment_with_model_job(slicer.mrmlScene, [p.inputVolume], str(p.modelPath), device=p.device,
+                                      flip_tta=p.flipTTA, output_node=p.outputSegmentation, trust_bundle=trust_bundle)
+
+    def trainJobFromParameters(self, p):
+        """Training on the input volume and its labels as a worker job writing the bundle folder."""
+        from MedAISegLib.worker_logic import train_job
+
+        return train_job(slicer.mrmlScene, [p.inputVolume], [p.trainingLabels], str(p.bundleFolder),
+                         network=p.network, epochs=p.epochs, spacing_mm=p.trainingSpacingMm, device=p.device)
 
     def segmentFromParameters(self, p, progress=None):
         """Segment the input with the chosen method; returns the segmentation node."""

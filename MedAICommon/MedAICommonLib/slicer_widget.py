@@ -1,7 +1,10 @@
 """Base for MedAI module widgets in Slicer: parameter node binding, progress bar, Cancel, errors.
 
 Follows Slicer's scripted-module template (``parameterNodeWrapper`` + ``connectGui``); the
-module widgets only add their buttons and call their Logic through :meth:`run_logic`.
+module widgets only add their buttons and call their Logic through :meth:`run_logic` (light work,
+in-process with progress and Cancel) or :meth:`run_job` (heavy work: AI inference, training,
+deformable registration, planning) in a separate process that exchanges files with the scene, so
+Slicer stays responsive and a crash, out-of-memory kill or Cancel cannot take the user's scene with it.
 Only imported inside the Slicer application.
 """
 
@@ -31,6 +34,8 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._progress: Progress | None = None
+        self._job = None
+        self._jobTimer = None
 
     # --- template lifecycle -----------------------------------------------------------
     def setup(self) -> None:
@@ -56,7 +61,8 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Connect the module's action buttons (override)."""
 
     def cleanup(self) -> None:
-        """Remove observers when the module is unloaded."""
+        """Stop a running worker and remove observers when the module is unloaded."""
+        self._stop_job()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -71,6 +77,7 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._stop_job()  # its outputs would belong to a scene that no longer exists
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -129,8 +136,74 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._progress = None
         return result
 
+    def run_job(self, title: str, make_job, on_done=None) -> bool:
+        """Run a :class:`~MedAICommonLib.scene_job.SceneJob` in a worker process without blocking Slicer.
+
+        ``make_job()`` builds the job from the panel's state (a ``ValueError`` it raises is shown as the
+        reason); a Qt timer polls the worker, showing its stage in the progress bar and the status bar;
+        Cancel kills the worker within a second. The outputs enter the scene only when the worker
+        succeeded, then ``on_done(nodes)`` runs. Returns whether the job started.
+        """
+        if self._job is not None:
+            slicer.util.warningDisplay(_("Another MedAI run is still in progress; wait for it or cancel it."))
+            return False
+        if not self.ensure_dependencies():
+            self.ui.statusLabel.text = _("{title}: required Python packages are missing.").format(title=title)
+            return False
+        with slicer.util.tryWithErrorDisplay(_("{title} could not start.").format(title=title)):
+            job = make_job()
+            job.on_progress = lambda stage, fraction: self._show_job_progress(title, stage, fraction)
+            job.start()
+            self._job, self._jobTitle, self._jobDone = job, title, on_done
+            self.ui.cancelButton.enabled = True
+            self.ui.statusLabel.text = _("{title}: running in a separate process...").format(title=title)
+            self._jobTimer = qt.QTimer()
+            self._jobTimer.setInterval(100)
+            self._jobTimer.connect("timeout()", self._poll_job)
+            self._jobTimer.start()
+            return True
+        return False
+
+    def _show_job_progress(self, title: str, stage: str, fraction: float) -> None:
+        self.ui.progressBar.setValue(int(round(100 * fraction)))
+        slicer.util.showStatusMessage(f"{title}: {stage} ({100 * fraction:.0f} %)")
+
+    def _poll_job(self) -> None:
+        from .worker import WorkerState
+
+        if self._job is None or self._job.poll() == WorkerState.RUNNING:
+            return
+        job, title, on_done = self._job, self._jobTitle, self._jobDone
+        self._stop_job(cancel=False)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
+                try:
+                    nodes = job.finish()
+                    self.ui.statusLabel.text = _("{title}: done.").format(title=title)
+                    if on_done is not None:
+                        on_done(nodes)
+                except CancelledError:
+                    self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
+        finally:
+            self.ui.progressBar.setValue(0)
+
+    def _stop_job(self, cancel: bool = True) -> None:
+        if self._jobTimer is not None:
+            self._jobTimer.stop()
+            self._jobTimer = None
+        if self._job is not None and cancel:
+            self._job.cancel()
+        self._job = None
+        self.ui.cancelButton.enabled = False
+
     def onCancel(self) -> None:
-        """Ask the running computation to stop at its next progress step."""
+        """Stop the worker (at once) or ask the in-process computation to stop at its next step."""
+        if self._job is not None:
+            title = self._jobTitle
+            self._stop_job(cancel=True)
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
+            return
         if self._progress is not None:
             self._progress.cancel()
             self.ui.statusLabel.text = _("Cancelling...")
