@@ -19,6 +19,15 @@ class ChecksumError(ValueError):
     """A downloaded file does not have the expected checksum or size."""
 
 
+def cache_root() -> Path:
+    """The per-user MedAI cache: ``$MEDAI_CACHE_DIR``, else ``~/.cache/medai``.
+
+    Everything MedAI downloads lives under it, one folder per kind: ``models/`` (the model
+    catalogue), ``basedata/`` (the photon machine data). Not created here.
+    """
+    return Path(os.environ.get("MEDAI_CACHE_DIR") or Path.home() / ".cache" / "medai").expanduser()
+
+
 def file_digest(path, algorithm: str = "sha256") -> str:
     """Hex digest of a file."""
     digest = hashlib.new(algorithm)
