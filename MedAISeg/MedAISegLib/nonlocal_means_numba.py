@@ -68,6 +68,16 @@ def _spread_i(T, wpad, ni, nic, p, si, R):
     """``T[jc, i] = sum of w[jc, ic]`` over the centres ``ic * si`` within ``p`` of ``i``, where
     ``w[jc, ic] = wpad[jc, R + ic]`` and ``wpad`` has a zero margin of ``R`` (no bound tests).
     Residue-wise: voxel ``i = m * si + q`` gets the centres ``m + t`` with ``|t si - q| <= p``."""
+    if si == 2 and p == 1:  # the default 3-voxel blocks every 2 voxels: constant strides vectorise
+        half = ni // 2
+        for jc in range(T.shape[0]):
+            out, w = T[jc], wpad[jc, R:]
+            for m in range(half):
+                out[2 * m] = w[m]
+                out[2 * m + 1] = w[m] + w[m + 1]
+            if ni % 2:
+                out[ni - 1] = w[half]
+        return
     for jc in range(T.shape[0]):
         out, w = T[jc], wpad[jc]
         for q in range(si):
@@ -118,16 +128,26 @@ def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, 
         for o in range(offsets.shape[0]):
             a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
             # D[j', i'] = sum over the block's planes of (x(u + d) - x(u))^2, u = (k, j' - p, i' - p)
-            for jj in range(gj):
-                for ii in range(gi):
-                    D[jj, ii] = _ZERO
-            for b0 in range(-p, p + 1):
-                z = kc + b0 + pad
+            if p == 1:  # the common 3-voxel patch: the three planes in one pass
+                z = kc + pad
                 for jj in range(gj):
-                    moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
+                    m0, m1, m2 = xp[z - 1 + a, jj + s + b, s + c:], xp[z + a, jj + s + b, s + c:], \
+                        xp[z + 1 + a, jj + s + b, s + c:]
+                    h0, h1, h2, row = xp[z - 1, jj + s, s:], xp[z, jj + s, s:], xp[z + 1, jj + s, s:], D[jj]
                     for ii in range(gi):
-                        diff = moved[ii] - here[ii]
-                        row[ii] += diff * diff
+                        d0, d1, d2 = m0[ii] - h0[ii], m1[ii] - h1[ii], m2[ii] - h2[ii]
+                        row[ii] = d0 * d0 + d1 * d1 + d2 * d2
+            else:
+                for jj in range(gj):
+                    for ii in range(gi):
+                        D[jj, ii] = _ZERO
+                for b0 in range(-p, p + 1):
+                    z = kc + b0 + pad
+                    for jj in range(gj):
+                        moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
+                        for ii in range(gi):
+                            diff = moved[ii] - here[ii]
+                            row[ii] += diff * diff
             # Box sums along j at the centre rows, then along i at the centre columns.
             for jc in range(njc):
                 j0 = jc * sj
@@ -138,11 +158,15 @@ def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, 
                     for ii in range(gi):
                         E[ii] += row[ii]
                 drow = dist[jc]
-                for ic in range(nic):
-                    drow[ic] = E[ic * si]
-                for q in range(1, 2 * p + 1):
+                if si == 2 and p == 1:
                     for ic in range(nic):
-                        drow[ic] += E[ic * si + q]
+                        drow[ic] = E[2 * ic] + E[2 * ic + 1] + E[2 * ic + 2]
+                else:
+                    for ic in range(nic):
+                        drow[ic] = E[ic * si]
+                    for q in range(1, 2 * p + 1):
+                        for ic in range(nic):
+                            drow[ic] += E[ic * si + q]
             # Weights at the centres (one contiguous, vectorised loop), kept with a zero margin along i.
             for jc in range(njc):
                 drow, wrow_c, srow, mrow = dist[jc], wpad[jc, R:R + nic], wsub[jc], wmax[jc]
@@ -160,10 +184,20 @@ def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, 
                 for jc in range(lo + 1, hi + 1):
                     for i in range(ni):
                         wrow[i] += T[jc, i]
-                for k in range(k0, k1):
-                    target, values = vs[k, j], xp[k + a + pad, j + b + pad, c + pad:]
+                if k1 - k0 == 3:  # a whole 3-plane block: one pass
+                    t0, t1, t2 = vs[k0, j], vs[k0 + 1, j], vs[k0 + 2, j]
+                    v0, v1, v2 = xp[k0 + a + pad, j + b + pad, c + pad:], xp[k0 + 1 + a + pad, j + b + pad, c + pad:], \
+                        xp[k0 + 2 + a + pad, j + b + pad, c + pad:]
                     for i in range(ni):
-                        target[i] += wrow[i] * values[i]
+                        w = wrow[i]
+                        t0[i] += w * v0[i]
+                        t1[i] += w * v1[i]
+                        t2[i] += w * v2[i]
+                else:
+                    for k in range(k0, k1):
+                        target, values = vs[k, j], xp[k + a + pad, j + b + pad, c + pad:]
+                        for i in range(ni):
+                            target[i] += wrow[i] * values[i]
         # Centre weight (the block's largest weight) and the normalisation, spread over the blocks.
         Tw = np.empty((njc, ni), np.float32)
         for jc in range(njc):
