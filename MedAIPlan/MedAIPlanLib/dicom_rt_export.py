@@ -188,14 +188,36 @@ def rtstruct_dataset(labels: np.ndarray, geometry: Geometry, segments: list[tupl
 
 def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int = 1, patient: dict | None = None,
                    study_uid: str | None = None, frame_of_reference_uid: str | None = None,
-                   structure_set_uid: str | None = None, machine: str = "MedAI") -> Dataset:
-    """A minimal STATIC photon RTPLAN: beams as dicts with name, gantry_deg, couch_deg, collimator_deg,
-    isocenter_lps (mm), meterset_mu, energy_mv, sad_mm and optional jaws_mm {'X': [x1, x2], 'Y': [y1, y2]}."""
+                   structure_set_uid: str | None = None, machine: str = "MedAI", prescription_gy: float | None = None,
+                   target_roi_number: int | None = None, dose_uid: str | None = None,
+                   patient_position: str = "HFS") -> Dataset:
+    """A STATIC photon RTPLAN: beams as dicts with name, gantry_deg, couch_deg, collimator_deg,
+    isocenter_lps (mm), meterset_mu (per fraction; omitted when None), energy_mv, sad_mm and optional
+    jaws_mm {'X': [x1, x2], 'Y': [y1, y2]} (asymmetric jaws, mm at the isocentre; see :mod:`rtplan_beams`).
+
+    With ``prescription_gy`` a target dose reference (TargetPrescriptionDose, the ROI ``target_roi_number``
+    of the referenced structure set when given) is added; ``dose_uid`` references the plan's RTDOSE
+    from the fraction group. One patient setup (``patient_position``)."""
     ds = _base_dataset(RTPLAN_SOP_CLASS, "RTPLAN", patient, study_uid, frame_of_reference_uid)
     ds.RTPlanLabel = label[:16]
     ds.RTPlanDate = ds.StudyDate
     ds.RTPlanTime = ds.StudyTime
     ds.RTPlanGeometry = "PATIENT" if structure_set_uid else "TREATMENT_DEVICE"
+    setup = Dataset()
+    setup.PatientSetupNumber = 1
+    setup.PatientPosition = patient_position
+    ds.PatientSetupSequence = Sequence([setup])
+    if prescription_gy is not None:
+        ref = Dataset()
+        ref.DoseReferenceNumber = 1
+        ref.DoseReferenceUID = generate_uid()
+        ref.DoseReferenceStructureType = "VOLUME" if target_roi_number is not None and structure_set_uid else "SITE"
+        if ref.DoseReferenceStructureType == "VOLUME":
+            ref.ReferencedROINumber = int(target_roi_number)
+        ref.DoseReferenceDescription = "target"
+        ref.DoseReferenceType = "TARGET"
+        ref.TargetPrescriptionDose = _ds_string(float(prescription_gy))
+        ds.DoseReferenceSequence = Sequence([ref])
     if structure_set_uid:
         ref_ss = Dataset()
         ref_ss.ReferencedSOPClassUID = RTSTRUCT_SOP_CLASS
@@ -210,7 +232,8 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
     for n, b in enumerate(beams, start=1):
         ref = Dataset()
         ref.ReferencedBeamNumber = n
-        ref.BeamMeterset = _ds_string(float(b.get("meterset_mu") or 0.0))
+        if b.get("meterset_mu") is not None:
+            ref.BeamMeterset = _ds_string(float(b["meterset_mu"]))
         refs.append(ref)
         beam = Dataset()
         beam.BeamNumber = n
@@ -225,9 +248,10 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
         beam.NumberOfCompensators = 0
         beam.NumberOfBoli = 0
         beam.NumberOfBlocks = 0
+        beam.ReferencedPatientSetupNumber = 1
         jaws = b.get("jaws_mm") or {"X": [-50.0, 50.0], "Y": [-50.0, 50.0]}
         devices = []
-        for kind in ("X", "Y"):
+        for kind in ("ASYMX", "ASYMY"):
             dev = Dataset()
             dev.RTBeamLimitingDeviceType = kind
             dev.NumberOfLeafJawPairs = 1
@@ -252,14 +276,19 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
                 positions = []
                 for kind in ("X", "Y"):
                     pos = Dataset()
-                    pos.RTBeamLimitingDeviceType = kind
-                    pos.LeafJawPositions = [_ds_string(v) for v in jaws.get(kind, [-50.0, 50.0])]
+                    pos.RTBeamLimitingDeviceType = "ASYM" + kind
+                    pos.LeafJawPositions = [_ds_string(v) for v in jaws.get(kind, jaws.get("ASYM" + kind, [-50.0, 50.0]))]
                     positions.append(pos)
                 cp.BeamLimitingDevicePositionSequence = Sequence(positions)
             cps.append(cp)
         beam.ControlPointSequence = Sequence(cps)
         seq.append(beam)
     fg.ReferencedBeamSequence = Sequence(refs)
+    if dose_uid:
+        ref_dose = Dataset()
+        ref_dose.ReferencedSOPClassUID = RTDOSE_SOP_CLASS
+        ref_dose.ReferencedSOPInstanceUID = dose_uid
+        fg.ReferencedDoseSequence = Sequence([ref_dose])
     ds.FractionGroupSequence = Sequence([fg])
     ds.BeamSequence = Sequence(seq)
     ds.ApprovalStatus = "UNAPPROVED"

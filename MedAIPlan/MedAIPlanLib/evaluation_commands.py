@@ -105,6 +105,16 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--dose", help="dose volume file (Gy)")
     p.add_argument("--segmentation", help="segmentation file")
     p.add_argument("--bits", type=int, default=32, choices=[16, 32], help="RTDOSE pixel bits")
+    g = p.add_argument_group("RTPLAN (MedAI plan beams, rebuilt as the dose engine builds them)")
+    g.add_argument("--gantry", help="gantry angles (degrees), comma-separated: also write RTPLAN.dcm")
+    g.add_argument("--couch", help="couch angles (degrees), one per gantry angle")
+    g.add_argument("--target", help="target segment (bixel field, dose reference)")
+    g.add_argument("--isocenter", help="isocentre x,y,z (LPS mm; default: target centroid)")
+    g.add_argument("--bixel-width", type=float, default=5.0, help="bixel width (mm)")
+    g.add_argument("--beam-mu", help="meterset (MU per fraction) per beam, comma-separated")
+    g.add_argument("--prescription", type=float, help="prescription (Gy, total)")
+    g.add_argument("--fractions", type=int, default=1, help="number of fractions")
+    g.add_argument("--energy", type=float, default=6.0, help="nominal energy (MV)")
     add_common_options(p)
     p.set_defaults(func=cmd_rt_export)
 
@@ -222,7 +232,7 @@ def cmd_rt_import(args, report) -> int:
 
 
 def cmd_rt_export(args, report) -> int:
-    """``medai rt-export OUTPUT_DIR --dose D --segmentation S``."""
+    """``medai rt-export OUTPUT_DIR --dose D --segmentation S [--gantry A,B,.. --target T ...]``."""
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     dose = structures = None
@@ -233,6 +243,19 @@ def cmd_rt_export(args, report) -> int:
         report.inputs["segmentation"] = str(args.segmentation)
         structures = bridge.load_segmentation(scene, args.segmentation)
     with report.timed("export"):
-        paths = logic.export_rt(args.output_dir, dose, structures, bits=args.bits)
+        if args.gantry:
+            if dose is None or structures is None or not args.target:
+                raise ValueError("RTPLAN export needs --dose, --segmentation and --target with --gantry.")
+            report.parameters.update({"gantry_deg": _floats(args.gantry), "couch_deg": _floats(args.couch),
+                                      "target": args.target, "bixel_width_mm": args.bixel_width,
+                                      "prescription_gy": args.prescription, "fractions": args.fractions})
+            paths = logic.export_plan(args.output_dir, dose, structures, meterset_mu=_floats(args.beam_mu) or None,
+                                      energy_mv=args.energy, bits=args.bits, prescription_gy=args.prescription,
+                                      fractions=args.fractions, target=args.target, gantry_angles=_floats(args.gantry),
+                                      couch_angles=_floats(args.couch) or None,
+                                      isocenter_lps=_floats(args.isocenter) or None, bixel_width_mm=args.bixel_width)
+            report.metrics["beams"] = len(_floats(args.gantry))
+        else:
+            paths = logic.export_rt(args.output_dir, dose, structures, bits=args.bits)
     report.outputs.update(paths)
     return 0

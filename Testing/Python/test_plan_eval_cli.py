@@ -96,10 +96,38 @@ def test_medai_dvh_writes_pdf_and_png_plan_reports(tmp_path):
                  "--report-pdf", str(pdf), "--report-png", str(png), "--ct", str(paths["ct"]), "--report", str(report)])
     assert code == 0
     data = json.loads(report.read_text())
-    assert data["outputs"]["report_pdf"] == str(pdf) and data["outputs"]["report_png"] == str(png)
+    assert data["outputs"]["report_pdf"] == str(pdf)
+    assert data["outputs"]["report_png"] == str(png)
     raw = pdf.read_bytes()
-    assert raw.startswith(b"%PDF-") and raw.rstrip().endswith(b"%%EOF")
+    assert raw.startswith(b"%PDF-")
+    assert raw.rstrip().endswith(b"%%EOF")
     assert len(re.findall(rb"/Type\s*/Page\b(?!s)", raw)) == 3
     assert re.search(rb"/Count\s+3\b", raw)
-    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert png.stat().st_size > 10_000
     assert set(data["metrics"]["plan"]) >= {"HI_ICRU83", "CI_Paddick", "GI_Paddick"}
+
+
+def test_medai_rt_export_plan_round_trip(tmp_path):
+    """``medai rt-export OUT --dose D --segmentation S --target T --gantry ...``: RTPLAN + RTSTRUCT + RTDOSE that
+    ``medai rt-import`` reads back with the same beam geometry and metersets."""
+    from MedAIPlanLib.dicom_rt import read_rtplan
+
+    paths = _write_phantom_plan(tmp_path)
+    out, report = tmp_path / "rt", tmp_path / "export.json"
+    assert main(["rt-export", str(out), "--dose", str(paths["dose"]), "--segmentation", str(paths["labels"]),
+                 "--target", "1", "--gantry", "0,90,180,270", "--couch", "0,0,0,10", "--beam-mu", "100,110,120,130",
+                 "--prescription", "60", "--fractions", "30", "--report", str(report)]) == 0
+    written = json.loads(report.read_text())["outputs"]
+    assert set(written) == {"RTDOSE", "RTSTRUCT", "RTPLAN"}
+    plan = read_rtplan(written["RTPLAN"])
+    assert [b.gantry_deg for b in plan["beams"]] == [0, 90, 180, 270]
+    assert [b.couch_deg for b in plan["beams"]] == [0, 0, 0, 10]
+    assert [b.meterset_mu for b in plan["beams"]] == [100, 110, 120, 130]
+    assert plan["fractions"] == 30
+    iso = np.array(plan["beams"][0].isocenter_lps)
+    assert np.linalg.norm(iso - [0.0, 5.0, 0.0]) < 1.5  # target centroid (sphere centre, LPS: y = +5 mm)
+    assert main(["rt-import", written["RTPLAN"], written["RTSTRUCT"], "--output-dir", str(tmp_path / "back"),
+                 "--report", str(tmp_path / "import.json")]) == 0
+    metrics = json.loads((tmp_path / "import.json").read_text())["metrics"]
+    assert metrics["RTPLAN_beams"] == 4

@@ -135,3 +135,73 @@ def test_deidentify_keeps_references(shared_data):
     assert str(ss.PatientName) == "ANONYMOUS"
     assert ss.PatientIdentityRemoved == "YES"
     assert "InstitutionName" not in ss
+
+
+def _plan_phantom(scene):
+    """Dose node of a 5-beam MedAI plan (plan attributes as MedAIPlanLogic writes them) and its structures."""
+    from MedAICommonLib.bridge.segmentations import SegmentInfo
+    from MedAICommonLib.geometry import Geometry
+
+    geometry = Geometry(spacing=(3.0, 3.0, 3.0), origin=(-60.0, -60.0, -45.0), space="LPS", shape_kji=(30, 40, 40))
+    kk, jj, ii = np.indices(geometry.shape_kji)
+    pts = geometry.index_to_point(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1)).reshape(*geometry.shape_kji, 3)
+    labels = np.zeros(geometry.shape_kji, np.uint8)
+    labels[np.linalg.norm(pts, axis=-1) < 50] = 1                                      # body
+    labels[np.linalg.norm(pts - [10.0, -5.0, 3.0], axis=-1) < 14] = 2                  # ptv
+    dose = (60.0 * np.exp(-np.sum((pts - [10.0, -5.0, 3.0]) ** 2, -1) / (2 * 20.0 ** 2))).astype(np.float32)
+    seg = bridge.create_segmentation(scene, labels, geometry.to_space("RAS"),
+                                     [SegmentInfo(1, "body", (0.8, 0.6, 0.5)), SegmentInfo(2, "ptv", (1.0, 0.0, 0.0))],
+                                     "phantom structures")
+    node = bridge.create_volume(scene, dose, geometry.to_space("RAS"), "phantom dose")
+    for key, value in {"Target": "ptv", "PrescriptionGy": "60.0", "Fractions": "30", "BixelWidthMm": "5.0",
+                       "GantryAngles": "0,72,144,216,288", "CouchAngles": "0,0,0,0,20",
+                       "IsocenterLPS": "10.00,-5.00,3.00"}.items():
+        node.SetAttribute(f"MedAIPlan.{key}", value)
+    return node, seg
+
+
+def test_medai_plan_rtplan_round_trip(scene, tmp_path):
+    """A MedAI plan (dose-engine beams, bixel weights) -> RTPLAN/RTSTRUCT/RTDOSE -> the same beam geometry back."""
+    from MedAIPlanLib.rtplan_beams import field_jaws_mm, medai_beams_from_rtplan
+
+    dose, seg = _plan_phantom(scene)
+    logic = PlanEvaluationLogic(scene)
+    beams = logic.plan_beams(dose, seg)
+    assert [b.gantry_deg for b in beams] == [0, 72, 144, 216, 288]
+    assert beams[4].couch_deg == 20
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, sum(b.num_bixels for b in beams))
+    paths = logic.export_plan(tmp_path, dose, seg, beams=beams, weights=weights, mu_per_weight=2.0)
+    plan = read_rtplan(paths["RTPLAN"])
+    assert plan["fractions"] == 30
+    assert len(plan["beams"]) == 5
+    start = 0
+    for original, rt in zip(beams, plan["beams"]):
+        assert (rt.gantry_deg, rt.couch_deg, rt.collimator_deg, rt.sad_mm) == (original.gantry_deg, original.couch_deg,
+                                                                              0.0, original.sad)
+        np.testing.assert_allclose(rt.isocenter_lps, [10.0, -5.0, 3.0], atol=1e-6)
+        jaws = field_jaws_mm(original)
+        np.testing.assert_allclose(rt.jaws_mm["ASYMX"], jaws["X"], atol=1e-6)
+        np.testing.assert_allclose(rt.jaws_mm["ASYMY"], jaws["Y"], atol=1e-6)
+        assert rt.meterset_mu == pytest.approx(2.0 * weights[start:start + original.num_bixels].sum(), rel=1e-6)
+        start += original.num_bixels
+    # back to MedAI beams for recomputation: same angles/isocentre/SAD, a grid covering every original bixel
+    for original, back in zip(beams, medai_beams_from_rtplan(plan["beams"], bixel_width=5.0)):
+        assert (back.gantry_deg, back.couch_deg, back.sad) == (original.gantry_deg, original.couch_deg, original.sad)
+        np.testing.assert_allclose(back.source, original.source, atol=1e-6)
+        have = {tuple(np.round(p, 3)) for p in back.ray_pos}
+        assert all(tuple(np.round(p, 3)) in have for p in original.ray_pos)
+    # references: plan -> structure set and dose; dose -> plan; prescription on the target ROI
+    rp, rs, rd = (pydicom.dcmread(paths[m]) for m in ("RTPLAN", "RTSTRUCT", "RTDOSE"))
+    assert rp.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == rs.SOPInstanceUID
+    assert rp.FractionGroupSequence[0].ReferencedDoseSequence[0].ReferencedSOPInstanceUID == rd.SOPInstanceUID
+    assert rd.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == rp.SOPInstanceUID
+    ref = rp.DoseReferenceSequence[0]
+    assert float(ref.TargetPrescriptionDose) == 60.0
+    roi_names = {int(r.ROINumber): r.ROIName for r in rs.StructureSetROISequence}
+    assert roi_names[int(ref.ReferencedROINumber)] == "ptv"
+    assert rp.FrameOfReferenceUID == rs.FrameOfReferenceUID == rd.FrameOfReferenceUID
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) not installed; pydicom re-reading checked above")
+    run = subprocess.run(["dciodvfy", paths["RTPLAN"]], capture_output=True, text=True, check=False)
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert errors == [], errors
