@@ -57,16 +57,44 @@ def build_network(definition: dict) -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
-def preprocessing_definition(spacing_mm, keys=("image",)) -> list[dict]:
-    """Transforms shared by training and the exported bundle (label keys use nearest interpolation)."""
+def normalization_transform(spec: dict | str | None) -> dict | None:
+    """MONAI transform config of a model card's ``normalization`` (None for ``none``)."""
+    spec = {"type": spec} if isinstance(spec, str) else dict(spec or {"type": "zscore"})
+    kind = spec.get("type", "zscore")
+    if kind == "none":
+        return None
+    if kind == "zscore":
+        return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(spec.get("nonzero", False)),
+                "channel_wise": True}
+    if kind == "window":
+        return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(spec["a_min"]),
+                "a_max": float(spec["a_max"]), "b_min": float(spec.get("b_min", 0.0)),
+                "b_max": float(spec.get("b_max", 1.0)), "clip": bool(spec.get("clip", True))}
+    if kind == "percentile":
+        return {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(spec.get("lower", 0.5)),
+                "upper": float(spec.get("upper", 99.5)), "b_min": 0.0, "b_max": 1.0, "clip": True}
+    raise ValueError(f"Unknown normalisation {kind!r}; use none, zscore, window or percentile.")
+
+
+def preprocessing_definition(spacing_mm, keys=("image",), normalization=None, axcodes: str | None = "RAS") -> list[dict]:
+    """Transforms shared by training and the exported bundle (label keys use nearest interpolation).
+
+    ``spacing_mm`` None keeps each input's own grid; ``axcodes`` None keeps the file's voxel axes
+    (a model card's ``ijk`` order); ``normalization``: a model card spec (default z-score).
+    """
     keys = list(keys)
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    return [{"_target_": "LoadImaged", "keys": keys, "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": keys},
-            {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": keys, "pixdim": [float(s) for s in spacing_mm], "mode": modes},
-            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False, "channel_wise": True},
-            {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"}]
+    steps = [{"_target_": "LoadImaged", "keys": keys, "image_only": True},
+             {"_target_": "EnsureChannelFirstd", "keys": keys}]
+    if axcodes:
+        steps.append({"_target_": "Orientationd", "keys": keys, "axcodes": axcodes})
+    if spacing_mm is not None:
+        steps.append({"_target_": "Spacingd", "keys": keys, "pixdim": [float(s) for s in spacing_mm], "mode": modes})
+    norm = normalization_transform(normalization)
+    if norm is not None:
+        steps.append(norm)
+    steps.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"})
+    return steps
 
 
 def build_transforms(definitions: list[dict]):
@@ -77,17 +105,31 @@ def build_transforms(definitions: list[dict]):
     return parser.get_parsed_content("t")
 
 
-def export_bundle(folder, network: torch.nn.Module, definition: dict, labels: dict, spacing_mm, roi,
-                  name: str = "MedAI trained model", training: dict | None = None) -> Path:
-    """Write a MONAI bundle at ``folder``; ``labels``: {value: name} without background."""
+def export_bundle(folder, network: torch.nn.Module, definition: dict | None, labels: dict, spacing_mm, roi,
+                  name: str = "MedAI trained model", training: dict | None = None, normalization=None,
+                  axcodes: str | None = "RAS", in_channels: int = 1, trust: bool = True) -> Path:
+    """Write a MONAI bundle at ``folder``; ``labels``: {value: name} without background.
+
+    With a ``definition`` (MONAI ``_target_`` config) the weights go to ``models/model.pt`` (state
+    dict); without one ``network`` must be TorchScript and is saved as ``models/model.ts``. Weight
+    files of the other kind and compressed exports left from an earlier export are removed (they
+    would no longer match). ``normalization`` / ``axcodes``: see :func:`preprocessing_definition`.
+    ``trust``: record the configs just written (MedAI's own, no foreign code) in the user's bundle
+    trust store (:mod:`.bundle_trust`, origin ``trained``), so that MedAI runs the bundle it made.
+    """
     folder = Path(folder)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "models").mkdir(parents=True, exist_ok=True)
+    normalization = {"type": normalization} if isinstance(normalization, str) else \
+        dict(normalization or {"type": "zscore"})
+    out_channels = int(definition["out_channels"]) if definition else max(int(k) for k in labels) + 1
+    in_channels = int(definition["in_channels"]) if definition else int(in_channels)
     config = {
         "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": definition,
-        "preprocessing": {"_target_": "Compose", "transforms": preprocessing_definition(spacing_mm)},
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": preprocessing_definition(spacing_mm, normalization=normalization,
+                                                                 axcodes=axcodes)},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [int(r) for r in roi], "sw_batch_size": 4,
                     "overlap": 0.25, "mode": "gaussian"},
         "postprocessing": {"_target_": "Compose", "transforms": [
@@ -97,25 +139,41 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict, labels: di
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg"}]},
     }
+    if definition:
+        config = {"network_def": definition, **config}
     (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
     channel_def = {"0": "background", **{str(int(k)): str(v) for k, v in sorted(labels.items())}}
+    spacing = [float(s) for s in spacing_mm] if spacing_mm is not None else None
     metadata = {
         "name": name, "version": "0.1.0", "task": "segmentation", "monai_version": _monai_version(),
         "pytorch_version": torch.__version__.split("+")[0],
         "description": "Trained in MedAI (medai train).",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "num_channels": int(definition["in_channels"]),
+            "inputs": {"image": {"type": "image", "num_channels": in_channels,
                                  "spatial_shape": [int(r) for r in roi], "format": "magnitude",
-                                 "pixdim": [float(s) for s in spacing_mm], "normalization": "zscore"}},
-            "outputs": {"pred": {"type": "image", "num_channels": int(definition["out_channels"]),
+                                 "pixdim": spacing, "normalization": normalization.get("type", "zscore")}},
+            "outputs": {"pred": {"type": "image", "num_channels": out_channels,
                                  "format": "segmentation", "channel_def": channel_def}}},
-        "medai": {"spacing_mm": [float(s) for s in spacing_mm], "roi": [int(r) for r in roi],
-                  "normalization": "zscore", "axcodes": "RAS", "training": training or {}},
+        "medai": {"spacing_mm": spacing, "roi": [int(r) for r in roi],
+                  "normalization": normalization.get("type", "zscore"), "normalization_spec": normalization,
+                  "axcodes": axcodes, "training": training or {}},
     }
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-             for k, v in network.state_dict().items()}
-    torch.save(state, folder / "models" / "model.pt")
+    models = folder / "models"
+    for stale in ("model.pt", "model.ts", "model.onnx", "model_fp16.ts"):
+        (models / stale).unlink(missing_ok=True)
+    if definition:
+        state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                 for k, v in network.state_dict().items()}
+        torch.save(state, models / "model.pt")
+    else:
+        if not isinstance(network, torch.jit.ScriptModule):
+            raise ValueError("A network without a MONAI definition must be TorchScript to be exported.")
+        torch.jit.save(network.cpu().float().eval(), str(models / "model.ts"))
+    if trust:
+        from .bundle_trust import record_trust
+
+        record_trust(folder, origin="trained", source="MedAI export")
     return folder
 
 
@@ -125,23 +183,43 @@ def _monai_version() -> str:
     return monai.__version__
 
 
-def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict, dict]:
-    """(network with the bundle's ``model.pt`` weights, its ``network_def``, metadata) of a bundle."""
+def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict | None, dict]:
+    """(network, its ``network_def`` or None, metadata) of a bundle: ``models/model.pt`` into the
+    rebuilt ``network_def``, else the TorchScript ``models/model.ts``."""
     bundle = Path(bundle)
     config_path = bundle / "configs" / "inference.json"
-    if not config_path.exists() or not (bundle / "models" / "model.pt").exists():
-        raise ValueError(f"{bundle} is not a bundle with configs/inference.json and models/model.pt; "
+    pt, ts = bundle / "models" / "model.pt", bundle / "models" / "model.ts"
+    config = json.loads(config_path.read_text()) if config_path.exists() else None
+    if config is None or not (pt.exists() or ts.exists()):
+        raise ValueError(f"{bundle} is not a bundle with configs/inference.json and models/model.pt or model.ts; "
                          "give a bundle exported by medai train or a MONAI zoo bundle.")
-    config = json.loads(config_path.read_text())
-    definition = config["network_def"]
-    network = build_network(definition)
-    state = torch.load(str(bundle / "models" / "model.pt"), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    network.load_state_dict(state)
+    definition = config.get("network_def")
+    if pt.exists() and definition:
+        network = build_network(definition)
+        state = torch.load(str(pt), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        network.load_state_dict(state)
+    elif ts.exists():
+        network, definition = torch.jit.load(str(ts), map_location="cpu"), None
+    else:
+        raise ValueError(f"{bundle} has models/model.pt but no network_def in configs/inference.json.")
     metadata_path = bundle / "configs" / "metadata.json"
     metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
     return network, definition, metadata
+
+
+def bundle_preprocessing(bundle):
+    """The bundle's own ``preprocessing`` (a MONAI ``Compose``) from ``configs/inference.json``."""
+    from monai.bundle import ConfigParser
+
+    path = Path(bundle) / "configs" / "inference.json"
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    if "preprocessing" not in parser:
+        raise ValueError(f"{bundle} has no preprocessing in configs/inference.json.")
+    parser["bundle_root"] = str(bundle)
+    return parser.get_parsed_content("preprocessing")
 
 
 class OnnxNetwork:
@@ -190,12 +268,15 @@ def export_compressed(bundle, samples: list[torch.Tensor], fp16: bool = True, on
     network = network.to(device).eval()
     reference, seconds = _run_all(network, samples, roi, device, repeat)
     report = {"fp32": {"seconds": seconds, "device": str(device)}}
-    example = torch.zeros((1, int(definition["in_channels"]), *[int(r) for r in roi]))
+    in_channels = int(definition["in_channels"]) if definition else \
+        int(metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1))
+    example = torch.zeros((1, in_channels, *[int(r) for r in roi]))
     if fp16:
         path = bundle / "models" / "model_fp16.ts"
         entry = {"file": str(path), "device": str(device)}
         try:
-            wrapped = _Fp16Wrapper(build_network(definition)).eval()
+            base = build_network(definition) if definition else load_bundle_network(bundle)[0]
+            wrapped = _Fp16Wrapper(base).eval()
             wrapped.network.load_state_dict({k: v.half() if v.is_floating_point() else v
                                              for k, v in network.state_dict().items()})
             with torch.no_grad():

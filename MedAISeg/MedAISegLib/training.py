@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .export import build_network, build_transforms, export_bundle, load_bundle_network, network_definition, \
+from .export import build_network, build_transforms, bundle_preprocessing, export_bundle, network_definition, \
     preprocessing_definition
 from .sliding_window import sliding_window_inference
 
@@ -52,6 +52,9 @@ class TrainingConfig:
     elastic: bool = False
     resume: bool = False
     labels: dict = field(default_factory=dict)
+    normalization: dict = field(default_factory=lambda: {"type": "zscore"})
+    axcodes: str | None = "RAS"
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -59,7 +62,7 @@ class TrainingResult:
     """What a run produced: the network (best weights), figures and files."""
 
     network: torch.nn.Module
-    definition: dict
+    definition: dict | None
     labels: dict
     best_dice: float
     best_epoch: int
@@ -115,6 +118,17 @@ def _augmentations(config: TrainingConfig) -> list:
     return steps
 
 
+def _dataset(items, transform, config: TrainingConfig):
+    """In-memory ``CacheDataset``, or a ``PersistentDataset`` under ``config.cache_dir`` (the
+    deterministic preprocessing is cached on disk and reused by later runs on the same files)."""
+    from monai.data import CacheDataset, PersistentDataset
+
+    if config.cache_dir:
+        Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(items, transform, cache_dir=str(config.cache_dir))
+    return CacheDataset(items, transform, progress=False)
+
+
 def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes) -> dict:
     """Dice of each label value in ``classes`` (1.0 when absent from both)."""
     scores = {}
@@ -168,12 +182,14 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
           progress=None, on_epoch=None) -> TrainingResult:
     """Train on ``cases`` (list of (image, label), files or SimpleITK images); see the module docstring.
 
-    ``init_bundle``: fine-tune from this bundle's weights (its network and, unless ``config``
-    overrides them, spacing and ROI; output layers whose class count differs are re-initialised).
+    ``init_bundle``: fine-tune from this model — a bundle folder, a TorchScript file with a model
+    card, or a :class:`.fine_tune.InitialModel` (see :mod:`.fine_tune`; another label set adapts the
+    output layer). ``config.cache_dir``: keep the preprocessed cases on disk (MONAI
+    ``PersistentDataset``) instead of in memory.
     ``progress``: a ``Progress`` (stage, fraction; cancel keeps the best model); ``on_epoch``:
     called with each epoch's history row (epoch, loss, val_dice, learning_rate, seconds).
     """
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import DataLoader
     from monai.losses import DiceCELoss
     from monai.transforms import Compose
     from monai.utils import set_determinism
@@ -201,20 +217,17 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
             sitk.ReadImage(it["label"])))} - {0})
         if not values:
             raise ValueError("The label maps are empty: draw at least one segment before training.")
-        labels = {v: config.labels.get(v, f"label {v}") for v in values}
-        out_channels = max(values) + 1
-        definition = network_definition(config.network, 1, out_channels, config.features)
-        network = build_network(definition)
-        if init_bundle is not None:
-            base, base_definition, _ = load_bundle_network(init_bundle)
-            if base_definition.get("out_channels") == out_channels:
-                definition, network = base_definition, base
-            else:  # another label set: keep every layer whose shape still fits
-                definition = {**base_definition, "out_channels": out_channels}
-                network = build_network(definition)
-                own = network.state_dict()
-                own.update({k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape})
-                network.load_state_dict(own)
+        if init_bundle is not None:  # the model's own classes stay, the case's new ones are added
+            from .fine_tune import adapt_to_labels, load_initial_model
+
+            initial = init_bundle if not isinstance(init_bundle, (str, Path)) else load_initial_model(init_bundle)
+            values = sorted(set(values) | set(initial.labels))
+            labels = {v: config.labels.get(v, initial.labels.get(v, f"label {v}")) for v in values}
+            network, definition = adapt_to_labels(initial, labels, roi=config.roi)
+        else:
+            labels = {v: config.labels.get(v, f"label {v}") for v in values}
+            definition = network_definition(config.network, 1, max(values) + 1, config.features)
+            network = build_network(definition)
         network = network.to(device)
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(items))
@@ -222,8 +235,9 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         n_val = min(max(n_val, 1 if len(items) > 2 else 0), len(items) - 1)
         val_items = [items[i] for i in order[:n_val]]
         train_items = [items[i] for i in order[n_val:]]
-        pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label")))
-        train_ds = CacheDataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), progress=False)
+        pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label"),
+                                                        normalization=config.normalization, axcodes=config.axcodes))
+        train_ds = _dataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), config)
         val_cases = [pre(item) for item in val_items]
         loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
                             generator=torch.Generator().manual_seed(config.seed))
@@ -298,69 +312,30 @@ def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, in
     """:func:`train`, then :func:`.export.export_bundle` of the best model into ``bundle_dir``
     (curves and checkpoint in ``bundle_dir/logs``)."""
     config = config or TrainingConfig()
-    if init_bundle is not None:
-        _, _, metadata = load_bundle_network(init_bundle)
-        medai = metadata.get("medai", {})
-        config.spacing_mm = tuple(medai.get("spacing_mm", config.spacing_mm))
-        config.roi = tuple(medai.get("roi", config.roi))
+    if init_bundle is not None:  # the starting model's grid, patch size and normalisation
+        from .fine_tune import load_initial_model
+
+        init_bundle = load_initial_model(init_bundle) if isinstance(init_bundle, (str, Path)) else init_bundle
+        config.spacing_mm = init_bundle.spacing_mm
+        config.roi = tuple(init_bundle.roi)
+        config.normalization, config.axcodes = dict(init_bundle.normalization), init_bundle.axcodes
     result = train(cases, Path(bundle_dir) / "logs", config, init_bundle, device, progress, on_epoch)
     summary = {k: v for k, v in asdict(config).items() if k != "labels"}
     summary.update({"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
                     "epochs_run": result.epochs_run, "stopped": result.stopped, "cases": len(cases),
-                    "init_bundle": str(init_bundle) if init_bundle else None})
+                    "init_model": init_bundle.source if init_bundle is not None else None})
     export_bundle(bundle_dir, result.network, result.definition, result.labels, config.spacing_mm, config.roi,
-                  name=name, training=summary)
+                  name=name, training=summary, normalization=config.normalization, axcodes=config.axcodes)
     result.files["bundle"] = str(bundle_dir)
     return result
 
 
 def preprocess_for_bundle(image, bundle, with_affine: bool = False):
-    """``(C, X, Y, Z)`` tensor of ``image`` (file or SimpleITK) after ``bundle``'s preprocessing;
-    with ``with_affine`` also its 4x4 voxel (i, j, k) to RAS (mm) matrix."""
-    _, _, metadata = load_bundle_network(bundle)
-    spacing = metadata.get("medai", {}).get("spacing_mm")
-    if spacing is None:
-        raise ValueError(f"{bundle} has no MedAI spacing in its metadata; export it with medai train.")
+    """``(C, X, Y, Z)`` tensor of ``image`` (file or SimpleITK) after ``bundle``'s own preprocessing
+    (``configs/inference.json``); with ``with_affine`` also its 4x4 voxel (i, j, k) to RAS (mm) matrix."""
+    pre = bundle_preprocessing(bundle)
     with tempfile.TemporaryDirectory(prefix="medai-pre-") as tmp:
         path = _to_file(image, Path(tmp), "image")
-        data = build_transforms(preprocessing_definition(spacing))({"image": path})["image"]
+        data = pre({"image": path})["image"]
     tensor = data.as_tensor()
     return (tensor, np.asarray(data.affine, dtype=float)) if with_affine else tensor
-
-
-def saliency_map(network: torch.nn.Module, image: torch.Tensor, class_index: int, roi, device="cpu",
-                 smoothing_voxels: float = 1.0) -> np.ndarray:
-    """Gradient×input saliency of class ``class_index`` for a ``(C, X, Y, Z)`` preprocessed image.
-
-    Per ``roi`` tile (the volume is zero-padded to whole tiles), the summed logit of the class
-    over the voxels predicted as that class is back-propagated to the input (tiles without
-    the class stay 0); the map is |gradient × input| summed over channels, Gaussian-smoothed and scaled to
-    [0, 1]. Returns an ``(X, Y, Z)`` float32 array on the input grid.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    device = torch.device(device)
-    network = network.to(device).eval()
-    image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
-    roi = [int(r) for r in roi]
-    spatial = image.shape[1:]
-    padded_shape = [int(np.ceil(n / r)) * r for n, r in zip(spatial, roi)]
-    padded = torch.zeros((image.shape[0], *padded_shape))
-    padded[:, :spatial[0], :spatial[1], :spatial[2]] = image
-    result = torch.zeros(padded_shape)
-    for x in range(0, padded_shape[0], roi[0]):
-        for y in range(0, padded_shape[1], roi[1]):
-            for z in range(0, padded_shape[2], roi[2]):
-                tile = padded[None, :, x:x + roi[0], y:y + roi[1], z:z + roi[2]].to(device).requires_grad_(True)
-                logits = network(tile)
-                mask = (logits.argmax(1) == class_index).float()
-                if mask.sum() == 0:  # the class is not predicted in this tile: nothing to explain
-                    continue
-                (logits[:, class_index] * mask).sum().backward()
-                saliency = (tile.grad * tile).abs().sum(1)[0]
-                result[x:x + roi[0], y:y + roi[1], z:z + roi[2]] = saliency.detach().cpu()
-    array = result[:spatial[0], :spatial[1], :spatial[2]].numpy()
-    if smoothing_voxels > 0:
-        array = gaussian_filter(array, smoothing_voxels)
-    peak = float(array.max())
-    return (array / peak if peak > 0 else array).astype(np.float32)

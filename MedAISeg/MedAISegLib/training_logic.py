@@ -19,7 +19,7 @@ from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .training import TrainingConfig, TrainingResult, preprocess_for_bundle, saliency_map, train_and_export
+from .training import TrainingConfig, TrainingResult, preprocess_for_bundle, train_and_export
 
 
 class MedAITrainingLogic:
@@ -29,7 +29,7 @@ class MedAITrainingLogic:
         self.scene = scene if scene is not None else get_scene()
         self.last_info: dict = {}
 
-    def _case(self, volume_node, label_node):
+    def _case(self, volume_node, label_node, values_by_name: dict | None = None):
         bridge.require_scalar_volume(volume_node)
         image = bridge.volume_to_sitk(volume_node)
         reference = bridge.volume_geometry(volume_node)
@@ -38,6 +38,8 @@ class MedAITrainingLogic:
         if label_node.IsA("vtkMRMLSegmentationNode"):
             labels, geometry, infos = bridge.labelmap_from_segmentation(label_node, reference=reference)
             names = {info.label: info.name for info in infos}
+            if values_by_name:  # segment names that the model knows keep the model's label values
+                labels, names = _relabel(np.asarray(labels), names, values_by_name)
         elif label_node.IsA("vtkMRMLScalarVolumeNode"):
             labels, geometry = bridge.array_from_volume(label_node)
             labels = bridge.resample_array(labels, geometry, reference, interpolator=sitk.sitkNearestNeighbor) \
@@ -66,9 +68,13 @@ class MedAITrainingLogic:
             cases.append(case)
             names.update(case_names)
         config.labels = {**names, **config.labels}
+        return self._run(cases, bundle_dir, config, init_bundle, device, progress, on_epoch, table_node)
+
+    def _run(self, cases, bundle_dir, config, init_model, device, progress, on_epoch, table_node) -> TrainingResult:
+        progress = progress if progress is not None else Progress()
         torch_device = select_device(device)
         progress.update("training", 0.0)
-        result = train_and_export(cases, bundle_dir, config, init_bundle=init_bundle, device=torch_device,
+        result = train_and_export(cases, bundle_dir, config, init_bundle=init_model, device=torch_device,
                                   progress=progress, on_epoch=on_epoch, name=Path(bundle_dir).name)
         columns = {key: [row[key] for row in result.history] for key in ("epoch", "loss", "val_dice")}
         table = bridge.create_table(self.scene, columns, f"{Path(bundle_dir).name} training curves", node=table_node)
@@ -78,38 +84,85 @@ class MedAITrainingLogic:
         progress.update("done", 1.0)
         return result
 
-    def fine_tune_on_case(self, volume_node, segmentation_node, bundle, output_bundle, epochs: int = 20,
-                          device: str = "auto", progress=None) -> TrainingResult:
-        """"Fine-tune on this case": a few epochs from ``bundle`` on one corrected case, written to
-        ``output_bundle`` (no validation split: the score is 1 - training loss)."""
-        config = TrainingConfig(epochs=epochs, val_fraction=0.0, learning_rate=5e-4, patience=epochs)
-        return self.train([volume_node], [segmentation_node], output_bundle, config, init_bundle=bundle,
-                          device=device, progress=progress)
+    def fine_tune_on_case(self, volume_node, segmentation_node, model_path, output_dir, epochs: int = 20,
+                          device: str = "auto", progress=None, learning_rate: float = 1e-3,
+                          table_node=None) -> TrainingResult:
+        """"Fine-tune on this case": a short training from ``model_path`` (bundle folder or TorchScript
+        file with a model card) on one corrected case — the volume and the segmentation the user
+        edited in the Segment Editor — exported as a bundle to ``output_dir``, which ``medai segment``
+        and :meth:`MedAISegLib.logic.MedAISegLogic.segment_with_model` then run. ``output_dir`` may be
+        the bundle ``model_path`` itself (it is read fully before it is overwritten). Segments named
+        like a model label keep its value; other segment names extend the label set (new output
+        channels). No validation split: the best epoch is the lowest training loss."""
+        from .fine_tune import load_initial_model
 
-    def explain(self, volume_node, bundle, segment_name: str | None = None, output_node=None,
-                device: str = "auto"):
-        """Saliency volume '<input> saliency <segment>' (0..1 on the input's grid) for a segment of
-        ``bundle`` (default: its first label)."""
-        from .bundle import bundle_labels, bundle_metadata
+        initial = load_initial_model(model_path)
+        values_by_name = {name: value for value, name in initial.labels.items()}
+        bridge.require_scalar_volume(volume_node)
+        case, names = self._case(volume_node, segmentation_node, values_by_name)
+        config = TrainingConfig(epochs=int(epochs), val_fraction=0.0, learning_rate=learning_rate,
+                                patience=int(epochs), samples_per_case=4, batch_size=2,
+                                labels={**initial.labels, **names})
+        return self._run([case], output_dir, config, initial, device, progress, None, table_node)
+
+    def explain(self, volume_node, model_path, segment_name: str | None = None, output_node=None,
+                device: str = "auto", method: str = "auto", layer: str | None = None):
+        """Explanation volume '<input> Grad-CAM <segment>' (or '<input> saliency <segment>' for
+        gradient×input), 0..1 on the input's grid, for a segment of ``model_path`` (bundle folder or
+        TorchScript file with a model card; default segment: its first label). ``method``:
+        ``gradcam`` (feature ``layer``, default the last decoder block), ``gradient`` or ``auto``
+        (Grad-CAM unless the model is bare TorchScript)."""
+        from .explain import explanation_map
+        from .fine_tune import load_initial_model
 
         bridge.require_scalar_volume(volume_node)
-        segments = bundle_labels(bundle_metadata(bundle))
-        if not segments:
-            raise ValueError(f"{bundle} lists no labels in configs/metadata.json.")
-        chosen = segments[0] if segment_name is None else next((s for s in segments if s.name == segment_name), None)
-        if chosen is None:
-            raise ValueError(f"Segment {segment_name!r} is not in {bundle}; choose one of {[s.name for s in segments]}.")
-        from .export import load_bundle_network
-
-        network, _, metadata = load_bundle_network(bundle)
+        initial = load_initial_model(model_path)
+        if not initial.labels:
+            raise ValueError(f"{model_path} lists no labels.")
+        if segment_name is None:
+            value = min(initial.labels)
+        else:
+            value = next((v for v, n in initial.labels.items() if n == segment_name), None)
+            if value is None:
+                raise ValueError(f"Segment {segment_name!r} is not in {model_path}; choose one of "
+                                 f"{list(initial.labels.values())}.")
+        if method == "auto":
+            method = "gradient" if initial.scripted else "gradcam"
+        torch_device = select_device(device)
         image = bridge.volume_to_sitk(volume_node)
-        tensor, affine = preprocess_for_bundle(image, bundle, with_affine=True)
-        roi = metadata.get("medai", {}).get("roi", [64, 64, 64])
-        saliency = saliency_map(network, tensor, chosen.value, roi, device=select_device(device))
-        geometry = Geometry.from_ijk_to_physical(affine, "RAS", saliency.shape[::-1])
         reference = bridge.volume_geometry(volume_node)
-        array = bridge.resample_array(np.ascontiguousarray(saliency.transpose(2, 1, 0)), geometry, reference)
-        name = f"{volume_node.GetName()} saliency {chosen.name}"
-        node = bridge.create_volume(self.scene, array.astype(np.float32), reference, name, node=output_node)
-        self.last_info = {"segment": chosen.name, "label": chosen.value}
+        if Path(model_path).is_dir():
+            tensor, affine = preprocess_for_bundle(image, model_path, with_affine=True)
+            heat = explanation_map(initial.network, tensor, value, initial.roi, method, layer, device=torch_device)
+            geometry = Geometry.from_ijk_to_physical(affine, "RAS", heat.shape[::-1])
+            array = bridge.resample_array(np.ascontiguousarray(heat.transpose(2, 1, 0)), geometry, reference)
+        else:
+            from .model_card import ModelCard, find_card
+            from .torchscript_model import prepare_channels, restore_to_reference
+
+            card = ModelCard.load(find_card(model_path))
+            data, work = prepare_channels([image], card)
+            heat = explanation_map(initial.network, data, value, card.roi_size, method, layer, device=torch_device)
+            kji = np.ascontiguousarray(heat.transpose(2, 1, 0)) if card.axis_order == "ijk" else heat
+            array = restore_to_reference(kji, work, image, labels=False)
+        label = "Grad-CAM" if method == "gradcam" else "saliency"
+        name = f"{volume_node.GetName()} {label} {initial.labels[value]}"
+        node = bridge.create_volume(self.scene, np.asarray(array, dtype=np.float32), reference, name, node=output_node)
+        self.last_info = {"segment": initial.labels[value], "label": value, "method": method,
+                          "layer": layer if method == "gradcam" else None, "device": str(torch_device)}
         return node
+
+
+def _relabel(labels: np.ndarray, names: dict, values_by_name: dict) -> tuple[np.ndarray, dict]:
+    """Give segments named like a model label that label's value; others get the next free values."""
+    out = np.zeros_like(labels)
+    free = max(values_by_name.values(), default=0) + 1
+    new_names = {}
+    for value, name in sorted(names.items()):
+        if name in values_by_name:
+            target = values_by_name[name]
+        else:
+            target, free = free, free + 1
+        out[labels == value] = target
+        new_names[target] = name
+    return out, new_names

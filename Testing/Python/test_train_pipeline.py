@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy.ndimage import binary_dilation
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import add_common_options, main
@@ -22,12 +25,26 @@ from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.progress import Progress
 from MedAISegLib import training_commands
 from MedAISegLib.export import export_compressed, load_bundle_network
-from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, write_phantom_cases
-from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train
+from MedAISegLib.fine_tune import adapt_to_labels, load_initial_model
+from MedAISegLib.logic import MedAISegLogic
+from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, make_two_lesion_case, write_phantom_cases
+from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train, train_and_export
 from MedAISegLib.training_logic import MedAITrainingLogic
 
 SMALL = ["--spacing", "2", "2", "2", "--roi", "24", "24", "24", "--features", "8", "--learning-rate", "3e-3"]
 DARK = {"contrast": (-120.0, -60.0)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trust_store(tmp_path_factory):
+    """A private bundle trust store: the bundles exported here are trusted by the export itself."""
+    previous = os.environ.get("MEDAI_TRUST_STORE")
+    os.environ["MEDAI_TRUST_STORE"] = str(tmp_path_factory.mktemp("trust") / "trusted_bundles.json")
+    yield
+    if previous is None:
+        os.environ.pop("MEDAI_TRUST_STORE", None)
+    else:
+        os.environ["MEDAI_TRUST_STORE"] = previous
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +136,125 @@ def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_pa
     assert table.GetNumberOfRows() == 8
 
 
+def _torchscript_with_card(bundle, folder, label="label 1", architecture=False):
+    """``model.ts`` (scripted from ``bundle``) and its card ``model.ts.json`` in ``folder``."""
+    network, definition, _ = load_bundle_network(bundle)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.ts"
+    torch.jit.save(torch.jit.script(network.eval()), str(path))
+    card = {"name": "bright lesions", "labels": [{"value": 1, "name": label}], "spacing_mm": [2.0, 2.0, 2.0],
+            "normalization": {"type": "zscore"}, "roi_size": [24, 24, 24], "axis_order": "ijk"}
+    if architecture:
+        card["network_def"] = definition
+    (folder / "model.ts.json").write_text(json.dumps(card))
+    return path
+
+
+def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle, tmp_path, scene):
+    bundle, _ = bright_bundle
+    model = _torchscript_with_card(bundle, tmp_path / "ts")
+    before = _segment_dice(model, [2000, 2001], tmp_path, scene, **DARK)
+    images, labels = write_phantom_cases(tmp_path / "dark_cases", range(300, 306), **DARK)
+    out = tmp_path / "dark_from_ts"
+    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(out), "--epochs", "8",
+                 "--init-bundle", str(model), "--learning-rate", "3e-3", "--val-fraction", "0.34"]) == 0
+    assert (out / "models" / "model.ts").exists()
+    assert not (out / "models" / "model.pt").exists()
+    after = _segment_dice(out, [2000, 2001], tmp_path, scene, **DARK)
+    assert np.mean(after) > np.mean(before) + 0.3, (before, after)
+    assert np.mean(after) >= 0.6, after
+    metadata = json.loads((out / "configs" / "metadata.json").read_text())
+    assert metadata["medai"]["training"]["init_model"] == "torchscript"
+    assert metadata["medai"]["spacing_mm"] == [2.0, 2.0, 2.0]
+
+
+def test_card_naming_its_architecture_is_rebuilt_and_takes_a_new_label_set(bright_bundle, tmp_path, scene):
+    bundle, _ = bright_bundle
+    model = _torchscript_with_card(bundle, tmp_path / "ts", label="lesion", architecture=True)
+    initial = load_initial_model(model)
+    assert not initial.scripted
+    assert "SegResNet" in initial.source
+    probe = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(initial.network.eval()(probe), torch.jit.load(str(model))(probe), atol=1e-5)
+        reference = initial.network(probe)
+        network, definition = adapt_to_labels(initial, {1: "lesion", 2: "dark lesion"})
+        logits = network.eval()(probe)
+    assert definition["out_channels"] == 3
+    assert logits.shape[1] == 3
+    assert torch.allclose(logits[:, :2], reference, atol=1e-5)  # background and 'lesion' carried over
+    image, truth = make_two_lesion_case(0)
+    volume = bridge.sitk_to_volume(image, scene, "two")
+    labels, geometry = bridge.sitk_to_array(truth)
+    seg = bridge.create_segmentation(scene, labels, geometry, [bridge.SegmentInfo(1, "lesion"),
+                                                               bridge.SegmentInfo(2, "dark lesion")], "two seg")
+    MedAITrainingLogic(scene).fine_tune_on_case(volume, seg, model, tmp_path / "three", epochs=1, device="cpu")
+    assert (tmp_path / "three" / "models" / "model.pt").exists()
+    node = MedAISegLogic(scene).segment_with_model(volume, tmp_path / "three", device="cpu")
+    assert [s.name for s in bridge.segment_infos(node)] == ["lesion", "dark lesion"]
+
+
+def test_torchscript_output_convolution_is_replaced_for_a_new_label_set(bright_bundle, tmp_path):
+    from monai.networks.nets import UNet
+
+    bundle, _ = bright_bundle
+    initial = load_initial_model(_torchscript_with_card(bundle, tmp_path / "ts", label="lesion"))
+    assert initial.scripted
+    probe = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        reference = initial.network(probe)
+        network, definition = adapt_to_labels(initial, {1: "lesion", 2: "dark lesion"})
+        logits = network(probe)
+    assert definition is None
+    assert logits.shape[1] == 3
+    assert torch.allclose(logits[:, :2], reference, atol=1e-5)
+    cases = [make_two_lesion_case(seed) for seed in range(3)]
+    config = TrainingConfig(epochs=2, val_fraction=0.34, labels={1: "lesion", 2: "dark lesion"})
+    result = train_and_export(cases, tmp_path / "three", config, init_bundle=initial)
+    assert result.labels == {1: "lesion", 2: "dark lesion"}
+    assert (tmp_path / "three" / "models" / "model.ts").exists()
+    metadata = json.loads((tmp_path / "three" / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    # a residual output block (UNet with residual units) has no replaceable final convolution
+    unet = UNet(3, 1, 2, channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
+    torch.jit.save(torch.jit.script(unet.eval()), str(tmp_path / "unet.ts"))
+    (tmp_path / "unet.ts.json").write_text(json.dumps({"labels": [{"value": 1, "name": "lesion"}],
+                                                       "roi_size": [16, 16, 16]}))
+    with pytest.raises(ValueError, match="output convolution"):
+        adapt_to_labels(load_initial_model(tmp_path / "unet.ts"), {1: "lesion", 2: "dark lesion"})
+
+
+def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
+    """The Slicer loop: segment, correct in the Segment Editor, fine-tune on the case, segment again."""
+    bundle, _ = bright_bundle
+    model = tmp_path / "my model"
+    shutil.copytree(bundle, model)  # a copy elsewhere is not trusted until the user (or a MedAI export) says so
+    image, truth_image = make_phantom_case(2100, **DARK)
+    volume = bridge.sitk_to_volume(image, scene, "dark")
+    truth, geometry = bridge.sitk_to_array(truth_image)
+    seg_logic = MedAISegLogic(scene)
+    first = seg_logic.segment_with_model(volume, model, device="cpu", trust_bundle=True)
+    corrected = bridge.create_segmentation(scene, truth, geometry, [bridge.SegmentInfo(1, "label 1")],
+                                           "dark corrected")  # what the user drew in the Segment Editor
+
+    def dice(node):
+        try:
+            labels, _, _ = bridge.labelmap_from_segmentation(node, reference=geometry)
+        except bridge.BridgeError:  # empty segmentation
+            labels = np.zeros_like(truth)
+        return dice_per_class(labels, truth, [1])[1]
+
+    before = dice(first)
+    logic = MedAITrainingLogic(scene)
+    logic.fine_tune_on_case(volume, corrected, model, model, epochs=15, device="cpu")  # updates in place
+    assert logic.last_info["epochs_run"] == 15
+    second = seg_logic.segment_with_model(volume, model, device="cpu", output_node=first)  # no trust prompt
+    assert second is first
+    after = dice(second)
+    assert after > before + 0.3, (before, after)
+    assert after >= 0.7, (before, after)
+
+
 def test_fp16_and_onnx_exports_agree_with_fp32(bright_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     bundle, _ = bright_bundle
@@ -144,18 +280,27 @@ def test_medai_export_command_writes_report(bright_bundle, tmp_path):
     assert "fp16_torchscript" not in metrics
 
 
-def test_saliency_concentrates_on_the_segment(bright_bundle, scene):
+def test_gradcam_and_saliency_concentrate_on_the_segment(bright_bundle, scene):
     bundle, _ = bright_bundle
     image, truth = make_phantom_case(4000)
     volume = bridge.sitk_to_volume(image, scene, "case")
-    node = MedAITrainingLogic(scene).explain(volume, bundle, "label 1", device="cpu")
-    saliency, geometry = bridge.array_from_volume(node)
-    assert node.GetName() == "case saliency label 1"
-    assert saliency.shape == sitk.GetArrayFromImage(image).shape
+    logic = MedAITrainingLogic(scene)
     mask = sitk.GetArrayFromImage(truth) > 0
-    assert saliency[mask].mean() > 2.0 * saliency[~mask].mean()
+    far = ~binary_dilation(mask, iterations=3)
+    node = logic.explain(volume, bundle, "label 1", device="cpu")
+    assert node.GetName() == "case Grad-CAM label 1"
+    assert logic.last_info["method"] == "gradcam"
+    heat, _ = bridge.array_from_volume(node)
+    assert heat.shape == mask.shape
+    assert heat[mask].mean() > 3.0 * heat[far].mean(), (heat[mask].mean(), heat[far].mean())
+    node = logic.explain(volume, bundle, "label 1", device="cpu", method="gradient")
+    assert node.GetName() == "case saliency label 1"
+    saliency, _ = bridge.array_from_volume(node)
+    assert saliency[mask].mean() > 2.0 * saliency[far].mean()
     with pytest.raises(ValueError, match="not in"):
-        MedAITrainingLogic(scene).explain(volume, bundle, "liver")
+        logic.explain(volume, bundle, "liver")
+    with pytest.raises(ValueError, match="Layer"):
+        logic.explain(volume, bundle, "label 1", layer="no_such_layer")
 
 
 def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
