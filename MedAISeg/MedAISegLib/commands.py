@@ -53,6 +53,10 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (models)")
     p.add_argument("--uncertainty", metavar="FILE", help="also write the voxel-wise entropy volume (nats; models)")
+    p.add_argument("--probabilities", metavar="FILE",
+                   help="also write class probabilities (models): FILE gets the foreground probability (1 - "
+                        "background; the class itself for one-class models); a FILE containing {label} gets one "
+                        "file per class, e.g. prob_{label}.nrrd")
     p.add_argument("--trust-bundle", action="store_true",
                    help="trust the MONAI bundle given with --model as it is now (its configs can run Python code); "
                         "recorded in the per-user trust store. Catalogue downloads are trusted already")
@@ -151,8 +155,9 @@ def cmd_segment(args, report) -> int:
             report.parameters.update({"model": str(args.model), "tta": args.tta, "device": args.device,
                                       "trust_bundle": args.trust_bundle})
             seg = logic.segment_with_model([node, *extra], args.model, device=args.device, flip_tta=args.tta,
-                                           return_entropy=bool(args.uncertainty), trust_bundle=args.trust_bundle,
-                                           progress=progress)
+                                           return_entropy=bool(args.uncertainty),
+                                           return_probabilities=bool(args.probabilities),
+                                           trust_bundle=args.trust_bundle, progress=progress)
             report.device = logic.last_info.get("device", "cpu")
         elif args.method == "threshold":
             report.parameters.update({"method": "threshold", "lower": args.lower, "upper": args.upper})
@@ -172,9 +177,26 @@ def cmd_segment(args, report) -> int:
         if args.uncertainty:
             entropy = scene.GetFirstNodeByName(f"{node.GetName()} uncertainty")
             report.outputs["uncertainty"] = str(bridge.save_node(entropy, args.uncertainty))
+        if args.probabilities:
+            report.outputs.update(_save_probabilities(scene, node, seg, args.probabilities))
     report.metrics.update(info)
     report.metrics["segments"] = [s.name for s in bridge.segment_infos(seg)]
     return 0
+
+
+def _save_probabilities(scene, node, seg, target: str) -> dict:
+    """Write the probability volumes the Logic made (see ``--probabilities``); returns report outputs."""
+    names = [s.name for s in bridge.segment_infos(seg)]
+    volumes = {name: scene.GetFirstNodeByName(f"{node.GetName()} probability {name}") for name in names}
+    if "{label}" in target:
+        return {f"probability {name}": str(bridge.save_node(volume, target.replace("{label}", name.replace(" ", "_"))))
+                for name, volume in volumes.items()}
+    if len(volumes) == 1:
+        return {"probability": str(bridge.save_node(next(iter(volumes.values())), target))}
+    arrays = [bridge.array_from_volume(volume) for volume in volumes.values()]
+    foreground = np.clip(np.sum([a for a, _ in arrays], axis=0), 0.0, 1.0).astype(np.float32)
+    total = bridge.create_volume(scene, foreground, arrays[0][1], f"{node.GetName()} foreground probability")
+    return {"probability": str(bridge.save_node(total, target))}
 
 
 def cmd_evaluate(args, report) -> int:

@@ -118,3 +118,30 @@ def test_segment_needs_a_method_or_model(totalseg, tmp_path, capsys):
     assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), str(tmp_path / "x.seg.nrrd"),
                  "--method", "region-growing"]) == 1
     assert "seeds" in capsys.readouterr().err
+
+
+def test_segment_bundle_with_tta_probabilities_and_uncertainty(shared_data, tmp_path):
+    src = shared_data / "registration/monai-testing-data/anatomical.nii"
+    bundle = write_bundle(tmp_path / "bundle")
+    out, report = tmp_path / "head.seg.nrrd", tmp_path / "r.json"
+    prob, unc = tmp_path / "prob.nrrd", tmp_path / "entropy.nrrd"
+    assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu", "--trust-bundle", "--tta",
+                 "--probabilities", str(prob), "--uncertainty", str(unc), "--report", str(report)]) == 0
+    source = sitk.ReadImage(str(src))
+    x = sitk.GetArrayFromImage(source).astype(np.float64)
+    p1 = 1.0 / (1.0 + np.exp(-0.01 * (x - THRESHOLD)))  # the test network's softmax
+
+    def on_source_grid(path):  # Slicer may store the voxels in another axis order: compare in physical space
+        image = sitk.ReadImage(str(path))
+        return sitk.GetArrayFromImage(sitk.Resample(image, source, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0,
+                                                    image.GetPixelID()))
+
+    np.testing.assert_allclose(on_source_grid(prob), p1, atol=1e-5)
+    entropy = on_source_grid(unc)
+    q = np.clip(np.stack([1 - p1, p1]), 1e-8, None)
+    np.testing.assert_allclose(entropy, -(q * np.log(q)).sum(axis=0), atol=1e-4)  # nats
+    assert entropy[np.abs(x - THRESHOLD) < 10].min() > 0.69  # undecided voxels are the uncertain ones
+    data = read_report(report)
+    assert data["metrics"]["medai_inferer_because"] == ["flip TTA", "probabilities", "entropy"]
+    assert set(data["outputs"]) >= {"probability", "uncertainty"}
+    assert segment_voxels(out) == int((x > THRESHOLD).sum())
