@@ -21,7 +21,7 @@ from scipy.interpolate import interp1d
 
 from MedAICommonLib.geometry import Geometry
 
-from .dvh import group_contours_by_plane, inside_polygons
+from .dvh import group_contours_by_plane, inside_polygons, slab_bounds
 
 
 def read_dataset(path) -> pydicom.Dataset:
@@ -134,29 +134,51 @@ def contour_grid(contours_by_roi: list[list[np.ndarray]], pixel_mm: float = 1.0,
 
 
 def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.ndarray:
-    """Boolean KJI mask on an axial LPS ``geometry``: a voxel is in when its centre is inside (even-odd).
+    """Boolean KJI mask on any voxel grid (axial or oblique, ``geometry`` in LPS or RAS; contours LPS).
 
-    Each contour plane fills the slice whose centre is nearest, so a stack of contours gives slabs
-    with half-slice end caps, as in the usual RTSTRUCT convention.
+    A voxel is in when its centre lies in the slab of a contour plane (half-way to the neighbouring
+    planes, half-slice end caps at the first/last plane and at gaps, as :func:`dvh.contour_volume_cc`)
+    and, projected along z onto that plane, inside its polygons (even-odd). On an axial grid with one
+    slice per contour plane this is the usual "fill each slice with its contour"; on a finer axial grid
+    every slice of a slab is filled; on an oblique grid each voxel centre is taken to contour space and
+    tested against the plane whose slab holds it.
     """
     geometry = geometry.to_space("LPS")
     nk, nj, ni = geometry.shape_kji
     mask = np.zeros((nk, nj, ni), dtype=bool)
-    for z, polys in group_contours_by_plane(contours).items():
-        pts = np.concatenate(polys)
-        corners = geometry.point_to_index(np.column_stack([pts, np.full(len(pts), z)]))
-        k = int(np.round(np.median(corners[:, 2])))
-        if k < 0 or k >= nk:
+    planes = group_contours_by_plane(contours)
+    if not planes:
+        return mask
+    zs = np.array(list(planes))
+    lower, upper = slab_bounds(zs, None)
+    polys_by_plane = list(planes.values())
+    pts = np.concatenate([p for polys in polys_by_plane for p in polys])
+    lo = np.array([*pts.min(axis=0), lower[0]])
+    hi = np.array([*pts.max(axis=0), upper[-1]])
+    # index-space bounding box of the contours' physical box (any orientation)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ijk = geometry.point_to_index(corners)
+    i0, j0, k0 = (max(0, int(np.floor(v)) - 1) for v in ijk.min(axis=0))
+    i1, j1, k1 = (min(n, int(np.ceil(v)) + 2) for v, n in zip(ijk.max(axis=0), (ni, nj, nk)))
+    if i1 <= i0 or j1 <= j0 or k1 <= k0:
+        return mask
+    jj, ii = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
+    for k in range(k0, k1):  # one grid slice at a time (memory), its voxel centres in LPS
+        centres = geometry.index_to_point(np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], axis=1))
+        box = np.all((centres >= lo) & (centres <= hi), axis=1)
+        if not box.any():
             continue
-        i0, j0 = (max(0, int(np.floor(v)) - 1) for v in corners[:, :2].min(axis=0))
-        i1, j1 = (int(np.ceil(v)) + 2 for v in corners[:, :2].max(axis=0))
-        i1, j1 = min(i1, ni), min(j1, nj)
-        if i1 <= i0 or j1 <= j0:
-            continue
-        jj, ii = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1), indexing="ij")
-        ijk = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], axis=1)
-        xy = geometry.index_to_point(ijk)[:, :2]
-        mask[k, j0:j1, i0:i1] |= inside_polygons(xy, polys).reshape(jj.shape)
+        idx = np.flatnonzero(box)
+        plane = np.searchsorted(upper, centres[idx, 2], side="right")  # first plane with z < upper
+        ok = plane < len(zs)
+        idx, plane = idx[ok], plane[ok]
+        ok = centres[idx, 2] >= lower[plane]
+        idx, plane = idx[ok], plane[ok]
+        inside = np.zeros(ii.size, dtype=bool)
+        for n in np.unique(plane):
+            sel = idx[plane == n]
+            inside[sel] = inside_polygons(centres[sel, :2], polys_by_plane[n])
+        mask[k, j0:j1, i0:i1] = inside.reshape(ii.shape)
     return mask
 
 

@@ -66,7 +66,9 @@ def group_contours_by_plane(contours: list[np.ndarray], tol_mm: float = 0.01) ->
     return dict(sorted(planes.items()))
 
 
-def _slab_bounds(zs: np.ndarray, slice_spacing: float | None) -> tuple[np.ndarray, np.ndarray]:
+def slab_bounds(zs: np.ndarray, slice_spacing: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Lower/upper z (mm) of the slab each contour plane stands for: half-way to its neighbours, half a
+    slice spacing (default: the median gap) beyond the first/last plane and at gaps > 1.5 spacings."""
     if len(zs) == 1:
         half = (slice_spacing or 1.0) / 2.0
         return zs - half, zs + half
@@ -174,7 +176,7 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
     if not planes:
         return DoseSamples(np.zeros(0), np.zeros(0))
     zs = np.array(list(planes))
-    lower, upper = _slab_bounds(zs, slice_spacing)
+    lower, upper = slab_bounds(zs, slice_spacing)
     fine = min(geometry.spacing) / 4.0
     # z sub-slices: also no thicker than 1/8 of the contour spacing (the shape changes fastest
     # along z near the poles, where D99/D1 of a structure lie).
@@ -238,7 +240,7 @@ def contour_volume_cc(contours: list[np.ndarray], slice_spacing: float | None = 
     if not planes:
         return 0.0
     zs = np.array(list(planes))
-    lower, upper = _slab_bounds(zs, slice_spacing)
+    lower, upper = slab_bounds(zs, slice_spacing)
     total = 0.0
     for polys, z0, z1 in zip(planes.values(), lower, upper):
         area = 0.0

@@ -296,7 +296,8 @@ class PlanEvaluationLogic:
 
     def import_rtstruct(self, path, reference_node=None, pixel_mm: float = 1.0, name: str | None = None):
         """Load an RTSTRUCT into a segmentation node, rasterising its contours on ``reference_node``'s
-        grid (when axial) or on an axial grid of ``pixel_mm`` with one slice per contour plane."""
+        grid (axial or oblique: voxel centres tested in contour space) or on an axial grid of ``pixel_mm``
+        with one slice per contour plane."""
         rois = [r for r in dicom_rt.read_rtstruct(path) if r.contours]
         if not rois:
             raise ValueError(f"{path} has no closed planar contours to import.")

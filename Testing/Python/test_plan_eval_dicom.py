@@ -205,3 +205,38 @@ def test_medai_plan_rtplan_round_trip(scene, tmp_path):
     run = subprocess.run(["dciodvfy", paths["RTPLAN"]], capture_output=True, text=True, check=False)
     errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], errors
+
+
+def test_rtstruct_on_oblique_reference_grid(scene, tmp_path):
+    """RTSTRUCT contours rasterised on an oblique reference volume match the axial result resampled there."""
+    from MedAICommonLib.geometry import Geometry, rotation_matrix
+
+    axial = Geometry(spacing=(1.0, 1.0, 2.0), origin=(-20.0, -25.0, -10.0), space="LPS", shape_kji=(21, 41, 41))
+    kk, jj, ii = np.indices(axial.shape_kji)
+    pts = axial.index_to_point(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1)).reshape(*axial.shape_kji, 3)
+    labels = (np.linalg.norm((pts - [0.0, -5.0, 10.0]) / [15.0, 12.0, 14.0], axis=-1) < 1.0).astype(np.uint8)
+    path = write_dataset(rtstruct_dataset(labels, axial, [(1, "ellipsoid", (0.0, 1.0, 0.0))]), tmp_path / "RS.dcm")
+    contours = read_rtstruct(path)[0].contours
+    logic = PlanEvaluationLogic(scene)
+    on_axial = bridge.segment_mask(logic.import_rtstruct(path), "ellipsoid", None)
+    direction = rotation_matrix("z", 35.0) @ rotation_matrix("x", 25.0)
+    spacing, shape = np.array([1.1, 1.2, 1.3]), (36, 40, 44)
+    origin = np.array([0.0, -5.0, 10.0]) - direction @ (spacing * np.array(shape[::-1]) / 2.0)
+    oblique = Geometry(tuple(spacing), tuple(origin), direction, "LPS", shape)
+    reference = bridge.create_volume(scene, np.zeros(shape, np.float32), oblique.to_space("RAS"), "oblique CT")
+    seg = logic.import_rtstruct(path, reference_node=reference)
+    mask, mask_geometry = bridge.segment_mask(seg, "ellipsoid", oblique.to_space("RAS"))
+    assert mask_geometry.same_grid(oblique.to_space("RAS"), 1e-3)
+    # the axial raster resampled (nearest) at the oblique voxel centres
+    kk, jj, ii = np.indices(shape)
+    centres = oblique.index_to_point(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1))
+    ax_mask, ax_geometry = on_axial
+    ijk = np.round(ax_geometry.to_space("LPS").point_to_index(centres)).astype(int)
+    valid = np.all((ijk >= 0) & (ijk < np.array(ax_mask.shape[::-1])), axis=1)
+    resampled = np.zeros(len(centres), bool)
+    resampled[valid] = ax_mask[ijk[valid, 2], ijk[valid, 1], ijk[valid, 0]]
+    resampled = resampled.reshape(shape)
+    dice = 2.0 * np.sum(mask & resampled) / (mask.sum() + resampled.sum())
+    assert dice >= 0.95
+    volume_cc = mask.sum() * float(np.prod(spacing)) / 1000.0
+    assert abs(volume_cc - contour_volume_cc(contours)) <= 0.02 * contour_volume_cc(contours)
