@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from scene_snapshot import saved_scene
 
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
@@ -125,13 +126,15 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_and_scene_unchanged(scene, data, case):
+def test_bad_input_is_refused_and_scene_unchanged(scene, data, case, tmp_path):
     call, expected = CASES[case]
+    saved_before = saved_scene(scene, tmp_path / "before")
     before = snapshot(scene)
     with pytest.raises(ValueError, match=f"(?i){re.escape(expected)}") as error:
         call(scene, data)
     assert len(str(error.value)) > 20, "the message must say what is wrong and what to do"
     assert snapshot(scene) == before
+    assert saved_scene(scene, tmp_path / "after") == saved_before, "the scene saved after the failed run differs"
 
 
 BAD_FILES = {

@@ -5,13 +5,13 @@ same values as the in-process Logic; a job that is killed, cancelled or fails le
 saved, equals the scene saved before it.
 """
 
-import hashlib
 import os
 import signal
 import time
 
 import numpy as np
 import pytest
+from scene_snapshot import saved_scene
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
@@ -33,24 +33,6 @@ def oblique_geometry(shape_kji):
 def ct(scene):
     phantom = make_ct_phantom(shape_kji=(16, 30, 28), spacing=(1.5, 2.0, 3.0))
     return bridge.create_volume(scene, phantom.ct, oblique_geometry(phantom.ct.shape), "patient CT")
-
-
-def saved_scene(scene, folder) -> dict:
-    """What saving the scene writes: the MRML document, plus every data node's voxels and geometry."""
-    folder.mkdir(parents=True, exist_ok=True)
-    scene.SetRootDirectory(str(folder))
-    scene.SetURL(str(folder / "scene.mrml"))
-    scene.Commit()
-    data = {}
-    for i in range(scene.GetNumberOfNodes()):
-        node = scene.GetNthNode(i)
-        if node.IsA("vtkMRMLScalarVolumeNode"):
-            array, geometry = bridge.array_from_volume(node)
-            data[node.GetID()] = hashlib.sha256(array.tobytes() + geometry.ijk_to_physical().tobytes()).hexdigest()
-        elif node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments():
-            labels, geometry, _infos = bridge.labelmap_from_segmentation(node)
-            data[node.GetID()] = hashlib.sha256(labels.tobytes() + geometry.ijk_to_physical().tobytes()).hexdigest()
-    return {"mrml": (folder / "scene.mrml").read_text(), "data": data}
 
 
 def otsu_job(scene, ct, output_node=None, extra=()):
