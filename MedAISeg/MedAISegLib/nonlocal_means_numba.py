@@ -98,11 +98,10 @@ def _spread_i(T, wpad, ni, nic, p, si, R):
                     out[q + m * si] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
-    """Accumulate the blockwise NLM numerator ``vs`` and denominator ``ws`` (both (nk, nj, ni) float32,
-    updated in place) of the blocks centred on the centre planes ``centre_planes`` (indices kk of
-    k = kk * sk; planes whose blocks overlap must not be in the same call).
+@njit(cache=True, fastmath=True)
+def _block_plane(xp, vs, ws, kc, offsets, p, s, sj, si, inv, var2):
+    """Accumulate into the blockwise NLM numerator ``vs`` and denominator ``ws`` (both (nk, nj, ni) float32,
+    updated in place) the blocks centred on the plane ``k = kc`` (all search offsets).
 
     ``xp``: input padded by ``p + s``; ``offsets``: (M, 3) int64 search offsets (without 0);
     ``inv = 1 / (h2 ln 2)`` and ``var2`` (box-sum units, float32): weight ``2**clamp((var2 - dist) * inv)``.
@@ -113,117 +112,130 @@ def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, 
     nic = (ni + si - 1) // si
     gj, gi = nj + 2 * p, ni + 2 * p  # squared-difference grid: j' = j + p, i' = i + p
     R = p // si + 1  # reach of a block along i, in centres
-    for t in prange(centre_planes.shape[0]):
-        kc = centre_planes[t] * sk
-        k0, k1 = max(kc - p, 0), min(kc + p + 1, nk)
-        D = np.empty((gj, gi), np.float32)
-        E = np.empty(gi, np.float32)
-        F = np.empty(ni, np.float32)
-        dist = np.empty((njc, nic), np.float32)
-        wpad = np.zeros((njc, nic + 2 * R), np.float32)  # weights at the centres, zero margin R along i
-        T = np.empty((njc, ni), np.float32)
-        wrow = np.empty(ni, np.float32)
-        wsub = np.zeros((njc, nic), np.float32)
-        wmax = np.zeros((njc, nic), np.float32)
-        for o in range(offsets.shape[0]):
-            a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
-            # D[j', i'] = sum over the block's planes of (x(u + d) - x(u))^2, u = (k, j' - p, i' - p)
-            if p == 1:  # the common 3-voxel patch: the three planes in one pass
-                z = kc + pad
-                for jj in range(gj):
-                    m0, m1, m2 = xp[z - 1 + a, jj + s + b, s + c:], xp[z + a, jj + s + b, s + c:], \
-                        xp[z + 1 + a, jj + s + b, s + c:]
-                    h0, h1, h2, row = xp[z - 1, jj + s, s:], xp[z, jj + s, s:], xp[z + 1, jj + s, s:], D[jj]
-                    for ii in range(gi):
-                        d0, d1, d2 = m0[ii] - h0[ii], m1[ii] - h1[ii], m2[ii] - h2[ii]
-                        row[ii] = d0 * d0 + d1 * d1 + d2 * d2
-            else:
-                for jj in range(gj):
-                    for ii in range(gi):
-                        D[jj, ii] = _ZERO
-                for b0 in range(-p, p + 1):
-                    z = kc + b0 + pad
-                    for jj in range(gj):
-                        moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
-                        for ii in range(gi):
-                            diff = moved[ii] - here[ii]
-                            row[ii] += diff * diff
-            # Box sums along j at the centre rows, then along i at the centre columns.
-            for jc in range(njc):
-                j0 = jc * sj
+    k0, k1 = max(kc - p, 0), min(kc + p + 1, nk)
+    D = np.empty((gj, gi), np.float32)
+    E = np.empty(gi, np.float32)
+    F = np.empty(ni, np.float32)
+    dist = np.empty((njc, nic), np.float32)
+    wpad = np.zeros((njc, nic + 2 * R), np.float32)  # weights at the centres, zero margin R along i
+    T = np.empty((njc, ni), np.float32)
+    wrow = np.empty(ni, np.float32)
+    wsub = np.zeros((njc, nic), np.float32)
+    wmax = np.zeros((njc, nic), np.float32)
+    for o in range(offsets.shape[0]):
+        a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
+        # D[j', i'] = sum over the block's planes of (x(u + d) - x(u))^2, u = (k, j' - p, i' - p)
+        if p == 1:  # the common 3-voxel patch: the three planes in one pass
+            z = kc + pad
+            for jj in range(gj):
+                m0, m1, m2 = xp[z - 1 + a, jj + s + b, s + c:], xp[z + a, jj + s + b, s + c:], \
+                    xp[z + 1 + a, jj + s + b, s + c:]
+                h0, h1, h2, row = xp[z - 1, jj + s, s:], xp[z, jj + s, s:], xp[z + 1, jj + s, s:], D[jj]
                 for ii in range(gi):
-                    E[ii] = D[j0, ii]
-                for q in range(1, 2 * p + 1):
-                    row = D[j0 + q]
+                    d0, d1, d2 = m0[ii] - h0[ii], m1[ii] - h1[ii], m2[ii] - h2[ii]
+                    row[ii] = d0 * d0 + d1 * d1 + d2 * d2
+        else:
+            for jj in range(gj):
+                for ii in range(gi):
+                    D[jj, ii] = _ZERO
+            for b0 in range(-p, p + 1):
+                z = kc + b0 + pad
+                for jj in range(gj):
+                    moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
                     for ii in range(gi):
-                        E[ii] += row[ii]
-                drow = dist[jc]
-                if si == 2 and p == 1:
-                    for ic in range(nic):
-                        drow[ic] = E[2 * ic] + E[2 * ic + 1] + E[2 * ic + 2]
-                else:
-                    for ic in range(nic):
-                        drow[ic] = E[ic * si]
-                    for q in range(1, 2 * p + 1):
-                        for ic in range(nic):
-                            drow[ic] += E[ic * si + q]
-            # Weights at the centres (one contiguous, vectorised loop), kept with a zero margin along i.
-            for jc in range(njc):
-                drow, wrow_c, srow, mrow = dist[jc], wpad[jc, R:R + nic], wsub[jc], wmax[jc]
+                        diff = moved[ii] - here[ii]
+                        row[ii] += diff * diff
+        # Box sums along j at the centre rows, then along i at the centre columns.
+        for jc in range(njc):
+            j0 = jc * sj
+            for ii in range(gi):
+                E[ii] = D[j0, ii]
+            for q in range(1, 2 * p + 1):
+                row = D[j0 + q]
+                for ii in range(gi):
+                    E[ii] += row[ii]
+            drow = dist[jc]
+            if si == 2 and p == 1:
                 for ic in range(nic):
-                    w = _exp2(min(max((var2 - drow[ic]) * inv, _LOWEST), _ZERO))
-                    wrow_c[ic] = w
-                    srow[ic] += w
-                    mrow[ic] = max(mrow[ic], w)
-            _spread_i(T, wpad, ni, nic, p, si, R)
-            # value_sum(v) += (sum of the weights of the blocks containing v) * x(v + d)
-            for j in range(nj):
-                lo, hi = max(0, (j - p + sj - 1) // sj), min(njc - 1, (j + p) // sj)
-                for i in range(ni):
-                    wrow[i] = T[lo, i]
-                for jc in range(lo + 1, hi + 1):
-                    for i in range(ni):
-                        wrow[i] += T[jc, i]
-                if k1 - k0 == 3:  # a whole 3-plane block: one pass
-                    t0, t1, t2 = vs[k0, j], vs[k0 + 1, j], vs[k0 + 2, j]
-                    v0, v1, v2 = xp[k0 + a + pad, j + b + pad, c + pad:], xp[k0 + 1 + a + pad, j + b + pad, c + pad:], \
-                        xp[k0 + 2 + a + pad, j + b + pad, c + pad:]
-                    for i in range(ni):
-                        w = wrow[i]
-                        t0[i] += w * v0[i]
-                        t1[i] += w * v1[i]
-                        t2[i] += w * v2[i]
-                else:
-                    for k in range(k0, k1):
-                        target, values = vs[k, j], xp[k + a + pad, j + b + pad, c + pad:]
-                        for i in range(ni):
-                            target[i] += wrow[i] * values[i]
-        # Centre weight (the block's largest weight) and the normalisation, spread over the blocks.
-        Tw = np.empty((njc, ni), np.float32)
+                    drow[ic] = E[2 * ic] + E[2 * ic + 1] + E[2 * ic + 2]
+            else:
+                for ic in range(nic):
+                    drow[ic] = E[ic * si]
+                for q in range(1, 2 * p + 1):
+                    for ic in range(nic):
+                        drow[ic] += E[ic * si + q]
+        # Weights at the centres (one contiguous, vectorised loop), kept with a zero margin along i.
         for jc in range(njc):
+            drow, wrow_c, srow, mrow = dist[jc], wpad[jc, R:R + nic], wsub[jc], wmax[jc]
             for ic in range(nic):
-                centre = max(wmax[jc, ic], _TINY)
-                wpad[jc, R + ic] = centre
-                wsub[jc, ic] += centre
+                w = _exp2(min(max((var2 - drow[ic]) * inv, _LOWEST), _ZERO))
+                wrow_c[ic] = w
+                srow[ic] += w
+                mrow[ic] = max(mrow[ic], w)
         _spread_i(T, wpad, ni, nic, p, si, R)
-        for jc in range(njc):
-            for ic in range(nic):
-                wpad[jc, R + ic] = wsub[jc, ic]
-        _spread_i(Tw, wpad, ni, nic, p, si, R)
+        # value_sum(v) += (sum of the weights of the blocks containing v) * x(v + d)
         for j in range(nj):
             lo, hi = max(0, (j - p + sj - 1) // sj), min(njc - 1, (j + p) // sj)
             for i in range(ni):
                 wrow[i] = T[lo, i]
-                F[i] = Tw[lo, i]
             for jc in range(lo + 1, hi + 1):
                 for i in range(ni):
                     wrow[i] += T[jc, i]
-                    F[i] += Tw[jc, i]
-            for k in range(k0, k1):
-                target, weights, values = vs[k, j], ws[k, j], xp[k + pad, j + pad, pad:]
+            if k1 - k0 == 3:  # a whole 3-plane block: one pass
+                t0, t1, t2 = vs[k0, j], vs[k0 + 1, j], vs[k0 + 2, j]
+                v0, v1, v2 = xp[k0 + a + pad, j + b + pad, c + pad:], xp[k0 + 1 + a + pad, j + b + pad, c + pad:], \
+                    xp[k0 + 2 + a + pad, j + b + pad, c + pad:]
                 for i in range(ni):
-                    target[i] += wrow[i] * values[i]
-                    weights[i] += F[i]
+                    w = wrow[i]
+                    t0[i] += w * v0[i]
+                    t1[i] += w * v1[i]
+                    t2[i] += w * v2[i]
+            else:
+                for k in range(k0, k1):
+                    target, values = vs[k, j], xp[k + a + pad, j + b + pad, c + pad:]
+                    for i in range(ni):
+                        target[i] += wrow[i] * values[i]
+    # Centre weight (the block's largest weight) and the normalisation, spread over the blocks.
+    Tw = np.empty((njc, ni), np.float32)
+    for jc in range(njc):
+        for ic in range(nic):
+            centre = max(wmax[jc, ic], _TINY)
+            wpad[jc, R + ic] = centre
+            wsub[jc, ic] += centre
+    _spread_i(T, wpad, ni, nic, p, si, R)
+    for jc in range(njc):
+        for ic in range(nic):
+            wpad[jc, R + ic] = wsub[jc, ic]
+    _spread_i(Tw, wpad, ni, nic, p, si, R)
+    for j in range(nj):
+        lo, hi = max(0, (j - p + sj - 1) // sj), min(njc - 1, (j + p) // sj)
+        for i in range(ni):
+            wrow[i] = T[lo, i]
+            F[i] = Tw[lo, i]
+        for jc in range(lo + 1, hi + 1):
+            for i in range(ni):
+                wrow[i] += T[jc, i]
+                F[i] += Tw[jc, i]
+        for k in range(k0, k1):
+            target, weights, values = vs[k, j], ws[k, j], xp[k + pad, j + pad, pad:]
+            for i in range(ni):
+                target[i] += wrow[i] * values[i]
+                weights[i] += F[i]
+
+
+@njit(cache=True, parallel=True)
+def _planes_parallel(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
+    """:func:`_block_plane` for the centre planes ``centre_planes * sk`` (blocks must not overlap), in parallel."""
+    for t in prange(centre_planes.shape[0]):
+        _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
+
+
+@njit(cache=True)
+def _planes_serial(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
+    """:func:`_block_plane` for the centre planes ``centre_planes * sk``, one after the other (one thread:
+    no thread pool at all, so no worker spins and the process time is the work)."""
+    for t in range(centre_planes.shape[0]):
+        _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
 
 
 def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: float, offsets: np.ndarray,
@@ -246,13 +258,17 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
         group = centres[colour::colours]
         calls += [np.ascontiguousarray(group[i:i + planes_per_call]) for i in range(0, len(group), planes_per_call)]
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    kernel = _planes_serial if threads == 1 else _planes_parallel
+    previous = numba.get_num_threads() if threads > 1 else None  # (asking starts the thread pool)
+    if threads > 1:
+        numba.set_num_threads(threads)
     try:
         for done, group in enumerate(calls, start=1):
-            blockwise_planes(xp, vs, ws, group, offsets, p, s, sk, sj, si, _F32(inv), _F32(var2))
+            kernel(xp, vs, ws, group, offsets, p, s, sk, sj, si, _F32(inv), _F32(var2))
             if progress is not None:
                 progress(done / len(calls))
     finally:
-        numba.set_num_threads(previous)
+        if threads > 1:
+            numba.set_num_threads(previous)
     return vs / ws
