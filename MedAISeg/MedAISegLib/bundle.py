@@ -158,6 +158,17 @@ def _to_reference(array_kji: np.ndarray, geometry: Geometry, reference: Geometry
     return sitk.GetArrayFromImage(sitk.Resample(image, ref, sitk.Transform(), interpolator, 0.0, image.GetPixelID()))
 
 
+def voxels_coincide(geometry: Geometry, reference: Geometry, tol: float = 1e-3) -> bool:
+    """True when every voxel centre of ``geometry`` is a voxel centre of ``reference`` (the grids differ
+    only by an axis permutation/flip and a whole-voxel shift, e.g. after ``Orientationd``): labels then
+    map across exactly by nearest neighbour, without resampling probabilities."""
+    m = reference.to_space(geometry.space).physical_to_ijk() @ geometry.ijk_to_physical()
+    rotation, shift = m[:3, :3], m[:3, 3]
+    signed_permutation = np.allclose(rotation, np.rint(rotation), atol=tol) and \
+        np.allclose(np.abs(np.rint(rotation)).sum(axis=0), 1) and np.allclose(np.abs(np.rint(rotation)).sum(axis=1), 1)
+    return bool(signed_permutation and np.allclose(shift, np.rint(shift), atol=tol))
+
+
 def _memory_plan(shape, channels, classes, window, parameters, input_voxels, device, amp, memory, batch_size):
     """(bundle path fits?, MedAI setting) for a working grid ``shape``; see the module docstring."""
     device_free, host_free = memory if memory is not None else free_memory(device)
@@ -284,7 +295,7 @@ def _run_medai(network, data, window, setting, device, amp, tta_flips, postproce
     if affine is None and shape_kji != tuple(reference.shape_kji):
         raise ValueError("The bundle's preprocessing lost the image affine; cannot map the result back.")
     geometry = Geometry.from_ijk_to_physical(affine, "RAS", shape_kji) if affine is not None else reference
-    same_grid = geometry.same_grid(reference, tol_mm=1e-3)
+    same_grid = geometry.same_grid(reference, tol_mm=1e-3) or voxels_coincide(geometry, reference)
     activation = _activation(postprocessing) if postprocessing is not None else "softmax"
     result = sliding_window_inference(network, tensor.float().cpu(), window["roi"], overlap=window["overlap"],
                                       batch_size=setting.batch_size, device=device, amp=amp, mode=window["mode"],
@@ -298,8 +309,8 @@ def _run_medai(network, data, window, setting, device, amp, tta_flips, postproce
 
     out = InferenceResult(labels=result.labels, geometry=reference, segments=[])
     by_label = probabilities_by_label(result.probabilities, activation) if result.probabilities is not None else None
-    if same_grid:
-        out.labels = np.ascontiguousarray(result.labels.transpose(2, 1, 0))
+    if same_grid:  # identical, or a permutation/flip of the voxels: exact by nearest neighbour
+        out.labels = back(result.labels, True)
     else:  # like Invertd (linear) + AsDiscreted(argmax): argmax of the resampled maps, one class at a time
         best = labels = None
         for value, channel in enumerate(by_label):

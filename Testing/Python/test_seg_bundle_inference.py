@@ -118,3 +118,19 @@ def test_logic_creates_probability_and_uncertainty_nodes_for_bundles(scene, shar
     array, geometry = bridge.array_from_volume(probability)
     assert geometry.same_grid(bridge.volume_geometry(node), tol_mm=1e-3)
     np.testing.assert_allclose(array, 1.0 / (1.0 + np.exp(-GAIN * (x - THRESHOLD))), atol=1e-5)
+
+
+def test_voxels_coincide_only_for_permuted_or_flipped_grids():
+    from MedAICommonLib.geometry import Geometry
+    from MedAISegLib.bundle import voxels_coincide
+
+    reference = Geometry((2.0, 2.0, 3.0), (10.0, -5.0, 7.0), np.diag([-1.0, 1.0, -1.0]), "RAS", (5, 6, 7))
+    # the same voxels with i and j swapped and i flipped: the origin is the reference's last i
+    flipped = Geometry((2.0, 2.0, 3.0), reference.index_to_point([6, 0, 0]),
+                       np.column_stack([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]), "RAS", (5, 7, 6))
+    assert voxels_coincide(flipped, reference)
+    assert voxels_coincide(reference.to_space("LPS"), reference)
+    half = Geometry((2.0, 2.0, 3.0), np.add(reference.origin, (1.0, 0, 0)), reference.direction, "RAS", (5, 6, 7))
+    assert not voxels_coincide(half, reference)
+    coarse = Geometry((3.0, 3.0, 3.0), reference.origin, reference.direction, "RAS", (5, 4, 5))
+    assert not voxels_coincide(coarse, reference)
