@@ -157,6 +157,11 @@ def _trust_if_bundle(entry: dict, model: Path) -> None:
         record_trust(model, origin=ORIGIN_CATALOGUE, source=f"{entry['id']} {entry['url']}")
 
 
+def _model_path(entry: dict, ready: Path, name: str) -> Path:
+    """The model file (single-file download) or the bundle folder inside ``ready``."""
+    return ready / name if entry.get("archive", "zip") == "none" else _single_root(ready)
+
+
 def _unpack(entry: dict, archive: Path, folder: Path, name: str) -> Path:
     ready, staging = folder / "model", folder / "model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -167,7 +172,7 @@ def _unpack(entry: dict, archive: Path, folder: Path, name: str) -> Path:
         safe_extract(archive, staging)
     shutil.rmtree(ready, ignore_errors=True)
     os.replace(staging, ready)
-    return _single_root(ready)
+    return _model_path(entry, ready, name)
 
 
 def download_model(model_id: str, catalog: list[dict] | None = None, progress=None, cache=None) -> Path:
@@ -186,7 +191,7 @@ def download_model(model_id: str, catalog: list[dict] | None = None, progress=No
     archive = folder / name
     ready = folder / "model"
     if ready.exists():
-        model = _single_root(ready)
+        model = _model_path(entry, ready, name)
         from .bundle import is_bundle
 
         if not is_bundle(model) or is_trusted(model) or not archive.exists():

@@ -151,3 +151,20 @@ def test_import_local_model_file_with_card(tmp_path):
     imported = model_catalog.import_local_model(model, cache=tmp_path / "cache")
     assert imported.read_bytes() == b"x"
     assert (imported.parent / "net.ts.json").exists()
+
+
+def test_schema_requires_a_checksum_and_both_given_digests_are_checked(server, tmp_path):
+    schema = json.loads(model_catalog.SCHEMA_PATH.read_text())
+    entry = {"id": "tiny", "name": "t", "url": url(server, "tiny.bin"), "license": "x", "modality": "CT",
+             "format": "torchscript", "archive": "none", "inputs": [{"name": "CT"}],
+             "labels": [{"value": 1, "name": "a"}], "description": "d"}
+    errors = validate({"version": 1, "models": [entry]}, schema)
+    assert any("none of the alternatives" in e for e in errors)  # neither sha256 nor sha1
+    good = dict(entry, sha256=hashlib.sha256(PAYLOAD).hexdigest(), sha1=hashlib.sha1(PAYLOAD).hexdigest())
+    assert validate({"version": 1, "models": [good]}, schema) == []
+    wrong_sha1 = dict(good, sha1="0" * 40)
+    with pytest.raises(ChecksumError, match="sha1"):
+        download_model("tiny", catalog=[wrong_sha1], cache=tmp_path / "a")
+    assert not (tmp_path / "a" / "tiny" / "model").exists()
+    path = download_model("tiny", catalog=[good], cache=tmp_path / "b")
+    assert path.read_bytes() == PAYLOAD
