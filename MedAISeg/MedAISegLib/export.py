@@ -44,9 +44,37 @@ def network_definition(name: str, in_channels: int, out_channels: int, features:
         return {"_target_": "monai.networks.nets.DynUNet", **common, "kernel_size": [3, 3, 3, 3],
                 "strides": [1, 2, 2, 2], "upsample_kernel_size": [2, 2, 2],
                 "filters": [features, 2 * features, 4 * features, 8 * features], "norm_name": "instance"}
-    if name == "swinunetr":
-        return {"_target_": "monai.networks.nets.SwinUNETR", **common, "feature_size": max(12, features // 12 * 12)}
+    if name == "swinunetr":  # group norm: the 1-voxel bottleneck of a 32-voxel ROI breaks instance/batch norm
+        return {"_target_": "monai.networks.nets.SwinUNETR", **common, "feature_size": max(12, features // 12 * 12),
+                "norm_name": ["group", {"num_groups": 3}]}
     raise ValueError(f"Unknown network {name!r}; choose one of {', '.join(NETWORKS)}.")
+
+
+def roi_multiple(definition: dict) -> int:
+    """The number each ROI size (voxels) must be a multiple of for this network config."""
+    target = str(definition.get("_target_", "")).rsplit(".", 1)[-1]
+    if target == "SwinUNETR":
+        return 32
+    if target in ("UNet", "DynUNet"):
+        return int(np.prod([int(s) if not isinstance(s, list) else int(s[0]) for s in definition.get("strides", [])]))
+    if target == "SegResNet":
+        return 2 ** (len(definition.get("blocks_down", [1, 2, 2, 4])) - 1)
+    return 1
+
+
+def check_roi(definition: dict, roi) -> None:
+    """``ValueError`` naming the network and the valid sizes when ``roi`` does not fit ``definition``."""
+    multiple = roi_multiple(definition)
+    if any(int(r) % multiple or int(r) < multiple for r in roi):
+        name = str(definition.get("_target_", "the network")).rsplit(".", 1)[-1]
+        raise ValueError(f"{name} needs a patch size (ROI) that is a multiple of {multiple} voxels in each axis, got "
+                         f"{[int(r) for r in roi]}; e.g. {[max(multiple, int(r) // multiple * multiple) for r in roi]}.")
+    if definition.get("_target_", "").endswith("SwinUNETR"):
+        import importlib.util
+
+        if importlib.util.find_spec("einops") is None:
+            raise ValueError("SwinUNETR needs the Python package 'einops'; install it (pip install einops) or choose "
+                             "another network.")
 
 
 def build_network(definition: dict) -> torch.nn.Module:

@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .export import build_network, build_transforms, bundle_preprocessing, export_bundle, network_definition, \
-    preprocessing_definition
+from .export import build_network, build_transforms, bundle_preprocessing, check_roi, export_bundle, \
+    network_definition, preprocessing_definition
 from .sliding_window import sliding_window_inference
 
 
@@ -118,15 +118,35 @@ def _augmentations(config: TrainingConfig) -> list:
     return steps
 
 
+def _content_key(item: dict, recipe: str) -> bytes:
+    """sha256 of the image and label voxels and geometry plus the preprocessing recipe."""
+    import hashlib
+
+    digest = hashlib.sha256(recipe.encode())
+    for key in ("image", "label"):
+        image = sitk.ReadImage(item[key])
+        digest.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
+                            image.GetPixelIDValue())).encode())
+        digest.update(sitk.GetArrayViewFromImage(image).tobytes())
+    return digest.hexdigest().encode()
+
+
 def _dataset(items, transform, config: TrainingConfig):
-    """In-memory ``CacheDataset``, or a ``PersistentDataset`` under ``config.cache_dir`` (the
-    deterministic preprocessing is cached on disk and reused by later runs on the same files)."""
+    """In-memory ``CacheDataset``, or a ``PersistentDataset`` under ``config.cache_dir``: the
+    deterministic preprocessing of each case is stored there under a key made of the case's
+    content and the preprocessing settings, so later runs on the same cases (files or scene
+    nodes) read it back instead of resampling again."""
+    import json
+
     from monai.data import CacheDataset, PersistentDataset
 
-    if config.cache_dir:
-        Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(items, transform, cache_dir=str(config.cache_dir))
-    return CacheDataset(items, transform, progress=False)
+    if not config.cache_dir:
+        return CacheDataset(items, transform, progress=False)
+    Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
+    recipe = json.dumps([config.spacing_mm, config.normalization, config.axcodes, list(config.roi)], default=str)
+    keyed = [{**item, "cache_key": _content_key(item, recipe)} for item in items]
+    return PersistentDataset(keyed, transform, cache_dir=str(config.cache_dir),
+                             hash_func=lambda item: item["cache_key"])
 
 
 def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes) -> dict:
@@ -227,6 +247,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         else:
             labels = {v: config.labels.get(v, f"label {v}") for v in values}
             definition = network_definition(config.network, 1, max(values) + 1, config.features)
+            check_roi(definition, config.roi)
             network = build_network(definition)
         network = network.to(device)
         rng = np.random.default_rng(config.seed)

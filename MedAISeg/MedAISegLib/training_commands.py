@@ -2,7 +2,7 @@
 
 ``medai train --images FILE... --labels FILE... --output BUNDLE_DIR [--epochs N] [--network NAME]``
 reads volumes and label maps (or ``.seg.nrrd`` segmentations) through Slicer's storage nodes,
-trains (or fine-tunes with ``--init-bundle``) and writes a MONAI bundle that ``medai segment
+trains (or fine-tunes with ``--init-bundle`` from a bundle or a TorchScript model with a card) and writes a MONAI bundle that ``medai segment
 --model BUNDLE_DIR`` runs. ``medai export BUNDLE_DIR --sample FILE... [--fp16] [--onnx]`` adds
 fp16 TorchScript / ONNX files to the bundle and reports their label agreement and speed.
 """
@@ -32,7 +32,9 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--epochs", type=int, default=100, metavar="N")
     p.add_argument("--network", default="segresnet", choices=NETWORKS, metavar="NAME",
                    help=f"one of {', '.join(NETWORKS)} (default segresnet)")
-    p.add_argument("--init-bundle", metavar="BUNDLE_DIR", help="fine-tune from this bundle's weights")
+    p.add_argument("--init-bundle", metavar="MODEL",
+                   help="fine-tune from this model: a bundle folder or a TorchScript file with a model card "
+                        "(its spacing, patch size and normalisation are kept; new label values add output channels)")
     p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar="MM", help="training spacing")
     p.add_argument("--roi", type=int, nargs=3, default=[64, 64, 64], metavar="VOXELS", help="patch size")
     p.add_argument("--features", type=int, default=16, help="channels of the first network level")
@@ -45,6 +47,8 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--resume", action="store_true", help="continue from BUNDLE_DIR/logs/checkpoint.pt")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep the preprocessed cases on disk here (MONAI PersistentDataset) and reuse them next time")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     add_common_options(p)
     p.set_defaults(func=cmd_train)
@@ -81,7 +85,8 @@ def cmd_train(args, report) -> int:
                             roi=tuple(args.roi), epochs=args.epochs, batch_size=args.batch_size,
                             samples_per_case=args.samples_per_case, learning_rate=args.learning_rate,
                             val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                            augment=not args.no_augment, elastic=args.elastic, resume=args.resume)
+                            augment=not args.no_augment, elastic=args.elastic, resume=args.resume,
+                            cache_dir=args.cache_dir)
     report.parameters.update({k: v for k, v in vars(config).items() if k != "labels"})
     report.parameters["init_bundle"] = args.init_bundle
     logic = MedAITrainingLogic(scene)

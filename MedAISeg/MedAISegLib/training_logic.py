@@ -52,8 +52,9 @@ class MedAITrainingLogic:
 
     def train(self, volume_nodes, label_nodes, bundle_dir, config: TrainingConfig | None = None, init_bundle=None,
               device: str = "auto", progress=None, on_epoch=None, table_node=None) -> TrainingResult:
-        """Train (or fine-tune from ``init_bundle``) on pairs of volume and segmentation/label-map nodes
-        and export a MONAI bundle to ``bundle_dir``. A table node '<bundle> training curves' (epoch,
+        """Train (or fine-tune from ``init_bundle``: a bundle folder or a TorchScript file with a model
+        card, see :mod:`.fine_tune`) on pairs of volume and segmentation/label-map nodes and export a
+        MONAI bundle to ``bundle_dir`` (recorded as trusted: MedAI wrote its configs). A table node '<bundle> training curves' (epoch,
         loss, val_dice) is created or updated; ``self.last_info`` has the figures."""
         volumes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         labels = list(label_nodes) if isinstance(label_nodes, (list, tuple)) else [label_nodes]

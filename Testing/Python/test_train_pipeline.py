@@ -166,6 +166,15 @@ def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle,
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
     assert metadata["medai"]["training"]["init_model"] == "torchscript"
     assert metadata["medai"]["spacing_mm"] == [2.0, 2.0, 2.0]
+    # a bare TorchScript model has no hooks: its explanation falls back to gradient x input
+    image, truth = make_phantom_case(4001)
+    logic = MedAITrainingLogic(scene)
+    node = logic.explain(bridge.sitk_to_volume(image, scene, "bright"), model, device="cpu")
+    assert node.GetName() == "bright saliency label 1"
+    assert logic.last_info["method"] == "gradient"
+    saliency, _ = bridge.array_from_volume(node)
+    mask = sitk.GetArrayFromImage(truth) > 0
+    assert saliency[mask].mean() > 2.0 * saliency[~binary_dilation(mask, iterations=3)].mean()
 
 
 def test_card_naming_its_architecture_is_rebuilt_and_takes_a_new_label_set(bright_bundle, tmp_path, scene):
