@@ -15,8 +15,9 @@ Two ways to infer, chosen per run:
 - the bundle's own path: its preprocessing, its inferer and its postprocessing as configured
   (``SaveImaged`` skipped, the result stays in memory);
 - MedAI's path, used when flip test-time augmentation, probabilities or entropy are asked for,
-  when ``inferer="medai"``, or when the memory guard finds that the bundle's own path would not
-  fit: the bundle's preprocessing, then :func:`~.sliding_window.sliding_window_inference` with the
+  when ``inferer="medai"``, when the memory guard finds that the bundle's own path would not
+  fit, or when the bundle's own inferer runs out of memory (then MedAI's halves the batch and
+  stitches on the CPU): the bundle's preprocessing, then :func:`~.sliding_window.sliding_window_inference` with the
   bundle inferer's ``roi_size``, ``overlap``, ``sw_batch_size`` and blending mode (a
   ``SimpleInferer`` = one window over the whole image), batch and CPU stitching from the memory
   guard, then softmax (sigmoid when the bundle's ``Activationsd`` says so) and argmax in uint8,
@@ -44,7 +45,7 @@ from .bundle_trust import require_trusted
 from .memory_guard import choose_setting, estimate_memory, free_memory
 from .model_card import LabelInfo
 from .model_checks import explain_channel_error, load_state_dict_file, load_torchscript_file, load_weights_into
-from .sliding_window import sliding_window_inference
+from .sliding_window import is_out_of_memory, sliding_window_inference
 from .torchscript_model import InferenceResult, probabilities_by_label
 
 
@@ -243,12 +244,19 @@ def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "b
         if reasons and not setting.fits:
             raise ValueError(f"Not enough memory for the bundle {name} on this volume. {setting.advice}")
         try:
+            if not reasons:
+                try:
+                    result = _run_own(network, data, bundle_inferer, postprocessing, device, reference,
+                                      images[0].GetSize())
+                except (RuntimeError, torch.jit.Error) as error:  # out of memory in the bundle's inferer: MedAI's path retries
+                    if not is_out_of_memory(error):
+                        raise
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    reasons = ["out of memory in the bundle's inferer"]
             if reasons:
                 result = _run_medai(network, data, window, setting, device, amp, tta_flips, postprocessing,
                                     return_probabilities, return_entropy, reference, images[0].GetSize(), progress)
-            else:
-                result = _run_own(network, data, bundle_inferer, postprocessing, device, reference,
-                                  images[0].GetSize())
         except RuntimeError as error:
             explained = explain_channel_error(error, len(images), name)
             if explained is not None:

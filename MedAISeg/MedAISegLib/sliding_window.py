@@ -57,7 +57,8 @@ def gaussian_importance(roi, sigma_scale: float = 0.125, device="cpu") -> torch.
     return torch.clamp(w / w.max(), min=1e-3)
 
 
-def _is_oom(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a CUDA (or other device) out-of-memory error."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
@@ -129,8 +130,8 @@ def sliding_window_inference(network, image, roi_size, overlap: float = 0.25, ba
             blended, count = _run(network, tensor, roi, overlap, batch, device, amp, mode, sigma_scale, stitch,
                                   flips, progress)
             break
-        except RuntimeError as error:  # CUDA OOM: smaller batch, then CPU stitching
-            if not _is_oom(error) or (batch == 1 and on_cpu):
+        except (RuntimeError, torch.jit.Error) as error:  # CUDA OOM (TorchScript raises jit.Error): smaller batch, then CPU stitching
+            if not is_out_of_memory(error) or (batch == 1 and on_cpu):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -134,3 +134,31 @@ def test_voxels_coincide_only_for_permuted_or_flipped_grids():
     assert not voxels_coincide(half, reference)
     coarse = Geometry((3.0, 3.0, 3.0), reference.origin, reference.direction, "RAS", (5, 4, 5))
     assert not voxels_coincide(coarse, reference)
+
+
+class OutOfMemoryAboveOneWindow(torch.nn.Module):
+    """threshold_net that fails like CUDA does when given more than one window at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.net.weight.zero_()
+            self.net.bias.zero_()
+            self.net.weight[1, 0] = GAIN
+            self.net.bias[1] = -GAIN * THRESHOLD
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.net(x)
+
+
+def test_out_of_memory_in_the_bundle_inferer_retries_on_medai_path(head, tmp_path):
+    bundle = write_bundle(tmp_path / "bundle", weights="ts")  # sw_batch_size 2 in the bundle's inferer
+    torch.jit.save(torch.jit.script(OutOfMemoryAboveOneWindow()), str(bundle / "models" / "model.ts"))
+    record_trust(bundle)
+    result = run_bundle(bundle, [head])
+    assert result.info["medai_inferer_because"] == ["out of memory in the bundle's inferer"]
+    assert result.info["batch_size"] == 1
+    np.testing.assert_array_equal(result.labels, sitk.GetArrayFromImage(head) > THRESHOLD)
