@@ -184,15 +184,16 @@ def _memory_plan(shape, channels, classes, window, parameters, input_voxels, dev
 def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "bundle", amp: bool = True,
                tta_flips: bool = False, return_probabilities: bool = False, return_entropy: bool = False,
                batch_size: int | None = None, memory: tuple[int | None, int | None] | None = None,
-               progress=None) -> InferenceResult:
+               weights: tuple[str, object] | None = None, progress=None) -> InferenceResult:
     """Segment ``images`` (SimpleITK, LPS; several = channels as the bundle's ``image`` key expects)
     with the trusted bundle at ``bundle``; labels come back on ``images[0]``'s grid (RAS geometry).
 
     ``inferer``: ``bundle`` (its own inferer unless TTA/probabilities/entropy or the memory guard need
     MedAI's) or ``medai`` (always MedAI's sliding window). ``memory``: (free device bytes, free host
     bytes) overriding the measured figures (None = unknown). ``batch_size``: MedAI path's starting
-    batch (default: the bundle's ``sw_batch_size``). Raises ``ValueError`` when the bundle is not
-    trusted, its weights are corrupt, the channel count is wrong, or nothing fits in memory.
+    batch (default: the bundle's ``sw_batch_size``). ``weights``: what :func:`load_bundle_weights`
+    returned for this bundle when the caller already read them. Raises ``ValueError`` when the bundle
+    is not trusted, its weights are corrupt, the channel count is wrong, or nothing fits in memory.
     """
     from monai.bundle import ConfigParser
 
@@ -204,7 +205,7 @@ def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "b
     if wanted is not None and wanted != len(images):
         raise ValueError(f"The model {name} expects {wanted} input channel(s) (configs/metadata.json) but was given "
                          f"{len(images)}; select {wanted} input volume(s).")
-    weights = load_bundle_weights(bundle)  # data only: checked before any config code may run
+    weights = weights or load_bundle_weights(bundle)  # data only: checked before any config code may run
     trust = require_trusted(bundle)
     device = torch.device(device)
     start = time.perf_counter()

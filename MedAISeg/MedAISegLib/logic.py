@@ -173,8 +173,9 @@ class MedAISegLogic:
             raise ValueError(f"Model {model_path} not found; give a MONAI bundle folder or a TorchScript file "
                              "(catalogue models must be downloaded first with download_model).")
         bundle = is_bundle(path)
+        weights = None
         if bundle:
-            load_bundle_weights(path)  # corrupt or code-running weights are refused before trust is asked
+            weights = load_bundle_weights(path)  # corrupt or code-running weights are refused before trust is asked
             if trust_bundle:
                 record_trust(path)
             require_trusted(path)
@@ -190,7 +191,7 @@ class MedAISegLogic:
         if bundle:
             result = run_bundle(path, images, device=torch_device, inferer=inferer, amp=amp, tta_flips=flip_tta,
                                 return_probabilities=return_probabilities, return_entropy=return_entropy,
-                                batch_size=batch_size, progress=report)
+                                batch_size=batch_size, weights=weights, progress=report)
         else:
             network, card = load_torchscript_with_card(path, torch_device)
             result = run_model(network, card, images, device=torch_device, batch_size=batch_size, amp=amp,
