@@ -170,8 +170,11 @@ def voxels_coincide(geometry: Geometry, reference: Geometry, tol: float = 1e-3) 
     return bool(signed_permutation and np.allclose(shift, np.rint(shift), atol=tol))
 
 
-def _memory_plan(shape, channels, classes, window, parameters, input_voxels, device, amp, memory, batch_size):
-    """(bundle path fits?, MedAI setting) for a working grid ``shape``; see the module docstring."""
+def memory_plan(shape, channels, classes, window, parameters, input_voxels, device, amp, memory, batch_size):
+    """(the bundle's own path fits?, MedAI's setting) for a working grid ``shape`` (voxels), ``classes``
+    output channels, ``window`` (:func:`_window_settings`), ``input_voxels`` of the original grid and
+    ``memory`` = (free device bytes, free host bytes) or None to measure. The bundle's own path is
+    assumed to keep its batch, blend on the device and invert full float maps at input resolution."""
     device_free, host_free = memory if memory is not None else free_memory(device)
     own = estimate_memory(shape, channels, classes, window["roi"], window["batch"], parameters, False, False)
     own_host = own.host_bytes + classes * input_voxels * 4  # the bundle inverts full float maps
@@ -237,7 +240,7 @@ def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "b
         labels_meta = bundle_labels(metadata)
         classes = max(2, max((lab.value for lab in labels_meta), default=1) + 1)
         parameters = sum(p.numel() for p in network.parameters()) if hasattr(network, "parameters") else 0
-        own_fits, setting = _memory_plan(spatial, int(image.shape[0]), classes, window, parameters,
+        own_fits, setting = memory_plan(spatial, int(image.shape[0]), classes, window, parameters,
                                          int(np.prod(images[0].GetSize())), device, amp, memory, batch_size)
         reasons = [r for r, on in (("asked", inferer == "medai"), ("flip TTA", tta_flips),
                                    ("probabilities", return_probabilities), ("entropy", return_entropy),

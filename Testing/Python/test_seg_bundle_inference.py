@@ -162,3 +162,22 @@ def test_out_of_memory_in_the_bundle_inferer_retries_on_medai_path(head, tmp_pat
     assert result.info["medai_inferer_because"] == ["out of memory in the bundle's inferer"]
     assert result.info["batch_size"] == 1
     np.testing.assert_array_equal(result.labels, sitk.GetArrayFromImage(head) > THRESHOLD)
+
+
+def test_memory_plan_for_a_512x512x600_ct_without_gpu():
+    """Estimates only: a 14-class bundle at 1.5 mm on a 0.8 x 0.8 x 1 mm CT of 512 x 512 x 600 voxels."""
+    from MedAISegLib.bundle import memory_plan
+
+    window = {"roi": [96, 96, 96], "batch": 4, "overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125}
+    working = (273, 273, 400)
+    args = (working, 1, 14, window, 62_000_000, 512 * 512 * 600, torch.device("cpu"), False)
+    own_fits, setting = memory_plan(*args, (None, 24 * 2**30), None)
+    assert own_fits
+    assert setting.fits
+    own_fits, setting = memory_plan(*args, (None, 8 * 2**30), None)
+    assert not own_fits  # 14 full-resolution float maps alone are 8.8 GB
+    assert setting.fits
+    assert setting.host_bytes < 4 * 2**30
+    own_fits, setting = memory_plan(*args, (None, 2**30), None)
+    assert not setting.fits
+    assert "coarser spacing" in setting.advice
