@@ -230,3 +230,24 @@ def csr_rmatvec(indptr, indices, data, g, rows, n_cols, n_threads):
             for p in range(indptr[r], indptr[r + 1]):
                 acc[th, indices[p]] += data[p] * gr
     return acc.sum(axis=0)
+
+
+@numba.njit(cache=True)
+def csr_matvec_serial(indptr, indices, data, x, rows, out):
+    """Single-threaded :func:`csr_matvec` (small row sets)."""
+    for t in range(len(rows)):
+        r = rows[t]
+        acc = 0.0
+        for p in range(indptr[r], indptr[r + 1]):
+            acc += data[p] * x[indices[p]]
+        out[r] = acc
+
+
+@numba.njit(cache=True)
+def csr_rmatvec_serial(indptr, indices, data, g, rows, acc):
+    """Single-threaded :func:`csr_rmatvec` adding into ``acc`` (n_cols, float64, zeroed by the caller)."""
+    for t in range(len(rows)):
+        r = rows[t]
+        gr = g[r]
+        for p in range(indptr[r], indptr[r + 1]):
+            acc[indices[p]] += data[p] * gr

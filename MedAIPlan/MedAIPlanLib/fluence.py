@@ -9,9 +9,9 @@ multiplied by a penalty weight):
   D < d < D_volume%; ``min_dvh`` (at least ``volume`` % above D): over voxels with D_volume% < d < D.
 
 Voxels shared by several structures count only for the one with the best (lowest) priority, as
-matRad's overlap priorities. The dose is evaluated on torch (CPU or CUDA) as sparse matrix-vector
-products; the weights are optimised by L-BFGS-B with bounds w >= 0 (scipy) or, on a GPU, by
-projected gradient descent (Adam with clamping).
+matRad's overlap priorities. On the CPU the objectives are evaluated on one stacked float32 matrix
+with numba (:mod:`objective_matrix`), on a GPU as torch sparse products; the weights are optimised
+by L-BFGS-B with bounds w >= 0 (scipy) or by projected gradient descent (Adam with clamping).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .objective_matrix import StackedObjectives, single_threaded_blas
 
 OBJECTIVE_TYPES = ("squared_overdose", "squared_underdose", "squared_deviation", "mean", "max_dvh", "min_dvh")
 
@@ -82,18 +84,12 @@ class _Problem:
             raise ValueError(f"Objectives name structures without voxels: {', '.join(missing)}.")
         csr = dij.tocsr()
         self.blocks = {}
-        self.on_cpu = self.device.type == "cpu"
         for s in used:
             sub = (csr[voxels[s]] * scale).astype(np.float32).tocsr()
-            if self.on_cpu:   # scipy's CSR products are faster than torch's sparse CSR on the CPU
-                self.blocks[s] = (sub, sub.T.tocsr())
-            else:
-                self.blocks[s] = (_torch_csr(sub, self.device), _torch_csr(sub.T, self.device))
+            self.blocks[s] = (_torch_csr(sub, self.device), _torch_csr(sub.T, self.device))
         self.objectives = objectives
 
     def _mv(self, matrix, x: torch.Tensor) -> torch.Tensor:
-        if self.on_cpu:
-            return torch.from_numpy(np.asarray(matrix @ x.numpy().astype(np.float32), dtype=np.float64))
         return (matrix @ x[:, None].float()).double().ravel()
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -152,7 +148,15 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
         raise ValueError("Give at least one objective.")
     t0 = time.perf_counter()
     dev = torch.device(device)
-    problem = _Problem(dij, voxels, objectives, float(fractions), dev)
+    if dev.type == "cpu":
+        problem = StackedObjectives(dij, voxels, objectives, float(fractions))
+        value_and_grad = problem.value_and_grad
+    else:
+        problem = _Problem(dij, voxels, objectives, float(fractions), dev)
+
+        def value_and_grad(x):
+            f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
+            return f, g.cpu().numpy()
     n = dij.shape[1]
     if w0 is None:
         mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
@@ -166,29 +170,30 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
         from scipy.optimize import minimize
 
         def fun(x):
-            f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
+            f, g = value_and_grad(x)
             history.append(f)
             if progress is not None:
                 progress.update("optimisation", min(1.0, len(history) / max_iter))
-            return f, g.cpu().numpy()
+            return f, g
 
-        res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
-                       options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": tol or 1e-10,
-                                "gtol": tol or 1e-8})
+        with single_threaded_blas():
+            res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
+                           options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": tol or 1e-10,
+                                    "gtol": tol or 1e-8})
         w, iters = res.x, int(res.nit)
     else:
-        w = torch.as_tensor(w0, dtype=torch.float64, device=dev).clone().requires_grad_(False)
+        w = np.asarray(w0, float).copy()
         lr = float(np.mean(w0)) * 0.05
-        m = torch.zeros_like(w)
-        v = torch.zeros_like(w)
+        m = np.zeros_like(w)
+        v = np.zeros_like(w)
         for it in range(1, max_iter + 1):
-            f, g = problem.value_and_grad(w)
+            f, g = value_and_grad(w)
             history.append(f)
             m = 0.9 * m + 0.1 * g
             v = 0.999 * v + 0.001 * g * g
-            step = lr * (m / (1 - 0.9 ** it)) / (torch.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
-            w = torch.clamp(w - step, min=0)
+            step = lr * (m / (1 - 0.9 ** it)) / (np.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
+            w = np.maximum(w - step, 0.0)
             if progress is not None:
                 progress.update("optimisation", it / max_iter)
-        w, iters = w.cpu().numpy(), max_iter
+        iters = max_iter
     return FluenceResult(np.asarray(w, float), history, time.perf_counter() - t0, iters)
