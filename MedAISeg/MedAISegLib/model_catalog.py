@@ -2,7 +2,7 @@
 downloads into a per-user cache with progress, HTTP Range resume, checksum check and safe
 archive extraction. Nothing is downloaded unless :func:`download_model` is called.
 
-Cache: ``$MEDAI_CACHE_DIR`` or ``~/.cache/medai/models``; a model lives in ``<cache>/<id>/`` (the
+Cache: ``models/`` under the per-user MedAI cache (``$MEDAI_CACHE_DIR``, default ``~/.cache/medai``); a model lives in ``<cache>/<id>/`` (the
 extracted bundle) next to its archive. A partial download is kept as ``<file>.part`` and resumed
 with ``Range: bytes=<done>-`` (a server that ignores Range restarts it from zero).
 
@@ -38,7 +38,9 @@ SCHEMA_PATH = RESOURCES / "model_catalog.schema.json"
 
 def cache_dir() -> Path:
     """Per-user model cache folder (created)."""
-    folder = Path(os.environ.get("MEDAI_CACHE_DIR") or Path.home() / ".cache" / "medai" / "models")
+    from MedAICommonLib.downloads import cache_root
+
+    folder = cache_root() / "models"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
