@@ -10,7 +10,7 @@ f in 0.3 ... 1.0), chosen by PSNR against the clean image. PSNR is one function 
 Methods: ``medai_blockwise`` (Coupe et al. 2008 blockwise NLM, block step 2, the default CPU path: the
 fused numba kernel of ``nonlocal_means_numba``; on ``--device cuda`` the torch code), ``medai_blockwise_torch``
 (the same definition in eager torch ops, as run on GPUs), ``medai_voxelwise`` (classic NLM, box-filter form,
-torch), ``skimage_fast``.
+numba kernel on CPU) and ``medai_voxelwise_torch`` (the same in torch), ``skimage_fast``.
 Timing: after the h search, ``--repeat`` rounds; in each round every method runs once at its h,
 interleaved so that load from other processes hits all sides alike. ``time_s`` is the best round,
 ``median_s`` the median; the speed-ups are given for both. ``cpu_s`` / ``median_cpu_s`` (process CPU time:
@@ -18,8 +18,8 @@ all threads of the process) show how many cores each side really used: scikit-im
 core, so ``--threads 1`` (default: torch and numba on one thread) is the like-for-like comparison (on a loaded
 machine the CPU-time ratio ``speedup_blockwise_cpu_time_x`` is the steadier figure); ``--threads 0`` gives torch
 and numba all cores (scikit-image cannot use more than one).
-Numba compiles its kernel once per machine (``cache=True``); ``numba_first_call_s`` is the first call in this
-process (a compile when ``numba_cache_hits`` is 0, else loading the cached machine code); it is not part of the
+Numba compiles its kernel once per machine (``cache=True``); ``numba_first_call_s`` is the first call of both
+modes in this process (a compile when ``numba_cache_hits`` is 0, else loading the cached machine code); it is not part of the
 timed rounds.
 
 Run: ``python bench/bench_nlm.py [--device cpu|cuda] [--repeat 7] [--threads 1] [--block-step 2]``; prints one JSON object.
@@ -70,8 +70,9 @@ def main():
     step = step[0] if len(step) == 1 else step
     common = dict(sigma=sigma, patch_radius=p, search_radius=s, device=args.device)
     first = time.perf_counter()
-    nonlocal_means(noisy[:8, :16, :16], sigma=sigma, patch_radius=p, search_radius=s, mode="blockwise",
-                   block_step=step, device=args.device)
+    for mode in ("blockwise", "voxelwise"):  # numba: compile, or load the cached machine code
+        nonlocal_means(noisy[:8, :16, :16], sigma=sigma, patch_radius=p, search_radius=s, mode=mode,
+                       block_step=step, device=args.device)
     first = time.perf_counter() - first
     methods = {
         "medai_blockwise": lambda h: nonlocal_means(noisy, h=h, mode="blockwise", block_step=step,
@@ -79,6 +80,7 @@ def main():
         "medai_blockwise_torch": lambda h: nonlocal_means(noisy, h=h, mode="blockwise", block_step=step,
                                                           backend="torch", **common),
         "medai_voxelwise": lambda h: nonlocal_means(noisy, h=h, **common),
+        "medai_voxelwise_torch": lambda h: nonlocal_means(noisy, h=h, backend="torch", **common),
         "skimage_fast": lambda h: denoise_nl_means(noisy, patch_size=2 * p + 1, patch_distance=s, h=h, sigma=sigma,
                                                    fast_mode=True),
     }
@@ -103,7 +105,8 @@ def main():
                  median_s=round(statistics.median(t for t, _ in rounds), 4),
                  median_cpu_s=round(statistics.median(c for _, c in rounds), 4))
     sk = results["skimage_fast"]
-    kernels = (nonlocal_means_numba._planes_serial, nonlocal_means_numba._planes_parallel)
+    kernels = (nonlocal_means_numba._planes_serial, nonlocal_means_numba._planes_parallel,
+               nonlocal_means_numba._voxel_planes_serial, nonlocal_means_numba._voxel_planes_parallel)
     ours, torch_ours = results["medai_blockwise"], results["medai_blockwise_torch"]
     print(json.dumps({
         "data": str(DATA.name), "shape_kji": list(clean.shape), "noise_sigma_hu": sigma,
@@ -119,6 +122,8 @@ def main():
         "speedup_blockwise_median_cpu_time_x": round(sk["median_cpu_s"] / ours["median_cpu_s"], 2),
         "speedup_blockwise_torch_x": round(sk["time_s"] / torch_ours["time_s"], 2),
         "speedup_voxelwise_x": round(sk["time_s"] / results["medai_voxelwise"]["time_s"], 2),
+        "speedup_voxelwise_cpu_time_x": round(sk["cpu_s"] / results["medai_voxelwise"]["cpu_s"], 2),
+        "speedup_voxelwise_torch_x": round(sk["time_s"] / results["medai_voxelwise_torch"]["time_s"], 2),
         "psnr_blockwise_minus_skimage_db": round(ours["psnr_db"] - sk["psnr_db"], 3),
     }))
 

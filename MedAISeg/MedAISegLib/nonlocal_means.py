@@ -279,6 +279,8 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     if h <= 0:
         raise ValueError(f"NLM filter strength h must be > 0 (intensity units), got {h}; set h or sigma.")
     device = torch.device(device)
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"The numba NLM backend runs on the CPU only; use backend='torch' (or 'auto') on {device}.")
     # Work on zero-mean, unit-scaled data for float32 accuracy; scale h and sigma alike.
     offset, scale = float(volume.mean()), float(volume.std()) or 1.0
     x = torch.as_tensor((volume.astype(np.float32) - offset) / scale, device=device)
@@ -287,17 +289,20 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     h2 = (h / scale) ** 2 * patch_voxels
     var2 = 2.0 * (sigma / scale) ** 2 * patch_voxels
     p, s = int(patch_radius), int(search_radius)
-    if backend == "numba" and (device.type != "cpu" or mode != "blockwise"):
-        raise ValueError("The numba NLM backend runs the blockwise mode on the CPU only; use backend='torch' "
-                         f"(or 'auto') for mode={mode!r} on device {device}.")
-    if mode == "blockwise" and device.type == "cpu" and backend != "torch":
+    if device.type == "cpu" and backend != "torch":
         from . import nonlocal_means_numba
 
-        xp = _padded(x, p + s).numpy()
-        planes = max(torch.get_num_threads(), chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))
-        out = torch.from_numpy(nonlocal_means_numba.blockwise(
-            xp, x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, np.array(_half_offsets(s) + [
-                (-a, -b, -c) for a, b, c in _half_offsets(s)]), planes, torch.get_num_threads(), progress))
+        r = range(-s, s + 1)
+        offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
+        threads = torch.get_num_threads()
+        planes = max(threads, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))
+        kernel = nonlocal_means_numba.blockwise if mode == "blockwise" else nonlocal_means_numba.voxelwise
+        extra = (steps,) if mode == "blockwise" else ()
+        # The kernels need a padding of p + s; pad as the torch code of the mode does (its width decides
+        # between reflection and replication for thin volumes), then crop.
+        xp = _padded(x, p + 2 * s)[s:-s, s:-s, s:-s] if mode == "blockwise" else _padded(x, p + s)
+        out = torch.from_numpy(kernel(xp.contiguous().numpy(), x.shape, p, s, *extra, 1.0 / (h2 * _LN2), var2,
+                                      offsets, planes, threads, progress))
     elif mode == "blockwise":
         out = _blockwise(x, h2, var2, p, s, steps, chunk_voxels, progress)
     else:

@@ -98,6 +98,34 @@ def _spread_i(T, wpad, ni, nic, p, si, R):
                     out[q + m * si] = acc
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _patch_plane_distances(xp, D, kc, a, b, c, p, s):
+    """``D[j', i'] = sum over k in [kc - p, kc + p] of (x(u + d) - x(u))^2``, ``u = (k, j' - p, i' - p)``,
+    ``d = (a, b, c)``: the patch distances summed along k only (``xp`` padded by ``p + s``)."""
+    gj, gi = D.shape
+    pad = p + s
+    if p == 1:  # the common 3-voxel patch: the three planes in one pass
+        z = kc + pad
+        for jj in range(gj):
+            m0, m1, m2 = xp[z - 1 + a, jj + s + b, s + c:], xp[z + a, jj + s + b, s + c:], \
+                xp[z + 1 + a, jj + s + b, s + c:]
+            h0, h1, h2, row = xp[z - 1, jj + s, s:], xp[z, jj + s, s:], xp[z + 1, jj + s, s:], D[jj]
+            for ii in range(gi):
+                d0, d1, d2 = m0[ii] - h0[ii], m1[ii] - h1[ii], m2[ii] - h2[ii]
+                row[ii] = d0 * d0 + d1 * d1 + d2 * d2
+        return
+    for jj in range(gj):
+        for ii in range(gi):
+            D[jj, ii] = _ZERO
+    for b0 in range(-p, p + 1):
+        z = kc + b0 + pad
+        for jj in range(gj):
+            moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
+            for ii in range(gi):
+                diff = moved[ii] - here[ii]
+                row[ii] += diff * diff
+
+
 @njit(cache=True, fastmath=True)
 def _block_plane(xp, vs, ws, kc, offsets, p, s, sj, si, inv, var2):
     """Accumulate into the blockwise NLM numerator ``vs`` and denominator ``ws`` (both (nk, nj, ni) float32,
@@ -124,27 +152,7 @@ def _block_plane(xp, vs, ws, kc, offsets, p, s, sj, si, inv, var2):
     wmax = np.zeros((njc, nic), np.float32)
     for o in range(offsets.shape[0]):
         a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
-        # D[j', i'] = sum over the block's planes of (x(u + d) - x(u))^2, u = (k, j' - p, i' - p)
-        if p == 1:  # the common 3-voxel patch: the three planes in one pass
-            z = kc + pad
-            for jj in range(gj):
-                m0, m1, m2 = xp[z - 1 + a, jj + s + b, s + c:], xp[z + a, jj + s + b, s + c:], \
-                    xp[z + 1 + a, jj + s + b, s + c:]
-                h0, h1, h2, row = xp[z - 1, jj + s, s:], xp[z, jj + s, s:], xp[z + 1, jj + s, s:], D[jj]
-                for ii in range(gi):
-                    d0, d1, d2 = m0[ii] - h0[ii], m1[ii] - h1[ii], m2[ii] - h2[ii]
-                    row[ii] = d0 * d0 + d1 * d1 + d2 * d2
-        else:
-            for jj in range(gj):
-                for ii in range(gi):
-                    D[jj, ii] = _ZERO
-            for b0 in range(-p, p + 1):
-                z = kc + b0 + pad
-                for jj in range(gj):
-                    moved, here, row = xp[z + a, jj + s + b, s + c:], xp[z, jj + s, s:], D[jj]
-                    for ii in range(gi):
-                        diff = moved[ii] - here[ii]
-                        row[ii] += diff * diff
+        _patch_plane_distances(xp, D, kc, a, b, c, p, s)
         # Box sums along j at the centre rows, then along i at the centre columns.
         for jc in range(njc):
             j0 = jc * sj
@@ -238,6 +246,89 @@ def _planes_serial(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, va
         _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
 
 
+@njit(cache=True, fastmath=True)
+def _voxel_plane(xp, vs, ws, wmax, k, offsets, p, s, inv, var2):
+    """Voxelwise NLM sums of the plane ``k`` (all search offsets): ``vs[k] += w x(v + d)``, ``ws[k] += w``,
+    ``wmax[k] = max w`` with ``w = 2**clamp((var2 - dist_d(v)) * inv)`` (as :func:`_block_plane`)."""
+    nj, ni = vs.shape[1], vs.shape[2]
+    pad = p + s
+    D = np.empty((nj + 2 * p, ni + 2 * p), np.float32)
+    E = np.empty(ni + 2 * p, np.float32)
+    dist = np.empty(ni, np.float32)
+    for o in range(offsets.shape[0]):
+        a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
+        _patch_plane_distances(xp, D, k, a, b, c, p, s)
+        for j in range(nj):
+            for ii in range(E.shape[0]):
+                E[ii] = D[j, ii]
+            for q in range(1, 2 * p + 1):
+                row = D[j + q]
+                for ii in range(E.shape[0]):
+                    E[ii] += row[ii]
+            for i in range(ni):
+                dist[i] = E[i]
+            for q in range(1, 2 * p + 1):
+                for i in range(ni):
+                    dist[i] += E[i + q]
+            target, weights, largest = vs[k, j], ws[k, j], wmax[k, j]
+            values = xp[k + a + pad, j + b + pad, c + pad:]
+            for i in range(ni):
+                w = _exp2(min(max((var2 - dist[i]) * inv, _LOWEST), _ZERO))
+                target[i] += w * values[i]
+                weights[i] += w
+                largest[i] = max(largest[i], w)
+
+
+@njit(cache=True, parallel=True)
+def _voxel_planes_parallel(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
+    """:func:`_voxel_plane` for the planes ``planes`` (each task writes its own plane), in parallel."""
+    for t in prange(planes.shape[0]):
+        _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
+
+
+@njit(cache=True)
+def _voxel_planes_serial(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
+    """:func:`_voxel_plane` for the planes ``planes``, one after the other (one thread)."""
+    for t in range(planes.shape[0]):
+        _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
+
+
+def _run(serial, parallel, calls, args, threads: int, progress):
+    """Run ``serial`` (one thread: no thread pool at all) or ``parallel`` (``threads`` numba threads) on each
+    group of ``calls`` with the trailing ``args``; ``progress(fraction)`` between calls (may raise to cancel)."""
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    kernel = serial if threads == 1 else parallel
+    previous = numba.get_num_threads() if threads > 1 else None  # (asking starts the thread pool)
+    if threads > 1:
+        numba.set_num_threads(threads)
+    try:
+        for done, (head, group) in enumerate(calls, start=1):
+            kernel(*head, group, *args)
+            if progress is not None:
+                progress(done / len(calls))
+    finally:
+        if threads > 1:
+            numba.set_num_threads(previous)
+
+
+def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, offsets: np.ndarray,
+              planes_per_call: int, threads: int, progress=None) -> np.ndarray:
+    """Voxelwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + s``, float32) is ``xp``
+    (``offsets``: every offset of the search window but 0); centre weight = the largest weight.
+    Same threading and progress as :func:`blockwise`. Returns the float32 estimate."""
+    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    vs = np.zeros(tuple(int(n) for n in shape), np.float32)
+    ws, wmax = np.zeros_like(vs), np.zeros_like(vs)
+    planes = np.arange(vs.shape[0], dtype=np.int64)
+    calls = [((xp, vs, ws, wmax), np.ascontiguousarray(planes[i:i + planes_per_call]))
+             for i in range(0, len(planes), planes_per_call)]
+    _run(_voxel_planes_serial, _voxel_planes_parallel, calls,
+         (np.ascontiguousarray(offsets, dtype=np.int64), p, s, _F32(inv), _F32(var2)), threads, progress)
+    centre = np.maximum(wmax, _TINY)
+    return (vs + centre * xp[p + s:p + s + vs.shape[0], p + s:p + s + vs.shape[1], p + s:p + s + vs.shape[2]]) \
+        / (ws + centre)
+
+
 def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: float, offsets: np.ndarray,
               planes_per_call: int, threads: int, progress=None) -> np.ndarray:
     """Blockwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + s``, float32) is ``xp``.
@@ -258,17 +349,6 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
         group = centres[colour::colours]
         calls += [np.ascontiguousarray(group[i:i + planes_per_call]) for i in range(0, len(group), planes_per_call)]
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    kernel = _planes_serial if threads == 1 else _planes_parallel
-    previous = numba.get_num_threads() if threads > 1 else None  # (asking starts the thread pool)
-    if threads > 1:
-        numba.set_num_threads(threads)
-    try:
-        for done, group in enumerate(calls, start=1):
-            kernel(xp, vs, ws, group, offsets, p, s, sk, sj, si, _F32(inv), _F32(var2))
-            if progress is not None:
-                progress(done / len(calls))
-    finally:
-        if threads > 1:
-            numba.set_num_threads(previous)
+    _run(_planes_serial, _planes_parallel, [((xp, vs, ws), group) for group in calls],
+         (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress)
     return vs / ws

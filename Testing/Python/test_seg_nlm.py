@@ -90,9 +90,9 @@ def test_blockwise_denoises_phantom_like_voxelwise():
 
 def test_blockwise_reports_progress_and_can_be_cancelled():
     a = make_ct_phantom(shape_kji=(16, 24, 24), noise_hu=30.0).ct
-    for backend in ("numba", "torch"):
+    for backend, mode in [("numba", "blockwise"), ("torch", "blockwise"), ("numba", "voxelwise")]:
         seen = []
-        nonlocal_means(a, search_radius=2, mode="blockwise", chunk_voxels=3000, progress=seen.append, backend=backend)
+        nonlocal_means(a, search_radius=2, mode=mode, chunk_voxels=3000, progress=seen.append, backend=backend)
         assert len(seen) > 2
         assert seen == sorted(seen)
         assert seen[-1] == 1.0
@@ -120,11 +120,13 @@ def psnr(a, clean):
     return 10 * np.log10(2000.0**2 / np.mean((a.astype(np.float64) - clean) ** 2))
 
 
-@pytest.mark.parametrize(("p", "s", "n"), [(1, 2, 2), (1, 2, (2, 2, 1)), (2, 1, 3)])
-def test_numba_kernel_equals_torch_on_real_ct(noisy_ct, p, s, n):
-    """The fused CPU kernel and the torch code compute the same blockwise NLM (float32 rounding only)."""
+@pytest.mark.parametrize(("mode", "p", "s", "n"), [("blockwise", 1, 2, 2), ("blockwise", 1, 2, (2, 2, 1)),
+                                                   ("blockwise", 2, 1, 3), ("voxelwise", 1, 2, 1),
+                                                   ("voxelwise", 2, 1, 1)])
+def test_numba_kernel_equals_torch_on_real_ct(noisy_ct, mode, p, s, n):
+    """The fused CPU kernels and the torch code compute the same NLM (float32 rounding only)."""
     noisy = noisy_ct[1][6:22, 20:70, 30:90]
-    kwargs = dict(h=30.0, sigma=60.0, patch_radius=p, search_radius=s, mode="blockwise", block_step=n)
+    kwargs = dict(h=30.0, sigma=60.0, patch_radius=p, search_radius=s, mode=mode, block_step=n)
     fused = nonlocal_means(noisy, backend="numba", **kwargs)
     eager = nonlocal_means(noisy, backend="torch", **kwargs)
     assert fused.dtype == np.float32
@@ -147,14 +149,15 @@ def test_numba_result_does_not_depend_on_the_thread_count(noisy_ct):
     numbers in the same order."""
     noisy = noisy_ct[1][:12, :40, :50]
     threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = nonlocal_means(noisy, sigma=60.0, search_radius=2, mode="blockwise")
-        torch.set_num_threads(max(2, threads))
-        many = nonlocal_means(noisy, sigma=60.0, search_radius=2, mode="blockwise")
-    finally:
-        torch.set_num_threads(threads)
-    np.testing.assert_array_equal(one, many)
+    for mode in ("blockwise", "voxelwise"):
+        try:
+            torch.set_num_threads(1)
+            one = nonlocal_means(noisy, sigma=60.0, search_radius=2, mode=mode)
+            torch.set_num_threads(max(2, threads))
+            many = nonlocal_means(noisy, sigma=60.0, search_radius=2, mode=mode)
+        finally:
+            torch.set_num_threads(threads)
+        np.testing.assert_array_equal(one, many)
 
 
 def test_numba_exp2_is_accurate():
@@ -167,7 +170,7 @@ def test_bad_backend_is_refused():
     with pytest.raises(ValueError, match="backend"):
         nonlocal_means(a, sigma=1.0, mode="blockwise", backend="opencl")
     with pytest.raises(ValueError, match="numba"):
-        nonlocal_means(a, sigma=1.0, mode="voxelwise", backend="numba")
+        nonlocal_means(a, sigma=1.0, mode="voxelwise", backend="numba", device="cuda")
 
 
 def test_bad_mode_and_step_are_refused():
