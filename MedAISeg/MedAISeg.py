@@ -60,6 +60,7 @@ class MedAISegParameterNode:
     seeds: vtkMRMLMarkupsFiducialNode
     modelPath: Path
     flipTTA: bool = False
+    computeUncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     keepLargestComponent: bool = False
     fillHoles: bool = True
@@ -248,7 +249,8 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         from MedAISegLib.worker_logic import segment_with_model_job
 
         return segment_with_model_job(slicer.mrmlScene, [p.inputVolume], str(p.modelPath), device=p.device,
-                                      flip_tta=p.flipTTA, output_node=p.outputSegmentation, trust_bundle=trust_bundle)
+                                      flip_tta=p.flipTTA, output_node=p.outputSegmentation, trust_bundle=trust_bundle,
+                                      uncertainty=p.computeUncertainty)
 
     def trainJobFromParameters(self, p):
         """Training on the input volume and its labels as a worker job writing the bundle folder."""
@@ -262,7 +264,7 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         if p.segmentMethod == "model":
             return self.core.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
                                                 flip_tta=p.flipTTA, output_node=p.outputSegmentation,
-                                                progress=progress)
+                                                return_entropy=p.computeUncertainty, progress=progress)
         if p.segmentMethod == "region-growing":
             return self.core.region_growing(p.inputVolume, p.seeds, lower=p.lowerThreshold, upper=p.upperThreshold,
                                             output_node=p.outputSegmentation, progress=progress)

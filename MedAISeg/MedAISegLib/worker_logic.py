@@ -11,11 +11,12 @@ from MedAICommonLib.scene_job import JobOutput, SceneJob
 
 
 def segment_with_model_job(scene, input_nodes: list, model_path: str, device: str = "auto", flip_tta: bool = False,
-                           output_node=None, trust_bundle: bool = False) -> SceneJob:
+                           output_node=None, trust_bundle: bool = False, uncertainty: bool = False) -> SceneJob:
     """``medai segment`` with a model on one or more input channels; the output is a segmentation node.
 
     ``trust_bundle`` passes ``--trust-bundle``: only after the user confirmed a bundle from outside
-    the catalogue (its configs can run Python code).
+    the catalogue (its configs can run Python code). ``uncertainty`` also returns the voxel-wise
+    entropy (nats) as a volume node (key ``"uncertainty"``).
     """
     if not input_nodes or input_nodes[0] is None:
         raise ValueError("Select the input volume to segment.")
@@ -29,9 +30,12 @@ def segment_with_model_job(scene, input_nodes: list, model_path: str, device: st
         args.append("--tta")
     if trust_bundle:
         args.append("--trust-bundle")
-    name = f"{input_nodes[0].GetName()} segmentation"
-    return SceneJob(scene, args, inputs,
-                    [JobOutput("segmentation", "segmentation.seg.nrrd", name, "segmentation", node=output_node)])
+    outputs = [JobOutput("segmentation", "segmentation.seg.nrrd", f"{input_nodes[0].GetName()} segmentation",
+                         "segmentation", node=output_node)]
+    if uncertainty:
+        args += ["--uncertainty", "{out:uncertainty}"]
+        outputs.append(JobOutput("uncertainty", "uncertainty.nrrd", f"{input_nodes[0].GetName()} uncertainty", "volume"))
+    return SceneJob(scene, args, inputs, outputs)
 
 
 def train_job(scene, volume_nodes: list, label_nodes: list, bundle_folder: str, network: str = "segresnet",

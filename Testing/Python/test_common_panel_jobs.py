@@ -27,7 +27,12 @@ def test_model_segmentation_job_lands_on_the_input_voxels_in_ras(scene, shared_d
     card = {"name": "bright", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "bright tissue"}]}
     (tmp_path / "net.ts.json").write_text(json.dumps(card))
 
-    seg = segment_with_model_job(scene, [head], str(model), device="cpu").run(timeout=300)["segmentation"]
+    nodes = segment_with_model_job(scene, [head], str(model), device="cpu", uncertainty=True).run(timeout=300)
+    seg = nodes["segmentation"]
+    entropy, entropy_geometry = bridge.array_from_volume(nodes["uncertainty"])
+    assert entropy_geometry.same_grid(bridge.volume_geometry(head))
+    assert entropy.min() >= 0.0
+    assert entropy.max() <= np.log(2) + 1e-4  # two classes: at most ln 2 nats
 
     mask, geometry = bridge.segment_mask(seg, "bright tissue")
     array, head_geometry = bridge.array_from_volume(head)
