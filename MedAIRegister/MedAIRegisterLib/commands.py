@@ -27,7 +27,9 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--transform", default="rigid", choices=("rigid", "similarity", "affine", "bspline"))
     p.add_argument("--preset", default="ct-ct", choices=tuple(PRESETS))
     p.add_argument("--device", default="cpu", choices=DEVICES,
-                   help="cpu: SimpleITK; torch-cpu / cuda: the torch MI path; auto: cuda if present else cpu")
+                   help="cpu: MedAI's CPU path (numba MI kernel; torch B-spline on the CPU); simpleitk: SimpleITK's "
+                        "framework; torch: torch on CUDA if present else CPU; torch-cpu / cuda: torch there; "
+                        "auto: cuda if present else cpu")
     add_common_options(p)
     p.set_defaults(func=run_register)
 
@@ -63,7 +65,7 @@ def run_register(args, report) -> int:
     with report.timed("register"):
         node = logic.register_volumes(fixed, moving, args.transform, args.preset, args.device,
                                       resample=bool(args.output_volume))
-    report.device = logic.last.backend if logic.last.backend == "simpleitk" else args.device
+    report.device = f"{logic.last.backend} ({logic.last.device})"
     with report.timed("save"):
         report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
         if args.output_volume:

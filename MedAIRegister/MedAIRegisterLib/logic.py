@@ -22,9 +22,12 @@ from MedAICommonLib.runtime import get_scene
 from . import icp as icp_module
 from . import intensity_registration, landmarks, quality
 
-DEVICES = ("cpu", "torch-cpu", "cuda", "auto")
-"""``cpu``: SimpleITK (reference); ``torch-cpu``: the torch path on the CPU; ``cuda``: torch on the GPU;
-``auto``: torch on CUDA when available, else SimpleITK."""
+DEVICES = ("cpu", "simpleitk", "torch", "torch-cpu", "cuda", "auto")
+"""``cpu``: MedAI's CPU path (rigid/affine: fused numba MI kernel; bspline: the torch free-form deformation on
+the CPU); ``simpleitk``: SimpleITK's framework (the reference); ``torch``: the torch path on CUDA when available,
+else on the CPU; ``torch-cpu``: torch on the CPU; ``cuda``: torch on the GPU; ``auto``: torch on CUDA when
+available, else ``cpu``. Similarity transforms and non-MI metrics of linear registrations run on SimpleITK
+whatever the device (the torch/numba paths do MI)."""
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RegistrationOutcome:
     metrics: dict = field(default_factory=dict)
     backend: str = ""
     itk_transform: object = None
+    device: str = ""
 
 
 class MedAIRegisterLogic:
@@ -45,11 +49,18 @@ class MedAIRegisterLogic:
         self.last = RegistrationOutcome()
         self.last_volume = None
 
+    def _progress(self, progress) -> Progress:
+        """The run's Progress: the ``progress=`` argument (a Progress or a ``(stage, fraction)`` callable), else
+        the one given to the constructor (attribute ``self.progress``, kept for compatibility)."""
+        if progress is None:
+            return self.progress
+        return progress if isinstance(progress, Progress) else Progress(progress)
+
     # ------------------------------------------------------------------ volumes
     def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "ct-ct",
                          device: str = "cpu", fixed_mask=None, moving_mask=None, output_transform_node=None,
                          output_volume_node=None, resample: bool = False, sampling_percentage: float | None = None,
-                         metric: str | None = None, initial_transform_node=None):
+                         metric: str | None = None, initial_transform_node=None, progress=None):
         """Register ``moving_node`` to ``fixed_node`` (scalar volumes) by intensity; returns the transform node.
 
         ``transform_type``: rigid, similarity, affine or bspline; ``preset``: a key of
@@ -57,10 +68,13 @@ class MedAIRegisterLogic:
         ``(segmentation_node, segment_name)`` on each side. With ``resample`` (or an
         ``output_volume_node``) the moving volume resampled onto the fixed grid is produced too, as
         ``self.last_volume``. ``sampling_percentage`` (fraction 0..1) and ``metric`` (mattes, meansquares,
-        correlation; SimpleITK path only) override the preset. ``initial_transform_node`` (linear, aligning
-        moving to fixed like the result) starts the optimisation instead of the geometry centres. Metrics (MI/NCC before and after) are in
-        ``self.last.metrics``.
+        correlation) override the preset (linear registrations with meansquares/correlation run on
+        SimpleITK; the torch B-spline takes all three). ``initial_transform_node`` (linear, aligning moving
+        to fixed like the result) starts the optimisation instead of the geometry centres. ``progress``: a
+        ``Progress`` (Cancel) or ``(stage, fraction)`` callable for this run. Metrics (MI/NCC before and
+        after) are in ``self.last.metrics``; ``self.last.backend`` is simpleitk, numba or torch.
         """
+        progress = self._progress(progress)
         for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
             try:
                 bridge.require_scalar_volume(node, role)
@@ -71,21 +85,24 @@ class MedAIRegisterLogic:
             bridge.require_overlap(fixed_node, moving_node, "fixed and moving volumes")
         if device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+        if metric is not None and metric not in intensity_registration.METRICS:
+            raise ValueError(f"Unknown metric {metric!r}; use one of {', '.join(intensity_registration.METRICS)}.")
         if preset not in intensity_registration.PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; use one of {', '.join(intensity_registration.PRESETS)}.")
-        self.progress.update("preparing", 0.0)
+        progress.update("preparing", 0.0)
         fixed_image = bridge.volume_to_sitk(fixed_node)
         moving_image = bridge.volume_to_sitk(moving_node)
         fixed_mask_image = self._mask_image(fixed_mask, fixed_node)
         moving_mask_image = self._mask_image(moving_mask, moving_node)
-        backend = self._backend(device, transform_type)
+        backend, torch_device = self._backend(device, transform_type, metric)
         initial = None
         if initial_transform_node is not None:
             try:
                 initial = bridge.transform_node_to_sitk(initial_transform_node)
             except bridge.BridgeError as error:
                 raise ValueError(f"The initial transform must be linear: {error}") from error
-        sub = self.progress.sub(0.05, 0.85)
+        sub = progress.sub(0.05, 0.85)
+        settings = intensity_registration.PRESETS[preset]
         if backend == "simpleitk":
             result = intensity_registration.register_images(
                 fixed_image, moving_image, transform_type, preset=preset, fixed_mask=fixed_mask_image,
@@ -93,25 +110,17 @@ class MedAIRegisterLogic:
                 initial_transform=initial, progress=lambda f: sub.update("registering", f))
             transform = result.transform
             metric_value, elapsed = result.metric_value, result.elapsed_s
-        else:
-            from MedAICommonLib.geometry import Geometry
-
-            from .torch_registration import register_torch
-
-            if fixed_mask_image is not None or moving_mask_image is not None:
-                raise ValueError("Masks are supported on the SimpleITK path only; use --device cpu.")
-            settings = intensity_registration.PRESETS[preset]
-            result = register_torch(
-                sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image),
-                sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image), transform_type,
-                bins=settings.bins, sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
-                shrink_factors=settings.shrink_factors, smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
-                device="cuda" if device == "auto" else ("cpu" if device == "torch-cpu" else device),
-                initial_matrix_lps=None if initial is None else bridge.sitk_to_matrix(initial),
-                progress=lambda f: sub.update("registering", f))
+        elif backend == "numba" or transform_type != "bspline":
+            result = self._register_linear(backend, fixed_image, moving_image, transform_type, settings,
+                                           sampling_percentage, torch_device, initial, fixed_mask_image,
+                                           moving_mask_image, sub)
             transform = result.sitk_transform()
             metric_value, elapsed = -result.mutual_information, result.elapsed_s
-        self.progress.update("evaluating", 0.9)
+        else:
+            transform, metric_value, elapsed = self._register_bspline(
+                fixed_image, moving_image, settings, metric, sampling_percentage, torch_device, initial,
+                fixed_mask_image, moving_mask_image, sub)
+        progress.update("evaluating", 0.9)
         fixed_array = sitk.GetArrayFromImage(fixed_image)
         before = self._resample(moving_image, fixed_image, sitk.Transform())
         after = self._resample(moving_image, fixed_image, transform)
@@ -131,18 +140,92 @@ class MedAIRegisterLogic:
             _, geometry = bridge.sitk_to_array(fixed_image)
             self.last_volume = bridge.create_volume(self.scene, after.astype(np.float32), geometry,
                                                     f"{moving_node.GetName()} registered", node=output_volume_node)
-        self.last = RegistrationOutcome(metrics, backend, transform)
-        self.progress.update("done", 1.0)
+        self.last = RegistrationOutcome(metrics, backend, transform,
+                                        "cpu" if backend != "torch" else str(torch_device))
+        progress.update("done", 1.0)
         return transform_node
 
-    def _backend(self, device: str, transform_type: str) -> str:
-        if device == "cpu" or transform_type in ("bspline", "similarity"):
-            return "simpleitk"
-        if device == "auto":
+    @staticmethod
+    def _backend(device: str, transform_type: str, metric: str | None) -> tuple[str, str]:
+        """(backend, torch device) for a device choice: simpleitk, numba (CPU, linear MI) or torch."""
+        linear_mi = transform_type in ("rigid", "affine") and metric in (None, "mattes")
+        if device == "simpleitk" or transform_type == "similarity" or (transform_type != "bspline" and not linear_mi):
+            if device in ("torch", "torch-cpu", "cuda") and transform_type != "similarity":
+                raise ValueError(f"The torch path registers linear transforms by mutual information, not {metric!r}; "
+                                 "use --device simpleitk for mean squares or correlation.")
+            return "simpleitk", "cpu"
+        if device in ("torch", "auto"):
             import torch
 
-            return "torch" if torch.cuda.is_available() else "simpleitk"
-        return "torch"
+            if torch.cuda.is_available():
+                return "torch", "cuda"
+            if device == "auto":
+                device = "cpu"
+            else:
+                return "torch", "cpu"
+        if device == "torch-cpu":
+            return "torch", "cpu"
+        if device == "cuda":
+            return "torch", "cuda"
+        return ("numba", "cpu") if transform_type != "bspline" else ("torch", "cpu")
+
+    @staticmethod
+    def _mask_array(mask_image, image):
+        """A mask image as a KJI uint8 array on ``image``'s grid (nearest-neighbour resampling if needed)."""
+        if mask_image is None:
+            return None
+        same = (mask_image.GetSize() == image.GetSize()
+                and np.allclose(mask_image.GetOrigin(), image.GetOrigin(), atol=1e-4)
+                and np.allclose(mask_image.GetSpacing(), image.GetSpacing(), atol=1e-6)
+                and np.allclose(mask_image.GetDirection(), image.GetDirection(), atol=1e-6))
+        if not same:
+            mask_image = sitk.Resample(mask_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        array = (sitk.GetArrayFromImage(mask_image) > 0).astype(np.uint8)
+        if not array.any():
+            raise ValueError("A registration mask is empty on its image; pick a segment that overlaps the volume.")
+        return array
+
+    def _register_linear(self, backend, fixed_image, moving_image, transform_type, settings, sampling_percentage,
+                         torch_device, initial, fixed_mask_image, moving_mask_image, sub):
+        from MedAICommonLib.geometry import Geometry
+
+        arguments = dict(
+            bins=settings.bins, sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
+            shrink_factors=settings.shrink_factors, smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
+            initial_matrix_lps=None if initial is None else bridge.sitk_to_matrix(initial),
+            fixed_mask=self._mask_array(fixed_mask_image, fixed_image),
+            moving_mask=self._mask_array(moving_mask_image, moving_image),
+            progress=lambda f: sub.update("registering", f))
+        images = (sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image),
+                  sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image), transform_type)
+        if backend == "numba":
+            from .numba_registration import register_numba
+
+            return register_numba(*images, **arguments)
+        from .torch_registration import register_torch
+
+        return register_torch(*images, device=torch_device, **arguments)
+
+    def _register_bspline(self, fixed_image, moving_image, settings, metric, sampling_percentage, torch_device,
+                          initial, fixed_mask_image, moving_mask_image, sub):
+        """Affine MI stage (numba on the CPU, torch on CUDA) then the torch B-spline FFD; ITK composite."""
+        from MedAICommonLib.geometry import Geometry
+
+        from .torch_bspline import register_bspline
+
+        linear_backend = "numba" if torch_device == "cpu" else "torch"
+        linear = self._register_linear(linear_backend, fixed_image, moving_image, "affine", settings,
+                                       sampling_percentage, torch_device, initial, fixed_mask_image,
+                                       moving_mask_image, sub.sub(0.0, 0.3))
+        deformable = sub.sub(0.3, 1.0)
+        result = register_bspline(
+            sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image), sitk.GetArrayFromImage(moving_image),
+            Geometry.from_sitk(moving_image), linear.matrix_lps, metric=metric or "mattes",
+            mesh_spacing_mm=settings.bspline_mesh_mm / 2, bins=settings.bins,
+            fixed_mask=self._mask_array(fixed_mask_image, fixed_image),
+            moving_mask=self._mask_array(moving_mask_image, moving_image), device=torch_device,
+            progress=lambda f: deformable.update("deformable", f))
+        return result.sitk_transform(), result.final_metric, linear.elapsed_s + result.elapsed_s
 
     def _mask_image(self, mask, volume_node):
         if mask is None:
@@ -237,14 +320,16 @@ class MedAIRegisterLogic:
 
     def register_surfaces(self, fixed, moving, metric: str = "point-to-plane", transform_type: str = "rigid",
                           trim_fraction: float = 0.9, multi_start: str = "axes", output_transform_node=None,
-                          fixed_node=None, moving_node=None):
+                          fixed_node=None, moving_node=None, progress=None):
         """ICP of the ``moving`` surface onto ``fixed`` (see :meth:`surface_points`); returns the transform node.
 
-        Metrics (RMS, inlier fraction, iterations) are in ``self.last.metrics``.
+        Metrics (RMS, inlier fraction, iterations) are in ``self.last.metrics``; ``progress`` as in
+        :meth:`register_volumes`.
         """
-        self.progress.update("surfaces", 0.0)
+        progress = self._progress(progress)
+        progress.update("surfaces", 0.0)
         fixed_points, moving_points = self.surface_points(fixed), self.surface_points(moving)
-        sub = self.progress.sub(0.05, 0.95)
+        sub = progress.sub(0.05, 0.95)
         result = icp_module.icp(fixed_points, moving_points, metric=metric, transform=transform_type,
                                 trim_fraction=trim_fraction, multi_start=multi_start,
                                 progress=lambda f: sub.update("icp", f))
@@ -256,7 +341,7 @@ class MedAIRegisterLogic:
         name = f"{self._name(moving)} registration"
         node = bridge.create_linear_transform(self.scene, result.matrix, name, output_transform_node)
         bridge.set_fixed_moving_references(node, fixed_node or self._node(fixed), moving_node or self._node(moving))
-        self.progress.update("done", 1.0)
+        progress.update("done", 1.0)
         return node
 
     @staticmethod
@@ -267,10 +352,13 @@ class MedAIRegisterLogic:
         return f"{source[0].GetName()}:{source[1]}" if isinstance(source, tuple) else source.GetName()
 
     # ------------------------------------------------------------------ landmarks
-    def register_landmarks(self, fixed_markups, moving_markups, method: str = "rigid", output_transform_node=None):
+    def register_landmarks(self, fixed_markups, moving_markups, method: str = "rigid", output_transform_node=None,
+                           progress=None):
         """Paired-landmark registration (rigid, similarity, affine, tps) of two markups nodes with the same
         number of points in the same order; returns the transform node. FRE per point and predicted TRE
         are in ``self.last.metrics``."""
+        progress = self._progress(progress)
+        progress.update("landmarks", 0.0)
         fixed_points = bridge.points_from_markups(fixed_markups)
         moving_points = bridge.points_from_markups(moving_markups)
         result = landmarks.fit_landmarks(moving_points, fixed_points, method)
@@ -291,4 +379,5 @@ class MedAIRegisterLogic:
             node = bridge.create_linear_transform(self.scene, result.matrix, name, output_transform_node)
         bridge.set_fixed_moving_references(node, fixed_markups, moving_markups)
         self.last = RegistrationOutcome(metrics, f"landmarks-{method}")
+        progress.update("done", 1.0)
         return node

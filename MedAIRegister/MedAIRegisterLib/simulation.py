@@ -68,3 +68,71 @@ def grid_points(image: sitk.Image, step: int = 4, mask: sitk.Image | None = None
         ijk = ijk[values[ijk[:, 2], ijk[:, 1], ijk[:, 0]] > 0]
     direction = np.array(image.GetDirection()).reshape(3, 3)
     return np.array(image.GetOrigin()) + (ijk * np.array(image.GetSpacing())) @ direction.T
+
+
+class SmoothDeformation:
+    """A known smooth displacement ``v`` (LPS mm) about ``centre``: component c is
+    ``amplitude * sin(2 pi x_(c+1) / wavelength + phase_c) * cos(2 pi x_(c+2) / wavelength + phase_c')``,
+    with ``x`` relative to ``centre``. ``warp(x) = x + v(x)``; :meth:`inverse` inverts it by fixed-point
+    iteration (converges while ``2 pi amplitude / wavelength < 1``)."""
+
+    def __init__(self, centre_lps, amplitude_mm: float = 5.0, wavelength_mm: float = 100.0, seed: int = 0):
+        self.centre = np.asarray(centre_lps, float)
+        self.amplitude, self.wavelength = float(amplitude_mm), float(wavelength_mm)
+        self.phases = np.random.default_rng(seed).uniform(0, 2 * np.pi, (3, 2))
+
+    def displacement(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) displacement (mm) at (N, 3) LPS points."""
+        x = 2 * np.pi * (np.atleast_2d(points) - self.centre) / self.wavelength
+        return np.stack([self.amplitude * np.sin(x[:, (c + 1) % 3] + self.phases[c, 0])
+                         * np.cos(x[:, (c + 2) % 3] + self.phases[c, 1]) for c in range(3)], 1)
+
+    def warp(self, points: np.ndarray) -> np.ndarray:
+        """x + v(x)."""
+        return np.atleast_2d(points) + self.displacement(points)
+
+    def inverse(self, points: np.ndarray, iterations: int = 40) -> np.ndarray:
+        """y with y + v(y) = points."""
+        points = np.atleast_2d(np.asarray(points, float))
+        y = points.copy()
+        for _ in range(iterations):
+            y = points - self.displacement(y)
+        return y
+
+
+def deformed_copy(image: sitk.Image, deformation: SmoothDeformation, rotation_deg=(4.0, -3.0, 6.0),
+                  translation_mm=(6.0, -8.0, 5.0), pad_mm: float = 15.0):
+    """A 'moving' image: ``image`` deformed by ``deformation`` (in fixed space) and moved rigidly, on a grid
+    enlarged by ``pad_mm`` per side: ``moving(y) = image(warp(R(y)))`` with R the rigid moving -> fixed map.
+
+    Returns ``(moving, truth)``; ``truth(points)`` gives the exact fixed -> moving LPS map of (N, 3) points
+    (what a deformable registration must recover): ``R^-1(warp^-1(p))``.
+    """
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    rigid = rigid_transform(rotation_deg, translation_mm, centre)  # moving -> fixed
+    pad = [int(np.ceil(pad_mm / s)) for s in image.GetSpacing()]
+    size = [s + 2 * p for s, p in zip(image.GetSize(), pad)]
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing(image.GetSpacing())
+    reference.SetDirection(image.GetDirection())
+    reference.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-p for p in pad]))
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), -1).reshape(-1, 3)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    points = np.array(reference.GetOrigin()) + (ijk * np.array(image.GetSpacing())) @ direction.T
+    matrix = np.array(rigid.GetMatrix()).reshape(3, 3)
+    offset = np.array(rigid.TransformPoint((0.0, 0.0, 0.0)))
+    source = deformation.warp(points @ matrix.T + offset)
+    index = (source - np.array(image.GetOrigin())) @ direction / np.array(image.GetSpacing())
+    from scipy import ndimage
+
+    array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    floor = float(np.percentile(array, 1))
+    values = ndimage.map_coordinates(array, index[:, ::-1].T, order=1, mode="constant", cval=floor)
+    moving = sitk.GetImageFromArray(values.reshape(size).transpose(2, 1, 0).astype(np.float32))
+    moving.CopyInformation(reference)
+    inverse_rigid = np.linalg.inv(np.vstack([np.column_stack([matrix, offset]), [0, 0, 0, 1]]))
+
+    def truth(fixed_points: np.ndarray) -> np.ndarray:
+        return deformation.inverse(fixed_points) @ inverse_rigid[:3, :3].T + inverse_rigid[:3, 3]
+
+    return moving, truth

@@ -133,18 +133,25 @@ def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
                    shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 40,
                    learning_rate_mm: float = 2.0, initial_matrix_lps: np.ndarray | None = None,
                    device: str = "auto", seed: int = 0, progress=None,
-                   kernel: str = "gaussian") -> TorchRegistrationResult:
+                   kernel: str = "gaussian", fixed_mask: np.ndarray | None = None,
+                   moving_mask: np.ndarray | None = None) -> TorchRegistrationResult:
     """Register ``moving`` to ``fixed`` by Parzen MI; returns the fixed -> moving LPS matrix.
 
     ``learning_rate_mm`` is the initial Adam step for translations (mm); rotations get the same step
     divided by the fixed image radius (radians), affine terms likewise. Steps halve per level.
     ``kernel``: "gaussian" Parzen windows on both sides (default, smoother) or "linear" (fixed side in
     hard bins, moving side first-order B-spline; ~2x faster, ~2x larger TRE in our tests).
+    ``fixed_mask`` / ``moving_mask``: KJI arrays on the fixed / moving grids (nonzero = inside): fixed samples
+    are drawn inside the fixed mask; samples mapped outside the moving mask get no weight.
     """
     if transform not in ("rigid", "affine"):
         raise ValueError(f"The torch path does rigid or affine, not {transform!r}.")
     if len(shrink_factors) != len(smoothing_sigmas_mm):
         raise ValueError("Give one smoothing sigma per shrink factor.")
+    if fixed_mask is not None and np.shape(fixed_mask) != np.shape(fixed):
+        raise ValueError("The fixed mask must be on the fixed image's grid.")
+    if moving_mask is not None and np.shape(moving_mask) != np.shape(moving):
+        raise ValueError("The moving mask must be on the moving image's grid.")
     start = time.perf_counter()
     dev = select_device(device)
     threads = torch.get_num_threads()
@@ -154,19 +161,21 @@ def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     try:
         return _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage,
                          shrink_factors, smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps,
-                         dev, seed, progress, start, kernel)
+                         dev, seed, progress, start, kernel, fixed_mask, moving_mask)
     finally:
         torch.set_num_threads(threads)
 
 
 def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage, shrink_factors,
               smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps, dev, seed, progress, start,
-              kernel):
+              kernel, fixed_mask=None, moving_mask=None):
     generator = np.random.default_rng(seed)
     fg, mg = fixed_geometry.to_space("LPS"), moving_geometry.to_space("LPS")
     dtype = torch.float32
     fixed_t = torch.as_tensor(np.asarray(fixed, dtype=np.float32), device=dev)[None, None]
     moving_t = torch.as_tensor(np.asarray(moving, dtype=np.float32), device=dev)[None, None]
+    moving_mask_t = (None if moving_mask is None else
+                     torch.as_tensor(np.asarray(moving_mask) != 0, dtype=dtype, device=dev)[None, None])
     f_lo, f_hi = np.percentile(fixed, [0.5, 99.5])
     m_lo, m_hi = np.percentile(moving, [0.5, 99.5])
     shape_f = np.array(fixed.shape)  # (K, J, I)
@@ -200,6 +209,10 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
         m_s = _gaussian_smooth(moving_t, np.array(sigma_mm) / np.array(mg.spacing))
         grid = [np.arange(0, n, shrink) for n in shape_f]
         kji = np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 3)
+        if fixed_mask is not None:
+            kji = kji[np.asarray(fixed_mask)[kji[:, 0], kji[:, 1], kji[:, 2]] != 0]
+            if len(kji) < 50:
+                raise ValueError("The fixed mask leaves fewer than 50 samples; give a larger mask.")
         count = max(500, int(sampling_percentage * len(kji)))
         if count < len(kji):
             kji = kji[generator.choice(len(kji), count, replace=False)]
@@ -224,6 +237,9 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
             index = mapped @ m_index[:3, :3].T + m_index[:3, 3]          # continuous (i, j, k)
             normalised = 2.0 * index / m_size - 1.0
             inside = (normalised.abs() <= 1.0).all(1).to(dtype)
+            if moving_mask_t is not None:
+                inside = inside * F.grid_sample(moving_mask_t, normalised.detach().reshape(1, 1, 1, -1, 3),
+                                                mode="nearest", padding_mode="zeros", align_corners=True).reshape(-1)
             sampled = F.grid_sample(m_s, normalised.reshape(1, 1, 1, -1, 3), mode="bilinear",
                                     padding_mode="border", align_corners=True).reshape(-1)
             if kernel == "gaussian":
