@@ -130,26 +130,28 @@ class _Problem:
 def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
                      prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
                      w0: np.ndarray | None = None, device="cpu", method: str = "auto", tol: float | None = None,
-                     progress=None) -> FluenceResult:
+                     blocks: dict | None = None, progress=None) -> FluenceResult:
     """Optimise non-negative bixel weights; plan dose = ``fractions`` x (dij @ w).
 
     ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
     uniform fluence scaled so that the target's mean dose equals the prescription (as matRad).
     ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (torch projected Adam), "auto".
     ``tol``: L-BFGS-B's ftol and gtol (default 1e-10 / 1e-8: run to ``max_iter``).
+    ``blocks``: per structure, a pair (W, rows) whose doses ``W @ dij[rows]`` replace ``dij[voxels[s]]``
+    (:func:`ct_grid.ct_factor`: CT-grid voxels); then the optimisation runs on the CPU path.
     """
     if prescription_gy is None or prescription_gy <= 0:
         raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
     if fractions < 1:
         raise ValueError("The number of fractions must be at least 1.")
-    if target not in voxels or len(voxels[target]) == 0:
+    if (target not in voxels or len(voxels[target]) == 0) and not (blocks and target in blocks):
         raise ValueError(f"The target {target!r} has no voxels on the dose grid.")
     if not objectives:
         raise ValueError("Give at least one objective.")
     t0 = time.perf_counter()
     dev = torch.device(device)
-    if dev.type == "cpu":
-        problem = StackedObjectives(dij, voxels, objectives, float(fractions))
+    if dev.type == "cpu" or blocks:
+        problem = StackedObjectives(dij, voxels, objectives, float(fractions), blocks)
         value_and_grad = problem.value_and_grad
     else:
         problem = _Problem(dij, voxels, objectives, float(fractions), dev)
@@ -159,7 +161,11 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
             return f, g.cpu().numpy()
     n = dij.shape[1]
     if w0 is None:
-        mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
+        if blocks and target in blocks:
+            f, rows_t = blocks[target]
+            mean_t = float(np.mean(f @ np.asarray(dij.tocsr()[rows_t].sum(axis=1)).ravel())) * fractions
+        else:
+            mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
         if mean_t <= 0:
             raise ValueError("The beams deliver no dose to the target; check the beam geometry.")
         w0 = np.full(n, prescription_gy / mean_t)

@@ -24,10 +24,13 @@ from MedAICommonLib.runtime import get_scene
 from . import dose_volume
 from .beam_angles import select_beams_greedy
 from .beams import make_beams
-from .dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
+from .ct_grid import ct_factor, exclusive_ct_masks
+from .dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
 from .fluence import Objective, exclusive_voxels, optimise_fluence
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
+from .memory_estimate import available_memory_bytes
+from .memory_estimate import estimate_plan_memory as estimate_memory
 from .plan_metrics import structure_stats
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
@@ -143,6 +146,58 @@ class MedAIPlanLogic:
     def _metrics(self, dose_ct, masks):
         return {n: structure_stats(dose_ct, m) for n, m in masks.items()}
 
+    # --- memory -----------------------------------------------------------------------------
+    def _memory(self, geometry, masks, density, beams, dose_grid_mm):
+        body = self._body_mask(masks, density)
+        dgeo = make_dose_grid(geometry.to_space("LPS"), dose_grid_mm)
+        body_d = resample_nearest(body.astype(np.float32), geometry.to_space("LPS"), dgeo) > 0.5
+        inner = np.zeros(body.shape, bool)
+        for n, m in masks.items():
+            if n.lower() not in BODY_NAMES:
+                inner |= m
+        frac = 1.0 if any(n.lower() in BODY_NAMES for n in masks) else max(0.05, inner.sum() / max(1, body.sum()))
+        return estimate_memory(geometry.to_space("LPS"), dgeo, body_d, beams, len(masks), objective_fraction=frac)
+
+    def _check_memory(self, geometry, masks, density, beams, dose_grid_mm, bixel_width_mm, memory_limit_gb,
+                      auto_dose_grid, progress):
+        """Dose grid to use (the requested one, or a coarser one when allowed) so that the plan fits."""
+        limit = memory_limit_gb * 1024 ** 3 if memory_limit_gb else available_memory_bytes()
+        if not limit:
+            return dose_grid_mm, None
+        progress.update("estimating memory", 0.04)
+        grid = dose_grid_mm
+        est = self._memory(geometry, masks, density, beams, grid)
+        requested = est
+        while est.total > limit and auto_dose_grid:
+            current = grid if grid is not None else max(geometry.spacing)
+            if current >= 10.0:
+                break
+            grid = min(10.0, round(current * 1.5, 2))
+            est = self._memory(geometry, masks, density, beams, grid)
+        if est.total > limit:
+            g = requested.as_dict()
+            raise ValueError(
+                f"The plan needs about {g['total_GiB']:.1f} GiB ({g['voxel_bixel_pairs']:,} voxel-bixel pairs: "
+                f"dose-influence matrix {g['dij_matrix_GiB']:.1f} GiB, ray tracing {g['ray_tracing_GiB']:.1f} GiB, "
+                f"CT volumes {g['ct_volumes_GiB']:.1f} GiB) but only {limit / 1024 ** 3:.1f} GiB are available; "
+                f"use a coarser dose grid (now {dose_grid_mm or 'the CT grid'} mm, e.g. --dose-grid 5), wider "
+                f"bixels (now {bixel_width_mm:g} mm) or fewer beams ({len(beams)}), or allow a coarser dose grid "
+                "automatically.")
+        return grid, est.as_dict()
+
+    def estimate_plan_memory(self, ct_node, segmentation_node, target: str, gantry_angles=TG119_ANGLES,
+                             couch_angles=None, bixel_width_mm: float = 5.0, dose_grid_mm=5.0, isocenter_lps=None,
+                             margin_mm: float = 0.0, hlut_path=None) -> dict:
+        """Estimated peak memory (GiB, per part; see :mod:`memory_estimate`) of a plan with these settings,
+        plus ``available_GiB`` (what the system can give now). Creates no nodes."""
+        hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
+        beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
+                            margin_mm)
+        out = self._memory(geometry, masks, density, beams, dose_grid_mm).as_dict()
+        avail = available_memory_bytes()
+        out["available_GiB"] = round(avail / 1024 ** 3, 3) if avail else None
+        return out
+
     # --- matRad files ----------------------------------------------------------------------
     def load_matrad(self, path, name: str | None = None, progress=None):
         """Load a matRad/pyRadPlan patient ``.mat`` as (CT node in HU, segmentation node)."""
@@ -189,7 +244,7 @@ class MedAIPlanLogic:
                      bixel_width_mm: float = 5.0, weights=None, beam_weights=None, prescription_gy=None,
                      fractions: int = 1, dose_grid_mm=None, isocenter_lps=None, margin_mm: float = 0.0,
                      per_beam: bool = False, output_dose_node=None, device: str = "auto", hlut_path=None,
-                     progress=None):
+                     memory_limit_gb: float | None = None, auto_dose_grid: bool = False, progress=None):
         """Forward dose (Gy, CT grid) of beams with given bixel ``weights`` or per-beam open-field weights.
 
         Without ``weights``, every bixel of beam b gets ``beam_weights[b]`` (default 1); when a
@@ -205,6 +260,8 @@ class MedAIPlanLogic:
         hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
         beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
                             margin_mm)
+        dose_grid_mm, memory = self._check_memory(geometry, masks, density, beams, dose_grid_mm, bixel_width_mm,
+                                                  memory_limit_gb, auto_dose_grid, progress)
         dev = select_device(device)
         dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
                           dose_resolution_mm=dose_grid_mm, device=dev, progress=progress.sub(0.05, 0.85))
@@ -238,7 +295,7 @@ class MedAIPlanLogic:
         self.last_info = {"beams": self._beam_info(beams), "num_bixels": dij.num_bixels, "weights": w,
                           "device": str(dev), "timings": dij.timings, "dij_nnz": int(dij.matrix.nnz),
                           "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
-                          "dose_grid": list(dij.geometry.spacing)}
+                          "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory}
         progress.update("done", 1.0)
         return node
 
@@ -260,12 +317,18 @@ class MedAIPlanLogic:
              gantry_angles=TG119_ANGLES, couch_angles=None, bixel_width_mm: float = 5.0, dose_grid_mm=3.0,
              objectives: list[Objective] | None = None, select_beams: int | None = None, isocenter_lps=None,
              margin_mm: float = 0.0, max_iter: int = 150, per_beam: bool = False, output_dose_node=None,
-             device: str = "auto", hlut_path=None, priorities: dict | None = None, progress=None):
+             device: str = "auto", hlut_path=None, priorities: dict | None = None, ct_grid_objectives: bool = True,
+             memory_limit_gb: float | None = None, auto_dose_grid: bool = False, progress=None):
         """Beams, dose-influence matrix, fluence optimisation; returns the plan's dose node (Gy, CT grid).
 
         With ``select_beams`` = n, the n best of ``gantry_angles`` are chosen greedily first. The
         dose-influence matrix uses matRad's lateral dij sampling (unbiased, about half the entries).
-        Default objectives: :func:`default_objectives`.
+        Default objectives: :func:`default_objectives`. With ``ct_grid_objectives`` (and a dose grid
+        coarser than the CT) the objectives of the target and organs are evaluated on their CT voxels
+        through the trilinear interpolation back (:mod:`ct_grid`), the body's on the dose grid.
+        Before computing, the memory is estimated (:meth:`estimate_plan_memory`); above
+        ``memory_limit_gb`` (default: the memory available now) the run is refused with a ValueError,
+        or with ``auto_dose_grid`` the dose grid is coarsened (x1.5 steps, up to 10 mm) until it fits.
         """
         progress = self._progress(progress)
         if prescription_gy is None or prescription_gy <= 0:
@@ -281,6 +344,8 @@ class MedAIPlanLogic:
             raise ValueError(f"Objectives name unknown segments: {', '.join(unknown)}.")
         beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
                             margin_mm)
+        dose_grid_mm, memory = self._check_memory(geometry, masks, density, beams, dose_grid_mm, bixel_width_mm,
+                                                  memory_limit_gb, auto_dose_grid, progress)
         dev = select_device(device)
         dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
                           dose_resolution_mm=dose_grid_mm, dij_sampling=True, device=dev,
@@ -298,8 +363,15 @@ class MedAIPlanLogic:
             chosen = sorted(chosen)
         cols = np.flatnonzero(np.isin(dij.beam_of_bixel, chosen))
         sub = dij.matrix[:, cols]
+        blocks = None
+        if ct_grid_objectives and not dij.geometry.same_grid(geometry.to_space("LPS")):
+            # target and organs: objectives on the CT-grid dose that will be shown (interpolated back)
+            prio = self._priorities(masks, target, priorities)
+            inner = {n: m for n, m in masks.items() if n.lower() not in BODY_NAMES and n in used}
+            blocks = {n: ct_factor(dij.geometry, geometry, m)
+                      for n, m in exclusive_ct_masks(inner, prio).items() if m.any()}
         result = optimise_fluence(sub, voxels, objectives, prescription_gy, target, fractions, max_iter=max_iter,
-                                  device=dev, progress=progress.sub(0.75, 0.95))
+                                  device=dev, blocks=blocks, progress=progress.sub(0.75, 0.95))
         w = np.zeros(dij.num_bixels)
         w[cols] = result.weights
         dose_d = dij.dose(w) * fractions
@@ -318,7 +390,7 @@ class MedAIPlanLogic:
             "iterations": result.iterations, "objective": result.history[-1] if result.history else None,
             "objectives": [o.__dict__ for o in objectives if o.structure in used], "dij_nnz": int(dij.matrix.nnz),
             "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
-            "dose_grid": list(dij.geometry.spacing),
+            "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory,
         }
         progress.update("done", 1.0)
         return node

@@ -46,17 +46,28 @@ def objective_value_grad(o, d: np.ndarray) -> tuple[float, np.ndarray]:
 class StackedObjectives:
     """Objectives of all structures on one CSR matrix ``scale`` x dij[rows] (see module docstring)."""
 
-    def __init__(self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list, scale: float = 1.0):
+    def __init__(self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list, scale: float = 1.0,
+                 blocks: dict[str, sp.spmatrix] | None = None):
+        """``blocks``: for structure s, doses ``W @ dij[rows]`` from a pair (W, rows) instead of
+        ``dij[voxels[s]]`` (e.g. :func:`ct_grid.ct_factor`: CT-grid voxels interpolated)."""
         used = sorted({o.structure for o in objectives})
+        missing = [s for s in used if not (blocks and s in blocks) and len(voxels.get(s, ())) == 0]
+        if missing:
+            raise ValueError(f"Objectives name structures without voxels: {', '.join(missing)}.")
         self.objectives = objectives
         self.slices = {}
-        rows, start = [], 0
+        parts, start = [], 0
+        csr = dij.tocsr()
+        self.factors = {}
         for s in used:
-            rows.append(np.asarray(voxels[s], np.int64))
-            self.slices[s] = slice(start, start + len(rows[-1]))
-            start += len(rows[-1])
-        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        a = (dij.tocsr()[self.rows] * scale).astype(np.float32).tocsr()
+            if blocks and s in blocks:
+                self.factors[s] = blocks[s][0].tocsr().astype(np.float64)
+                parts.append(csr[np.asarray(blocks[s][1], np.int64)])
+            else:
+                parts.append(csr[np.asarray(voxels[s], np.int64)])
+            self.slices[s] = slice(start, start + parts[-1].shape[0])
+            start += parts[-1].shape[0]
+        a = (sp.vstack(parts, format="csr") * scale).astype(np.float32).tocsr()
         a.sort_indices()
         self.matrix = a
         self.indptr = a.indptr.astype(np.int64)
@@ -73,7 +84,7 @@ class StackedObjectives:
         self.threshold = np.full(self.n_rows, np.inf)      # inf: row always computed
         for s in used:
             objs = [o for o in objectives if o.structure == s]
-            if all(o.type == "squared_overdose" for o in objs):
+            if s not in self.factors and all(o.type == "squared_overdose" for o in objs):
                 self.threshold[self.slices[s]] = min(o.dose for o in objs)
         self.skippable = np.isfinite(self.threshold)
         self.always = np.flatnonzero(~self.skippable).astype(np.int64)
@@ -135,9 +146,10 @@ class StackedObjectives:
                 total += o.penalty * float(r @ r) / n
                 gd[idx] += o.penalty * 2 * r / n
                 continue
-            f, g = objective_value_grad(o, d[sl])
+            factor = self.factors.get(o.structure)
+            f, g = objective_value_grad(o, d[sl] if factor is None else factor @ d[sl])
             total += o.penalty * f
-            gd[sl] += o.penalty * g
+            gd[sl] += o.penalty * (g if factor is None else factor.T @ g)
         nz = np.flatnonzero(gd).astype(np.int64)
         if len(nz) * 64 < 2_000_000 or self.n_threads == 1:   # small: threads cost more than they save
             grad = np.zeros(self.n_cols)

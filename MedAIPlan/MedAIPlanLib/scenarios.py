@@ -97,3 +97,30 @@ def scenario_bad_inputs_raise_clear_errors(scene):
         assert message is not None, f"no error for {kwargs}"
         assert text in message, message
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes_before   # no dose node on failure
+
+
+def scenario_memory_budget_refused_or_coarsened(scene):
+    """A plan over the memory budget is refused before any node is made; allowed to, it coarsens the dose grid."""
+    ct, seg, geo, labels = _water_phantom(scene)
+    logic = MedAIPlanLogic(scene)
+    fine = logic.estimate_plan_memory(ct, seg, "target", gantry_angles=[0, 120, 240], dose_grid_mm=5.0)
+    coarse = logic.estimate_plan_memory(ct, seg, "target", gantry_angles=[0, 120, 240], dose_grid_mm=10.0)
+    assert fine["voxel_bixel_pairs"] > 2 * coarse["voxel_bixel_pairs"] > 0, (fine, coarse)
+    assert fine["total_GiB"] > coarse["total_GiB"] > 0
+    nodes_before = scene.GetNumberOfNodes()
+    message = None
+    try:
+        logic.plan(ct, seg, "target", 60.0, gantry_angles=[0, 120, 240], dose_grid_mm=5.0,
+                   memory_limit_gb=fine["total_GiB"] / 2, device="cpu")
+    except ValueError as error:
+        message = str(error)
+    assert message is not None, "an over-budget plan was not refused"
+    assert "GiB" in message, message
+    assert "coarser dose grid" in message, message
+    assert f"{fine['voxel_bixel_pairs']:,}" in message, message
+    assert scene.GetNumberOfNodes() == nodes_before          # refused before anything was created
+    node = logic.plan(ct, seg, "target", 60.0, gantry_angles=[0, 120, 240], dose_grid_mm=5.0, max_iter=30,
+                      memory_limit_gb=(fine["total_GiB"] + coarse["total_GiB"]) / 2, auto_dose_grid=True, device="cpu")
+    assert node is not None
+    assert logic.last_info["dose_grid"][0] > 5.0, logic.last_info["dose_grid"]
+    assert logic.last_info["memory_estimate"]["total_GiB"] <= (fine["total_GiB"] + coarse["total_GiB"]) / 2

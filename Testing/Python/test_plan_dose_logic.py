@@ -35,6 +35,11 @@ def test_scenario_bad_inputs(scene):
 
 
 @pytest.mark.usefixtures("_machine")
+def test_scenario_memory_budget_refused_or_coarsened(scene):
+    scenarios.scenario_memory_budget_refused_or_coarsened(scene)
+
+
+@pytest.mark.usefixtures("_machine")
 def test_load_matrad_into_nodes_keeps_overlapping_structures(scene, shared_data):
     path = shared_data / "rt" / "matRad" / "BOXPHANTOM.mat"
     logic = MedAIPlanLogic(scene)

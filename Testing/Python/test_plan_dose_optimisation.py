@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from MedAIPlanLib.beam_angles import select_beams_greedy
+from MedAIPlanLib.ct_grid import ct_factor, exclusive_ct_masks
 from MedAIPlanLib.fluence import Objective, exclusive_voxels, optimise_fluence
 
 
@@ -93,13 +94,17 @@ def test_tg119_seven_beam_plan_covers_target_and_spares_core(shared_data):
     masks = {s.name: resample_nearest(s.mask.astype(np.float32), p.geometry, dij.geometry) > 0.5 for s in p.structures}
     vox = exclusive_voxels(masks, {s.name: s.priority for s in p.structures})
     objs = [Objective(s.name, o["type"], o["dose"], o["penalty"]) for s in p.structures for o in s.objectives]
-    res = optimise_fluence(dij.matrix, vox, objs, 50.0, "OuterTarget", fractions=1, max_iter=200)
-    dose = dij.dose(res.weights)
-    # coverage on the dose grid the plan was optimised on (the CT-grid D95 after trilinear interpolation
-    # of a 5 mm grid is ~45 Gy for MedAI and pyRadPlan alike, see notes/6.md)
-    target = structure_stats(dose, masks["OuterTarget"])
-    core = structure_stats(dose, masks["Core"])
+    # target and core objectives on their CT voxels through the trilinear interpolation back (ct_grid)
+    prio = {s.name: s.priority for s in p.structures}
+    inner = exclusive_ct_masks({s.name: s.mask for s in p.structures if s.name != "BODY"}, prio)
+    blocks = {n: ct_factor(dij.geometry, p.geometry, m) for n, m in inner.items()}
+    res = optimise_fluence(dij.matrix, vox, objs, 50.0, "OuterTarget", fractions=1, max_iter=500, tol=1e-5,
+                           blocks=blocks)
+    ct_dose = dose_to_ct_grid(dij.dose(res.weights), dij.geometry, p.geometry)
+    # evaluated on the CT grid: coverage (D95 >= 95 % of 50 Gy) and core sparing at least as pyRadPlan 0.5.0's
+    # plan of the same beams and objectives (core mean 18.6 Gy, D95 of the target 45.2 Gy: bench/bench_plan_tg119.py)
+    target = structure_stats(ct_dose, p.structure("OuterTarget").mask)
+    core_mask = p.structure("Core").mask
+    core = structure_stats(ct_dose, core_mask)
     assert target["D95_Gy"] >= 0.95 * 50.0, target
-    assert core["Dmean_Gy"] < 0.5 * 50.0, core
-    ct_dose = dose_to_ct_grid(dose, dij.geometry, p.geometry)
-    assert structure_stats(ct_dose, p.structure("Core").mask)["Dmean_Gy"] < 0.5 * 50.0
+    assert core["Dmean_Gy"] < 18.6, core
