@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 
 import torch
@@ -35,6 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        # the bundle trained here is trusted in a throw-away store, not in the user's
+        os.environ.setdefault("MEDAI_TRUST_STORE", f"{tmp}/trusted_bundles.json")
         bundle = args.bundle
         training = None
         if bundle is None:

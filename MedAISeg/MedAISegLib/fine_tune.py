@@ -9,12 +9,14 @@ TorchScript module's ``state_dict`` fills — and otherwise the TorchScript modu
 parameters are trainable; it is exported again as TorchScript).
 
 :func:`adapt_to_labels` fits the network to another label set: rows of the output layer that
-belong to kept classes (background, same name, or same value under a default "label N" name)
-are copied, the others start fresh. For a rebuilt network every layer whose shape still fits is
-kept; for a bare TorchScript module the final output convolution is located (the last 3-D
-convolution whose output channels equal the class count and whose replacement changes the
-network's output channels on a probe input) and its weight/bias are replaced; when no such
-layer is found, a ``ValueError`` says so.
+belong to kept classes (see :func:`class_mapping`) are copied; a new class starts as
+background's row with a random direction added and its bias lowered by 2 (see
+:func:`_copy_rows`), so the adapted network first predicts almost what the old one did and new
+classes grow from there. For a rebuilt network every layer whose shape still fits is kept; for
+a bare TorchScript module the final output convolution is located (the last 3-D convolution
+whose output channels equal the class count and whose replacement changes the network's output
+channels on a probe input) and its weight/bias are replaced; when no such layer is found, a
+``ValueError`` says so.
 """
 
 from __future__ import annotations
@@ -116,13 +118,17 @@ def load_initial_model(path) -> InitialModel:
 
 
 def class_mapping(old_labels: dict, new_labels: dict) -> dict:
-    """{new channel: old channel} for the classes that carry over (background always)."""
-    by_name = {name.lower(): value for value, name in old_labels.items()}
+    """{new channel: old channel} for the classes that carry over: background always, then a new
+    label with the name of an old one (case-insensitive), then a new label whose value is an old
+    class that no name claimed (a renamed class)."""
+    by_name = {name.lower(): int(value) for value, name in old_labels.items()}
     mapping = {0: 0}
     for value, name in new_labels.items():
         if name.lower() in by_name:
-            mapping[int(value)] = int(by_name[name.lower()])
-        elif int(value) in old_labels and name.lower() == f"label {value}":
+            mapping[int(value)] = by_name[name.lower()]
+    claimed = set(mapping.values())
+    for value in new_labels:
+        if int(value) not in mapping and int(value) in old_labels and int(value) not in claimed:
             mapping[int(value)] = int(value)
     return mapping
 
@@ -136,11 +142,29 @@ def _output_axis(old: torch.Tensor, new: torch.Tensor, old_classes: int, new_cla
     return None
 
 
-def _copy_rows(old: torch.Tensor, new: torch.Tensor, axis: int, mapping: dict) -> torch.Tensor:
+NEW_CLASS_BIAS = -2.0
+
+
+def _copy_rows(old: torch.Tensor, new: torch.Tensor, axis: int, mapping: dict, bias: bool = False) -> torch.Tensor:
+    """Rows of kept classes from ``old``; a new class starts as an unlikely variant of background:
+    background's row plus a random direction (uniform, ±1/sqrt(fan-in), like PyTorch's default
+    init) on weights and :data:`NEW_CLASS_BIAS` on a bias. A near-exact copy would learn very slowly
+    (the softmax only passes gradient to the features along w_new - w_background); a fully random
+    row outvotes kept classes, which training then does not recover."""
     out = new.detach().clone()
-    for new_index, old_index in mapping.items():
-        if new_index < out.shape[axis] and old_index < old.shape[axis]:
-            out.select(axis, new_index).copy_(old.detach().select(axis, old_index))
+    old = old.detach()
+    for index in range(out.shape[axis]):
+        source = mapping.get(index)
+        if source is not None and source < old.shape[axis]:
+            out.select(axis, index).copy_(old.select(axis, source))
+            continue
+        row = old.select(axis, 0).clone()
+        if bias:
+            row += NEW_CLASS_BIAS
+        elif row.numel() > 1:  # a random direction (PyTorch's default conv init), so gradients reach the features
+            bound = 1.0 / math.sqrt(row.numel())  # fan-in of one output channel
+            row += torch.empty_like(row).uniform_(-bound, bound)
+        out.select(axis, index).copy_(row)
     return out
 
 
@@ -156,20 +180,15 @@ def _adapt_rebuilt(initial: InitialModel, out_channels: int, mapping: dict) -> t
             continue
         axis = _output_axis(value, own[key], initial.out_channels, out_channels)
         if axis is not None:
-            own[key] = _copy_rows(value, own[key], axis, mapping)
+            own[key] = _copy_rows(value, own[key], axis, mapping, bias=key.endswith("bias"))
     network.load_state_dict(own)
     return network, definition
 
 
-def _new_parameter(old: torch.Tensor, axis: int, out_channels: int, mapping: dict) -> torch.nn.Parameter:
+def _new_parameter(old: torch.Tensor, axis: int, out_channels: int, mapping: dict, bias: bool) -> torch.nn.Parameter:
     shape = list(old.shape)
     shape[axis] = out_channels
-    fresh = torch.empty(shape, dtype=old.dtype)
-    if fresh.dim() > 1:
-        torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
-    else:
-        torch.nn.init.zeros_(fresh)
-    return torch.nn.Parameter(_copy_rows(old, fresh, axis, mapping))
+    return torch.nn.Parameter(_copy_rows(old, torch.empty(shape, dtype=old.dtype), axis, mapping, bias=bias))
 
 
 def _adapt_scripted(initial: InitialModel, out_channels: int, mapping: dict, roi) -> torch.nn.Module:
@@ -185,9 +204,9 @@ def _adapt_scripted(initial: InitialModel, out_channels: int, mapping: dict, roi
     probe = torch.zeros((1, initial.in_channels, *[int(r) for r in roi]))
     for _name, module, axis in reversed(candidates):
         old_weight, old_bias = module.weight, getattr(module, "bias", None)
-        module.weight = _new_parameter(old_weight, axis, out_channels, mapping)
+        module.weight = _new_parameter(old_weight, axis, out_channels, mapping, bias=False)
         if isinstance(old_bias, torch.Tensor):
-            module.bias = _new_parameter(old_bias, 0, out_channels, mapping)
+            module.bias = _new_parameter(old_bias, 0, out_channels, mapping, bias=True)
         try:
             with torch.no_grad():
                 channels = network.eval()(probe).shape[1]

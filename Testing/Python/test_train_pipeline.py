@@ -372,3 +372,25 @@ def test_slow_training_reaches_dice_090_on_new_phantoms(network, tmp_path, scene
     assert np.mean(scores) >= 0.90, (scores, metrics, (bundle / "logs" / "training_curves.csv").read_text())
     network_module, definition, _ = load_bundle_network(bundle)
     assert network.lower() in definition["_target_"].lower()
+
+
+@pytest.mark.slow
+def test_slow_torchscript_fine_tuned_to_a_new_label_set_segments_both_classes(bright_bundle, tmp_path, scene):
+    """Bright-lesion TorchScript model -> bright 'lesion' (kept) + new 'dark lesion', 12 epochs on 8 cases."""
+    bundle, _ = bright_bundle
+    model = _torchscript_with_card(bundle, tmp_path / "ts", label="lesion")
+    config = TrainingConfig(epochs=12, learning_rate=3e-3, val_fraction=0.25, labels={1: "lesion", 2: "dark lesion"})
+    train_and_export([make_two_lesion_case(seed) for seed in range(8)], tmp_path / "two", config, init_bundle=model)
+    scores = {1: [], 2: []}
+    for seed in range(50, 54):
+        image, truth = make_two_lesion_case(seed)
+        node = MedAISegLogic(scene).segment_with_model(bridge.sitk_to_volume(image, scene, f"two {seed}"),
+                                                       tmp_path / "two", device="cpu")
+        assert [s.name for s in bridge.segment_infos(node)] == ["lesion", "dark lesion"]
+        labels, _, infos = bridge.labelmap_from_segmentation(node, reference=Geometry.from_sitk(truth).to_space("RAS"))
+        values = {info.name: info.label for info in infos}
+        reference = sitk.GetArrayFromImage(truth)
+        for value, name in ((1, "lesion"), (2, "dark lesion")):
+            scores[value].append(dice_per_class(labels == values[name], reference == value, [True])[True])
+    assert np.mean(scores[1]) >= 0.7, scores
+    assert np.mean(scores[2]) >= 0.7, scores
