@@ -142,8 +142,9 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
     dict); without one ``network`` must be TorchScript and is saved as ``models/model.ts``. Weight
     files of the other kind and compressed exports left from an earlier export are removed (they
     would no longer match). ``normalization`` / ``axcodes``: see :func:`preprocessing_definition`.
-    ``trust``: record the configs just written (MedAI's own, no foreign code) in the user's bundle
-    trust store (:mod:`.bundle_trust`, origin ``trained``), so that MedAI runs the bundle it made.
+    ``trust``: record the configs just written in the user's bundle trust store (:mod:`.bundle_trust`,
+    origin ``trained``), so that MedAI runs the bundle it made — only when the folder holds no other
+    code file (another config, a ``*.py``), which the user must then check and trust themselves.
     """
     folder = Path(folder)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
@@ -199,9 +200,11 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
             raise ValueError("A network without a MONAI definition must be TorchScript to be exported.")
         torch.jit.save(network.cpu().float().eval(), str(models / "model.ts"))
     if trust:
-        from .bundle_trust import record_trust
+        from .bundle_trust import code_files, record_trust
 
-        record_trust(folder, origin="trained", source="MedAI export")
+        written = {folder / "configs" / "inference.json", folder / "configs" / "metadata.json"}
+        if set(code_files(folder)) == written:  # nothing foreign (other configs, *.py) would be trusted too
+            record_trust(folder, origin="trained", source="MedAI export")
     return folder
 
 

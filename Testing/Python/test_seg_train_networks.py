@@ -92,3 +92,23 @@ def test_persistent_cache_is_written_once_and_reused(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == stamps
     assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
     json.dumps(second.history)  # curves stay plain numbers
+
+
+def test_export_trusts_only_a_bundle_holding_nothing_but_its_own_configs(tmp_path, scene):
+    from MedAISegLib.bundle_trust import is_trusted
+    from MedAISegLib.export import build_network, export_bundle, network_definition
+    from MedAISegLib.logic import MedAISegLogic
+
+    definition = network_definition("unet", 1, 2, 4)
+    network = build_network(definition)
+    clean = export_bundle(tmp_path / "clean", network, definition, {1: "lesion"}, (2, 2, 2), (16, 16, 16))
+    assert is_trusted(clean)
+    (tmp_path / "mixed" / "scripts").mkdir(parents=True)
+    (tmp_path / "mixed" / "scripts" / "hook.py").write_text("raise SystemExit('ran foreign code')\n")
+    mixed = export_bundle(tmp_path / "mixed", network, definition, {1: "lesion"}, (2, 2, 2), (16, 16, 16))
+    assert not is_trusted(mixed)
+    volume = bridge.sitk_to_volume(make_phantom_case(0)[0], scene, "case")
+    with pytest.raises(ValueError, match="not trusted"):
+        MedAISegLogic(scene).segment_with_model(volume, mixed, device="cpu")
+    node = MedAISegLogic(scene).segment_with_model(volume, clean, device="cpu")
+    assert [s.name for s in bridge.segment_infos(node)] == ["lesion"]
