@@ -1,8 +1,10 @@
-"""Fused CPU kernels (numba) for the blockwise non-local means of :mod:`.nonlocal_means`.
+"""Fused CPU kernels (numba) for the non-local means of :mod:`.nonlocal_means` (both modes).
 
-Same definition as the torch code there (Coupe et al. 2008 blockwise NLM, BM3D-style aggregation of
-the overlapping blocks, centre weight = the block's largest weight, weights ``2**clamp(e, -100, 0)``),
-computed without full-size temporaries: one task per centre plane (the plane of block centres
+Same definitions as the torch code there (voxelwise NLM; Coupe et al. 2008 blockwise NLM with BM3D-style
+aggregation of the overlapping blocks; centre weight = the largest weight; weights ``2**clamp(e, -100, 0)``),
+computed without full-size temporaries. Voxelwise: one task per plane, per offset the patch distances
+(squared differences summed along k, then box sums along j and i), weights and sums in one row loop.
+Blockwise: one task per centre plane (the plane of block centres
 ``k = kk * step_k``) keeps everything it touches in the L1/L2 cache and loops over the search offsets;
 per offset it forms the squared differences of the block's planes, box-sums them at the block centres,
 takes the weights (a vectorised ``exp2``) and spreads ``weight * x(v + d)`` over the block's voxels.
@@ -68,6 +70,12 @@ def _spread_i(T, wpad, ni, nic, p, si, R):
     """``T[jc, i] = sum of w[jc, ic]`` over the centres ``ic * si`` within ``p`` of ``i``, where
     ``w[jc, ic] = wpad[jc, R + ic]`` and ``wpad`` has a zero margin of ``R`` (no bound tests).
     Residue-wise: voxel ``i = m * si + q`` gets the centres ``m + t`` with ``|t si - q| <= p``."""
+    if si == 1 and p == 1:  # 3-voxel blocks on every voxel along i
+        for jc in range(T.shape[0]):
+            out, w = T[jc], wpad[jc, R - 1:]
+            for i in range(ni):
+                out[i] = w[i] + w[i + 1] + w[i + 2]
+        return
     if si == 2 and p == 1:  # the default 3-voxel blocks every 2 voxels: constant strides vectorise
         half = ni // 2
         for jc in range(T.shape[0]):
@@ -166,6 +174,9 @@ def _block_plane(xp, vs, ws, kc, offsets, p, s, sj, si, inv, var2):
             if si == 2 and p == 1:
                 for ic in range(nic):
                     drow[ic] = E[2 * ic] + E[2 * ic + 1] + E[2 * ic + 2]
+            elif si == 1 and p == 1:
+                for ic in range(nic):
+                    drow[ic] = E[ic] + E[ic + 1] + E[ic + 2]
             else:
                 for ic in range(nic):
                     drow[ic] = E[ic * si]
