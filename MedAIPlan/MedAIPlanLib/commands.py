@@ -48,6 +48,10 @@ def _add_shared(p) -> None:
     p.add_argument("--output-segmentation", metavar="S.seg.nrrd", help="also write the structures")
     p.add_argument("--per-beam-dir", metavar="DIR", help="also write each beam's dose into DIR")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--memory-limit-gb", type=float,
+                   help="refuse (or coarsen, see --auto-dose-grid) a run estimated above this (default: free memory)")
+    p.add_argument("--auto-dose-grid", action="store_true",
+                   help="when the estimate is over the memory limit, use a coarser dose grid instead of refusing")
 
 
 def register(subparsers, add_common_options) -> None:
@@ -93,7 +97,8 @@ def _common_kwargs(args):
     return {"gantry_angles": _numbers(args.gantry_angles, "--gantry-angles"),
             "couch_angles": _numbers(args.couch_angles, "--couch-angles"), "bixel_width_mm": args.bixel_width,
             "isocenter_lps": iso, "device": args.device, "hlut_path": args.hlut, "fractions": args.fractions,
-            "per_beam": bool(args.per_beam_dir)}
+            "per_beam": bool(args.per_beam_dir), "memory_limit_gb": args.memory_limit_gb,
+            "auto_dose_grid": bool(args.auto_dose_grid)}
 
 
 def _finish(scene, logic, args, report, dose_node, seg_node) -> int:
@@ -110,6 +115,9 @@ def _finish(scene, logic, args, report, dose_node, seg_node) -> int:
     report.device = info.get("device", "cpu")
     report.metrics.update({"structures": info["metrics"], "num_bixels": info["num_bixels"],
                            "dij_nnz": info["dij_nnz"], "beams": info["beams"], "engine_timings_s": info["timings"]})
+    if info.get("memory_estimate"):
+        report.metrics["memory_estimate"] = info["memory_estimate"]
+        report.parameters["dose_grid_used_mm"] = list(info.get("dose_grid", []))
     for key in ("iterations", "objective", "selection_objective", "candidate_angles"):
         if key in info:
             report.metrics[key] = info[key]

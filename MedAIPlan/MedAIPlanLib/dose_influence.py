@@ -78,9 +78,17 @@ def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geom
     ct = ct_geometry.to_space("LPS")
     if dose_geometry.same_grid(ct):
         return np.asarray(dose, dtype=np.float32)
-    pts = torch.as_tensor(voxel_points_lps(ct), dtype=torch.float32)
     vol = torch.as_tensor(np.asarray(dose, dtype=np.float32))
-    return sample_volume(vol, dose_geometry, pts).numpy().reshape(ct.shape_kji)
+    out = np.empty(ct.shape_kji, np.float32)
+    nk, nj, ni = ct.shape_kji
+    slab = max(1, int(4_000_000 // max(1, nj * ni)))        # a few million points at a time (memory)
+    jj, ii = np.mgrid[0:nj, 0:ni]
+    for k0 in range(0, nk, slab):
+        k1 = min(nk, k0 + slab)
+        kji = np.stack(np.broadcast_arrays(np.arange(k0, k1)[:, None, None], jj[None], ii[None]), axis=-1).reshape(-1, 3)
+        pts = torch.as_tensor(ct.index_to_point(kji[:, ::-1].astype(float)), dtype=torch.float32)
+        out[k0:k1] = sample_volume(vol, dose_geometry, pts).numpy().reshape(k1 - k0, nj, ni)
+    return out
 
 
 def _near_rays(u: np.ndarray, v: np.ndarray, ray_pos: np.ndarray, width: float, cutoff: float) -> np.ndarray:

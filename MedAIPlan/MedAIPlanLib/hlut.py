@@ -54,4 +54,9 @@ def load_hlut(path) -> np.ndarray:
 def hu_to_density(hu: np.ndarray, table=None) -> np.ndarray:
     """Relative electron density (float32) of an HU array by linear interpolation, clamped at the ends."""
     t = validate_hlut(DEFAULT_HLUT if table is None else table)
-    return np.interp(np.asarray(hu, dtype=float), t[:, 0], t[:, 1]).astype(np.float32)
+    hu = np.asarray(hu)
+    out = np.empty(hu.shape, np.float32)
+    flat_in, flat_out = hu.reshape(-1), out.reshape(-1)
+    for a in range(0, flat_in.size, 8_000_000):        # slabs: no float64 copy of a whole large CT
+        flat_out[a:a + 8_000_000] = np.interp(flat_in[a:a + 8_000_000].astype(float), t[:, 0], t[:, 1])
+    return out

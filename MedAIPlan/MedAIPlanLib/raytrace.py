@@ -165,8 +165,11 @@ def ssd_along_ray(density: np.ndarray, geometry: Geometry, source_lps, target_lp
     direction /= length
     s0, s1 = _box_distance_range(geometry, source)
     s = np.arange(s0, s1 + step_mm, step_mm)
-    pts = torch.as_tensor(source + s[:, None] * direction, dtype=torch.float64)
-    vol = torch.as_tensor(np.asarray(density, dtype=np.float64))
-    rho = sample_volume(vol, geometry, pts, mode="nearest").numpy()
+    vol = np.asarray(density)
+    ijk = np.rint(geometry.to_space("LPS").point_to_index(source + s[:, None] * direction)).astype(np.int64)
+    shape_ijk = np.array(vol.shape[::-1])
+    ok = np.all((ijk >= 0) & (ijk < shape_ijk), axis=1)
+    rho = np.zeros(len(s))
+    rho[ok] = vol[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]]
     hit = np.flatnonzero(rho > threshold)
     return float(s[hit[0]] - step_mm / 2) if len(hit) else float("nan")

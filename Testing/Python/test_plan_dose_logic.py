@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +11,21 @@ import pytest
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAIPlanLib import scenarios
-from MedAIPlanLib.logic import MedAIPlanLogic
+from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
 from MedAIPlanLib.matrad_io import load_matrad_patient, matrad_cube_to_kji
 
 
 @pytest.fixture
-def _machine(shared_data, monkeypatch):
+def _machine(request, monkeypatch):
+    """The photon base data shipped with the module (MedAIPlan/Resources), else the shared data folder's."""
+    import MedAIPlanLib
+
+    bundled = Path(MedAIPlanLib.__file__).resolve().parents[1] / "Resources" / "photons_Generic.mat"
+    if bundled.is_file():
+        monkeypatch.delenv("MEDAI_PHOTON_MACHINE", raising=False)
+        assert default_machine_path() == bundled      # found without ../shared/data
+        return
+    shared_data = request.getfixturevalue("shared_data")
     monkeypatch.setenv("MEDAI_PHOTON_MACHINE", str(shared_data / "rt" / "matRad" / "photons_Generic.mat"))
 
 
@@ -98,6 +108,13 @@ def test_cli_plan_and_errors(shared_data, tmp_path, capsys):
     assert main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "-1",
                  "--output-dose", str(tmp_path / "x.nrrd")]) == 1
     assert "positive" in capsys.readouterr().err
+    # over the memory budget: refused with the estimate and what to change, no output written
+    assert main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "60",
+                 "--memory-limit-gb", "0.00001", "--output-dose", str(tmp_path / "m.nrrd")]) == 1
+    err = capsys.readouterr().err
+    assert "GiB" in err
+    assert "--dose-grid" in err
+    assert not (tmp_path / "m.nrrd").exists()
 
 
 @pytest.mark.usefixtures("_machine")
