@@ -10,7 +10,8 @@ logit, because softmax outputs only fix logit differences: a raw logit can be ne
 the segment, and the map then points outside it. Tiles where the class is not predicted add 0.
 
 - ``gradcam``: a forward hook keeps the activations ``A`` of a feature layer (default: the last
-  decoder block, see :func:`default_target_layer`) and a tensor hook their gradient; the channel
+  decoder features, see :func:`default_target_layer`; ``"name:input"`` takes a module's input)
+  and a tensor hook their gradient; the channel
   weights are the spatial means of the gradient and the map is ``ReLU(sum_k w_k A_k)``, upsampled
   (trilinear) to the tile. Needs a Python (non-TorchScript) module.
 - ``gradient``: |gradient × input| summed over the input channels (any differentiable module).
@@ -23,25 +24,27 @@ import torch
 
 METHODS = ("gradcam", "gradient")
 
-_DECODER_BLOCKS = {"SegResNet": lambda n: f"up_layers.{len(n.up_layers) - 1}",
-                   "DynUNet": lambda n: f"upsamples.{len(n.upsamples) - 1}",
-                   "SwinUNETR": lambda n: "decoder1",
-                   "UNet": lambda n: "model.1",
-                   "BasicUNet": lambda n: "upcat_1"}
+_FEATURE_LAYERS = {"SegResNet": "conv_final.2:input", "DynUNet": "output_block:input", "SwinUNETR": "out:input",
+                   "UNet": "model.2:input", "BasicUNet": "final_conv:input"}
 
 
 def default_target_layer(network: torch.nn.Module) -> str:
-    """Name of the last decoder block of ``network`` (MONAI SegResNet, DynUNet, SwinUNETR, UNet,
-    BasicUNet); for other networks the last top-level child before the final one."""
+    """The decoder's last feature maps, as the output layer reads them (``"<module>:input"``):
+    after the last decoder block's normalisation and activation (MONAI SegResNet, DynUNet,
+    SwinUNETR, UNet, BasicUNet); for other networks the input of the last top-level child.
+
+    Not the raw output of a block followed by a normalisation (SegResNet's ``up_layers``): there
+    the spatial mean of the gradient has no stable sign, and the map came out inverted (zero
+    inside the segment) on some cases."""
+    modules = dict(network.named_modules())
     for cls in type(network).__mro__:
-        if cls.__name__ in _DECODER_BLOCKS:
-            name = _DECODER_BLOCKS[cls.__name__](network)
-            if name in dict(network.named_modules()):
-                return name
+        name = _FEATURE_LAYERS.get(cls.__name__)
+        if name and name.split(":")[0] in modules:
+            return name
     children = [name for name, _ in network.named_children()]
-    if len(children) < 2:
+    if not children:
         raise ValueError(f"Cannot choose a feature layer in {type(network).__name__}; give layer= by name.")
-    return children[-2]
+    return f"{children[-1]}:input"
 
 
 def _starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -81,7 +84,9 @@ def _gradcam_tile(network, tile, class_index, layer_module):
         store["activation"] = output
         output.register_hook(keep_gradient)
 
-    handle = layer_module.register_forward_hook(keep_activation)
+    module, use_input = layer_module
+    handle = module.register_forward_pre_hook(lambda m, inputs: keep_activation(m, inputs, inputs[0])) if use_input \
+        else module.register_forward_hook(keep_activation)
     try:
         logits = network(tile)
     finally:
@@ -112,7 +117,8 @@ def explanation_map(network: torch.nn.Module, image, class_index: int, roi, meth
     """Grad-CAM or gradient×input map of class ``class_index`` (see the module docstring).
 
     ``image``: preprocessed ``(C, X, Y, Z)`` tensor/array; ``roi``: tile size (voxels);
-    ``layer``: name of the feature layer for Grad-CAM (``dict(network.named_modules())`` key).
+    ``layer``: feature layer for Grad-CAM: a ``dict(network.named_modules())`` key (its output) or
+    ``"key:input"`` (its input); default :func:`default_target_layer`.
     Returns an ``(X, Y, Z)`` float32 array in [0, 1] on the image's grid.
     """
     if method not in METHODS:
@@ -126,9 +132,11 @@ def explanation_map(network: torch.nn.Module, image, class_index: int, roi, meth
                              "'gradient', or give the model card its MONAI architecture so it can be rebuilt.")
         modules = dict(network.named_modules())
         layer = layer or default_target_layer(network)
-        if layer not in modules:
-            raise ValueError(f"Layer {layer!r} is not in the network; choose one of {list(modules)[1:12]}...")
-        layer_module = modules[layer]
+        name, _, part = layer.partition(":")
+        if name not in modules or part not in ("", "input", "output"):
+            raise ValueError(f"Layer {layer!r} is not in the network; give a module name, optionally with ':input', "
+                             f"e.g. one of {list(modules)[1:12]}...")
+        layer_module = (modules[name], part == "input")
     image = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     roi = [int(r) for r in roi]
     spatial = list(image.shape[1:])

@@ -111,7 +111,7 @@ class MedAITrainingLogic:
         """Explanation volume '<input> Grad-CAM <segment>' (or '<input> saliency <segment>' for
         gradient×input), 0..1 on the input's grid, for a segment of ``model_path`` (bundle folder or
         TorchScript file with a model card; default segment: its first label). ``method``:
-        ``gradcam`` (feature ``layer``, default the last decoder block), ``gradient`` or ``auto``
+        ``gradcam`` (feature ``layer``, default the decoder's last feature maps), ``gradient`` or ``auto``
         (Grad-CAM unless the model is bare TorchScript)."""
         from .explain import explanation_map
         from .fine_tune import load_initial_model
@@ -129,6 +129,10 @@ class MedAITrainingLogic:
                                  f"{list(initial.labels.values())}.")
         if method == "auto":
             method = "gradient" if initial.scripted else "gradcam"
+        if method == "gradcam" and layer is None and not initial.scripted:
+            from .explain import default_target_layer
+
+            layer = default_target_layer(initial.network)
         torch_device = select_device(device)
         image = bridge.volume_to_sitk(volume_node)
         reference = bridge.volume_geometry(volume_node)

@@ -55,7 +55,7 @@ def _train_export_segment(network, features, roi, epochs, tmp_path, scene, sampl
 def test_dynunet_trains_exports_and_runs_through_medai_segment(tmp_path, scene):
     bundle, image, truth = _train_export_segment("dynunet", 4, (24, 24, 24), 3, tmp_path, scene, cases=2)
     network, _, _ = load_bundle_network(bundle)
-    assert default_target_layer(network) == "upsamples.2"
+    assert default_target_layer(network) == "output_block:input"
     heat = explanation_map(network, preprocess_for_bundle(image, bundle), 1, (24, 24, 24))
     assert heat.shape == (32, 32, 32)
     assert np.isfinite(heat).all()
@@ -69,7 +69,7 @@ def test_swinunetr_trains_exports_and_runs_through_medai_segment(tmp_path, scene
                                          lr=3e-3)
     network, definition, _ = load_bundle_network(bundle)
     assert definition["feature_size"] == 12
-    assert default_target_layer(network) == "decoder1"
+    assert default_target_layer(network) == "out:input"
 
 
 def test_roi_that_does_not_fit_the_network_is_refused(tmp_path):

@@ -299,6 +299,7 @@ def test_gradcam_and_saliency_concentrate_on_the_segment(bright_bundle, scene):
     node = logic.explain(volume, bundle, "label 1", device="cpu")
     assert node.GetName() == "case Grad-CAM label 1"
     assert logic.last_info["method"] == "gradcam"
+    assert logic.last_info["layer"] == "conv_final.2:input"
     heat, _ = bridge.array_from_volume(node)
     assert heat.shape == mask.shape
     assert heat[mask].mean() > 3.0 * heat[far].mean(), (heat[mask].mean(), heat[far].mean())
