@@ -97,6 +97,9 @@ class MedAITrainingLogic:
         channels). No validation split: the best epoch is the lowest training loss."""
         from .fine_tune import load_initial_model
 
+        if Path(output_dir).is_file():
+            raise ValueError(f"{output_dir} is a file; give a folder for the fine-tuned bundle (it may be the "
+                             "model's own bundle folder, which is then updated).")
         initial = load_initial_model(model_path)
         values_by_name = {name: value for value, name in initial.labels.items()}
         bridge.require_scalar_volume(volume_node)

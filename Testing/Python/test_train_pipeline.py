@@ -357,6 +357,11 @@ def test_errors_name_the_problem(tmp_path, scene):
     volume = bridge.sitk_to_volume(image, scene, "v")
     with pytest.raises(ValueError, match="one segmentation per volume"):
         MedAITrainingLogic(scene).train([volume], [], tmp_path / "b")
+    (tmp_path / "model.ts").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="is a file"):
+        MedAITrainingLogic(scene).fine_tune_on_case(volume, None, tmp_path / "model.ts", tmp_path / "model.ts")
+    with pytest.raises(ValueError, match="No model card"):
+        MedAITrainingLogic(scene).fine_tune_on_case(volume, None, tmp_path / "model.ts", tmp_path / "out")
     assert main(["train", "--images", "a.nii", "--labels", "a.nii", "b.nii", "--output", str(tmp_path)]) == 1
 
 
