@@ -200,3 +200,22 @@ def _markups(scene):
             node.AddControlPoint(*p)
         nodes.append(node)
     return nodes
+
+
+def test_register_command_bspline_on_torch_writes_an_itk_bspline_file(scene, tmp_path):
+    import json
+
+    from MedAICommonLib.cli.main import main
+
+    fixed, moving, _ = _phantom_pair(scene)
+    fixed_path = bridge.save_node(fixed, tmp_path / "fixed.nrrd")
+    moving_path = bridge.save_node(moving, tmp_path / "moving.nrrd")
+    out, report_path = tmp_path / "T.h5", tmp_path / "report.json"
+    assert main(["register", str(fixed_path), str(moving_path), "--output-transform", str(out), "--transform",
+                 "bspline", "--device", "torch", "--preset", "ct-mr-head", "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["device"].startswith("torch")
+    assert report["metrics"]["mi_after"] > report["metrics"]["mi_before"]
+    transform = sitk.CompositeTransform(sitk.ReadTransform(str(out)))
+    names = [transform.GetNthTransform(i).GetName() for i in range(transform.GetNumberOfTransforms())]
+    assert "BSplineTransform" in names
