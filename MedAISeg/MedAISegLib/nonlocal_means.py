@@ -292,17 +292,22 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     if device.type == "cpu" and backend != "torch":
         from . import nonlocal_means_numba
 
-        r = range(-s, s + 1)
-        offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
         threads = torch.get_num_threads()
         planes = max(threads, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))
-        kernel = nonlocal_means_numba.blockwise if mode == "blockwise" else nonlocal_means_numba.voxelwise
-        extra = (steps,) if mode == "blockwise" else ()
-        # The kernels need a padding of p + s; pad as the torch code of the mode does (its width decides
-        # between reflection and replication for thin volumes), then crop.
-        xp = _padded(x, p + 2 * s)[s:-s, s:-s, s:-s] if mode == "blockwise" else _padded(x, p + s)
-        out = torch.from_numpy(kernel(xp.contiguous().numpy(), x.shape, p, s, *extra, 1.0 / (h2 * _LN2), var2,
-                                      offsets, planes, threads, progress))
+        # Pad as the torch code of the mode does (the width decides between reflection and replication for
+        # thin volumes): blockwise needs p + s; voxelwise p + 2s (reflect p + s, then replicate s).
+        if mode == "blockwise":
+            r = range(-s, s + 1)
+            offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
+            out = nonlocal_means_numba.blockwise(_padded(x, p + 2 * s)[s:-s, s:-s, s:-s].contiguous().numpy(),
+                                                 x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, offsets, planes,
+                                                 threads, progress)
+        else:
+            xp = F.pad(_padded(x, p + s)[None, None], (s,) * 6, mode="replicate")[0, 0]
+            out = nonlocal_means_numba.voxelwise(xp.numpy(), x.shape, p, s, 1.0 / (h2 * _LN2), var2,
+                                                 np.array(_half_offsets(s), dtype=np.int64), planes, threads,
+                                                 progress)
+        out = torch.from_numpy(out)
     elif mode == "blockwise":
         out = _blockwise(x, h2, var2, p, s, steps, chunk_voxels, progress)
     else:

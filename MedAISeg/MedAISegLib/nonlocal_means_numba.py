@@ -257,42 +257,65 @@ def _planes_serial(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, va
         _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _accumulate(target, weights, largest, w, values, n):
+    """``target += w values``, ``weights += w``, ``largest = max(largest, w)`` over ``n`` elements (two loops:
+    few enough arrays per loop for LLVM's run-time alias checks, so both vectorise)."""
+    for i in range(n):
+        target[i] += w[i] * values[i]
+        weights[i] += w[i]
+    for i in range(n):
+        largest[i] = max(largest[i], w[i])
+
+
 @njit(cache=True, fastmath=True)
 def _voxel_plane(xp, vs, ws, wmax, k, offsets, p, s, inv, var2):
-    """Voxelwise NLM sums of the plane ``k`` (all search offsets): ``vs[k] += w x(v + d)``, ``ws[k] += w``,
-    ``wmax[k] = max w`` with ``w = 2**clamp((var2 - dist_d(v)) * inv)`` (as :func:`_block_plane`)."""
-    nj, ni = vs.shape[1], vs.shape[2]
-    pad = p + s
-    D = np.empty((nj + 2 * p, ni + 2 * p), np.float32)
-    E = np.empty(ni + 2 * p, np.float32)
-    dist = np.empty(ni, np.float32)
+    """Voxelwise NLM sums for the voxels ``v`` of plane ``k`` (``-s <= k < nk``; rows and columns grown by
+    ``s``) and the half offsets ``d`` (one of each pair {d, -d}, ``d_k >= 0``): with
+    ``w = 2**clamp((var2 - dist_d(v)) * inv)`` (as :func:`_block_plane`), ``v`` gets ``w x(v + d)`` and
+    ``v + d`` gets ``w x(v)`` (when inside the volume) in ``vs``, ``ws`` (weights) and ``wmax`` (largest
+    weight). Writes the planes ``k .. k + s`` only. ``xp``: input padded by ``p + 2 s`` as the torch code
+    (reflection by ``p + s``, then edge replication by ``s``)."""
+    nk, nj, ni = vs.shape
+    pad = p + 2 * s
+    D = np.empty((nj + 2 * s + 2 * p, ni + 2 * s + 2 * p), np.float32)
+    E = np.empty(ni + 2 * s + 2 * p, np.float32)
+    dist = np.empty(ni + 2 * s, np.float32)
     for o in range(offsets.shape[0]):
         a, b, c = offsets[o, 0], offsets[o, 1], offsets[o, 2]
-        _patch_plane_distances(xp, D, k, a, b, c, p, s)
-        for j in range(nj):
+        _patch_plane_distances(xp, D, k + s, a, b, c, p, s)  # D[j + s + p, i + s + p] for the grown plane
+        for je in range(nj + 2 * s):  # row j = je - s
+            j = je - s
+            forward = k >= 0 and 0 <= j < nj
+            backward = 0 <= k + a < nk and 0 <= j + b < nj
+            if not (forward or backward):
+                continue
             for ii in range(E.shape[0]):
-                E[ii] = D[j, ii]
+                E[ii] = D[je, ii]
             for q in range(1, 2 * p + 1):
-                row = D[j + q]
+                row = D[je + q]
                 for ii in range(E.shape[0]):
                     E[ii] += row[ii]
-            for i in range(ni):
+            for i in range(dist.shape[0]):
                 dist[i] = E[i]
             for q in range(1, 2 * p + 1):
-                for i in range(ni):
+                for i in range(dist.shape[0]):
                     dist[i] += E[i + q]
-            target, weights, largest = vs[k, j], ws[k, j], wmax[k, j]
-            values = xp[k + a + pad, j + b + pad, c + pad:]
-            for i in range(ni):
-                w = _exp2(min(max((var2 - dist[i]) * inv, _LOWEST), _ZERO))
-                target[i] += w * values[i]
-                weights[i] += w
-                largest[i] = max(largest[i], w)
+            for i in range(dist.shape[0]):
+                dist[i] = _exp2(min(max((var2 - dist[i]) * inv, _LOWEST), _ZERO))
+            if forward:  # v = (k, j, i) gets x(v + d)
+                target, weights, largest = vs[k, j], ws[k, j], wmax[k, j]
+                values, w = xp[k + a + pad, j + b + pad, c + pad:], dist[s:]
+                _accumulate(target, weights, largest, w, values, ni)
+            if backward:  # u = v + d = (k + a, j + b, i) gets x(v) = x(k, j, i - c)
+                target, weights, largest = vs[k + a, j + b], ws[k + a, j + b], wmax[k + a, j + b]
+                values, w = xp[k + pad, j + pad, pad - c:], dist[s - c:]
+                _accumulate(target, weights, largest, w, values, ni)
 
 
 @njit(cache=True, parallel=True)
 def _voxel_planes_parallel(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
-    """:func:`_voxel_plane` for the planes ``planes`` (each task writes its own plane), in parallel."""
+    """:func:`_voxel_plane` for the planes ``planes`` (more than ``s`` apart), in parallel."""
     for t in prange(planes.shape[0]):
         _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
 
@@ -324,20 +347,24 @@ def _run(serial, parallel, calls, args, threads: int, progress):
 
 def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, offsets: np.ndarray,
               planes_per_call: int, threads: int, progress=None) -> np.ndarray:
-    """Voxelwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + s``, float32) is ``xp``
-    (``offsets``: every offset of the search window but 0); centre weight = the largest weight.
-    Same threading and progress as :func:`blockwise`. Returns the float32 estimate."""
+    """Voxelwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + 2 s``: reflection by ``p + s``,
+    then edge replication by ``s``, float32) is ``xp``; ``offsets``: one of each pair {d, -d} of the search
+    window with ``d_k >= 0`` (the symmetry ``dist_-d(v + d) = dist_d(v)`` halves the work); centre weight =
+    the largest weight. Same threading and progress as :func:`blockwise`. Returns the float32 estimate."""
     xp = np.ascontiguousarray(xp, dtype=np.float32)
     vs = np.zeros(tuple(int(n) for n in shape), np.float32)
     ws, wmax = np.zeros_like(vs), np.zeros_like(vs)
-    planes = np.arange(vs.shape[0], dtype=np.int64)
-    calls = [((xp, vs, ws, wmax), np.ascontiguousarray(planes[i:i + planes_per_call]))
-             for i in range(0, len(planes), planes_per_call)]
+    planes = np.arange(-s, vs.shape[0], dtype=np.int64)  # planes k < 0 only credit voxels of planes k + d_k
+    calls = []
+    for colour in range(s + 1):  # a task writes the planes k .. k + s: tasks s + 1 apart never collide
+        group = planes[colour::s + 1]
+        calls += [((xp, vs, ws, wmax), np.ascontiguousarray(group[i:i + planes_per_call]))
+                  for i in range(0, len(group), planes_per_call)]
     _run(_voxel_planes_serial, _voxel_planes_parallel, calls,
          (np.ascontiguousarray(offsets, dtype=np.int64), p, s, _F32(inv), _F32(var2)), threads, progress)
     centre = np.maximum(wmax, _TINY)
-    return (vs + centre * xp[p + s:p + s + vs.shape[0], p + s:p + s + vs.shape[1], p + s:p + s + vs.shape[2]]) \
-        / (ws + centre)
+    m = p + 2 * s
+    return (vs + centre * xp[m:m + vs.shape[0], m:m + vs.shape[1], m:m + vs.shape[2]]) / (ws + centre)
 
 
 def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: float, offsets: np.ndarray,
