@@ -36,11 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-        # the bundle trained here is trusted in a throw-away store, not in the user's
-        os.environ.setdefault("MEDAI_TRUST_STORE", f"{tmp}/trusted_bundles.json")
-        bundle = args.bundle
+        bundle = args.bundle  # a given bundle must be trusted in the user's store
         training = None
-        if bundle is None:
+        if bundle is None:  # the bundle trained here is trusted in a throw-away store, not in the user's
+            os.environ.setdefault("MEDAI_TRUST_STORE", f"{tmp}/trusted_bundles.json")
             bundle = f"{tmp}/bundle"
             config = TrainingConfig(features=16, spacing_mm=(2, 2, 2), roi=(32, 32, 32), epochs=4,
                                     learning_rate=3e-3, val_fraction=0.25)

@@ -215,8 +215,9 @@ def _monai_version() -> str:
 
 
 def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict | None, dict]:
-    """(network, its ``network_def`` or None, metadata) of a bundle: ``models/model.pt`` into the
-    rebuilt ``network_def``, else the TorchScript ``models/model.ts``."""
+    """(network, its ``network_def`` or None, metadata) of a trusted bundle (see :mod:`.bundle_trust`;
+    ``ValueError`` otherwise): ``models/model.pt`` into the rebuilt ``network_def``, else the
+    TorchScript ``models/model.ts``."""
     bundle = Path(bundle)
     config_path = bundle / "configs" / "inference.json"
     pt, ts = bundle / "models" / "model.pt", bundle / "models" / "model.ts"
@@ -224,6 +225,9 @@ def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict | None, dict]:
     if config is None or not (pt.exists() or ts.exists()):
         raise ValueError(f"{bundle} is not a bundle with configs/inference.json and models/model.pt or model.ts; "
                          "give a bundle exported by medai train or a MONAI zoo bundle.")
+    from .bundle_trust import require_trusted
+
+    require_trusted(bundle)  # its network_def and configs are code; MedAI's own exports are trusted when written
     definition = config.get("network_def")
     if pt.exists() and definition:
         network = build_network(definition)

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .export import build_network, load_bundle_network
@@ -108,13 +109,55 @@ def load_initial_model(path) -> InitialModel:
     labels = {int(k): str(v) for k, v in channel_def.items() if int(k) != 0}
     out_channels = int((definition or {}).get("out_channels") or outputs.get("num_channels") or max(labels) + 1)
     in_channels = int((definition or {}).get("in_channels") or inputs.get("num_channels") or 1)
-    medai = metadata.get("medai", {})
-    spacing = medai.get("spacing_mm", inputs.get("pixdim"))
-    roi = medai.get("roi") or inputs.get("spatial_shape") or [96, 96, 96]
-    normalization = medai.get("normalization_spec") or {"type": medai.get("normalization", "zscore")}
+    medai = metadata.get("medai")
+    if medai:
+        spacing, roi, axcodes = medai.get("spacing_mm"), medai.get("roi"), medai.get("axcodes", "RAS")
+        normalization = medai.get("normalization_spec") or {"type": medai.get("normalization", "zscore")}
+        source = "bundle"
+    else:  # a bundle MedAI did not write (MONAI zoo): read its own preprocessing and inferer
+        spacing, roi, axcodes, normalization = bundle_settings(path)
+        source = "bundle (settings from its preprocessing)"
+    roi = roi or inputs.get("spatial_shape") or [96, 96, 96]
     return InitialModel(network, definition, labels or {1: "label 1"}, out_channels, in_channels,
-                        tuple(spacing) if spacing else None, tuple(int(r) for r in roi), dict(normalization),
-                        medai.get("axcodes", "RAS"), source="bundle")
+                        tuple(float(v) for v in spacing) if spacing is not None else None,
+                        tuple(int(r) for r in roi), dict(normalization), axcodes, source=source)
+
+
+def bundle_settings(bundle) -> tuple:
+    """(spacing mm | None, ROI | None, axcodes | None, normalisation spec) read from a trusted bundle's
+    parsed ``preprocessing`` (``Orientationd``, ``Spacingd``, ``ScaleIntensityRanged`` (window),
+    ``NormalizeIntensityd`` (z-score), ``ScaleIntensityRangePercentilesd``) and ``SlidingWindowInferer``,
+    so that fine-tuning feeds the network what its bundle fed it. Other transforms are not carried over."""
+    from monai import transforms as T
+    from monai.bundle import ConfigParser
+
+    from .export import bundle_preprocessing
+
+    spacing, axcodes, normalization = None, None, {"type": "none"}
+    compose = bundle_preprocessing(bundle)
+    for transform in getattr(compose, "transforms", [compose]):
+        if isinstance(transform, T.Orientationd):
+            axcodes = transform.ornt_transform.axcodes
+        elif isinstance(transform, T.Spacingd):
+            spacing = [float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim)]
+        elif isinstance(transform, T.ScaleIntensityRanged):
+            scaler = transform.scaler
+            normalization = {"type": "window", "a_min": float(scaler.a_min), "a_max": float(scaler.a_max),
+                             "b_min": float(scaler.b_min), "b_max": float(scaler.b_max), "clip": bool(scaler.clip)}
+        elif isinstance(transform, T.NormalizeIntensityd):
+            normalization = {"type": "zscore", "nonzero": bool(transform.normalizer.nonzero)}
+        elif isinstance(transform, T.ScaleIntensityRangePercentilesd):
+            normalization = {"type": "percentile", "lower": float(transform.scaler.lower),
+                             "upper": float(transform.scaler.upper)}
+    roi = None
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle) / "configs" / "inference.json"))
+    if "inferer" in parser:
+        parser["bundle_root"] = str(bundle)
+        roi = getattr(parser.get_parsed_content("inferer"), "roi_size", None)
+    if spacing is not None and len(spacing) == 1:
+        spacing = spacing * 3
+    return spacing, [int(r) for r in roi] if roi is not None else None, axcodes, normalization
 
 
 def class_mapping(old_labels: dict, new_labels: dict) -> dict:

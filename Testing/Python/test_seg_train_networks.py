@@ -112,3 +112,40 @@ def test_export_trusts_only_a_bundle_holding_nothing_but_its_own_configs(tmp_pat
         MedAISegLogic(scene).segment_with_model(volume, mixed, device="cpu")
     node = MedAISegLogic(scene).segment_with_model(volume, clean, device="cpu")
     assert [s.name for s in bridge.segment_infos(node)] == ["lesion"]
+
+
+def test_zoo_style_bundle_is_fine_tuned_with_its_own_preprocessing(tmp_path):
+    from MedAISegLib.bundle_trust import record_trust
+    from MedAISegLib.export import build_network, export_bundle, network_definition
+    from MedAISegLib.fine_tune import load_initial_model
+
+    definition = network_definition("unet", 1, 2, 4)
+    zoo = export_bundle(tmp_path / "zoo", build_network(definition), definition, {1: "spleen"}, (2, 2, 2),
+                        (16, 16, 16))
+    config = json.loads((zoo / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"] = [  # as MONAI's spleen_ct_segmentation bundle writes it
+        {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [2.0, 2.0, 2.5], "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
+         "clip": True},
+        {"_target_": "EnsureTyped", "keys": "image"}]
+    (zoo / "configs" / "inference.json").write_text(json.dumps(config))
+    metadata = json.loads((zoo / "configs" / "metadata.json").read_text())
+    metadata.pop("medai")
+    (zoo / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="not trusted"):  # edited configs: trusted again only by the user
+        load_initial_model(zoo)
+    record_trust(zoo)
+    initial = load_initial_model(zoo)
+    assert initial.spacing_mm == (2.0, 2.0, 2.5)
+    assert initial.roi == (16, 16, 16)
+    assert initial.axcodes == "RAS"
+    assert initial.normalization == {"type": "window", "a_min": -57.0, "a_max": 164.0, "b_min": 0.0, "b_max": 1.0,
+                                     "clip": True}
+    train_and_export(make_phantom_cases(range(2)), tmp_path / "tuned", TrainingConfig(epochs=1, samples_per_case=1),
+                     init_bundle=zoo)
+    steps = json.loads((tmp_path / "tuned" / "configs" / "inference.json").read_text())["preprocessing"]["transforms"]
+    window = next(step for step in steps if step["_target_"] == "ScaleIntensityRanged")
+    assert (window["a_min"], window["a_max"], window["clip"]) == (-57.0, 164.0, True)
+    assert next(step for step in steps if step["_target_"] == "Spacingd")["pixdim"] == [2.0, 2.0, 2.5]
