@@ -32,7 +32,7 @@ def analytic_dose(context):
 
 
 def run(context) -> None:
-    """DVH + metrics + isodose on the dose node; a plan report PNG; panels and report metrics."""
+    """DVH + metrics + isodose on the dose node; plan reports (PNG, PDF); panels and report metrics."""
     dose_node = context.nodes.get("dose") or context.nodes.get("plan_dose") or analytic_dose(context)
     logic = PlanEvaluationLogic(context.scene, context.progress)
     names = [s.name for s in bridge.segment_infos(context.structures_node)]
@@ -59,6 +59,10 @@ def run(context) -> None:
     context.add_panel("Dose (Gy) and DVH target", axial_slice(ct, k) if ct.shape == dose.shape else axial_slice(dose, k),
                       axial_slice(dose, k), vmin=-400, vmax=400, overlay_cmap="jet")
     context.report.outputs["plan_report"] = str(report_path)
+    pdf = logic.write_report(context.output_dir / "plan_report.pdf", dose_node, result, ct_node=context.ct_node,
+                             title="MedAI plan report", isodose_levels_gy=[lv.dose_gy for lv in levels],
+                             info={"Target": target, "Prescription (Gy)": round(prescription, 2)})
+    context.report.outputs["plan_report_pdf"] = str(pdf)
     target_m = result.metrics.get(target, {})
     context.report.metrics["evaluation"] = {
         "target": target, "prescription_gy": prescription,

@@ -40,3 +40,4 @@ def test_demo_step_without_plan_dose(scene, tmp_path: Path):
     assert 0.5 * 60 < metrics["target_D95_Gy"] <= 60.0
     assert 0 < metrics["CI_Paddick"] <= 1.0
     assert Path(context.report.outputs["plan_report"]).stat().st_size > 10_000
+    assert Path(context.report.outputs["plan_report_pdf"]).read_bytes().startswith(b"%PDF-")
