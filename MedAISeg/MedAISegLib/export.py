@@ -245,9 +245,12 @@ def load_bundle_network(bundle) -> tuple[torch.nn.Module, dict | None, dict]:
 
 
 def bundle_preprocessing(bundle):
-    """The bundle's own ``preprocessing`` (a MONAI ``Compose``) from ``configs/inference.json``."""
+    """The trusted bundle's own ``preprocessing`` (a MONAI ``Compose``) from ``configs/inference.json``."""
     from monai.bundle import ConfigParser
 
+    from .bundle_trust import require_trusted
+
+    require_trusted(bundle)  # parsing the config evaluates its expressions
     path = Path(bundle) / "configs" / "inference.json"
     parser = ConfigParser()
     parser.read_config(str(path))
