@@ -345,13 +345,27 @@ def _run(serial, parallel, calls, args, threads: int, progress):
             numba.set_num_threads(previous)
 
 
+def _checked(xp, shape, margin: int, offsets, s: int):
+    """The kernels index without bound checks: refuse a padded array or offsets that do not fit."""
+    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    expected = tuple(int(n) + 2 * margin for n in shape)
+    if xp.shape != expected:
+        raise ValueError(f"NLM kernel: the padded volume must have shape {expected} (padding {margin}), got {xp.shape}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1, 3)
+    if offsets.size and np.abs(offsets).max() > s:
+        raise ValueError(f"NLM kernel: search offsets must lie within +-{s} voxels")
+    return xp, offsets
+
+
 def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, offsets: np.ndarray,
               planes_per_call: int, threads: int, progress=None) -> np.ndarray:
     """Voxelwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + 2 s``: reflection by ``p + s``,
     then edge replication by ``s``, float32) is ``xp``; ``offsets``: one of each pair {d, -d} of the search
     window with ``d_k >= 0`` (the symmetry ``dist_-d(v + d) = dist_d(v)`` halves the work); centre weight =
     the largest weight. Same threading and progress as :func:`blockwise`. Returns the float32 estimate."""
-    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    xp, offsets = _checked(xp, shape, p + 2 * s, offsets, s)
+    if offsets.size and offsets[:, 0].min() < 0:
+        raise ValueError("NLM kernel: voxelwise offsets must be the half window with d_k >= 0")
     vs = np.zeros(tuple(int(n) for n in shape), np.float32)
     ws, wmax = np.zeros_like(vs), np.zeros_like(vs)
     planes = np.arange(-s, vs.shape[0], dtype=np.int64)  # planes k < 0 only credit voxels of planes k + d_k
@@ -361,7 +375,7 @@ def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, of
         calls += [((xp, vs, ws, wmax), np.ascontiguousarray(group[i:i + planes_per_call]))
                   for i in range(0, len(group), planes_per_call)]
     _run(_voxel_planes_serial, _voxel_planes_parallel, calls,
-         (np.ascontiguousarray(offsets, dtype=np.int64), p, s, _F32(inv), _F32(var2)), threads, progress)
+         (offsets, p, s, _F32(inv), _F32(var2)), threads, progress)
     centre = np.maximum(wmax, _TINY)
     m = p + 2 * s
     return (vs + centre * xp[m:m + vs.shape[0], m:m + vs.shape[1], m:m + vs.shape[2]]) / (ws + centre)
@@ -377,7 +391,7 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
     """
     sk, sj, si = (int(n) for n in steps)
     nk = int(shape[0])
-    xp = np.ascontiguousarray(xp, dtype=np.float32)
+    xp, offsets = _checked(xp, shape, p + s, offsets, s)
     vs = np.zeros(tuple(int(n) for n in shape), np.float32)
     ws = np.zeros_like(vs)
     centres = np.arange((nk + sk - 1) // sk, dtype=np.int64)
@@ -386,7 +400,6 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
     for colour in range(colours):
         group = centres[colour::colours]
         calls += [np.ascontiguousarray(group[i:i + planes_per_call]) for i in range(0, len(group), planes_per_call)]
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     _run(_planes_serial, _planes_parallel, [((xp, vs, ws), group) for group in calls],
          (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress)
     return vs / ws

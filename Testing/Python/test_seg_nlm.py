@@ -171,6 +171,14 @@ def test_bad_backend_is_refused():
         nonlocal_means(a, sigma=1.0, mode="blockwise", backend="opencl")
     with pytest.raises(ValueError, match="numba"):
         nonlocal_means(a, sigma=1.0, mode="voxelwise", backend="numba", device="cuda")
+    # The kernels index without bound checks: their wrappers refuse arrays that would be read out of bounds.
+    offsets = np.array([[1, 0, 0]])
+    with pytest.raises(ValueError, match="padded"):
+        nonlocal_means_numba.blockwise(np.zeros((8, 8, 8), np.float32), a.shape, 1, 2, (2, 2, 2), 1.0, 1.0,
+                                       offsets, 1, 1)
+    with pytest.raises(ValueError, match="offsets"):
+        nonlocal_means_numba.voxelwise(np.zeros((12, 12, 12), np.float32), a.shape, 1, 1, 1.0, 1.0,
+                                       np.array([[0, 0, 2]]), 1, 1)
 
 
 def test_bad_mode_and_step_are_refused():
