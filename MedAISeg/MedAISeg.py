@@ -178,8 +178,12 @@ class MedAISegWidget(MedAIWidgetBase):
         self.run_job(_("Training"), lambda: self.logic.trainJobFromParameters(p), on_done=done)
 
     def onFineTune(self) -> None:
-        if self.run_logic(_("Fine-tuning"), self.logic.fineTuneFromParameters, self._parameterNode) is not None:
-            self._parameterNode.modelPath = self._parameterNode.bundleFolder
+        p = self._parameterNode
+
+        def done(_nodes):
+            p.modelPath = p.bundleFolder
+
+        self.run_job(_("Fine-tuning"), lambda: self.logic.fineTuneJobFromParameters(p), on_done=done)
 
     def onExplain(self) -> None:
         node = self.run_logic(_("Saliency"), self.logic.explainFromParameters, self._parameterNode)
@@ -258,6 +262,13 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
 
         return train_job(slicer.mrmlScene, [p.inputVolume], [p.trainingLabels], str(p.bundleFolder),
                          network=p.network, epochs=p.epochs, spacing_mm=p.trainingSpacingMm, device=p.device)
+
+    def fineTuneJobFromParameters(self, p):
+        """"Fine-tune on this case" (the input volume and its corrected labels) as a worker job."""
+        from MedAISegLib.worker_logic import fine_tune_job
+
+        return fine_tune_job(slicer.mrmlScene, p.inputVolume, p.trainingLabels, str(p.modelPath),
+                             str(p.bundleFolder), epochs=p.epochs, device=p.device)
 
     def segmentFromParameters(self, p, progress=None):
         """Segment the input with the chosen method; returns the segmentation node."""

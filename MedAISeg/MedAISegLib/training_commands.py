@@ -5,6 +5,8 @@ reads volumes and label maps (or ``.seg.nrrd`` segmentations) through Slicer's s
 trains (or fine-tunes with ``--init-bundle`` from a bundle or a TorchScript model with a card) and writes a MONAI bundle that ``medai segment
 --model BUNDLE_DIR`` runs. ``medai export BUNDLE_DIR --sample FILE... [--fp16] [--onnx]`` adds
 fp16 TorchScript / ONNX files to the bundle and reports their label agreement and speed.
+``medai fine-tune VOLUME SEGMENTATION --model MODEL --output BUNDLE_DIR`` is "Fine-tune on this case"
+(one corrected case, the panel runs it in a worker process).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .training_logic import MedAITrainingLogic
 
 
 def register(subparsers, add_common_options) -> None:
-    """Add ``train`` and ``export``."""
+    """Add ``train``, ``fine-tune`` and ``export``."""
     p = subparsers.add_parser("train", help="train (or fine-tune) a segmentation model on labelled volumes")
     p.add_argument("--images", nargs="+", required=True, metavar="FILE", help="training volumes")
     p.add_argument("--labels", nargs="+", required=True, metavar="FILE",
@@ -52,6 +54,18 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     add_common_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("fine-tune", help="fine-tune a model on one corrected case (volume + segmentation)")
+    p.add_argument("volume", help="the case's volume file")
+    p.add_argument("segmentation", help="its corrected segmentation (.seg.nrrd) or label map")
+    p.add_argument("--model", required=True, metavar="MODEL", help="bundle folder or TorchScript file with a card")
+    p.add_argument("--output", required=True, metavar="BUNDLE_DIR",
+                   help="folder of the fine-tuned bundle (may be the model's own bundle folder)")
+    p.add_argument("--epochs", type=int, default=20, metavar="N")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    add_common_options(p)
+    p.set_defaults(func=cmd_fine_tune)
 
     p = subparsers.add_parser("export", help="fp16 TorchScript / ONNX exports of a bundle, checked and timed")
     p.add_argument("bundle", metavar="BUNDLE_DIR")
@@ -96,6 +110,25 @@ def cmd_train(args, report) -> int:
     report.device = logic.last_info["device"]
     report.outputs.update({"bundle": str(Path(args.output)), **result.files})
     report.metrics.update({k: logic.last_info[k] for k in ("best_val_dice", "best_epoch", "epochs_run", "stopped")})
+    report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
+    return 0
+
+
+def cmd_fine_tune(args, report) -> int:
+    """``medai fine-tune``."""
+    scene = get_scene()
+    report.inputs.update({"volume": str(args.volume), "segmentation": str(args.segmentation), "model": str(args.model)})
+    with report.timed("load"):
+        volume = bridge.load_volume(scene, args.volume)
+        labels = _load_labels(scene, args.segmentation)
+    report.parameters.update({"epochs": args.epochs, "learning_rate": args.learning_rate})
+    logic = MedAITrainingLogic(scene)
+    with report.timed("fine-tune"), progress_printer() as callback:
+        result = logic.fine_tune_on_case(volume, labels, args.model, args.output, epochs=args.epochs,
+                                         device=args.device, learning_rate=args.learning_rate,
+                                         progress=Progress(callback))
+    report.device = logic.last_info.get("device", "")
+    report.outputs.update({"bundle": str(Path(args.output)), **result.files})
     report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
     return 0
 

@@ -59,3 +59,16 @@ def train_job(scene, volume_nodes: list, label_nodes: list, bundle_folder: str, 
     if init_bundle:
         args += ["--init-bundle", str(init_bundle)]
     return SceneJob(scene, args, inputs, [])
+
+
+def fine_tune_job(scene, volume_node, segmentation_node, model_path: str, bundle_folder: str, epochs: int = 20,
+                  device: str = "auto") -> SceneJob:
+    """"Fine-tune on this case": ``medai fine-tune`` on the volume and the segmentation the user corrected;
+    the worker writes the fine-tuned bundle to ``bundle_folder`` (which may be the model's own bundle)."""
+    if volume_node is None or segmentation_node is None:
+        raise ValueError("Select the volume and its corrected segmentation to fine-tune on.")
+    if not model_path or not bundle_folder:
+        raise ValueError("Choose the model to fine-tune and the folder the fine-tuned bundle is written to.")
+    args = ["fine-tune", "{in:volume}", "{in:segmentation}", "--model", str(model_path), "--output",
+            str(bundle_folder), "--epochs", str(int(epochs)), "--device", device]
+    return SceneJob(scene, args, {"volume": volume_node, "segmentation": segmentation_node}, [])

@@ -30,6 +30,7 @@ from MedAISegLib.logic import MedAISegLogic
 from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, make_two_lesion_case, write_phantom_cases
 from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train, train_and_export
 from MedAISegLib.training_logic import MedAITrainingLogic
+from MedAISegLib.worker_logic import fine_tune_job
 
 SMALL = ["--spacing", "2", "2", "2", "--roi", "24", "24", "24", "--features", "8", "--learning-rate", "3e-3"]
 DARK = {"contrast": (-120.0, -60.0)}
@@ -254,9 +255,14 @@ def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
         return dice_per_class(labels, truth, [1])[1]
 
     before = dice(first)
-    logic = MedAITrainingLogic(scene)
-    logic.fine_tune_on_case(volume, corrected, model, model, epochs=15, device="cpu")  # updates in place
-    assert logic.last_info["epochs_run"] == 15
+    weights = next((model / "models").glob("model.*"))
+    stamp = weights.stat().st_mtime_ns
+    # the panel's "Fine-tune on this case": MedAITrainingLogic.fine_tune_on_case in a worker process
+    # (`medai fine-tune`), updating the bundle in place; the scene gains no node
+    count = scene.GetNumberOfNodes()
+    assert fine_tune_job(scene, volume, corrected, str(model), str(model), epochs=15, device="cpu").run(timeout=600) == {}
+    assert scene.GetNumberOfNodes() == count
+    assert weights.stat().st_mtime_ns != stamp
     second = seg_logic.segment_with_model(volume, model, device="cpu", output_node=first)  # no trust prompt
     assert second is first
     after = dice(second)
