@@ -105,8 +105,7 @@ def main():
                  median_s=round(statistics.median(t for t, _ in rounds), 4),
                  median_cpu_s=round(statistics.median(c for _, c in rounds), 4))
     sk = results["skimage_fast"]
-    kernels = (nonlocal_means_numba._planes_serial, nonlocal_means_numba._planes_parallel,
-               nonlocal_means_numba._voxel_planes_serial, nonlocal_means_numba._voxel_planes_parallel)
+    kernels = (nonlocal_means_numba.blockwise_planes, nonlocal_means_numba.voxelwise_planes)
     ours, torch_ours = results["medai_blockwise"], results["medai_blockwise_torch"]
     print(json.dumps({
         "data": str(DATA.name), "shape_kji": list(clean.shape), "noise_sigma_hu": sigma,

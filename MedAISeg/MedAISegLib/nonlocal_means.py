@@ -293,7 +293,7 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
         from . import nonlocal_means_numba
 
         threads = torch.get_num_threads()
-        planes = max(threads, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))
+        planes = max(1, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))  # per call
         # Pad as the torch code of the mode does (the width decides between reflection and replication for
         # thin volumes): blockwise needs p + s; voxelwise p + 2s (reflect p + s, then replicate s).
         if mode == "blockwise":

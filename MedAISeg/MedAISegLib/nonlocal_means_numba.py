@@ -8,8 +8,10 @@ Blockwise: one task per centre plane (the plane of block centres
 ``k = kk * step_k``) keeps everything it touches in the L1/L2 cache and loops over the search offsets;
 per offset it forms the squared differences of the block's planes, box-sums them at the block centres,
 takes the weights (a vectorised ``exp2``) and spreads ``weight * x(v + d)`` over the block's voxels.
-Tasks whose blocks do not overlap along k (centre planes more than ``2 p`` apart: one "colour") run in
-parallel (``prange``) and never write the same voxel, so results do not depend on the thread count.
+Tasks that never write the same voxel (one "colour": blockwise, centre planes more than ``2 p`` apart;
+voxelwise, planes more than ``s`` apart) run in parallel Python threads (the kernels release the GIL; no
+numba thread pool, so nothing spins between calls), colour after colour: results do not depend on the
+thread count.
 
 Arrays are KJI float32; ``xp`` is the input padded by ``p + s`` voxels on every side.
 Compiled once per machine (``cache=True``: the first call of a session that finds no cache compiles
@@ -18,9 +20,10 @@ for a few seconds; later sessions load the cached machine code).
 
 from __future__ import annotations
 
-import numba
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 _F32 = np.float32
@@ -242,17 +245,10 @@ def _block_plane(xp, vs, ws, kc, offsets, p, s, sj, si, inv, var2):
                 weights[i] += F[i]
 
 
-@njit(cache=True, parallel=True)
-def _planes_parallel(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
-    """:func:`_block_plane` for the centre planes ``centre_planes * sk`` (blocks must not overlap), in parallel."""
-    for t in prange(centre_planes.shape[0]):
-        _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
-
-
-@njit(cache=True)
-def _planes_serial(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
-    """:func:`_block_plane` for the centre planes ``centre_planes * sk``, one after the other (one thread:
-    no thread pool at all, so no worker spins and the process time is the work)."""
+@njit(cache=True, nogil=True)
+def blockwise_planes(xp, vs, ws, centre_planes, offsets, p, s, sk, sj, si, inv, var2):
+    """:func:`_block_plane` for the centre planes ``centre_planes * sk``, one after the other (releases the
+    GIL: calls on planes whose blocks do not overlap may run in parallel threads)."""
     for t in range(centre_planes.shape[0]):
         _block_plane(xp, vs, ws, centre_planes[t] * sk, offsets, p, s, sj, si, inv, var2)
 
@@ -313,36 +309,49 @@ def _voxel_plane(xp, vs, ws, wmax, k, offsets, p, s, inv, var2):
                 _accumulate(target, weights, largest, w, values, ni)
 
 
-@njit(cache=True, parallel=True)
-def _voxel_planes_parallel(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
-    """:func:`_voxel_plane` for the planes ``planes`` (more than ``s`` apart), in parallel."""
-    for t in prange(planes.shape[0]):
-        _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
-
-
-@njit(cache=True)
-def _voxel_planes_serial(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
-    """:func:`_voxel_plane` for the planes ``planes``, one after the other (one thread)."""
+@njit(cache=True, nogil=True)
+def voxelwise_planes(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
+    """:func:`_voxel_plane` for the planes ``planes``, one after the other (releases the GIL: calls on planes
+    more than ``s`` apart may run in parallel threads)."""
     for t in range(planes.shape[0]):
         _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
 
 
-def _run(serial, parallel, calls, args, threads: int, progress):
-    """Run ``serial`` (one thread: no thread pool at all) or ``parallel`` (``threads`` numba threads) on each
-    group of ``calls`` with the trailing ``args``; ``progress(fraction)`` between calls (may raise to cancel)."""
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    kernel = serial if threads == 1 else parallel
-    previous = numba.get_num_threads() if threads > 1 else None  # (asking starts the thread pool)
-    if threads > 1:
-        numba.set_num_threads(threads)
-    try:
-        for done, (head, group) in enumerate(calls, start=1):
-            kernel(*head, group, *args)
-            if progress is not None:
-                progress(done / len(calls))
-    finally:
-        if threads > 1:
-            numba.set_num_threads(previous)
+def _run(kernel, head, colours, args, threads: int, progress, planes_per_call: int):
+    """Run ``kernel(*head, planes, *args)`` over every colour (array of task indices whose writes never
+    overlap), colour after colour; within a colour, groups of at most ``planes_per_call`` tasks run on
+    ``threads`` Python threads (the kernels release the GIL). ``progress(fraction)`` after each group, in
+    order; an exception from it cancels the groups not yet started. The result does not depend on ``threads``:
+    every voxel receives the same sums in the same order."""
+    threads = max(1, int(threads))
+    work = []
+    for colour in colours:
+        size = max(1, min(planes_per_call, -(-len(colour) // threads)))
+        work.append([np.ascontiguousarray(colour[i:i + size]) for i in range(0, len(colour), size)])
+    total, done = sum(len(groups) for groups in work), 0
+
+    def report():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done / total)
+
+    if threads == 1:
+        for groups in work:
+            for group in groups:
+                kernel(*head, group, *args)
+                report()
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            for groups in work:
+                futures = [pool.submit(kernel, *head, group, *args) for group in groups]
+                for future in futures:
+                    future.result()
+                    report()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _checked(xp, shape, margin: int, offsets, s: int):
@@ -369,13 +378,9 @@ def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, of
     vs = np.zeros(tuple(int(n) for n in shape), np.float32)
     ws, wmax = np.zeros_like(vs), np.zeros_like(vs)
     planes = np.arange(-s, vs.shape[0], dtype=np.int64)  # planes k < 0 only credit voxels of planes k + d_k
-    calls = []
-    for colour in range(s + 1):  # a task writes the planes k .. k + s: tasks s + 1 apart never collide
-        group = planes[colour::s + 1]
-        calls += [((xp, vs, ws, wmax), np.ascontiguousarray(group[i:i + planes_per_call]))
-                  for i in range(0, len(group), planes_per_call)]
-    _run(_voxel_planes_serial, _voxel_planes_parallel, calls,
-         (offsets, p, s, _F32(inv), _F32(var2)), threads, progress)
+    # A task writes the planes k .. k + s: tasks s + 1 apart never collide.
+    _run(voxelwise_planes, (xp, vs, ws, wmax), [planes[colour::s + 1] for colour in range(s + 1)],
+         (offsets, p, s, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
     centre = np.maximum(wmax, _TINY)
     m = p + 2 * s
     return (vs + centre * xp[m:m + vs.shape[0], m:m + vs.shape[1], m:m + vs.shape[2]]) / (ws + centre)
@@ -385,8 +390,8 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
               planes_per_call: int, threads: int, progress=None) -> np.ndarray:
     """Blockwise NLM of the (nk, nj, ni) volume whose padded copy (by ``p + s``, float32) is ``xp``.
 
-    Runs the centre planes in groups of mutually non-overlapping blocks (``planes_per_call`` per call,
-    ``threads`` numba threads), calling ``progress(fraction)`` between calls (it may raise to cancel).
+    Runs the centre planes in groups of mutually non-overlapping blocks (at most ``planes_per_call`` per call)
+    on ``threads`` threads, calling ``progress(fraction)`` between calls (it may raise to cancel).
     Returns the float32 estimate (numerator / denominator).
     """
     sk, sj, si = (int(n) for n in steps)
@@ -396,10 +401,6 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
     ws = np.zeros_like(vs)
     centres = np.arange((nk + sk - 1) // sk, dtype=np.int64)
     colours = 2 * p // sk + 1  # centre planes this many apart have disjoint blocks along k
-    calls = []
-    for colour in range(colours):
-        group = centres[colour::colours]
-        calls += [np.ascontiguousarray(group[i:i + planes_per_call]) for i in range(0, len(group), planes_per_call)]
-    _run(_planes_serial, _planes_parallel, [((xp, vs, ws), group) for group in calls],
-         (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress)
+    _run(blockwise_planes, (xp, vs, ws), [centres[colour::colours] for colour in range(colours)],
+         (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
     return vs / ws

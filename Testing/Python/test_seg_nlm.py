@@ -145,8 +145,8 @@ def test_numba_blockwise_beats_scikit_image_psnr_on_real_ct(noisy_ct):
 
 
 def test_numba_result_does_not_depend_on_the_thread_count(noisy_ct):
-    """One thread (serial build) and all threads (parallel build over non-overlapping blocks) add the same
-    numbers in the same order."""
+    """One thread and several (tasks on non-overlapping planes in parallel threads) add the same numbers in the
+    same order: bit-identical results."""
     noisy = noisy_ct[1][:12, :40, :50]
     threads = torch.get_num_threads()
     for mode in ("blockwise", "voxelwise"):
