@@ -221,8 +221,8 @@ def _adam(objective, x, step, iterations, beta1=0.9, beta2=0.999):
 
 def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                    transform: str = "rigid", *, bins: int = 32, sampling_percentage: float = 0.2,
-                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 60,
-                   step_mm: float = 2.0,
+                   shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 80,
+                   step_mm: float = 4.0,
                    initial_matrix_lps: np.ndarray | None = None, fixed_mask: np.ndarray | None = None,
                    moving_mask: np.ndarray | None = None, seed: int = 0, progress=None) -> NumbaRegistrationResult:
     """Register ``moving`` to ``fixed`` (KJI arrays) by Parzen MI on the CPU; returns the fixed -> moving LPS matrix.
