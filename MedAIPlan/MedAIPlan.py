@@ -59,6 +59,7 @@ class MedAIPlanParameterNode:
     outputDose: vtkMRMLScalarVolumeNode
     doseVolume: vtkMRMLScalarVolumeNode
     dvhMetricsTable: vtkMRMLTableNode
+    planReportPath: Path
     isodoseLevels: str = "50,80,95,100,107"
     referenceDose: vtkMRMLScalarVolumeNode
     evaluatedDose: vtkMRMLScalarVolumeNode
@@ -202,6 +203,10 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         result = self.evaluation.compute_dvh(
             p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
             target_segment=p.targetSegment or None)
+        if str(p.planReportPath or "").strip() not in ("", "."):
+            self.evaluation.write_report(str(p.planReportPath), p.doseVolume, result, ct_node=p.ctVolume,
+                                         isodose_levels_gy=[p.prescriptionGy * v / 100.0
+                                                            for v in _numbers(p.isodoseLevels)])
         return result.metrics_table
 
     def isodoseFromParameters(self, p, progress=None):
@@ -243,12 +248,17 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def rtExportFromParameters(self, p, progress=None):
-        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder, de-identified if asked; returns paths."""
+        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder, plus the plan (RTPLAN: beams, jaws,
+        fraction group, prescription) when the dose is a MedAI plan; de-identified if asked; returns paths."""
         from MedAIPlanLib.deidentify import UidMap, deidentify_file
 
         self._report_to(progress)
-        paths = self.evaluation.export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
-                                                     segmentation_node=p.structures)
+        is_plan = bool(p.doseVolume and p.structures and p.doseVolume.GetAttribute("MedAIPlan.GantryAngles"))
+        if is_plan:
+            paths = self.evaluation.export_plan(str(p.rtExportFolder), p.doseVolume, p.structures)
+        else:
+            paths = self.evaluation.export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
+                                              segmentation_node=p.structures)
         if p.deidentify:
             uid_map = UidMap()
             for path in paths.values():

@@ -19,9 +19,12 @@ def plan_job(scene, ct_node, structures_node, target: str, prescription_gy: floa
         raise ValueError("Select the CT volume and the structure set (segmentation) to plan on.")
     if not target:
         raise ValueError("Choose the target segment to plan for.")
-    parameters = {"target": target, "prescription_gy": float(prescription_gy), "fractions": int(fractions),
-                  "gantry_angles": ",".join(f"{a:g}" for a in gantry_angles), "bixel_width_mm": float(bixel_width_mm),
-                  "dose_grid_mm": float(dose_grid_mm)}
+    gantry = ",".join(f"{float(a):g}" for a in gantry_angles)
+    # the same plan attributes MedAIPlanLogic.plan sets (RTPLAN export rebuilds the beams from them;
+    # without IsocenterLPS the isocentre is the target centroid again, as in the worker)
+    parameters = {"Target": target, "PrescriptionGy": float(prescription_gy), "Fractions": int(fractions),
+                  "GantryAngles": gantry, "CouchAngles": ",".join("0" for _ in gantry_angles),
+                  "BixelWidthMm": float(bixel_width_mm), "DoseGridMm": float(dose_grid_mm)}
 
     def mark(node):
         mark_as_dose_volume(node)
@@ -29,7 +32,7 @@ def plan_job(scene, ct_node, structures_node, target: str, prescription_gy: floa
             node.SetAttribute(f"MedAIPlan.{key}", str(value))
 
     args = ["plan", "{in:ct}", "{in:structures}", "--target", target, "--prescription", f"{prescription_gy:g}",
-            "--fractions", str(int(fractions)), "--gantry-angles", parameters["gantry_angles"],
+            "--fractions", str(int(fractions)), "--gantry-angles", gantry,
             "--bixel-width", f"{bixel_width_mm:g}", "--dose-grid", f"{dose_grid_mm:g}", "--device", device,
             "--output-dose", "{out:dose}"]
     return SceneJob(scene, args, {"ct": ct_node, "structures": structures_node},

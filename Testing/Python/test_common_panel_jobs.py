@@ -5,6 +5,7 @@ the same nodes the in-process Logic makes (geometry, values, SlicerRT dose marks
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from test_seg_inference import THRESHOLD, threshold_net
@@ -14,6 +15,7 @@ from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry, rotation_matrix
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
 from MedAISegLib.worker_logic import segment_with_model_job
@@ -60,7 +62,7 @@ def test_registration_job_transform_aligns_moving_with_fixed(scene):
     assert bridge.volume_geometry(nodes["volume"]).same_grid(bridge.volume_geometry(fixed))
 
 
-def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene):
+def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene, tmp_path):
     phantom = make_ct_phantom(shape_kji=(20, 36, 36), spacing=(5.0, 5.0, 5.0), direction=rotation_matrix("z", 0.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
     structures = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
@@ -72,9 +74,16 @@ def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene):
     dose = job.run(timeout=600)["dose"]
 
     assert dose.GetAttribute(DOSE_VOLUME_ATTRIBUTE) == "1"
-    assert dose.GetAttribute("MedAIPlan.prescription_gy") == "60.0"
+    assert dose.GetAttribute("MedAIPlan.PrescriptionGy") == "60.0"
+    assert dose.GetAttribute("MedAIPlan.GantryAngles") == "0,120,240"
     values, geometry = bridge.array_from_volume(dose)
     assert geometry.same_grid(bridge.volume_geometry(ct))
     lesion, _ = bridge.segment_mask(structures, "lesion")
     assert np.median(values[lesion > 0]) == pytest.approx(60.0, rel=0.1)
     assert values[lesion == 0].mean() < 0.5 * 60.0
+
+    # the panel's DICOM-RT export of that plan: RTPLAN beams rebuilt from the dose node's plan attributes
+    paths = PlanEvaluationLogic(scene).export_plan(tmp_path / "rt", dose, structures)
+    plan = pydicom.dcmread(str(paths["RTPLAN"]))
+    gantry = [float(beam.ControlPointSequence[0].GantryAngle) for beam in plan.BeamSequence]
+    assert gantry == [0.0, 120.0, 240.0]
