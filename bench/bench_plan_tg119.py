@@ -30,6 +30,7 @@ for sub in ("MedAICommon", "MedAIPlan"):
 
 ANGLES = [0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0]
 PRESCRIPTION = 50.0     # the cst's target objective dose (Gy, whole plan)
+STALL = 20              # MedAI also stops on a plateau: < 0.5 % objective decrease over 20 iterations (Logic default)
 
 
 def _stats(dose, mask):
@@ -88,7 +89,7 @@ def run_medai(data: Path, device: str, rays=None, repeats: int = 1):
         # (a) objectives on the dose grid, as pyRadPlan; pyRadPlan's scipy solver: 500 iterations, tol 1e-5
         t1, c1 = time.perf_counter(), time.process_time()
         res = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1,
-                               max_iter=500, device=device, tol=1e-5)
+                               max_iter=500, device=device, tol=1e-5, stall_iterations=STALL)
         times["optimisation_s"].append(time.perf_counter() - t1)
         times["optimisation_cpu_s"].append(time.process_time() - c1)
         # (b) target and core objectives on the CT-grid dose (MedAI's plan default), body on the dose grid
@@ -96,7 +97,7 @@ def run_medai(data: Path, device: str, rays=None, repeats: int = 1):
         inner = exclusive_ct_masks({s.name: s.mask for s in p.structures if s.name != "BODY"}, prio)
         blocks = {n: ct_factor(dij.geometry, p.geometry, m) for n, m in inner.items()}
         res_ct = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1,
-                                  max_iter=500, device=device, tol=1e-5, blocks=blocks)
+                                  max_iter=500, device=device, tol=1e-5, blocks=blocks, stall_iterations=STALL)
         times["optimisation_ct_grid_s"].append(time.perf_counter() - t2)
         times["optimisation_ct_grid_cpu_s"].append(time.process_time() - c2)
     dose = dose_to_ct_grid(dij.dose(res.weights), dij.geometry, p.geometry)

@@ -167,19 +167,19 @@ def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, s
     bounds = column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v)
     offsets = np.zeros(len(rp) + 1, np.int64)
     np.cumsum(bounds, out=offsets[1:])
-    slot_rows = np.empty(int(offsets[-1]), np.int64)
+    slot_rows = np.empty(int(offsets[-1]), np.int32)
     slot_vals = np.empty(int(offsets[-1]), np.float32)
     counts = np.zeros(len(rp), np.int64)
     kern = np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32)
     pencil_beam_columns(np.ascontiguousarray(q[order], dtype=np.float64),
                         np.ascontiguousarray(comp[order], dtype=np.float32),
                         np.ascontiguousarray(rad[order], dtype=np.float64),
-                        np.ascontiguousarray(rows[order], dtype=np.int64), cell_start, ncu, ncv, u0, v0, cw,
+                        np.ascontiguousarray(rows[order], dtype=np.int32), cell_start, ncu, ncv, u0, v0, cw,
                         half ** 2, rp, lo_u, hi_u, lo_v, hi_v,
                         _bixel_rotations(rp, beam.sad), float(beam.sad), float(cutoff) ** 2, kern,
                         float(kernels.start_mm), float(kernels.res_mm), offsets, bool(sampling), float(core_r) ** 2,
                         5.0, float(rel_threshold), int(seed), slot_rows, slot_vals, counts)
-    out_rows = np.empty(int(counts.sum()), np.int64)
+    out_rows = np.empty(int(counts.sum()), np.int32)
     out_vals = np.empty(int(counts.sum()), np.float32)
     compact_columns(offsets, counts, slot_rows, slot_vals, out_rows, out_vals)
     return counts, out_rows, out_vals
@@ -330,7 +330,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         np.cumsum(np.concatenate(col_counts), out=indptr[1:])
     idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
     mat = sp.csc_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
-                         (np.concatenate(rows) if rows else np.zeros(0, int)).astype(idx_dtype),
+                         (np.concatenate(rows) if rows else np.zeros(0, int)).astype(idx_dtype, copy=False),
                          indptr.astype(idx_dtype)), shape=(n_vox, col0))
     timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
     return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),

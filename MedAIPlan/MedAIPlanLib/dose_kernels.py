@@ -127,7 +127,7 @@ def pencil_beam_columns(q, comp, rad, rows, cell_start, ncu, ncv, cell_u0, cell_
         max_rad = max(max_rad, rad[i])
     n_bins = int(math.ceil(max_rad / delta_mm)) + 2
     for b in prange(nb):
-        np.random.seed(seed * 1000003 + b)
+        state = np.uint64(seed * 1000003 + b) * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
         base = offsets[b]
         m = bix_rot[b]
         cmax = np.zeros(n_bins, np.float32)
@@ -143,9 +143,9 @@ def pencil_beam_columns(q, comp, rad, rows, cell_start, ncu, ncv, cell_u0, cell_
                 cell = cv * ncu + cu
                 for p in range(cell_start[cell], cell_start[cell + 1]):
                     x, y, z = q[p, 0], q[p, 1], q[p, 2]
-                    ry = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z
-                    lx = (m[0, 0] * x + m[0, 1] * y + m[0, 2] * z) / ry * sad
-                    lz = (m[2, 0] * x + m[2, 1] * y + m[2, 2] * z) / ry * sad
+                    inv = sad / (m[1, 0] * x + m[1, 1] * y + m[1, 2] * z)
+                    lx = (m[0, 0] * x + m[0, 1] * y + m[0, 2] * z) * inv
+                    lz = (m[2, 0] * x + m[2, 1] * y + m[2, 2] * z) * inv
                     lat2 = lx * lx + lz * lz
                     if lat2 > cutoff2:
                         continue
@@ -184,7 +184,9 @@ def pencil_beam_columns(q, comp, rad, rows, cell_start, ncu, ncv, cell_u0, cell_
             d = out_vals[base + t]
             if bins[t] >= 0:
                 c = cmax[bins[t]]
-                if np.random.random() * c > d:
+                # 64-bit LCG (Knuth's MMIX constants), top 24 bits as a uniform number in [0, 1)
+                state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+                if float(state >> np.uint64(40)) * (1.0 / 16777216.0) * c > d:
                     continue
                 d = c
             if d < thr:

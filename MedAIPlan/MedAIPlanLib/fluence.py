@@ -130,13 +130,16 @@ class _Problem:
 def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
                      prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
                      w0: np.ndarray | None = None, device="cpu", method: str = "auto", tol: float | None = None,
-                     blocks: dict | None = None, progress=None) -> FluenceResult:
+                     blocks: dict | None = None, stall_iterations: int | None = None, stall_tol: float = 5e-3,
+                     progress=None) -> FluenceResult:
     """Optimise non-negative bixel weights; plan dose = ``fractions`` x (dij @ w).
 
     ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
     uniform fluence scaled so that the target's mean dose equals the prescription (as matRad).
     ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (torch projected Adam), "auto".
     ``tol``: L-BFGS-B's ftol and gtol (default 1e-10 / 1e-8: run to ``max_iter``).
+    ``stall_iterations``: also stop L-BFGS-B once the objective fell by less than ``stall_tol``
+    (relative) over that many iterations (a plateau: the plan no longer changes visibly).
     ``blocks``: per structure, a pair (W, rows) whose doses ``W @ dij[rows]`` replace ``dij[voxels[s]]``
     (:func:`ct_grid.ct_factor`: CT-grid voxels); then the optimisation runs on the CPU path.
     """
@@ -150,6 +153,7 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
         raise ValueError("Give at least one objective.")
     t0 = time.perf_counter()
     dev = torch.device(device)
+    dij = dij.tocsr()          # once: row selections below
     if dev.type == "cpu" or blocks:
         problem = StackedObjectives(dij, voxels, objectives, float(fractions), blocks)
         value_and_grad = problem.value_and_grad
@@ -163,9 +167,9 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
     if w0 is None:
         if blocks and target in blocks:
             f, rows_t = blocks[target]
-            mean_t = float(np.mean(f @ np.asarray(dij.tocsr()[rows_t].sum(axis=1)).ravel())) * fractions
+            mean_t = float(np.mean(f @ np.asarray(dij[rows_t].sum(axis=1)).ravel())) * fractions
         else:
-            mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
+            mean_t = float(np.asarray(dij[voxels[target]].sum(axis=1)).mean()) * fractions
         if mean_t <= 0:
             raise ValueError("The beams deliver no dose to the target; check the beam geometry.")
         w0 = np.full(n, prescription_gy / mean_t)
@@ -182,10 +186,19 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
                 progress.update("optimisation", min(1.0, len(history) / max_iter))
             return f, g
 
+        per_iteration: list[float] = []
+
+        def stalled(intermediate_result):
+            per_iteration.append(float(intermediate_result.fun))
+            if stall_iterations and len(per_iteration) > stall_iterations:
+                old = per_iteration[-1 - stall_iterations]
+                if old - per_iteration[-1] <= stall_tol * abs(old):
+                    raise StopIteration
+
         with single_threaded_blas():
             res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
-                           options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": tol or 1e-10,
-                                    "gtol": tol or 1e-8})
+                           callback=stalled, options={"maxiter": max_iter, "maxfun": max_iter * 2,
+                                                      "ftol": tol or 1e-10, "gtol": tol or 1e-8})
         w, iters = res.x, int(res.nit)
     else:
         w = np.asarray(w0, float).copy()

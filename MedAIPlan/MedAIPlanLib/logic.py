@@ -371,7 +371,7 @@ class MedAIPlanLogic:
             blocks = {n: ct_factor(dij.geometry, geometry, m)
                       for n, m in exclusive_ct_masks(inner, prio).items() if m.any()}
         result = optimise_fluence(sub, voxels, objectives, prescription_gy, target, fractions, max_iter=max_iter,
-                                  device=dev, blocks=blocks, progress=progress.sub(0.75, 0.95))
+                                  device=dev, blocks=blocks, stall_iterations=20, progress=progress.sub(0.75, 0.95))
         w = np.zeros(dij.num_bixels)
         w[cols] = result.weights
         dose_d = dij.dose(w) * fractions

@@ -101,11 +101,8 @@ class StackedObjectives:
         self.w_ref, self.d_ref = w.copy(), d
         # a skippable row can reach its threshold only once max(w - w_ref) >= slack / rowsum
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(self.skippable, (self.threshold - d) / self.rowsum, -np.inf)
-        ratio[self.skippable & (self.rowsum <= 0)] = np.inf
-        self.order = np.argsort(ratio[self.skippable], kind="stable")
-        self.sorted_ratio = ratio[self.skippable][self.order]
-        self.skippable_rows = np.flatnonzero(self.skippable)[self.order].astype(np.int64)
+            ratio = np.where(self.rowsum > 0, (self.threshold - d) / self.rowsum, np.inf)
+        self.ratio = np.where(self.skippable, ratio, np.inf)
         self.n_full += 1
         return d
 
@@ -117,9 +114,9 @@ class StackedObjectives:
         w = np.ascontiguousarray(w, dtype=np.float64)
         if self.d_ref is not None:
             delta = max(float(np.max(w - self.w_ref)), 0.0)
-            n_cand = int(np.searchsorted(self.sorted_ratio, delta, side="right"))
+            cand = np.flatnonzero(self.ratio <= delta)
+            n_cand = len(cand)
             if n_cand <= 0.25 * max(1, self.n_skippable):
-                cand = self.skippable_rows[:n_cand]
                 # finer bound per column group: d <= d_ref + sum_g rowsum_g * max_{j in g} (w_j - w_ref_j)+
                 dg = np.maximum(np.maximum.reduceat(w - self.w_ref, self.group_starts), 0.0)
                 cand = np.sort(cand[self.d_ref[cand] + self.group_rowsum[cand] @ dg >= self.threshold[cand]])
