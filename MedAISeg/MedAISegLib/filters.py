@@ -120,9 +120,13 @@ def resample_to_spacing(image: sitk.Image, spacing_mm, interpolator=sitk.sitkLin
 
 
 def nlm(image: sitk.Image, device: str = "cpu", **params) -> sitk.Image:
-    """Non-local means (see :mod:`.nonlocal_means`) on a SimpleITK image; float32 out."""
+    """Non-local means (see :mod:`.nonlocal_means`) on a SimpleITK image; float32 out.
+
+    Default: the blockwise mode (Coupé 2008; the benchmarked one: >10x scikit-image's fast mode at a
+    higher PSNR); pass ``mode="voxelwise"`` for per-voxel weights."""
     from .nonlocal_means import nonlocal_means
 
+    params.setdefault("mode", "blockwise")
     out = nonlocal_means(sitk.GetArrayFromImage(image), device=device, **params)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
