@@ -22,6 +22,12 @@ def test_scenario_icp_markups_to_model(scene):
     scenarios.scenario_icp_markups_to_model(scene)
 
 
+@pytest.mark.slow
+def test_scenario_volume_bspline_torch(scene):
+    result = scenarios.scenario_volume_bspline_torch(scene)
+    assert result["error_bspline_mm"] < result["error_rigid_mm"]
+
+
 def _pair(scene):
     phantom = make_ct_phantom()
     fixed = bridge.create_volume(scene, phantom.ct.astype(np.float32), phantom.geometry, "F")
