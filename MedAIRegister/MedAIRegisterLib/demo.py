@@ -16,7 +16,7 @@ TRANSLATION_MM = (12.0, -18.0, 10.0)
 
 
 def run(context) -> None:
-    """Make the moving volume, register it (MI, SimpleITK), report TRE and MI/NCC, add overview panels."""
+    """Make the moving volume, register it (MI, MedAI's CPU path), report TRE and MI/NCC, add overview panels."""
     scene = context.scene
     fixed = context.ct_node
     fixed_image = bridge.volume_to_sitk(fixed)
