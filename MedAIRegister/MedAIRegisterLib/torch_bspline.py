@@ -182,8 +182,8 @@ def bending_energy(matrices: dict, coefficients: torch.Tensor, spacing: np.ndarr
 def register_bspline(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                      linear_lps: np.ndarray | None = None, *, metric: str = "mattes", mesh_spacing_mm: float = 30.0,
                      shrink_factors=(4, 2, 1), smoothing_sigmas_mm=(3.0, 1.5, 0.0), iterations: int = 60,
-                     bending_weight: float = 0.1, bins: int = 32,
-                     sampling_percentage: float = 0.25, max_samples: int = 30000,
+                     bending_weight: float = 0.03, bins: int = 32,
+                     sampling_percentage: float = 0.5, max_samples: int = 100000,
                      fixed_mask: np.ndarray | None = None,
                      moving_mask: np.ndarray | None = None, device: str = "auto", seed: int = 0,
                      progress=None) -> BSplineResult:

@@ -22,7 +22,6 @@ def test_scenario_icp_markups_to_model(scene):
     scenarios.scenario_icp_markups_to_model(scene)
 
 
-@pytest.mark.slow
 def test_scenario_volume_bspline_torch(scene):
     result = scenarios.scenario_volume_bspline_torch(scene)
     assert result["error_bspline_mm"] < result["error_rigid_mm"]
