@@ -39,16 +39,16 @@ PLAN_ATTRIBUTE_PREFIX = "MedAIPlan."
 
 
 def default_machine_path() -> Path:
-    """photons_Generic.mat: $MEDAI_PHOTON_MACHINE, the module's Resources, the per-user cache
-    (``medai download-base-data``), or the shared data folder."""
+    """photons_Generic.mat: $MEDAI_PHOTON_MACHINE, the per-user cache (``medai download-base-data``,
+    SHA-256 checked), the copy shipped in the module's Resources, or the shared data folder."""
     from .base_data import cached_machine_path
 
     candidates = []
     if os.environ.get("MEDAI_PHOTON_MACHINE"):
         candidates.append(Path(os.environ["MEDAI_PHOTON_MACHINE"]))
     here = Path(__file__).resolve().parents[1]
-    candidates.append(here / "Resources" / "photons_Generic.mat")
     candidates.append(cached_machine_path())
+    candidates.append(here / "Resources" / "photons_Generic.mat")
     shared = os.environ.get("MEDAI_SHARED_DATA")
     for root in ([Path(shared)] if shared else []) + [here.parents[1] / "shared" / "data", here.parents[0] / "shared" / "data"]:
         candidates.append(root / "rt" / "matRad" / "photons_Generic.mat")

@@ -16,13 +16,14 @@ from MedAIPlanLib.matrad_io import load_matrad_patient, matrad_cube_to_kji
 
 
 @pytest.fixture
-def _machine(request, monkeypatch):
+def _machine(request, monkeypatch, tmp_path):
     """The photon base data shipped with the module (MedAIPlan/Resources), else the shared data folder's."""
     import MedAIPlanLib
 
     bundled = Path(MedAIPlanLib.__file__).resolve().parents[1] / "Resources" / "photons_Generic.mat"
     if bundled.is_file():
         monkeypatch.delenv("MEDAI_PHOTON_MACHINE", raising=False)
+        monkeypatch.setenv("MEDAI_CACHE_DIR", str(tmp_path / "empty-cache"))   # no downloaded copy
         assert default_machine_path() == bundled      # found without ../shared/data
         return
     shared_data = request.getfixturevalue("shared_data")
