@@ -71,7 +71,7 @@ class StackedObjectives:
         a.sort_indices()
         self.matrix = a
         self.indptr = a.indptr.astype(np.int64)
-        self.indices = a.indices.astype(np.int32)
+        self.indices = a.indices.astype(np.uint16 if a.shape[1] <= 65536 else np.int32)   # fewer bytes per entry
         self.data = a.data
         self.n_rows, self.n_cols = a.shape
         self.rowsum = np.asarray(a.sum(axis=1), float).ravel()
