@@ -56,7 +56,7 @@ class MedAIRegisterParameterNode:
     samplingPercentage: Annotated[float, WithinRange(0.1, 100.0)] = 10.0
     fixedMask: vtkMRMLSegmentationNode
     movingMask: vtkMRMLSegmentationNode
-    device: Annotated[str, Choice(["cpu", "auto", "cuda", "torch-cpu"])] = "cpu"
+    device: Annotated[str, Choice(["cpu", "simpleitk", "torch", "torch-cpu", "cuda", "auto"])] = "cpu"
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     fixedSurface: vtkMRMLDisplayableNode
@@ -153,9 +153,6 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return MedAIRegisterParameterNode(super().getParameterNode())
 
-    def _with_progress(self, progress):
-        self.core.progress = progress or Progress()
-
     @staticmethod
     def _mask(segmentation):
         """A (segmentation, first segment name) mask, as the Logic takes it, or None."""
@@ -181,27 +178,24 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
 
         "custom" starts from the CT-CT preset's settings with the chosen metric.
         """
-        self._with_progress(progress)
         return self.core.register_volumes(
             p.fixedVolume, p.movingVolume, transform_type=p.transformType,
             preset="ct-ct" if p.preset == "custom" else p.preset, device=p.device,
             metric=p.metric if p.preset == "custom" else None,
             fixed_mask=self._mask(p.fixedMask), moving_mask=self._mask(p.movingMask),
             sampling_percentage=p.samplingPercentage / 100.0, output_transform_node=p.outputTransform,
-            output_volume_node=p.outputVolume)
+            output_volume_node=p.outputVolume, progress=progress or Progress())
 
     def icpFromParameters(self, p, progress=None):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
-        self._with_progress(progress)
         return self.core.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
                                            transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
-                                           output_transform_node=p.outputTransform)
+                                           output_transform_node=p.outputTransform, progress=progress or Progress())
 
     def landmarksFromParameters(self, p, progress=None):
         """Paired-landmark fit; returns the transform node."""
-        self._with_progress(progress)
         return self.core.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
-                                            output_transform_node=p.outputTransform)
+                                            output_transform_node=p.outputTransform, progress=progress or Progress())
 
 
 class MedAIRegisterTest(ScriptedLoadableModuleTest):
