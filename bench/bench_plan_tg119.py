@@ -53,6 +53,9 @@ def _warm_up(machine):
     target[8:13, 8:13, 8:13] = True
     dij = compute_dij(dens, geo, make_beams(target, geo, [0.0], bixel_width=5.0), machine, dij_sampling=True)
     body = np.flatnonzero(~target.ravel())
+    from MedAIPlanLib.objective_matrix import load_kernels
+
+    load_kernels()
     optimise_fluence(dij.matrix, {"t": np.flatnonzero(target.ravel()), "b": body},
                      [Objective("t", "squared_deviation", 2.0), Objective("b", "squared_overdose", 1.0)], 2.0, "t",
                      max_iter=5)

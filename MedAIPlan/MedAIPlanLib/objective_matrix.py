@@ -193,3 +193,17 @@ def single_threaded_blas():
     finally:
         for put, n in libs:
             put(ctypes.c_int(n))
+
+
+def load_kernels() -> None:
+    """Load (or compile once) the optimiser's numba kernels for the index types used, e.g. before timing."""
+    indptr = np.array([0, 1], np.int64)
+    data = np.ones(1, np.float32)
+    rows = np.zeros(1, np.int64)
+    x = np.ones(1)
+    for indices in (np.zeros(1, np.uint16), np.zeros(1, np.int32)):
+        out = np.zeros(1)
+        csr_matvec(indptr, indices, data, x, rows, out)
+        csr_matvec_serial(indptr, indices, data, x, rows, out)
+        csr_rmatvec(indptr, indices, data, x, rows, 1, max(1, numba.get_num_threads()))
+        csr_rmatvec_serial(indptr, indices, data, x, rows, np.zeros(1))
