@@ -55,6 +55,7 @@ class MedAIPlanParameterNode:
     gantryAngles: str = "0,51,102,153,204,255,306"
     bixelWidthMm: Annotated[float, WithinRange(1.0, 20.0)] = 5.0
     doseGridMm: Annotated[float, WithinRange(1.0, 10.0)] = 3.0
+    autoDoseGrid: bool = False
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     outputDose: vtkMRMLScalarVolumeNode
     doseVolume: vtkMRMLScalarVolumeNode
@@ -185,14 +186,15 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         return plan_job(slicer.mrmlScene, p.ctVolume, p.structures, target=p.targetSegment,
                         prescription_gy=p.prescriptionGy, fractions=p.fractions,
                         gantry_angles=_numbers(p.gantryAngles), bixel_width_mm=p.bixelWidthMm,
-                        dose_grid_mm=p.doseGridMm, device=p.device, output_dose_node=p.outputDose)
+                        dose_grid_mm=p.doseGridMm, device=p.device, output_dose_node=p.outputDose,
+                        auto_dose_grid=p.autoDoseGrid)
 
     def planFromParameters(self, p, progress=None):
         """Beams, dose-influence matrix, fluence optimisation; returns the dose volume node (Gy)."""
         return self.core.plan(p.ctVolume, p.structures, target=p.targetSegment, prescription_gy=p.prescriptionGy,
                               fractions=p.fractions, gantry_angles=_numbers(p.gantryAngles),
                               bixel_width_mm=p.bixelWidthMm, dose_grid_mm=p.doseGridMm, device=p.device,
-                              output_dose_node=p.outputDose, progress=progress)
+                              output_dose_node=p.outputDose, auto_dose_grid=p.autoDoseGrid, progress=progress)
 
     def _report_to(self, progress) -> None:
         self.evaluation.progress = progress or Progress()

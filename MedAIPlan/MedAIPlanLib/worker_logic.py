@@ -13,8 +13,11 @@ from .dose_volume import mark_as_dose_volume
 
 def plan_job(scene, ct_node, structures_node, target: str, prescription_gy: float, fractions: int = 1,
              gantry_angles=(0.0,), bixel_width_mm: float = 5.0, dose_grid_mm: float = 3.0, device: str = "auto",
-             output_dose_node=None) -> SceneJob:
-    """``medai plan CT SEGMENTATION``: the optimised dose (Gy, on the CT grid) as a dose volume node."""
+             output_dose_node=None, auto_dose_grid: bool = False) -> SceneJob:
+    """``medai plan CT SEGMENTATION``: the optimised dose (Gy, on the CT grid) as a dose volume node.
+
+    The worker estimates the memory first and stops with the numbers when the plan would not fit, or,
+    with ``auto_dose_grid``, coarsens the dose grid until it does."""
     if ct_node is None or structures_node is None:
         raise ValueError("Select the CT volume and the structure set (segmentation) to plan on.")
     if not target:
@@ -35,6 +38,8 @@ def plan_job(scene, ct_node, structures_node, target: str, prescription_gy: floa
             "--fractions", str(int(fractions)), "--gantry-angles", gantry,
             "--bixel-width", f"{bixel_width_mm:g}", "--dose-grid", f"{dose_grid_mm:g}", "--device", device,
             "--output-dose", "{out:dose}"]
+    if auto_dose_grid:
+        args.append("--auto-dose-grid")
     return SceneJob(scene, args, {"ct": ct_node, "structures": structures_node},
                     [JobOutput("dose", "dose.nrrd", f"{ct_node.GetName()} dose", "volume", node=output_dose_node,
                                after_load=mark)])
