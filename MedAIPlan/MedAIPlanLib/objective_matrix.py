@@ -67,7 +67,11 @@ class StackedObjectives:
                 parts.append(csr[np.asarray(voxels[s], np.int64)])
             self.slices[s] = slice(start, start + parts[-1].shape[0])
             start += parts[-1].shape[0]
-        a = (sp.vstack(parts, format="csr") * scale).astype(np.float32).tocsr()
+        a = sp.vstack(parts, format="csr")
+        if a.dtype != np.float32:
+            a = a.astype(np.float32)
+        if scale != 1.0:
+            a.data *= np.float32(scale)   # in place: no copy of the whole matrix
         a.sort_indices()
         self.matrix = a
         self.indptr = a.indptr.astype(np.int64)
