@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import bridge
 from .progress import CancelledError
-from .worker import Worker, WorkerResult, WorkerState
+from .worker import Worker, WorkerResult, WorkerState, progress_reporter
 
 _PLACEHOLDER = re.compile(r"\{(in|out):([A-Za-z0-9_]+)\}|\{dir\}")
 
@@ -127,8 +127,8 @@ class SceneJob:
 
     def run(self, progress=None, timeout: float | None = None, interval: float = 0.05) -> dict:
         """Start, wait (reporting into ``progress``; its Cancel stops the worker) and finish."""
-        if progress is not None and self.on_progress is None:
-            self.on_progress = lambda stage, fraction: None if progress.cancelled else progress.update(stage, fraction)
+        if self.on_progress is None:
+            self.on_progress = progress_reporter(progress)
         self.start()
         self.worker.wait(timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None,
                          interval=interval)
@@ -171,7 +171,7 @@ class SceneJob:
             for output in self.outputs:
                 if output.key not in loaded:
                     continue
-                node = output.node or _new_like(self.scene, loaded[output.key], output.name)
+                node = output.node or self.scene.AddNewNodeByClass(loaded[output.key].GetClassName(), output.name)
                 if output.node is None:
                     created.append(node)
                 _copy_content(loaded[output.key], node)
@@ -192,11 +192,6 @@ def _staging_scene():
     import slicer
 
     return slicer.vtkMRMLScene()
-
-
-def _new_like(scene, loaded, name: str):
-    node = scene.AddNewNodeByClass(loaded.GetClassName(), name)
-    return node
 
 
 def _copy_content(source, target) -> None:

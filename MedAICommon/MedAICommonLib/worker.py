@@ -161,19 +161,26 @@ class Worker:
         return self.result()
 
 
+def progress_reporter(progress):
+    """A worker's ``on_progress`` callback feeding ``progress`` (a :class:`~MedAICommonLib.progress.Progress`)
+    until it is cancelled; None without one."""
+    if progress is None:
+        return None
+
+    def callback(stage, fraction):
+        if not progress.cancelled:
+            progress.update(stage, fraction)
+
+    return callback
+
+
 def run_worker(args: list[str], progress=None, timeout: float | None = None) -> WorkerResult:
     """Run ``medai ARGS`` in a worker, reporting into a :class:`~MedAICommonLib.progress.Progress`.
 
     Raises :class:`CancelledError` if the progress was cancelled, ``RuntimeError`` with the worker's
     one-line error if it failed.
     """
-    callback = None
-    if progress is not None:
-        def callback(stage, fraction):
-            if not progress.cancelled:
-                progress.update(stage, fraction)
-
-    worker = Worker(args, on_progress=callback).start()
+    worker = Worker(args, on_progress=progress_reporter(progress)).start()
     result = worker.wait(timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None)
     if result.state == WorkerState.CANCELLED:
         raise CancelledError("Cancelled; the worker was stopped and nothing was changed")

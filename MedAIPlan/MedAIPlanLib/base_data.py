@@ -7,10 +7,9 @@ pinned commit into the per-user cache, checked against a known SHA-256.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from MedAICommonLib.downloads import download
+from MedAICommonLib.downloads import cache_root, download
 
 MATRAD_COMMIT = "c014dc82d620bace0836eb8cc420fe33c19cdb87"
 MACHINE_URL = (f"https://raw.githubusercontent.com/e0404/matRad/{MATRAD_COMMIT}/"
@@ -20,9 +19,8 @@ MACHINE_SIZE_BYTES = 2259100
 
 
 def cached_machine_path() -> Path:
-    """Where the downloaded base data lives: ``$MEDAI_CACHE_DIR/basedata`` or ``~/.cache/medai/basedata``."""
-    root = Path(os.environ.get("MEDAI_CACHE_DIR") or Path.home() / ".cache" / "medai")
-    return root / "basedata" / "photons_Generic.mat"
+    """Where the downloaded base data lives: ``basedata/`` under the per-user MedAI cache root."""
+    return cache_root() / "basedata" / "photons_Generic.mat"
 
 
 def download_machine(url: str = MACHINE_URL, destination=None, progress=None) -> Path:

@@ -28,6 +28,8 @@ from scipy.spatial.transform import Rotation
 
 from MedAICommonLib.geometry import Geometry
 
+from .sampling import sample_fixed_voxels
+
 
 @dataclass
 class NumbaRegistrationResult:
@@ -278,15 +280,7 @@ def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     for level, (shrink, sigma_mm) in enumerate(zip(shrink_factors, smoothing_sigmas_mm)):
         f_s = _smooth(fixed, sigma_mm, fg.spacing)
         m_s = np.ascontiguousarray(_smooth(moving, sigma_mm, mg.spacing), dtype=np.float32)
-        grid = [np.arange(0, n, shrink) for n in shape_f]
-        kji = np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 3)
-        if fixed_mask is not None:
-            kji = kji[np.asarray(fixed_mask)[kji[:, 0], kji[:, 1], kji[:, 2]] != 0]
-            if len(kji) < 50:
-                raise ValueError("The fixed mask leaves fewer than 50 samples; give a larger mask.")
-        count = max(500, int(sampling_percentage * len(kji)))
-        if count < len(kji):
-            kji = kji[rng.choice(len(kji), count, replace=False)]
+        kji = sample_fixed_voxels(shape_f, shrink, fixed_mask, sampling_percentage, rng)
         points_c = np.ascontiguousarray(fg.index_to_point(kji[:, ::-1].astype(float)) - centre)
         fixed_bins, _ = _to_bins(f_s[kji[:, 0], kji[:, 1], kji[:, 2]].astype(np.float64), f_lo, f_hi, bins)
         m_scale = (bins - 5.0) / max(m_hi - m_lo, 1e-6)

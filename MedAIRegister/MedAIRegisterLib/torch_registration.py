@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.geometry import Geometry
 
+from .sampling import sample_fixed_voxels
+
 
 @dataclass
 class TorchRegistrationResult:
@@ -207,15 +209,7 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
     for level, (shrink, sigma_mm) in enumerate(zip(shrink_factors, smoothing_sigmas_mm)):
         f_s = _gaussian_smooth(fixed_t, np.array(sigma_mm) / np.array(fg.spacing))
         m_s = _gaussian_smooth(moving_t, np.array(sigma_mm) / np.array(mg.spacing))
-        grid = [np.arange(0, n, shrink) for n in shape_f]
-        kji = np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, 3)
-        if fixed_mask is not None:
-            kji = kji[np.asarray(fixed_mask)[kji[:, 0], kji[:, 1], kji[:, 2]] != 0]
-            if len(kji) < 50:
-                raise ValueError("The fixed mask leaves fewer than 50 samples; give a larger mask.")
-        count = max(500, int(sampling_percentage * len(kji)))
-        if count < len(kji):
-            kji = kji[generator.choice(len(kji), count, replace=False)]
+        kji = sample_fixed_voxels(shape_f, shrink, fixed_mask, sampling_percentage, generator)
         points = torch.as_tensor(fg.index_to_point(kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
         kji_t = torch.as_tensor(kji, device=dev)
         fixed_values = f_s[0, 0, kji_t[:, 0], kji_t[:, 1], kji_t[:, 2]]

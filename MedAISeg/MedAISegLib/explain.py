@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .sliding_window import gaussian_importance, window_starts
+
 METHODS = ("gradcam", "gradient")
 
 _FEATURE_LAYERS = {"SegResNet": "conv_final.2:input", "DynUNet": "output_block:input", "SwinUNETR": "out:input",
@@ -45,23 +47,6 @@ def default_target_layer(network: torch.nn.Module) -> str:
     if not children:
         raise ValueError(f"Cannot choose a feature layer in {type(network).__name__}; give layer= by name.")
     return f"{children[-1]}:input"
-
-
-def _starts(size: int, roi: int, overlap: float) -> list[int]:
-    if size <= roi:
-        return [0]
-    step = max(1, int(roi * (1.0 - overlap)))
-    starts = list(range(0, size - roi + 1, step))
-    if starts[-1] != size - roi:
-        starts.append(size - roi)
-    return starts
-
-
-def _gaussian(roi, sigma_scale: float = 0.125) -> torch.Tensor:
-    axes = [torch.exp(-0.5 * ((torch.arange(r, dtype=torch.float32) - (r - 1) / 2) / max(r * sigma_scale, 1e-3)) ** 2)
-            for r in roi]
-    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return (weight / weight.max()).clamp_min(1e-3)
 
 
 def _score(logits: torch.Tensor, class_index: int) -> torch.Tensor | None:
@@ -144,10 +129,10 @@ def explanation_map(network: torch.nn.Module, image, class_index: int, roi, meth
     padded = torch.zeros((image.shape[0], *padded_shape))
     padded[:, :spatial[0], :spatial[1], :spatial[2]] = image
     total, weight = torch.zeros(padded_shape), torch.zeros(padded_shape)
-    gaussian = _gaussian(roi)
-    for x in _starts(padded_shape[0], roi[0], overlap):
-        for y in _starts(padded_shape[1], roi[1], overlap):
-            for z in _starts(padded_shape[2], roi[2], overlap):
+    gaussian = gaussian_importance(roi)
+    for x in window_starts(padded_shape[0], roi[0], overlap):
+        for y in window_starts(padded_shape[1], roi[1], overlap):
+            for z in window_starts(padded_shape[2], roi[2], overlap):
                 window = (slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z, z + roi[2]))
                 tile = padded[(slice(None), *window)][None].to(device)
                 network.zero_grad(set_to_none=True)
