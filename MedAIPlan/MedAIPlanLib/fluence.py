@@ -127,6 +127,20 @@ class _Problem:
         return float(total), grad
 
 
+def _target_mean_dose(problem, dij, voxels, target, fractions, blocks) -> float:
+    """The target's mean plan dose for unit weights (the stacked matrix's row sums when it holds the target)."""
+    if isinstance(problem, StackedObjectives) and target in problem.slices:
+        mean_t = problem.mean_row_sum(target)
+    elif blocks and target in blocks:
+        f, rows_t = blocks[target]
+        mean_t = float(np.mean(f @ np.asarray(dij.tocsr()[rows_t].sum(axis=1)).ravel())) * fractions
+    else:
+        mean_t = float(np.asarray(dij.tocsr()[voxels[target]].sum(axis=1)).mean()) * fractions
+    if mean_t <= 0:
+        raise ValueError("The beams deliver no dose to the target; check the beam geometry.")
+    return mean_t
+
+
 def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
                      prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
                      w0: np.ndarray | None = None, device="cpu", method: str = "auto", tol: float | None = None,
@@ -153,7 +167,6 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
         raise ValueError("Give at least one objective.")
     t0 = time.perf_counter()
     dev = torch.device(device)
-    dij = dij.tocsr()          # once: row selections below
     if dev.type == "cpu" or blocks:
         problem = StackedObjectives(dij, voxels, objectives, float(fractions), blocks)
         value_and_grad = problem.value_and_grad
@@ -165,14 +178,7 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
             return f, g.cpu().numpy()
     n = dij.shape[1]
     if w0 is None:
-        if blocks and target in blocks:
-            f, rows_t = blocks[target]
-            mean_t = float(np.mean(f @ np.asarray(dij[rows_t].sum(axis=1)).ravel())) * fractions
-        else:
-            mean_t = float(np.asarray(dij[voxels[target]].sum(axis=1)).mean()) * fractions
-        if mean_t <= 0:
-            raise ValueError("The beams deliver no dose to the target; check the beam geometry.")
-        w0 = np.full(n, prescription_gy / mean_t)
+        w0 = np.full(n, prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions, blocks))
     history: list[float] = []
     if method == "auto":
         method = "pgd" if dev.type == "cuda" else "lbfgsb"

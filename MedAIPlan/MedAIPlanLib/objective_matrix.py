@@ -6,8 +6,10 @@ overdoses contribute nothing while their dose stays below the objective's dose; 
 are non-negative, ``d(w) <= d(w_ref) + rowsum * max(w - w_ref, 0)``, so such a row is recomputed
 only when that bound reaches its threshold (exact, no approximation; a second, finer bound uses row sums per group of
 columns); the whole dose is recomputed (and ``w_ref`` moved) when the coarse bound leaves more than
-a quarter of those rows, or the fine bound more than 5 %, as candidates. The gradient
-``A^T g`` runs over the rows with non-zero ``g`` only. Values and gradients equal the plain ones.
+a quarter of those rows, or the fine bound more than 5 %, as candidates. Separable objectives
+(squared over/under dose, deviation) take their gradient in the same pass over a row as its dose
+(:func:`objective_kernels.fused_objective`); the others, and structures with a factor, get ``A^T g``
+over their rows with non-zero ``g`` afterwards. Values and gradients equal the plain ones.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .dose_kernels import csr_matvec, csr_matvec_serial, csr_rmatvec, csr_rmatvec_serial
+from .objective_kernels import (
+    DEVIATION,
+    OVERDOSE,
+    UNDERDOSE,
+    count_stacked,
+    csr_rmatvec_serial,
+    fill_stacked,
+    fused_objective,
+    fused_objective_serial,
+    row_group_sums,
+)
 
 
 def objective_value_grad(o, d: np.ndarray) -> tuple[float, np.ndarray]:
@@ -55,116 +67,152 @@ class StackedObjectives:
         if missing:
             raise ValueError(f"Objectives name structures without voxels: {', '.join(missing)}.")
         self.objectives = objectives
-        self.slices = {}
-        parts, start = [], 0
-        csr = dij.tocsr()
-        self.factors = {}
-        for s in used:
-            if blocks and s in blocks:
-                self.factors[s] = blocks[s][0].tocsr().astype(np.float64)
-                parts.append(csr[np.asarray(blocks[s][1], np.int64)])
-            else:
-                parts.append(csr[np.asarray(voxels[s], np.int64)])
-            self.slices[s] = slice(start, start + parts[-1].shape[0])
-            start += parts[-1].shape[0]
-        a = sp.vstack(parts, format="csr")
-        if a.dtype != np.float32:
-            a = a.astype(np.float32)
-        if scale != 1.0:
-            a.data *= np.float32(scale)   # in place: no copy of the whole matrix
-        a.sort_indices()
-        self.matrix = a
-        self.indptr = a.indptr.astype(np.int64)
-        self.indices = a.indices.astype(np.uint16 if a.shape[1] <= 65536 else np.int32)   # fewer bytes per entry
-        self.data = a.data
-        self.n_rows, self.n_cols = a.shape
-        self.rowsum = np.asarray(a.sum(axis=1), float).ravel()
-        n_groups = min(32, max(1, self.n_cols))
-        self.group_starts = np.unique(np.linspace(0, self.n_cols, n_groups, endpoint=False).astype(np.int64))
-        group_of = np.searchsorted(self.group_starts, np.arange(self.n_cols), side="right") - 1
-        member = sp.csr_matrix((np.ones(self.n_cols, np.float32), (np.arange(self.n_cols), group_of)),
-                               shape=(self.n_cols, len(self.group_starts)))
-        self.group_rowsum = np.asarray((a @ member).todense(), dtype=np.float64)
-        self.threshold = np.full(self.n_rows, np.inf)      # inf: row always computed
-        for s in used:
-            objs = [o for o in objectives if o.structure == s]
-            if s not in self.factors and all(o.type == "squared_overdose" for o in objs):
-                self.threshold[self.slices[s]] = min(o.dose for o in objs)
-        self.skippable = np.isfinite(self.threshold)
-        self.always = np.flatnonzero(~self.skippable).astype(np.int64)
-        self.n_skippable = int(self.skippable.sum())
+        blocks = blocks or {}
+        self.factors = {s: blocks[s][0].tocsr().astype(np.float64) for s in used if s in blocks}
+        source = [np.asarray(blocks[s][1] if s in blocks else voxels[s], np.int64) for s in used]
+        bounds = np.concatenate([[0], np.cumsum([len(r) for r in source])])
+        self.slices = {s: slice(int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(used)}
+        self.n_rows, self.n_cols = int(bounds[-1]), dij.shape[1]
+        self.indptr, self.indices, self.data = _stack_rows(dij, source, scale)
+        self.row_nnz = np.diff(self.indptr)
+        self._groups(used)
+        self._bounds_for_skipping(used)
+        self.all_rows = np.arange(self.n_rows, dtype=np.int64)
+        self._d = np.zeros(self.n_rows)
         self.w_ref = None
         self.d_ref = None
         self.n_full = 0
         self.n_partial = 0
         self.n_threads = numba.get_num_threads()
 
-    def _reference(self, w: np.ndarray) -> np.ndarray:
-        d = np.zeros(self.n_rows)
-        _matvec(self.indptr, self.indices, self.data, w, np.arange(self.n_rows, dtype=np.int64), d, self.n_threads)
-        self.w_ref, self.d_ref = w.copy(), d
+    def _groups(self, used: list[str]) -> None:
+        """One group per structure; the separable objectives of structures without a factor run fused."""
+        self.row_group = np.zeros(self.n_rows, np.int32)
+        kind, dose, coef, ptr = [], [], [], [0]
+        self.two_pass = []
+        for g, s in enumerate(used):
+            sl = self.slices[s]
+            self.row_group[sl] = g
+            objs = [o for o in self.objectives if o.structure == s]
+            if s in self.factors or any(o.type not in _KINDS for o in objs):
+                self.two_pass.append(s)
+            else:
+                n = sl.stop - sl.start
+                for o in objs:
+                    kind.append(_KINDS[o.type])
+                    dose.append(o.dose)
+                    coef.append(o.penalty / n)
+            ptr.append(len(kind))
+        self.grp_ptr = np.asarray(ptr, np.int64)
+        self.kind = np.asarray(kind, np.int64)
+        self.dose_ref = np.asarray(dose, np.float64)
+        self.coef = np.asarray(coef, np.float64)
+
+    def _bounds_for_skipping(self, used: list[str]) -> None:
+        n_groups = min(32, max(1, self.n_cols))
+        self.group_starts = np.unique(np.linspace(0, self.n_cols, n_groups, endpoint=False).astype(np.int64))
+        group_of = (np.searchsorted(self.group_starts, np.arange(self.n_cols), side="right") - 1).astype(np.int64)
+        self.rowsum, self.group_rowsum = row_group_sums(self.indptr, self.indices, self.data, group_of,
+                                                        len(self.group_starts))
+        self.threshold = np.full(self.n_rows, np.inf)      # inf: row always computed
+        for s in used:
+            objs = [o for o in self.objectives if o.structure == s]
+            if s not in self.factors and all(o.type == "squared_overdose" for o in objs):
+                self.threshold[self.slices[s]] = min(o.dose for o in objs)
+        self.skippable = np.isfinite(self.threshold)
+        self.always = np.flatnonzero(~self.skippable).astype(np.int64)
+        self.n_skippable = int(self.skippable.sum())
+
+    def mean_row_sum(self, structure: str) -> float:
+        """Mean dose of ``structure`` (its stacked rows, through its factor if any) for unit weights."""
+        rs = self.rowsum[self.slices[structure]]
+        factor = self.factors.get(structure)
+        return float(np.mean(rs if factor is None else factor @ rs))
+
+    def _rows(self, w: np.ndarray) -> np.ndarray | None:
+        """Rows to compute at ``w``: all (None, a new reference) or the always-computed ones plus the
+        skippable rows whose bound reaches their threshold (the others stay below it, zero objective)."""
+        if self.d_ref is None:
+            return None
+        delta = max(float(np.max(w - self.w_ref)), 0.0)
+        cand = np.flatnonzero(self.ratio <= delta)
+        limit = 0.25 * max(1, self.n_skippable)
+        if len(cand) > limit:
+            return None
+        # finer bound per column group: d <= d_ref + sum_g rowsum_g * max_{j in g} (w_j - w_ref_j)+
+        dg = np.maximum(np.maximum.reduceat(w - self.w_ref, self.group_starts), 0.0)
+        cand = cand[self.d_ref[cand] + self.group_rowsum[cand] @ dg >= self.threshold[cand]]
+        if len(cand) > 0.2 * limit:
+            return None
+        return np.sort(np.concatenate([self.always, cand]))
+
+    def _set_reference(self, w: np.ndarray, d: np.ndarray) -> None:
+        self.w_ref, self.d_ref = w.copy(), d.copy()
         # a skippable row can reach its threshold only once max(w - w_ref) >= slack / rowsum
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(self.rowsum > 0, (self.threshold - d) / self.rowsum, np.inf)
         self.ratio = np.where(self.skippable, ratio, np.inf)
-        self.n_full += 1
-        return d
-
-    def dose(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stacked doses (Gy) at ``w`` and the skippable rows recomputed (None: all rows were).
-
-        Skippable rows not recomputed keep their reference dose, which like their true dose lies
-        below their overdose threshold (both give zero objective)."""
-        w = np.ascontiguousarray(w, dtype=np.float64)
-        if self.d_ref is not None:
-            delta = max(float(np.max(w - self.w_ref)), 0.0)
-            cand = np.flatnonzero(self.ratio <= delta)
-            n_cand = len(cand)
-            if n_cand <= 0.25 * max(1, self.n_skippable):
-                # finer bound per column group: d <= d_ref + sum_g rowsum_g * max_{j in g} (w_j - w_ref_j)+
-                dg = np.maximum(np.maximum.reduceat(w - self.w_ref, self.group_starts), 0.0)
-                cand = np.sort(cand[self.d_ref[cand] + self.group_rowsum[cand] @ dg >= self.threshold[cand]])
-            if n_cand <= 0.25 * max(1, self.n_skippable) and len(cand) <= 0.05 * max(1, self.n_skippable):
-                d = self.d_ref.copy()
-                _matvec(self.indptr, self.indices, self.data, w, np.concatenate([self.always, cand]), d,
-                        self.n_threads)
-                self.n_partial += 1
-                return d, cand
-        return self._reference(w), None
 
     def value_and_grad(self, w: np.ndarray) -> tuple[float, np.ndarray]:
         """Weighted sum of the objectives and its gradient with respect to the bixel weights."""
-        d, cand = self.dose(w)
-        gd = np.zeros(self.n_rows)
-        total = 0.0
-        for o in self.objectives:
-            sl = self.slices[o.structure]
-            if cand is not None and self.skippable[sl.start]:
-                # only the recomputed rows can be above the threshold: evaluate there, normalise by the structure
-                idx = cand[(cand >= sl.start) & (cand < sl.stop)]
-                r = np.maximum(d[idx] - o.dose, 0.0)
-                n = sl.stop - sl.start
-                total += o.penalty * float(r @ r) / n
-                gd[idx] += o.penalty * 2 * r / n
-                continue
-            factor = self.factors.get(o.structure)
-            f, g = objective_value_grad(o, d[sl] if factor is None else factor @ d[sl])
-            total += o.penalty * f
-            gd[sl] += o.penalty * (g if factor is None else factor.T @ g)
-        nz = np.flatnonzero(gd).astype(np.int64)
-        if len(nz) * 64 < 2_000_000 or self.n_threads == 1:   # small: threads cost more than they save
-            grad = np.zeros(self.n_cols)
-            csr_rmatvec_serial(self.indptr, self.indices, self.data, gd, nz, grad)
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        rows = self._rows(w)
+        full = rows is None
+        rows = self.all_rows if full else rows
+        nnz = int(self.indptr[-1]) if full else int(self.row_nnz[rows].sum())
+        d = self._d
+        args = (self.indptr, self.indices, self.data, w, rows, self.row_group, self.grp_ptr, self.kind,
+                self.dose_ref, self.coef, d)
+        if self.n_threads > 1 and nnz > _PARALLEL_ENTRIES:
+            total, grad = fused_objective(*args, self.n_threads)
         else:
-            grad = csr_rmatvec(self.indptr, self.indices, self.data, gd, nz, self.n_cols, self.n_threads)
+            total, grad = fused_objective_serial(*args)
+        if full:
+            self._set_reference(w, d)
+            self.n_full += 1
+        else:
+            self.n_partial += 1
+        for s in self.two_pass:
+            total += self._two_pass(s, d, grad)
         return total, grad
 
+    def _two_pass(self, s: str, d: np.ndarray, grad: np.ndarray) -> float:
+        """Objectives of structure ``s`` on its (already computed) doses; adds their gradient into ``grad``."""
+        sl = self.slices[s]
+        factor = self.factors.get(s)
+        ds = d[sl] if factor is None else factor @ d[sl]
+        total, gs = 0.0, np.zeros(len(ds))
+        for o in self.objectives:
+            if o.structure == s:
+                f, g = objective_value_grad(o, ds)
+                total += o.penalty * f
+                gs += o.penalty * g
+        gd = np.zeros(self.n_rows)
+        gd[sl] = gs if factor is None else factor.T @ gs
+        csr_rmatvec_serial(self.indptr, self.indices, self.data, gd, np.flatnonzero(gd).astype(np.int64), grad)
+        return total
 
-def _matvec(indptr, indices, data, w, rows, out, n_threads):
-    if n_threads > 1 and len(rows) > 20_000:
-        csr_matvec(indptr, indices, data, w, rows, out)
-    else:
-        csr_matvec_serial(indptr, indices, data, w, rows, out)
+
+_KINDS = {"squared_overdose": OVERDOSE, "squared_underdose": UNDERDOSE, "squared_deviation": DEVIATION}
+_PARALLEL_ENTRIES = 1_000_000      # below this many matrix entries one thread is faster
+
+
+def _stack_rows(dij: sp.spmatrix, source: list[np.ndarray], scale: float):
+    """CSR arrays (int64 indptr, uint16/int32 indices, float32 data) of ``scale`` x dij[rows] stacked."""
+    csc = dij if dij.format == "csc" else dij.tocsc()
+    src = np.concatenate(source) if source else np.zeros(0, np.int64)
+    n_voxels = dij.shape[0]
+    map_rows = np.argsort(src, kind="stable").astype(np.int64)
+    map_ptr = np.zeros(n_voxels + 1, np.int64)
+    map_ptr[1:] = np.cumsum(np.bincount(src, minlength=n_voxels))
+    counts = count_stacked(csc.indptr, csc.indices, map_ptr, map_rows, len(src))
+    indptr = np.zeros(len(src) + 1, np.int64)
+    indptr[1:] = np.cumsum(counts)
+    indices = np.empty(int(indptr[-1]), np.uint16 if dij.shape[1] <= 65536 else np.int32)  # fewer bytes per entry
+    data = np.empty(int(indptr[-1]), np.float32)
+    fill_stacked(csc.indptr, csc.indices, csc.data.astype(np.float32, copy=False), map_ptr, map_rows, indptr,
+                 np.float32(scale), indices, data)
+    return indptr, indices, data
 
 
 @contextlib.contextmanager
@@ -201,13 +249,15 @@ def single_threaded_blas():
 
 def load_kernels() -> None:
     """Load (or compile once) the optimiser's numba kernels for the index types used, e.g. before timing."""
-    indptr = np.array([0, 1], np.int64)
-    data = np.ones(1, np.float32)
-    rows = np.zeros(1, np.int64)
-    x = np.ones(1)
-    for indices in (np.zeros(1, np.uint16), np.zeros(1, np.int32)):
-        out = np.zeros(1)
-        csr_matvec(indptr, indices, data, x, rows, out)
-        csr_matvec_serial(indptr, indices, data, x, rows, out)
-        csr_rmatvec(indptr, indices, data, x, rows, 1, max(1, numba.get_num_threads()))
-        csr_rmatvec_serial(indptr, indices, data, x, rows, np.zeros(1))
+    from .fluence import Objective
+
+    dij = sp.csc_matrix(np.ones((3, 2), np.float32))
+    objectives = [Objective("a", "squared_deviation", 1.0), Objective("b", "mean", 1.0)]
+    for n_cols in (2, 70000):
+        m = sp.csc_matrix((dij.data, dij.indices, np.concatenate([dij.indptr, np.full(n_cols - 2, 6)])),
+                          shape=(3, n_cols))
+        problem = StackedObjectives(m, {"a": np.array([0, 1]), "b": np.array([2])}, objectives)
+        w = np.ones(n_cols)
+        problem.value_and_grad(w)
+        fused_objective(problem.indptr, problem.indices, problem.data, w, problem.all_rows, problem.row_group,
+                        problem.grp_ptr, problem.kind, problem.dose_ref, problem.coef, problem._d, 2)
