@@ -21,6 +21,7 @@ from MedAICommonLib.geometry import Geometry
 
 from .beams import Beam, voxel_points_lps
 from .matrad_io import PhotonMachine
+from .memory_estimate import available_memory_bytes
 from .pencil_beam import convolve_kernels, depth_components, interpolate_kernels, iso_lateral_offsets
 from .raytrace import radiological_depth, sample_volume, ssd_along_ray
 
@@ -144,10 +145,65 @@ def _bixel_rotations(ray_pos: np.ndarray, sad: float) -> np.ndarray:
     return np.eye(3)[None] - cross + factor[:, None, None] * (cross @ cross)
 
 
+class _ColumnStore:
+    """CSC entries of all beams, written in place: one reused scratch slot buffer for a beam's
+    uncompacted columns and output arrays reserved for the expected total (untouched memory costs
+    nothing; grown if short), so the entries are not copied again at the end (page faults are dear)."""
+
+    def __init__(self, n_beams: int):
+        self.n_beams = n_beams
+        self.slot_rows = np.empty(0, np.int32)
+        self.slot_vals = np.empty(0, np.float32)
+        self.rows = np.empty(0, np.int32)
+        self.vals = np.empty(0, np.float32)
+        self.used = 0
+        self.beams_done = 0
+
+    def slots(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scratch buffers of at least ``size`` entries."""
+        if size > len(self.slot_rows):
+            self.slot_rows = np.empty(size, np.int32)
+            self.slot_vals = np.empty(size, np.float32)
+        return self.slot_rows, self.slot_vals
+
+    def append(self, offsets, counts) -> None:
+        """Compact a beam's columns (slot ``offsets``, kept ``counts``) from the scratch into the output."""
+        from .dose_kernels import compact_columns
+
+        n = int(counts.sum())
+        if self.used + n > len(self.rows):
+            # room for the other beams as large as this one's uncompacted bound (virtual until written)
+            want = self.used + n + int(offsets[-1] * 1.25) * (self.n_beams - self.beams_done - 1)
+            free = available_memory_bytes()
+            if free is not None:
+                want = min(want, max(self.used + n, free // 16))     # 8 bytes an entry, half the free memory
+            self._grow(want)
+        compact_columns(offsets, counts, self.slot_rows, self.slot_vals, self.rows[self.used:], self.vals[self.used:])
+        self.used += n
+        self.beams_done += 1
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, values) trimmed to the entries written: shrunk in place (realloc, no copy), since
+        scipy would copy a view of a much larger buffer."""
+        self.slot_rows = self.slot_vals = None
+        for name in ("rows", "vals"):
+            a = getattr(self, name)
+            try:
+                a.resize(self.used, refcheck=True)
+            except ValueError:          # referenced elsewhere: copy instead
+                setattr(self, name, a[:self.used].copy())
+        return self.rows, self.vals
+
+    def _grow(self, capacity: int) -> None:
+        rows, vals = np.empty(capacity, np.int32), np.empty(capacity, np.float32)
+        rows[:self.used], vals[:self.used] = self.rows[:self.used], self.vals[:self.used]
+        self.rows, self.vals = rows, vals
+
+
 def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, sampling, core_r, rel_threshold,
-                        seed):
-    """One beam's dij columns on the CPU (numba): returns (counts per bixel, rows, values)."""
-    from .dose_kernels import column_upper_bounds, compact_columns, pencil_beam_columns
+                        seed, store: _ColumnStore):
+    """One beam's dij columns on the CPU (numba), appended to ``store``: returns the counts per bixel."""
+    from .dose_kernels import column_upper_bounds, pencil_beam_columns
 
     rp = np.asarray(beam.ray_pos, float)
     cw = float(beam.bixel_width)
@@ -167,8 +223,7 @@ def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, s
     bounds = column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v)
     offsets = np.zeros(len(rp) + 1, np.int64)
     np.cumsum(bounds, out=offsets[1:])
-    slot_rows = np.empty(int(offsets[-1]), np.int32)
-    slot_vals = np.empty(int(offsets[-1]), np.float32)
+    slot_rows, slot_vals = store.slots(int(offsets[-1]))
     counts = np.zeros(len(rp), np.int64)
     kern = np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32)
     pencil_beam_columns(np.ascontiguousarray(q[order], dtype=np.float64),
@@ -179,10 +234,8 @@ def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, s
                         _bixel_rotations(rp, beam.sad), float(beam.sad), float(cutoff) ** 2, kern,
                         float(kernels.start_mm), float(kernels.res_mm), offsets, bool(sampling), float(core_r) ** 2,
                         5.0, float(rel_threshold), int(seed), slot_rows, slot_vals, counts)
-    out_rows = np.empty(int(counts.sum()), np.int32)
-    out_vals = np.empty(int(counts.sum()), np.float32)
-    compact_columns(offsets, counts, slot_rows, slot_vals, out_rows, out_vals)
-    return counts, out_rows, out_vals
+    store.append(offsets, counts)
+    return counts
 
 
 def _depth_components_np(machine: PhotonMachine, rad: np.ndarray, geo: np.ndarray, sad: float) -> np.ndarray:
@@ -244,6 +297,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
     rows, col_counts, vals, beam_of_bixel, ssds = [], [], [], [], []
     kernel_cache = {}
+    store = _ColumnStore(len(beams))
     col0 = 0
     t_trace = t_pb = 0.0
     for b, beam in enumerate(beams):
@@ -276,12 +330,10 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
             qc = q_all[cand]
             geo = np.linalg.norm(qc, axis=1)
             comp = _depth_components_np(machine, rad, geo, sad)
-            counts, r_, v_ = _beam_columns_numba(qc, u[cand], v[cand], comp, rad, flat_idx[cand], beam, kernels,
-                                                 cutoff, dij_sampling, sampling_core_mm + beam.bixel_width / np.sqrt(2.0),
-                                                 rel_threshold, seed * 7919 + b)
-            col_counts.append(counts)
-            rows.append(r_)
-            vals.append(v_)
+            col_counts.append(_beam_columns_numba(qc, u[cand], v[cand], comp, rad, flat_idx[cand], beam, kernels,
+                                                  cutoff, dij_sampling,
+                                                  sampling_core_mm + beam.bixel_width / np.sqrt(2.0),
+                                                  rel_threshold, seed * 7919 + b, store))
             t_pb += time.perf_counter() - t2
             beam_of_bixel.append(np.full(len(rp), b))
             col0 += len(rp)
@@ -329,9 +381,12 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     if col_counts:
         np.cumsum(np.concatenate(col_counts), out=indptr[1:])
     idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
-    mat = sp.csc_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
-                         (np.concatenate(rows) if rows else np.zeros(0, int)).astype(idx_dtype, copy=False),
-                         indptr.astype(idx_dtype)), shape=(n_vox, col0))
+    if dev.type == "cpu":
+        r_, v_ = store.finish()
+        vals, rows = [v_], [r_]
+    mat = sp.csc_matrix((vals[0] if len(vals) == 1 else np.concatenate(vals) if vals else np.zeros(0, np.float32),
+                         (rows[0] if len(rows) == 1 else np.concatenate(rows) if rows else np.zeros(0, int)).astype(
+                             idx_dtype, copy=False), indptr.astype(idx_dtype)), shape=(n_vox, col0))
     timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
     return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
                          ssds, timings)

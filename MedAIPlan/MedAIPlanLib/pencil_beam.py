@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 import torch
 
 from .matrad_io import PhotonMachine
@@ -49,11 +50,12 @@ def _axis(limit: int, res: float) -> np.ndarray:
 
 
 def _fftconv2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Full linear 2D convolution of the last two dims by FFT."""
+    """Full linear 2D convolution of the last two dims by FFT (on 5-smooth lengths: several times faster)."""
     shape = (a.shape[-2] + b.shape[-2] - 1, a.shape[-1] + b.shape[-1] - 1)
-    fa = torch.fft.rfft2(a, s=shape)
-    fb = torch.fft.rfft2(b, s=shape)
-    return torch.fft.irfft2(fa * fb, s=shape)
+    fast = tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
+    fa = torch.fft.rfft2(a, s=fast)
+    fb = torch.fft.rfft2(b, s=fast)
+    return torch.fft.irfft2(fa * fb, s=fast)[..., :shape[0], :shape[1]].contiguous()
 
 
 def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, conv_res: float = 0.5,
