@@ -17,6 +17,7 @@ by L-BFGS-B with bounds w >= 0 (scipy) or by projected gradient descent (Adam wi
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,8 +70,12 @@ def exclusive_voxels(masks: dict[str, np.ndarray], priorities: dict[str, int]) -
 
 def _torch_csr(matrix: sp.spmatrix, device) -> torch.Tensor:
     m = matrix.tocsr().astype(np.float32)
-    return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64), torch.as_tensor(m.indices, dtype=torch.int64),
-                                   torch.as_tensor(m.data), size=m.shape, device=device)
+    m.sort_indices()          # scipy's CSR meets torch's invariants: no need to check them again
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                       torch.as_tensor(m.indices, dtype=torch.int64), torch.as_tensor(m.data),
+                                       size=m.shape, device=device, check_invariants=False)
 
 
 class _Problem:
@@ -150,7 +155,8 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
 
     ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
     uniform fluence scaled so that the target's mean dose equals the prescription (as matRad).
-    ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (torch projected Adam), "auto".
+    ``method``: "lbfgsb" (scipy L-BFGS-B with bounds), "pgd" (projected Adam), "auto" (= "lbfgsb";
+    on a GPU the objective and its gradient are evaluated there, L-BFGS-B's steps run on the CPU).
     ``tol``: L-BFGS-B's ftol and gtol (default 1e-10 / 1e-8: run to ``max_iter``).
     ``stall_iterations``: also stop L-BFGS-B once the objective fell by less than ``stall_tol``
     (relative) over that many iterations (a plateau: the plan no longer changes visibly).
@@ -180,8 +186,8 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
     if w0 is None:
         w0 = np.full(n, prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions, blocks))
     history: list[float] = []
-    if method == "auto":
-        method = "pgd" if dev.type == "cuda" else "lbfgsb"
+    if method == "auto":     # L-BFGS-B on every device: a GPU evaluates the objective, scipy steps (2 k numbers)
+        method = "lbfgsb"
     if method == "lbfgsb":
         from scipy.optimize import minimize
 
