@@ -117,10 +117,11 @@ def fused_objective_serial(indptr, indices, data, w, rows, row_group, grp_ptr, k
 
 
 @numba.njit(cache=True)
-def csr_rmatvec_serial(indptr, indices, data, g, rows, acc):
-    """``acc += A^T g`` over the CSR rows listed in ``rows`` (those with g = 0 may be left out)."""
+def csr_rmatvec_serial(indptr, indices, data, g, rows, start, acc):
+    """``acc += A^T g`` over the CSR rows ``start + rows[t]`` with weights ``g[rows[t]]`` (a structure's
+    rows from ``start``; rows with g = 0 may be left out)."""
     for t in range(len(rows)):
-        r = rows[t]
-        gr = g[r]
+        r = start + rows[t]
+        gr = g[rows[t]]
         for p in range(indptr[r], indptr[r + 1]):
             acc[indices[p]] += data[p] * gr
