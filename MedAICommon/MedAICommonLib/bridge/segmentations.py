@@ -121,7 +121,8 @@ def labelmap_from_segmentation(node, reference: Geometry | None = None,
     for order, info in enumerate(infos, start=1):
         relabeled[array == order] = info.label
     if reference is not None:
-        relabeled = resample_array(relabeled, geometry, reference, interpolator=sitk.sitkNearestNeighbor)
+        if not geometry.same_grid(reference):       # (already there: the usual case, a CT's own segmentation)
+            relabeled = resample_array(relabeled, geometry, reference, interpolator=sitk.sitkNearestNeighbor)
         geometry = reference
     return relabeled, geometry, infos
 
