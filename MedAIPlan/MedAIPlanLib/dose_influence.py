@@ -67,11 +67,17 @@ def make_dose_grid(ct_geometry: Geometry, resolution_mm=None) -> Geometry:
 
 
 def resample_nearest(array: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
-    """Nearest-neighbour resampling of a KJI array between grids (0 outside)."""
-    pts = voxel_points_lps(target)
-    vol = torch.as_tensor(np.asarray(array, dtype=np.float32))
-    out = sample_volume(vol, source.to_space("LPS"), torch.as_tensor(pts, dtype=torch.float32), mode="nearest")
-    return out.numpy().reshape(target.shape_kji)
+    """Nearest-neighbour resampling of a KJI array between grids (0 outside; the dtype is kept, so a
+    bool mask stays a mask): gathered at the target voxel centres, without converting the source."""
+    src = source.to_space("LPS")
+    array = np.asarray(array)
+    ijk = np.rint(src.point_to_index(voxel_points_lps(target)))
+    n = np.array(src.shape_kji[::-1])
+    inside = np.all((ijk >= 0) & (ijk < n), axis=1)
+    idx = ijk[inside].astype(np.int64)
+    out = np.zeros(int(np.prod(target.shape_kji)), array.dtype)
+    out[inside] = array[idx[:, 2], idx[:, 1], idx[:, 0]]
+    return out.reshape(target.shape_kji)
 
 
 def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geometry) -> np.ndarray:
@@ -79,6 +85,9 @@ def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geom
     ct = ct_geometry.to_space("LPS")
     if dose_geometry.same_grid(ct):
         return np.asarray(dose, dtype=np.float32)
+    axes = _axis_aligned_map(dose_geometry.to_space("LPS"), ct)
+    if axes is not None:
+        return _separable_trilinear(np.asarray(dose, dtype=np.float32), axes, ct.shape_kji)
     vol = torch.as_tensor(np.asarray(dose, dtype=np.float32))
     out = np.empty(ct.shape_kji, np.float32)
     nk, nj, ni = ct.shape_kji
@@ -89,6 +98,55 @@ def dose_to_ct_grid(dose: np.ndarray, dose_geometry: Geometry, ct_geometry: Geom
         kji = np.stack(np.broadcast_arrays(np.arange(k0, k1)[:, None, None], jj[None], ii[None]), axis=-1).reshape(-1, 3)
         pts = torch.as_tensor(ct.index_to_point(kji[:, ::-1].astype(float)), dtype=torch.float32)
         out[k0:k1] = sample_volume(vol, dose_geometry, pts).numpy().reshape(k1 - k0, nj, ni)
+    return out
+
+
+def _axis_aligned_map(dose_geometry: Geometry, ct: Geometry) -> list[tuple[float, float]] | None:
+    """Per axis (k, j, i) the (scale, offset) of CT index -> dose-grid index when the grids share their
+    axes (a dose grid made by :func:`make_dose_grid`), else None."""
+    m = dose_geometry.physical_to_ijk() @ ct.ijk_to_physical()
+    off = m[:3, :3] - np.diag(np.diag(m[:3, :3]))
+    extent = max(ct.shape_kji)
+    if np.abs(off).max() * extent > 1e-6:
+        return None
+    return [(float(m[a, a]), float(m[a, 3])) for a in (2, 1, 0)]
+
+
+def _lerp_weights(n_out: int, scale: float, offset: float, n_in: int):
+    """Linear interpolation along one axis with zero outside (as grid_sample's zero padding):
+    output index t takes ``w0[t] * v[i0[t]] + w1[t] * v[i1[t]]``."""
+    f = scale * np.arange(n_out) + offset
+    lo = np.floor(f).astype(np.int64)
+    frac = f - lo
+    w0 = np.where((lo >= 0) & (lo < n_in), 1.0 - frac, 0.0).astype(np.float32)
+    w1 = np.where((lo + 1 >= 0) & (lo + 1 < n_in), frac, 0.0).astype(np.float32)
+    return np.clip(lo, 0, n_in - 1), np.clip(lo + 1, 0, n_in - 1), w0, w1
+
+
+def _separable_trilinear(dose: np.ndarray, axes, shape_kji) -> np.ndarray:
+    """Trilinear interpolation between axis-aligned grids, one axis at a time: each dose plane is
+    interpolated in-plane once, each CT plane is a blend of two of them (no per-voxel coordinates)."""
+    nk, nj, ni = shape_kji
+    k0, k1, wk0, wk1 = _lerp_weights(nk, *axes[0], dose.shape[0])
+    j0, j1, wj0, wj1 = _lerp_weights(nj, *axes[1], dose.shape[1])
+    i0, i1, wi0, wi1 = _lerp_weights(ni, *axes[2], dose.shape[2])
+    planes: dict[int, np.ndarray] = {}
+
+    def plane(k: int) -> np.ndarray:
+        if k not in planes:
+            rows = dose[k][j0] * wj0[:, None] + dose[k][j1] * wj1[:, None]
+            planes.clear() if len(planes) > 2 else None
+            planes[k] = rows[:, i0] * wi0 + rows[:, i1] * wi1
+        return planes[k]
+
+    out = np.empty(shape_kji, np.float32)
+    for k in range(nk):
+        if wk0[k] == 0.0 and wk1[k] == 0.0:
+            out[k] = 0.0
+            continue
+        np.multiply(plane(int(k0[k])), wk0[k], out=out[k])
+        if wk1[k] != 0.0:
+            out[k] += plane(int(k1[k])) * wk1[k]
     return out
 
 
@@ -284,8 +342,8 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     if voxel_mask is None:
         voxel_mask = np.asarray(density) > 0.05
     if ignore_outside_densities:
-        density = np.where(voxel_mask, density, 0.0).astype(np.float32)
-    mask_d = resample_nearest(voxel_mask.astype(np.float32), ct, dgeo) > 0.5
+        density = np.where(voxel_mask, np.asarray(density, np.float32), np.float32(0.0))
+    mask_d = resample_nearest(np.asarray(voxel_mask, bool), ct, dgeo)
     flat_idx = np.flatnonzero(mask_d.ravel())
     if flat_idx.size == 0:
         raise ValueError("No voxels to compute dose in; check the body/structure masks.")

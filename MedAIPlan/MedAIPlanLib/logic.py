@@ -137,7 +137,7 @@ class MedAIPlanLogic:
                           isocenter_lps, margin_mm)
 
     def _output(self, dose_ct, geometry, name, node, attributes):
-        node = bridge.create_volume(self.scene, dose_ct.astype(np.float32), geometry, name, node=node)
+        node = bridge.create_volume(self.scene, dose_ct.astype(np.float32, copy=False), geometry, name, node=node)
         dose_volume.mark_as_dose_volume(node)
         for k, v in attributes.items():
             node.SetAttribute(PLAN_ATTRIBUTE_PREFIX + k, str(v))
@@ -150,7 +150,7 @@ class MedAIPlanLogic:
     def _memory(self, geometry, masks, density, beams, dose_grid_mm):
         body = self._body_mask(masks, density)
         dgeo = make_dose_grid(geometry.to_space("LPS"), dose_grid_mm)
-        body_d = resample_nearest(body.astype(np.float32), geometry.to_space("LPS"), dgeo) > 0.5
+        body_d = resample_nearest(body, geometry.to_space("LPS"), dgeo)
         inner = np.zeros(body.shape, bool)
         for n, m in masks.items():
             if n.lower() not in BODY_NAMES:
@@ -278,7 +278,7 @@ class MedAIPlanLogic:
             w = bw[dij.beam_of_bixel]
         dose_d = dij.dose(w) * fractions
         if prescription_gy is not None:
-            tmask = resample_nearest(masks[target].astype(np.float32), geometry, dij.geometry) > 0.5
+            tmask = resample_nearest(masks[target], geometry, dij.geometry)
             mean_t = float(dose_d[tmask].mean()) if tmask.any() else 0.0
             if mean_t <= 0:
                 raise ValueError("The beams give no dose to the target; check angles and isocentre.")
@@ -350,7 +350,7 @@ class MedAIPlanLogic:
         dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
                           dose_resolution_mm=dose_grid_mm, dij_sampling=True, device=dev,
                           progress=progress.sub(0.05, 0.6))
-        masks_d = {n: resample_nearest(m.astype(np.float32), geometry, dij.geometry) > 0.5 for n, m in masks.items()}
+        masks_d = {n: resample_nearest(m, geometry, dij.geometry) for n, m in masks.items()}
         voxels = exclusive_voxels(masks_d, self._priorities(masks, target, priorities))
         used = {o.structure for o in objectives}
         objectives = [o for o in objectives if len(voxels.get(o.structure, [])) > 0 or o.structure == target]

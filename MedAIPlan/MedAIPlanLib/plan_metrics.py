@@ -12,11 +12,14 @@ from scipy import ndimage
 
 def dose_at_volume(dose: np.ndarray, mask: np.ndarray, percent: float) -> float:
     """D{percent}: the minimum dose to the hottest ``percent`` % of the structure's voxels."""
-    d = np.sort(np.asarray(dose)[np.asarray(mask, bool)])[::-1]
-    if d.size == 0:
+    return _dose_at_volume_sorted(np.sort(np.asarray(dose)[np.asarray(mask, bool)]), percent)
+
+
+def _dose_at_volume_sorted(ascending: np.ndarray, percent: float) -> float:
+    if ascending.size == 0:
         return float("nan")
-    n = max(1, int(np.ceil(d.size * percent / 100.0)))
-    return float(d[min(n, d.size) - 1])
+    n = max(1, int(np.ceil(ascending.size * percent / 100.0)))
+    return float(ascending[ascending.size - min(n, ascending.size)])
 
 
 def structure_stats(dose: np.ndarray, mask: np.ndarray) -> dict:
@@ -24,9 +27,10 @@ def structure_stats(dose: np.ndarray, mask: np.ndarray) -> dict:
     d = np.asarray(dose)[np.asarray(mask, bool)]
     if d.size == 0:
         return {"voxels": 0}
-    return {"voxels": int(d.size), "Dmean_Gy": float(d.mean()), "Dmax_Gy": float(d.max()),
-            "Dmin_Gy": float(d.min()), "D95_Gy": dose_at_volume(dose, mask, 95),
-            "D50_Gy": dose_at_volume(dose, mask, 50), "D2_Gy": dose_at_volume(dose, mask, 2)}
+    d.sort()                      # once for the three dose-volume points
+    return {"voxels": int(d.size), "Dmean_Gy": float(d.mean(dtype=np.float64)), "Dmax_Gy": float(d[-1]),
+            "Dmin_Gy": float(d[0]), "D95_Gy": _dose_at_volume_sorted(d, 95),
+            "D50_Gy": _dose_at_volume_sorted(d, 50), "D2_Gy": _dose_at_volume_sorted(d, 2)}
 
 
 def gamma_pass_rate(reference: np.ndarray, evaluated: np.ndarray, spacing_kji, dose_percent: float = 2.0,

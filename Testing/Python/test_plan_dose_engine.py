@@ -160,3 +160,26 @@ def test_coarse_dose_grid_interpolates_back(matrad_case):
     mid = back[1:-1:2, 1:-1:2, 1:-1:2]   # halfway voxels: mean of the 8 neighbours
     avg = sum(c[a:a + mid.shape[0], b:b + mid.shape[1], d:d + mid.shape[2]] for a in (0, 1) for b in (0, 1) for d in (0, 1)) / 8
     assert np.allclose(mid, avg, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0, 0.0), (1.1, -0.7, 2.3), (-9.0, 14.0, -30.0)])
+def test_dose_back_to_ct_by_axes_equals_trilinear_sampling(shift):
+    """The per-axis interpolation back onto the CT equals trilinear sampling at every CT voxel centre
+    (oblique, anisotropic grids; a dose grid shifted partly outside the CT gives zeros there)."""
+    import torch
+
+    from MedAIPlanLib.beams import voxel_points_lps
+    from MedAIPlanLib.raytrace import sample_volume
+
+    rot = np.array([[0.8, -0.6, 0], [0.6, 0.8, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.96, -0.28],
+                                                                             [0, 0.28, 0.96]])
+    ct = Geometry((0.7, 1.3, 2.1), (10.0, -5.0, 3.0), rot, "LPS", (23, 31, 37))
+    grid = make_dose_grid(ct, (2.5, 3.0, 4.5))
+    dose_geo = Geometry(grid.spacing, tuple(np.array(grid.origin) + rot @ np.array(shift)), rot, "LPS",
+                        grid.shape_kji)
+    dose = np.random.default_rng(1).random(dose_geo.shape_kji).astype(np.float32)
+    fast = dose_to_ct_grid(dose, dose_geo, ct)
+    pts = torch.as_tensor(voxel_points_lps(ct), dtype=torch.float64)
+    ref = sample_volume(torch.as_tensor(dose, dtype=torch.float64), dose_geo, pts).numpy().reshape(ct.shape_kji)
+    np.testing.assert_allclose(fast, ref, atol=2e-6)
+    assert (ref == 0).any() == (shift[2] < -5)         # the far shift leaves CT voxels outside the dose grid
