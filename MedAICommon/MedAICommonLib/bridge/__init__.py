@@ -4,6 +4,7 @@ Every node <-> array/image conversion and every file read/write in MedAI goes th
 See :mod:`MedAICommonLib.geometry` for the RAS/LPS/KJI conventions.
 """
 
+from .contours import PLANAR_CONTOUR, planar_contours, set_planar_contours
 from .dicom import load_dicom_series
 from .errors import BridgeError
 from .markups import create_markups, point_labels, points_from_markups
@@ -59,6 +60,7 @@ from .volumes import (
 )
 
 __all__ = [
+    "PLANAR_CONTOUR", "planar_contours", "set_planar_contours",
     "BridgeError", "SegmentInfo", "array_from_volume", "array_to_sitk", "columns_from_table",
     "create_linear_transform", "create_markups", "create_model", "create_plot_chart",
     "create_segmentation", "create_table", "create_volume", "grids_overlap", "guess_kind", "is_labelmap",
