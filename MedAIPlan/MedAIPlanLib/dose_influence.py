@@ -71,7 +71,7 @@ def resample_nearest(array: np.ndarray, source: Geometry, target: Geometry) -> n
     bool mask stays a mask): gathered at the target voxel centres, without converting the source."""
     src = source.to_space("LPS")
     array = np.asarray(array)
-    ijk = np.rint(src.point_to_index(voxel_points_lps(target)))
+    ijk = np.floor(src.point_to_index(voxel_points_lps(target)) + 0.5)     # ties up, as SimpleITK
     n = np.array(src.shape_kji[::-1])
     inside = np.all((ijk >= 0) & (ijk < n), axis=1)
     idx = ijk[inside].astype(np.int64)
@@ -235,6 +235,8 @@ class _ColumnStore:
             free = available_memory_bytes()
             if free is not None:
                 want = min(want, max(self.used + n, free // 16))     # 8 bytes an entry, half the free memory
+            else:       # unknown (a system that may commit at allocation): twice the average beam so far
+                want = min(want, 2 * (self.used + n) * self.n_beams // (self.beams_done + 1))
             self._grow(want)
         compact_columns(offsets, counts, self.slot_rows, self.slot_vals, self.rows[self.used:], self.vals[self.used:])
         self.used += n
@@ -245,11 +247,10 @@ class _ColumnStore:
         scipy would copy a view of a much larger buffer."""
         self.slot_rows = self.slot_vals = None
         for name in ("rows", "vals"):
-            a = getattr(self, name)
-            try:
-                a.resize(self.used, refcheck=True)
+            try:        # on the attribute itself: a local alias would count as a reference and refuse
+                getattr(self, name).resize(self.used, refcheck=True)
             except ValueError:          # referenced elsewhere: copy instead
-                setattr(self, name, a[:self.used].copy())
+                setattr(self, name, getattr(self, name)[:self.used].copy())
         return self.rows, self.vals
 
     def _grow(self, capacity: int) -> None:
