@@ -16,11 +16,14 @@ Everything here works on torch tensors (CPU or CUDA).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 import torch
+
+from MedAICommonLib.devices import torch_threads
 
 from .matrad_io import PhotonMachine
 
@@ -78,9 +81,11 @@ def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, 
     kernels = np.stack([np.interp(r, machine.kernel_pos, machine.kernels[ix, k], right=0.0) for k in range(3)])
     kernels[:, r > machine.kernel_pos[-1]] = 0.0
     dev = torch.device(device)
-    field = torch.ones((n_field, n_field), dtype=torch.float64, device=dev)
-    fpre = _fftconv2(field, torch.as_tensor(gauss, device=dev))
-    conv = _fftconv2(fpre[None], torch.as_tensor(kernels, device=dev))
+    # a few 576-point FFTs: one thread on the CPU (beside numba's kernels, more threads stall)
+    with torch_threads(1) if dev.type == "cpu" else contextlib.nullcontext():
+        field = torch.ones((n_field, n_field), dtype=torch.float64, device=dev)
+        fpre = _fftconv2(field, torch.as_tensor(gauss, device=dev))
+        conv = _fftconv2(fpre[None], torch.as_tensor(kernels, device=dev))
     start = -(field_limit + gauss_limit + kernel_limit) * res
     return ConvolvedKernels(conv.float(), float(start), res, float(machine.kernel_ssd[ix]))
 
