@@ -322,7 +322,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
                 rel_threshold: float = 0.0, ssd_density_threshold: float = 0.05,
                 ignore_outside_densities: bool = True, dij_sampling: bool = False,
                 sampling_core_mm: float = 20.0, seed: int = 0, device: str | torch.device = "cpu",
-                progress=None) -> DoseInfluence:
+                progress=None, engine: str = "auto") -> DoseInfluence:
     """Dose-influence matrix of ``beams`` on a dose grid (see module docstring).
 
     ``density``: relative electron density (KJI, CT grid); ``voxel_mask``: CT-grid bool mask of the
@@ -333,6 +333,8 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     ``dij_sampling``: matRad's lateral dij sampling (outside ``sampling_core_mm`` + half the bixel
     diagonal from the bixel axis, tail voxels of each 5 mm radiological-depth cluster are kept with
     probability dose / cluster maximum and set to that maximum: unbiased, far fewer entries).
+    ``engine``: "numba" (fused CPU kernels), "torch" (the GPU engine, on ``device``) or "auto" (numba on
+    the CPU, torch elsewhere); "torch" on the CPU runs the GPU code where no GPU is.
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     t0 = time.perf_counter()
@@ -350,8 +352,13 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         raise ValueError("No voxels to compute dose in; check the body/structure masks.")
     pts_all = voxel_points_lps(dgeo, mask_d)
     dev = torch.device(device)
+    if engine not in ("auto", "numba", "torch"):
+        raise ValueError(f"Unknown dose engine {engine!r}; use auto, numba or torch.")
+    if engine == "numba" and dev.type != "cpu":
+        raise ValueError("The numba dose engine runs on the CPU; use engine='torch' on a GPU.")
+    use_numba = engine == "numba" or (engine == "auto" and dev.type == "cpu")
     density_np = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
-    density_t = torch.as_tensor(density_np, device=dev) if dev.type != "cpu" else None
+    density_t = None if use_numba else torch.as_tensor(density_np, device=dev)
     # fan rays and stored path samples: the CT spacing, but no finer than half the dose grid
     fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
     rows, col_counts, vals, beam_of_bixel, ssds = [], [], [], [], []
@@ -373,8 +380,9 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         near = _near_rays(u, v, rp, beam.bixel_width, cutoff)
         cand = np.flatnonzero(near)
         t1 = time.perf_counter()
-        rad = radiological_depth(density_np if dev.type == "cpu" else density_t, ct, source, rot, sad, pts_all[cand],
-                                 lateral_mm=fan_mm, store_mm=fan_mm / 2.0, device=dev)
+        rad = radiological_depth(density_np if use_numba else density_t, ct, source, rot, sad, pts_all[cand],
+                                 lateral_mm=fan_mm, store_mm=fan_mm / 2.0, device=dev,
+                                 engine="numba" if use_numba else "torch")
         central = _central_ray(beam)
         ssd = ssd_along_ray(density, ct, source, beam.ray_targets_lps()[central], ssd_density_threshold)
         ssds.append(ssd)
@@ -385,7 +393,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         kernels = kernel_cache[key]
         t2 = time.perf_counter()
         t_trace += t2 - t1
-        if dev.type == "cpu":
+        if use_numba:
             qc = q_all[cand]
             geo = np.linalg.norm(qc, axis=1)
             comp = _depth_components_np(machine, rad, geo, sad)
@@ -440,7 +448,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     if col_counts:
         np.cumsum(np.concatenate(col_counts), out=indptr[1:])
     idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
-    if dev.type == "cpu":
+    if use_numba:
         r_, v_ = store.finish()
         vals, rows = [v_], [r_]
     mat = sp.csc_matrix((vals[0] if len(vals) == 1 else np.concatenate(vals) if vals else np.zeros(0, np.float32),

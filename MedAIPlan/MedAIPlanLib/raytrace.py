@@ -69,12 +69,13 @@ def _box_distance_range(geometry: Geometry, source: np.ndarray, box=None) -> tup
 def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, source_lps, rotation: np.ndarray,
                        sad: float, points_lps: np.ndarray, step_mm: float | None = None,
                        lateral_mm: float | None = None, device: str | torch.device = "cpu",
-                       store_mm: float | None = None) -> np.ndarray:
+                       store_mm: float | None = None, engine: str = "auto") -> np.ndarray:
     """Radiological depth (mm water-equivalent) of LPS ``points_lps`` (N, 3) for a point source.
 
     ``rotation`` maps BEV to LPS (see :mod:`beams`); the beam axis is BEV +y, the fan grid lives on
     the plane at ``sad`` from the source. Returns float64 (N,). On the CPU a fused numba kernel
-    marches the fan and keeps the cumulative path every ``store_mm`` (default: the step) along s.
+    marches the fan and keeps the cumulative path every ``store_mm`` (default: the step) along s;
+    ``engine`` "torch" runs the GPU code (on ``device``, the CPU too), "auto" numba on the CPU.
     """
     points = np.asarray(points_lps, float)
     if len(points) == 0:
@@ -95,7 +96,7 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     v_axis = np.arange(v.min() - 2 * lat, v.max() + 2 * lat + lat / 2, lat)
     s_axis = np.arange(max(s0 - step, 0.0), s1 + step, step)
     dev = torch.device(device)
-    if dev.type == "cpu":
+    if engine == "numba" or (engine == "auto" and dev.type == "cpu"):
         return _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s, u_axis, v_axis,
                                          s_axis, step, store_mm)
     dt = torch.float32
