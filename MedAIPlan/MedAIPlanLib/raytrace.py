@@ -36,12 +36,15 @@ def sample_volume(volume: torch.Tensor, geometry: Geometry, points_lps: torch.Te
 
 
 def _nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
-    """(lo, hi) ijk index bounds (one voxel of slack) of the non-zero density, None when all zero."""
-    d = np.asarray(density)
+    """(lo, hi) ijk index bounds (one voxel of slack) of the non-zero density, None when all zero
+    (a numpy array or a torch tensor on any device: both engines then march the same samples)."""
+    is_tensor = isinstance(density, torch.Tensor)
+    d = density != 0 if is_tensor else np.asarray(density)
     bounds = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        nz = np.flatnonzero(d.any(axis=other))
+        nz = (torch.nonzero(d.any(dim=other[1]).any(dim=other[0])).ravel().cpu().numpy() if is_tensor
+              else np.flatnonzero(d.any(axis=other)))
         if len(nz) == 0:
             return None
         bounds.append((nz[0] - 1, nz[-1] + 1))
@@ -89,7 +92,7 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     u = q[:, 0] * sad / q[:, 1]
     v = q[:, 2] * sad / q[:, 1]
     s = np.linalg.norm(q, axis=1)
-    box = _nonzero_box(density) if isinstance(density, np.ndarray) else None
+    box = _nonzero_box(density)
     s0, s_box = _box_distance_range(geometry, source, box)
     s1 = min(float(s.max()), s_box) + step
     u_axis = np.arange(u.min() - 2 * lat, u.max() + 2 * lat + lat / 2, lat)
