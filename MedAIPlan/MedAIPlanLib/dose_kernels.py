@@ -22,10 +22,16 @@ from numba import prange
 
 
 @numba.njit(cache=True, inline="always")
-def _trilinear(vol, i, j, k):
+def _trilinear(vol, i, j, k, pad):
+    """Trilinear sample at continuous (i, j, k); within ``pad`` voxels outside the grid the edge value
+    (the patient goes on past the scan's ends), farther out 0."""
     nk, nj, ni = vol.shape
-    if i < 0.0 or j < 0.0 or k < 0.0 or i > ni - 1 or j > nj - 1 or k > nk - 1:
+    if i < -pad[0] or j < -pad[1] or k < -pad[2] or i > ni - 1 + pad[0] or j > nj - 1 + pad[1] \
+            or k > nk - 1 + pad[2]:
         return 0.0
+    i = min(max(i, 0.0), ni - 1.0)
+    j = min(max(j, 0.0), nj - 1.0)
+    k = min(max(k, 0.0), nk - 1.0)
     i0 = min(int(i), ni - 2) if ni > 1 else 0
     j0 = min(int(j), nj - 2) if nj > 1 else 0
     k0 = min(int(k), nk - 2) if nk > 1 else 0
@@ -39,11 +45,13 @@ def _trilinear(vol, i, j, k):
 
 
 @numba.njit(cache=True, parallel=True)
-def trace_fan(vol, affine, source, dirs, s0, step, n_steps, store_every):
+def trace_fan(vol, affine, source, dirs, s0, step, n_steps, store_every, pad):
     """Cumulative radiological path (nv, nu, n_store) along unit ``dirs`` (nv, nu, 3, LPS) from ``source``.
 
     Sample n (0-based) sits at s0 + n*step; stored value m is the midpoint-rule integral up to sample
-    m*store_every (the sample's own half step excluded)."""
+    m*store_every (the sample's own half step excluded). ``pad`` (3,): voxels (i, j, k) beyond the grid
+    that still take the edge value, so fan rays just outside the first and last slices see the
+    patient and the interpolated depth of edge voxels stays right."""
     nv, nu = dirs.shape[0], dirs.shape[1]
     n_store = (n_steps - 1) // store_every + 1
     out = np.zeros((nv, nu, n_store), np.float32)
@@ -60,7 +68,7 @@ def trace_fan(vol, affine, source, dirs, s0, step, n_steps, store_every):
             i = affine[0, 0] * x + affine[0, 1] * y + affine[0, 2] * z + affine[0, 3]
             j = affine[1, 0] * x + affine[1, 1] * y + affine[1, 2] * z + affine[1, 3]
             k = affine[2, 0] * x + affine[2, 1] * y + affine[2, 2] * z + affine[2, 3]
-            rho = _trilinear(vol, i, j, k)
+            rho = _trilinear(vol, i, j, k, pad)
             if n % store_every == 0:
                 out[a, b, n // store_every] = run + rho * step * 0.5
             run += rho * step

@@ -27,12 +27,21 @@ def _normalised_grid(points_lps: torch.Tensor, geometry: Geometry) -> torch.Tens
 
 
 def sample_volume(volume: torch.Tensor, geometry: Geometry, points_lps: torch.Tensor,
-                  mode: str = "bilinear") -> torch.Tensor:
-    """Trilinear (or nearest) samples of a KJI volume at LPS points (N, 3); 0 outside."""
-    grid = _normalised_grid(points_lps, geometry).reshape(1, 1, 1, -1, 3)
-    out = torch.nn.functional.grid_sample(volume[None, None], grid, mode=mode, padding_mode="zeros",
-                                          align_corners=True)
-    return out.reshape(-1)
+                  mode: str = "bilinear", edge_pad=None) -> torch.Tensor:
+    """Trilinear (or nearest) samples of a KJI volume at LPS points (N, 3); 0 outside, or with
+    ``edge_pad`` (voxels i, j, k) the edge value up to that far outside (as :func:`dose_kernels.trace_fan`)."""
+    grid = _normalised_grid(points_lps, geometry)
+    if edge_pad is None:
+        out = torch.nn.functional.grid_sample(volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode,
+                                              padding_mode="zeros", align_corners=True)
+        return out.reshape(-1)
+    size = torch.tensor(geometry.shape_kji[::-1], dtype=grid.dtype, device=grid.device)
+    limit = 1.0 + 2.0 * torch.as_tensor(np.asarray(edge_pad, float), dtype=grid.dtype, device=grid.device) \
+        / torch.clamp(size - 1, min=1)
+    near = (grid.abs() <= limit).all(dim=-1)
+    out = torch.nn.functional.grid_sample(volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode,
+                                          padding_mode="border", align_corners=True)
+    return out.reshape(-1) * near.reshape(-1)
 
 
 def _nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
@@ -113,12 +122,14 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     d_lps = d_bev @ torch.as_tensor(rotation.T, dtype=dt, device=dev)           # (nv, nu, 3)
     src = torch.as_tensor(source, dtype=dt, device=dev)
     cum = torch.empty((len(s_axis), len(v_axis), len(u_axis)), dtype=dt, device=dev)
+    pad = _edge_pad(geometry.to_space("LPS"), u_axis, v_axis, step)
     running = torch.zeros((len(v_axis), len(u_axis)), dtype=dt, device=dev)
     chunk = max(1, int(4_000_000 // max(1, len(u_axis) * len(v_axis))))
     for a in range(0, len(s_axis), chunk):
         ss = st[a:a + chunk]
         pts = src + ss[:, None, None, None] * d_lps[None]
-        rho = sample_volume(vol, geometry, pts.reshape(-1, 3)).reshape(len(ss), len(v_axis), len(u_axis))
+        rho = sample_volume(vol, geometry, pts.reshape(-1, 3), edge_pad=pad).reshape(len(ss), len(v_axis),
+                                                                                      len(u_axis))
         c = torch.cumsum(rho, dim=0) * step + running
         cum[a:a + chunk] = c - rho * (step / 2.0)
         running = c[-1]
@@ -131,6 +142,15 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     out = torch.nn.functional.grid_sample(cum[None, None], grid, mode="bilinear", padding_mode="border",
                                           align_corners=True)
     return out.reshape(-1).double().cpu().numpy()
+
+
+def _edge_pad(geometry: Geometry, u_axis, v_axis, step: float) -> np.ndarray:
+    """Voxels (i, j, k) past the grid where the density keeps its edge value: the fan's lateral spacing
+    (at up to 1.5x the SAD) plus a step. A voxel in the first or last slice takes its depth from fan rays
+    on both sides of its own ray; those just outside the grid would otherwise see air and the depth
+    there would come out some 20 % short."""
+    lat = max(abs(u_axis[1] - u_axis[0]) if len(u_axis) > 1 else 0.0, abs(v_axis[1] - v_axis[0]) if len(v_axis) > 1 else 0.0)
+    return (1.5 * lat + step) / np.asarray(geometry.spacing, float)
 
 
 def _fan_directions(u_axis, v_axis, sad, rotation) -> np.ndarray:
@@ -149,7 +169,7 @@ def _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s,
     affine = np.ascontiguousarray(g.physical_to_ijk()[:3], dtype=np.float64)
     every = max(1, int(round(float(store_mm or step) / step)))
     cum = trace_fan(vol, affine, np.asarray(source, float), _fan_directions(u_axis, v_axis, sad, rotation),
-                    float(s_axis[0]), float(step), len(s_axis) + every, every)
+                    float(s_axis[0]), float(step), len(s_axis) + every, every, _edge_pad(g, u_axis, v_axis, step))
     lat_u = u_axis[1] - u_axis[0] if len(u_axis) > 1 else 1.0
     lat_v = v_axis[1] - v_axis[0] if len(v_axis) > 1 else 1.0
     return interp_cum(cum, (u - u_axis[0]) / lat_u, (v - v_axis[0]) / lat_v, (s - s_axis[0]) / (step * every))
