@@ -23,7 +23,7 @@ from .beams import Beam, voxel_points_lps
 from .matrad_io import PhotonMachine
 from .memory_estimate import available_memory_bytes
 from .pencil_beam import convolve_kernels, depth_components, interpolate_kernels, iso_lateral_offsets
-from .raytrace import radiological_depth, sample_volume, ssd_along_ray
+from .raytrace import nonzero_box, radiological_depth, sample_volume, ssd_along_ray
 
 
 @dataclass
@@ -359,6 +359,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     use_numba = engine == "numba" or (engine == "auto" and dev.type == "cpu")
     density_np = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
     density_t = None if use_numba else torch.as_tensor(density_np, device=dev)
+    box = nonzero_box(density_np if use_numba else density_t)      # once for all beams
     # fan rays and stored path samples: the CT spacing, but no finer than half the dose grid
     fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
     rows, col_counts, vals, beam_of_bixel, ssds = [], [], [], [], []
@@ -382,7 +383,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         t1 = time.perf_counter()
         rad = radiological_depth(density_np if use_numba else density_t, ct, source, rot, sad, pts_all[cand],
                                  lateral_mm=fan_mm, store_mm=fan_mm / 2.0, device=dev,
-                                 engine="numba" if use_numba else "torch")
+                                 engine="numba" if use_numba else "torch", box=box)
         central = _central_ray(beam)
         ssd = ssd_along_ray(density, ct, source, beam.ray_targets_lps()[central], ssd_density_threshold)
         ssds.append(ssd)

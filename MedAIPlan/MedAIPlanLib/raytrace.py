@@ -44,7 +44,7 @@ def sample_volume(volume: torch.Tensor, geometry: Geometry, points_lps: torch.Te
     return out.reshape(-1) * near.reshape(-1)
 
 
-def _nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
+def nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
     """(lo, hi) ijk index bounds (one voxel of slack) of the non-zero density, None when all zero
     (a numpy array or a torch tensor on any device: both engines then march the same samples)."""
     is_tensor = isinstance(density, torch.Tensor)
@@ -81,13 +81,15 @@ def _box_distance_range(geometry: Geometry, source: np.ndarray, box=None) -> tup
 def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, source_lps, rotation: np.ndarray,
                        sad: float, points_lps: np.ndarray, step_mm: float | None = None,
                        lateral_mm: float | None = None, device: str | torch.device = "cpu",
-                       store_mm: float | None = None, engine: str = "auto") -> np.ndarray:
+                       store_mm: float | None = None, engine: str = "auto", box="auto") -> np.ndarray:
     """Radiological depth (mm water-equivalent) of LPS ``points_lps`` (N, 3) for a point source.
 
     ``rotation`` maps BEV to LPS (see :mod:`beams`); the beam axis is BEV +y, the fan grid lives on
     the plane at ``sad`` from the source. Returns float64 (N,). On the CPU a fused numba kernel
     marches the fan and keeps the cumulative path every ``store_mm`` (default: the step) along s;
     ``engine`` "torch" runs the GPU code (on ``device``, the CPU too), "auto" numba on the CPU.
+    ``box``: the non-zero density's ijk bounds (:func:`nonzero_box`) when the caller traces several
+    beams through the same volume; "auto" finds them.
     """
     points = np.asarray(points_lps, float)
     if len(points) == 0:
@@ -101,7 +103,7 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
     u = q[:, 0] * sad / q[:, 1]
     v = q[:, 2] * sad / q[:, 1]
     s = np.linalg.norm(q, axis=1)
-    box = _nonzero_box(density)
+    box = nonzero_box(density) if isinstance(box, str) else box
     s0, s_box = _box_distance_range(geometry, source, box)
     s1 = min(float(s.max()), s_box) + step
     u_axis = np.arange(u.min() - 2 * lat, u.max() + 2 * lat + lat / 2, lat)
