@@ -22,26 +22,31 @@ from numba import prange
 
 
 @numba.njit(cache=True, inline="always")
+def _trilinear_clamped(arr, a, b, c):
+    """Trilinear sample of ``arr`` at continuous indices (a, b, c) along its axes 0, 1, 2, clamped to the grid."""
+    na, nb, nc = arr.shape
+    a = min(max(a, 0.0), na - 1.0)
+    b = min(max(b, 0.0), nb - 1.0)
+    c = min(max(c, 0.0), nc - 1.0)
+    a0, b0, c0 = min(int(a), max(na - 2, 0)), min(int(b), max(nb - 2, 0)), min(int(c), max(nc - 2, 0))
+    fa, fb, fc = a - a0, b - b0, c - c0
+    a1, b1, c1 = min(a0 + 1, na - 1), min(b0 + 1, nb - 1), min(c0 + 1, nc - 1)
+    x00 = arr[a0, b0, c0] * (1 - fc) + arr[a0, b0, c1] * fc
+    x01 = arr[a0, b1, c0] * (1 - fc) + arr[a0, b1, c1] * fc
+    x10 = arr[a1, b0, c0] * (1 - fc) + arr[a1, b0, c1] * fc
+    x11 = arr[a1, b1, c0] * (1 - fc) + arr[a1, b1, c1] * fc
+    return (x00 * (1 - fb) + x01 * fb) * (1 - fa) + (x10 * (1 - fb) + x11 * fb) * fa
+
+
+@numba.njit(cache=True, inline="always")
 def _trilinear(vol, i, j, k, pad):
-    """Trilinear sample at continuous (i, j, k); within ``pad`` voxels outside the grid the edge value
-    (the patient goes on past the scan's ends), farther out 0."""
+    """Trilinear sample of a KJI volume at continuous (i, j, k); within ``pad`` voxels outside the grid
+    the edge value (the patient goes on past the scan's ends), farther out 0."""
     nk, nj, ni = vol.shape
     if i < -pad[0] or j < -pad[1] or k < -pad[2] or i > ni - 1 + pad[0] or j > nj - 1 + pad[1] \
             or k > nk - 1 + pad[2]:
         return 0.0
-    i = min(max(i, 0.0), ni - 1.0)
-    j = min(max(j, 0.0), nj - 1.0)
-    k = min(max(k, 0.0), nk - 1.0)
-    i0 = min(int(i), ni - 2) if ni > 1 else 0
-    j0 = min(int(j), nj - 2) if nj > 1 else 0
-    k0 = min(int(k), nk - 2) if nk > 1 else 0
-    fi, fj, fk = i - i0, j - j0, k - k0
-    i1, j1, k1 = min(i0 + 1, ni - 1), min(j0 + 1, nj - 1), min(k0 + 1, nk - 1)
-    c00 = vol[k0, j0, i0] * (1 - fi) + vol[k0, j0, i1] * fi
-    c01 = vol[k0, j1, i0] * (1 - fi) + vol[k0, j1, i1] * fi
-    c10 = vol[k1, j0, i0] * (1 - fi) + vol[k1, j0, i1] * fi
-    c11 = vol[k1, j1, i0] * (1 - fi) + vol[k1, j1, i1] * fi
-    return (c00 * (1 - fj) + c01 * fj) * (1 - fk) + (c10 * (1 - fj) + c11 * fj) * fk
+    return _trilinear_clamped(vol, k, j, i)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -78,22 +83,9 @@ def trace_fan(vol, affine, source, dirs, s0, step, n_steps, store_every, pad):
 @numba.njit(cache=True, parallel=True)
 def interp_cum(cum, fu, fv, fs):
     """Trilinear samples of ``cum`` (nv, nu, ns) at fractional indices (fu, fv, fs), clamped to the border."""
-    nv, nu, ns = cum.shape
     out = np.empty(len(fu), np.float64)
     for p in prange(len(fu)):
-        u = min(max(fu[p], 0.0), nu - 1.0)
-        v = min(max(fv[p], 0.0), nv - 1.0)
-        s = min(max(fs[p], 0.0), ns - 1.0)
-        u0 = min(int(u), max(nu - 2, 0))
-        v0 = min(int(v), max(nv - 2, 0))
-        s0 = min(int(s), max(ns - 2, 0))
-        wu, wv, ws = u - u0, v - v0, s - s0
-        u1, v1, s1 = min(u0 + 1, nu - 1), min(v0 + 1, nv - 1), min(s0 + 1, ns - 1)
-        c00 = cum[v0, u0, s0] * (1 - wu) + cum[v0, u1, s0] * wu
-        c01 = cum[v1, u0, s0] * (1 - wu) + cum[v1, u1, s0] * wu
-        c10 = cum[v0, u0, s1] * (1 - wu) + cum[v0, u1, s1] * wu
-        c11 = cum[v1, u0, s1] * (1 - wu) + cum[v1, u1, s1] * wu
-        out[p] = (c00 * (1 - wv) + c01 * wv) * (1 - ws) + (c10 * (1 - wv) + c11 * wv) * ws
+        out[p] = _trilinear_clamped(cum, fv[p], fu[p], fs[p])
     return out
 
 
