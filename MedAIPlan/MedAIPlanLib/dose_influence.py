@@ -450,11 +450,11 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         np.cumsum(np.concatenate(col_counts), out=indptr[1:])
     idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
     if use_numba:
-        r_, v_ = store.finish()
-        vals, rows = [v_], [r_]
-    mat = sp.csc_matrix((vals[0] if len(vals) == 1 else np.concatenate(vals) if vals else np.zeros(0, np.float32),
-                         (rows[0] if len(rows) == 1 else np.concatenate(rows) if rows else np.zeros(0, int)).astype(
-                             idx_dtype, copy=False), indptr.astype(idx_dtype)), shape=(n_vox, col0))
+        indices, data = store.finish()
+    else:
+        indices = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        data = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+    mat = sp.csc_matrix((data, indices.astype(idx_dtype, copy=False), indptr.astype(idx_dtype)), shape=(n_vox, col0))
     timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
     return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
                          ssds, timings)
