@@ -36,16 +36,7 @@ def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves
             ax_img.contour(dose_slice, levels=levels, cmap="jet", vmin=0, vmax=top, linewidths=1)
     ax_img.set_title("Axial dose")
     ax_img.axis("off")
-    ax_dvh = fig.add_subplot(grid[0, 1])
-    for name, (dose, volume) in curves.items():
-        ax_dvh.plot(dose, volume, label=name)
-    ax_dvh.set_xlabel("Dose (Gy)")
-    ax_dvh.set_ylabel("Volume (%)")
-    ax_dvh.set_ylim(0, 102)
-    ax_dvh.grid(alpha=0.3)
-    if curves:
-        ax_dvh.legend(fontsize=8)
-    ax_dvh.set_title("Cumulative DVH")
+    _plot_dvh(fig.add_subplot(grid[0, 1]), curves, "Cumulative DVH", 8)
     ax_tab = fig.add_subplot(grid[1, :])
     ax_tab.axis("off")
     rows = [[name] + [f"{m.get(k, float('nan')):.2f}" for k in REPORT_METRICS] for name, m in metrics.items()]
@@ -62,6 +53,19 @@ def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _plot_dvh(ax, curves: dict, title: str, legend_size: int) -> None:
+    """Cumulative DVH curves ``{name: (dose Gy, volume %)}`` on ``ax``."""
+    for name, (dose_gy, volume) in curves.items():
+        ax.plot(dose_gy, volume, label=name)
+    ax.set_xlabel("Dose (Gy)")
+    ax.set_ylabel("Volume (%)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=legend_size)
+    ax.set_title(title)
 
 
 def _overlay(ax, ct2d, dose2d, top: float, levels, aspect: float, title: str):
@@ -174,15 +178,7 @@ def write_plan_report_pdf(path, dose: np.ndarray, spacing_ijk, curves: dict, met
         pages += 1
 
         fig, ax = plt.subplots(figsize=(11.69, 8.27))
-        for name, (dose_gy, volume) in curves.items():
-            ax.plot(dose_gy, volume, label=name)
-        ax.set_xlabel("Dose (Gy)")
-        ax.set_ylabel("Volume (%)")
-        ax.set_ylim(0, 102)
-        ax.grid(alpha=0.3)
-        if curves:
-            ax.legend(fontsize=9)
-        ax.set_title(f"{title}: cumulative DVH")
+        _plot_dvh(ax, curves, f"{title}: cumulative DVH", 9)
         pdf.savefig(fig)
         plt.close(fig)
         pages += 1
