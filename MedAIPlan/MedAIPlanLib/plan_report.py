@@ -39,11 +39,7 @@ def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves
     _plot_dvh(fig.add_subplot(grid[0, 1]), curves, "Cumulative DVH", 8)
     ax_tab = fig.add_subplot(grid[1, :])
     ax_tab.axis("off")
-    rows = [[name] + [f"{m.get(k, float('nan')):.2f}" for k in REPORT_METRICS] for name, m in metrics.items()]
-    if rows:
-        table = ax_tab.table(cellText=rows, colLabels=["Structure", *REPORT_METRICS], loc="center")
-        table.auto_set_font_size(False)
-        table.set_fontsize(8)
+    _metrics_table(ax_tab, metrics, "center", 8)
     if plan_indices:
         ax_tab.set_title("  ".join(f"{k} = {v:.3f}" for k, v in plan_indices.items()), fontsize=9)
     fig.suptitle(title)
@@ -53,6 +49,17 @@ def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _metrics_table(ax, metrics: dict, loc: str, font_size: int):
+    """The per-structure :data:`REPORT_METRICS` as a table on ``ax`` (None when there are no structures)."""
+    rows = [[name] + [f"{m.get(k, float('nan')):.2f}" for k in REPORT_METRICS] for name, m in metrics.items()]
+    if not rows:
+        return None
+    table = ax.table(cellText=rows, colLabels=["Structure", *REPORT_METRICS], loc=loc)
+    table.auto_set_font_size(False)
+    table.set_fontsize(font_size)
+    return table
 
 
 def _plot_dvh(ax, curves: dict, title: str, legend_size: int) -> None:
@@ -146,11 +153,8 @@ def write_plan_report_pdf(path, dose: np.ndarray, spacing_ijk, curves: dict, met
         fig.text(0.08, 0.92, "\n".join(lines), va="top", fontsize=10, family="monospace")
         ax = fig.add_axes([0.04, 0.05, 0.92, 0.6])
         ax.axis("off")
-        rows = [[name] + [f"{m.get(k, float('nan')):.2f}" for k in REPORT_METRICS] for name, m in metrics.items()]
-        if rows:
-            table = ax.table(cellText=rows, colLabels=["Structure", *REPORT_METRICS], loc="upper center")
-            table.auto_set_font_size(False)
-            table.set_fontsize(7)
+        table = _metrics_table(ax, metrics, "upper center", 7)
+        if table is not None:
             table.scale(1.0, 1.3)
         ax.set_title("Dose metrics (Gy, cc)", fontsize=11)
         pdf.savefig(fig)
