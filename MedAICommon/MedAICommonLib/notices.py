@@ -24,13 +24,22 @@ def warn(message: str) -> None:
 
 @contextmanager
 def collect_warnings() -> Iterator[list[str]]:
-    """Collect the messages of every :class:`MedAIWarning` raised in the block (each message once, in order)."""
+    """Collect the messages of every :class:`MedAIWarning` raised in the block (each message once, in order).
+
+    Other warnings (a library's ``DeprecationWarning``, ...) are passed on as if nothing had listened.
+    """
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MedAIWarning)
         try:
             yield messages
         finally:
+            others = []
             for item in caught:
-                if issubclass(item.category, MedAIWarning) and str(item.message) not in messages:
-                    messages.append(str(item.message))
+                if issubclass(item.category, MedAIWarning):
+                    if str(item.message) not in messages:
+                        messages.append(str(item.message))
+                else:
+                    others.append(item)
+    for item in others:
+        warnings.warn_explicit(item.message, item.category, item.filename, item.lineno, source=item.source)

@@ -1,7 +1,8 @@
 """The JSON run report every ``medai`` command writes with ``--report FILE``.
 
 Keys: ``command``, ``inputs``, ``outputs``, ``parameters``, ``metrics``, ``timings_s``,
-``versions``, ``device`` (see shared DESIGN conventions).
+``versions``, ``device`` (see shared DESIGN conventions), plus ``warnings`` (suspicious results),
+``error`` (the one-line error of a failed run, else null) and ``exit_code``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Report:
     metrics: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
     device: str = "cpu"
+    warnings: list = field(default_factory=list)
+    error: str | None = None
+    exit_code: int = 0
 
     @contextmanager
     def timed(self, name: str):
@@ -78,7 +82,8 @@ class Report:
         return _jsonable({
             "command": self.command, "inputs": self.inputs, "outputs": self.outputs,
             "parameters": self.parameters, "metrics": self.metrics, "timings_s": self.timings_s,
-            "versions": versions(), "device": self.device,
+            "versions": versions(), "device": self.device, "warnings": self.warnings,
+            "error": self.error, "exit_code": self.exit_code,
         })
 
     def write(self, path) -> Path:

@@ -12,7 +12,7 @@ from dicom_writer import write_ct_series
 def test_info_prints_versions_and_devices(capsys, tmp_path):
     assert main(["info", "--report", str(tmp_path / "r.json")]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["versions"]["slicer-core"].startswith("5.12")
+    assert data["versions"]["slicer-core"].split(".")[:2] in (["5", "12"], ["5", "13"])
     assert data["devices"]["cpu"] is True
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report) >= {"command", "inputs", "outputs", "parameters", "metrics", "timings_s", "versions",
