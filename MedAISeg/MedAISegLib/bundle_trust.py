@@ -122,5 +122,5 @@ def require_trusted(bundle) -> dict:
     raise ValueError(
         f"The MONAI bundle {info['path']} is not trusted ({why}); bundle configs can run Python code, so it "
         "runs only after you trust it. Check where it came from, then confirm the trust prompt in the MedAISeg "
-        "panel, add --trust-bundle to 'medai segment', or call MedAISegLogic.trust_bundle(path) "
+        "panel, add --trust-bundle to the medai command ('medai segment', 'medai export'), or call MedAISegLogic.trust_bundle(path) "
         f"(configs sha256 {info['digest'][:16]}...).")

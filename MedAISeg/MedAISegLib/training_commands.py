@@ -16,6 +16,7 @@ from pathlib import Path
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.devices import select_device
+from MedAICommonLib.optional import require_packages
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
@@ -74,6 +75,8 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--onnx", action="store_true", help="write models/model.onnx (onnxruntime, CPU)")
     p.add_argument("--repeat", type=int, default=1, help="timing repeats (best of N)")
     p.add_argument("--device", default="auto", help="device of the fp32 / fp16 runs")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="trust the bundle as it is now (its configs can run Python code; its preprocessing runs)")
     add_common_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -140,6 +143,12 @@ def cmd_export(args, report) -> int:
 
     if not (args.fp16 or args.onnx):
         raise ValueError("Choose at least one export: --fp16 and/or --onnx.")
+    if args.onnx:
+        require_packages(["onnx", "onnxruntime"], "--onnx", "pip install 'medai[export]'")
+    if args.trust_bundle:
+        from .bundle_trust import record_trust
+
+        record_trust(args.bundle)
     scene = get_scene()
     report.inputs.update({"bundle": str(args.bundle), "samples": [str(p) for p in args.sample]})
     with report.timed("load"):
@@ -147,7 +156,8 @@ def cmd_export(args, report) -> int:
                    for p in args.sample]
     device = select_device(args.device)
     report.device = str(device)
-    report.parameters.update({"fp16": args.fp16, "onnx": args.onnx, "repeat": args.repeat})
+    report.parameters.update({"fp16": args.fp16, "onnx": args.onnx, "repeat": args.repeat,
+                              "trust_bundle": args.trust_bundle})
     with report.timed("export"):
         result = export_compressed(args.bundle, samples, fp16=args.fp16, onnx=args.onnx, device=device,
                                    repeat=args.repeat)
