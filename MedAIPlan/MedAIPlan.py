@@ -20,6 +20,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from MedAICommonLib.paths import chosen_path, require_path
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
 
@@ -108,12 +109,10 @@ class MedAIPlanWidget(MedAIWidgetBase):
         p = self._parameterNode
         if p is None:
             return
-        self.ui.planButton.enabled = bool(p.ctVolume and p.structures and p.targetSegment)
-        self.ui.dvhButton.enabled = bool(p.doseVolume and p.structures)
-        self.ui.isodoseButton.enabled = bool(p.doseVolume)
-        self.ui.gammaButton.enabled = bool(p.referenceDose and p.evaluatedDose)
-        self.ui.rtImportButton.enabled = bool(str(p.rtImportPath or ""))
-        self.ui.rtExportButton.enabled = bool(str(p.rtExportFolder or "") and (p.doseVolume or p.structures))
+        from MedAIPlanLib.panel_state import plan_buttons
+
+        for name, enabled in plan_buttons(p).items():
+            getattr(self.ui, name).enabled = enabled
 
     def onPlan(self) -> None:
         """Dose-influence matrix and optimisation in a worker process (minutes on a large CT)."""
@@ -140,10 +139,21 @@ class MedAIPlanWidget(MedAIWidgetBase):
             self._parameterNode.gammaVolume = gamma
 
     def onRTImport(self) -> None:
+        """Reads the chosen RT files with progress and Cancel (a bounded, header-only scan finds them)."""
         self.run_logic(_("DICOM-RT import"), self.logic.rtImportFromParameters, self._parameterNode)
 
     def onRTExport(self) -> None:
-        self.run_logic(_("DICOM-RT export"), self.logic.rtExportFromParameters, self._parameterNode)
+        """Contouring and writing run in a worker process; de-identification (if asked) after it succeeded."""
+        p = self._parameterNode
+        dose, structures, deidentify = p.doseVolume, p.structures, p.deidentify
+        folder = p.rtExportFolder
+
+        def done(_nodes):
+            written = self.logic.rtExportFinished(folder, dose, structures, deidentify)
+            self.ui.statusLabel.text = _("DICOM-RT export: wrote {files}.").format(
+                files=", ".join(str(path) for path in written))
+
+        self.run_job(_("DICOM-RT export"), lambda: self.logic.rtExportJobFromParameters(p), on_done=done)
 
 
 class MedAIPlanLogic(ScriptedLoadableModuleLogic):
@@ -205,8 +215,10 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         result = self.evaluation.compute_dvh(
             p.doseVolume, p.structures, prescription_gy=p.prescriptionGy,
             target_segment=p.targetSegment or None)
-        if str(p.planReportPath or "").strip() not in ("", "."):
-            self.evaluation.write_report(str(p.planReportPath), p.doseVolume, result, ct_node=p.ctVolume,
+        report = chosen_path(p.planReportPath)
+        if report is not None:  # optional: an unset path (Path('.')) writes no report
+            report = require_path(report, "the plan report file (.pdf or .png)", kind="file")
+            self.evaluation.write_report(str(report), p.doseVolume, result, ct_node=p.ctVolume,
                                          isodose_levels_gy=[p.prescriptionGy * v / 100.0
                                                             for v in _numbers(p.isodoseLevels)])
         return result.metrics_table
@@ -227,40 +239,49 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         return node
 
     def rtImportFromParameters(self, p, progress=None):
-        """Import RTDOSE / RTSTRUCT / RTPLAN files (one file, or every one in a folder); returns the nodes."""
-        import pydicom
+        """Import the RTDOSE / RTSTRUCT / RTPLAN files of the chosen file or folder; returns the nodes.
+
+        RTSTRUCT contours are rasterised on the CT's grid when a CT is selected."""
+        from MedAIPlanLib.rt_worker_logic import rt_files_to_import
 
         self._report_to(progress)
-        path = Path(p.rtImportPath)
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        nodes = []
-        for file in files:
-            try:
-                modality = pydicom.dcmread(str(file), stop_before_pixels=True, specific_tags=["Modality"]).Modality
-            except Exception:  # noqa: BLE001 - files that are not DICOM are skipped
-                continue
-            if modality == "RTDOSE":
-                nodes.append(self.evaluation.import_rtdose(file))
-            elif modality == "RTSTRUCT":
-                nodes.append(self.evaluation.import_rtstruct(file, reference_node=p.ctVolume))
-            elif modality == "RTPLAN":
-                nodes.append(self.evaluation.import_rtplan(file)[0])
-        if not nodes:
-            raise ValueError(f"No RTDOSE, RTSTRUCT or RTPLAN found in {path}.")
+        found = rt_files_to_import(p.rtImportPath)
+        nodes = [self.evaluation.import_rtdose(file) for file in found["RTDOSE"]]
+        nodes += [self.evaluation.import_rtstruct(file, reference_node=p.ctVolume) for file in found["RTSTRUCT"]]
+        nodes += [self.evaluation.import_rtplan(file)[0] for file in found["RTPLAN"]]
         return nodes
 
+    def rtExportJobFromParameters(self, p):
+        """DICOM-RT export of the dose and structures as a worker job (see ``MedAIPlanLib.rt_worker_logic``)."""
+        from MedAIPlanLib.rt_worker_logic import rt_export_job
+
+        return rt_export_job(slicer.mrmlScene, p.rtExportFolder, dose_node=p.doseVolume, structures_node=p.structures)
+
+    @staticmethod
+    def rtExportFinished(folder, dose, structures, deidentify: bool) -> list:
+        """After the export worker succeeded: the files it wrote, de-identified in place if asked."""
+        from MedAIPlanLib.deidentify import UidMap, deidentify_file
+        from MedAIPlanLib.rt_worker_logic import exported_modalities
+
+        paths = [Path(str(folder)) / f"{modality}.dcm" for modality in exported_modalities(dose, structures)]
+        if deidentify:
+            uid_map = UidMap()
+            for path in paths:
+                deidentify_file(path, path, uid_map)
+        return paths
+
     def rtExportFromParameters(self, p, progress=None):
-        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder, plus the plan (RTPLAN: beams, jaws,
-        fraction group, prescription) when the dose is a MedAI plan; de-identified if asked; returns paths."""
+        """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder in this process (scripts), plus the plan
+        (RTPLAN) when the dose is a MedAI plan; de-identified if asked; returns the paths."""
         from MedAIPlanLib.deidentify import UidMap, deidentify_file
 
         self._report_to(progress)
+        folder = require_path(p.rtExportFolder, "the DICOM-RT export folder", kind="folder")
         is_plan = bool(p.doseVolume and p.structures and p.doseVolume.GetAttribute("MedAIPlan.GantryAngles"))
         if is_plan:
-            paths = self.evaluation.export_plan(str(p.rtExportFolder), p.doseVolume, p.structures)
+            paths = self.evaluation.export_plan(str(folder), p.doseVolume, p.structures)
         else:
-            paths = self.evaluation.export_rt(str(p.rtExportFolder), dose_node=p.doseVolume,
-                                              segmentation_node=p.structures)
+            paths = self.evaluation.export_rt(str(folder), dose_node=p.doseVolume, segmentation_node=p.structures)
         if p.deidentify:
             uid_map = UidMap()
             for path in paths.values():

@@ -5,12 +5,12 @@ Module, Widget, Logic and Test as in Slicer's scripted-module template. The comp
 nodes that, as the moving node's parent, align it with the fixed node.
 """
 
-from typing import Annotated
+from typing import Annotated, Union
 
 import slicer
 from slicer import (
-    vtkMRMLDisplayableNode,
     vtkMRMLMarkupsFiducialNode,
+    vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLTransformNode,
@@ -44,6 +44,13 @@ class MedAIRegister(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("MedAI builds on 3D Slicer, SimpleITK, VTK, SciPy and PyTorch.")
 
 
+# A surface for ICP: a model, a markups point set or a segmentation (its first segment). Slicer's node
+# combo box connector instantiates each annotated class to read its name, so only concrete classes
+# work (vtkMRMLDisplayableNode is abstract); parameterNodeWrapper needs typing.Union (not ``A | B``,
+# a different type before Python 3.14) with None last, as its GUI-connection guide says (5.8 to main).
+SurfaceNode = Union[vtkMRMLModelNode, vtkMRMLMarkupsFiducialNode, vtkMRMLSegmentationNode, None]  # noqa: UP007
+
+
 @parameterNodeWrapper
 class MedAIRegisterParameterNode:
     """Panel state, saved with the scene."""
@@ -59,8 +66,8 @@ class MedAIRegisterParameterNode:
     device: Annotated[str, Choice(["cpu", "simpleitk", "torch", "torch-cpu", "cuda", "auto"])] = "cpu"
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
-    fixedSurface: vtkMRMLDisplayableNode
-    movingSurface: vtkMRMLDisplayableNode
+    fixedSurface: SurfaceNode
+    movingSurface: SurfaceNode
     icpMode: Annotated[str, Choice(["point-to-plane", "point-to-point"])] = "point-to-plane"
     icpTransform: Annotated[str, Choice(["rigid", "similarity", "affine"])] = "rigid"
     icpInlierFraction: Annotated[float, WithinRange(0.1, 1.0)] = 0.9

@@ -23,6 +23,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
 )
 
+from MedAICommonLib.paths import require_path
 from MedAICommonLib.slicer_widget import MedAIWidgetBase
 
 
@@ -75,6 +76,16 @@ class MedAISegParameterNode:
     evaluationTable: vtkMRMLTableNode
 
 
+def _model(p):
+    """The chosen model path (TorchScript file or MONAI bundle folder); ValueError when it is not chosen."""
+    return require_path(p.modelPath, "the model (TorchScript file or MONAI bundle folder)", must_exist=True)
+
+
+def _bundle_folder(p):
+    """The chosen bundle folder that training writes; ValueError when it is not chosen."""
+    return require_path(p.bundleFolder, "the bundle folder (where the trained model is written)", kind="folder")
+
+
 class MedAISegWidget(MedAIWidgetBase):
     """Binds the panel to the parameter node and calls the Logic."""
 
@@ -99,17 +110,12 @@ class MedAISegWidget(MedAIWidgetBase):
 
     def updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        has_input = bool(p and p.inputVolume)
-        self.ui.preprocessButton.enabled = has_input
-        self.ui.segmentButton.enabled = has_input and (p.segmentMethod != "model" or bool(str(p.modelPath or "")))
-        has_segmentation = bool(p and p.outputSegmentation)
-        self.ui.postprocessButton.enabled = has_segmentation
-        self.ui.lesionsButton.enabled = has_segmentation
-        self.ui.evaluateButton.enabled = has_segmentation and bool(p.referenceSegmentation)
-        can_train = has_input and bool(p.trainingLabels) and bool(str(p.bundleFolder or ""))
-        self.ui.trainButton.enabled = can_train
-        self.ui.fineTuneButton.enabled = can_train and bool(str(p.modelPath or ""))
-        self.ui.explainButton.enabled = has_input and bool(str(p.modelPath or ""))
+        if p is None:
+            return
+        from MedAISegLib.panel_state import seg_buttons
+
+        for name, enabled in seg_buttons(p).items():
+            getattr(self.ui, name).enabled = enabled
 
     def onPreprocess(self) -> None:
         node = self.run_logic(_("Preprocessing"), self.logic.preprocessFromParameters, self._parameterNode)
@@ -120,7 +126,7 @@ class MedAISegWidget(MedAIWidgetBase):
     def onSegment(self) -> None:
         p = self._parameterNode
         if p.segmentMethod == "model":  # AI inference: in a worker process, after the trust check
-            trust = self.confirm_bundle_trust(str(p.modelPath))
+            trust = self.confirm_bundle_trust(p.modelPath)
             if trust is not None:
                 self.run_job(_("Segmentation"), lambda: self.logic.segmentJobFromParameters(p, trust_bundle=trust),
                              on_done=lambda nodes: self._show_segmentation(nodes["segmentation"]))
@@ -132,15 +138,23 @@ class MedAISegWidget(MedAIWidgetBase):
             self._parameterNode.outputSegmentation = node
             slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
 
-    def confirm_bundle_trust(self, model_path: str):
-        """None if the user declined; else whether to pass ``--trust-bundle``.
+    def confirm_bundle_trust(self, model_path):
+        """None if the user declined (or the model is not chosen); else whether to pass ``--trust-bundle``.
 
         MONAI bundle configs can run Python code: a bundle from outside the catalogue (or one edited
-        since it was trusted) runs only after the user saw where it comes from and agreed.
+        since it was trusted) runs only after the user saw where it comes from and agreed. Reading the
+        bundle's configuration digest is light (a few small files), so it stays on the GUI thread.
         """
-        if not self.ensure_dependencies():
+        if not self.dependencies_ready(_("Segmentation")):
             return None
-        info = self.logic.core.bundle_trust_info(model_path)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("The model cannot be used.")):
+                model_path = str(require_path(model_path, "the model (TorchScript file or MONAI bundle folder)",
+                                              must_exist=True))
+                info = self.logic.core.bundle_trust_info(model_path)
+        except Exception as error:  # noqa: BLE001 - already shown in the error dialog
+            self.ui.statusLabel.text = str(error)
+            return None
         if not info.get("needs_trust"):
             return False
         changed = _("It was trusted before, but its configuration changed since.") if info.get("changed") else ""
@@ -230,18 +244,18 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         from MedAISegLib.training import TrainingConfig
 
         config = TrainingConfig(network=p.network, epochs=p.epochs, spacing_mm=(p.trainingSpacingMm,) * 3)
-        return self.training.train([p.inputVolume], [p.trainingLabels], str(p.bundleFolder), config,
+        return self.training.train([p.inputVolume], [p.trainingLabels], str(_bundle_folder(p)), config,
                                    device=p.device, progress=progress)
 
     def fineTuneFromParameters(self, p, progress=None):
         """Fine-tune the current model on the labelled case (e.g. a corrected result); returns the result."""
-        return self.training.fine_tune_on_case(p.inputVolume, p.trainingLabels, str(p.modelPath),
-                                               str(p.bundleFolder), epochs=p.epochs, device=p.device,
+        return self.training.fine_tune_on_case(p.inputVolume, p.trainingLabels, str(_model(p)),
+                                               str(_bundle_folder(p)), epochs=p.epochs, device=p.device,
                                                progress=progress)
 
     def explainFromParameters(self, p, progress=None):
         """Saliency volume of the current model for its first label; returns the volume node."""
-        return self.training.explain(p.inputVolume, str(p.modelPath), device=p.device)
+        return self.training.explain(p.inputVolume, str(_model(p)), device=p.device)
 
     def preprocessFromParameters(self, p, progress=None):
         """Run the chosen preprocessing on the input; returns the output volume node."""
@@ -252,7 +266,7 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         """AI segmentation as a worker job (see ``MedAISegLib.worker_logic``)."""
         from MedAISegLib.worker_logic import segment_with_model_job
 
-        return segment_with_model_job(slicer.mrmlScene, [p.inputVolume], str(p.modelPath), device=p.device,
+        return segment_with_model_job(slicer.mrmlScene, [p.inputVolume], str(_model(p)), device=p.device,
                                       flip_tta=p.flipTTA, output_node=p.outputSegmentation, trust_bundle=trust_bundle,
                                       uncertainty=p.computeUncertainty)
 
@@ -260,20 +274,20 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         """Training on the input volume and its labels as a worker job writing the bundle folder."""
         from MedAISegLib.worker_logic import train_job
 
-        return train_job(slicer.mrmlScene, [p.inputVolume], [p.trainingLabels], str(p.bundleFolder),
+        return train_job(slicer.mrmlScene, [p.inputVolume], [p.trainingLabels], str(_bundle_folder(p)),
                          network=p.network, epochs=p.epochs, spacing_mm=p.trainingSpacingMm, device=p.device)
 
     def fineTuneJobFromParameters(self, p):
         """"Fine-tune on this case" (the input volume and its corrected labels) as a worker job."""
         from MedAISegLib.worker_logic import fine_tune_job
 
-        return fine_tune_job(slicer.mrmlScene, p.inputVolume, p.trainingLabels, str(p.modelPath),
-                             str(p.bundleFolder), epochs=p.epochs, device=p.device)
+        return fine_tune_job(slicer.mrmlScene, p.inputVolume, p.trainingLabels, str(_model(p)),
+                             str(_bundle_folder(p)), epochs=p.epochs, device=p.device)
 
     def segmentFromParameters(self, p, progress=None):
         """Segment the input with the chosen method; returns the segmentation node."""
         if p.segmentMethod == "model":
-            return self.core.segment_with_model([p.inputVolume], str(p.modelPath), device=p.device,
+            return self.core.segment_with_model([p.inputVolume], str(_model(p)), device=p.device,
                                                 flip_tta=p.flipTTA, output_node=p.outputSegmentation,
                                                 return_entropy=p.computeUncertainty, progress=progress)
         if p.segmentMethod == "region-growing":

@@ -10,6 +10,8 @@ Only imported inside the Slicer application.
 
 from __future__ import annotations
 
+import logging
+
 import qt
 import slicer
 import vtk
@@ -17,6 +19,7 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from .job_messages import job_failure_message
 from .progress import CancelledError, Progress
 from .slicer_app import ensure_requirements, ensure_torch, progress_to_status_bar
 
@@ -108,16 +111,39 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- running ---------------------------------------------------------------------
     def ensure_dependencies(self) -> bool:
-        """torch (through the PyTorch extension) and ``Resources/requirements.txt``, asking the user first."""
+        """torch (through the PyTorch extension) and ``Resources/requirements-<ModuleName>.txt``, asking first.
+
+        Each module has its own requirements file: Slicer installs every scripted module of an extension
+        into one folder, so four ``requirements.txt`` would overwrite each other.
+        """
         name = self.moduleName
         if self.NEEDS_TORCH and not ensure_torch(name):
             return False
-        return ensure_requirements(self.resourcePath("requirements.txt"), name)
+        return ensure_requirements(self.resourcePath(f"requirements-{name}.txt"), name)
+
+    def dependencies_ready(self, title: str) -> bool:
+        """:meth:`ensure_dependencies` with its errors shown: a failed install opens the error dialog with
+        its cause, a declined one leaves a status line saying what is missing; no traceback either way."""
+        ready = False
+        try:
+            with slicer.util.tryWithErrorDisplay(
+                    _("{title}: the required Python packages could not be installed.").format(title=title)):
+                ready = bool(self.ensure_dependencies())
+        except Exception as error:  # noqa: BLE001 - shown in the dialog; the panel stays usable
+            logging.info("MedAI %s: dependency check failed: %s", title, error)
+        if not ready:
+            self.ui.statusLabel.text = _(
+                "{title}: required Python packages are missing (installation declined or failed); "
+                "nothing was run.").format(title=title)
+        return ready
 
     def run_logic(self, title: str, function, *args, **kwargs):
-        """Run a Logic call with progress, Cancel and an error dialog; returns its result or None."""
-        if not self.ensure_dependencies():
-            self.ui.statusLabel.text = _("{title}: required Python packages are missing.").format(title=title)
+        """Run a Logic call with progress, Cancel and an error dialog; returns its result or None.
+
+        Only for light work (seconds); anything that reads many files, trains, infers with a network or
+        writes exports goes through :meth:`run_job`, so Slicer's window never freezes.
+        """
+        if not self.dependencies_ready(title):
             return None
         self._progress = Progress(progress_to_status_bar(self.ui.progressBar))
         self.ui.cancelButton.enabled = True
@@ -130,6 +156,9 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.statusLabel.text = _("{title}: done.").format(title=title)
                 except CancelledError:
                     self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
+        except Exception as error:  # noqa: BLE001 - already shown in the error dialog
+            logging.info("MedAI %s failed: %s", title, error)
+            self.ui.statusLabel.text = _("{title} failed: {error}").format(title=title, error=error)
         finally:
             self.ui.cancelButton.enabled = False
             self.ui.progressBar.setValue(0)
@@ -147,22 +176,24 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             slicer.util.warningDisplay(_("Another MedAI run is still in progress; wait for it or cancel it."))
             return False
-        if not self.ensure_dependencies():
-            self.ui.statusLabel.text = _("{title}: required Python packages are missing.").format(title=title)
+        if not self.dependencies_ready(title):
             return False
-        with slicer.util.tryWithErrorDisplay(_("{title} could not start.").format(title=title)):
-            job = make_job()
-            job.on_progress = lambda stage, fraction: self._show_job_progress(title, stage, fraction)
-            job.start()
-            self._job, self._jobTitle, self._jobDone = job, title, on_done
-            self.ui.cancelButton.enabled = True
-            self.ui.statusLabel.text = _("{title}: running in a separate process...").format(title=title)
-            self._jobTimer = qt.QTimer()
-            self._jobTimer.setInterval(100)
-            self._jobTimer.connect("timeout()", self._poll_job)
-            self._jobTimer.start()
-            return True
-        return False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{title} could not start.").format(title=title)):
+                job = make_job()
+                job.on_progress = lambda stage, fraction: self._show_job_progress(title, stage, fraction)
+                job.start()
+        except Exception as error:  # noqa: BLE001 - already shown in the error dialog
+            self.ui.statusLabel.text = _("{title} could not start: {error}").format(title=title, error=error)
+            return False
+        self._job, self._jobTitle, self._jobDone = job, title, on_done
+        self.ui.cancelButton.enabled = True
+        self.ui.statusLabel.text = _("{title}: running in a separate process...").format(title=title)
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(100)
+        self._jobTimer.connect("timeout()", self._poll_job)
+        self._jobTimer.start()
+        return True
 
     def _show_job_progress(self, title: str, stage: str, fraction: float) -> None:
         self.ui.progressBar.setValue(int(round(100 * fraction)))
@@ -175,17 +206,30 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         job, title, on_done = self._job, self._jobTitle, self._jobDone
         self._stop_job(cancel=False)
+        self.ui.progressBar.setValue(0)
+        outcome = job.worker.result() if getattr(job, "worker", None) is not None else None
         try:
-            with slicer.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
-                try:
-                    nodes = job.finish()
-                    self.ui.statusLabel.text = _("{title}: done.").format(title=title)
-                    if on_done is not None:
-                        on_done(nodes)
-                except CancelledError:
-                    self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
-        finally:
-            self.ui.progressBar.setValue(0)
+            nodes = job.finish()
+        except CancelledError:
+            self.ui.statusLabel.text = _("{title}: cancelled; the scene is unchanged.").format(title=title)
+            return
+        except Exception as error:  # noqa: BLE001 - the worker's own words go to the dialog
+            self._show_job_failure(title, error, outcome)
+            return
+        self.ui.statusLabel.text = _("{title}: done.").format(title=title)
+        if on_done is not None:
+            try:
+                with slicer.util.tryWithErrorDisplay(_("{title}: showing the result failed.").format(title=title)):
+                    on_done(nodes)
+            except Exception as error:  # noqa: BLE001 - already shown in the error dialog
+                self.ui.statusLabel.text = _("{title}: showing the result failed: {error}").format(
+                    title=title, error=error)
+
+    def _show_job_failure(self, title: str, error: Exception, outcome) -> None:
+        """The error dialog for a failed worker: its one-line cause, and its stderr tail as details."""
+        text, details = job_failure_message(_("{title} failed.").format(title=title), error, outcome)
+        self.ui.statusLabel.text = text.replace("\n\n", " ")
+        slicer.util.errorDisplay(text, detailedText=details)
 
     def _stop_job(self, cancel: bool = True) -> None:
         if self._jobTimer is not None:
