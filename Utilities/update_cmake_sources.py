@@ -3,6 +3,12 @@
 slicerMacroBuildScriptedModule installs only what is listed, so every Python file of a module
 and its Lib package, and every resource, must be named. Run after adding or removing files;
 ``Testing/Python/test_extension_layout.py`` fails when the lists are stale.
+
+slicerMacroBuildScriptedModule copies every module's scripts and resources into the same
+``qt-scripted-modules`` folder, so two modules may not ship a file at the same relative path
+(Ninja stops with "multiple rules generate", Make silently keeps one): name module-specific
+resources after the module (``Resources/requirements-<ModuleName>.txt``). ``--check`` also fails
+on such a clash.
 """
 
 from __future__ import annotations
@@ -32,11 +38,22 @@ def module_resources(module: str) -> list[str]:
             if p.is_file() and p.suffix in RESOURCE_SUFFIXES]
 
 
+def clashing_paths() -> dict[str, list[str]]:
+    """Relative install paths that more than one module would install, with the modules that do."""
+    owners: dict[str, list[str]] = {}
+    for module in MODULES:
+        for item in module_scripts(module) + module_resources(module):
+            owners.setdefault(item, []).append(module)
+    return {item: modules for item, modules in owners.items() if len(modules) > 1}
+
+
 def render_list(name: str, items: list[str]) -> str:
+    """A CMake ``set(NAME ...)`` block, one item per line."""
     return f"set({name}\n" + "".join(f"  {item}\n" for item in items) + "  )"
 
 
 def updated_cmake(module: str, text: str) -> str:
+    """``text`` (a module's CMakeLists.txt) with its script and resource lists regenerated."""
     text = re.sub(r"set\(MODULE_PYTHON_SCRIPTS\n.*?\n  \)", render_list("MODULE_PYTHON_SCRIPTS", module_scripts(module)),
                   text, flags=re.S)
     return re.sub(r"set\(MODULE_PYTHON_RESOURCES\n.*?\n  \)",
@@ -44,6 +61,13 @@ def updated_cmake(module: str, text: str) -> str:
 
 
 def main(check: bool = False) -> int:
+    """Rewrite stale lists (or, with ``check``, only report them); 1 when stale or clashing."""
+    clashes = clashing_paths()
+    if clashes:
+        for item, modules in sorted(clashes.items()):
+            print(f"{item} is installed by {', '.join(modules)} into the same folder; "
+                  f"rename it per module (e.g. Resources/requirements-<ModuleName>.txt)")
+        return 1
     stale = []
     for module in MODULES:
         path = REPO / module / "CMakeLists.txt"

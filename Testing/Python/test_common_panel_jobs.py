@@ -2,6 +2,7 @@
 the same nodes the in-process Logic makes (geometry, values, SlicerRT dose marks, fixed/moving references).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,9 +14,12 @@ from test_seg_inference import THRESHOLD, threshold_net
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry, rotation_matrix
+from MedAICommonLib.job_messages import job_failure_message
 from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.scene_job import SceneJob
+from MedAICommonLib.worker import WorkerState
 from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
-from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.rt_worker_logic import exported_modalities, rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
 from MedAISegLib.worker_logic import segment_with_model_job
@@ -82,8 +86,37 @@ def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene, tmp_path):
     assert np.median(values[lesion > 0]) == pytest.approx(60.0, rel=0.1)
     assert values[lesion == 0].mean() < 0.5 * 60.0
 
-    # the panel's DICOM-RT export of that plan: RTPLAN beams rebuilt from the dose node's plan attributes
-    paths = PlanEvaluationLogic(scene).export_plan(tmp_path / "rt", dose, structures)
-    plan = pydicom.dcmread(str(paths["RTPLAN"]))
+    # the panel's DICOM-RT export of that plan, in a worker: the RTPLAN beams are rebuilt there from the
+    # dose node's plan attributes, which the panel passes on the command line (a .nrrd does not keep them)
+    assert exported_modalities(dose, structures) == ["RTSTRUCT", "RTPLAN", "RTDOSE"]
+    nodes_before = scene.GetNumberOfNodes()
+    assert rt_export_job(scene, tmp_path / "rt", dose, structures).run(timeout=300) == {}
+    assert scene.GetNumberOfNodes() == nodes_before
+    plan = pydicom.dcmread(str(tmp_path / "rt" / "RTPLAN.dcm"))
     gantry = [float(beam.ControlPointSequence[0].GantryAngle) for beam in plan.BeamSequence]
     assert gantry == [0.0, 120.0, 240.0]
+    assert float(plan.FractionGroupSequence[0].NumberOfFractionsPlanned) == 30
+    rtdose = pydicom.dcmread(str(tmp_path / "rt" / "RTDOSE.dcm"))
+    assert float(rtdose.DoseGridScaling) * int(rtdose.pixel_array.max()) == pytest.approx(values.max(), rel=0.01)
+
+
+def test_a_failed_worker_job_is_reported_with_its_own_error_and_stderr_tail(scene, tmp_path):
+    """What the panel's error dialog gets when a worker fails: the worker's one-line cause, its stderr as details."""
+    missing = tmp_path / "absent" / "RTDOSE.dcm"
+    job = SceneJob(scene, ["rt-import", str(missing), "--output-dir", "{dir}"]).start()
+    assert job.worker.wait(timeout=120).state == WorkerState.FAILED
+    outcome = job.worker.result()
+    assert outcome.error.startswith("medai rt-import")
+    with pytest.raises(RuntimeError) as raised:
+        job.finish()
+
+    text, details = job_failure_message("DICOM-RT import failed.", raised.value, outcome)
+
+    assert text.startswith("DICOM-RT import failed.")
+    assert outcome.error in text
+    assert "absent" in text  # the real cause names the file
+    assert details.splitlines()[-1] == outcome.log[-1]
+    silent = dataclasses.replace(outcome, error="", log=[])  # a worker killed before it wrote anything
+    bare_text, bare_details = job_failure_message("Training failed.", "", silent)
+    assert f"exit code {outcome.returncode}" in bare_text
+    assert "nothing" in bare_details

@@ -40,7 +40,7 @@ def test_module_has_template_classes_and_resources(module):
     assert "parameterNodeWrapper" in decorators
     icon = REPO / module / "Resources" / "Icons" / f"{module}.png"
     assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (REPO / module / "Resources" / "requirements.txt").read_text().strip()
+    assert (REPO / module / "Resources" / f"requirements-{module}.txt").read_text().strip()
 
 
 @pytest.mark.parametrize("module", MODULES)
