@@ -264,6 +264,9 @@ class OnnxNetwork:
     """Callable running an ONNX file with onnxruntime on CPU, torch tensors in and out."""
 
     def __init__(self, path, threads: int | None = None):
+        from MedAICommonLib.optional import require_packages
+
+        require_packages(["onnxruntime"], "Running an ONNX export", "pip install 'medai[export]'")
         import onnxruntime as ort
 
         options = ort.SessionOptions()
