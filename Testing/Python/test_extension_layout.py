@@ -1,10 +1,13 @@
 """The Slicer extension is what a Slicer developer expects: layout, CMake lists, panels, parameters, icons."""
 
 import ast
+import hashlib
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -110,10 +113,70 @@ def test_cmake_lists_every_script_and_resource():
             assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
 
+# Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json (the schema 241 of the 255 entries in
+# Slicer/ExtensionsIndex use, MedAI.json included): required keys, and each allowed key's JSON type and values.
+CATALOG_SCHEMA_URL = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                      "slicer-extension-catalog-entry-schema-v1.0.1.json#")
+CATALOG_REQUIRED = ("$schema", "category", "scm_url")
+CATALOG_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                      "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+CATALOG_ENUMS = {"scm_type": ("git", "local"), "tier": (1, 3, 5)}
+# Categories Slicer/ExtensionsIndex scripts/check_description_files.py accepts for a medical-AI extension.
+INDEX_CATEGORIES = {"Segmentation", "Registration", "Radiotherapy", "Quantification", "Utilities", "Planning"}
+
+
+def catalog_entry_errors(entry) -> list[str]:
+    """What the catalog-entry schema (v1.0.1) rejects in ``entry``; empty when it validates."""
+    if not isinstance(entry, dict):
+        return ["the entry is not a JSON object"]
+    errors = [f"required key {key!r} is missing" for key in CATALOG_REQUIRED if key not in entry]
+    for key, value in entry.items():
+        expected = CATALOG_PROPERTIES.get(key)
+        if expected is None:
+            errors.append(f"key {key!r} is not allowed (additionalProperties: false)")
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            errors.append(f"{key!r} must be {expected.__name__}, got {value!r}")
+        elif key in CATALOG_ENUMS and value not in CATALOG_ENUMS[key]:
+            errors.append(f"{key!r} must be one of {CATALOG_ENUMS[key]}, got {value!r}")
+        elif key == "build_dependencies" and not all(isinstance(item, str) for item in value):
+            errors.append("build_dependencies items must be strings")
+    return errors
+
+
+def test_catalog_validator_rejects_what_the_schema_rejects():
+    good = {"$schema": CATALOG_SCHEMA_URL, "category": "Segmentation", "scm_url": "https://github.com/a/SlicerB.git"}
+    assert catalog_entry_errors(good) == []
+    assert catalog_entry_errors({**good, "tier": 2}) == ["'tier' must be one of (1, 3, 5), got 2"]
+    assert catalog_entry_errors({**good, "scmurl": "x"}) == ["key 'scmurl' is not allowed (additionalProperties: false)"]
+    assert catalog_entry_errors({"category": "Segmentation", "scm_url": "x", "enabled": 1}) == [
+        "required key '$schema' is missing", "'enabled' must be bool, got 1"]
+    assert catalog_entry_errors({**good, "build_dependencies": [3]}) == ["build_dependencies items must be strings"]
+
+
 def test_extensions_index_entry():
+    """MedAI.json validates against the catalog schema and passes the Extensions Index's own checks."""
     entry = json.loads((REPO / "MedAI.json").read_text())
-    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
-               "scm_url", "tier"}
-    assert set(entry) <= allowed
-    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert catalog_entry_errors(entry) == []
+    assert entry["$schema"] == CATALOG_SCHEMA_URL
     assert entry["build_dependencies"] == ["PyTorch"]
+    assert entry["category"] in INDEX_CATEGORIES
+    url = urlsplit(entry["scm_url"])
+    assert url.scheme in ("git", "https")
+    assert "slicer" in Path(url.path).stem.lower(), "the Index wants the repository name to contain 'Slicer'"
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"project\s*\(\s*([^\s)]+)", top, re.IGNORECASE).group(1) == "MedAI"  # = MedAI.json's stem
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(rf'set\s*\({key}\s*"([^"]+)"\s*\)', top).group(1).split()
+        assert urls
+        assert all(u.startswith("https://") for u in urls)
+        for u in urls:  # each picture is in this repository at the path the URL names
+            assert (REPO / u.split("/main/", 1)[1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_license_is_the_apache_2_0_text():
+    """The Index requires a licence file at the root; pyproject declares Apache-2.0, so LICENSE is its full text."""
+    text = (REPO / "LICENSE").read_bytes()
+    assert hashlib.md5(text).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"  # apache.org LICENSE-2.0.txt
+    assert b"Apache License\n                           Version 2.0, January 2004" in text
+    assert 'license = "Apache-2.0"' in (REPO / "pyproject.toml").read_text()
