@@ -7,9 +7,11 @@ The module-version decision and the requirement checks are pure and run here wit
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.metadata
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from packaging.requirements import Requirement
@@ -121,3 +123,60 @@ def test_requirement_lists_match_pyproject(module):
         assert name in specifiers, f"{requirement} is not declared in pyproject.toml"
         assert str(requirement.specifier) == specifiers[name], f"{requirement} vs pyproject {specifiers[name]}"
         assert name not in {canonicalize_name(n) for n in slicer_app.BUNDLED_DISTRIBUTIONS}
+
+
+class Slicer510Gui:
+    """The parts of Slicer 5.10's GUI layer that the 5.8/5.10 installer touches (dialogs, pip, app version).
+
+    Stands in for the Slicer application, which pytest does not have; MRML is not involved.
+    """
+
+    def __init__(self, answer: bool, testing: bool = False):
+        self.asked, self.installed = [], []
+        self.app = SimpleNamespace(majorVersion=5, minorVersion=10, testingEnabled=lambda: testing)
+        self.util = SimpleNamespace(confirmOkCancelDisplay=self._confirm, pip_install=self.installed.append,
+                                    WaitCursor=contextlib.nullcontext, errorDisplay=self.asked.append)
+        self._answer = answer
+
+    def _confirm(self, text, windowTitle=None, **kwargs):
+        self.asked.append(text)
+        return self._answer
+
+
+def missing_requirements_file(tmp_path) -> Path:
+    path = tmp_path / "requirements-Test.txt"
+    path.write_text(f"numpy>={importlib.metadata.version('numpy')}\nmedai-no-such-distribution>=1.0\n")
+    return path
+
+
+@pytest.mark.parametrize("answer", [False, True])
+def test_before_5_12_the_user_is_asked_once_and_a_refusal_installs_nothing(tmp_path, monkeypatch, answer):
+    gui = Slicer510Gui(answer)
+    monkeypatch.setattr(slicer_app, "slicer", gui)
+    assert slicer_app.ensure_requirements(missing_requirements_file(tmp_path), "MedAITest") is False
+    assert len(gui.asked) == 1
+    assert "medai-no-such-distribution>=1.0" in gui.asked[0]
+    assert "numpy" not in gui.asked[0]  # installed already: not offered
+    if not answer:
+        assert gui.installed == []
+        return
+    ((flag, constraints, *requirements),) = gui.installed
+    assert flag == "-c"
+    assert requirements == ["medai-no-such-distribution>=1.0"]
+    assert not Path(constraints).exists()  # a temporary file, removed after pip ran
+
+
+def test_before_5_12_a_self_test_never_installs(tmp_path, monkeypatch):
+    gui = Slicer510Gui(True, testing=True)
+    monkeypatch.setattr(slicer_app, "slicer", gui)
+    assert slicer_app.ensure_requirements(missing_requirements_file(tmp_path), "MedAITest") is False
+    assert gui.installed == []
+
+
+def test_nothing_is_asked_when_everything_is_installed(tmp_path, monkeypatch):
+    gui = Slicer510Gui(False)
+    monkeypatch.setattr(slicer_app, "slicer", gui)
+    present = tmp_path / "requirements-Present.txt"
+    present.write_text("numpy>=1.0\npackaging\n")
+    assert slicer_app.ensure_requirements(present, "MedAITest") is True
+    assert gui.asked == []
