@@ -2,11 +2,13 @@
 
 Slicer puts every scripted module's folder on ``sys.path``; this hidden module's folder holds
 ``MedAICommonLib`` (geometry conventions, MRML bridge, headless runtime, reports, ``medai``
-CLI), which MedAISeg, MedAIRegister and MedAIPlan import. It has no panel of its own.
+CLI), which MedAISeg, MedAIRegister and MedAIPlan import. It has no panel of its own; its self-test
+checks the common layer the three modules stand on.
 """
 
+import slicer
 from slicer.i18n import tr as _
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 
 class MedAICommon(ScriptedLoadableModule):
@@ -22,3 +24,18 @@ class MedAICommon(ScriptedLoadableModule):
         self.parent.helpText = _("Shared code of the MedAI extension (MRML bridge, headless runtime, reports).")
         self.parent.acknowledgementText = _(
             "MedAI builds on 3D Slicer, MONAI, SimpleITK, VTK, pydicom and PyTorch.")
+
+
+class MedAICommonTest(ScriptedLoadableModuleTest):
+    """Runs the common layer's scenarios (``MedAICommonLib/scenarios.py``, also run by pytest) on Slicer's scene:
+    RAS/LPS geometry, the bridge's file round trip of a generated volume and segmentation, and a worker
+    started in PythonSlicer (skipped with a message when this Slicer has none on its PATH)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from MedAICommonLib.self_test import run_self_test
+
+        run_self_test("MedAICommon", ["MedAICommonLib.scenarios"], slicer.mrmlScene, reset=self.setUp,
+                      display=self.delayDisplay)
