@@ -6,10 +6,12 @@ it with the fixed node (the file holds ITK's fixed -> moving LPS transform).
 
 from __future__ import annotations
 
+import argparse
+
 from MedAICommonLib import bridge
 from MedAICommonLib.runtime import get_scene
 
-from .icp import METRICS, TRANSFORMS
+from .icp import METRICS, MULTI_STARTS, TRANSFORMS, UNITS
 from .intensity_registration import PRESETS
 from .landmarks import METHODS
 from .logic import DEVICES, MedAIRegisterLogic
@@ -39,8 +41,15 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--output-transform", required=True, metavar="T.h5")
     p.add_argument("--metric", default="point-to-plane", choices=METRICS)
     p.add_argument("--transform", default="rigid", choices=TRANSFORMS)
-    p.add_argument("--trim", type=float, default=0.9, help="share of closest pairs used per step (0.05..1)")
-    p.add_argument("--multi-start", default="axes", choices=("none", "centroid", "axes", "all", "sphere"))
+    p.add_argument("--trim", type=_trim, default="auto",
+                   help="share of closest pairs used per step (0.05..1), or auto: 0.4 while searching, then the "
+                        "measured overlap")
+    p.add_argument("--multi-start", default="sphere", choices=MULTI_STARTS,
+                   help="initial poses tried: sphere (192 spread rotations; large rotations, partial overlap), "
+                        "axes/all (principal axes), centroid or none")
+    p.add_argument("--units", default="auto", choices=("auto", *UNITS),
+                   help="unit of the surface files' coordinates (auto: metres when they span under 2 units); "
+                        "the transform stays in file units, the report is in mm")
     add_common_options(p)
     p.set_defaults(func=run_icp)
 
@@ -51,6 +60,16 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--method", default="rigid", choices=METHODS)
     add_common_options(p)
     p.set_defaults(func=run_landmarks)
+
+
+def _trim(text: str):
+    """``--trim``: "auto" or a share of pairs."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--trim takes auto or a number in 0.05..1, not {text!r}") from None
 
 
 def run_register(args, report) -> int:
@@ -100,9 +119,10 @@ def run_icp(args, report) -> int:
         fixed, moving = _load_surface(scene, args.fixed), _load_surface(scene, args.moving)
     report.inputs.update({"fixed": args.fixed, "moving": args.moving})
     report.parameters.update({"metric": args.metric, "transform": args.transform, "trim": args.trim,
-                              "multi_start": args.multi_start})
+                              "multi_start": args.multi_start, "units": args.units})
     with report.timed("icp"):
-        node = logic.register_surfaces(fixed, moving, args.metric, args.transform, args.trim, args.multi_start)
+        node = logic.register_surfaces(fixed, moving, args.metric, args.transform, args.trim, args.multi_start,
+                                       units=args.units)
     with report.timed("save"):
         report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
     report.metrics.update(logic.last.metrics)

@@ -13,15 +13,21 @@ MedAI's Logic, RAS, so the matrix is the to-parent matrix of the aligning transf
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 
+from MedAICommonLib import notices
+
+from .icp_starts import MULTI_STARTS, initial_transforms
+
 TRANSFORMS = ("rigid", "similarity", "affine")
 METRICS = ("point-to-point", "point-to-plane")
+AUTO_TRIM = 0.4
+"""Share of closest pairs used while searching with ``trim_fraction="auto"``: scans of one object from
+directions 90 degrees apart overlap by about half."""
 
 
 @dataclass
@@ -29,7 +35,9 @@ class IcpResult:
     """``matrix``: 4x4 moving -> fixed; ``rms_mm``: RMS distance of the trimmed (inlier) pairs;
     ``rms_all_mm``: over all moving samples; ``inlier_fraction``: moving samples closer than
     ``inlier_distance_mm`` to the fixed surface; ``iterations`` of the final refinement;
-    ``start``: the winning initialisation; ``starts``: trimmed RMS of every start tried."""
+    ``start``: the winning initialisation; ``starts``: trimmed RMS of every start tried; ``trim_fraction``:
+    the share of pairs the final fit used; ``reliable``: converged, with the trimmed pairs on the fixed surface
+    and no other pose (``rival_angle_deg`` away, ``rival_inlier_fraction``) fitting about as well."""
 
     matrix: np.ndarray
     rms_mm: float
@@ -40,6 +48,10 @@ class IcpResult:
     converged: bool
     start: str
     starts: dict = field(default_factory=dict)
+    trim_fraction: float = 1.0
+    reliable: bool = True
+    rival_inlier_fraction: float = 0.0
+    rival_angle_deg: float = 0.0
 
 
 def build_tree(points: np.ndarray) -> cKDTree:
@@ -121,124 +133,75 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
-def _principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    centroid = points.mean(axis=0)
-    _, _, vt = np.linalg.svd(points - centroid, full_matrices=False)
-    axes = vt.T
-    if np.linalg.det(axes) < 0:
-        axes[:, 2] *= -1
-    return centroid, axes
-
-
-def uniform_rotations(count: int) -> np.ndarray:
-    """``count`` near-uniformly spread 3x3 rotations (super-Fibonacci spiral, Alexa 2022); deterministic."""
-    s = np.arange(count) + 0.5
-    r, big_r = np.sqrt(s / count), np.sqrt(1.0 - s / count)
-    alpha, beta = 2 * np.pi * s / np.sqrt(2.0), 2 * np.pi * s / 1.533751168755204288118041
-    x, y, z, w = r * np.sin(alpha), r * np.cos(alpha), big_r * np.sin(beta), big_r * np.cos(beta)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], 1)
-
-
-def initial_transforms(fixed: np.ndarray, moving: np.ndarray, mode: str = "axes",
-                       rotations: int = 192) -> dict[str, np.ndarray]:
-    """Candidate moving -> fixed starts, all superimposing the centroids: ``"centroid"`` only,
-    ``"axes"`` (+ principal axes matched with the 4 proper sign flips), ``"all"`` (+ the 24
-    rotations permuting the principal axes) or ``"sphere"`` (+ ``rotations`` uniformly spread ones,
-    for partial overlaps where principal axes do not correspond)."""
-    cf, af = _principal_axes(fixed)
-    cm, am = _principal_axes(moving)
-    starts = {}
-    centroid = np.eye(4)
-    centroid[:3, 3] = cf - cm
-    starts["centroid"] = centroid
-    if mode == "centroid":
-        return starts
-    signs = [(1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)]
-    candidates = {f"axes{s}": af @ np.diag(s) @ am.T for s in signs}
-    if mode == "sphere":
-        candidates.update({f"sphere{i}": r for i, r in enumerate(uniform_rotations(rotations))})
-    elif mode == "all":
-        for perm in itertools.permutations(range(3)):
-            for s in itertools.product((1, -1), repeat=3):
-                p = np.zeros((3, 3))
-                p[list(range(3)), list(perm)] = s
-                if np.linalg.det(p) > 0:
-                    candidates[f"perm{perm}{s}"] = af @ p @ am.T
-    elif mode != "axes":
-        raise ValueError(f"Unknown multi-start mode {mode!r}; use none, centroid, axes, all or sphere.")
-    for name, rotation in candidates.items():
-        m = np.eye(4)
-        m[:3, :3] = rotation
-        m[:3, 3] = cf - rotation @ cm
-        starts[name] = m
-    return starts
-
-
 def _iterate(tree, fixed, normals, moving, starts, metric, transform, trim_fraction, iterations,
              tolerance_mm, anneal=0, progress=None, eps=0.0):
-    """Run ICP from every start at once (starts: (S, 4, 4)); returns matrices, trimmed RMS, iterations.
+    """Run ICP from every start at once (starts: (S, 4, 4)); returns matrices, trimmed RMS (S,), the
+    iterations run and whether each start converged (S,). A start stops moving once it has converged.
 
     With ``anneal`` > 0 the trimmed share falls linearly from 1 to ``trim_fraction`` over that many
     iterations, so distant starts first settle on the whole shape before outliers are dropped.
     ``eps`` > 0 allows approximate closest points (within a factor 1 + eps), for ranking starts.
     """
     matrices = np.array(starts, dtype=float).reshape(-1, 4, 4)
-    count, n = len(matrices), len(moving)
+    n = len(moving)
     centre = moving.mean(axis=0)
     radius = float(np.max(np.linalg.norm(moving - centre, axis=1)))
-    step_tolerance_mm = 10 * tolerance_mm
-    rms = np.full(count, np.inf)
+    rms = np.full(len(matrices), np.inf)
+    converged = np.zeros(len(matrices), bool)
     iteration = 0
     for iteration in range(1, iterations + 1):  # noqa: B007 - reported after the loop
         share = trim_fraction if iteration > anneal else 1.0 - (1.0 - trim_fraction) * iteration / max(anneal, 1)
         keep = max(3, int(np.ceil(share * n)))
-        moved = np.einsum("sij,nj->sni", matrices[:, :3, :3], moving) + matrices[:, None, :3, 3]
-        distance, index = tree.query(moved.reshape(-1, 3), eps=eps,
-                                     workers=-1 if count * n > 20000 else 1)
-        distance, index = distance.reshape(count, n), index.reshape(count, n)
-        order = np.argpartition(distance, keep - 1, axis=1)[:, :keep] if keep < n else np.tile(np.arange(n), (count, 1))
-        previous = rms
-        rms = np.sqrt(np.mean(np.take_along_axis(distance, order, 1) ** 2, axis=1))
+        active = np.flatnonzero(~converged)
+        moved = np.einsum("sij,nj->sni", matrices[active, :3, :3], moving) + matrices[active, None, :3, 3]
+        distance, index = tree.query(moved.reshape(-1, 3), eps=eps, workers=-1 if moved.size > 60000 else 1)
+        distance, index = distance.reshape(len(active), n), index.reshape(len(active), n)
+        order = (np.argpartition(distance, keep - 1, axis=1)[:, :keep] if keep < n
+                 else np.tile(np.arange(n), (len(active), 1)))
+        previous = rms[active]
+        rms[active] = np.sqrt(np.mean(np.take_along_axis(distance, order, 1) ** 2, axis=1))
         p = np.take_along_axis(moved, order[..., None], 1)
         matched = np.take_along_axis(index, order, 1)
         if metric == "point-to-plane":
             step = _plane_step(p, fixed[matched], normals[matched], transform)
         else:
             step = _point_step(p, fixed[matched], transform)
-        matrices = step @ matrices
+        matrices[active] = step @ matrices[active]
         if progress is not None:
             progress(iteration, float(rms.min()))
         # Largest displacement the step gives any sample (bounded via the samples' radius), mm.
         moved_by = (np.linalg.norm(step[:, :3, :3] - np.eye(3), axis=(1, 2)) * radius
                     + np.linalg.norm(step[:, :3, 3] + np.einsum("sij,j->si", step[:, :3, :3] - np.eye(3), centre),
                                      axis=1))
-        if iteration > anneal and (np.all(np.abs(previous - rms) < tolerance_mm) or np.all(moved_by < step_tolerance_mm)):
-            return matrices, rms, iteration, True
-    return matrices, rms, iteration, False
+        if iteration > anneal:
+            converged[active] = (np.abs(previous - rms[active]) < tolerance_mm) | (moved_by < 10 * tolerance_mm)
+            if converged.all():
+                break
+    return matrices, rms, iteration, converged
 
 
-def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-point", transform: str = "rigid",
-        trim_fraction: float = 0.9, max_iterations: int = 100, tolerance_mm: float = 1e-4,
-        multi_start: str = "axes", initial: np.ndarray | None = None, max_points: int = 5000,
-        start_points: int = 300, start_iterations: int = 30, anneal: int = 0, inlier_distance_mm: float | None = None,
-        fixed_normals: np.ndarray | None = None, seed: int = 0, progress=None) -> IcpResult:
-    """Register ``moving`` (N, 3) points onto ``fixed`` (M, 3) points (mm, same space).
+def _starts(fixed, moving, initial, multi_start) -> dict[str, np.ndarray]:
+    """The poses ICP starts from: ``initial`` if given, else identity ("none") or ``initial_transforms``."""
+    if initial is not None:
+        return {"given": np.asarray(initial, dtype=float)}
+    if multi_start == "none":
+        return {"identity": np.eye(4)}
+    return initial_transforms(fixed, moving, multi_start)
 
-    ``metric``: "point-to-point" or "point-to-plane" (normals from ``fixed_normals`` or PCA);
-    ``transform``: "rigid", "similarity" or "affine"; ``trim_fraction``: share of closest pairs used
-    per step (1.0 = classic ICP); ``multi_start``: "none", "centroid", "axes", "all" or "sphere" (ignored when
-    ``initial``, a 4x4 moving -> fixed matrix, is given); the moving cloud is randomly subsampled
-    to ``max_points`` (``start_points`` while ranking the starts, with trimming annealed over the first
-    half of ``start_iterations``; ``anneal`` does the same for a single start).
-    Stops when the trimmed RMS changes by less than ``tolerance_mm`` or a step moves no sample by more
-    than 10 x ``tolerance_mm``. ``progress(fraction)`` is called as it goes.
-    """
-    fixed = np.asarray(fixed, dtype=float)
-    moving = np.asarray(moving, dtype=float)
+
+def _inlier_fractions(tree, moving, matrices, distance_mm, eps=0.0) -> np.ndarray:
+    """Share of ``moving`` samples within ``distance_mm`` of the fixed surface, for each (S, 4, 4) matrix."""
+    moved = np.einsum("sij,nj->sni", matrices[:, :3, :3], moving) + matrices[:, None, :3, 3]
+    distance, _ = tree.query(moved.reshape(-1, 3), eps=eps, workers=-1 if moved.size > 60000 else 1)
+    return np.mean(distance.reshape(len(matrices), -1) <= distance_mm, axis=1)
+
+
+def _best(fractions: np.ndarray, rms: np.ndarray) -> np.ndarray:
+    """Indices ordered best first: most samples on the fixed surface, then lowest trimmed RMS."""
+    return np.lexsort((rms, -np.round(fractions, 3)))
+
+
+def _check(trim, trim_fraction, metric, transform, multi_start, fixed, moving):
     if metric not in METRICS:
         raise ValueError(f"Unknown ICP metric {metric!r}; use {' or '.join(METRICS)}.")
     if transform not in TRANSFORMS:
@@ -246,51 +209,143 @@ def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-point"
     for name, cloud in (("fixed", fixed), ("moving", moving)):
         if cloud.ndim != 2 or cloud.shape[1] != 3 or len(cloud) < 4 or not np.all(np.isfinite(cloud)):
             raise ValueError(f"The {name} surface needs at least 4 finite 3D points, got shape {cloud.shape}.")
-    if not 0.05 <= trim_fraction <= 1.0:
-        raise ValueError(f"trim_fraction must be in [0.05, 1], got {trim_fraction}.")
+    if not 0.05 <= trim <= 1.0:
+        raise ValueError(f"trim_fraction must be 'auto' or in [0.05, 1], got {trim_fraction}.")
+    if multi_start not in MULTI_STARTS:
+        raise ValueError(f"Unknown multi-start mode {multi_start!r}; use one of {', '.join(MULTI_STARTS)}.")
+
+
+def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-plane", transform: str = "rigid",
+        trim_fraction: float | str | None = "auto", max_iterations: int = 100, tolerance_mm: float = 1e-4,
+        multi_start: str = "sphere", initial: np.ndarray | None = None, max_points: int = 5000,
+        start_points: int = 300, start_iterations: int = 30, anneal: int = 0, inlier_distance_mm: float | None = None,
+        fixed_normals: np.ndarray | None = None, seed: int = 0, progress=None) -> IcpResult:
+    """Register ``moving`` (N, 3) points onto ``fixed`` (M, 3) points (mm, same space).
+
+    ``metric``: "point-to-plane" (normals from ``fixed_normals`` or PCA) or "point-to-point";
+    ``transform``: "rigid", "similarity" or "affine"; ``trim_fraction``: share of closest pairs used
+    per step (1.0 = classic ICP), or "auto"/None: 0.4 while searching, then the measured overlap (the
+    inlier fraction) for the final refinement; ``multi_start``: "none", "centroid", "axes", "all" or
+    "sphere" (ignored when ``initial``, a 4x4 moving -> fixed matrix, is given); the moving cloud is randomly
+    subsampled to ``max_points`` (``start_points`` while ranking the starts, with trimming annealed over the
+    first half of ``start_iterations``; ``anneal`` does the same for a single start). Starts are ranked by the
+    share of samples that end within ``inlier_distance_mm`` (default 3 x the fixed points' median spacing) of
+    the fixed surface, then by trimmed RMS.
+    Stops when the trimmed RMS changes by less than ``tolerance_mm`` or a step moves no sample by more
+    than 10 x ``tolerance_mm``. ``progress(fraction)`` is called as it goes. A result whose trimmed pairs
+    are not on the fixed surface, or that another pose fits as well, gets ``reliable`` False and a warning.
+    """
+    fixed = np.asarray(fixed, dtype=float)
+    moving = np.asarray(moving, dtype=float)
+    auto = trim_fraction is None or trim_fraction == "auto"
+    trim = AUTO_TRIM if auto else float(trim_fraction)
+    _check(trim, trim_fraction, metric, transform, multi_start, fixed, moving)
     rng = np.random.default_rng(seed)
     tree = build_tree(fixed)
     normals = None
     if metric == "point-to-plane":
         normals = estimate_normals(fixed, tree=tree) if fixed_normals is None else np.asarray(fixed_normals, float)
+    if inlier_distance_mm is None:
+        spacing, _ = tree.query(fixed[rng.choice(len(fixed), min(len(fixed), 2000), replace=False)], k=2)
+        inlier_distance_mm = 3.0 * float(np.median(spacing[:, 1]))
 
     def sample(count):
         return moving if len(moving) <= count else moving[rng.choice(len(moving), count, replace=False)]
 
-    if initial is not None:
-        starts = {"given": np.asarray(initial, dtype=float)}
-    elif multi_start == "none":
-        starts = {"identity": np.eye(4)}
-    else:
-        starts = initial_transforms(fixed, moving, multi_start)
-    names = list(starts)
-    stack = np.array([starts[name] for name in names])
-    scores = {}
+    def run(points, stack, trim, iterations, **options):
+        return _iterate(tree, fixed, normals, points, stack, metric, transform, trim, iterations, tolerance_mm,
+                        **options)
+
+    starts = _starts(fixed, moving, initial, multi_start)
+    names, stack, scores = list(starts), np.array(list(starts.values())), {}
     if len(names) > 1:
-        # Every start at once on a small sample, trimming annealed; the 4 lowest trimmed RMS go on.
+        # Every start at once on a small sample, trimming annealed; the 4 best go on.
         coarse = sample(start_points)
         report = None if progress is None else (lambda i, _r: progress(0.5 * i / start_iterations))
-        stack, rms, _, _ = _iterate(tree, fixed, normals, coarse, stack, metric, transform, trim_fraction,
-                                    start_iterations, tolerance_mm, anneal=start_iterations // 2, progress=report,
-                                    eps=0.5)
-        scores = {name: float(r) for name, r in zip(names, rms)}
-        best = np.argsort(rms)[:4]
+        stack, rms, _, _ = run(coarse, stack, trim, start_iterations, anneal=start_iterations // 2, progress=report,
+                               eps=0.5)
+        scores = dict(zip(names, rms.tolist()))
+        best = _best(_inlier_fractions(tree, coarse, stack, inlier_distance_mm, eps=0.5), rms)[:4]
         names, stack = [names[i] for i in best], stack[best]
     fine = sample(max_points)
-    report = None if progress is None else (lambda i, _r: progress(0.5 + 0.5 * i / max_iterations))
-    stack, rms, iterations, converged = _iterate(tree, fixed, normals, fine, stack, metric, transform,
-                                                 trim_fraction, max_iterations, tolerance_mm,
-                                                 anneal=0 if scores else anneal, progress=report)
-    winner = int(np.argmin(rms))
-    matrix, rms, best_name = stack[winner], float(rms[winner]), names[winner]
+    report = None if progress is None else (lambda i, _r: progress(0.5 + 0.4 * i / max_iterations))
+    stack, rms, iterations, converged = run(fine, stack, trim, max_iterations, anneal=0 if scores else anneal,
+                                            progress=report)
+    fractions = _inlier_fractions(tree, fine, stack, inlier_distance_mm)
+    order = _best(fractions, rms)
+    winner = int(order[0])
+    matrix, converged = stack[winner], bool(converged[winner])
+    rival = _rival(stack, fractions, rms, order)
+    if auto and fractions[winner] > trim + 0.05:
+        # Refine with the measured overlap: every pair that lies on the fixed surface drives the fit.
+        trim = float(min(1.0, fractions[winner]))
+        refined, _, more, refined_converged = run(fine, matrix[None], trim, max_iterations)
+        matrix, iterations, converged = refined[0], iterations + more, bool(refined_converged[0])
+    if progress is not None:
+        progress(1.0)
     distance, _ = tree.query(_apply(matrix, fine), workers=-1)
-    if inlier_distance_mm is None:
-        spacing, _ = tree.query(fixed[rng.choice(len(fixed), min(len(fixed), 2000), replace=False)], k=2)
-        inlier_distance_mm = 3.0 * float(np.median(spacing[:, 1]))
-    return IcpResult(matrix=matrix, rms_mm=rms, rms_all_mm=float(np.sqrt(np.mean(distance**2))),
-                     inlier_fraction=float(np.mean(distance <= inlier_distance_mm)),
+    return _result(matrix, distance, trim, inlier_distance_mm, iterations, converged, names[winner], scores, rival)
+
+
+def _result(matrix, distance, trim, inlier_distance_mm, iterations, converged, start, scores, rival) -> IcpResult:
+    """The IcpResult of the final pose, from the moving samples' distances (mm) to the fixed surface, judged."""
+    inliers = float(np.mean(distance <= inlier_distance_mm))
+    trimmed = np.sort(distance)[:max(3, int(np.ceil(trim * len(distance))))]
+    return IcpResult(matrix=matrix, rms_mm=float(np.sqrt(np.mean(trimmed**2))),
+                     rms_all_mm=float(np.sqrt(np.mean(distance**2))), inlier_fraction=inliers,
                      inlier_distance_mm=float(inlier_distance_mm), iterations=iterations, converged=converged,
-                     start=best_name, starts=scores)
+                     start=start, starts=scores, trim_fraction=trim,
+                     reliable=_judge(converged, inliers, trim, rival, inlier_distance_mm),
+                     rival_inlier_fraction=rival[0], rival_angle_deg=rival[1])
+
+
+def _rival(stack: np.ndarray, fractions: np.ndarray, rms: np.ndarray, order: np.ndarray) -> tuple[float, float]:
+    """(inlier fraction, angle from the winner in degrees) of the best other pose (> 5 degrees away) that fits
+    about as well as the winner (within 0.02 of its inlier fraction and 1.25 x its trimmed RMS + 0.1 mm);
+    (0, 0) when there is none."""
+    winner = order[0]
+    for i in order[1:]:
+        angle = rotation_angle_deg(stack[i] @ np.linalg.inv(stack[winner]))
+        if angle > 5.0 and fractions[i] >= fractions[winner] - 0.02 and rms[i] <= 1.25 * rms[winner] + 0.1:
+            return float(fractions[i]), angle
+    return 0.0, 0.0
+
+
+def _judge(converged: bool, inliers: float, trim: float, rival: tuple, inlier_distance_mm: float) -> bool:
+    """Whether an ICP result can be trusted; warns (MedAIWarning) why not."""
+    if not converged:
+        notices.warn("ICP did not converge within its iterations; the pose may be off: check the overlay, give an "
+                     "initial transform or raise the iterations.")
+    on_surface = inliers >= 0.8 * trim
+    if not on_surface:
+        notices.warn(f"ICP result unreliable: only {inliers:.0%} of the moving samples end within "
+                     f"{inlier_distance_mm:.2g} mm of the fixed surface, fewer than the {trim:.0%} of pairs that drove "
+                     "the fit: the surfaces overlap less than assumed or the pose is wrong; lower --trim, try "
+                     "--multi-start sphere or give an initial transform.")
+    if rival[1] > 0:
+        notices.warn(f"ICP result ambiguous: another pose {rival[1]:.0f} degrees away fits as well ({rival[0]:.0%} of "
+                     f"the samples on the fixed surface, the result {inliers:.0%}); check the overlay or give an "
+                     "initial transform.")
+    return bool(converged and on_surface and rival[1] == 0)
+
+
+UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+
+
+def surface_units(fixed: np.ndarray, moving: np.ndarray, units: str = "auto") -> tuple[str, float]:
+    """(unit, mm per unit) of two point clouds: ``units`` if given ("mm", "cm", "m"), else "m" when both span
+    less than 2 units (no anatomy is 2 mm across; scanner clouds such as the Stanford bunny are in metres),
+    with a warning, else "mm"."""
+    if units != "auto":
+        if units not in UNITS:
+            raise ValueError(f"Unknown surface units {units!r}; use auto, {', '.join(UNITS)}.")
+        return units, UNITS[units]
+    span = max(float(np.linalg.norm(np.ptp(np.asarray(c, float), axis=0))) for c in (fixed, moving))
+    if span < 2.0:
+        notices.warn(f"The surfaces span only {span:.3g} units: read as metres (x1000 to mm); give --units mm "
+                     "if they really are millimetres.")
+        return "m", UNITS["m"]
+    return "mm", 1.0
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:

@@ -319,27 +319,36 @@ class MedAIRegisterLogic:
         raise ValueError("A surface must be a model node, a markups node or (segmentation node, segment name).")
 
     def register_surfaces(self, fixed, moving, metric: str = "point-to-plane", transform_type: str = "rigid",
-                          trim_fraction: float = 0.9, multi_start: str = "axes", output_transform_node=None,
-                          fixed_node=None, moving_node=None, progress=None):
+                          trim_fraction: float | str | None = "auto", multi_start: str = "sphere",
+                          output_transform_node=None, fixed_node=None, moving_node=None, progress=None,
+                          units: str = "auto"):
         """ICP of the ``moving`` surface onto ``fixed`` (see :meth:`surface_points`); returns the transform node.
 
-        Metrics (RMS, inlier fraction, iterations) are in ``self.last.metrics``; ``progress`` as in
-        :meth:`register_volumes`.
+        ``units``: the unit of the surfaces' coordinates, "mm", "cm", "m" or "auto" (metres when both span
+        less than 2 units, with a warning; else mm). ICP runs in mm; the transform stays in the surfaces' own
+        units. Metrics (RMS and inlier distance in mm, inlier fraction, iterations, ``converged``: the iterations
+        converged and the result passed ICP's checks) are in ``self.last.metrics``; ``trim_fraction`` and
+        ``multi_start`` as in :func:`icp.icp`; ``progress`` as in :meth:`register_volumes`.
         """
         progress = self._progress(progress)
         progress.update("surfaces", 0.0)
         fixed_points, moving_points = self.surface_points(fixed), self.surface_points(moving)
+        units, scale = icp_module.surface_units(fixed_points, moving_points, units)
         sub = progress.sub(0.05, 0.95)
-        result = icp_module.icp(fixed_points, moving_points, metric=metric, transform=transform_type,
+        result = icp_module.icp(fixed_points * scale, moving_points * scale, metric=metric, transform=transform_type,
                                 trim_fraction=trim_fraction, multi_start=multi_start,
                                 progress=lambda f: sub.update("icp", f))
+        matrix = result.matrix.copy()
+        matrix[:3, 3] /= scale
         self.last = RegistrationOutcome({
             "rms_mm": result.rms_mm, "rms_all_mm": result.rms_all_mm, "inlier_fraction": result.inlier_fraction,
             "inlier_distance_mm": result.inlier_distance_mm, "iterations": result.iterations,
-            "converged": result.converged, "start": result.start,
+            "converged": bool(result.converged and result.reliable), "iterations_converged": result.converged,
+            "reliable": result.reliable, "trim_fraction": result.trim_fraction, "start": result.start,
+            "rival_angle_deg": result.rival_angle_deg, "units": units, "mm_per_unit": scale,
             "fixed_points": len(fixed_points), "moving_points": len(moving_points)}, "icp")
         name = f"{self._name(moving)} registration"
-        node = bridge.create_linear_transform(self.scene, result.matrix, name, output_transform_node)
+        node = bridge.create_linear_transform(self.scene, matrix, name, output_transform_node)
         bridge.set_fixed_moving_references(node, fixed_node or self._node(fixed), moving_node or self._node(moving))
         progress.update("done", 1.0)
         return node

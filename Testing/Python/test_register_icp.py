@@ -51,8 +51,11 @@ def pose_errors(matrix, truth, points):
 def test_bun090_onto_bun000_recovers_scanner_pose(shared_data):
     fixed, moving, truth = bunny_pair(shared_data)
     assert rotation_angle_deg(truth) > 85  # a 90-degree turn: plain ICP from identity cannot do this
-    result = icp(fixed, moving, metric="point-to-plane", multi_start="sphere", trim_fraction=0.4)
+    result = icp(fixed, moving)  # defaults: point-to-plane, sphere starts, trim auto
     rotation_error, translation_error = pose_errors(result.matrix, truth, moving)
+    assert result.reliable
+    assert result.converged
+    assert 0.3 < result.trim_fraction < 0.7  # auto trim: the measured overlap
     assert rotation_error < 1.0
     assert translation_error < 1.0
     assert result.rms_mm < 1.0
@@ -87,20 +90,66 @@ def _small_offset():
     return offset
 
 
-def test_icp_command_on_ply_files_writes_the_inverse_pose(shared_data, tmp_path):
-    """`medai icp bun000.ply bun090.ply` (files in metres, read as LPS like Slicer does): the file holds
-    ITK's fixed -> moving transform, i.e. the inverse of the scanner pose that maps bun090 onto bun000."""
+def _icp_command(folder, tmp_path, *options):
+    """Run `medai icp bun000.ply bun090.ply OPTIONS`; returns (ITK transform, report)."""
+    import json
+
     import SimpleITK as sitk
 
     from MedAICommonLib.cli.main import main
 
-    folder = shared_data / "pointsets" / "stanford-bunny"
-    out = tmp_path / "bunny.h5"
+    out, report = tmp_path / "bunny.h5", tmp_path / "bunny.json"
     assert main(["icp", str(folder / "bun000.ply"), str(folder / "bun090.ply"), "--output-transform", str(out),
-                 "--multi-start", "sphere", "--trim", "0.4"]) == 0
+                 "--report", str(report), *options]) == 0
+    return sitk.ReadTransform(str(out)), json.loads(report.read_text())
+
+
+def test_icp_command_defaults_recover_the_scanner_pose_in_mm(shared_data, tmp_path):
+    """`medai icp bun000.ply bun090.ply` with DEFAULT options (files in metres, read as LPS like Slicer does):
+    the file holds ITK's fixed -> moving transform, the inverse of the scanner pose that maps bun090 onto
+    bun000, within 2 degrees and 1 mm; the report's RMS is in mm and says the files were read as metres."""
+    folder = shared_data / "pointsets" / "stanford-bunny"
+    itk, report = _icp_command(folder, tmp_path)
     _, moving_mm, truth = bunny_pair(shared_data)
-    itk = sitk.ReadTransform(str(out))
+    matrix_lps = np.eye(4)
+    matrix_lps[:3, :3] = np.reshape(itk.GetMatrix(), (3, 3))
+    matrix_lps[:3, 3] = np.asarray(itk.GetTranslation()) + np.asarray(itk.GetCenter()) \
+        - matrix_lps[:3, :3] @ np.asarray(itk.GetCenter())
+    assert rotation_angle_deg(matrix_lps @ truth) < 2.0  # fixed -> moving composed with moving -> fixed
     moving = moving_mm[::50] / 1000.0
     on_fixed = moving @ truth[:3, :3].T + truth[:3, 3] / 1000.0
     back = np.array([itk.TransformPoint(tuple(p)) for p in on_fixed])
     assert np.linalg.norm(back - moving, axis=1).mean() * 1000.0 < 1.0  # mm
+    metrics = report["metrics"]
+    assert metrics["converged"] is True
+    assert metrics["units"] == "m"
+    assert 0.1 < metrics["rms_mm"] < 1.0  # mm: the scans' spacing is ~0.5 mm (in metres it would read 0.0005)
+    assert 0.3 < metrics["inlier_fraction"] < 0.7  # partial overlap, measured
+    assert any("metres" in warning for warning in report["warnings"])
+
+
+def test_icp_command_flags_a_pose_it_did_not_find(shared_data, tmp_path):
+    """Principal-axes starts with 90% of the pairs cannot turn bun090 onto bun000 (about half of each scan
+    is out of the other's view): the command must not claim convergence and must say why."""
+    folder = shared_data / "pointsets" / "stanford-bunny"
+    itk, report = _icp_command(folder, tmp_path, "--multi-start", "axes", "--trim", "0.9", "--units", "m")
+    _, _, truth = bunny_pair(shared_data)
+    matrix_lps = np.eye(4)
+    matrix_lps[:3, :3] = np.reshape(itk.GetMatrix(), (3, 3))
+    assert rotation_angle_deg(matrix_lps @ truth) > 10.0  # really wrong, so the flag below is deserved
+    assert report["metrics"]["converged"] is False
+    assert report["metrics"]["reliable"] is False
+    assert any("unreliable" in warning for warning in report["warnings"])
+    assert not any("metres" in warning for warning in report["warnings"])  # --units m: nothing guessed
+
+
+def test_icp_warns_when_the_trimmed_pairs_are_off_the_surface(shared_data):
+    """The algorithm itself flags a wrong pose (MedAIWarning, ``reliable`` False), whoever calls it."""
+    from MedAICommonLib.notices import MedAIWarning
+
+    fixed, moving, truth = bunny_pair(shared_data)
+    with pytest.warns(MedAIWarning, match="unreliable"):
+        result = icp(fixed, moving, multi_start="axes", trim_fraction=0.9)
+    assert pose_errors(result.matrix, truth, moving)[0] > 10.0
+    assert not result.reliable
+    assert result.inlier_fraction < 0.8 * result.trim_fraction
