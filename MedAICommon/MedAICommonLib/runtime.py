@@ -1,11 +1,16 @@
-"""Headless runtime: a real MRML scene with Slicer's module logics, with or without Slicer.
+"""Headless runtime: a real MRML scene that behaves as in Slicer, with or without Slicer.
 
 Inside the Slicer application (``slicer.app`` exists) :func:`get_scene` returns the
-application's ``slicer.mrmlScene``. Outside it (the ``slicer-core`` wheel: batch runs,
-pytest), :func:`create_scene` builds a scene wired to the same C++ logics Slicer uses
-(application logic, colours, segmentations with their converter rules, markups, models,
-volumes, transforms, tables, plots, subject hierarchy), so segment
-conversions, storage nodes and ``slicer.util`` array helpers behave as in Slicer.
+application's ``slicer.mrmlScene``. Outside it, :func:`create_runtime` builds a scene that needs only
+what Slicer's ``PythonSlicer`` has (the kits of ``Base/Python/CMakeLists.txt``: MRML core and logic,
+vtkSegmentationCore, the base application logic): the application logic and the segmentation
+converter rules (binary labelmap <-> closed surface, fractional labelmap) that Slicer's Segmentations
+module registers. Background jobs run in PythonSlicer, so nothing MedAI does on a scene may need more.
+
+Where the interpreter also has Slicer's module logics (the ``slicer-core`` wheel: pytest, the
+``medai`` CLI), they are attached too (colours, segmentations, markups, ...), so that
+``slicer.util`` helpers such as ``arrayFromSegmentBinaryLabelmap`` work on the headless scene as in
+Slicer; MedAI's own code never calls them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import slicer
 import vtk
 
 _LOGIC_CLASSES = {
-    # module name as Slicer registers it -> logic class name in slicer-core
+    # module name as Slicer registers it -> logic class name (present in slicer-core, absent in PythonSlicer)
     "Colors": "vtkSlicerColorLogic",
     "SubjectHierarchy": "vtkSlicerSubjectHierarchyModuleLogic",
     "Segmentations": "vtkSlicerSegmentationsModuleLogic",
@@ -30,22 +35,53 @@ _LOGIC_CLASSES = {
     "Plots": "vtkSlicerPlotsLogic",
 }
 
+CONVERTER_RULES = (
+    # the rules qSlicerSegmentationsModule registers, all in vtkSegmentationCore
+    "vtkBinaryLabelmapToClosedSurfaceConversionRule",
+    "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+    "vtkFractionalLabelmapToClosedSurfaceConversionRule",
+)
+
 
 def in_slicer_application() -> bool:
     """True when running inside the Slicer application (GUI or ``--no-main-window``)."""
     return hasattr(slicer, "app")
 
 
+def module_logics_available() -> bool:
+    """True when this interpreter's ``slicer`` has Slicer's module logics (slicer-core; not PythonSlicer)."""
+    return all(hasattr(slicer, class_name) for class_name in _LOGIC_CLASSES.values())
+
+
+def register_converter_rules() -> None:
+    """Register Slicer's segmentation converter rules once per process (as the Segmentations module does).
+
+    A segmentation copies the registered rules when it is created, so this runs before any scene is made.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    present = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    for class_name in CONVERTER_RULES:
+        if class_name not in present:
+            factory.RegisterConverterRule(getattr(slicer, class_name)())
+
+
 @dataclass
 class HeadlessRuntime:
-    """A scene plus the application and module logics that keep it behaving like Slicer's."""
+    """A scene plus its application logic, and Slicer's module logics where the interpreter has them."""
 
     scene: object
     app_logic: object
     logics: dict = field(default_factory=dict)
 
     def logic(self, module_name: str):
-        """The logic of a Slicer module (e.g. ``"Segmentations"``) bound to this scene."""
+        """The logic of a Slicer module (e.g. ``"Segmentations"``) bound to this scene.
+
+        Raises ``KeyError`` in PythonSlicer, which has no module logics.
+        """
+        if module_name not in self.logics:
+            raise KeyError(f"No {module_name} module logic in this interpreter (PythonSlicer has none); "
+                           "use MedAICommonLib.bridge instead.")
         return self.logics[module_name]
 
     def clear(self) -> None:
@@ -53,18 +89,9 @@ class HeadlessRuntime:
         self.scene.Clear(False)
 
 
-def create_runtime() -> HeadlessRuntime:
-    """Create a new headless MRML scene with Slicer's module logics registered."""
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    # Instantiating the factory registers the default segmentation converter rules
-    # (binary labelmap <-> closed surface, fractional labelmap), as qSlicerSegmentationsModule does.
-    slicer.vtkSegmentationConverterFactory.GetInstance()
+def _attach_module_logics(scene, app_logic) -> dict:
+    # The colour logic reports (harmlessly) that the application's colour-file folder is unset.
     logics = {}
-    # The colour logic reports (harmlessly) that the application's colour-file folder is
-    # unset; terminology files are not part of slicer-core, so segments carry terminology
-    # entries as strings instead (as Slicer stores them).
     warnings_were_on = vtk.vtkObject.GetGlobalWarningDisplay()
     vtk.vtkObject.GlobalWarningDisplayOff()
     try:
@@ -76,6 +103,22 @@ def create_runtime() -> HeadlessRuntime:
             logics[module_name] = logic
     finally:
         vtk.vtkObject.SetGlobalWarningDisplay(warnings_were_on)
+    return logics
+
+
+def create_runtime(module_logics: bool | None = None) -> HeadlessRuntime:
+    """Create a new headless MRML scene with its application logic and the segmentation converter rules.
+
+    ``module_logics``: attach Slicer's module logics too (default: when the interpreter has them;
+    False gives exactly what a PythonSlicer worker has).
+    """
+    register_converter_rules()
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    if module_logics is None:
+        module_logics = module_logics_available()
+    logics = _attach_module_logics(scene, app_logic) if module_logics else {}
     return HeadlessRuntime(scene=scene, app_logic=app_logic, logics=logics)
 
 
@@ -104,7 +147,9 @@ def install_as_default(runtime: HeadlessRuntime) -> None:
     if in_slicer_application():
         raise RuntimeError("Inside Slicer the application's scene is used; do not install a headless runtime")
     slicer.mrmlScene = runtime.scene
-    slicer.modules = SimpleNamespace(**{name.lower(): _ModuleHandle(logic) for name, logic in runtime.logics.items()})
+    if runtime.logics:  # PythonSlicer keeps its empty slicer.modules
+        slicer.modules = SimpleNamespace(**{name.lower(): _ModuleHandle(logic)
+                                            for name, logic in runtime.logics.items()})
 
 
 def get_runtime() -> HeadlessRuntime:
@@ -122,15 +167,3 @@ def get_scene():
     if in_slicer_application():
         return slicer.mrmlScene
     return get_runtime().scene
-
-
-def segmentations_logic(scene=None):
-    """Slicer's Segmentations module logic for ``scene`` (application or headless)."""
-    if in_slicer_application():
-        return slicer.modules.segmentations.logic()
-    runtime = get_runtime()
-    if scene is not None and scene is not runtime.scene:
-        logic = slicer.vtkSlicerSegmentationsModuleLogic()
-        logic.SetMRMLScene(scene)
-        return logic
-    return runtime.logic("Segmentations")
