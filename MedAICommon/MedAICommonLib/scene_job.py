@@ -59,15 +59,21 @@ class JobOutput:
 
 
 class SceneJob:
-    """A ``medai`` command in a worker, reading its inputs from and its outputs into ``scene``."""
+    """A ``medai`` command in a worker, reading its inputs from and its outputs into ``scene``.
+
+    ``env`` and ``python`` go to the :class:`~MedAICommonLib.worker.Worker` (extra environment, e.g. a
+    ``PYTHONPATH``; the interpreter command); they may also be set on the job before it starts.
+    """
 
     def __init__(self, scene, args: list[str], inputs: dict | None = None, outputs: list[JobOutput] | None = None,
-                 on_progress=None, workdir=None):
+                 on_progress=None, workdir=None, env: dict | None = None, python: list[str] | None = None):
         self.scene = scene
         self.args = list(args)
         self.inputs = dict(inputs or {})
         self.outputs = list(outputs or [])
         self.on_progress = on_progress
+        self.env = env
+        self.python = python
         self._parent_dir = workdir
         self.folder: Path | None = None
         self.worker: Worker | None = None
@@ -93,7 +99,7 @@ class SceneJob:
         try:
             files = {key: self._write_input(key, node) for key, node in self.inputs.items()}
             args = [self._expand(arg, files) for arg in self.args]
-            self.worker = Worker(args, on_progress=self.on_progress).start()
+            self.worker = Worker(args, on_progress=self.on_progress, env=self.env, python=self.python).start()
         except Exception:
             self._cleanup()
             raise

@@ -4,11 +4,19 @@ A crash, an out-of-memory kill or a Cancel in the worker cannot take the user's 
 the worker is ``python -m MedAICommonLib.cli COMMAND ... --progress-json``, exchanging files
 with the caller; progress arrives as JSON lines on its stdout, read by a thread into a queue
 that the caller drains (a Qt timer in Slicer, a loop in batches). Cancel kills the worker's
-whole process group. The caller loads outputs into the scene only when the worker succeeded.
+whole process tree (its process group on POSIX, ``taskkill /T`` on Windows). The caller loads outputs
+into the scene only when the worker succeeded.
+
+Inside Slicer the worker is ``PythonSlicer``, which knows neither the extension's module folders
+(Slicer adds them to ``sys.path`` at run time) nor any editable install: the child's ``PYTHONPATH``
+names the folders holding MedAI's packages explicitly, found from the packages this process imported,
+so the installed layout (one ``qt-scripted-modules`` folder) and "Additional module paths" (one
+folder per module) both work.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -22,6 +30,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .progress import CancelledError
+
+PACKAGES = ("MedAICommonLib", "MedAISegLib", "MedAIRegisterLib", "MedAIPlanLib")
+"""MedAI's packages a worker imports; each lives in its module's folder."""
+
+_WINDOWS = os.name == "nt"
+# Windows process-creation flags (subprocess defines them only on Windows): a new process group, no console.
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
 
 
 class WorkerState(Enum):
@@ -55,13 +71,66 @@ def python_executable() -> str:
     return sys.executable
 
 
-class Worker:
-    """One ``medai`` command in a child process with progress, cancel and isolation."""
+def package_folders() -> list[str]:
+    """The folders holding MedAI's packages as this process imports them (one per module, or one shared)."""
+    folders = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = os.path.dirname(os.path.abspath(next(iter(spec.submodule_search_locations))))
+        if folder not in folders:
+            folders.append(folder)
+    return folders
 
-    def __init__(self, args: list[str], on_progress=None, env: dict | None = None):
+
+def worker_environment(extra: dict | None = None, base: dict | None = None) -> dict:
+    """The child's environment: ``base`` (default ``os.environ``) with ``extra``, unbuffered output, and
+    ``PYTHONPATH`` = MedAI's package folders, then the ``PYTHONPATH`` of ``extra`` or ``base``."""
+    env = dict(os.environ if base is None else base)
+    env.update(extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    entries = package_folders()
+    entries += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in entries]
+    env["PYTHONPATH"] = os.pathsep.join(entries)
+    return env
+
+
+def popen_options(windows: bool = _WINDOWS) -> dict:
+    """How the worker is started so that Cancel can end it with its children, without a console window."""
+    if windows:
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_tree_command(pid: int) -> list[str]:
+    """The Windows command that ends process ``pid`` and all its descendants."""
+    return ["taskkill", "/T", "/F", "/PID", str(pid)]
+
+
+def error_line(stderr: list[str], any_line: bool = True) -> str:
+    """The worker's one-line error: its last ``medai ...`` line, else (with ``any_line``) its last
+    non-empty line, e.g. the last line of a Python traceback."""
+    for line in reversed(stderr):
+        if line.startswith("medai"):
+            return line
+    if not any_line:
+        return ""
+    return next((line.strip() for line in reversed(stderr) if line.strip()), "")
+
+
+class Worker:
+    """One ``medai`` command in a child process with progress, cancel and isolation.
+
+    ``env`` adds to the child's environment (its ``PYTHONPATH`` goes after MedAI's package folders);
+    ``python`` replaces the interpreter command (default: PythonSlicer in Slicer, else this Python).
+    """
+
+    def __init__(self, args: list[str], on_progress=None, env: dict | None = None, python: list[str] | None = None):
         self.args = list(args)
         self.on_progress = on_progress
         self.env = env
+        self.python = list(python) if python else None
         self.state = WorkerState.NOT_STARTED
         self.stage, self.fraction = "", 0.0
         self._process: subprocess.Popen | None = None
@@ -76,10 +145,9 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the worker process (in its own process group, so Cancel can end its children too)."""
-        command = [python_executable(), "-m", "MedAICommonLib.cli", *self.args, "--progress-json"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        command = [*(self.python or [python_executable()]), "-m", "MedAICommonLib.cli", *self.args, "--progress-json"]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         env=env, start_new_session=True)
+                                         env=worker_environment(self.env), **popen_options())
         self.state = WorkerState.RUNNING
         for stream, kind in ((self._process.stdout, "out"), (self._process.stderr, "err")):
             thread = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
@@ -120,9 +188,23 @@ class Worker:
                 self._stderr.append(line)
 
     def cancel(self, grace_s: float = 0.5) -> None:
-        """Stop the worker and its children: SIGTERM to the group, SIGKILL after ``grace_s``."""
+        """Stop the worker and its children: on POSIX SIGTERM to the group, SIGKILL after ``grace_s``;
+        on Windows ``taskkill /T /F`` on the tree."""
         if self._process is None or self._process.poll() is not None:
             return
+        if _WINDOWS:
+            subprocess.run(kill_tree_command(self._process.pid), capture_output=True, check=False,
+                           creationflags=CREATE_NO_WINDOW)
+            try:
+                self._process.wait(timeout=max(grace_s, 5.0))
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        else:
+            self._kill_group(grace_s)
+        self.state = WorkerState.CANCELLED
+
+    def _kill_group(self, grace_s: float) -> None:
         try:
             os.killpg(self._process.pid, signal.SIGTERM)
             self._process.wait(timeout=grace_s)
@@ -131,15 +213,10 @@ class Worker:
             self._process.wait()
         except ProcessLookupError:
             pass
-        self.state = WorkerState.CANCELLED
 
     def result(self) -> WorkerResult:
         """The outcome so far (call after the worker ended)."""
-        error = ""
-        for line in reversed(self._stderr):
-            if line.startswith("medai"):
-                error = line
-                break
+        error = error_line(self._stderr, any_line=self.state == WorkerState.FAILED)
         if not error and self.state == WorkerState.FAILED:
             code = self._process.returncode
             error = (f"the worker was killed by signal {-code}" if code is not None and code < 0
