@@ -210,3 +210,35 @@ def validator_api(folder: str) -> ModuleApi:
     api = ModuleApi(path)
     _define(api.names, ast.parse(path.read_text(encoding="utf-8")))
     return api
+
+
+@functools.cache
+def class_members(folder: str, module: str, class_name: str) -> frozenset[str] | None:
+    """Methods and ``self.X`` attributes of ``slicer.<module>.<class_name>`` at ``folder`` (bases in the same file
+    followed; ``unittest.TestCase`` members added for a test case); None when the class does not exist."""
+    api = module_api(folder, module)
+    if api is None:
+        return None
+    tree = ast.parse(api.path.read_text(encoding="utf-8"))
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    if class_name not in classes:
+        return None
+    members: set[str] = set()
+    pending = [class_name]
+    while pending:
+        node = classes[pending.pop()]
+        for item in ast.walk(node):
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item in node.body:
+                members.add(item.name)
+            elif (isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store)
+                  and isinstance(item.value, ast.Name) and item.value.id == "self"):
+                members.add(item.attr)
+        for base in node.bases:
+            name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
+            if name in classes:
+                pending.append(name)
+            elif name == "TestCase":
+                import unittest
+
+                members.update(dir(unittest.TestCase))
+    return frozenset(members)

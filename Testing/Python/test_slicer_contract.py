@@ -233,3 +233,63 @@ def test_no_two_modules_install_the_same_path_and_every_file_is_listed():
         on_disk.add(f"{module}.py")
         assert on_disk - set(listed) == set(), f"{module}/CMakeLists.txt does not list these"
     assert {item: mods for item, mods in owners.items() if len(mods) > 1} == {}
+
+
+# --- members inherited from Slicer's scripted-module classes -------------------------------------------------
+PANEL_FILES = [*MODULE_FILES, REPO / "MedAICommon" / "MedAICommonLib" / "slicer_widget.py"]
+
+
+def inherited_uses() -> list[tuple[str, str, str, str]]:
+    """``(file, class, Slicer base "module.Class", member)`` for each ``self.X`` a panel class uses but does not
+    define itself (nor through a MedAI base class)."""
+    trees = {path: ast.parse(path.read_text()) for path in PANEL_FILES}
+    local = {n.name: n for tree in trees.values() for n in tree.body if isinstance(n, ast.ClassDef)}
+
+    def own(node: ast.ClassDef) -> tuple[set[str], list[str]]:
+        names = {i.name for i in node.body if isinstance(i, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign))
+                 and hasattr(i, "name")}
+        names |= {t.id for i in node.body if isinstance(i, ast.Assign) for t in i.targets if isinstance(t, ast.Name)}
+        names |= {a.attr for a in ast.walk(node) if isinstance(a, ast.Attribute) and isinstance(a.ctx, ast.Store)
+                  and isinstance(a.value, ast.Name) and a.value.id == "self"}
+        slicer_bases = []
+        for base in node.bases:
+            name = getattr(base, "id", getattr(base, "attr", ""))
+            if name in local:
+                inherited, more = own(local[name])
+                names |= inherited
+                slicer_bases += more
+            elif name.startswith("ScriptedLoadableModule"):
+                slicer_bases.append(f"ScriptedLoadableModule.{name}")
+            elif name == "VTKObservationMixin":
+                slicer_bases.append("util.VTKObservationMixin")
+        return names, slicer_bases
+
+    found = []
+    for path, tree in trees.items():
+        for node in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            defined, bases = own(node)
+            used = {a.attr for a in ast.walk(node) if isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name)
+                    and a.value.id == "self" and isinstance(a.ctx, ast.Load)}
+            found += [(path.name, node.name, base, member) for member in sorted(used - defined) for base in bases]
+    return found
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_inherited_members_exist_in_slicer_base_classes(folder):
+    """``self.resourcePath``, ``self.addObserver``, ``self.delayDisplay`` ... exist in the Slicer base class."""
+    uses = inherited_uses()
+    assert any(member == "resourcePath" for *_, member in uses)
+    widget = ref.class_members(folder, "ScriptedLoadableModule", "ScriptedLoadableModuleWidget")
+    assert {"resourcePath", "layout", "parent"} <= widget
+    assert "delayDisplay" not in widget
+    assert "assertEqual" in ref.class_members(folder, "ScriptedLoadableModule", "ScriptedLoadableModuleTest")
+    by_class: dict[tuple[str, str], set[str]] = {}
+    for file, cls, base, member in uses:
+        by_class.setdefault((file, cls), set())
+        module, name = base.split(".")
+        members = ref.class_members(folder, module, name)
+        assert members is not None, f"{base} does not exist"
+        if member in members:
+            by_class[(file, cls)].add(member)
+    missing = {(file, cls, member) for file, cls, _, member in uses if member not in by_class[(file, cls)]}
+    assert missing == set()
