@@ -152,6 +152,8 @@ def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.nda
     zs = np.array(list(planes))
     lower, upper = slab_bounds(zs, None)
     polys_by_plane = list(planes.values())
+    if np.allclose(np.abs(np.diag(geometry.direction)), 1.0, atol=1e-6):
+        return _rasterize_axis_aligned(polys_by_plane, lower, upper, geometry)
     pts = np.concatenate([p for polys in polys_by_plane for p in polys])
     lo = np.array([*pts.min(axis=0), lower[0]])
     hi = np.array([*pts.max(axis=0), upper[-1]])
@@ -180,6 +182,45 @@ def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.nda
             inside[sel] = inside_polygons(centres[sel, :2], polys_by_plane[n])
         mask[k, j0:j1, i0:i1] = inside.reshape(ii.shape)
     return mask
+
+
+def _rasterize_axis_aligned(polys_by_plane, lower, upper, geometry: Geometry) -> np.ndarray:
+    """:func:`rasterize_contours` on a grid whose i, j, k axes run along LPS +-x, +-y, +-z: scan-line fill."""
+    d = np.diag(geometry.direction)
+    coords = [geometry.origin[a] + d[a] * geometry.spacing[a] * np.arange(n)
+              for a, n in enumerate(geometry.shape_kji[::-1])]  # x of each i, y of each j, z of each k
+    mask = np.zeros(geometry.shape_kji, dtype=bool)
+    for k, z in enumerate(coords[2]):
+        plane = int(np.searchsorted(upper, z, side="right"))  # first plane with z < upper
+        if plane < len(upper) and z >= lower[plane]:
+            mask[k] = _fill_polygons(polys_by_plane[plane], coords[0], coords[1])
+    return mask
+
+
+def _fill_polygons(polys: list[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Even-odd fill (rows j: ``ys``, columns i: ``xs``) of closed polygons: a pixel is in when its centre is.
+
+    Each row counts the polygon edges it crosses (half-open in y, so a vertex on a row counts once)
+    left of each pixel centre; ``xs`` and ``ys`` may run either way.
+    """
+    x_order, y_order = np.argsort(xs), np.argsort(ys)
+    xs_sorted, ys_sorted = xs[x_order], ys[y_order]
+    toggles = np.zeros((len(ys), len(xs) + 1), dtype=np.int32)
+    for poly in polys:
+        x0, y0 = poly[:, 0], poly[:, 1]
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        r0 = np.searchsorted(ys_sorted, np.minimum(y0, y1), side="left")
+        r1 = np.searchsorted(ys_sorted, np.maximum(y0, y1), side="left")
+        count = r1 - r0  # rows with min(y0, y1) <= y < max(y0, y1); horizontal edges cross none
+        edge = np.repeat(np.arange(len(x0)), count)
+        rows = np.repeat(r0, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        y = ys_sorted[rows]
+        x = x0[edge] + (y - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+        np.add.at(toggles, (rows, np.searchsorted(xs_sorted, x, side="right")), 1)
+    inside = (np.cumsum(toggles[:, :-1], axis=1) % 2).astype(bool)
+    out = np.empty_like(inside)
+    out[np.ix_(y_order, x_order)] = inside
+    return out
 
 
 @dataclass
