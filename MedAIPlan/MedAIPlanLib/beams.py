@@ -20,6 +20,23 @@ import numpy as np
 from MedAICommonLib.geometry import Geometry
 
 
+def check_angles(angles, what: str = "Gantry angle") -> list[float]:
+    """The angles (degrees) as floats; ValueError unless every one is in 0 <= angle < 360.
+
+    Angles are refused rather than wrapped, so that a typo (400 for 40) is not planned silently and the
+    angle reported is the angle delivered (DICOM's GantryAngle, PatientSupportAngle and
+    BeamLimitingDeviceAngle use the same range). ``what`` starts the message (e.g. ``"--gantry-angles"``).
+    """
+    values = [float(a) for a in np.atleast_1d(np.asarray(angles, dtype=float))]
+    bad = [a for a in values if not 0.0 <= a < 360.0]  # NaN fails the comparison too
+    if bad:
+        hint = [round(a % 360.0, 6) for a in bad if np.isfinite(a)]
+        raise ValueError(f"{what}: {', '.join(f'{a:g}' for a in bad)} degrees is outside 0 <= angle < 360. Angles "
+                         "are refused, not wrapped: give them in that range"
+                         + (f" ({', '.join(f'{a:g}' for a in hint)}?)." if hint else "."))
+    return values
+
+
 def rotation_matrix(gantry_deg: float, couch_deg: float = 0.0) -> np.ndarray:
     """3x3 matrix mapping BEV vectors to LPS patient vectors (matRad's active rotation)."""
     g, c = np.deg2rad(gantry_deg), np.deg2rad(couch_deg)
@@ -110,10 +127,10 @@ def make_beams(target_mask: np.ndarray, geometry: Geometry, gantry_angles, couch
                bixel_width: float = 5.0, isocenter=None, margin_mm: float = 0.0,
                sad: float = 1000.0) -> list[Beam]:
     """Beams with bixel grids covering the target's BEV projection (plus ``margin_mm``)."""
-    gantry_angles = [float(a) for a in np.atleast_1d(gantry_angles)]
+    gantry_angles = check_angles(gantry_angles, "Gantry angle")
     if not gantry_angles:
         raise ValueError("Give at least one gantry angle.")
-    couch_angles = [0.0] * len(gantry_angles) if couch_angles is None else [float(a) for a in np.atleast_1d(couch_angles)]
+    couch_angles = [0.0] * len(gantry_angles) if couch_angles is None else check_angles(couch_angles, "Couch angle")
     if len(couch_angles) != len(gantry_angles):
         raise ValueError("Give one couch angle per gantry angle (or none).")
     if not bixel_width or bixel_width <= 0:

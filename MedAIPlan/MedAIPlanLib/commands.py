@@ -18,6 +18,7 @@ from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
+from .beams import check_angles
 from .fluence import Objective
 from .logic import MedAIPlanLogic
 
@@ -94,8 +95,11 @@ def _common_kwargs(args):
     iso = _numbers(args.isocenter, "--isocenter")
     if iso is not None and len(iso) != 3:
         raise ValueError("--isocenter needs three numbers x,y,z (LPS mm).")
-    return {"gantry_angles": _numbers(args.gantry_angles, "--gantry-angles"),
-            "couch_angles": _numbers(args.couch_angles, "--couch-angles"), "bixel_width_mm": args.bixel_width,
+    gantry = check_angles(_numbers(args.gantry_angles, "--gantry-angles"), "--gantry-angles")
+    couch = _numbers(args.couch_angles, "--couch-angles")
+    return {"gantry_angles": gantry,
+            "couch_angles": None if couch is None else check_angles(couch, "--couch-angles"),
+            "bixel_width_mm": args.bixel_width,
             "isocenter_lps": iso, "device": args.device, "hlut_path": args.hlut, "fractions": args.fractions,
             "per_beam": bool(args.per_beam_dir), "memory_limit_gb": args.memory_limit_gb,
             "auto_dose_grid": bool(args.auto_dose_grid)}

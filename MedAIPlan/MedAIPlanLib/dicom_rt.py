@@ -21,6 +21,7 @@ from scipy.interpolate import interp1d
 
 from MedAICommonLib.geometry import Geometry
 
+from .beams import check_angles
 from .dvh import group_contours_by_plane, inside_polygons, slab_bounds
 
 
@@ -258,11 +259,14 @@ def read_rtplan(path_or_dataset) -> dict:
         for dev in getattr(cp0, "BeamLimitingDevicePositionSequence", []):
             if str(dev.RTBeamLimitingDeviceType) in ("X", "Y", "ASYMX", "ASYMY"):
                 jaws[str(dev.RTBeamLimitingDeviceType)] = [float(v) for v in dev.LeafJawPositions]
+        name = str(getattr(b, "BeamName", b.BeamNumber))
+        gantry, couch, collimator = (
+            check_angles(getattr(cp0, key, 0.0), f"RTPLAN beam '{name}' {kind} angle")[0]
+            for key, kind in (("GantryAngle", "gantry"), ("PatientSupportAngle", "couch"),
+                              ("BeamLimitingDeviceAngle", "collimator")))
         beams.append(RtBeam(
-            int(b.BeamNumber), str(getattr(b, "BeamName", b.BeamNumber)), str(getattr(b, "RadiationType", "")),
-            float(cp0.NominalBeamEnergy) if "NominalBeamEnergy" in cp0 else None,
-            float(getattr(cp0, "GantryAngle", 0.0)), float(getattr(cp0, "PatientSupportAngle", 0.0)),
-            float(getattr(cp0, "BeamLimitingDeviceAngle", 0.0)),
+            int(b.BeamNumber), name, str(getattr(b, "RadiationType", "")),
+            float(cp0.NominalBeamEnergy) if "NominalBeamEnergy" in cp0 else None, gantry, couch, collimator,
             tuple(float(v) for v in getattr(cp0, "IsocenterPosition", (0.0, 0.0, 0.0))),
             float(getattr(b, "SourceAxisDistance", 1000.0)), meterset.get(int(b.BeamNumber)), len(cps), jaws))
     return {"label": str(getattr(ds, "RTPlanLabel", "")), "fractions": fractions, "beams": beams,

@@ -20,6 +20,8 @@ from skimage.measure import find_contours
 
 from MedAICommonLib.geometry import Geometry
 
+from .beams import check_angles
+
 RTDOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 RTPLAN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -238,6 +240,8 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
         beam = Dataset()
         beam.BeamNumber = n
         beam.BeamName = str(b.get("name", f"Beam {n}"))[:64]
+        angles = {kind: check_angles(b.get(f"{kind}_deg", 0.0), f"RTPLAN beam '{beam.BeamName}' {kind} angle")[0]
+                  for kind in ("gantry", "couch", "collimator")}
         beam.BeamType = "STATIC"
         beam.TreatmentMachineName = machine
         beam.RadiationType = "PHOTON"
@@ -266,11 +270,11 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
             cp.CumulativeMetersetWeight = str(i)
             if i == 0:
                 cp.NominalBeamEnergy = _ds_string(float(b.get("energy_mv", 6.0)))
-                cp.GantryAngle = _ds_string(float(b.get("gantry_deg", 0.0)) % 360)
+                cp.GantryAngle = _ds_string(angles["gantry"])
                 cp.GantryRotationDirection = "NONE"
-                cp.BeamLimitingDeviceAngle = _ds_string(float(b.get("collimator_deg", 0.0)) % 360)
+                cp.BeamLimitingDeviceAngle = _ds_string(angles["collimator"])
                 cp.BeamLimitingDeviceRotationDirection = "NONE"
-                cp.PatientSupportAngle = _ds_string(float(b.get("couch_deg", 0.0)) % 360)
+                cp.PatientSupportAngle = _ds_string(angles["couch"])
                 cp.PatientSupportRotationDirection = "NONE"
                 cp.IsocenterPosition = [_ds_string(v) for v in b.get("isocenter_lps", (0.0, 0.0, 0.0))]
                 positions = []

@@ -14,6 +14,7 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.runtime import get_scene
 
 from . import dicom_rt
+from .beams import check_angles
 from .dose_volume import mark_as_dose_volume
 from .evaluation_logic import PlanEvaluationLogic
 
@@ -242,20 +243,24 @@ def cmd_rt_export(args, report) -> int:
     if args.segmentation:
         report.inputs["segmentation"] = str(args.segmentation)
         structures = bridge.load_segmentation(scene, args.segmentation)
+    gantry = check_angles(_floats(args.gantry), "--gantry") if args.gantry else []
+    couch = check_angles(_floats(args.couch), "--couch") if args.couch else []
     with report.timed("export"):
-        if args.gantry:
+        if gantry:
             if dose is None or structures is None or not args.target:
                 raise ValueError("RTPLAN export needs --dose, --segmentation and --target with --gantry.")
-            report.parameters.update({"gantry_deg": _floats(args.gantry), "couch_deg": _floats(args.couch),
+            report.parameters.update({"gantry_deg": gantry, "couch_deg": couch,
                                       "target": args.target, "bixel_width_mm": args.bixel_width,
                                       "prescription_gy": args.prescription, "fractions": args.fractions})
             paths = logic.export_plan(args.output_dir, dose, structures, meterset_mu=_floats(args.beam_mu) or None,
                                       energy_mv=args.energy, bits=args.bits, prescription_gy=args.prescription,
-                                      fractions=args.fractions, target=args.target, gantry_angles=_floats(args.gantry),
-                                      couch_angles=_floats(args.couch) or None,
+                                      fractions=args.fractions, target=args.target, gantry_angles=gantry,
+                                      couch_angles=couch or None,
                                       isocenter_lps=_floats(args.isocenter) or None, bixel_width_mm=args.bixel_width)
-            report.metrics["beams"] = len(_floats(args.gantry))
+            report.metrics["beams"] = len(gantry)
         else:
             paths = logic.export_rt(args.output_dir, dose, structures, bits=args.bits)
     report.outputs.update(paths)
+    if "RTSTRUCT" in paths:  # every segment of every layer, with its number of contours
+        report.metrics["structure_contours"] = {r.name: len(r.contours) for r in dicom_rt.read_rtstruct(paths["RTSTRUCT"])}
     return 0
