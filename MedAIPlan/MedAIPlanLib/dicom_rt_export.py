@@ -1,9 +1,10 @@
-"""DICOM-RT export with pydicom: RTDOSE from a dose grid, RTSTRUCT from a label map, RTPLAN from beams.
+"""DICOM-RT export with pydicom: RTDOSE from a dose grid, RTSTRUCT from masks, RTPLAN from beams.
 
 Inputs are KJI arrays with a :class:`Geometry` (RAS or LPS; written as LPS, DICOM's patient
 system). Dose in Gy is stored as uint32 x DoseGridScaling (so a round trip reproduces it to half
-a scaling step). RTSTRUCT contours are traced per k-slice at the 0.5 level of each segment's mask
-(marching squares), so re-rasterising them at voxel centres returns the same voxels.
+a scaling step). RTSTRUCT contours are traced per k-slice at the 0.5 level of each segment's own mask
+(marching squares; segments may overlap), so re-rasterising them at voxel centres returns the same
+voxels. Angles are checked (0 <= angle < 360, :func:`beams.check_angles`), never wrapped.
 """
 
 from __future__ import annotations
@@ -137,8 +138,41 @@ def _slice_contours(mask2d: np.ndarray) -> list[np.ndarray]:
 def rtstruct_dataset(labels: np.ndarray, geometry: Geometry, segments: list[tuple[int, str, tuple | None]],
                      patient: dict | None = None, study_uid: str | None = None,
                      frame_of_reference_uid: str | None = None, label: str = "MedAI") -> Dataset:
-    """An RTSTRUCT dataset with one ROI per ``(label value, name, colour 0..1 or None)`` of a KJI label map."""
+    """An RTSTRUCT dataset with one ROI per ``(label value, name, colour 0..1 or None)`` of a KJI label map.
+
+    A label map cannot hold overlapping structures; use :func:`rtstruct_from_masks` for those.
+    """
     labels = np.asarray(labels)
+    masks = [(name, color, labels == value) for value, name, color in segments]
+    return rtstruct_from_masks(masks, geometry, patient, study_uid, frame_of_reference_uid, label)
+
+
+def _contour_items(mask: np.ndarray, lps: Geometry) -> list[Dataset]:
+    """CLOSED_PLANAR contour items (LPS mm) of a KJI mask, traced per k-slice at the 0.5 level."""
+    items = []
+    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        for c in _slice_contours(mask[k]):
+            ijk = np.column_stack([c[:, 1], c[:, 0], np.full(len(c), float(k))])
+            pts = lps.index_to_point(ijk)
+            if np.allclose(pts[0], pts[-1]):
+                pts = pts[:-1]
+            item = Dataset()
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(pts)
+            item.ContourData = [_ds_string(v) for v in np.round(pts, 4).ravel()]
+            items.append(item)
+    return items
+
+
+def rtstruct_from_masks(masks: list[tuple[str, tuple | None, np.ndarray]], geometry: Geometry,
+                        patient: dict | None = None, study_uid: str | None = None,
+                        frame_of_reference_uid: str | None = None, label: str = "MedAI") -> Dataset:
+    """An RTSTRUCT dataset with one ROI per ``(name, colour 0..1 or None, boolean KJI mask)``, in order.
+
+    Every mask becomes its own ROI (ROI numbers 1..N in the given order), so overlapping and nested
+    structures are all kept; an empty mask gives an ROI without contours. ``geometry`` (RAS or LPS) is
+    the masks' grid; contours are written in LPS.
+    """
     lps = geometry.to_space("LPS")
     ds = _base_dataset(RTSTRUCT_SOP_CLASS, "RTSTRUCT", patient, study_uid, frame_of_reference_uid)
     ds.StructureSetLabel = label[:16]
@@ -148,7 +182,10 @@ def rtstruct_dataset(labels: np.ndarray, geometry: Geometry, segments: list[tupl
     ref_for.FrameOfReferenceUID = ds.FrameOfReferenceUID
     ds.ReferencedFrameOfReferenceSequence = Sequence([ref_for])
     roi_seq, contour_seq, obs_seq = [], [], []
-    for number, (value, name, color) in enumerate(segments, start=1):
+    for number, (name, color, mask) in enumerate(masks, start=1):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != tuple(lps.shape_kji):
+            raise ValueError(f"Mask of '{name}' has shape {mask.shape}, the grid {tuple(lps.shape_kji)}.")
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ds.FrameOfReferenceUID
@@ -157,21 +194,8 @@ def rtstruct_dataset(labels: np.ndarray, geometry: Geometry, segments: list[tupl
         roi_seq.append(roi)
         rc = Dataset()
         rc.ReferencedROINumber = number
-        rgb = color or (1.0, 0.0, 0.0)
-        rc.ROIDisplayColor = [int(round(255 * float(c))) for c in rgb[:3]]
-        contours = []
-        mask = labels == value
-        for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
-            for c in _slice_contours(mask[k]):
-                ijk = np.column_stack([c[:, 1], c[:, 0], np.full(len(c), float(k))])
-                pts = lps.index_to_point(ijk)
-                if np.allclose(pts[0], pts[-1]):
-                    pts = pts[:-1]
-                item = Dataset()
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(pts)
-                item.ContourData = [_ds_string(v) for v in np.round(pts, 4).ravel()]
-                contours.append(item)
+        rc.ROIDisplayColor = [int(round(255 * float(c))) for c in (color or (1.0, 0.0, 0.0))[:3]]
+        contours = _contour_items(mask, lps)
         if contours:
             rc.ContourSequence = Sequence(contours)
         contour_seq.append(rc)

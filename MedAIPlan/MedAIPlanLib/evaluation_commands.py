@@ -98,6 +98,8 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("inputs", nargs="+", help="DICOM-RT files (.dcm)")
     p.add_argument("--output-dir", required=True, help="folder for dose .nrrd, structures .seg.nrrd, beams .csv")
     p.add_argument("--pixel-mm", type=float, default=1.0, help="in-plane pixel of the RTSTRUCT raster grid (mm)")
+    p.add_argument("--reference", metavar="CT.nrrd",
+                   help="volume (e.g. the CT) whose grid the RTSTRUCT is rasterised on, instead of --pixel-mm")
     add_common_options(p)
     p.set_defaults(func=cmd_rt_import)
 
@@ -211,6 +213,10 @@ def cmd_rt_import(args, report) -> int:
     logic = PlanEvaluationLogic(scene, args.progress)
     out = Path(args.output_dir)
     report.inputs["files"] = [str(p) for p in args.inputs]
+    reference = None
+    if args.reference:
+        report.inputs["reference"] = str(args.reference)
+        reference = bridge.load_volume(scene, args.reference)
     outputs = []
     for path in args.inputs:
         modality = dicom_rt.modality_of(path)
@@ -220,8 +226,9 @@ def cmd_rt_import(args, report) -> int:
                 node = logic.import_rtdose(path)
                 outputs.append(str(bridge.save_node(node, out / f"{stem}.nrrd")))
             elif modality == "RTSTRUCT":
-                node = logic.import_rtstruct(path, pixel_mm=args.pixel_mm)
+                node = logic.import_rtstruct(path, reference_node=reference, pixel_mm=args.pixel_mm)
                 outputs.append(str(bridge.save_node(node, out / f"{stem}.seg.nrrd")))
+                report.metrics[f"{stem}_structures_cc"] = logic.structure_volumes_cc(node)
             elif modality == "RTPLAN":
                 table, plan = logic.import_rtplan(path)
                 outputs.append(str(bridge.save_node(table, out / f"{stem}_beams.csv")))

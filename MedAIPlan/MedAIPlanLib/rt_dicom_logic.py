@@ -8,16 +8,63 @@ reference and reference each other (RTPLAN -> RTSTRUCT, RTDOSE -> RTPLAN).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from MedAICommonLib import bridge
-from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.bridge.segmentations import create_segmentation_from_masks, segment_masks
+from MedAICommonLib.notices import warn
 
 from . import dicom_rt, dicom_rt_export, rtplan_beams
 from .beams import make_beams
 from .dose_volume import mark_as_dose_volume
+from .dvh import contour_volume_cc
+
+VOLUME_TOLERANCE = 0.05
+"""Relative difference between an ROI's rasterised volume and its contours' volume above which import warns."""
+
+
+def _unique_names(rois: list[dicom_rt.RtRoi]) -> list[dicom_rt.RtRoi]:
+    """The ROIs with repeated names made unique ("name (2)", with a warning), so that none is lost."""
+    seen: dict[str, int] = {}
+    out = []
+    for roi in rois:
+        count = seen.get(roi.name, 0) + 1
+        seen[roi.name] = count
+        if count > 1:
+            new_name = f"{roi.name} ({count})"
+            warn(f"RTSTRUCT ROI name '{roi.name}' is repeated (ROI {roi.number}); imported as '{new_name}'.")
+            roi = replace(roi, name=new_name)
+        out.append(roi)
+    return out
+
+
+def _check_volume(roi: dicom_rt.RtRoi, mask: np.ndarray, grid) -> None:
+    """Warn when an ROI's rasterised volume is off its contours' volume by more than VOLUME_TOLERANCE."""
+    expected = contour_volume_cc(roi.contours)
+    got = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
+    if expected > 0 and abs(got - expected) > VOLUME_TOLERANCE * expected:
+        warn(f"RTSTRUCT ROI '{roi.name}': {got:.3g} cc on the import grid vs {expected:.3g} cc inside its contours "
+             f"({100.0 * (got - expected) / expected:+.0f} %); import on a finer grid (pixel size) or on a "
+             "reference volume that covers the whole structure.")
+
+
+def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_reference_uid: str | None = None):
+    """An RTSTRUCT dataset with one ROI per segment of ``node`` (every layer, overlaps kept, in segment order).
+
+    Empty segments are written as ROIs without contours, with a warning.
+    """
+    masks, geometry = segment_masks(node)
+    colors = {s.name: s.color for s in bridge.segment_infos(node)}
+    for segment_name, mask in masks.items():
+        if not mask.any():
+            warn(f"Segment '{segment_name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
+                 "without contours.")
+    return dicom_rt_export.rtstruct_from_masks([(n, colors.get(n), m) for n, m in masks.items()], geometry,
+                                               study_uid=study_uid, frame_of_reference_uid=frame_of_reference_uid,
+                                               label=node.GetName())
 
 
 class RtDicomLogic:
@@ -32,28 +79,46 @@ class RtDicomLogic:
         return node
 
     def import_rtstruct(self, path, reference_node=None, pixel_mm: float = 1.0, name: str | None = None):
-        """Load an RTSTRUCT into a segmentation node, rasterising its contours on ``reference_node``'s
-        grid (axial or oblique: voxel centres tested in contour space) or on an axial grid of ``pixel_mm``
-        with one slice per contour plane."""
-        rois = [r for r in dicom_rt.read_rtstruct(path) if r.contours]
-        if not rois:
+        """Load an RTSTRUCT into a segmentation node with one segment per ROI, in the file's order.
+
+        Contours are rasterised on ``reference_node``'s grid (axial or oblique: voxel centres tested in
+        contour space) or on an axial grid of ``pixel_mm`` with one slice per contour plane. Each ROI keeps
+        its own mask (overlapping and nested ROIs are all kept, in as many layers as they need) and its
+        contours (SlicerRT's "Planar contour" representation, for exact DVHs). An ROI without closed
+        planar contours becomes an empty segment, a repeated name gets a suffix, and a rasterised volume
+        off its contours' volume by more than 5 % is flagged: each with a warning.
+        """
+        rois = _unique_names(dicom_rt.read_rtstruct(path))
+        contoured = [r for r in rois if r.contours]
+        if not contoured:
             raise ValueError(f"{path} has no closed planar contours to import.")
         if reference_node is not None:
             grid = bridge.volume_geometry(reference_node).to_space("LPS")
         else:
-            grid = dicom_rt.contour_grid([r.contours for r in rois], pixel_mm)
-        labels = np.zeros(grid.shape_kji, dtype=np.uint16)
-        segments = []
-        for value, roi in enumerate(rois, start=1):
-            self.progress.update(f"RTSTRUCT {roi.name}", value / (len(rois) + 1))
-            labels[dicom_rt.rasterize_contours(roi.contours, grid)] = value
-            segments.append(SegmentInfo(value, roi.name, roi.color))
-        node = bridge.create_segmentation(self.scene, labels, grid.to_space("RAS"), segments,
-                                          name or Path(path).stem, reference_volume=reference_node)
-        # Keep the original contours too (as SlicerRT's "Planar contour" representation) for exact DVHs.
-        for roi in rois:
+            grid = dicom_rt.contour_grid([r.contours for r in contoured], pixel_mm)
+        masks = {}
+        for n, roi in enumerate(rois):
+            self.progress.update(f"RTSTRUCT {roi.name}", (n + 1) / (len(rois) + 1))
+            if roi.contours:
+                masks[roi.name] = dicom_rt.rasterize_contours(roi.contours, grid)
+                _check_volume(roi, masks[roi.name], grid)
+            else:
+                masks[roi.name] = np.zeros(grid.shape_kji, dtype=bool)
+                warn(f"RTSTRUCT ROI '{roi.name}' has no closed planar contours"
+                     + (f" (only {len(roi.points)} point contours)" if roi.points else "")
+                     + "; it is kept as an empty segment.")
+        colors = {r.name: r.color for r in rois if r.color is not None}
+        node = create_segmentation_from_masks(self.scene, masks, grid.to_space("RAS"), name or Path(path).stem,
+                                              colors=colors, reference_volume=reference_node)
+        for roi in contoured:
             bridge.set_planar_contours(node, roi.name, roi.contours)
         return node
+
+    def structure_volumes_cc(self, segmentation_node) -> dict[str, float]:
+        """Volume (cc) of every segment of ``segmentation_node`` (every layer; overlaps counted in each)."""
+        masks, geometry = segment_masks(segmentation_node)
+        voxel_cc = float(np.prod(geometry.spacing)) / 1000.0
+        return {segment_name: float(mask.sum()) * voxel_cc for segment_name, mask in masks.items()}
 
     def import_rtplan(self, path, name: str | None = None):
         """Load the beams of an RTPLAN into a table node (one row per beam); returns (table, plan dict)."""
@@ -90,12 +155,9 @@ class RtDicomLogic:
         target_roi = None
         datasets = {}
         if segmentation_node is not None:
-            labels, geometry, infos = bridge.labelmap_from_segmentation(segmentation_node)
-            datasets["RTSTRUCT"] = dicom_rt_export.rtstruct_dataset(
-                labels, geometry, [(s.label, s.name, s.color) for s in infos], study_uid=study,
-                frame_of_reference_uid=frame, label=segmentation_node.GetName())
+            datasets["RTSTRUCT"] = rtstruct_of_segmentation(segmentation_node, study, frame)
             ss_uid = datasets["RTSTRUCT"].SOPInstanceUID
-            names = [s.name for s in infos]
+            names = [str(r.ROIName) for r in datasets["RTSTRUCT"].StructureSetROISequence]
             if plan.get("target") in names:
                 target_roi = names.index(plan["target"]) + 1  # ROI numbers follow the segment order
         dose_uid = dicom_rt_export.generate_uid() if dose_node is not None else None
