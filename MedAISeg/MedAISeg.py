@@ -118,7 +118,17 @@ class MedAISegWidget(MedAIWidgetBase):
             getattr(self.ui, name).enabled = enabled
 
     def onPreprocess(self) -> None:
-        node = self.run_logic(_("Preprocessing"), self.logic.preprocessFromParameters, self._parameterNode)
+        """Denoising filters in a worker process (minutes on a CT); intensity mappings in this one."""
+        from MedAISegLib.preprocess_worker_logic import runs_in_worker
+
+        p = self._parameterNode
+        if runs_in_worker(p.preprocessMethod):
+            self.run_job(_("Preprocessing"), lambda: self.logic.preprocessJobFromParameters(p),
+                         on_done=lambda nodes: self._show_preprocessed(nodes["volume"]))
+            return
+        self._show_preprocessed(self.run_logic(_("Preprocessing"), self.logic.preprocessFromParameters, p))
+
+    def _show_preprocessed(self, node) -> None:
         if node is not None:
             self._parameterNode.preprocessedVolume = node
             slicer.util.setSliceViewerLayers(background=node, fit=True)
@@ -261,6 +271,13 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
         """Run the chosen preprocessing on the input; returns the output volume node."""
         return self.core.denoise(p.inputVolume, p.preprocessMethod, output_node=p.preprocessedVolume,
                                  device=p.device, progress=progress)
+
+    def preprocessJobFromParameters(self, p):
+        """Preprocessing as a worker job (see ``MedAISegLib.preprocess_worker_logic``)."""
+        from MedAISegLib.preprocess_worker_logic import denoise_job
+
+        return denoise_job(slicer.mrmlScene, p.inputVolume, p.preprocessMethod, device=p.device,
+                           output_node=p.preprocessedVolume)
 
     def segmentJobFromParameters(self, p, trust_bundle: bool = False):
         """AI segmentation as a worker job (see ``MedAISegLib.worker_logic``)."""

@@ -22,6 +22,8 @@ from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
 from MedAIPlanLib.rt_worker_logic import exported_modalities, rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
+from MedAISegLib.logic import MedAISegLogic
+from MedAISegLib.preprocess_worker_logic import denoise_job
 from MedAISegLib.worker_logic import segment_with_model_job
 
 
@@ -120,3 +122,25 @@ def test_a_failed_worker_job_is_reported_with_its_own_error_and_stderr_tail(scen
     bare_text, bare_details = job_failure_message("Training failed.", "", silent)
     assert f"exit code {outcome.returncode}" in bare_text
     assert "nothing" in bare_details
+
+
+@pytest.mark.parametrize("method", ["nlm", "n4"])
+def test_preprocessing_job_gives_what_the_in_process_logic_gives(scene, method):
+    """The panel's denoising in a worker: same voxels as the in-process Logic with the panel's settings, on the
+    input's oblique grid, named as the Logic names it; the input is untouched."""
+    phantom = make_ct_phantom(shape_kji=(16, 32, 32), spacing=(4.0, 4.0, 5.0), direction=rotation_matrix("z", 25.0),
+                              noise_hu=40.0)
+    ct = bridge.create_volume(scene, phantom.ct.astype(np.float32), phantom.geometry, "noisy")
+    before = bridge.array_from_volume(ct)[0].copy()
+
+    worker_node = denoise_job(scene, ct, method, device="cpu").run(timeout=300)["volume"]
+    in_process = MedAISegLogic(scene).denoise(ct, method, device="cpu")
+
+    worker_values, worker_geometry = bridge.array_from_volume(worker_node)
+    assert worker_geometry.same_grid(phantom.geometry)
+    assert worker_node.GetName() == in_process.GetName() == f"noisy {method}"
+    np.testing.assert_allclose(worker_values, bridge.array_from_volume(in_process)[0], rtol=1e-5, atol=1e-3)
+    assert np.array_equal(bridge.array_from_volume(ct)[0], before)
+    if method == "nlm":
+        body = phantom.labels == 1
+        assert worker_values[body].std() < 0.6 * before[body].std()
