@@ -242,3 +242,72 @@ def class_members(folder: str, module: str, class_name: str) -> frozenset[str] |
 
                 members.update(dir(unittest.TestCase))
     return frozenset(members)
+
+
+class _WidgetClasses:
+    """``qt``/``ctk``/``slicer`` as a GUI connector's predicate sees them: widget classes by name (one class per
+    name, shared, so ``type(widget) == ctk.ctkPathLineEdit`` holds for a widget of that class), and for ``slicer``
+    the real slicer-core MRML classes first."""
+
+    registry: dict[str, type] = {}
+
+    def __init__(self, real=None):
+        self._real = real
+
+    def __getattr__(self, name):
+        if self._real is not None and hasattr(self._real, name):
+            return getattr(self._real, name)
+        return self.registry.setdefault(name, type(name, (), {}))
+
+
+def widget_of_class(class_name: str):
+    """An object whose type is the stand-in class named ``class_name`` (the .ui widget class)."""
+    return _WidgetClasses().__getattr__(class_name)()
+
+
+def _compiled_functions(path: Path, namespace: dict, names: set[str] | None = None) -> dict:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and (names is None or node.name in names):
+            module = ast.fix_missing_locations(ast.Module(body=[node], type_ignores=[]))
+            exec(compile(module, str(path), "exec"), namespace)  # noqa: S102 - pure typing helpers
+    return namespace
+
+
+@functools.cache
+def connector_predicates(folder: str, slicer_module) -> tuple[tuple[str, typing.Callable], ...]:
+    """``(connector name, canRepresent(widget, datatype))`` of each GUI connector class at ``folder``.
+
+    The helpers they call (``unannotatedType``, ``isNodeOrUnionOfNodes`` ...) are compiled from that version's
+    ``parameterNodeWrapper/util.py``; names they need beyond those (parameter packs) are absent, so such a
+    connector never matches here.
+    """
+    package = python_root(folder) / "parameterNodeWrapper"
+    namespace = {"slicer": _WidgetClasses(slicer_module), "qt": _WidgetClasses(), "ctk": _WidgetClasses(),
+                 "typing": typing, "Annotated": typing.Annotated, "Union": typing.Union, "pathlib": pathlib,
+                 "enum": enum}
+    _compiled_functions(package / "util.py", namespace)
+    tree = ast.parse((package / "guiConnectors.py").read_text(encoding="utf-8"))
+    predicates = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for item in cls.body:
+            if (isinstance(item, ast.FunctionDef) and item.name == "canRepresent"
+                    and not isinstance(item.body[-1], ast.Raise)):  # the abstract base raises
+                function = ast.FunctionDef(**{**item.__dict__, "decorator_list": []})
+                module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
+                scope = dict(namespace)
+                exec(compile(module, f"{package}:{cls.name}", "exec"), scope)  # noqa: S102 - a pure predicate
+                predicates.append((cls.name, scope["canRepresent"]))
+    return tuple(predicates)
+
+
+def connector_for(folder: str, slicer_module, widget_class: str, datatype) -> str | None:
+    """Name of a GUI connector at ``folder`` that binds a ``widget_class`` widget to ``datatype``, or None."""
+    widget = widget_of_class(widget_class)
+    for name, can in connector_predicates(folder, slicer_module):
+        try:
+            if can(widget, datatype):
+                return name
+        except (NameError, AttributeError, TypeError):
+            continue
+    return None

@@ -10,6 +10,7 @@ import contextlib
 import pathlib
 import re
 import typing
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,31 @@ def test_inherited_members_exist_in_slicer_base_classes(folder):
             by_class[(file, cls)].add(member)
     missing = {(file, cls, member) for file, cls, _, member in uses if member not in by_class[(file, cls)]}
     assert missing == set()
+
+
+def ui_parameter_widgets(module: str) -> dict[str, str]:
+    """Parameter name -> widget class of each .ui widget with a ``SlicerParameterName``."""
+    path = REPO / module / "Resources" / "UI" / f"{module}.ui"
+    if not path.is_file():
+        return {}
+    found = {}
+    for widget in ET.parse(path).getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                found[prop.find("string").text] = widget.get("class")
+    return found
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+@pytest.mark.parametrize("module_file", MODULE_FILES, ids=MODULES)
+def test_ui_widgets_have_a_gui_connector_for_their_parameter(folder, module_file):
+    """``connectGui`` binds each .ui widget to its parameter only if a connector of that version represents the
+    (widget class, annotation) pair: a path in a QLineEdit or a float in a QSpinBox would fail at panel start."""
+    widgets = ui_parameter_widgets(module_file.stem)
+    annotations = parameter_annotations(module_file)
+    unbound = {name: cls for name, cls in widgets.items()
+               if name in annotations and ref.connector_for(folder, slicer, cls, annotations[name]) is None}
+    assert unbound == {}
+    assert ref.connector_for(folder, slicer, "QSpinBox", float) is None
+    assert ref.connector_for(folder, slicer, "qMRMLNodeComboBox", str) is None
+    assert ref.connector_for(folder, slicer, "ctkPathLineEdit", pathlib.Path) is not None
