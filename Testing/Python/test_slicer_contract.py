@@ -113,8 +113,14 @@ class ValidatorCall:
 
     def __call__(self, *args, **kwargs):
         call = ValidatorCall(self.name)
-        call.positional, call.keywords = len(args), tuple(kwargs)
+        call.args, call.positional, call.keywords = args, len(args), tuple(kwargs)
         return call
+
+    def rejects(self, value) -> bool:
+        """Whether Slicer's validator of this name (Choice, WithinRange, Minimum, Maximum) rejects ``value``."""
+        checks = {"Choice": lambda c: value not in c, "WithinRange": lambda lo, hi: not lo <= value <= hi,
+                  "Minimum": lambda lo: value < lo, "Maximum": lambda hi: value > hi}
+        return self.name in checks and checks[self.name](*self.args)
 
 
 def parameter_annotations(path: Path) -> dict[str, object]:
@@ -134,6 +140,28 @@ def parameter_annotations(path: Path) -> dict[str, object]:
                and any(getattr(d, "id", "") == "parameterNodeWrapper" for d in n.decorator_list)]
     return {field.target.id: eval(compile(ast.Expression(field.annotation), str(path), "eval"), namespace)
             for cls in wrapped for field in cls.body if isinstance(field, ast.AnnAssign)}
+
+
+def parameter_defaults(path: Path) -> dict[str, object]:
+    """Field name -> literal default of the ``@parameterNodeWrapper`` class's fields that have one."""
+    tree = ast.parse(path.read_text())
+    return {field.target.id: ast.literal_eval(field.value) for cls in tree.body if isinstance(cls, ast.ClassDef)
+            and any(getattr(d, "id", "") == "parameterNodeWrapper" for d in cls.decorator_list)
+            for field in cls.body if isinstance(field, ast.AnnAssign) and field.value is not None}
+
+
+@pytest.mark.parametrize("module_file", MODULE_FILES, ids=MODULES)
+def test_parameter_defaults_pass_their_validators(module_file):
+    """The wrapper writes each default through its validators when a parameter node is created, so a default
+    outside its Choice or range raises ValueError before the panel opens."""
+    annotations = parameter_annotations(module_file)
+    defaults = parameter_defaults(module_file)
+    rejected = {name: value for name, value in defaults.items()
+                for item in split_annotated(annotations[name])[1]
+                if isinstance(item, ValidatorCall) and item.rejects(value)}
+    assert rejected == {}
+    assert ValidatorCall("Choice")(["a", "b"]).rejects("c")
+    assert not ValidatorCall("WithinRange")(0.0, 1.0).rejects(1.0)
 
 
 def split_annotated(annotation) -> tuple[object, list]:
