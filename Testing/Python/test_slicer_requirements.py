@@ -180,3 +180,42 @@ def test_nothing_is_asked_when_everything_is_installed(tmp_path, monkeypatch):
     present.write_text("numpy>=1.0\npackaging\n")
     assert slicer_app.ensure_requirements(present, "MedAITest") is True
     assert gui.asked == []
+
+
+class SlicerPackaging512:
+    """The ``slicer.packaging`` calls the 5.12 installer makes: ``pip_check`` answers from this Python's installed
+    distributions, ``pip_ensure`` records its arguments (its signature is checked by test_slicer_contract.py)."""
+
+    def __init__(self):
+        self.ensured = []
+
+    @staticmethod
+    def pip_check(requirements):
+        requirements = requirements if isinstance(requirements, list) else [requirements]
+        return not slicer_app.missing_requirements(requirements)
+
+    def pip_ensure(self, requirements, **kwargs):
+        self.ensured.append((requirements, kwargs))
+
+
+@pytest.mark.parametrize("answer", [False, True])
+def test_from_5_12_pip_ensure_installs_without_asking_a_second_time(tmp_path, monkeypatch, answer):
+    import slicer as slicer_package
+
+    gui, packaging = Slicer510Gui(answer), SlicerPackaging512()
+    gui.app.minorVersion = 12
+    gui.packaging = packaging
+    monkeypatch.setattr(slicer_app, "slicer", gui)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer_package, "packaging", packaging, raising=False)
+    assert slicer_app.ensure_requirements(missing_requirements_file(tmp_path), "MedAITest") is False
+    assert len(gui.asked) == 1
+    assert gui.installed == []  # slicer.util.pip_install is the pre-5.12 path only
+    if not answer:
+        assert packaging.ensured == []
+        return
+    ((requirements, kwargs),) = packaging.ensured
+    assert [str(r) for r in requirements] == ["medai-no-such-distribution>=1.0"]
+    assert kwargs["prompt_install"] is False
+    assert kwargs["requester"] == "MedAITest"
+    assert Path(kwargs["constraints"]).name == "constraints.txt"
