@@ -19,7 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
-RESOURCE_SUFFIXES = (".png", ".ui", ".json", ".csv", ".txt", ".hlut", ".mat", ".md")
 
 
 def module_scripts(module: str) -> list[str]:
@@ -30,12 +29,12 @@ def module_scripts(module: str) -> list[str]:
 
 
 def module_resources(module: str) -> list[str]:
-    """Resource files of the module (icons, UI, catalogues, requirements)."""
+    """Every file under the module's Resources (icons, UI, catalogues, requirements), hidden files excepted."""
     folder = REPO / module / "Resources"
     if not folder.exists():
         return []
-    return [p.relative_to(REPO / module).as_posix() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix in RESOURCE_SUFFIXES]
+    files = [p.relative_to(REPO / module) for p in sorted(folder.rglob("*")) if p.is_file()]
+    return [p.as_posix() for p in files if not any(part.startswith(".") or part == "__pycache__" for part in p.parts)]
 
 
 def clashing_paths() -> dict[str, list[str]]:
