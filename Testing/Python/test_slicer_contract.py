@@ -258,8 +258,9 @@ def test_no_two_modules_install_the_same_path_and_every_file_is_listed():
             assert (REPO / module / item).is_file(), f"{module}/CMakeLists.txt lists missing {item}"
         folder = REPO / module
         on_disk = {p.relative_to(folder).as_posix() for p in (folder / f"{module}Lib").rglob("*.py")}
-        on_disk |= {p.relative_to(folder).as_posix() for p in (folder / "Resources").rglob("*") if p.is_file()
-                    and not any(part.startswith(".") or part == "__pycache__" for part in p.parts)}
+        resources = [p.relative_to(folder) for p in (folder / "Resources").rglob("*") if p.is_file()]
+        on_disk |= {p.as_posix() for p in resources
+                    if not any(part.startswith(".") or part == "__pycache__" for part in p.parts)}
         on_disk.add(f"{module}.py")
         assert on_disk - set(listed) == set(), f"{module}/CMakeLists.txt does not list these"
     assert {item: mods for item, mods in owners.items() if len(mods) > 1} == {}
