@@ -70,6 +70,7 @@ class MedAIRegisterParameterNode:
     movingSurface: SurfaceNode
     icpMode: Annotated[str, Choice(["point-to-plane", "point-to-point"])] = "point-to-plane"
     icpTransform: Annotated[str, Choice(["rigid", "similarity", "affine"])] = "rigid"
+    icpAutoTrim: bool = True
     icpInlierFraction: Annotated[float, WithinRange(0.1, 1.0)] = 0.9
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
@@ -102,6 +103,7 @@ class MedAIRegisterWidget(MedAIWidgetBase):
             return
         self.ui.registerButton.enabled = bool(p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
         self.ui.icpButton.enabled = bool(p.fixedSurface and p.movingSurface)
+        self.ui.trimSpinBox.enabled = not p.icpAutoTrim
         self.ui.landmarksButton.enabled = bool(p.fixedLandmarks and p.movingLandmarks)
 
     def _show_result(self, transform, moving) -> None:
@@ -195,8 +197,9 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
 
     def icpFromParameters(self, p, progress=None):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
+        trim = "auto" if p.icpAutoTrim else p.icpInlierFraction
         return self.core.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
-                                           transform_type=p.icpTransform, trim_fraction=p.icpInlierFraction,
+                                           transform_type=p.icpTransform, trim_fraction=trim,
                                            output_transform_node=p.outputTransform, progress=progress or Progress())
 
     def landmarksFromParameters(self, p, progress=None):
