@@ -16,6 +16,7 @@ Either way the user is asked once, listing the missing packages; declining retur
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -39,6 +40,15 @@ BUNDLED_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK", "pydicom", "packaging")
 
 TORCH_REQUIREMENT = ">=2.1"
 """torch version MedAI needs (pyproject.toml); passed to PyTorchUtils when it installs torch."""
+
+
+def _(text: str) -> str:
+    """Translate a user-facing string with Slicer's ``slicer.i18n.tr`` (unchanged where it is not available)."""
+    try:
+        from slicer.i18n import tr
+    except ImportError:  # slicer-core (tests, batch) has no translations
+        return text
+    return tr(text)
 
 
 def installer_for(slicer_version: tuple[int, int]) -> str:
@@ -136,7 +146,7 @@ def _ensure_with_packaging(requirements: list[Requirement], requester: str) -> b
         return True
     if not _user_agrees(requester, missing):
         return False
-    with _constraints_file() as constraints:
+    with _bundled_constraints_file() as constraints:
         try:
             slicer.packaging.pip_ensure(missing, constraints=constraints, prompt_install=False,
                                         requester=requester)
@@ -157,7 +167,7 @@ def _ensure_with_pip_install(requirements: list[Requirement], requester: str) ->
         # As pip_ensure does on newer Slicer: a self-test never modifies the Python environment.
         logging.info("Testing mode: not installing %s", ", ".join(str(req) for req in missing))
         return False
-    with _constraints_file() as constraints:
+    with _bundled_constraints_file() as constraints:
         arguments = ["-c", constraints] + [str(req) for req in missing]
         try:
             with slicer.util.WaitCursor():
@@ -173,30 +183,28 @@ def _user_agrees(requester: str, missing: list[Requirement]) -> bool:
     """Ask once, listing the packages to install; True when the user accepts."""
     names = "\n".join(f"- {req}" for req in missing)
     return bool(slicer.util.confirmOkCancelDisplay(
-        f"{requester} needs {len(missing)} Python package(s) that are not installed:\n{names}\n\n"
-        "Install them now into Slicer's Python? This may take several minutes.",
-        windowTitle=f"{requester}: install Python packages"))
+        _("{requester} needs {count} Python package(s) that are not installed:\n{names}\n\n"
+          "Install them now into Slicer's Python? This may take several minutes.").format(
+            requester=requester, count=len(missing), names=names),
+        windowTitle=_("{requester}: install Python packages").format(requester=requester)))
 
 
 def _show_install_failure(requester: str, missing: list[Requirement], error: Exception) -> None:
     """Tell the user that pip failed, with what to do."""
     logging.error("Installing %s failed: %s", ", ".join(str(req) for req in missing), error)
     slicer.util.errorDisplay(
-        f"{requester} could not install {', '.join(str(req) for req in missing)}. Check the internet "
-        "connection; the Python console shows pip's messages.", windowTitle=f"{requester}: installation failed")
+        _("{requester} could not install {names}. Check the internet connection; the Python console shows "
+          "pip's messages.").format(requester=requester, names=", ".join(str(req) for req in missing)),
+        windowTitle=_("{requester}: installation failed").format(requester=requester))
 
 
-class _constraints_file:
-    """Context manager: a temporary pip constraints file pinning the bundled packages; yields its path."""
-
-    def __enter__(self) -> str:
-        self._folder = tempfile.TemporaryDirectory(prefix="medai-constraints-")
-        path = Path(self._folder.name) / "constraints.txt"
+@contextlib.contextmanager
+def _bundled_constraints_file():
+    """A temporary pip constraints file pinning Slicer's bundled packages; yields its path, removed after."""
+    with tempfile.TemporaryDirectory(prefix="medai-constraints-") as folder:
+        path = Path(folder) / "constraints.txt"
         path.write_text("\n".join(bundled_constraints()) + "\n", encoding="utf-8")
-        return str(path)
-
-    def __exit__(self, *exc_info) -> None:
-        self._folder.cleanup()
+        yield str(path)
 
 
 def ensure_torch(requester: str) -> bool:
@@ -211,15 +219,16 @@ def ensure_torch(requester: str) -> bool:
     try:
         import PyTorchUtils
     except ImportError:
-        slicer.util.errorDisplay(f"{requester} needs the PyTorch extension; install it from the Extensions "
-                                 "Manager, restart Slicer and try again.")
+        slicer.util.errorDisplay(_("{requester} needs the PyTorch extension; install it from the Extensions "
+                                   "Manager, restart Slicer and try again.").format(requester=requester))
         return False
     logic = PyTorchUtils.PyTorchUtilsLogic()
     if logic.torchInstalled():
         return True
     if not slicer.util.confirmOkCancelDisplay(
-            f"{requester} needs PyTorch (torch{TORCH_REQUIREMENT}). Install it now? This may take several minutes.",
-            windowTitle=f"{requester}: install PyTorch"):
+            _("{requester} needs PyTorch (torch{version}). Install it now? This may take several minutes.").format(
+                requester=requester, version=TORCH_REQUIREMENT),
+            windowTitle=_("{requester}: install PyTorch").format(requester=requester)):
         return False
     try:
         torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
