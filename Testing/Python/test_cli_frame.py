@@ -64,7 +64,9 @@ def test_warnings_reach_stderr_and_the_report(tmp_path, capsys):
     assert err == ["medai check: warning: the result is worse than the start"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["warnings"] == ["the result is worse than the start"]
-    assert report["error"] is None and report["exit_code"] == 0 and report["metrics"] == {"x": 1}
+    assert report["error"] is None
+    assert report["exit_code"] == 0
+    assert report["metrics"] == {"x": 1}
 
 
 def test_a_failed_run_still_writes_its_report(tmp_path, capsys):
@@ -100,3 +102,26 @@ def test_zero_spacing_file_error_names_the_reason(tmp_path, capsys):
     assert len(err) == 1, err                                   # VTK/ITK's own log stays off the terminal
     assert err[0].startswith("medai convert: error:")
     assert not err[0].rstrip().endswith(":")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_optimiser_exits_130_as_cancelled(shared_data, tmp_path):
+    import json as json_module
+    import signal
+
+    tg119 = shared_data / "rt/pyRadPlan/TG119.mat"
+    command = [sys.executable, "-m", "MedAICommonLib.cli", "plan", "--matrad", str(tg119), "--target", "OuterTarget",
+               "--prescription", "50", "--output-dose", str(tmp_path / "dose.nrrd"), "--progress-json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith('{"progress"') and json_module.loads(line)["progress"]["stage"] == "optimisation":
+                process.send_signal(signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "medai plan: cancelled"
+    assert not (tmp_path / "dose.nrrd").exists()
