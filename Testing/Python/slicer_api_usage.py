@@ -231,7 +231,8 @@ def markdown(rows: list[dict], folders: list[str]) -> str:
               "`slicer.i18n`, `slicer.ScriptedLoadableModule` and `slicer.parameterNodeWrapper` names and call arguments;",
               "`slicer/__init__.py` (its documented attributes) for `slicer.app`/`slicer.mrmlScene`/`slicer.modules`;",
               "Slicer's own Python uses of `slicer.app.<member>`; the slicer-core wheel for `vtk*` classes and",
-              "`vtkMRMLScene` methods (`slicer-core`: the wheel this test suite runs on); by hand: " + "; ".join(f"`{k}` ({v})" for k, v in HAND_CHECKED.items()) + "."]
+              "`vtkMRMLScene` methods (`slicer-core`: the wheel this test suite runs on); by hand in Slicer's C++: "
+              + "; ".join(f"`{k}` ({v})" for k, v in HAND_CHECKED.items() if k in {r["api"] for r in rows}) + "."]
     return "\n".join(lines)
 
 
