@@ -106,3 +106,20 @@ def test_rt_import_refuses_unset_empty_and_oversized_folders(tmp_path, shared_da
         rt_files_to_import(tmp_path)
     with pytest.raises(ValueError, match="more than 2 files"):
         rt_files_to_import(shared_data / "rt" / "pydicom", max_files=2)
+
+
+@pytest.mark.parametrize("module", ["MedAISeg", "MedAIRegister", "MedAIPlan"])
+def test_module_files_never_use_a_path_parameter_raw(module):
+    """``str(p.modelPath)`` or ``Path(p.rtImportPath)`` turn an unset path into ``"."``: every ``Path`` parameter
+    is read through MedAICommonLib.paths (or a helper built on it)."""
+    import ast
+
+    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    parameters = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
+    path_fields = {n.target.id for n in parameters.body
+                   if isinstance(n, ast.AnnAssign) and ast.unparse(n.annotation) == "Path"}
+    raw = [ast.unparse(node) for node in ast.walk(tree)
+           if isinstance(node, ast.Call) and ast.unparse(node.func) in ("str", "Path", "pathlib.Path")
+           and any(isinstance(part, ast.Attribute) and part.attr in path_fields
+                   for argument in node.args for part in ast.walk(argument))]
+    assert raw == []
