@@ -27,14 +27,44 @@ def inside_polygons(points_xy: np.ndarray, polygons: list[np.ndarray]) -> np.nda
     return inside
 
 
+def _row_crossings(polys: list[np.ndarray], ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (mm) where each row ``y`` crosses the polygons' edges, sorted per row (inf pads), and the count per row.
+
+    Half-open rule (an edge counts when ``min(y0, y1) <= y < max(y0, y1)``): horizontal edges never count.
+    """
+    a = np.concatenate([p for p in polys])
+    b = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
+    y0, y1 = a[:, 1][None, :], b[:, 1][None, :]
+    yy = ys[:, None]
+    cross = ((y0 <= yy) & (yy < y1)) | ((y1 <= yy) & (yy < y0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xc = a[:, 0][None, :] + (yy - y0) * (b[:, 0] - a[:, 0])[None, :] / (y1 - y0)
+    xc = np.where(cross, xc, np.inf)
+    xc.sort(axis=1)
+    return xc, cross.sum(axis=1)
+
+
+def inside_polygons_grid(polys: list[np.ndarray], gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Even-odd membership of a regular grid (``gx``, ``gy`` from ``meshgrid(xs, ys, indexing="xy")``) by scan lines.
+
+    A point is inside when an odd number of edge crossings of its row lie to its left: one pass over the
+    edges per row instead of a point-in-polygon test per point and edge.
+    """
+    xc, counts = _row_crossings(polys, gy[:, 0])
+    xs = gx[0]
+    inside = np.zeros(gx.shape, dtype=bool)
+    for r in np.flatnonzero(counts):
+        inside[r] = np.searchsorted(xc[r, :counts[r]], xs, side="right") % 2 == 1
+    return inside
+
+
 def plane_sdf(polys: list[np.ndarray], gx: np.ndarray, gy: np.ndarray, step: tuple[float, float]) -> np.ndarray:
     """Signed distance (mm, > 0 inside, even-odd) of the in-plane grid to the plane's contours.
 
     Distances come from a Euclidean distance transform to the rasterised contour outline, so
     degenerate contours (a line, a point) still give a zero level set where they are.
     """
-    pts = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    inside = inside_polygons(pts, polys).reshape(gx.shape)
+    inside = inside_polygons_grid(polys, gx, gy)
     edge = np.zeros(gx.shape, dtype=bool)
     x0, y0 = gx[0, 0], gy[0, 0]
     sx, sy = step
@@ -68,17 +98,8 @@ def row_power_field(polys: list[np.ndarray], gx: np.ndarray, gy: np.ndarray) -> 
     """Scan-line power field: on each grid row (fixed y), ``L^2 - (x - c)^2`` of the polygon interval
     (centre c, half-length L, even-odd crossings of the row) that maximises it: > 0 inside, < 0 outside.
     NaN on rows that miss the contours."""
-    ys = gy[:, 0]
-    a = np.concatenate([p for p in polys])
-    b = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
-    y0, y1 = a[:, 1][None, :], b[:, 1][None, :]
-    yy = ys[:, None]
-    cross = ((y0 <= yy) & (yy < y1)) | ((y1 <= yy) & (yy < y0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xc = a[:, 0][None, :] + (yy - y0) * (b[:, 0] - a[:, 0])[None, :] / (y1 - y0)
-    xc = np.where(cross, xc, np.inf)
-    xc.sort(axis=1)
-    counts = cross.sum(axis=1) // 2 * 2
+    xc, counts = _row_crossings(polys, gy[:, 0])
+    counts = counts // 2 * 2
     out = np.full(gx.shape, np.nan)
     k_max = int(counts.max()) // 2 if len(counts) else 0
     if k_max == 0:
@@ -117,12 +138,36 @@ def fill_missing_rows(rows: list[np.ndarray], fields: list[np.ndarray], joined: 
 def blend(fields: list[np.ndarray], row_fields: list[np.ndarray], joined: list[bool], n: int, t: float) -> np.ndarray:
     """Field between planes n and n+1: the scan-line power fields where every plane used has the row
     (exact for shapes lying across the slices, e.g. a cylinder along y), else the 2D power fields."""
-    by_rows = catmull_rom(row_fields, joined, n, t)
-    return np.where(np.isfinite(by_rows), by_rows, catmull_rom(fields, joined, n, t))
+    return Blend(fields, row_fields, joined, n)(t)
+
+
+class Blend:
+    """:func:`blend` between planes n and n+1 with its cubic coefficients computed once for every ``t``."""
+
+    def __init__(self, fields: list[np.ndarray], row_fields: list[np.ndarray], joined: list[bool], n: int):
+        self.by_rows = cubic_coefficients(row_fields, joined, n)
+        self.by_fields = cubic_coefficients(fields, joined, n)
+
+    def __call__(self, t: float) -> np.ndarray:
+        """The blended field at fraction ``t`` (0 at plane n, 1 at plane n+1)."""
+        by_rows = evaluate_cubic(self.by_rows, t)
+        return np.where(np.isfinite(by_rows), by_rows, evaluate_cubic(self.by_fields, t))
 
 
 def catmull_rom(sdf: list[np.ndarray], joined: list[bool], n: int, t: float) -> np.ndarray:
     """Monotone cubic (Catmull-Rom tangents, Fritsch-Carlson limits) blend of planes n and n+1 at fraction ``t``."""
+    return evaluate_cubic(cubic_coefficients(sdf, joined, n), t)
+
+
+def evaluate_cubic(coefficients: tuple[np.ndarray, ...], t: float) -> np.ndarray:
+    """``((c3 t + c2) t + c1) t + c0`` (NaN where the coefficients are)."""
+    c3, c2, c1, c0 = coefficients
+    return ((c3 * t + c2) * t + c1) * t + c0
+
+
+def cubic_coefficients(sdf: list[np.ndarray], joined: list[bool], n: int) -> tuple[np.ndarray, ...]:
+    """Power-basis coefficients (c3, c2, c1, c0) of the monotone cubic between planes n and n+1 (NaN where a
+    plane used has no value), Catmull-Rom tangents limited as Fritsch & Carlson."""
     p1, p2 = sdf[n], sdf[n + 1]
     before = n > 0 and joined[n - 1]
     after = n + 2 < len(sdf) and joined[n + 1]
@@ -151,6 +196,6 @@ def catmull_rom(sdf: list[np.ndarray], joined: list[bool], n: int, t: float) -> 
         r2 = (m1 * m1 + m2 * m2) / (d1 * d1)
         tau = np.where(r2 > 9.0, 3.0 / np.sqrt(r2), 1.0)
     m1, m2 = m1 * tau, m2 * tau
-    t2, t3 = t * t, t * t * t
-    out = (2 * t3 - 3 * t2 + 1) * p1 + (t3 - 2 * t2 + t) * m1 + (3 * t2 - 2 * t3) * p2 + (t3 - t2) * m2
-    return np.where(valid, out, np.nan)
+    # Hermite basis (2t^3 - 3t^2 + 1) p1 + (t^3 - 2t^2 + t) m1 + (3t^2 - 2t^3) p2 + (t^3 - t^2) m2 in powers of t
+    c3 = np.where(valid, 2 * p1 + m1 - 2 * p2 + m2, np.nan)
+    return c3, -3 * p1 - 2 * m1 + 3 * p2 - m2, m1, p1

@@ -18,15 +18,33 @@ import numpy as np
 from .dvh import DoseSamples
 
 
+_GROUP_GY = 1e-5  # doses closer than this are one group of the cumulative curve (10 uGy)
+
+
+def _groups(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct doses (Gy, rounded to 10 uGy, increasing, zero-weight samples included) and their volumes (cc).
+
+    One pass of ``bincount`` over the rounded doses (no sort) when their range is moderate, as it is for
+    any dose in Gy; ``np.unique`` otherwise.
+    """
+    index = np.rint(np.asarray(samples.dose, dtype=np.float64) / _GROUP_GY).astype(np.int64)
+    low, high = int(index.min()), int(index.max())
+    if high - low < 50_000_000:
+        present = np.bincount(index - low, minlength=high - low + 1) > 0
+        volume = np.bincount(index - low, weights=samples.weight, minlength=high - low + 1)[present] / 1000.0
+        return (np.flatnonzero(present) + low) * _GROUP_GY, volume
+    values, inverse = np.unique(index, return_inverse=True)
+    return values * _GROUP_GY, np.bincount(inverse.ravel(), weights=samples.weight) / 1000.0
+
+
 def _cdf(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-linear cumulative DVH: volume positions (cc, increasing) and doses (decreasing).
 
-    Samples of equal dose are grouped; each group sits at the centre of the volume it represents;
-    the maximum and minimum sampled doses (zero-weight extreme points included) end the curve.
+    Samples of equal dose (within 10 uGy) are grouped; each group sits at the centre of the volume it
+    represents; the maximum and minimum sampled doses (zero-weight extreme points included) end the curve.
     """
-    values, inverse = np.unique(np.round(samples.dose, 5), return_inverse=True)  # 10 uGy groups
-    w = np.bincount(inverse, weights=samples.weight)[::-1] / 1000.0
-    d = values[::-1]
+    values, volume = _groups(samples)
+    d, w = values[::-1], volume[::-1]
     keep = w > 0
     cum = np.cumsum(w[keep])
     centres = cum - w[keep] / 2.0
@@ -35,12 +53,18 @@ def _cdf(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
     return pos, dose
 
 
+def doses_at_volumes_cc(samples: DoseSamples, volumes_cc) -> np.ndarray:
+    """Minimum doses (Gy) received by the hottest ``volumes_cc`` of the structure (one curve for them all)."""
+    volumes_cc = np.asarray(volumes_cc, dtype=float)
+    if not len(samples.dose) or samples.volume_cc <= 0:
+        return np.full(volumes_cc.shape, np.nan)
+    pos, dose = _cdf(samples)
+    return np.interp(volumes_cc, pos, dose)
+
+
 def dose_at_volume_cc(samples: DoseSamples, volume_cc: float) -> float:
     """Minimum dose (Gy) received by the hottest ``volume_cc`` of the structure (interpolated)."""
-    if not len(samples.dose) or samples.volume_cc <= 0:
-        return float("nan")
-    pos, dose = _cdf(samples)
-    return float(np.interp(volume_cc, pos, dose))
+    return float(doses_at_volumes_cc(samples, [volume_cc])[0])
 
 
 def dose_at_volume_percent(samples: DoseSamples, percent: float) -> float:
@@ -58,17 +82,20 @@ def volume_at_dose(samples: DoseSamples, dose_gy: float) -> tuple[float, float]:
 def structure_metrics(samples: DoseSamples, v_doses_gy: tuple[float, ...] = ()) -> dict[str, float]:
     """The standard table row of a structure: volume, Dmean, Dmin, Dmax (D0.03cc), D98/D95/D50/D2, Vx."""
     if not len(samples.dose):
-        return {"volume_cc": 0.0}
+        return {"volume_cc": 0.0, "outside_dose_grid": bool(samples.outside_dose_grid)}
     total = samples.volume_cc
+    percents = (98, 95, 50, 2)
+    at = doses_at_volumes_cc(samples, [min(0.03, total)] + [total * p / 100.0 for p in percents])
     out = {
         "volume_cc": total,
         "Dmean_Gy": float(np.average(samples.dose, weights=samples.weight)),
         "Dmin_Gy": float(samples.dose.min()),
-        "Dmax_Gy": dose_at_volume_cc(samples, min(0.03, total)),
+        "Dmax_Gy": float(at[0]),
         "Dmax_point_Gy": float(samples.dose.max()),
+        "outside_dose_grid": False,
     }
-    for p in (98, 95, 50, 2):
-        out[f"D{p}_Gy"] = dose_at_volume_percent(samples, p)
+    for p, value in zip(percents, at[1:]):
+        out[f"D{p}_Gy"] = float(value)
     for d in v_doses_gy:
         cc, pct = volume_at_dose(samples, d)
         out[f"V{d:g}Gy_cc"] = cc

@@ -24,17 +24,21 @@ from scipy.ndimage import map_coordinates
 
 from MedAICommonLib.geometry import Geometry
 
-from .contour_fields import blend, fill_missing_rows, inside_polygons, plane_sdf, power_field, row_power_field
+from .contour_fields import Blend, fill_missing_rows, inside_polygons, plane_sdf, power_field, row_power_field
 
 __all__ = ["DVH", "DoseSamples", "inside_polygons"]
 
 
 @dataclass
 class DoseSamples:
-    """Doses (Gy) at points inside a structure and the volume (mm^3) each point stands for."""
+    """Doses (Gy) at points inside a structure and the volume (mm^3) each point stands for.
+
+    ``outside_dose_grid`` marks a structure that lies entirely off the dose grid (no samples, no DVH).
+    """
 
     dose: np.ndarray
     weight: np.ndarray
+    outside_dose_grid: bool = False
 
     @property
     def volume_cc(self) -> float:
@@ -95,13 +99,15 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
     interval where the row crosses the contours of all planes used (rows missing towards a pole are
     extrapolated from the next planes), else the 2D "power" field ``d (2 D - d)`` (d the in-plane
     signed distance, D its maximum). Half-slice end caps extend the first and last contours. ``step_mm`` is the in-plane step (default: from the structure's extent so that
-    about ``target_samples`` points are used, at most a quarter of the dose voxel); the z sub-slices
+    about ``target_samples`` grid points are used, a quarter of the dose voxel or finer for structures
+    that fit in that budget, at most one dose voxel for large ones); the z sub-slices
     are no thicker than a quarter of the smallest dose voxel. Contour vertices at the slab limits are
     added with zero weight so that Dmin/Dmax see the structure's extremes.
     """
     planes = group_contours_by_plane(contours)
     if not planes:
         return DoseSamples(np.zeros(0), np.zeros(0))
+    dose = np.asarray(dose, dtype=np.float64)  # once, not at every sub-slice
     zs = np.array(list(planes))
     lower, upper = slab_bounds(zs, slice_spacing)
     fine = min(geometry.spacing) / 4.0
@@ -112,8 +118,10 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
     (xmin, ymin), (xmax, ymax) = allp.min(axis=0), allp.max(axis=0)
     n_z = max(1.0, float(np.sum(upper - lower)) / fine_z)
     if step_mm is None:
+        # About target_samples grid points in all: a quarter voxel or finer for small structures (their
+        # D-values need it), up to one dose voxel for large ones (a body's DVH does not).
         area = max((xmax - xmin) * (ymax - ymin), 1e-6)
-        step_mm = float(np.clip(np.sqrt(area * n_z / target_samples), 0.05, fine))
+        step_mm = float(np.clip(np.sqrt(area * n_z / target_samples), 0.05, min(geometry.spacing)))
     # Cell-centred points on cells that tile the bounding box exactly (midpoint rule: a straight edge
     # of the bounding box is integrated exactly), one spare cell on each side.
     nx, ny = (max(1, int(np.ceil((hi - lo) / step_mm))) for lo, hi in ((xmin, xmax), (ymin, ymax)))
@@ -148,7 +156,8 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
         if cap_above or not interpolate:
             add(z, upper[n], lambda zz, n=n: sdf[n])
         else:
-            add(z, zs[n + 1], lambda zz, n=n: blend(sdf, rows, joined, n, (zz - zs[n]) / (zs[n + 1] - zs[n])))
+            between = Blend(sdf, rows, joined, n)
+            add(z, zs[n + 1], lambda zz, n=n, f=between: f((zz - zs[n]) / (zs[n + 1] - zs[n])))
         verts = np.concatenate(planes[z])
         for zz in {lower[n] if cap_below else z, upper[n] if cap_above else z}:
             doses.append(dose_at_points(dose, geometry, np.column_stack([verts, np.full(len(verts), zz)])))
