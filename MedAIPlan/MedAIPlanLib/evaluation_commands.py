@@ -78,7 +78,10 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--local", action="store_true", help="local gamma (dose criterion relative to the local reference dose)")
     p.add_argument("--max-gamma", type=float, default=2.0, help="search stops at this gamma (caps the volume)")
     p.add_argument("--normalization-dose", type=float, help="global normalisation dose (Gy; default reference max)")
-    p.add_argument("--step-mm", type=float, help="interpolated search step (mm); default: voxel lattice (as SlicerRT)")
+    p.add_argument("--interpolation", default="trilinear", choices=["trilinear", "none"],
+                   help="trilinear: search the evaluated dose interpolated with --step-mm (default); none: its "
+                   "voxel lattice only (SlicerRT's mode)")
+    p.add_argument("--step-mm", type=float, help="interpolated search step (mm; default DTA/10, TG-218 asks <= DTA/3)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--output-gamma", metavar="G.nrrd", help="write the gamma volume")
     add_common_options(p)
@@ -168,20 +171,23 @@ def cmd_gamma(args, report) -> int:
     report.inputs.update({"reference": str(args.reference), "evaluated": str(args.evaluated)})
     report.parameters.update({"dose_percent": args.dose_percent, "dta_mm": args.dta_mm,
                               "threshold_percent": args.threshold_percent, "local": args.local,
-                              "max_gamma": args.max_gamma, "step_mm": args.step_mm})
+                              "max_gamma": args.max_gamma, "interpolation": args.interpolation})
     report.device = str(select_device(args.device))
     with report.timed("load"):
         reference = load_dose(scene, logic, args.reference)
         evaluated = load_dose(scene, logic, args.evaluated)
     with report.timed("gamma"):
         node, result = logic.gamma(reference, evaluated, args.dose_percent, args.dta_mm, args.threshold_percent,
-                                   args.local, args.max_gamma, args.normalization_dose, args.step_mm, args.device)
+                                   args.local, args.max_gamma, args.normalization_dose, args.step_mm, args.device,
+                                   interpolation=args.interpolation)
+    report.parameters["step_mm"] = result.step_mm
     report.metrics.update(_finite({"pass_rate": result.pass_rate, "evaluated_voxels": result.evaluated_voxels,
                                    "mean_gamma": result.mean_gamma, "max_gamma": result.max_gamma_found,
                                    "normalization_dose_gy": result.normalization_dose}))
     if args.output_gamma:
         report.outputs["gamma"] = str(bridge.save_node(node, args.output_gamma))
-    print(f"gamma {args.dose_percent:g}%/{args.dta_mm:g} mm ({'local' if args.local else 'global'}): "
+    search = f"step {result.step_mm:g} mm" if result.step_mm else "voxel lattice"
+    print(f"gamma {args.dose_percent:g}%/{args.dta_mm:g} mm ({'local' if args.local else 'global'}, {search}): "
           f"pass rate {result.pass_rate:.2f} % of {result.evaluated_voxels} voxels")
     return 0
 

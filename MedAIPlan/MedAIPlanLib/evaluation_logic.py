@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from MedAICommonLib import bridge
+from MedAICommonLib import bridge, notices
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import dose_metrics, dvh, gamma, isodose, plan_report
+from . import dose_metrics, dvh, isodose, plan_report
 from .rt_dicom_logic import RtDicomLogic
 
 @dataclass
@@ -64,20 +64,33 @@ class PlanEvaluationLogic(RtDicomLogic):
         if missing:
             raise ValueError(f"Segment(s) {missing} not found in '{segmentation_node.GetName()}'; "
                              f"available: {[s.name for s in infos]}")
+        grid = geometry.with_shape(dose.shape)
         samples = {}
         for i, name in enumerate(names):
             self.progress.update(f"DVH {name}", i / max(len(names), 1))
-            contours = bridge.planar_contours(segmentation_node, name)
-            if contours:
-                samples[name] = dvh.contour_samples(contours, dose, geometry)
-                points = np.concatenate(contours)
-            else:
-                mask, mask_geometry = bridge.segment_mask(segmentation_node, name)
-                samples[name] = dvh.mask_samples(dose, geometry, mask, mask_geometry, oversampling)
-                points = mask_geometry.index_to_point(np.argwhere(mask)[::max(1, int(mask.sum()) // 5000), ::-1])
-            if len(points) and dvh.fraction_inside_grid(geometry.with_shape(dose.shape), points) == 0.0:
-                samples[name] = dvh.DoseSamples(np.zeros(0), np.zeros(0))  # entirely off the dose grid
+            samples[name] = self._segment_samples(dose, grid, segmentation_node, name, oversampling)
         return samples
+
+    @staticmethod
+    def _segment_samples(dose, grid, segmentation_node, name: str, oversampling: int) -> dvh.DoseSamples:
+        """Samples of one segment; one that lies entirely off the dose grid is flagged and costs nothing."""
+        contours = bridge.planar_contours(segmentation_node, name)
+        if contours:
+            points = np.concatenate(contours)
+        else:
+            mask, mask_geometry = bridge.segment_mask(segmentation_node, name)
+            points = mask_geometry.index_to_point(np.argwhere(mask)[::max(1, int(mask.sum()) // 5000), ::-1])
+        inside = dvh.fraction_inside_grid(grid, points) if len(points) else 1.0
+        if inside == 0.0:
+            notices.warn(f"Structure '{name}' lies entirely outside the dose grid: it has no DVH (flagged "
+                         "outside_dose_grid); check that the dose and the structures share a frame of reference.")
+            return dvh.DoseSamples(np.zeros(0), np.zeros(0), outside_dose_grid=True)
+        if inside < 0.999:
+            notices.warn(f"Structure '{name}' extends outside the dose grid ({100.0 * (1.0 - inside):.1f} % of its "
+                         "outline): that part counts as 0 Gy in its DVH.")
+        if contours:
+            return dvh.contour_samples(contours, dose, grid)
+        return dvh.mask_samples(dose, grid, mask, mask_geometry, oversampling)
 
     def compute_dvh(self, dose_node, segmentation_node, segment_names=None, v_doses_gy=(),
                     bin_width_gy: float = 0.05, prescription_gy: float | None = None,
@@ -194,9 +207,11 @@ class PlanEvaluationLogic(RtDicomLogic):
     def gamma(self, reference_node, evaluated_node, dose_percent: float = 3.0, dta_mm: float = 3.0,
               threshold_percent: float = 10.0, local: bool = False, max_gamma: float = 2.0,
               normalization_dose_gy: float | None = None, step_mm: float | None = None,
-              device: str = "auto", output_node=None):
+              device: str = "auto", output_node=None, interpolation: str = "trilinear"):
         """Gamma volume of ``evaluated_node`` vs ``reference_node`` on the reference grid, and its result.
 
+        The evaluated dose is searched by trilinear interpolation with ``step_mm`` (default DTA/10, see
+        :mod:`gamma`), or on its own voxel lattice with ``interpolation="none"`` (SlicerRT's mode).
         Voxels below the threshold are 0 in the volume (as SlicerRT); the pass rate counts the others.
         """
         bridge.require_scalar_volume(reference_node, "reference dose")
@@ -204,15 +219,19 @@ class PlanEvaluationLogic(RtDicomLogic):
         bridge.require_overlap(reference_node, evaluated_node, "reference and evaluated doses")
         ref, ref_geo = bridge.array_from_volume(reference_node)
         ev, ev_geo = bridge.array_from_volume(evaluated_node)
+        from . import gamma as gamma_lib  # torch: imported by the commands that need it
+
         torch_device = select_device(device)
-        result = gamma.gamma_index(ref, ref_geo, ev, ev_geo, dose_percent, dta_mm, threshold_percent, local,
+        result = gamma_lib.gamma_index(ref, ref_geo, ev, ev_geo, dose_percent, dta_mm, threshold_percent, local,
                                    max_gamma, normalization_dose_gy, step_mm, torch_device,
-                                   progress=lambda f: self.progress.update("gamma", f))
+                                   progress=lambda f: self.progress.update("gamma", f),
+                                   interpolation=interpolation)
         volume = np.nan_to_num(result.gamma, nan=0.0).astype(np.float32)
         node = bridge.create_volume(self.scene, volume, ref_geo, f"{evaluated_node.GetName()} gamma",
                                     node=output_node)
         node.SetAttribute("DoseComparison.GammaVolume", "1")
         node.SetAttribute("MedAI.GammaPassRate", repr(result.pass_rate))
+        node.SetAttribute("MedAI.GammaInterpolation", result.interpolation)
         return node, result
 
     # --- isodose -------------------------------------------------------------------------

@@ -13,12 +13,14 @@ interpolated step, a coarse lattice (DTA/4 or half a voxel) is searched that way
 pattern search (27 points, halving the step down to about the requested step) refines each voxel's
 best coarse offset.
 
-Two offset lattices:
+Two search modes (:class:`GammaInterpolation`):
 
-* ``step_mm=None``: the evaluated grid's own voxel lattice (no interpolation on a common grid); this
-  is Plastimatch's / SlicerRT's default ("non-geometric", no interpolated search);
-* ``step_mm=s``: an isotropic lattice of spacing ``s`` mm (``DTA / 10`` is like PyMedPhys'
-  ``interp_fraction=10``).
+* ``"trilinear"`` (default): the evaluated dose is interpolated on an isotropic lattice of ``step_mm``
+  (default ``DTA / 10``, PyMedPhys' ``interp_fraction=10``; AAPM TG-218 asks for DTA/3 or finer, and a
+  search on a dose grid coarser than that underestimates the pass rate, e.g. 53 % instead of 82 % at
+  2 %/2 mm on a 2.5 mm grid);
+* ``"none"``: the evaluated grid's own voxel lattice (no interpolation on a common grid); this is
+  Plastimatch's / SlicerRT's default ("non-geometric", no interpolated search), kept to reproduce it.
 
 Geometries are :class:`MedAICommonLib.geometry.Geometry` (RAS or LPS, converted internally);
 arrays are KJI; doses in Gy (or any common unit).
@@ -26,7 +28,9 @@ arrays are KJI; doses in Gy (or any common unit).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -34,9 +38,38 @@ import torch
 from MedAICommonLib.geometry import Geometry
 
 
+DEFAULT_STEP_FRACTION = 10  # default interpolated search step: DTA / 10
+
+
+class GammaInterpolation(str, Enum):
+    """How the evaluated dose is searched: ``trilinear`` (interpolated lattice) or ``none`` (its voxels)."""
+
+    TRILINEAR = "trilinear"
+    NONE = "none"
+
+
+def gamma_interpolation(value: GammaInterpolation | str) -> GammaInterpolation:
+    """The :class:`GammaInterpolation` named by ``value``; an unknown name lists the choices and the closest one."""
+    try:
+        return GammaInterpolation(str(getattr(value, "value", value)).lower())
+    except ValueError:
+        choices = [m.value for m in GammaInterpolation]
+        close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"Unknown gamma interpolation '{value}'; choose one of {', '.join(choices)}.{hint}") from None
+
+
+def default_step_mm(dta_mm: float) -> float:
+    """Default interpolated search step (mm): ``dta_mm / DEFAULT_STEP_FRACTION`` (TG-218: DTA/3 or finer)."""
+    return float(dta_mm) / DEFAULT_STEP_FRACTION
+
+
 @dataclass
 class GammaResult:
-    """Gamma volume on the reference grid (NaN where not evaluated) and summary numbers."""
+    """Gamma volume on the reference grid (NaN where not evaluated) and summary numbers.
+
+    ``interpolation`` and ``step_mm`` (None for the voxel lattice) say how the evaluated dose was searched.
+    """
 
     gamma: np.ndarray
     pass_rate: float
@@ -44,6 +77,8 @@ class GammaResult:
     mean_gamma: float
     max_gamma_found: float
     normalization_dose: float
+    interpolation: str = GammaInterpolation.TRILINEAR.value
+    step_mm: float | None = None
 
 
 def search_offsets(dta_mm: float, max_gamma: float, eval_geometry: Geometry,
@@ -134,23 +169,70 @@ def _sorted_search(sampler, base, ref_vals, inv_dd2, offsets: np.ndarray, dta_mm
             progress(start / n_off)
 
 
+def _refine(sampler, base, ref_vals, inv_dd2, m_ijk, best, best_off, coarse_step: float, step_mm: float,
+            dta_mm: float, max_gamma: float, chunk_elements: int) -> None:
+    """Pattern search around each voxel's best offset: 27 points, the step halved from ``coarse_step / 2``
+    down to about ``step_mm / 2``; updates ``best`` (gamma^2) and ``best_off`` (mm) in place."""
+    dtype, device = base.dtype, base.device
+    unit = torch.as_tensor(np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3),
+                           dtype=dtype, device=device)
+    limit2 = float(max_gamma) ** 2
+    rows = max(1, chunk_elements // len(unit))
+    h = coarse_step / 2.0
+    while h >= 0.5 * step_mm:
+        for a0 in range(0, ref_vals.numel(), rows):
+            sl = slice(a0, a0 + rows)
+            off = best_off[sl][:, None, :] + h * unit[None, :, :]  # (n, 27, 3) mm
+            d2 = (off ** 2).sum(-1) / dta_mm ** 2
+            values = sampler(base[sl][:, None, :] + sampler.vectors(off @ m_ijk.T))
+            g2 = d2 + (values - ref_vals[sl][:, None]) ** 2 * inv_dd2[sl][:, None]
+            g2 = torch.where(d2 <= limit2 + 1e-9, g2, torch.full_like(g2, float("inf")))
+            g2min, arg = g2.min(dim=1)
+            better = g2min < best[sl]
+            best[sl] = torch.where(better, g2min, best[sl])
+            chosen = off[torch.arange(off.shape[0], device=device), arg]
+            best_off[sl] = torch.where(better[:, None], chosen, best_off[sl])
+        h /= 2.0
+
+
 def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: np.ndarray,
                 evaluated_geometry: Geometry, dose_percent: float = 3.0, dta_mm: float = 3.0,
                 threshold_percent: float = 10.0, local: bool = False, max_gamma: float = 2.0,
                 normalization_dose: float | None = None, step_mm: float | None = None,
                 device: str | torch.device = "cpu", chunk_elements: int = 8_000_000,
-                progress=None) -> GammaResult:
+                progress=None, interpolation: GammaInterpolation | str = GammaInterpolation.TRILINEAR) -> GammaResult:
     """Gamma of ``evaluated`` against ``reference`` at each reference voxel (see the module docstring).
 
-    ``threshold_percent`` is a percentage of ``normalization_dose`` (default: the reference maximum)
-    below which reference voxels are not evaluated. Voxels with no evaluated dose within the search
-    radius get ``max_gamma``. Returns gamma (float32, NaN where not evaluated), capped at
-    ``max_gamma``, and the pass rate (% of evaluated voxels with gamma <= 1).
+    Args:
+        reference, evaluated: doses (KJI arrays, Gy or any common unit) on their own grids.
+        reference_geometry, evaluated_geometry: their geometries (RAS or LPS).
+        dose_percent: dose criterion (%, of ``normalization_dose``, or of the local dose with ``local``). 3.
+        dta_mm: distance-to-agreement criterion (mm). 3.
+        threshold_percent: reference voxels below this % of ``normalization_dose`` are not evaluated. 10.
+        local: local instead of global gamma. False.
+        max_gamma: search radius ``dta_mm * max_gamma``; gamma is capped there. 2.
+        normalization_dose: global normalisation dose; default the reference maximum.
+        step_mm: interpolated search step (mm), ``trilinear`` only; default ``dta_mm / 10``.
+        device: torch device ("cpu", "cuda", ...).
+        chunk_elements: samples per batch (memory bound).
+        progress: callback with the fraction done.
+        interpolation: ``"trilinear"`` (default) or ``"none"`` (the evaluated voxel lattice, as SlicerRT).
+
+    Returns gamma (float32, NaN where not evaluated), capped at ``max_gamma``, and the pass rate (% of
+    evaluated voxels with gamma <= 1). Voxels with no evaluated dose within the search radius get ``max_gamma``.
     """
     if dose_percent <= 0 or dta_mm <= 0 or max_gamma <= 0:
         raise ValueError("Gamma criteria must be positive: dose difference (%), DTA (mm) and maximum gamma.")
+    interpolation = gamma_interpolation(interpolation)
+    interpolated = interpolation is GammaInterpolation.TRILINEAR
+    if not interpolated and step_mm is not None:
+        raise ValueError("A search step (step_mm) applies to the 'trilinear' interpolation only; with "
+                         "interpolation 'none' the evaluated voxel lattice is searched. Drop one of the two.")
+    if interpolated:
+        step_mm = default_step_mm(dta_mm) if step_mm is None else float(step_mm)
+        if not step_mm > 0:
+            raise ValueError(f"The gamma search step must be positive, got {step_mm} mm.")
     reference = np.asarray(reference, dtype=np.float32)
-    evaluated = np.asarray(evaluated, dtype=np.float32)
     ref_geo = reference_geometry.to_space("LPS")
     ev_geo = evaluated_geometry.to_space("LPS")
     norm = float(np.nanmax(reference)) if normalization_dose is None else float(normalization_dose)
@@ -161,52 +243,34 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
         mask &= reference > 0
     device = torch.device(device)
     # float64 on the CPU for the voxel lattice (bit-exact with SlicerRT's baseline); float32 otherwise
-    dtype = torch.float64 if device.type == "cpu" and step_mm is None else torch.float32
-    idx = np.argwhere(mask)  # (N, 3) k, j, i
+    dtype = torch.float64 if device.type == "cpu" and not interpolated else torch.float32
     ref_vals = torch.as_tensor(reference[mask], dtype=dtype, device=device)
-    points = ref_geo.index_to_point(idx[:, ::-1].astype(float))  # LPS mm
+    points = ref_geo.index_to_point(np.argwhere(mask)[:, ::-1].astype(float))  # LPS mm
     to_eval = ev_geo.physical_to_ijk()
     pad = int(np.ceil(dta_mm * max_gamma / min(ev_geo.spacing))) + 2
-    sampler = _Sampler(torch.as_tensor(evaluated, dtype=dtype, device=device), pad)
+    sampler = _Sampler(torch.as_tensor(np.asarray(evaluated, dtype=np.float32), dtype=dtype, device=device), pad)
     base = sampler.points(torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device))
     crit = dose_percent / 100.0
     inv_dd2 = 1.0 / (crit * ref_vals) ** 2 if local else torch.full_like(ref_vals, 1.0 / (crit * norm) ** 2)
     best = torch.full_like(ref_vals, float(max_gamma) ** 2)
     m_ijk = torch.as_tensor(to_eval[:3, :3], dtype=dtype, device=device)
-    if step_mm is None:
+    if not interpolated:
         _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk,
                        best, None, chunk_elements, progress)
     else:
-        # Coarse-to-fine: a coarse lattice (sorted, early exit) finds each voxel's best offset, then a
-        # pattern search (27 points, halving the step) refines it down to about step_mm.
-        coarse_step = max(float(step_mm), min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
+        # Coarse-to-fine: a coarse lattice (DTA/4 or half a voxel at most; sorted, early exit) finds each
+        # voxel's best offset, then a pattern search refines it down to about step_mm.
+        coarse_step = max(step_mm, min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
         best_off = torch.zeros((ref_vals.numel(), 3), dtype=dtype, device=device)
-        coarse = search_offsets(dta_mm, max_gamma, ev_geo, coarse_step)
-        _sorted_search(sampler, base, ref_vals, inv_dd2, coarse, dta_mm, m_ijk, best, best_off,
-                       chunk_elements, progress)
-        unit = torch.as_tensor(np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3),
-                               dtype=dtype, device=device)
-        limit2 = float(max_gamma) ** 2
-        h = coarse_step / 2.0
-        rows = max(1, chunk_elements // len(unit))
-        while h >= 0.5 * step_mm:
-            for a0 in range(0, ref_vals.numel(), rows):
-                sl = slice(a0, a0 + rows)
-                off = best_off[sl][:, None, :] + h * unit[None, :, :]  # (n, 27, 3) mm
-                d2 = (off ** 2).sum(-1) / dta_mm ** 2
-                values = sampler(base[sl][:, None, :] + sampler.vectors(off @ m_ijk.T))
-                g2 = d2 + (values - ref_vals[sl][:, None]) ** 2 * inv_dd2[sl][:, None]
-                g2 = torch.where(d2 <= limit2 + 1e-9, g2, torch.full_like(g2, float("inf")))
-                g2min, arg = g2.min(dim=1)
-                better = g2min < best[sl]
-                best[sl] = torch.where(better, g2min, best[sl])
-                chosen = off[torch.arange(off.shape[0], device=device), arg]
-                best_off[sl] = torch.where(better[:, None], chosen, best_off[sl])
-            h /= 2.0
+        _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo, coarse_step),
+                       dta_mm, m_ijk, best, best_off, chunk_elements, progress)
+        _refine(sampler, base, ref_vals, inv_dd2, m_ijk, best, best_off, coarse_step, step_mm, dta_mm, max_gamma,
+                chunk_elements)
     gamma_vals = torch.sqrt(best).clamp(max=float(max_gamma)).cpu().numpy().astype(np.float32)
     gamma = np.full(reference.shape, np.nan, dtype=np.float32)
     gamma[mask] = gamma_vals
     n = int(mask.sum())
     pass_rate = float(100.0 * np.mean(gamma_vals <= 1.0)) if n else float("nan")
     return GammaResult(gamma, pass_rate, n, float(gamma_vals.mean()) if n else float("nan"),
-                       float(gamma_vals.max()) if n else float("nan"), norm)
+                       float(gamma_vals.max()) if n else float("nan"), norm, interpolation.value,
+                       step_mm if interpolated else None)

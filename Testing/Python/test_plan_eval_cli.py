@@ -12,13 +12,15 @@ from MedAICommonLib.cli.main import main
 
 
 def test_medai_gamma_report_and_volume(shared_data, tmp_path):
+    """SlicerRT's own (voxel-lattice) search reproduces its baseline volume through the command."""
     folder = shared_data / "rt" / "SlicerRT"
     report, gamma_path = tmp_path / "gamma.json", tmp_path / "G.nrrd"
     code = main(["gamma", str(folder / "EclipseEnt_Dose.nrrd"), str(folder / "EclipseEnt_Dose_Day2.nrrd"),
                  "--dose-percent", "3", "--dta-mm", "3", "--threshold-percent", "10", "--device", "cpu",
-                 "--output-gamma", str(gamma_path), "--report", str(report)])
+                 "--interpolation", "none", "--output-gamma", str(gamma_path), "--report", str(report)])
     assert code == 0
     data = json.loads(report.read_text())
+    assert data["parameters"]["interpolation"] == "none" and data["parameters"]["step_mm"] is None
     baseline = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "GammaVolume_EclipseEnt_Day1Day2_Baseline.nrrd")))
     expected = 100.0 * np.mean(baseline[baseline > 0] <= 1.0)
     assert abs(data["metrics"]["pass_rate"] - expected) <= 0.5

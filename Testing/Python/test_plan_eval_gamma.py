@@ -24,9 +24,10 @@ def eclipse_pair(shared_data):
 
 
 def test_reproduces_slicerrt_gamma_baseline(eclipse_pair):
-    """3 %/3 mm global, 10 % threshold, max gamma 2 (SlicerRT's DoseComparison test): same voxels, same pass rate."""
+    """3 %/3 mm global, 10 % threshold, max gamma 2 (SlicerRT's DoseComparison test), SlicerRT's voxel-lattice
+    search (interpolation "none"): same voxels, same pass rate."""
     (ref, ref_geo), (ev, ev_geo), (baseline, _) = eclipse_pair
-    result = gamma_index(ref, ref_geo, ev, ev_geo, 3.0, 3.0, 10.0, local=False, max_gamma=2.0)
+    result = gamma_index(ref, ref_geo, ev, ev_geo, 3.0, 3.0, 10.0, local=False, max_gamma=2.0, interpolation="none")
     analysed = baseline > 0
     baseline_rate = 100.0 * np.mean(baseline[analysed] <= 1.0)
     assert result.evaluated_voxels == int(analysed.sum())
@@ -65,7 +66,7 @@ def test_offsets_sorted_within_radius():
 @pytest.mark.gpu
 def test_cuda_matches_cpu(eclipse_pair):
     (ref, ref_geo), (ev, ev_geo), _ = eclipse_pair
-    cpu = gamma_index(ref, ref_geo, ev, ev_geo, device="cpu")
-    gpu = gamma_index(ref, ref_geo, ev, ev_geo, device=torch.device("cuda"))
+    cpu = gamma_index(ref, ref_geo, ev, ev_geo, device="cpu", interpolation="none")
+    gpu = gamma_index(ref, ref_geo, ev, ev_geo, device=torch.device("cuda"), interpolation="none")
     assert abs(cpu.pass_rate - gpu.pass_rate) < 0.05
     assert np.nanmax(np.abs(cpu.gamma - gpu.gamma)) < 1e-3
