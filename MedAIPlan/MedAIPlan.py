@@ -134,9 +134,16 @@ class MedAIPlanWidget(MedAIWidgetBase):
         self.run_logic(_("Isodose"), self.logic.isodoseFromParameters, self._parameterNode)
 
     def onGamma(self) -> None:
-        gamma = self.run_logic(_("Gamma"), self.logic.gammaFromParameters, self._parameterNode)
-        if gamma is not None:
-            self._parameterNode.gammaVolume = gamma
+        """The gamma search in a worker process (minutes on the CPU for a fine search on a clinical grid)."""
+        p = self._parameterNode
+
+        def done(nodes):
+            gamma = nodes["gamma"]
+            p.gammaVolume = gamma
+            self.ui.statusLabel.text = _("Gamma: pass rate {rate:.2f} %.").format(
+                rate=float(gamma.GetAttribute("MedAI.GammaPassRate")))
+
+        self.run_job(_("Gamma"), lambda: self.logic.gammaJobFromParameters(p), on_done=done)
 
     def onRTImport(self) -> None:
         """Reads the chosen RT files with progress and Cancel (a bounded, header-only scan finds them)."""
@@ -229,6 +236,14 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         models, _legend, _levels = self.evaluation.isodose(
             p.doseVolume, _numbers(p.isodoseLevels), prescription_gy=p.prescriptionGy, percent=True)
         return models
+
+    def gammaJobFromParameters(self, p):
+        """Gamma comparison as a worker job (see ``MedAIPlanLib.gamma_worker_logic``)."""
+        from MedAIPlanLib.gamma_worker_logic import gamma_job
+
+        return gamma_job(slicer.mrmlScene, p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent,
+                         dta_mm=p.dtaMm, threshold_percent=p.thresholdPercent, local=p.localGamma, device=p.device,
+                         output_node=p.gammaVolume)
 
     def gammaFromParameters(self, p, progress=None):
         """Gamma index volume of the evaluated dose against the reference; returns the gamma volume node."""

@@ -18,7 +18,9 @@ from MedAICommonLib.job_messages import job_failure_message
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.scene_job import SceneJob
 from MedAICommonLib.worker import WorkerState
-from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.gamma_worker_logic import gamma_job
 from MedAIPlanLib.rt_worker_logic import exported_modalities, rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
@@ -144,3 +146,28 @@ def test_preprocessing_job_gives_what_the_in_process_logic_gives(scene, method):
     if method == "nlm":
         body = phantom.labels == 1
         assert worker_values[body].std() < 0.6 * before[body].std()
+
+
+def test_gamma_job_matches_the_in_process_gamma(scene):
+    """The panel's gamma in a worker: the same gamma values and pass rate as the in-process Logic, on the
+    reference grid, marked as SlicerRT's gamma volume."""
+    geometry = Geometry((3.0, 3.0, 3.0), (-45.0, -45.0, -45.0), rotation_matrix("z", 0.0), "RAS", (31, 31, 31))
+    k, j, i = np.indices(geometry.shape_kji)
+    points = geometry.index_to_point(np.stack([i, j, k], -1).reshape(-1, 3).astype(float)).reshape(31, 31, 31, 3)
+
+    def dose(shift_mm):
+        return (60.0 * np.exp(-((points - shift_mm) ** 2).sum(-1) / (2 * 15.0 ** 2))).astype(np.float32)
+
+    reference = mark_as_dose_volume(bridge.create_volume(scene, dose((0.0, 0.0, 0.0)), geometry, "reference"))
+    evaluated = mark_as_dose_volume(bridge.create_volume(scene, dose((2.5, 0.0, 0.0)), geometry, "evaluated"))
+
+    node = gamma_job(scene, reference, evaluated, 2.0, 2.0, 10.0, device="cpu").run(timeout=300)["gamma"]
+    in_process, result = PlanEvaluationLogic(scene).gamma(reference, evaluated, 2.0, 2.0, 10.0, device="cpu")
+
+    values, gamma_geometry = bridge.array_from_volume(node)
+    assert gamma_geometry.same_grid(geometry)
+    np.testing.assert_allclose(values, bridge.array_from_volume(in_process)[0], atol=1e-4)
+    assert node.GetAttribute("DoseComparison.GammaVolume") == "1"
+    assert float(node.GetAttribute("MedAI.GammaPassRate")) == pytest.approx(result.pass_rate, abs=1e-6)
+    assert 0.0 < result.pass_rate < 100.0  # a 2.5 mm shift fails 2 %/2 mm somewhere
+    assert node.GetAttribute("MedAI.GammaInterpolation") == in_process.GetAttribute("MedAI.GammaInterpolation")
