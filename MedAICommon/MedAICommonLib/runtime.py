@@ -114,7 +114,10 @@ def create_runtime(module_logics: bool | None = None) -> HeadlessRuntime:
     """
     register_converter_rules()
     scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
+    # Slicer 5.8's PythonSlicer does not load the base-logic kit (its `from logic import *` fails), so
+    # MRML's own application logic stands in there.
+    app_logic_class = getattr(slicer, "vtkSlicerApplicationLogic", None) or slicer.vtkMRMLApplicationLogic
+    app_logic = app_logic_class()
     app_logic.SetMRMLScene(scene)
     if module_logics is None:
         module_logics = module_logics_available()

@@ -1,0 +1,190 @@
+"""Every background job runs in a worker whose ``slicer`` is exactly what Slicer's PythonSlicer has.
+
+In Slicer the panels' workers are ``PythonSlicer -m MedAICommonLib.cli ...``; there ``slicer`` holds
+the kits of ``Base/Python/CMakeLists.txt`` (MRML, vtkAddon, vtkSegmentationCore, the base logic) and
+no module logic. :mod:`pythonslicer` builds that package from Slicer's own Python layer and
+slicer-core's compiled libraries; each job here runs through the real SceneJob/Worker in a child
+whose ``PYTHONPATH`` starts with it, reports progress and comes back as nodes in the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pythonslicer import SLICER_REFERENCE, build_pythonslicer, standalone_kits
+from test_seg_inference import threshold_net
+
+from MedAICommonLib import bridge
+from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.geometry import Geometry, rotation_matrix
+from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.progress import Progress
+from MedAICommonLib.worker import worker_environment
+from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.worker_logic import plan_job
+from MedAIRegisterLib.worker_logic import register_job
+from MedAISegLib.phantom_cases import make_phantom_case
+from MedAISegLib.worker_logic import fine_tune_job, segment_with_model_job, train_job
+
+NAMESPACE_PROBE = """
+import json, sys
+import numpy as np
+import slicer
+from MedAICommonLib import bridge
+from MedAICommonLib.geometry import Geometry
+from MedAICommonLib.runtime import get_scene
+masks = {"outer": np.zeros((6, 7, 8), bool), "inner": np.zeros((6, 7, 8), bool)}
+masks["outer"][1:5, 1:6, 1:7] = True
+masks["inner"][2:4, 2:5, 2:6] = True
+scene = get_scene()
+node = bridge.create_segmentation_from_masks(scene, masks, Geometry((1.0, 2.0, 3.0)), "s")
+path = bridge.save_node(node, sys.argv[1])
+read, _ = bridge.segment_masks(bridge.load_segmentation(scene, path))
+print(json.dumps({"scene": hasattr(slicer, "vtkMRMLScene"), "colors": hasattr(slicer, "vtkSlicerColorLogic"),
+                  "segmentations": hasattr(slicer, "vtkSlicerSegmentationsModuleLogic"),
+                  "kits": all(hasattr(slicer, c) for c in ("vtkSegment", "vtkMRMLColorLogic", "vtkAddonMathUtilities")),
+                  "app": hasattr(slicer, "app"), "modules": [n for n in vars(slicer.modules) if not n.startswith("_")],
+                  "file": slicer.__file__, "same": all(np.array_equal(read[n], m) for n, m in masks.items())}))
+"""
+
+
+@pytest.fixture(scope="module")
+def pythonslicer(tmp_path_factory):
+    """The extra environment that gives a worker PythonSlicer's ``slicer`` package."""
+    return {"PYTHONPATH": str(build_pythonslicer(tmp_path_factory.mktemp("pythonslicer")))}
+
+
+@pytest.fixture(autouse=True)
+def private_trust_store(tmp_path, monkeypatch):
+    """Bundles exported here are trusted in a per-test store (the workers inherit it), never the user's."""
+    monkeypatch.setenv("MEDAI_TRUST_STORE", str(tmp_path / "trust" / "trusted_bundles.json"))
+
+
+def run_job(job, env, timeout, expect_progress=True):
+    """Run a panel's job in a PythonSlicer worker; returns its nodes and the progress stages it reported."""
+    job.env = env
+    stages = []
+    nodes = job.run(Progress(lambda stage, fraction: stages.append(stage)), timeout=timeout)
+    if expect_progress:
+        assert stages, "the worker reported no progress"
+    return nodes, stages
+
+
+@pytest.mark.parametrize("version", sorted(p.name for p in SLICER_REFERENCE.iterdir() if p.is_dir()))
+def test_the_namespace_has_pythonslicers_kits_and_no_module_logic(version, tmp_path):
+    env = {"PYTHONPATH": str(build_pythonslicer(tmp_path / "ps", version))}
+    assert {"mrml", "vtkAddon", "vtkSegmentationCore", "logic"} <= set(standalone_kits(version))
+    # the environment the worker gives its child, so this is the namespace jobs run in
+    # (and the runtime and the bridge work in it: overlapping masks through a .seg.nrrd round trip)
+    result = subprocess.run([sys.executable, "-c", NAMESPACE_PROBE, str(tmp_path / "s.seg.nrrd")],
+                            env=worker_environment(env), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["file"].startswith(str(tmp_path / "ps"))
+    assert seen["scene"]
+    assert seen["kits"]
+    assert not seen["colors"]
+    assert not seen["segmentations"]
+    assert not seen["app"]
+    assert seen["modules"] == []
+    assert seen["same"]
+
+
+def test_model_segmentation_job(scene, pythonslicer, tmp_path):
+    phantom = make_ct_phantom(shape_kji=(14, 24, 22), spacing=(2.0, 1.5, 1.5), direction=rotation_matrix("z", 30.0))
+    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "patient CT")
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(threshold_net(threshold=45.0)), str(model))
+    card = {"name": "dense", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "dense tissue"}]}
+    (tmp_path / "net.ts.json").write_text(json.dumps(card))
+
+    nodes, _ = run_job(segment_with_model_job(scene, [ct], str(model), device="cpu", uncertainty=True),
+                       pythonslicer, timeout=300)
+
+    mask, geometry = bridge.segment_mask(nodes["segmentation"], "dense tissue")
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    np.testing.assert_array_equal(mask, phantom.ct > 45.0)
+    assert 0 < mask.sum() < mask.size / 2
+    entropy, entropy_geometry = bridge.array_from_volume(nodes["uncertainty"])
+    assert entropy_geometry.same_grid(bridge.volume_geometry(ct))
+    assert 0.0 <= entropy.min() <= entropy.max() <= np.log(2) + 1e-4
+
+
+def test_planning_job(scene, pythonslicer):
+    phantom = make_ct_phantom(shape_kji=(16, 28, 28), spacing=(6.0, 6.0, 6.0))
+    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
+    structures = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
+                                            [SegmentInfo(v, n) for v, n in phantom.names.items()], "structures",
+                                            reference_volume=ct)
+    job = plan_job(scene, ct, structures, target="lesion", prescription_gy=60.0, fractions=30,
+                   gantry_angles=(0, 120, 240), bixel_width_mm=10.0, dose_grid_mm=6.0, device="cpu")
+
+    nodes, _ = run_job(job, pythonslicer, timeout=300)
+
+    dose = nodes["dose"]
+    assert dose.GetAttribute(DOSE_VOLUME_ATTRIBUTE) == "1"
+    values, geometry = bridge.array_from_volume(dose)
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    lesion, _ = bridge.segment_mask(structures, "lesion")
+    assert np.median(values[lesion]) == pytest.approx(60.0, rel=0.1)
+    assert values[~lesion].mean() < 0.5 * 60.0
+
+
+def test_bspline_registration_job(scene, pythonslicer):
+    phantom = make_ct_phantom(shape_kji=(16, 24, 24), spacing=(5.0, 5.0, 6.0), noise_hu=5.0)
+    fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
+    moved = Geometry(phantom.geometry.spacing, np.array(phantom.geometry.origin) + (4.0, -4.0, 0.0),
+                     phantom.geometry.direction, "RAS", phantom.ct.shape)
+    moving = bridge.create_volume(scene, phantom.ct, moved, "moving")
+    before = np.abs(bridge.resample_array(phantom.ct, moved, phantom.geometry) - phantom.ct).mean()
+
+    nodes, stages = run_job(register_job(scene, fixed, moving, transform_type="bspline", device="cpu"),
+                            pythonslicer, timeout=600, expect_progress=False)
+
+    assert nodes["transform"].IsA("vtkMRMLTransformNode")
+    assert not nodes["transform"].IsLinear()
+    assert nodes["transform"].GetNodeReference("moving") is moving
+    registered, geometry = bridge.array_from_volume(nodes["volume"])
+    assert geometry.same_grid(bridge.volume_geometry(fixed))
+    assert np.abs(registered - phantom.ct).mean() < 0.6 * before
+    if not stages:
+        pytest.xfail("medai register does not pass its progress to the Logic (MedAIRegisterLib/commands.py)")
+
+
+def _case_nodes(scene, seeds):
+    volumes, labels = [], []
+    for seed in seeds:
+        image, label = make_phantom_case(seed)
+        volumes.append(bridge.sitk_to_volume(image, scene, f"case {seed}"))
+        array, geometry = bridge.sitk_to_array(label)
+        labels.append(bridge.create_segmentation(scene, array, geometry, [SegmentInfo(1, "label 1")], f"labels {seed}"))
+    return volumes, labels
+
+
+@pytest.mark.slow
+def test_training_then_fine_tuning_jobs(scene, pythonslicer, tmp_path):
+    volumes, labels = _case_nodes(scene, range(3))
+    bundle = tmp_path / "bundle"
+    job = train_job(scene, volumes, labels, str(bundle), epochs=2, spacing_mm=2.0, device="cpu")
+    job.args += ["--roi", "24", "24", "24", "--features", "8", "--samples-per-case", "1"]
+    count = scene.GetNumberOfNodes()
+    assert run_job(job, pythonslicer, timeout=600)[0] == {}
+    assert scene.GetNumberOfNodes() == count
+    weights = next((bundle / "models").glob("model.*"))
+    stamp = weights.stat().st_mtime_ns
+
+    assert run_job(fine_tune_job(scene, volumes[0], labels[0], str(bundle), str(bundle), epochs=2, device="cpu"),
+                   pythonslicer, timeout=600)[0] == {}
+    assert weights.stat().st_mtime_ns != stamp
+
+    nodes, _ = run_job(segment_with_model_job(scene, [volumes[1]], str(bundle), device="cpu"), pythonslicer,
+                       timeout=300)
+    assert bridge.segment_infos(nodes["segmentation"])[0].name == "label 1"
+    assert bridge.reference_geometry(nodes["segmentation"]).same_grid(bridge.volume_geometry(volumes[1]))
+
