@@ -10,6 +10,7 @@ voxels. Angles are checked (0 <= angle < 360, :func:`beams.check_angles`), never
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -164,14 +165,14 @@ def _contour_items(mask: np.ndarray, lps: Geometry) -> list[Dataset]:
     return items
 
 
-def rtstruct_from_masks(masks: list[tuple[str, tuple | None, np.ndarray]], geometry: Geometry,
+def rtstruct_from_masks(masks: Iterable[tuple[str, tuple | None, np.ndarray]], geometry: Geometry,
                         patient: dict | None = None, study_uid: str | None = None,
                         frame_of_reference_uid: str | None = None, label: str = "MedAI") -> Dataset:
     """An RTSTRUCT dataset with one ROI per ``(name, colour 0..1 or None, boolean KJI mask)``, in order.
 
     Every mask becomes its own ROI (ROI numbers 1..N in the given order), so overlapping and nested
-    structures are all kept; an empty mask gives an ROI without contours. ``geometry`` (RAS or LPS) is
-    the masks' grid; contours are written in LPS.
+    structures are all kept; an empty mask gives an ROI without contours. ``masks`` may be a generator
+    (one mask in memory at a time). ``geometry`` (RAS or LPS) is the masks' grid; contours are written in LPS.
     """
     lps = geometry.to_space("LPS")
     ds = _base_dataset(RTSTRUCT_SOP_CLASS, "RTSTRUCT", patient, study_uid, frame_of_reference_uid)

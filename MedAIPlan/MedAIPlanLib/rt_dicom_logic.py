@@ -54,17 +54,29 @@ def _check_volume(roi: dicom_rt.RtRoi, mask: np.ndarray, grid) -> None:
 def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_reference_uid: str | None = None):
     """An RTSTRUCT dataset with one ROI per segment of ``node`` (every layer, overlaps kept, in segment order).
 
-    Empty segments are written as ROIs without contours, with a warning.
+    Masks are read one segment at a time (a CT-sized mask each, however many segments). Empty segments
+    are written as ROIs without contours, with a warning; repeated segment names are refused (an ROI is
+    found by its name).
     """
-    masks, geometry = segment_masks(node)
-    colors = {s.name: s.color for s in bridge.segment_infos(node)}
-    for segment_name, mask in masks.items():
-        if not mask.any():
-            warn(f"Segment '{segment_name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
-                 "without contours.")
-    return dicom_rt_export.rtstruct_from_masks([(n, colors.get(n), m) for n, m in masks.items()], geometry,
-                                               study_uid=study_uid, frame_of_reference_uid=frame_of_reference_uid,
-                                               label=node.GetName())
+    bridge.require_segmentation(node)
+    infos = bridge.segment_infos(node)
+    names = [s.name for s in infos]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Segment name(s) {repeated} repeat in '{node.GetName()}'; give every segment its own "
+                         "name before the RTSTRUCT export, so that each becomes its own ROI.")
+    _, geometry = segment_masks(node, None, names[:1])
+
+    def rois():
+        for info in infos:
+            mask = segment_masks(node, geometry, [info.name])[0][info.name]
+            if not mask.any():
+                warn(f"Segment '{info.name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
+                     "without contours.")
+            yield info.name, info.color, mask
+
+    return dicom_rt_export.rtstruct_from_masks(rois(), geometry, study_uid=study_uid,
+                                               frame_of_reference_uid=frame_of_reference_uid, label=node.GetName())
 
 
 class RtDicomLogic:

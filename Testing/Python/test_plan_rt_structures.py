@@ -176,3 +176,41 @@ def test_rtplan_gantry_out_of_range_refused_on_write_and_read(shared_data, tmp_p
     ds.BeamSequence[1].ControlPointSequence[0].GantryAngle = "400"
     with pytest.raises(ValueError, match="RTPLAN beam '.*' gantry angle: 400 degrees is outside 0 <= angle < 360"):
         read_rtplan(ds)
+
+
+def _rtss_subset(path, keep: dict[str, str], out):
+    """The RTSTRUCT at ``path`` with only the ROIs named in ``keep``, renamed to its values, written to ``out``."""
+    ds = pydicom.dcmread(path)
+    numbers = {int(r.ROINumber): keep[r.ROIName] for r in ds.StructureSetROISequence if r.ROIName in keep}
+    ds.StructureSetROISequence = [r for r in ds.StructureSetROISequence if int(r.ROINumber) in numbers]
+    for r in ds.StructureSetROISequence:
+        r.ROIName = numbers[int(r.ROINumber)]
+    ds.ROIContourSequence = [c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) in numbers]
+    ds.save_as(out)
+    return out
+
+
+def test_repeated_roi_names_and_cut_structures_are_flagged(scene, rtss, tmp_path):
+    """Two ROIs named alike are both imported (the second as 'Tumor Bed (2)') with their contour volumes
+    (within 1 %); a reference grid that cuts a structure is flagged (volume more than 5 % off); exporting a
+    segmentation with repeated names is refused."""
+    path = _rtss_subset(rtss, {"Tumor Bed": "Tumor Bed", "Tumor Bed Block": "Tumor Bed"}, tmp_path / "RS.dcm")
+    contours = [r.contours for r in read_rtstruct(path)]
+    logic = PlanEvaluationLogic(scene)
+    with collect_warnings() as warnings:
+        node = logic.import_rtstruct(path, pixel_mm=1.0)
+    assert [s.name for s in bridge.segment_infos(node)] == ["Tumor Bed", "Tumor Bed (2)"]
+    volumes = logic.structure_volumes_cc(node)
+    for name, roi_contours in zip(volumes, contours):
+        assert abs(volumes[name] - contour_volume_cc(roi_contours)) <= 0.01 * contour_volume_cc(roi_contours)
+    assert warnings == ["RTSTRUCT ROI name 'Tumor Bed' is repeated (ROI 10); imported as 'Tumor Bed (2)'."]
+    masks, geometry = segment_masks(node)
+    nk = geometry.shape_kji[0]
+    half = bridge.create_volume(scene, np.zeros((nk // 2, *geometry.shape_kji[1:]), np.int16),
+                                geometry.with_shape((nk // 2, *geometry.shape_kji[1:])), "CT covering half")
+    with collect_warnings() as warnings:
+        logic.import_rtstruct(path, reference_node=half)
+    assert any(w.startswith("RTSTRUCT ROI 'Tumor Bed': ") and "reference volume that covers" in w for w in warnings)
+    node.GetSegmentation().GetNthSegment(1).SetName("Tumor Bed")
+    with pytest.raises(ValueError, match=r"Segment name\(s\) \['Tumor Bed'\] repeat"):
+        logic.export_rt(tmp_path / "out", segmentation_node=node)
