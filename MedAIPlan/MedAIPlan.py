@@ -278,7 +278,8 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         from MedAIPlanLib.deidentify import UidMap, deidentify_file
         from MedAIPlanLib.rt_worker_logic import exported_modalities
 
-        paths = [Path(str(folder)) / f"{modality}.dcm" for modality in exported_modalities(dose, structures)]
+        folder = require_path(folder, "the DICOM-RT export folder", kind="folder")
+        paths = [folder / f"{modality}.dcm" for modality in exported_modalities(dose, structures)]
         if deidentify:
             uid_map = UidMap()
             for path in paths:
