@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from MedAICommonLib import bridge
-from MedAICommonLib.bridge.segmentations import create_segmentation_from_masks, segment_masks
+from MedAICommonLib.bridge.segmentations import create_segmentation_from_masks, reference_geometry, segment_masks
 from MedAICommonLib.notices import warn
 
 from . import dicom_rt, dicom_rt_export, rtplan_beams
@@ -54,7 +54,8 @@ def _check_volume(roi: dicom_rt.RtRoi, mask: np.ndarray, grid) -> None:
 def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_reference_uid: str | None = None):
     """An RTSTRUCT dataset with one ROI per segment of ``node`` (every layer, overlaps kept, in segment order).
 
-    Masks are read one segment at a time (a CT-sized mask each, however many segments). Empty segments
+    With a reference geometry (the usual case) masks are read one segment at a time, so a CT-sized mask
+    at a time is in memory however many segments there are; without one, all at once. Empty segments
     are written as ROIs without contours, with a warning; repeated segment names are refused (an ROI is
     found by its name).
     """
@@ -65,11 +66,15 @@ def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_refere
     if repeated:
         raise ValueError(f"Segment name(s) {repeated} repeat in '{node.GetName()}'; give every segment its own "
                          "name before the RTSTRUCT export, so that each becomes its own ROI.")
-    _, geometry = segment_masks(node, None, names[:1])
+    geometry = reference_geometry(node) if node.GetParentTransformNode() is None else None
+    if geometry is None or min(geometry.shape_kji) <= 0:  # no fixed grid: the union of all segments, read at once
+        masks, geometry = segment_masks(node)
+    else:
+        masks = None
 
     def rois():
         for info in infos:
-            mask = segment_masks(node, geometry, [info.name])[0][info.name]
+            mask = masks[info.name] if masks is not None else segment_masks(node, geometry, [info.name])[0][info.name]
             if not mask.any():
                 warn(f"Segment '{info.name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
                      "without contours.")

@@ -125,7 +125,8 @@ def test_tg119_segmentation_exports_every_layer_and_round_trips(tg119_files, tmp
 
 
 def test_tg119_round_trip_on_the_ct_grid_is_voxel_exact(scene, tg119_files, tmp_path):
-    """Logic level: export, re-import on the CT; every segment's mask comes back voxel for voxel."""
+    """Logic level: export, re-import on the CT; every segment's mask comes back voxel for voxel. A
+    segmentation without a reference geometry exports the same contours."""
     logic = PlanEvaluationLogic(scene)
     ct = bridge.load_volume(scene, tg119_files["ct"])
     seg = bridge.load_segmentation(scene, tg119_files["segmentation"])
@@ -135,6 +136,11 @@ def test_tg119_round_trip_on_the_ct_grid_is_voxel_exact(scene, tg119_files, tmp_
     assert list(masks) == TG119_STRUCTURES
     for name, mask in tg119_files["masks"].items():
         assert np.array_equal(masks[name], mask), name
+    # without a reference geometry the grid is the union of all segments, not the first one's box
+    counts = {r.name: len(r.contours) for r in read_rtstruct(paths["RTSTRUCT"])}
+    seg.GetSegmentation().SetConversionParameter("Reference image geometry", "")
+    again = logic.export_rt(tmp_path / "no_reference", segmentation_node=seg)
+    assert {r.name: len(r.contours) for r in read_rtstruct(again["RTSTRUCT"])} == counts
 
 
 def test_gantry_400_refused_by_medai_plan(shared_data, tmp_path, capsys):
