@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 
 from MedAICommonLib.geometry import Geometry
 
-from .sampling import sample_fixed_voxels
+from .sampling import histogram_bins, sample_fixed_voxels
 
 
 @dataclass
@@ -282,14 +282,15 @@ def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
         m_s = np.ascontiguousarray(_smooth(moving, sigma_mm, mg.spacing), dtype=np.float32)
         kji = sample_fixed_voxels(shape_f, shrink, fixed_mask, sampling_percentage, rng)
         points_c = np.ascontiguousarray(fg.index_to_point(kji[:, ::-1].astype(float)) - centre)
-        fixed_bins, _ = _to_bins(f_s[kji[:, 0], kji[:, 1], kji[:, 2]].astype(np.float64), f_lo, f_hi, bins)
-        m_scale = (bins - 5.0) / max(m_hi - m_lo, 1e-6)
+        level_bins = histogram_bins(bins, len(kji))
+        fixed_bins, _ = _to_bins(f_s[kji[:, 0], kji[:, 1], kji[:, 2]].astype(np.float64), f_lo, f_hi, level_bins)
+        m_scale = (level_bins - 5.0) / max(m_hi - m_lo, 1e-6)
 
-        def objective(x, points_c=points_c, fixed_bins=fixed_bins, m_s=m_s, m_scale=m_scale):
+        def objective(x, points_c=points_c, fixed_bins=fixed_bins, m_s=m_s, m_scale=m_scale, level_bins=level_bins):
             matrix, dmats = unpack(x)
             offset = centre + x[-3:]
             mi, dmatrix, doffset, used = mi_and_gradient(points_c, fixed_bins, matrix, offset, m_s, to_index,
-                                                         float(m_lo), float(m_scale), bins, mask_m, True)
+                                                         float(m_lo), float(m_scale), level_bins, mask_m, True)
             if transform == "rigid":
                 dlinear = np.einsum("kab,ab->k", dmats, dmatrix) / radius
             else:

@@ -20,3 +20,10 @@ def sample_fixed_voxels(shape_kji, shrink: int, fixed_mask, sampling_fraction: f
     if count < len(kji):
         kji = kji[rng.choice(len(kji), count, replace=False)]
     return kji
+
+
+def histogram_bins(bins: int, samples: int, per_cell: float = 1.0) -> int:
+    """Joint-histogram bins per side for ``samples`` points: ``bins``, fewer when the bins x bins
+    histogram would hold under ``per_cell`` samples per cell (at least 8). A sparse histogram makes MI
+    grow as samples leave the overlap, which pulls small images off each other."""
+    return int(max(8, min(bins, np.sqrt(samples / per_cell))))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.geometry import Geometry
 
-from .sampling import sample_fixed_voxels
+from .sampling import histogram_bins, sample_fixed_voxels
 
 
 @dataclass
@@ -213,8 +213,9 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
         points = torch.as_tensor(fg.index_to_point(kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
         kji_t = torch.as_tensor(kji, device=dev)
         fixed_values = f_s[0, 0, kji_t[:, 0], kji_t[:, 1], kji_t[:, 2]]
-        fixed_bins = _normalise(fixed_values, bins, f_lo, f_hi)
-        fixed_weights = parzen_weights(fixed_bins, bins) if kernel == "gaussian" else None
+        level_bins = histogram_bins(bins, len(kji))
+        fixed_bins = _normalise(fixed_values, level_bins, f_lo, f_hi)
+        fixed_weights = parzen_weights(fixed_bins, level_bins) if kernel == "gaussian" else None
         fixed_index = fixed_bins.round().long()
         step = learning_rate_mm / (2**level)
         groups = [{"params": [params["translation"]], "lr": step},
@@ -236,11 +237,11 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
                                                 mode="nearest", padding_mode="zeros", align_corners=True).reshape(-1)
             sampled = F.grid_sample(m_s, normalised.reshape(1, 1, 1, -1, 3), mode="bilinear",
                                     padding_mode="border", align_corners=True).reshape(-1)
+            moving_bins = _normalise(sampled, level_bins, m_lo, m_hi)
             if kernel == "gaussian":
-                mi = parzen_mutual_information(fixed_bins, _normalise(sampled, bins, m_lo, m_hi), inside, bins,
-                                               fixed_weights)
+                mi = parzen_mutual_information(fixed_bins, moving_bins, inside, level_bins, fixed_weights)
             else:
-                mi = linear_kernel_mutual_information(fixed_index, _normalise(sampled, bins, m_lo, m_hi), inside, bins)
+                mi = linear_kernel_mutual_information(fixed_index, moving_bins, inside, level_bins)
             (-mi).backward()
             optimiser.step()
             scheduler.step()
