@@ -27,7 +27,9 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--output-transform", required=True, metavar="T.h5", help="transform file to write (.h5 .tfm)")
     p.add_argument("--output-volume", metavar="R.nrrd", help="moving volume resampled onto the fixed grid")
     p.add_argument("--transform", default="rigid", choices=("rigid", "similarity", "affine", "bspline"))
-    p.add_argument("--preset", default="ct-ct", choices=tuple(PRESETS))
+    p.add_argument("--preset", default="auto", choices=("auto", *PRESETS),
+                   help="settings for the pair; auto (default): chosen from the volumes' DICOM modality or "
+                        "intensities (CT: -1000 HU air), reported as metrics.preset")
     p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="cpu: MedAI's CPU path (numba MI kernel; torch B-spline on the CPU); simpleitk: SimpleITK's "
                         "framework; torch: torch on CUDA if present else CPU; torch-cpu / cuda: torch there; "

@@ -69,7 +69,7 @@ def _initial_transform(kind: str, fixed: sitk.Image, moving: sitk.Image, initial
             "affine": sitk.AffineTransform(3), "bspline": sitk.AffineTransform(3)}[kind]
     if initial is not None:
         # Start from the given (linear) transform: copy its matrix/offset into the optimised one.
-        from_matrix = _affine_of(initial)
+        from_matrix = affine_matrix(initial)
         centre = np.array(fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()]))
         base.SetCenter(tuple(centre))
         if kind in ("rigid", "similarity"):
@@ -89,8 +89,8 @@ def _initial_transform(kind: str, fixed: sitk.Image, moving: sitk.Image, initial
                                              base, mode)
 
 
-def _affine_of(transform: sitk.Transform) -> np.ndarray:
-    """4x4 LPS matrix of a linear SimpleITK transform."""
+def affine_matrix(transform: sitk.Transform) -> np.ndarray:
+    """4x4 LPS matrix of a linear SimpleITK transform (fixed -> moving points for a registration result)."""
     dim = 3
     matrix = np.eye(4)
     points = np.vstack([np.zeros(dim), np.eye(dim)])

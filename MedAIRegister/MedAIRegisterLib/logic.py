@@ -20,15 +20,9 @@ from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
 from . import icp as icp_module
-from . import intensity_registration, landmarks, quality
-
-DEVICES = ("cpu", "simpleitk", "torch", "torch-cpu", "cuda", "auto")
-"""``cpu``: MedAI's CPU path (rigid/affine: fused numba MI kernel; bspline: the torch free-form deformation on
-the CPU); ``simpleitk``: SimpleITK's framework (the reference); ``torch``: the torch path on CUDA when available,
-else on the CPU; ``torch-cpu``: torch on the CPU; ``cuda``: torch on the GPU; ``auto``: torch on CUDA when
-available, else ``cpu``. Similarity transforms and non-MI metrics of linear registrations run on SimpleITK
-whatever the device (the torch/numba paths do MI)."""
-
+from . import intensity_registration, landmarks
+from .intensity_backends import DEVICES, choose_backend, keep_better_than_start, register_with_backend
+from .preset_choice import choose_preset
 
 @dataclass
 class RegistrationOutcome:
@@ -57,83 +51,54 @@ class MedAIRegisterLogic:
         return progress if isinstance(progress, Progress) else Progress(progress)
 
     # ------------------------------------------------------------------ volumes
-    def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "ct-ct",
+    def register_volumes(self, fixed_node, moving_node, transform_type: str = "rigid", preset: str = "auto",
                          device: str = "cpu", fixed_mask=None, moving_mask=None, output_transform_node=None,
                          output_volume_node=None, resample: bool = False, sampling_percentage: float | None = None,
                          metric: str | None = None, initial_transform_node=None, progress=None):
         """Register ``moving_node`` to ``fixed_node`` (scalar volumes) by intensity; returns the transform node.
 
-        ``transform_type``: rigid, similarity, affine or bspline; ``preset``: a key of
-        ``intensity_registration.PRESETS``; ``device``: see ``DEVICES``; masks: a label-map volume node or
-        ``(segmentation_node, segment_name)`` on each side. With ``resample`` (or an
-        ``output_volume_node``) the moving volume resampled onto the fixed grid is produced too, as
-        ``self.last_volume``. ``sampling_percentage`` (fraction 0..1) and ``metric`` (mattes, meansquares,
-        correlation) override the preset (linear registrations with meansquares/correlation run on
-        SimpleITK; the torch B-spline takes all three). ``initial_transform_node`` (linear, aligning moving
-        to fixed like the result) starts the optimisation instead of the geometry centres. ``progress``: a
-        ``Progress`` (Cancel) or ``(stage, fraction)`` callable for this run. Metrics (MI/NCC before and
-        after) are in ``self.last.metrics``; ``self.last.backend`` is simpleitk, numba or torch.
+        ``transform_type``: rigid, similarity, affine or bspline; ``preset``: "auto" (chosen from the volumes'
+        DICOM modality or intensities, see ``preset_choice``) or a key of ``intensity_registration.PRESETS``;
+        ``device``: see ``DEVICES``; masks: a label-map volume node or ``(segmentation_node, segment_name)`` on
+        each side. With ``resample`` (or an ``output_volume_node``) the moving volume resampled onto the fixed
+        grid is produced too, as ``self.last_volume``. ``sampling_percentage`` (fraction 0..1) and ``metric``
+        (mattes, meansquares, correlation) override the preset (linear registrations with
+        meansquares/correlation run on SimpleITK; the torch B-spline takes all three).
+        ``initial_transform_node`` (linear, aligning moving to fixed like the result) starts the optimisation
+        instead of the geometry centres. ``progress``: a ``Progress`` (Cancel) or ``(stage, fraction)`` callable.
+        ``self.last.metrics`` holds the preset used and why, MI and NCC before (at the start: identity or the
+        initial transform) and after, and the optimised metric before/after; a result that makes the optimised
+        metric worse than the start is not returned: the start is kept, with a warning.
+        ``self.last.backend`` is simpleitk, numba or torch.
         """
         progress = self._progress(progress)
-        for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
-            try:
-                bridge.require_scalar_volume(node, role)
-                bridge.require_volume_extent(node, 4, role)
-            except bridge.BridgeError as error:
-                raise ValueError(str(error)) from error
-        if initial_transform_node is None:
-            bridge.require_overlap(fixed_node, moving_node, "fixed and moving volumes")
-        if device not in DEVICES:
-            raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
-        if metric is not None and metric not in intensity_registration.METRICS:
-            raise ValueError(f"Unknown metric {metric!r}; use one of {', '.join(intensity_registration.METRICS)}.")
-        if preset not in intensity_registration.PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; use one of {', '.join(intensity_registration.PRESETS)}.")
+        self._check_volumes(fixed_node, moving_node, initial_transform_node, device, metric, preset)
         progress.update("preparing", 0.0)
         fixed_image = bridge.volume_to_sitk(fixed_node)
         moving_image = bridge.volume_to_sitk(moving_node)
-        fixed_mask_image = self._mask_image(fixed_mask, fixed_node)
-        moving_mask_image = self._mask_image(moving_mask, moving_node)
-        backend, torch_device = self._backend(device, transform_type, metric)
-        initial = None
+        preset, reason = self._resolve_preset(preset, fixed_node, moving_node, fixed_image, moving_image)
+        backend, torch_device = choose_backend(device, transform_type, metric)
+        start = sitk.AffineTransform(3)
         if initial_transform_node is not None:
             try:
-                initial = bridge.transform_node_to_sitk(initial_transform_node)
+                start = bridge.transform_node_to_sitk(initial_transform_node)
             except bridge.BridgeError as error:
                 raise ValueError(f"The initial transform must be linear: {error}") from error
         sub = progress.sub(0.05, 0.85)
-        settings = intensity_registration.PRESETS[preset]
-        if backend == "simpleitk":
-            result = intensity_registration.register_images(
-                fixed_image, moving_image, transform_type, preset=preset, fixed_mask=fixed_mask_image,
-                moving_mask=moving_mask_image, sampling_percentage=sampling_percentage, metric=metric,
-                initial_transform=initial, progress=lambda f: sub.update("registering", f))
-            transform = result.transform
-            metric_value, elapsed = result.metric_value, result.elapsed_s
-        elif backend == "numba" or transform_type != "bspline":
-            result = self._register_linear(backend, fixed_image, moving_image, transform_type, settings,
-                                           sampling_percentage, torch_device, initial, fixed_mask_image,
-                                           moving_mask_image, sub)
-            transform = result.sitk_transform()
-            metric_value, elapsed = -result.mutual_information, result.elapsed_s
-        else:
-            transform, metric_value, elapsed = self._register_bspline(
-                fixed_image, moving_image, settings, metric, sampling_percentage, torch_device, initial,
-                fixed_mask_image, moving_mask_image, sub)
+        result = register_with_backend(
+            backend, torch_device, fixed_image, moving_image, transform_type, preset, metric=metric,
+            sampling_percentage=sampling_percentage, initial=None if initial_transform_node is None else start,
+            fixed_mask=self._mask_image(fixed_mask, fixed_node), moving_mask=self._mask_image(moving_mask, moving_node),
+            progress=sub.update)
         progress.update("evaluating", 0.9)
-        fixed_array = sitk.GetArrayFromImage(fixed_image)
-        before = self._resample(moving_image, fixed_image, sitk.Transform())
-        after = self._resample(moving_image, fixed_image, transform)
-        metrics = {
-            "mi_before": quality.mutual_information(fixed_array, before),
-            "mi_after": quality.mutual_information(fixed_array, after),
-            "ncc_before": quality.normalized_cross_correlation(fixed_array, before),
-            "ncc_after": quality.normalized_cross_correlation(fixed_array, after),
-            "final_metric_value": metric_value, "registration_s": elapsed,
-        }
+        transform, after, metrics = keep_better_than_start(fixed_image, moving_image, start, result.transform,
+                                                           metric or intensity_registration.PRESETS[preset].metric,
+                                                           same_modality=preset == "ct-ct")
+        metrics.update({"preset": preset, "preset_reason": reason, "final_metric_value": result.metric_value,
+                        "registration_s": result.elapsed_s})
         # Outputs, only now that everything succeeded.
-        name = f"{moving_node.GetName()} registration"
-        transform_node = self._transform_node(transform, name, output_transform_node)
+        transform_node = self._transform_node(transform, f"{moving_node.GetName()} registration",
+                                              output_transform_node)
         bridge.set_fixed_moving_references(transform_node, fixed_node, moving_node)
         self.last_volume = None
         if resample or output_volume_node is not None:
@@ -146,86 +111,41 @@ class MedAIRegisterLogic:
         return transform_node
 
     @staticmethod
-    def _backend(device: str, transform_type: str, metric: str | None) -> tuple[str, str]:
-        """(backend, torch device) for a device choice: simpleitk, numba (CPU, linear MI) or torch."""
-        linear_mi = transform_type in ("rigid", "affine") and metric in (None, "mattes")
-        if device == "simpleitk" or transform_type == "similarity" or (transform_type != "bspline" and not linear_mi):
-            if device in ("torch", "torch-cpu", "cuda") and transform_type != "similarity":
-                raise ValueError(f"The torch path registers linear transforms by mutual information, not {metric!r}; "
-                                 "use --device simpleitk for mean squares or correlation.")
-            return "simpleitk", "cpu"
-        if device in ("torch", "auto"):
-            import torch
+    def _check_volumes(fixed_node, moving_node, initial_transform_node, device, metric, preset) -> None:
+        for node, role in ((fixed_node, "fixed volume"), (moving_node, "moving volume")):
+            try:
+                bridge.require_scalar_volume(node, role)
+                bridge.require_volume_extent(node, 4, role)
+            except bridge.BridgeError as error:
+                raise ValueError(str(error)) from error
+        if initial_transform_node is None:
+            bridge.require_overlap(fixed_node, moving_node, "fixed and moving volumes")
+        if device not in DEVICES:
+            raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+        if metric is not None and metric not in intensity_registration.METRICS:
+            raise ValueError(f"Unknown metric {metric!r}; use one of {', '.join(intensity_registration.METRICS)}.")
+        if preset != "auto" and preset not in intensity_registration.PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; use auto or one of "
+                             f"{', '.join(intensity_registration.PRESETS)}.")
 
-            if torch.cuda.is_available():
-                return "torch", "cuda"
-            if device == "auto":
-                device = "cpu"
-            else:
-                return "torch", "cpu"
-        if device == "torch-cpu":
-            return "torch", "cpu"
-        if device == "cuda":
-            return "torch", "cuda"
-        return ("numba", "cpu") if transform_type != "bspline" else ("torch", "cpu")
+    def _resolve_preset(self, preset, fixed_node, moving_node, fixed_image, moving_image) -> tuple[str, str]:
+        """(preset, why): the given one, or for "auto" the one the volumes' modalities call for."""
+        if preset != "auto":
+            return preset, "given"
+        return choose_preset(sitk.GetArrayViewFromImage(fixed_image), sitk.GetArrayViewFromImage(moving_image),
+                             self._dicom_modality(fixed_node), self._dicom_modality(moving_node))
 
-    @staticmethod
-    def _mask_array(mask_image, image):
-        """A mask image as a KJI uint8 array on ``image``'s grid (nearest-neighbour resampling if needed)."""
-        if mask_image is None:
-            return None
-        same = (mask_image.GetSize() == image.GetSize()
-                and np.allclose(mask_image.GetOrigin(), image.GetOrigin(), atol=1e-4)
-                and np.allclose(mask_image.GetSpacing(), image.GetSpacing(), atol=1e-6)
-                and np.allclose(mask_image.GetDirection(), image.GetDirection(), atol=1e-6))
-        if not same:
-            mask_image = sitk.Resample(mask_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        array = (sitk.GetArrayFromImage(mask_image) > 0).astype(np.uint8)
-        if not array.any():
-            raise ValueError("A registration mask is empty on its image; pick a segment that overlaps the volume.")
-        return array
+    def _dicom_modality(self, node) -> str:
+        """The DICOM Modality of a volume node: its ``DICOM.Modality`` attribute or its subject hierarchy item's."""
+        modality = node.GetAttribute("DICOM.Modality") or ""
+        if not modality:
+            import slicer
 
-    def _register_linear(self, backend, fixed_image, moving_image, transform_type, settings, sampling_percentage,
-                         torch_device, initial, fixed_mask_image, moving_mask_image, sub):
-        from MedAICommonLib.geometry import Geometry
-
-        arguments = dict(
-            bins=settings.bins, sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
-            shrink_factors=settings.shrink_factors, smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
-            initial_matrix_lps=None if initial is None else bridge.sitk_to_matrix(initial),
-            fixed_mask=self._mask_array(fixed_mask_image, fixed_image),
-            moving_mask=self._mask_array(moving_mask_image, moving_image),
-            progress=lambda f: sub.update("registering", f))
-        images = (sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image),
-                  sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image), transform_type)
-        if backend == "numba":
-            from .numba_registration import register_numba
-
-            return register_numba(*images, **arguments)
-        from .torch_registration import register_torch
-
-        return register_torch(*images, device=torch_device, **arguments)
-
-    def _register_bspline(self, fixed_image, moving_image, settings, metric, sampling_percentage, torch_device,
-                          initial, fixed_mask_image, moving_mask_image, sub):
-        """Affine MI stage (numba on the CPU, torch on CUDA) then the torch B-spline FFD; ITK composite."""
-        from MedAICommonLib.geometry import Geometry
-
-        from .torch_bspline import register_bspline
-
-        linear_backend = "numba" if torch_device == "cpu" else "torch"
-        linear = self._register_linear(linear_backend, fixed_image, moving_image, "affine", settings,
-                                       sampling_percentage, torch_device, initial, fixed_mask_image,
-                                       moving_mask_image, sub.sub(0.0, 0.3))
-        deformable = sub.sub(0.3, 1.0)
-        result = register_bspline(
-            sitk.GetArrayFromImage(fixed_image), Geometry.from_sitk(fixed_image), sitk.GetArrayFromImage(moving_image),
-            Geometry.from_sitk(moving_image), linear.matrix_lps, metric=metric or "mattes",
-            mesh_spacing_mm=settings.bspline_mesh_mm / 2, bins=settings.bins,
-            fixed_mask=self._mask_array(fixed_mask_image, fixed_image),
-            moving_mask=self._mask_array(moving_mask_image, moving_image), device=torch_device,
-            progress=lambda f: deformable.update("deformable", f))
-        return result.sitk_transform(), result.final_metric, linear.elapsed_s + result.elapsed_s
+            hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+            if hierarchy is not None:
+                item = hierarchy.GetItemByDataNode(node)
+                modality = hierarchy.GetItemAttribute(item, "DICOM.Modality") if item else ""
+        return modality or ""
 
     def _mask_image(self, mask, volume_node):
         if mask is None:
@@ -236,12 +156,6 @@ class MedAIRegisterLogic:
             array, geometry = bridge.segment_mask(segmentation, segment, geometry)
             return bridge.array_to_sitk(array.astype(np.uint8), geometry)
         return bridge.volume_to_sitk(mask)
-
-    @staticmethod
-    def _resample(moving: sitk.Image, reference: sitk.Image, transform) -> np.ndarray:
-        floor = float(np.min(sitk.GetArrayViewFromImage(moving)))
-        out = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), reference, transform, sitk.sitkLinear, floor)
-        return sitk.GetArrayFromImage(out)
 
     def _transform_node(self, transform, name, node=None):
         """A transform node holding ITK's fixed -> moving ``transform`` (linear, or composite via a file)."""

@@ -34,6 +34,31 @@ def normalized_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray 
     return float(np.sum(a * b) / denominator) if denominator > 0 else 0.0
 
 
+def mean_squares(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared intensity difference of two same-shape arrays (lower is better)."""
+    return float(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2))
+
+
+def alignment_metrics(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, metric: str = "mattes") -> dict:
+    """MI and NCC of ``fixed`` with the moving image at the start (``before``) and registered (``after``),
+    all on the fixed grid (KJI), plus ``metric_before``/``metric_after``: the optimised metric (MI in nats
+    for "mattes", NCC for "correlation", mean squares for "meansquares"), and ``improved``: whether it got
+    better (higher MI/NCC, lower mean squares)."""
+    out = {"mi_before": mutual_information(fixed, before), "mi_after": mutual_information(fixed, after),
+           "ncc_before": normalized_cross_correlation(fixed, before),
+           "ncc_after": normalized_cross_correlation(fixed, after)}
+    if metric == "meansquares":
+        out["metric_before"], out["metric_after"] = mean_squares(fixed, before), mean_squares(fixed, after)
+        out["improved"] = out["metric_after"] <= out["metric_before"]
+    else:
+        key = "ncc" if metric == "correlation" else "mi"
+        out["metric_before"], out["metric_after"] = out[f"{key}_before"], out[f"{key}_after"]
+        out["improved"] = out["metric_after"] >= out["metric_before"]
+    out["metric"] = {"mattes": "mutual information (nats)", "correlation": "normalised cross-correlation",
+                     "meansquares": "mean squares"}[metric]
+    return out
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap (0..1) of two boolean masks on one grid (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
