@@ -242,8 +242,8 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     if local:
         mask &= reference > 0
     device = torch.device(device)
-    # float64 on the CPU for the voxel lattice (bit-exact with SlicerRT's baseline); float32 otherwise
-    dtype = torch.float64 if device.type == "cpu" and not interpolated else torch.float32
+    # float64 on the CPU (bit-exact with SlicerRT's baseline; a dose against itself gives 0); float32 on GPUs
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
     ref_vals = torch.as_tensor(reference[mask], dtype=dtype, device=device)
     points = ref_geo.index_to_point(np.argwhere(mask)[:, ::-1].astype(float))  # LPS mm
     to_eval = ev_geo.physical_to_ijk()
