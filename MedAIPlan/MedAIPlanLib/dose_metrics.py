@@ -15,26 +15,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dvh import DoseSamples
+from .dvh import DoseSamples, mask_samples
 
 
-_GROUP_GY = 1e-5  # doses closer than this are one group of the cumulative curve (10 uGy)
+_GROUPS_PER_GY = 100_000  # doses within 10 uGy are one group of the cumulative curve (as np.round(dose, 5))
+
+
+def _chunks(n: int, size: int = 8_000_000):
+    """Slices of at most ``size`` samples (bounded temporaries on a body of tens of millions of voxels)."""
+    return (slice(a, min(a + size, n)) for a in range(0, n, size))
 
 
 def _groups(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
     """Distinct doses (Gy, rounded to 10 uGy, increasing, zero-weight samples included) and their volumes (cc).
 
-    One pass of ``bincount`` over the rounded doses (no sort) when their range is moderate, as it is for
+    ``bincount`` over the rounded doses, chunk by chunk (no sort), when their range is moderate, as it is for
     any dose in Gy; ``np.unique`` otherwise.
     """
-    index = np.rint(np.asarray(samples.dose, dtype=np.float64) / _GROUP_GY).astype(np.int64)
-    low, high = int(index.min()), int(index.max())
-    if high - low < 50_000_000:
-        present = np.bincount(index - low, minlength=high - low + 1) > 0
-        volume = np.bincount(index - low, weights=samples.weight, minlength=high - low + 1)[present] / 1000.0
-        return (np.flatnonzero(present) + low) * _GROUP_GY, volume
-    values, inverse = np.unique(index, return_inverse=True)
-    return values * _GROUP_GY, np.bincount(inverse.ravel(), weights=samples.weight) / 1000.0
+    dose = samples.dose
+    low, high = (int(np.rint(float(f(dose)) * _GROUPS_PER_GY)) for f in (np.min, np.max))
+    size = high - low + 1
+    if size > 50_000_000:
+        values, inverse = np.unique(np.rint(np.asarray(dose, dtype=np.float64) * _GROUPS_PER_GY), return_inverse=True)
+        return values / _GROUPS_PER_GY, np.bincount(inverse.ravel(), weights=np.asarray(samples.weight)) / 1000.0
+    present = np.zeros(size, dtype=bool)
+    volume = np.zeros(size)
+    for sl in _chunks(len(dose)):
+        index = np.rint(np.asarray(dose[sl], dtype=np.float64) * _GROUPS_PER_GY).astype(np.int64) - low
+        present |= np.bincount(index, minlength=size) > 0
+        volume += np.bincount(index, weights=np.asarray(samples.weight[sl]), minlength=size)
+    return (np.flatnonzero(present) + low) / _GROUPS_PER_GY, volume[present] / 1000.0
+
+
+def mean_dose(samples: DoseSamples) -> float:
+    """Volume-weighted mean dose (Gy) of the samples."""
+    total = sum(float(np.dot(samples.dose[sl], np.asarray(samples.weight[sl]))) for sl in _chunks(len(samples.dose)))
+    return total / float(np.sum(samples.weight))
 
 
 def _cdf(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +104,7 @@ def structure_metrics(samples: DoseSamples, v_doses_gy: tuple[float, ...] = ()) 
     at = doses_at_volumes_cc(samples, [min(0.03, total)] + [total * p / 100.0 for p in percents])
     out = {
         "volume_cc": total,
-        "Dmean_Gy": float(np.average(samples.dose, weights=samples.weight)),
+        "Dmean_Gy": mean_dose(samples),
         "Dmin_Gy": float(samples.dose.min()),
         "Dmax_Gy": float(at[0]),
         "Dmax_point_Gy": float(samples.dose.max()),
@@ -126,6 +142,13 @@ def gradient_index(body: DoseSamples, prescription_gy: float) -> float:
     v100, _ = volume_at_dose(body, prescription_gy)
     v50, _ = volume_at_dose(body, 0.5 * prescription_gy)
     return v50 / v100 if v100 > 0 else float("inf")
+
+
+def mask_metrics(dose: np.ndarray, geometry, mask: np.ndarray, mask_geometry=None, oversampling: int = 2,
+                 v_doses_gy: tuple[float, ...] = ()) -> dict[str, float]:
+    """:func:`structure_metrics` of a voxel mask (KJI bool on ``mask_geometry``, default the dose grid ``geometry``),
+    sampled by :func:`dvh.mask_samples`: the one implementation behind ``medai plan`` and ``medai dvh``."""
+    return structure_metrics(mask_samples(dose, geometry, mask, mask_geometry, oversampling), v_doses_gy)
 
 
 def grid_volume_at_dose_cc(dose, voxel_volume_mm3: float, dose_gy: float) -> float:

@@ -206,28 +206,67 @@ def fraction_inside_grid(geometry: Geometry, points: np.ndarray) -> float:
     return float(np.mean(np.all((ijk >= -0.5) & (ijk <= upper), axis=1)))
 
 
+def aligned_offset(geometry: Geometry, mask_geometry: Geometry, tol: float = 1e-4) -> np.ndarray | None:
+    """Integer (i, j, k) index of the mask grid's first voxel on the dose grid when the mask grid is the dose
+    grid or a shifted crop of it (same spacing and direction, whole-voxel offset); else None."""
+    if mask_geometry.space != geometry.space:
+        mask_geometry = mask_geometry.to_space(geometry.space)
+    to_dose = geometry.physical_to_ijk() @ mask_geometry.ijk_to_physical()
+    offset = to_dose[:3, 3]
+    if not np.allclose(to_dose[:3, :3], np.eye(3), atol=tol) or not np.allclose(offset, np.rint(offset), atol=tol):
+        return None
+    return np.rint(offset).astype(int)
+
+
+def _aligned_voxel_doses(dose: np.ndarray, mask: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Dose at the centres of the mask voxels (KJI masks on an aligned grid, see :func:`aligned_offset`); 0 off the grid."""
+    if not offset.any() and mask.shape == dose.shape:
+        return dose[mask]
+    nz = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
+    lo, hi = np.array([a[0] for a in nz]), np.array([a[-1] + 1 for a in nz])
+    on_mask = np.zeros(tuple(hi - lo), dtype=dose.dtype)
+    start = lo + offset[::-1]  # KJI on the dose grid
+    src_lo, src_hi = np.maximum(start, 0), np.minimum(start + hi - lo, dose.shape)
+    if np.all(src_hi > src_lo):
+        dst = tuple(slice(a - b, c - b) for a, b, c in zip(src_lo, start, src_hi))
+        on_mask[dst] = dose[tuple(slice(a, c) for a, c in zip(src_lo, src_hi))]
+    return on_mask[mask[tuple(slice(a, b) for a, b in zip(lo, hi))]]
+
+
 def mask_samples(dose: np.ndarray, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry | None = None,
-                 oversampling: int = 2) -> DoseSamples:
+                 oversampling: int = 2, max_samples: int = 16_000_000) -> DoseSamples:
     """Dose samples of a voxel mask (KJI bool on ``mask_geometry``, default the dose grid).
 
-    Each mask voxel is split into ``oversampling^3`` sub-voxels; dose is interpolated at their centres.
+    When the mask grid is the dose grid or a whole-voxel crop of it (a plan's structures on its dose), each
+    voxel is one sample at its centre, read by index: the dose there is known, sub-voxels would only blend in
+    the dose of the voxels around the structure, and the same dose and mask give the same numbers whichever
+    crop the mask was saved on, so a plan's own statistics and ``medai dvh`` on its files agree (and the
+    mean is the voxels' mean). On any other grid each mask voxel is split into ``oversampling^3``
+    sub-voxels with the dose interpolated at their centres; large masks use fewer (down to one) so that
+    at most ``max_samples`` samples are made. Voxels off the dose grid get 0 Gy.
     """
+    mask = np.asarray(mask, dtype=bool)
     mask_geometry = mask_geometry or geometry
     if mask_geometry.space != geometry.space:
         mask_geometry = mask_geometry.to_space(geometry.space)
-    idx = np.argwhere(np.asarray(mask, dtype=bool)).astype(float)[:, ::-1]  # i, j, k
-    if not len(idx):
+    count = int(np.count_nonzero(mask))
+    if not count:
         return DoseSamples(np.zeros(0), np.zeros(0))
+    offset = aligned_offset(geometry, mask_geometry)
+    if offset is not None:
+        d = _aligned_voxel_doses(np.asarray(dose), mask, offset).astype(np.float64)
+        return DoseSamples(d, np.broadcast_to(float(np.prod(mask_geometry.spacing)), d.shape))
     n = max(1, int(oversampling))
+    while n > 1 and count * n ** 3 > max_samples:
+        n -= 1
+    dose = np.asarray(dose, dtype=np.float64)
+    idx = np.argwhere(mask).astype(float)[:, ::-1]  # i, j, k
     sub = (np.arange(n) + 0.5) / n - 0.5
     si, sj, sk = np.meshgrid(sub, sub, sub, indexing="ij")
-    subs = np.stack([si.ravel(), sj.ravel(), sk.ravel()], axis=1)
-    voxel_mm3 = float(np.prod(mask_geometry.spacing))
-    doses = []
-    for off in subs:
-        doses.append(dose_at_points(dose, geometry, mask_geometry.index_to_point(idx + off)))
-    d = np.concatenate(doses)
-    return DoseSamples(d, np.full(d.shape, voxel_mm3 / len(subs)))
+    d = np.concatenate([dose_at_points(dose, geometry, mask_geometry.index_to_point(idx + off))
+                        for off in np.stack([si.ravel(), sj.ravel(), sk.ravel()], axis=1)])
+    voxel_mm3 = float(np.prod(mask_geometry.spacing)) / n ** 3
+    return DoseSamples(d, np.broadcast_to(voxel_mm3, d.shape))
 
 
 def compute_dvh(samples: DoseSamples, bin_width_gy: float = 0.01, max_dose_gy: float | None = None) -> DVH:

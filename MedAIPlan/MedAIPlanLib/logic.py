@@ -26,12 +26,12 @@ from .beam_angles import select_beams_greedy
 from .beams import make_beams
 from .ct_grid import ct_factor, exclusive_ct_masks
 from .dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
+from .dose_metrics import mask_metrics
 from .fluence import Objective, exclusive_voxels, optimise_fluence
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
 from .memory_estimate import available_memory_bytes
 from .memory_estimate import estimate_plan_memory as estimate_memory
-from .plan_metrics import structure_stats
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
 BODY_NAMES = ("body", "external", "skin", "outline", "patient")
@@ -143,8 +143,11 @@ class MedAIPlanLogic:
             node.SetAttribute(PLAN_ATTRIBUTE_PREFIX + k, str(v))
         return node
 
-    def _metrics(self, dose_ct, masks):
-        return {n: structure_stats(dose_ct, m) for n, m in masks.items()}
+    def _metrics(self, dose_ct, masks, geometry):
+        """Per-structure dose statistics as ``medai dvh`` gives them for the saved dose and segmentation
+        (the float32 dose as stored, the masks on the CT grid, :func:`dose_metrics.mask_metrics`)."""
+        stored = dose_ct.astype(np.float32, copy=False)
+        return {n: mask_metrics(stored, geometry, m, geometry) for n, m in masks.items()}
 
     # --- memory -----------------------------------------------------------------------------
     def _memory(self, geometry, masks, density, beams, dose_grid_mm):
@@ -294,7 +297,7 @@ class MedAIPlanLogic:
                       for d, b in zip(beam_doses, beams)]
         self.last_info = {"beams": self._beam_info(beams), "num_bixels": dij.num_bixels, "weights": w,
                           "device": str(dev), "timings": dij.timings, "dij_nnz": int(dij.matrix.nnz),
-                          "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
+                          "metrics": self._metrics(dose_ct, masks, geometry), "beam_nodes": beam_nodes,
                           "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory}
         progress.update("done", 1.0)
         return node
@@ -389,7 +392,7 @@ class MedAIPlanLogic:
             "device": str(dev), "timings": {**dij.timings, "optimisation_s": result.seconds},
             "iterations": result.iterations, "objective": result.history[-1] if result.history else None,
             "objectives": [o.__dict__ for o in objectives if o.structure in used], "dij_nnz": int(dij.matrix.nnz),
-            "metrics": self._metrics(dose_ct, masks), "beam_nodes": beam_nodes,
+            "metrics": self._metrics(dose_ct, masks, geometry), "beam_nodes": beam_nodes,
             "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory,
         }
         progress.update("done", 1.0)

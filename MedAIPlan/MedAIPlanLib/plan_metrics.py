@@ -1,7 +1,8 @@
 """Small plan-quality figures for optimisation and tests: Dx, mean/max per structure, 3D gamma.
 
-(The product DVH and gamma analysis live in :mod:`dvh` and :mod:`gamma`; these helpers are kept
-independent so the dose engine can be checked on its own.) Doses in Gy, distances in mm.
+(The product DVH and gamma analysis live in :mod:`dvh` and :mod:`gamma`, and every reported figure,
+``medai plan``'s included, comes from :func:`dose_metrics.mask_metrics` / :mod:`dose_metrics`; these
+helpers are kept independent so the dose engine can be checked on its own.) Doses in Gy, distances in mm.
 """
 
 from __future__ import annotations
