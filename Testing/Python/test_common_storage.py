@@ -56,6 +56,37 @@ def test_markups_round_trip(scene, tmp_path):
         assert bridge.point_labels(loaded) == ["a", "b"]
 
 
+def _slicer_json_storage(scene):
+    import slicer
+
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()  # the Markups module's (not in PythonSlicer)
+    scene.AddNode(storage)
+    return storage
+
+
+@pytest.mark.parametrize("class_name", ["vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsCurveNode"])
+def test_markups_json_files_are_those_of_slicers_own_storage_node(scene, tmp_path, class_name):
+    """MedAI's .mrk.json reader and writer (MRML core only) agree with Slicer's JSON storage node both ways."""
+    points = np.array([[1.5, -2.0, 3.25], [-40.0, 12.0, 0.5], [7.0, 8.0, -9.0]])
+    node = bridge.create_markups(scene, points, "landmarks", labels=["a", "b", "c"], class_name=class_name)
+    node.SetNthControlPointDescription(1, "apex")
+    node.SetNthControlPointPositionMissing(2)
+
+    ours = bridge.save_node(node, tmp_path / "ours.mrk.json")
+    read_by_slicer = _slicer_json_storage(scene).AddNewMarkupsNodeFromFile(str(ours), "by Slicer")
+    storage = _slicer_json_storage(scene)
+    storage.SetFileName(str(tmp_path / "slicer.mrk.json"))
+    assert storage.WriteData(node)
+    read_by_medai = bridge.load_markups(scene, tmp_path / "slicer.mrk.json")
+
+    for loaded in (read_by_slicer, read_by_medai):
+        assert loaded.GetClassName() == class_name
+        np.testing.assert_allclose(bridge.points_from_markups(loaded)[:2], points[:2], atol=1e-9)
+        assert bridge.point_labels(loaded) == ["a", "b", "c"]
+        assert loaded.GetNthControlPointDescription(1) == "apex"
+        assert loaded.GetNthControlPointPositionStatus(2) == node.GetNthControlPointPositionStatus(2)
+
+
 @pytest.mark.parametrize("extension", [".vtk", ".vtp", ".stl", ".ply"])
 def test_model_round_trip_in_ras(scene, tmp_path, extension):
     sphere = vtk.vtkSphereSource()

@@ -45,11 +45,14 @@ scene = get_scene()
 node = bridge.create_segmentation_from_masks(scene, masks, Geometry((1.0, 2.0, 3.0)), "s")
 path = bridge.save_node(node, sys.argv[1])
 read, _ = bridge.segment_masks(bridge.load_segmentation(scene, path))
+points = np.array([[1.0, 2.0, 3.0], [-4.0, 5.5, 6.0]])
+markups = bridge.load_markups(scene, bridge.save_node(bridge.create_markups(scene, points, "p"), sys.argv[2]))
 print(json.dumps({"scene": hasattr(slicer, "vtkMRMLScene"), "colors": hasattr(slicer, "vtkSlicerColorLogic"),
                   "segmentations": hasattr(slicer, "vtkSlicerSegmentationsModuleLogic"),
                   "kits": all(hasattr(slicer, c) for c in ("vtkSegment", "vtkMRMLColorLogic", "vtkAddonMathUtilities")),
                   "app": hasattr(slicer, "app"), "modules": [n for n in vars(slicer.modules) if not n.startswith("_")],
-                  "file": slicer.__file__, "same": all(np.array_equal(read[n], m) for n, m in masks.items())}))
+                  "file": slicer.__file__, "same": all(np.array_equal(read[n], m) for n, m in masks.items()),
+                  "points": np.allclose(bridge.points_from_markups(markups), points)}))
 """
 
 
@@ -80,8 +83,9 @@ def test_the_namespace_has_pythonslicers_kits_and_no_module_logic(version, tmp_p
     env = {"PYTHONPATH": str(build_pythonslicer(tmp_path / "ps", version))}
     assert {"mrml", "vtkAddon", "vtkSegmentationCore", "logic"} <= set(standalone_kits(version))
     # the environment the worker gives its child, so this is the namespace jobs run in
-    # (and the runtime and the bridge work in it: overlapping masks through a .seg.nrrd round trip)
-    result = subprocess.run([sys.executable, "-c", NAMESPACE_PROBE, str(tmp_path / "s.seg.nrrd")],
+    # (and the runtime and the bridge work in it: overlapping masks through .seg.nrrd, points through .mrk.json)
+    result = subprocess.run([sys.executable, "-c", NAMESPACE_PROBE, str(tmp_path / "s.seg.nrrd"),
+                             str(tmp_path / "p.mrk.json")],
                             env=worker_environment(env), cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
@@ -94,6 +98,7 @@ def test_the_namespace_has_pythonslicers_kits_and_no_module_logic(version, tmp_p
     assert not seen["app"]
     assert seen["modules"] == []
     assert seen["same"]
+    assert seen["points"]
 
 
 def test_model_segmentation_job(scene, pythonslicer, tmp_path):

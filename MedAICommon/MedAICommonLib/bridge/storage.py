@@ -16,6 +16,7 @@ import numpy as np
 import slicer
 
 from .errors import BridgeError
+from .markups_json import read_markups_json, write_markups_json
 from .nodes import remove_nodes
 from .segmentations import SegmentInfo, create_segmentation
 
@@ -132,13 +133,8 @@ def load_markups(scene, path, name: str | None = None):
         _read(scene, slicer.vtkMRMLMarkupsFiducialStorageNode(), node, path, "markups file")
         node.CreateDefaultDisplayNodes()
         return node
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    scene.AddNode(storage)
-    node = storage.AddNewMarkupsNodeFromFile(str(path), name or _base_name(path))
-    if node is None:
-        scene.RemoveNode(storage)
-        raise BridgeError(f"Could not read {path} as a markups file (.mrk.json).")
-    return node
+    # Slicer's JSON storage node is part of the Markups module, absent from PythonSlicer: MedAI's own reader
+    return read_markups_json(scene, path, name or _base_name(path))
 
 
 def load_model(scene, path, name: str | None = None):
@@ -186,10 +182,8 @@ def _storage_node_for(node, path):
         return slicer.vtkMRMLVolumeArchetypeStorageNode()
     if node.IsA("vtkMRMLTransformNode"):
         return slicer.vtkMRMLTransformStorageNode()
-    if node.IsA("vtkMRMLMarkupsNode"):
-        if _has_suffix(path, (".fcsv",)):
-            return slicer.vtkMRMLMarkupsFiducialStorageNode()
-        return slicer.vtkMRMLMarkupsJsonStorageNode()
+    if node.IsA("vtkMRMLMarkupsNode") and _has_suffix(path, (".fcsv",)):
+        return slicer.vtkMRMLMarkupsFiducialStorageNode()
     if node.IsA("vtkMRMLModelNode"):
         return slicer.vtkMRMLModelStorageNode()
     if node.IsA("vtkMRMLTableNode"):
@@ -201,9 +195,17 @@ def save_node(node, path, compress: bool = True) -> Path:
     """Write ``node`` to ``path`` with Slicer's storage node for it, atomically (temp + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".medai-tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    if node.IsA("vtkMRMLMarkupsNode") and not _has_suffix(path, (".fcsv",)):
+        try:  # .mrk.json, written by MedAI's own writer (see load_markups)
+            write_markups_json(node, tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
     scene = node.GetScene()
     storage = _storage_node_for(node, path)
-    tmp = path.with_name(f".medai-tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     scene.AddNode(storage)
     try:
         storage.SetFileName(str(tmp))
