@@ -109,8 +109,7 @@ def test_cmake_lists_every_script_and_resource():
         assert f"add_subdirectory({module})" in top
         text = (REPO / module / "CMakeLists.txt").read_text()
         assert "slicerMacroBuildScriptedModule(" in text
-        if module != "MedAICommon":
-            assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+        assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
 
 
 # Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json (the schema 241 of the 255 entries in
