@@ -35,6 +35,7 @@ from enum import Enum
 import numpy as np
 import torch
 
+from MedAICommonLib import notices
 from MedAICommonLib.geometry import Geometry
 
 
@@ -235,6 +236,10 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     reference = np.asarray(reference, dtype=np.float32)
     ref_geo = reference_geometry.to_space("LPS")
     ev_geo = evaluated_geometry.to_space("LPS")
+    if not interpolated and max(ev_geo.spacing) > dta_mm / 3.0 + 1e-9:
+        notices.warn(f"Gamma searched the evaluated dose's own voxel lattice ({max(ev_geo.spacing):g} mm, interpolation "
+                     f"'none'), coarser than DTA/3 = {dta_mm / 3.0:.2g} mm: the pass rate is underestimated "
+                     "(AAPM TG-218); the default trilinear interpolation samples finely.")
     norm = float(np.nanmax(reference)) if normalization_dose is None else float(normalization_dose)
     if not norm > 0:
         raise ValueError("The reference dose is zero everywhere; gamma needs a positive normalisation dose.")

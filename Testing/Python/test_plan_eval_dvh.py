@@ -160,3 +160,27 @@ def test_logic_dvh_tables_on_planar_contour_segmentation(scene, shared_data):
     assert result.chart.GetNumberOfPlotSeriesNodes() == 2
     with pytest.raises(ValueError, match="not found"):
         PlanEvaluationLogic(scene).compute_dvh(dose, seg, ["Heart"])
+
+
+def test_structure_off_the_dose_grid_is_flagged_not_sampled(scene):
+    """A structure that never touches the dose grid: a warning and outside_dose_grid, the others as usual."""
+    from MedAICommonLib.bridge.segmentations import SegmentInfo
+    from MedAICommonLib.notices import MedAIWarning
+
+    dose_geometry = Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3), "RAS", (20, 20, 20))
+    z = np.arange(20, dtype=np.float32)[:, None, None] * 2.0
+    dose = bridge.create_volume(scene, np.broadcast_to(z + 10.0, (20, 20, 20)).copy(), dose_geometry, "dose")
+    labels = np.zeros((60, 20, 20), np.uint16)
+    labels[5:10, 5:10, 5:10] = 1   # z 10-18 mm: inside the dose grid
+    labels[50:55, 5:10, 5:10] = 2  # z 100-108 mm: beyond its 0-38 mm
+    seg = bridge.create_segmentation(scene, labels, Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3), "RAS",
+                                                             labels.shape),
+                                     [SegmentInfo(1, "near"), SegmentInfo(2, "far")], "structures")
+    with pytest.warns(MedAIWarning, match="'far' lies entirely outside the dose grid"):
+        result = PlanEvaluationLogic(scene).compute_dvh(dose, seg)
+    assert result.metrics["far"]["outside_dose_grid"] is True
+    assert result.metrics["far"]["volume_cc"] == 0.0
+    near = result.metrics["near"]
+    assert near["outside_dose_grid"] is False
+    assert near["volume_cc"] == pytest.approx(0.125 * 8.0)
+    assert near["Dmean_Gy"] == pytest.approx(10.0 + 14.0)  # voxel centres z 10..18 mm on the dose grid
