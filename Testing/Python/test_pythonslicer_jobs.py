@@ -25,10 +25,13 @@ from MedAICommonLib.geometry import Geometry, rotation_matrix
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.worker import worker_environment
-from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
+from MedAIPlanLib.gamma_worker_logic import gamma_job
+from MedAIPlanLib.rt_worker_logic import rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
 from MedAISegLib.phantom_cases import make_phantom_case
+from MedAISegLib.preprocess_worker_logic import denoise_job
 from MedAISegLib.worker_logic import fine_tune_job, segment_with_model_job, train_job
 
 NAMESPACE_PROBE = """
@@ -193,3 +196,30 @@ def test_training_then_fine_tuning_jobs(scene, pythonslicer, tmp_path):
     assert bridge.segment_infos(nodes["segmentation"])[0].name == "label 1"
     assert bridge.reference_geometry(nodes["segmentation"]).same_grid(bridge.volume_geometry(volumes[1]))
 
+
+
+def test_gamma_rt_export_and_denoising_jobs(scene, pythonslicer, tmp_path):
+    phantom = make_ct_phantom(shape_kji=(12, 20, 20), spacing=(4.0, 4.0, 4.0))
+    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
+    body = (phantom.labels > 0).astype(np.float32)
+    dose = mark_as_dose_volume(bridge.create_volume(scene, 2.0 * body, phantom.geometry, "dose"))
+    evaluated = mark_as_dose_volume(bridge.create_volume(scene, 2.04 * body, phantom.geometry, "dose 2"))
+    structures = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
+                                            [SegmentInfo(v, n) for v, n in phantom.names.items()], "structures",
+                                            reference_volume=ct)
+
+    gamma = run_job(gamma_job(scene, dose, evaluated, device="cpu"), pythonslicer, timeout=300)[0]["gamma"]
+    values, geometry = bridge.array_from_volume(gamma)
+    assert geometry.same_grid(bridge.volume_geometry(dose))
+    assert float(gamma.GetAttribute("MedAI.GammaPassRate")) == 100.0  # a 2 % dose difference passes 3 %/3 mm
+    assert 0.5 < values.max() < 1.0  # gamma = 2/3 inside the body
+
+    folder = tmp_path / "rt"
+    assert run_job(rt_export_job(scene, folder, dose, structures), pythonslicer, timeout=300,
+                   expect_progress=False)[0] == {}
+    assert {p.name for p in folder.iterdir()} >= {"RTDOSE.dcm", "RTSTRUCT.dcm"}
+
+    smoothed = run_job(denoise_job(scene, ct, "curvature", device="cpu"), pythonslicer, timeout=300)[0]["volume"]
+    array, geometry = bridge.array_from_volume(smoothed)
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    assert np.abs(np.diff(array, axis=2)).mean() < np.abs(np.diff(phantom.ct, axis=2)).mean()
