@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg
-python -m pytest -q "$@"
+python -m pytest -q -rs "$@"

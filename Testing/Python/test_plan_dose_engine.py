@@ -98,13 +98,9 @@ def test_radiological_depth_water_slab():
 
 
 @pytest.fixture(scope="module")
-def matrad_case():
-    import os
-    from pathlib import Path
-    root = Path(os.environ.get("MEDAI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+def matrad_case(shared_data):
+    root = shared_data
     path = root / "rt" / "matRad" / "photons_testData.mat"
-    if not path.exists():
-        pytest.skip("matRad test data not found")
     p = load_matrad_patient(path)
     raw = sio.loadmat(path, squeeze_me=True, struct_as_record=False)
     mach = load_photon_machine(root / "rt" / "matRad" / "photons_Generic.mat")

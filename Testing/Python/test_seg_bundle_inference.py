@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_seg_inference import THRESHOLD, isolated_trust_store, write_bundle  # noqa: F401, I001
+from test_seg_inference import THRESHOLD, write_bundle  # noqa: I001
 
 from MedAICommonLib import bridge
 from MedAISegLib.bundle import run_bundle

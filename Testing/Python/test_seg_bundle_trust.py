@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_seg_inference import THRESHOLD, isolated_trust_store, threshold_net, write_bundle  # noqa: F401, I001
+from test_seg_inference import THRESHOLD, threshold_net, write_bundle  # noqa: I001
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main

@@ -17,12 +17,6 @@ from MedAISegLib.model_catalog import ChecksumError, download, download_model, l
 PAYLOAD = bytes(range(256)) * 4000  # 1 MB
 
 
-@pytest.fixture(autouse=True)
-def isolated_trust_store(tmp_path, monkeypatch):
-    """Catalogue downloads record bundle trust in a per-test store, never in the user's."""
-    monkeypatch.setenv("MEDAI_TRUST_STORE", str(tmp_path / "trust.json"))
-
-
 class RangeHandler(BaseHTTPRequestHandler):
     """Serves PAYLOAD at any path, honouring 'Range: bytes=N-' unless the server says otherwise."""
 

@@ -17,12 +17,8 @@ LABELS = (1, 2, 5, 6, 52)  # spleen, kidney_right, liver, stomach, aorta
 
 
 @pytest.fixture(scope="module")
-def totalseg_pair():
-    from conftest import SHARED_DATA
-
-    folder = SHARED_DATA / "segmentation/totalsegmentator"
-    if not folder.exists():
-        pytest.skip("shared data absent")
+def totalseg_pair(shared_data):
+    folder = shared_data / "segmentation/totalsegmentator"
     ref = sitk.ReadImage(str(folder / "example_seg.nii.gz"))
     pred = sitk.ReadImage(str(folder / "example_seg_fast.nii.gz"))
     return ref, pred

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_seg_inference import THRESHOLD, isolated_trust_store, write_bundle  # noqa: F401
+from test_seg_inference import THRESHOLD, write_bundle
 
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.phantoms import make_ct_phantom

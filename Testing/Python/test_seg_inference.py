@@ -24,14 +24,6 @@ from MedAISegLib.torchscript_model import load_torchscript_with_card, run_model
 THRESHOLD = 10000.5  # anatomical.nii intensity units (int16 values, so no ties)
 
 
-@pytest.fixture(autouse=True)
-def isolated_trust_store(tmp_path, monkeypatch):
-    """Bundle trust is recorded in a per-test store, never in the user's."""
-    store = tmp_path / "trust" / "trusted_bundles.json"
-    monkeypatch.setenv("MEDAI_TRUST_STORE", str(store))
-    return store
-
-
 def trusted(bundle):
     """Record the test's own bundle as trusted (what the user's confirmation does) and return it."""
     record_trust(bundle)
@@ -50,12 +42,8 @@ def threshold_net(threshold=THRESHOLD, gain=0.01):
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    path = SHARED_DATA / "registration/monai-testing-data/anatomical.nii"
-    if not path.exists():
-        pytest.skip("shared data absent")
+def head(tmp_path_factory, shared_data):
+    path = shared_data / "registration/monai-testing-data/anatomical.nii"
     image = sitk.ReadImage(str(path), sitk.sitkFloat32)
     assert not np.allclose(Geometry.from_sitk(image).to_space("RAS").direction, np.eye(3))  # LAS: not identity
     return image

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_seg_inference import THRESHOLD, isolated_trust_store, threshold_net, write_bundle  # noqa: F401, I001
+from test_seg_inference import THRESHOLD, threshold_net, write_bundle  # noqa: I001
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
