@@ -144,3 +144,42 @@ def test_bad_masks_are_refused_with_what_to_fix(scene, masks):
     with pytest.raises(BridgeError, match="'counts'.*0 and 1"):
         bridge.create_segmentation_from_masks(scene, {"counts": masks["body"].astype(np.uint8) * 3}, geometry, "s")
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_without_a_reference_geometry_the_grid_is_the_union_of_all_segments(scene, masks):
+    geometry = oblique_geometry(masks["body"].shape)
+    node = bridge.create_segmentation_from_masks(scene, {"liver": masks["liver"], "kidney": masks["kidney"]},
+                                                 geometry, "structures")
+    node.GetSegmentation().SetConversionParameter("Reference image geometry", "")
+    both, union = bridge.segment_masks(node)
+    kidney_only, grid = bridge.segment_masks(node, segment_names=["kidney"])
+    assert grid.same_grid(union)  # one grid for the node, whichever segments are read
+    assert union.shape_kji == (6, 13, 8)  # k 3..8, j 4..16, i 4..11: both boxes and nothing more
+    np.testing.assert_array_equal(kidney_only["kidney"], both["kidney"])
+    assert both["liver"].sum() == masks["liver"].sum()
+    assert both["kidney"].sum() == masks["kidney"].sum()
+
+
+def test_masks_follow_a_linear_parent_transform_into_world_coordinates(scene, masks):
+    geometry = oblique_geometry(masks["body"].shape)
+    node = bridge.create_segmentation_from_masks(scene, {"tumour": masks["tumour"]}, geometry, "structures")
+    shift = np.eye(4)
+    shift[:3, 3] = (10.0, -5.0, 2.5)
+    node.SetAndObserveTransformNodeID(bridge.create_linear_transform(scene, shift, "shift").GetID())
+    read, world = bridge.segment_masks(node)
+    np.testing.assert_allclose(np.array(world.origin) - np.array(geometry.origin), (10.0, -5.0, 2.5), atol=1e-9)
+    np.testing.assert_array_equal(read["tumour"], masks["tumour"])
+
+
+def test_a_closed_surface_segmentation_is_read_without_changing_the_node(scene, masks):
+    geometry = oblique_geometry(masks["body"].shape)
+    node = bridge.create_segmentation_from_masks(scene, {"liver": masks["liver"]}, geometry, "surfaces")
+    segmentation = node.GetSegmentation()
+    assert segmentation.CreateRepresentation("Closed surface")  # the converter rules the runtime registered
+    segmentation.SetSourceRepresentationName("Closed surface")
+    segmentation.RemoveRepresentation("Binary labelmap")
+    read, grid = bridge.segment_masks(node)
+    assert grid.same_grid(geometry)
+    overlap = (read["liver"] & masks["liver"]).sum()
+    assert 2 * overlap / (read["liver"].sum() + masks["liver"].sum()) > 0.9
+    assert not segmentation.ContainsRepresentation("Binary labelmap")  # the input was not modified

@@ -138,7 +138,7 @@ def _iter_masks(node, reference: Geometry | None, segment_names: list[str] | Non
     infos = _select_infos(node, segment_names)
     ids = segment_ids(node)
     segmentation = _labelmap_segmentation(node)
-    own = _own_grid(node, segmentation, [ids[i.label - 1] for i in infos])
+    own = _own_grid(node, segmentation, ids)  # one grid for the node, whichever segments are read
     if own is None and reference is None:
         raise BridgeError(f"The segments of '{node.GetName()}' are empty and it has no reference geometry; "
                           "give a reference volume to place them on.")
