@@ -27,24 +27,24 @@ def _chunks(n: int, size: int = 8_000_000):
 
 
 def _groups(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct doses (Gy, rounded to 10 uGy, increasing, zero-weight samples included) and their volumes (cc).
+    """Distinct doses (Gy, rounded to 10 uGy, increasing) of the samples with weight, and their volumes (cc).
 
-    ``bincount`` over the rounded doses, chunk by chunk (no sort), when their range is moderate, as it is for
-    any dose in Gy; ``np.unique`` otherwise.
+    One weighted ``bincount`` over the rounded doses, chunk by chunk (no sort), when their range is moderate,
+    as it is for any dose in Gy; ``np.unique`` otherwise.
     """
     dose = samples.dose
     low, high = (int(np.rint(float(f(dose)) * _GROUPS_PER_GY)) for f in (np.min, np.max))
     size = high - low + 1
     if size > 50_000_000:
         values, inverse = np.unique(np.rint(np.asarray(dose, dtype=np.float64) * _GROUPS_PER_GY), return_inverse=True)
-        return values / _GROUPS_PER_GY, np.bincount(inverse.ravel(), weights=np.asarray(samples.weight)) / 1000.0
-    present = np.zeros(size, dtype=bool)
+        volume = np.bincount(inverse.ravel(), weights=np.asarray(samples.weight)) / 1000.0
+        return values[volume > 0] / _GROUPS_PER_GY, volume[volume > 0]
     volume = np.zeros(size)
     for sl in _chunks(len(dose)):
         index = np.rint(np.asarray(dose[sl], dtype=np.float64) * _GROUPS_PER_GY).astype(np.int64) - low
-        present |= np.bincount(index, minlength=size) > 0
         volume += np.bincount(index, weights=np.asarray(samples.weight[sl]), minlength=size)
-    return (np.flatnonzero(present) + low) / _GROUPS_PER_GY, volume[present] / 1000.0
+    present = np.flatnonzero(volume > 0)
+    return (present + low) / _GROUPS_PER_GY, volume[present] / 1000.0
 
 
 def mean_dose(samples: DoseSamples) -> float:
@@ -60,12 +60,11 @@ def _cdf(samples: DoseSamples) -> tuple[np.ndarray, np.ndarray]:
     represents; the maximum and minimum sampled doses (zero-weight extreme points included) end the curve.
     """
     values, volume = _groups(samples)
-    d, w = values[::-1], volume[::-1]
-    keep = w > 0
-    cum = np.cumsum(w[keep])
-    centres = cum - w[keep] / 2.0
+    top, bottom = (float(np.rint(float(f(samples.dose)) * _GROUPS_PER_GY)) / _GROUPS_PER_GY for f in (np.max, np.min))
+    cum = np.cumsum(volume[::-1])
+    centres = cum - volume[::-1] / 2.0
     pos = np.concatenate([[0.0], centres, [cum[-1] if len(cum) else 0.0]])
-    dose = np.concatenate([[d[0]], d[keep], [d[-1]]])
+    dose = np.concatenate([[top], values[::-1], [bottom]])
     return pos, dose
 
 
