@@ -21,7 +21,8 @@ from MedAICommonLib.runtime import get_scene
 
 from . import icp as icp_module
 from . import intensity_registration, landmarks
-from .intensity_backends import DEVICES, choose_backend, keep_better_than_start, register_with_backend
+from .intensity_backends import (DEVICES, choose_backend, keep_better_than_start, register_with_backend,
+                                 resample_onto)
 from .preset_choice import choose_preset
 
 @dataclass
@@ -156,6 +157,8 @@ class MedAIRegisterLogic:
             array, geometry = bridge.segment_mask(segmentation, segment, geometry)
             return bridge.array_to_sitk(array.astype(np.uint8), geometry)
         return bridge.volume_to_sitk(mask)
+
+    _resample = staticmethod(resample_onto)  # moving onto the fixed grid through ITK's transform (KJI float32)
 
     def _transform_node(self, transform, name, node=None):
         """A transform node holding ITK's fixed -> moving ``transform`` (linear, or composite via a file)."""
