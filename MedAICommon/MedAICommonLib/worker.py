@@ -68,6 +68,11 @@ def python_executable() -> str:
         found = shutil.which("PythonSlicer")
         if found:
             return found
+        import slicer
+
+        candidate = os.path.join(slicer.app.slicerHome, "bin", "PythonSlicer" + (".exe" if _WINDOWS else ""))
+        if os.path.isfile(candidate):
+            return candidate
     return sys.executable
 
 

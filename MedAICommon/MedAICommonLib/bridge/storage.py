@@ -3,7 +3,9 @@
 Supported: volumes (``.nrrd .nhdr .nii .nii.gz .mha .mhd``), segmentations (``.seg.nrrd`` and
 label maps), transforms (``.h5 .tfm .txt``), markups (``.mrk.json .fcsv``), models
 (``.vtk .vtp .stl .ply .obj``), tables (``.csv .tsv``). Writes are atomic: the storage node
-writes a temporary file beside the target, which is then renamed over it.
+writes a temporary file beside the target, which is then renamed over it. Only MRML core's storage
+nodes are used, as PythonSlicer (where workers run) has no other: ``.mrk.json`` files are read and
+written by :mod:`.markups_json` in the format of the Markups module's JSON storage node.
 """
 
 from __future__ import annotations
