@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bridge
+from . import bridge, figures
 from .bridge.segmentations import SegmentInfo
 from .phantoms import STRUCTURE_COLORS, STRUCTURES, make_ct_phantom
 from .progress import Progress
@@ -48,11 +48,12 @@ class DemoContext:
     panels: list = field(default_factory=list)
     nodes: dict = field(default_factory=dict)
 
-    def add_panel(self, title: str, image: np.ndarray, overlay: np.ndarray | None = None,
-                  cmap: str = "gray", overlay_cmap: str = "autumn", vmin=None, vmax=None) -> None:
-        """Add a 2D panel (image and optional overlay, in display orientation) to the overview."""
-        self.panels.append({"title": title, "image": np.asarray(image), "overlay": overlay,
-                            "cmap": cmap, "overlay_cmap": overlay_cmap, "vmin": vmin, "vmax": vmax})
+    def add_panel(self, title: str, draw, **meta) -> None:
+        """Add an overview panel: ``draw(fig, ax)`` draws it (see :mod:`MedAICommonLib.figures`).
+
+        ``meta`` records what it shows (e.g. ``plane``, ``index``, ``structure``) for the report and tests.
+        """
+        self.panels.append({"title": title, "draw": draw, **meta})
 
 
 def axial_slice(array_kji: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -60,6 +61,7 @@ def axial_slice(array_kji: np.ndarray, k: int | None = None) -> np.ndarray:
 
     Rows follow j (+y = anterior), columns i (+x = the patient's right in RAS); flipping both puts
     anterior at the top and the patient's right on the viewer's left, as Slicer's Red view shows it.
+    For any grid use :func:`MedAICommonLib.figures.slice_view`.
     """
     k = array_kji.shape[0] // 2 if k is None else k
     return np.flipud(np.fliplr(array_kji[k]))
@@ -79,10 +81,14 @@ def prepare_inputs(context: DemoContext) -> None:
     context.ct_node = bridge.load_volume(context.scene, ct_path)
     context.structures_node = bridge.load_segmentation(context.scene, seg_path)
     context.report.inputs.update({"ct": str(ct_path), "structures": str(seg_path)})
-    array, _ = bridge.array_from_volume(context.ct_node)
-    k = int(np.argwhere(phantom.labels == 6)[:, 0].mean())
-    context.nodes["display_k"] = k
-    context.add_panel("Phantom CT (axial)", axial_slice(array, k), vmin=-400, vmax=400)
+    array, geometry = bridge.array_from_volume(context.ct_node)
+    truth, _ = bridge.segment_masks(context.structures_node, geometry)
+    k = figures.largest_section(truth["lesion"], geometry, "axial")
+    context.nodes.update({"display_k": k, "ct_array": array, "ct_geometry": geometry, "truth_masks": truth})
+    colors = figures.structure_colors(truth)
+    context.add_panel("Phantom CT and its structures", lambda fig, ax: figures.draw_anatomy_panel(
+        fig, ax, array, geometry, "axial", k, "Phantom CT and its structures", structures=truth, colors=colors),
+        plane="axial", index=k, structure="lesion")
 
 
 def available_steps() -> dict[str, str]:
@@ -91,28 +97,33 @@ def available_steps() -> dict[str, str]:
             if importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module)}
 
 
-def write_overview(context: DemoContext, path: Path) -> Path:
-    """Write the panels side by side as one PNG."""
+def overview_figure(context: DemoContext):
+    """The overview figure: every panel drawn in a grid (3 columns); the caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = context.panels
-    columns = min(4, len(panels))
+    columns = min(3, len(panels))
     rows = int(np.ceil(len(panels) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
-    for ax in axes.ravel():
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 5.6 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     for ax, panel in zip(axes.ravel(), panels):
-        ax.imshow(panel["image"], cmap=panel["cmap"], vmin=panel["vmin"], vmax=panel["vmax"])
-        if panel["overlay"] is not None:
-            overlay = np.ma.masked_where(np.asarray(panel["overlay"]) == 0, panel["overlay"])
-            ax.imshow(overlay, cmap=panel["overlay_cmap"], alpha=0.5)
-        ax.set_title(panel["title"], fontsize=10)
-    fig.tight_layout()
+        panel["draw"](fig, ax)
+    fig.suptitle("MedAI demo on a synthetic torso phantom (slices as in Slicer: patient right on the image left)")
+    return fig
+
+
+def write_overview(context: DemoContext, path: Path) -> Path:
+    """Write the overview panels as one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = overview_figure(context)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from MedAICommonLib import bridge
-from MedAICommonLib.demo import DemoStepSkipped, axial_slice
+from MedAICommonLib import bridge, figures
+from MedAICommonLib.demo import DemoStepSkipped
 
 from .logic import MedAIPlanLogic, default_machine_path
 
@@ -40,9 +40,23 @@ def run(context) -> None:
         "organ_Dmean_Gy": {n: m.get("Dmean_Gy") for n, m in metrics.items() if n != target},
         "num_bixels": info["num_bixels"], "timings_s": info["timings"],
     }
-    array, _ = bridge.array_from_volume(dose)
-    k = context.nodes.get("display_k", array.shape[0] // 2)
-    ct, _ = bridge.array_from_volume(context.ct_node)
-    overlay = np.where(array >= 0.3 * DEMO_PRESCRIPTION_GY, array, 0)
-    context.add_panel(f"Plan dose (Gy), {target} {DEMO_PRESCRIPTION_GY:g} Gy", axial_slice(ct, k),
-                      axial_slice(overlay, k), vmin=-400, vmax=400, overlay_cmap="jet")
+    add_dose_panel(context, dose, target, DEMO_PRESCRIPTION_GY, "axial", f"Plan dose, {target} {DEMO_PRESCRIPTION_GY:g} Gy")
+
+
+ISODOSE_PERCENT = (50, 80, 95, 100)
+
+
+def add_dose_panel(context, dose_node, target: str, prescription_gy: float, plane: str, title: str) -> None:
+    """Overview panel: the dose (resampled onto the CT grid) on the CT through the target's largest section in
+    ``plane``, with the structures outlined and the :data:`ISODOSE_PERCENT` isodose lines of the prescription."""
+    ct, geometry = bridge.array_from_volume(context.ct_node)
+    dose, dose_geometry = bridge.array_from_volume(dose_node)
+    on_ct = bridge.resample_array(np.asarray(dose, np.float32), dose_geometry, geometry.with_shape(ct.shape))
+    masks = context.nodes.get("truth_masks") or bridge.segment_masks(context.structures_node, geometry)[0]
+    shown = {n: m for n, m in masks.items() if n != "body"}
+    colors = figures.structure_colors(masks)
+    index = figures.largest_section(masks[target], geometry, plane)
+    levels = [p / 100.0 * prescription_gy for p in ISODOSE_PERCENT]
+    context.add_panel(title, lambda fig, ax: figures.draw_anatomy_panel(
+        fig, ax, ct, geometry, plane, index, title, structures=shown, colors=colors, dose_kji=on_ct,
+        isodose_gy=levels, prescription_gy=prescription_gy), plane=plane, index=index, structure=target)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from MedAICommonLib import bridge
-from MedAICommonLib.demo import axial_slice
+from MedAICommonLib import bridge, figures
 
+from .demo import add_dose_panel
 from .dose_volume import mark_as_dose_volume
 from .evaluation_logic import PlanEvaluationLogic
-from .plan_report import write_plan_report
+from .plan_report_nodes import dvh_curves, write_plan_report_for_nodes
 
 
 def analytic_dose(context):
@@ -32,7 +32,8 @@ def analytic_dose(context):
 
 
 def run(context) -> None:
-    """DVH + metrics + isodose on the dose node; plan reports (PNG, PDF); panels and report metrics."""
+    """DVH + metrics + isodose on the dose node; plan reports (PNG, PDF); panels (coronal dose, the DVH itself)
+    and report metrics."""
     dose_node = context.nodes.get("dose") or context.nodes.get("plan_dose") or analytic_dose(context)
     logic = PlanEvaluationLogic(context.scene, context.progress)
     names = [s.name for s in bridge.segment_infos(context.structures_node)]
@@ -44,25 +45,22 @@ def run(context) -> None:
     result = logic.compute_dvh(dose_node, context.structures_node, v_doses_gy=(20.0,), prescription_gy=prescription,
                                target_segment=target, oversampling=1)
     models, legend, levels = logic.isodose(dose_node, (50, 80, 95), prescription)
-    curves = {}
-    for name, table in result.tables.items():
-        cols = bridge.columns_from_table(table)
-        curves[name] = (np.array(cols["Dose (Gy)"]), np.array(cols["Volume (%)"]))
-    ct, _ = bridge.array_from_volume(context.ct_node)
-    k = int(context.nodes.get("display_k", ct.shape[0] // 2))
-    k = min(k, dose.shape[0] - 1)
-    metrics = {n: m for n, m in result.metrics.items() if n != "plan"}
-    report_path = write_plan_report(context.output_dir / "plan_report.png", axial_slice(ct, k) if ct.shape == dose.shape
-                                    else axial_slice(ct), axial_slice(dose, k), curves, metrics,
-                                    isodose_levels_gy=[lv.dose_gy for lv in levels],
-                                    plan_indices=result.metrics.get("plan"))
-    context.add_panel("Dose (Gy) and DVH target", axial_slice(ct, k) if ct.shape == dose.shape else axial_slice(dose, k),
-                      axial_slice(dose, k), vmin=-400, vmax=400, overlay_cmap="jet")
-    context.report.outputs["plan_report"] = str(report_path)
-    pdf = logic.write_report(context.output_dir / "plan_report.pdf", dose_node, result, ct_node=context.ct_node,
-                             title="MedAI plan report", isodose_levels_gy=[lv.dose_gy for lv in levels],
-                             info={"Target": target, "Prescription (Gy)": round(prescription, 2)})
-    context.report.outputs["plan_report_pdf"] = str(pdf)
+    report_args = {"ct_node": context.ct_node, "structures_node": context.structures_node, "target": target,
+                   "prescription_gy": prescription, "isodose_levels_gy": [lv.dose_gy for lv in levels],
+                   "title": "MedAI plan report", "info": {"Target": target, "Prescription (Gy)": round(prescription, 2)}}
+    report_path = write_plan_report_for_nodes(context.output_dir / "plan_report.png", dose_node, result, **report_args)
+    pdf = write_plan_report_for_nodes(context.output_dir / "plan_report.pdf", dose_node, result, **report_args)
+    context.report.outputs.update({"plan_report": str(report_path), "plan_report_pdf": str(pdf)})
+    add_dose_panel(context, dose_node, target, prescription, "coronal", f"Dose, coronal through {target}")
+    curves = {name: tuple(np.asarray(c, float) for c in curve) for name, curve in dvh_curves(result).items()}
+    colors = figures.structure_colors(context.nodes.get("truth_masks") or curves)
+    title = f"Cumulative DVH ({target} prescribed {prescription:g} Gy)"
+
+    def draw_dvh(fig, ax):
+        figures.draw_dvh(ax, curves, colors, prescription, legend_size=7)
+        ax.set_title(title, fontsize=9)
+
+    context.add_panel(title, draw_dvh, kind="dvh", curves=curves)
     target_m = result.metrics.get(target, {})
     context.report.metrics["evaluation"] = {
         "target": target, "prescription_gy": prescription,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from MedAICommonLib import bridge
+from MedAICommonLib import bridge, figures
 from MedAICommonLib.demo import axial_slice
 
 from . import intensity_registration, quality, simulation
@@ -31,16 +31,19 @@ def run(context) -> None:
     mask.CopyInformation(fixed_image)
     tre = intensity_registration.target_registration_error(logic.last.itk_transform, truth,
                                                            simulation.grid_points(fixed_image, 3, mask))
-    fixed_array, _ = bridge.array_from_volume(fixed)
+    fixed_array, geometry = bridge.array_from_volume(fixed)
     after, _ = bridge.array_from_volume(logic.last_volume)
-    before = logic._resample(moving_image, fixed_image, sitk.Transform())
+    before = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, sitk.Transform(), sitk.sitkLinear,
+                                                  float(np.min(sitk.GetArrayViewFromImage(moving_image)))))
     k = context.nodes.get("display_k", fixed_array.shape[0] // 2)
     png = quality.overlay_png(axial_slice(fixed_array, k), axial_slice(before, k), axial_slice(after, k),
                               folder / "overlay.png", "registration")
-    context.add_panel("Registration before (fixed/moving)", axial_slice(
-        quality.checkerboard(_unit(fixed_array), _unit(before)), k))
-    context.add_panel(f"After: TRE {tre.mean():.2f} mm", axial_slice(
-        quality.checkerboard(_unit(fixed_array), _unit(after)), k))
+    for title, moved in (("Registration before: fixed/moving checkerboard", before),
+                         (f"After: TRE {tre.mean():.2f} mm (max {tre.max():.2f})", after)):
+        board = quality.checkerboard(_unit(fixed_array), _unit(moved))
+        context.add_panel(title, lambda fig, ax, board=board, title=title: figures.draw_anatomy_panel(
+            fig, ax, board, geometry, "axial", k, title, window=(0.0, 1.0),
+            image_label="intensity (each image 1st-99th percentile to 0-1)"), plane="axial", index=k)
     context.report.outputs.update({"registration_transform": str(transform_path), "registration_overlay": str(png)})
     context.report.metrics["registration"] = dict(logic.last.metrics, tre_mean_mm=float(tre.mean()),
                                                   tre_max_mm=float(tre.max()))

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from MedAICommonLib import bridge
-from MedAICommonLib.demo import axial_slice
+from MedAICommonLib import bridge, figures
 
 from .logic import MedAISegLogic
 
@@ -61,11 +60,22 @@ def run(context) -> None:
         "lesion_volume_mm3": float(lesions[0]["volume_mm3"]) if lesions else None,
     }
     context.nodes.update({"seg.denoised": denoised, "seg.liver": liver, "seg.lesion": lesion})
-    k = context.nodes.get("display_k")
-    array = bridge.array_from_volume(denoised)[0]
-    geometry = bridge.volume_geometry(ct)
-    overlay = bridge.labelmap_from_segmentation(liver, geometry)[0].astype(np.uint8)
-    overlay[bridge.labelmap_from_segmentation(lesion, geometry)[0] > 0] = 2
-    context.add_panel("NLM denoised CT", axial_slice(array, k), vmin=-400, vmax=400)
-    context.add_panel(f"Liver (Dice {liver_metrics['dice']:.2f}) + lesion (Dice {lesion_metrics['dice']:.2f})",
-                      axial_slice(array, k), axial_slice(overlay, k), vmin=-400, vmax=400)
+    _add_panels(context, denoised, liver, lesion, liver_metrics["dice"], lesion_metrics["dice"])
+
+
+def _add_panels(context, denoised, liver, lesion, liver_dice: float, lesion_dice: float) -> None:
+    """Denoised CT; liver and lesion, each on its own largest axial cross-section, MedAI against the truth."""
+    array, geometry = bridge.array_from_volume(denoised)
+    truth = context.nodes.get("truth_masks") or bridge.segment_masks(context.structures_node, geometry)[0]
+    found = {"liver": bridge.segment_mask(liver, "liver", geometry)[0],
+             "lesion": bridge.segment_mask(lesion, "lesion", geometry)[0]}
+    colors = figures.structure_colors(truth)
+    k = context.nodes.get("display_k", array.shape[0] // 2)
+    context.add_panel("NLM denoised CT", lambda fig, ax: figures.draw_anatomy_panel(
+        fig, ax, array, geometry, "axial", k, "NLM denoised CT"), plane="axial", index=k)
+    for name, dice in (("liver", liver_dice), ("lesion", lesion_dice)):
+        index = figures.largest_section(truth[name], geometry, "axial")
+        title = f"{name.capitalize()} segmentation (Dice {dice:.2f}), largest section"
+        context.add_panel(title, lambda fig, ax, name=name, index=index, title=title: figures.draw_anatomy_panel(
+            fig, ax, array, geometry, "axial", index, title, structures={name: found[name]}, colors=colors,
+            reference={name: truth[name]}), plane="axial", index=index, structure=name)
