@@ -17,6 +17,7 @@ from . import dicom_rt
 from .beams import check_angles
 from .dose_volume import mark_as_dose_volume
 from .evaluation_logic import PlanEvaluationLogic
+from .plan_report_nodes import load_report_ct, write_plan_report_for_nodes
 
 
 def _floats(text: str | None) -> list[float]:
@@ -63,7 +64,8 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--dvh-table", help="write the combined cumulative DVH table (.csv)")
     p.add_argument("--report-pdf", metavar="F.pdf", help="write a PDF plan report (metrics, dose overlays, DVH)")
     p.add_argument("--report-png", metavar="F.png", help="write a one-page PNG plan report")
-    p.add_argument("--ct", help="CT volume shown under the dose in the plan report")
+    p.add_argument("--ct", help="CT shown under the dose in the plan report: a volume file, or the matRad/pyRadPlan "
+                   "patient .mat the plan was made on")
     p.add_argument("--isodose-levels", help="isodose lines in the plan report, Gy, comma-separated "
                    "(default: 50/80/95/100 %% of the prescription or of the maximum)")
     add_common_options(p)
@@ -147,7 +149,7 @@ def cmd_dvh(args, report) -> int:
     if args.dvh_table:
         report.outputs["dvh_table"] = str(bridge.save_node(result.combined_table, args.dvh_table))
     if args.report_pdf or args.report_png:
-        ct = bridge.load_volume(scene, args.ct) if args.ct else None
+        ct = load_report_ct(scene, args.ct) if args.ct else None
         top = args.prescription or max((m.get("Dmax_Gy", 0.0) for n, m in result.metrics.items() if n != "plan"), default=0.0)
         levels = _floats(args.isodose_levels) or [f * top for f in (0.5, 0.8, 0.95, 1.0)]
         info = {"Dose": Path(args.dose).name, "Structures": Path(args.segmentation).name,
@@ -155,8 +157,10 @@ def cmd_dvh(args, report) -> int:
         with report.timed("plan report"):
             for key, out in (("report_pdf", args.report_pdf), ("report_png", args.report_png)):
                 if out:
-                    report.outputs[key] = str(logic.write_report(out, dose, result, ct_node=ct, isodose_levels_gy=levels,
-                                                                 info={k: v for k, v in info.items() if v is not None}))
+                    report.outputs[key] = str(write_plan_report_for_nodes(
+                        out, dose, result, ct_node=ct, structures_node=structures, target=args.target,
+                        prescription_gy=args.prescription, isodose_levels_gy=levels,
+                        info={k: v for k, v in info.items() if v is not None}))
     for name, m in result.metrics.items():
         if name != "plan" and m.get("volume_cc"):
             print(f"{name}: {m['volume_cc']:.2f} cc  Dmean {m['Dmean_Gy']:.2f} Gy  D95 {m['D95_Gy']:.2f} Gy  "
