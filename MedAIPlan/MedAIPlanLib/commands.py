@@ -9,6 +9,7 @@ the run report (``--report``).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,13 @@ def _numbers(text, what):
         return [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
     except ValueError as error:
         raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}.") from error
+
+
+def _positive(value, option: str, example: str):
+    """``value`` when it is None or a positive finite number; else a ``ValueError`` naming ``option``."""
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{option} must be a positive number, got {value:g}; give e.g. {option} {example}.")
+    return value
 
 
 def _add_shared(p) -> None:
@@ -92,6 +100,10 @@ def _load(scene, logic, args, report):
 
 
 def _common_kwargs(args):
+    _positive(args.dose_grid, "--dose-grid", "3 (mm)")
+    _positive(args.bixel_width, "--bixel-width", "5 (mm)")
+    if args.fractions < 1:
+        raise ValueError(f"--fractions must be at least 1, got {args.fractions}.")
     iso = _numbers(args.isocenter, "--isocenter")
     if iso is not None and len(iso) != 3:
         raise ValueError("--isocenter needs three numbers x,y,z (LPS mm).")
@@ -101,7 +113,8 @@ def _common_kwargs(args):
             "couch_angles": None if couch is None else check_angles(couch, "--couch-angles"),
             "bixel_width_mm": args.bixel_width,
             "isocenter_lps": iso, "device": args.device, "hlut_path": args.hlut, "fractions": args.fractions,
-            "per_beam": bool(args.per_beam_dir), "memory_limit_gb": args.memory_limit_gb,
+            "per_beam": bool(args.per_beam_dir),
+            "memory_limit_gb": _positive(args.memory_limit_gb, "--memory-limit-gb", "16 (GiB)"),
             "auto_dose_grid": bool(args.auto_dose_grid)}
 
 
@@ -136,6 +149,7 @@ def cmd_dose(args, report) -> int:
     """``medai dose``: forward dose of open fields or given bixel weights."""
     scene = get_scene()
     logic = MedAIPlanLogic(scene)
+    kwargs = _common_kwargs(args)
     with report.timed("load"):
         ct, seg = _load(scene, logic, args, report)
     weights = None
@@ -144,7 +158,6 @@ def cmd_dose(args, report) -> int:
         if not path.is_file():
             raise ValueError(f"Weights file not found: {path}")
         weights = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
-    kwargs = _common_kwargs(args)
     report.parameters.update({k: v for k, v in kwargs.items() if k != "device"},
                              target=args.target, prescription_gy=args.prescription, dose_grid_mm=args.dose_grid)
     with report.timed("dose"), progress_printer() as callback:
@@ -176,19 +189,22 @@ def cmd_plan(args, report) -> int:
     """``medai plan``: beams, dose-influence matrix and fluence optimisation."""
     if args.prescription is None or args.prescription <= 0:
         raise ValueError("medai plan needs a positive --prescription GY.")
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be at least 1, got {args.iterations}.")
+    kwargs = _common_kwargs(args)
+    dose_grid = 3.0 if args.dose_grid is None else args.dose_grid
     scene = get_scene()
     logic = MedAIPlanLogic(scene)
     with report.timed("load"):
         ct, seg = _load(scene, logic, args, report)
-    kwargs = _common_kwargs(args)
     objectives = _objectives(args, logic, args.target)
     priorities = {n: s.priority for n, s in logic.matrad_structures.items()} if args.matrad else None
     report.parameters.update({k: v for k, v in kwargs.items() if k != "device"}, target=args.target,
-                             prescription_gy=args.prescription, dose_grid_mm=args.dose_grid or 3.0,
+                             prescription_gy=args.prescription, dose_grid_mm=dose_grid,
                              select_beams=args.select_beams, iterations=args.iterations,
                              objectives=[o.__dict__ for o in objectives] if objectives else "default")
     with report.timed("plan"), progress_printer() as callback:
-        dose = logic.plan(ct, seg, args.target, args.prescription, dose_grid_mm=args.dose_grid or 3.0,
+        dose = logic.plan(ct, seg, args.target, args.prescription, dose_grid_mm=dose_grid,
                           objectives=objectives, select_beams=args.select_beams, max_iter=args.iterations,
                           priorities=priorities, progress=Progress(callback), **kwargs)
     return _finish(scene, logic, args, report, dose, seg)

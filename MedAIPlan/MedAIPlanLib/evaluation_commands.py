@@ -20,8 +20,14 @@ from .evaluation_logic import PlanEvaluationLogic
 from .plan_report_nodes import load_report_ct, write_plan_report_for_nodes
 
 
-def _floats(text: str | None) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()] if text else []
+def _floats(text: str | None, option: str = "") -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError as error:
+        raise ValueError(f"{option or 'A list option'} needs comma-separated numbers, got {text!r}.") from error
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option or 'A list option'} needs finite numbers, got {text!r}.")
+    return values
 
 
 def _finite(value):
@@ -36,10 +42,13 @@ def _is_dicom(path) -> bool:
 
 def load_dose(scene, logic: PlanEvaluationLogic, path):
     """A dose volume node from an RTDOSE (.dcm) or a volume file (marked as dose, Gy)."""
-    if _is_dicom(path):
-        return logic.import_rtdose(path)
-    node = bridge.load_volume(scene, path)
-    return mark_as_dose_volume(node)
+    node = logic.import_rtdose(path) if _is_dicom(path) else mark_as_dose_volume(bridge.load_volume(scene, path))
+    dims = node.GetImageData().GetDimensions()
+    if min(dims) < 2:
+        raise ValueError(f"The dose {path} is {dims[0]}x{dims[1]}x{dims[2]} voxels (I x J x K), a single slice or "
+                         "line; DVH, gamma and isodose need a 3D dose with at least 2 voxels along each axis: "
+                         "give the whole dose volume.")
+    return node
 
 
 def load_structures(scene, logic: PlanEvaluationLogic, path, reference=None):
@@ -201,7 +210,7 @@ def cmd_isodose(args, report) -> int:
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     report.inputs["dose"] = str(args.dose)
-    levels = _floats(args.levels)
+    levels = _floats(args.levels, "--levels")
     report.parameters.update({"levels": levels, "prescription_gy": args.prescription, "unit": "Gy" if args.gy else "%"})
     dose = load_dose(scene, logic, args.dose)
     with report.timed("isodose"):

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from MedAICommonLib import bridge, notices
+from MedAICommonLib.bridge.volumes import describe_bounds
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
@@ -45,6 +46,33 @@ def _slice_indices(shape_kji, center_kji, view: str) -> np.ndarray:
     return np.stack([kk, jj, np.full_like(kk, center_kji[2])], axis=-1)
 
 
+def _bounds_text(dose_node, segmentation_node) -> str:
+    """Both extents in RAS mm: the dose grid's and the segmentation's (world bounds of its segments)."""
+    bounds = [0.0] * 6
+    segmentation_node.GetRASBounds(bounds)
+    segments = ", ".join(f"{axis} {bounds[2 * n]:.1f}..{bounds[2 * n + 1]:.1f}" for n, axis in enumerate("RAS"))
+    return (f"the dose spans {describe_bounds(bridge.volume_geometry(dose_node))}, the structures "
+            f"span {segments} (RAS mm)")
+
+
+def check_gamma_criteria(dose_percent: float, dta_mm: float, threshold_percent: float, max_gamma: float,
+                         normalization_dose_gy: float | None = None, step_mm: float | None = None) -> None:
+    """``ValueError`` naming the first gamma criterion out of range (dose % and DTA mm > 0, threshold
+    0..100 % exclusive of 100, max gamma > 0, normalisation dose and step > 0 when given)."""
+    checks = [("dose criterion (%)", dose_percent, 0.0 < dose_percent <= 100.0, "e.g. 3"),
+              ("DTA criterion (mm)", dta_mm, dta_mm > 0.0, "e.g. 3"),
+              ("low-dose threshold (% of the maximum)", threshold_percent, 0.0 <= threshold_percent < 100.0,
+               "from 0 to below 100, e.g. 10"),
+              ("max gamma", max_gamma, max_gamma > 0.0, "e.g. 2")]
+    if normalization_dose_gy is not None:
+        checks.append(("normalisation dose (Gy)", normalization_dose_gy, normalization_dose_gy > 0.0, "> 0"))
+    if step_mm is not None:
+        checks.append(("search step (mm)", step_mm, step_mm > 0.0, "> 0, e.g. DTA/10"))
+    for what, value, ok, hint in checks:
+        if not (np.isfinite(value) and ok):
+            raise ValueError(f"The gamma {what} is {value:g}, which is out of range; give {hint}.")
+
+
 class PlanEvaluationLogic(RtDicomLogic):
     """Evaluate dose volumes against structures and each other; move plans in and out as DICOM-RT."""
 
@@ -56,6 +84,7 @@ class PlanEvaluationLogic(RtDicomLogic):
     def structure_samples(self, dose_node, segmentation_node, segment_names=None, oversampling: int = 2):
         """``{segment name: DoseSamples}``: planar contours when the segment has them, else its voxels."""
         bridge.require_scalar_volume(dose_node, "dose volume")
+        bridge.require_volume_extent(dose_node, 2, "dose volume")
         bridge.require_segmentation(segmentation_node, "structure set")
         dose, geometry = bridge.array_from_volume(dose_node)
         infos = bridge.segment_infos(segmentation_node)
@@ -103,7 +132,9 @@ class PlanEvaluationLogic(RtDicomLogic):
         """
         samples = self.structure_samples(dose_node, segmentation_node, segment_names, oversampling)
         if not any(len(s.dose) for s in samples.values()):
-            raise ValueError("None of the structures overlaps the dose grid; check that they share a frame of reference.")
+            raise ValueError(f"None of the structures of '{segmentation_node.GetName()}' overlaps the dose grid "
+                             f"'{dose_node.GetName()}': {_bounds_text(dose_node, segmentation_node)}; check that "
+                             "they share a frame of reference.")
         top = max(float(s.dose.max()) for s in samples.values() if len(s.dose))
         curves = {name: dvh.compute_dvh(s, bin_width_gy, top) for name, s in samples.items()}
         metrics = {name: dose_metrics.structure_metrics(s, tuple(v_doses_gy)) for name, s in samples.items()}
@@ -214,9 +245,11 @@ class PlanEvaluationLogic(RtDicomLogic):
         :mod:`gamma`), or on its own voxel lattice with ``interpolation="none"`` (SlicerRT's mode).
         Voxels below the threshold are 0 in the volume (as SlicerRT); the pass rate counts the others.
         """
-        bridge.require_scalar_volume(reference_node, "reference dose")
-        bridge.require_scalar_volume(evaluated_node, "evaluated dose")
-        bridge.require_overlap(reference_node, evaluated_node, "reference and evaluated doses")
+        check_gamma_criteria(dose_percent, dta_mm, threshold_percent, max_gamma, normalization_dose_gy, step_mm)
+        for node, role in ((reference_node, "reference dose"), (evaluated_node, "evaluated dose")):
+            bridge.require_scalar_volume(node, role)
+            bridge.require_volume_extent(node, 2, role)
+        bridge.require_overlap(reference_node, evaluated_node, "reference and evaluated doses", warn_partial=True)
         ref, ref_geo = bridge.array_from_volume(reference_node)
         ev, ev_geo = bridge.array_from_volume(evaluated_node)
         from . import gamma as gamma_lib  # torch: imported by the commands that need it
@@ -232,6 +265,9 @@ class PlanEvaluationLogic(RtDicomLogic):
         node.SetAttribute("DoseComparison.GammaVolume", "1")
         node.SetAttribute("MedAI.GammaPassRate", repr(result.pass_rate))
         node.SetAttribute("MedAI.GammaInterpolation", result.interpolation)
+        if not result.evaluated_voxels:
+            notices.warn(f"No voxel of '{reference_node.GetName()}' is above the {threshold_percent:g} % threshold: "
+                         "the gamma pass rate is undefined; lower the threshold or check the reference dose.")
         return node, result
 
     # --- isodose -------------------------------------------------------------------------
@@ -239,6 +275,7 @@ class PlanEvaluationLogic(RtDicomLogic):
                 percent: bool = True, smooth: bool = False, existing_models=None):
         """Isodose surface model nodes (one per level reached) and a legend table node."""
         bridge.require_scalar_volume(dose_node, "dose volume")
+        bridge.require_volume_extent(dose_node, 2, "dose volume")
         dose, geometry = bridge.array_from_volume(dose_node)
         if percent and prescription_gy is None:
             prescription_gy = float(dose.max())

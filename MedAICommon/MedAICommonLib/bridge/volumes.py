@@ -55,22 +55,56 @@ def require_volume_extent(node, min_voxels: int = 4, role: str = "input volume")
                           f"least {min_voxels} along each axis (a 3D volume, not a single slice).")
 
 
-def require_overlap(node_a, node_b, what: str = "volumes") -> None:
-    """Raise unless the two volumes' physical extents (world RAS) intersect."""
-    if not grids_overlap(volume_geometry(node_a), volume_geometry(node_b)):
-        raise BridgeError(f"The {what} '{node_a.GetName()}' and '{node_b.GetName()}' do not overlap in space; "
-                          "check that they share a frame of reference (or align them first).")
+def require_overlap(node_a, node_b, what: str = "volumes", warn_partial: bool = False) -> None:
+    """Raise unless the two volumes' physical extents (world RAS) intersect; the error gives both extents
+    in mm. With ``warn_partial``, a partial overlap is a warning with the share of ``node_a`` covered."""
+    require_grids_overlap(volume_geometry(node_a), volume_geometry(node_b), node_a.GetName(), node_b.GetName(),
+                          what, warn_partial)
+
+
+def require_grids_overlap(a: Geometry, b: Geometry, name_a: str, name_b: str, what: str,
+                          warn_partial: bool = True) -> float:
+    """Share (0..1) of grid ``a``'s RAS bounding box inside grid ``b``'s; ``BridgeError`` naming both boxes
+    (mm) when they do not intersect, a warning when ``warn_partial`` and the share is below 99.9 %."""
+    fraction = grid_overlap_fraction(a, b)
+    if fraction <= 0.0 or not grids_overlap(a, b):
+        raise BridgeError(f"The {what} '{name_a}' and '{name_b}' do not overlap in space: '{name_a}' spans "
+                          f"{describe_bounds(a)}, '{name_b}' spans {describe_bounds(b)} (RAS mm); check that "
+                          "they share a frame of reference (or align them first).")
+    if warn_partial and fraction < 0.999:
+        from ..notices import warn
+
+        warn(f"The {what} overlap only partly: {100.0 * fraction:.1f} % of '{name_a}' ({describe_bounds(a)}) lies "
+             f"within '{name_b}' ({describe_bounds(b)}, RAS mm); results cover the overlap only.")
+    return fraction
+
+
+def grid_bounds_ras(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned RAS bounding box (lo, hi; mm) of a grid's voxels, voxel edges included (needs a shape)."""
+    geometry = geometry.to_space("RAS")
+    k, j, i = (n - 1 for n in geometry.shape_kji)
+    corners = np.array([[x, y, z] for x in (-0.5, i + 0.5) for y in (-0.5, j + 0.5) for z in (-0.5, k + 0.5)])
+    points = geometry.index_to_point(corners)
+    return points.min(axis=0), points.max(axis=0)
+
+
+def describe_bounds(geometry: Geometry) -> str:
+    """'R lo..hi, A lo..hi, S lo..hi' of a grid's RAS bounding box (mm)."""
+    lo, hi = grid_bounds_ras(geometry)
+    return ", ".join(f"{axis} {a:.1f}..{b:.1f}" for axis, a, b in zip("RAS", lo, hi))
+
+
+def grid_overlap_fraction(a: Geometry, b: Geometry) -> float:
+    """Share (0..1) of the RAS bounding box of grid ``a`` that lies inside that of grid ``b``."""
+    (lo_a, hi_a), (lo_b, hi_b) = grid_bounds_ras(a), grid_bounds_ras(b)
+    size = np.maximum(hi_a - lo_a, 1e-9)
+    inside = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None)
+    return float(np.prod(np.minimum(inside / size, 1.0)))
 
 
 def grids_overlap(a: Geometry, b: Geometry) -> bool:
     """True when the axis-aligned RAS bounding boxes of two grids (with shapes) intersect."""
-    boxes = []
-    for geometry in (a.to_space("RAS"), b.to_space("RAS")):
-        k, j, i = (n - 1 for n in geometry.shape_kji)
-        corners = np.array([[x, y, z] for x in (-0.5, i + 0.5) for y in (-0.5, j + 0.5) for z in (-0.5, k + 0.5)])
-        points = geometry.index_to_point(corners)
-        boxes.append((points.min(axis=0), points.max(axis=0)))
-    (lo_a, hi_a), (lo_b, hi_b) = boxes
+    (lo_a, hi_a), (lo_b, hi_b) = grid_bounds_ras(a), grid_bounds_ras(b)
     return bool(np.all(lo_a <= hi_b) and np.all(lo_b <= hi_a))
 
 
@@ -180,7 +214,8 @@ def is_labelmap(node) -> bool:
 
 
 __all__ = [
-    "SCALAR_VOLUME_CLASSES", "array_from_volume", "array_to_sitk", "create_volume", "grids_overlap", "is_labelmap",
+    "SCALAR_VOLUME_CLASSES", "array_from_volume", "array_to_sitk", "create_volume", "describe_bounds",
+    "grid_bounds_ras", "grid_overlap_fraction", "grids_overlap", "is_labelmap", "require_grids_overlap",
     "require_overlap", "require_scalar_volume", "require_volume_extent", "resample_array", "sitk_to_array", "sitk_to_volume", "update_volume",
     "volume_geometry", "volume_to_sitk",
 ]

@@ -1,0 +1,139 @@
+"""Nonsense in, a clear refusal (or a warning) out: option values, single-slice doses, grids apart in space.
+
+Each case runs the ``medai`` command as a user would, on SlicerRT's test doses and structures (or a file
+the test derives from them), and reads the one-line error or the warnings from the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedAICommonLib.cli.main import main
+
+
+def _run(argv, tmp_path, capsys):
+    """Exit code, the report (JSON) and stderr of one ``medai`` run."""
+    report = tmp_path / "report.json"
+    code = main([*argv, "--report", str(report)])
+    return code, json.loads(report.read_text()), capsys.readouterr().err
+
+
+@pytest.fixture
+def slicerrt(shared_data):
+    """SlicerRT's test data folder (doses, structure sets)."""
+    return shared_data / "rt" / "SlicerRT"
+
+
+def _ras_extent(path, axis: int) -> str:
+    """'R lo..hi' (axis 0), 'A ..' or 'S ..' of a volume file's voxel box in RAS mm, computed with SimpleITK."""
+    image = sitk.ReadImage(str(path))
+    size = image.GetSize()
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint((x, y, z))
+                        for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)])
+    values = corners[:, axis] * (-1.0 if axis < 2 else 1.0)          # LPS -> RAS
+    return f"{'RAS'[axis]} {values.min():.1f}..{values.max():.1f}"
+
+
+def _shifted(source, target, shift_mm):
+    """Copy of the volume ``source`` moved by ``shift_mm`` (LPS x, y, z), written to ``target``."""
+    image = sitk.ReadImage(str(source))
+    image.SetOrigin(tuple(np.add(image.GetOrigin(), shift_mm)))
+    sitk.WriteImage(image, str(target))
+    return target
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--dose-grid", "0", "--dose-grid must be a positive number"),
+    ("--dose-grid", "-3", "--dose-grid must be a positive number"),
+    ("--memory-limit-gb", "-4", "--memory-limit-gb must be a positive number"),
+    ("--bixel-width", "0", "--bixel-width must be a positive number"),
+])
+def test_plan_options_out_of_range_are_refused(slicerrt, tmp_path, capsys, option, value, words):
+    """A zero dose grid used to become 3 mm and a negative memory limit passed in silence."""
+    code, report, err = _run(["plan", str(slicerrt / "TinyPatientCT.nrrd"),
+                              str(slicerrt / "TinyPatientStructureSet.seg.vtm"), "--target", "PTV",
+                              "--prescription", "60", "--output-dose", str(tmp_path / "d.nrrd"), f"{option}={value}"],
+                             tmp_path, capsys)
+    assert code == 1
+    assert words in report["error"]
+    assert words in err
+    assert not (tmp_path / "d.nrrd").exists()
+
+
+def test_negative_isodose_levels_are_refused(slicerrt, tmp_path, capsys):
+    code, report, err = _run(["isodose", str(slicerrt / "TinyPatientDose.nrrd"), str(tmp_path / "iso"),
+                              "--levels=-10,50"], tmp_path, capsys)
+    assert code == 1
+    assert "Isodose levels must be positive" in report["error"]
+    assert "-10" in report["error"]
+    assert not (tmp_path / "iso").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--threshold-percent", "150"), ("--threshold-percent", "-5"),
+                                               ("--dta-mm", "0"), ("--dose-percent", "-3")])
+def test_gamma_criteria_out_of_range_are_refused(slicerrt, tmp_path, capsys, option, value):
+    """A 150 % threshold used to print 'pass rate nan %' and exit 0."""
+    dose = str(slicerrt / "TinyPatientDose.nrrd")
+    code, report, err = _run(["gamma", dose, dose, "--device", "cpu", f"{option}={value}"], tmp_path, capsys)
+    assert code == 1
+    assert "out of range" in report["error"]
+    assert value in report["error"]
+    assert "nan" not in err.lower()
+
+
+def _single_slice(source, target):
+    """The middle axial slice of ``source`` as a one-slice volume (same spacing and in-plane origin)."""
+    image = sitk.ReadImage(str(source))
+    k = image.GetSize()[2] // 2
+    sitk.WriteImage(image[:, :, k:k + 1], str(target))
+    return target
+
+
+@pytest.mark.parametrize("command", ["dvh", "gamma", "isodose"])
+def test_single_slice_dose_is_refused_naming_the_file_and_shape(slicerrt, tmp_path, capsys, command):
+    slice_file = _single_slice(slicerrt / "EclipseProstate_Dose.nrrd", tmp_path / "one_slice.nrrd")
+    argv = {"dvh": ["dvh", str(slice_file), str(slicerrt / "EclipseProstate_Structures.seg.vtm")],
+            "gamma": ["gamma", str(slicerrt / "EclipseProstate_Dose.nrrd"), str(slice_file), "--device", "cpu"],
+            "isodose": ["isodose", str(slice_file), str(tmp_path / "iso")]}[command]
+    code, report, _ = _run(argv, tmp_path, capsys)
+    assert code == 1
+    assert str(slice_file) in report["error"]
+    assert "136x86x1" in report["error"]
+    assert "3D dose" in report["error"]
+
+
+def test_gamma_of_doses_apart_in_space_is_refused_with_both_extents(slicerrt, tmp_path, capsys):
+    reference = slicerrt / "TinyPatientDose.nrrd"
+    far = _shifted(reference, tmp_path / "far.nrrd", (1000.0, 0.0, 0.0))
+    code, report, _ = _run(["gamma", str(reference), str(far), "--device", "cpu"], tmp_path, capsys)
+    assert code == 1
+    error = report["error"]
+    assert "do not overlap" in error
+    assert f"'TinyPatientDose' spans {_ras_extent(reference, 0)}" in error     # both boxes, RAS mm
+    assert f"'far' spans {_ras_extent(far, 0)}" in error
+
+
+def test_gamma_of_partly_overlapping_doses_warns_with_the_fraction(slicerrt, tmp_path, capsys):
+    reference = slicerrt / "TinyPatientDose.nrrd"
+    half = _shifted(reference, tmp_path / "half.nrrd", (245.0, 0.0, 0.0))   # 10 voxels of 49 mm: half the box
+    code, report, err = _run(["gamma", str(reference), str(half), "--device", "cpu"], tmp_path, capsys)
+    assert code == 0
+    (warning,) = [w for w in report["warnings"] if "overlap only partly" in w]
+    assert "50.0 %" in warning
+    assert "warning: The reference and evaluated doses overlap only partly" in err
+
+
+def test_dvh_of_structures_apart_from_the_dose_is_refused_with_both_extents(slicerrt, tmp_path, capsys):
+    far = _shifted(slicerrt / "EclipseProstate_Dose.nrrd", tmp_path / "far.nrrd", (0.0, 0.0, 2000.0))
+    code, report, _ = _run(["dvh", str(far), str(slicerrt / "EclipseProstate_Structures.seg.vtm")],
+                           tmp_path, capsys)
+    assert code == 1
+    error = report["error"]
+    assert "overlaps the dose grid" in error
+    assert f"the dose spans {_ras_extent(far, 0)}" in error
+    assert _ras_extent(far, 2) in error
+    assert "the structures span" in error
