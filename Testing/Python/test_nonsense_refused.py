@@ -7,12 +7,21 @@ the test derives from them), and reads the one-line error or the warnings from t
 from __future__ import annotations
 
 import json
+import os
+import pickle
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+from test_seg_bad_models import card_model  # noqa: I001
+from test_seg_inference import threshold_net, write_bundle
 
+from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
+from MedAISegLib.bundle_trust import record_trust
+from MedAISegLib.logic import MedAISegLogic
+from MedAISegLib.model_checks import load_state_dict_file, pickle_code_references
 
 
 def _run(argv, tmp_path, capsys):
@@ -137,3 +146,50 @@ def test_dvh_of_structures_apart_from_the_dose_is_refused_with_both_extents(slic
     assert f"the dose spans {_ras_extent(far, 0)}" in error
     assert _ras_extent(far, 2) in error
     assert "the structures span" in error
+
+
+class _RunsCode:
+    """Pickles as a call of os.system (a shell command that would leave ``marker``); never unpickled here."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+@pytest.mark.parametrize("kind", ["bundle weights", "TorchScript with card"])
+def test_model_file_holding_code_is_named_so_not_corrupt(scene, shared_data, tmp_path, writer, kind):
+    """A pickle that calls os.system used to be reported as 'truncated or corrupt'."""
+    marker = tmp_path / "code_ran"
+    if kind == "bundle weights":
+        model = write_bundle(tmp_path / "bundle")
+        path = model / "models" / "model.pt"
+        record_trust(model)
+    else:
+        model = path = card_model(tmp_path / "card", threshold_net(), inputs=1)
+    payload = {"weight": torch.zeros(2), "hook": _RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        with path.open("wb") as handle:
+            pickle.dump(payload, handle)
+    assert pickle_code_references(path) == [f"{os.system.__module__}.system"]
+    volume = bridge.load_volume(scene, shared_data / "rt" / "SlicerRT" / "TinyPatientCT.nrrd")
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="holds code") as error:
+        MedAISegLogic(scene).segment_with_model([volume], model, device="cpu")
+    message = str(error.value)
+    assert str(path) in message
+    assert f"{os.system.__module__}.system" in message
+    assert "corrupt" not in message
+    assert not marker.exists()
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_plain_weights_name_no_code(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(threshold_net().state_dict(), path)
+    assert pickle_code_references(path) == []
+    assert set(load_state_dict_file(path)) == {"weight", "bias"}
