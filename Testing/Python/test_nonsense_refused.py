@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import torch
 from test_seg_bad_models import card_model  # noqa: I001
 from test_seg_inference import threshold_net, write_bundle
@@ -193,3 +194,34 @@ def test_plain_weights_name_no_code(tmp_path):
     torch.save(threshold_net().state_dict(), path)
     assert pickle_code_references(path) == []
     assert set(load_state_dict_file(path)) == {"weight", "bias"}
+
+
+def _read_table_types(scene, path) -> dict:
+    """{column: VTK array class} of a CSV read back with Slicer's table storage node (types from its schema)."""
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    storage = slicer.vtkMRMLTableStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(table)
+    vtk_table = table.GetTable()
+    return {vtk_table.GetColumn(i).GetName(): vtk_table.GetColumn(i).GetClassName()
+            for i in range(vtk_table.GetNumberOfColumns())}
+
+
+@pytest.mark.parametrize("command", ["lesions", "dvh"])
+def test_tables_are_written_with_their_schema_and_nothing_else(scene, shared_data, tmp_path, capsys, command):
+    """Writing through a temporary name left '.medai-tmp-*.schema.csv' beside every table and no schema."""
+    out = tmp_path / "tables"
+    if command == "lesions":
+        argv = ["lesions", str(shared_data / "segmentation" / "pyradiomics" / "breast1_label.nrrd")]
+        name, numeric = "lesions.csv", "volume_mm3"
+    else:
+        folder = shared_data / "rt" / "SlicerRT"
+        argv = ["dvh", str(folder / "TinyPatientDose.nrrd"), str(folder / "TinyPatientStructureSet.seg.vtm")]
+        name, numeric = "metrics.csv", "Dmean_Gy"
+    code, _, _ = _run([*argv, "--table", str(out / name)], tmp_path, capsys)
+    assert code == 0
+    stem = name[: -len(".csv")]
+    assert sorted(p.name for p in out.iterdir()) == [name, f"{stem}.schema.csv"]
+    types = _read_table_types(scene, out / name)
+    assert types[numeric] == "vtkTypeFloat64Array"

@@ -3,7 +3,8 @@
 Supported: volumes (``.nrrd .nhdr .nii .nii.gz .mha .mhd``), segmentations (``.seg.nrrd`` and
 label maps), transforms (``.h5 .tfm .txt``), markups (``.mrk.json .fcsv``), models
 (``.vtk .vtp .stl .ply .obj``), tables (``.csv .tsv``). Writes are atomic: the storage node
-writes a temporary file beside the target, which is then renamed over it. Only MRML core's storage
+writes into a temporary folder beside the target under the final names (a table's ``.schema.csv``
+stays paired with its ``.csv``), and the files are then renamed into place. Only MRML core's storage
 nodes are used, as PythonSlicer (where workers run) has no other: ``.mrk.json`` files are read and
 written by :mod:`.markups_json` in the format of the Markups module's JSON storage node.
 """
@@ -11,6 +12,7 @@ written by :mod:`.markups_json` in the format of the Markups module's JSON stora
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -194,30 +196,43 @@ def _storage_node_for(node, path):
 
 
 def save_node(node, path, compress: bool = True) -> Path:
-    """Write ``node`` to ``path`` with Slicer's storage node for it, atomically (temp + rename)."""
+    """Write ``node`` to ``path`` with Slicer's storage node for it, atomically.
+
+    The storage node writes into a temporary folder beside ``path`` under the final file names, so the
+    files a storage node pairs by name (a table's ``FILE.schema.csv``, a ``.seg.vtm``'s folder, an
+    ``.nhdr``'s data file) keep their names; each is then renamed into place, the named file last.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".medai-tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    staging = path.parent / f".medai-tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _write_into(node, staging / path.name, compress)
+        written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
+        for item in written:
+            target = path.parent / item.name
+            if item.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _write_into(node, path: Path, compress: bool) -> None:
+    """Write ``node`` to ``path`` with its storage node (or MedAI's .mrk.json writer)."""
     if node.IsA("vtkMRMLMarkupsNode") and not _has_suffix(path, (".fcsv",)):
-        try:  # .mrk.json, written by MedAI's own writer (see load_markups)
-            write_markups_json(node, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        write_markups_json(node, path)  # .mrk.json, written by MedAI's own writer (see load_markups)
+        return
     scene = node.GetScene()
     storage = _storage_node_for(node, path)
     scene.AddNode(storage)
     try:
-        storage.SetFileName(str(tmp))
+        storage.SetFileName(str(path))
         if hasattr(storage, "SetUseCompression"):
             storage.SetUseCompression(1 if compress else 0)
         if not storage.WriteData(node):
-            raise BridgeError(f"Could not write {node.GetName()} to {path}; is the folder writable?")
-        os.replace(tmp, path)
+            raise BridgeError(f"Could not write {node.GetName()} to {path.parent.parent / path.name}; "
+                              "is the folder writable?")
     finally:
-        if tmp.exists():
-            tmp.unlink()
         scene.RemoveNode(storage)
-    return path
