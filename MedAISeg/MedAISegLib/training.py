@@ -7,16 +7,20 @@ bundle uses (:func:`.export.preprocessing_definition`: RAS orientation, resampli
 foreground and background (``RandCropByPosNegLabeld``) and augmented (flips, 90° rotations,
 small affine, intensity scale/shift, Gaussian noise; elastic optional). Loss: Dice +
 cross-entropy; AdamW with a cosine schedule; mixed precision on CUDA. A validation split is
-scored after each epoch with MedAI's sliding window (mean foreground Dice); the best weights are
-kept, training stops early after ``patience`` epochs without improvement, and a checkpoint
+scored after each epoch with MedAI's sliding window (mean foreground Dice, in [0, 1]); the best
+weights are kept, training stops early after ``patience`` epochs without improvement, and a checkpoint
 (``checkpoint.pt``, loadable with ``weights_only=True``) allows ``resume``. Cancel (through a
 :class:`MedAICommonLib.progress.Progress`) stops at the next step and keeps the best model.
 Curves are written as ``training_curves.csv`` and ``.png``.
+
+Without a validation case (one case, two with a small ``val_fraction``, or ``val_fraction`` 0)
+there is no validation Dice: ``val_dice`` is None in the history and the result, a warning says
+so, the best epoch is the one with the lowest training loss (``best_epoch_by``) and the curves
+show the loss only. A loss is never reported as a Dice.
 """
 
 from __future__ import annotations
 
-import csv
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +33,9 @@ import torch
 from .export import build_network, build_transforms, bundle_preprocessing, check_roi, export_bundle, \
     network_definition, preprocessing_definition
 from .sliding_window import sliding_window_inference
+from .training_history import BY_TRAINING_LOSS, BY_VALIDATION_DICE, best_from_history, epoch_message, \
+    improves, no_validation_message, write_curves
+
 
 
 @dataclass
@@ -64,13 +71,15 @@ class TrainingResult:
     network: torch.nn.Module
     definition: dict | None
     labels: dict
-    best_dice: float
+    best_dice: float | None      # validation Dice of the best epoch; None without a validation case
     best_epoch: int
     epochs_run: int
     history: list
     stopped: str
     files: dict
     seconds: float
+    best_loss: float | None = None         # training loss of the best epoch
+    best_epoch_by: str = BY_VALIDATION_DICE   # or BY_TRAINING_LOSS when no case was held out
 
 
 def _to_file(item, folder: Path, name: str) -> str:
@@ -169,33 +178,10 @@ def _validate(network, cases, roi, device, amp, classes) -> float:
             reference = np.rint(case["label"][0].numpy()).astype(np.int64)
             scores.append(np.mean(list(dice_per_class(result.labels, reference, classes).values())))
     network.train()
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def write_curves(history: list, folder) -> dict:
-    """``training_curves.csv`` and ``.png`` (loss and validation Dice per epoch) in ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "training_curves.csv", folder / "training_curves.png"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", "loss", "val_dice", "learning_rate", "seconds"])
-        writer.writeheader()
-        writer.writerows(history)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], label="training loss (Dice+CE)")
-    ax.plot(epochs, [h["val_dice"] for h in history], label="validation Dice")
-    ax.set_xlabel("epoch")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
-    return {"curves_csv": str(csv_path), "curves_png": str(png_path)}
+    dice = float(np.mean(scores))
+    if not 0.0 <= dice <= 1.0:
+        raise RuntimeError(f"Validation Dice {dice} is outside [0, 1]; this is a bug, please report it.")
+    return dice
 
 
 def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
@@ -207,13 +193,15 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     output layer). ``config.cache_dir``: keep the preprocessed cases on disk (MONAI
     ``PersistentDataset``) instead of in memory.
     ``progress``: a ``Progress`` (stage, fraction; cancel keeps the best model); ``on_epoch``:
-    called with each epoch's history row (epoch, loss, val_dice, learning_rate, seconds).
+    called with each epoch's history row (epoch, loss, val_dice (None without a validation case),
+    learning_rate, seconds).
     """
     from monai.data import DataLoader
     from monai.losses import DiceCELoss
     from monai.transforms import Compose
     from monai.utils import set_determinism
 
+    from MedAICommonLib.notices import warn
     from MedAICommonLib.progress import CancelledError
 
     config = config or TrainingConfig()
@@ -260,6 +248,8 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
                                                         normalization=config.normalization, axcodes=config.axcodes))
         train_ds = _dataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), config)
         val_cases = [pre(item) for item in val_items]
+        if not val_cases:
+            warn(no_validation_message(len(items)))
         loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
                             generator=torch.Generator().manual_seed(config.seed))
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
@@ -267,7 +257,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
         use_amp = config.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        history, best_dice, best_epoch, first_epoch = [], -1.0, 0, 1
+        history, best_dice, best_loss, best_epoch, first_epoch = [], None, None, 0, 1
         best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         checkpoint_path = output_dir / "checkpoint.pt"
         if config.resume and checkpoint_path.exists():
@@ -275,7 +265,8 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            best_state, best_dice, best_epoch = state["best_model"], float(state["best_dice"]), int(state["best_epoch"])
+            best_state, best_epoch = state["best_model"], int(state["best_epoch"])
+            best_dice, best_loss = best_from_history(state["history"], best_epoch)
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
         stopped = "epochs"
         classes = list(labels)
@@ -296,22 +287,22 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
                     losses.append(float(loss.detach()))
                 scheduler.step()
                 val_dice = _validate(network, val_cases, config.roi, device, config.amp, classes) if val_cases \
-                    else 1.0 - float(np.mean(losses))
-                row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "val_dice": round(val_dice, 5),
+                    else None
+                row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
+                       "val_dice": None if val_dice is None else round(val_dice, 5),
                        "learning_rate": optimizer.param_groups[0]["lr"],
                        "seconds": round(time.perf_counter() - epoch_start, 3)}
                 history.append(row)
-                if val_dice > best_dice:
-                    best_dice, best_epoch = val_dice, epoch
+                if improves(row, best_dice, best_loss):
+                    best_dice, best_loss, best_epoch = row["val_dice"], row["loss"], epoch
                     best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
                 torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "best_model": best_state, "best_dice": best_dice,
+                            "scheduler": scheduler.state_dict(), "best_model": best_state,
                             "best_epoch": best_epoch, "epoch": epoch, "history": history}, checkpoint_path)
                 if on_epoch is not None:
                     on_epoch(row)
                 if progress is not None:
-                    progress.update(f"epoch {epoch}: loss {row['loss']:.3f}, validation Dice {val_dice:.3f}",
-                                    epoch / config.epochs)
+                    progress.update(epoch_message(row), epoch / config.epochs)
                 if epoch - best_epoch >= config.patience:
                     stopped = "early stop"
                     break
@@ -323,9 +314,10 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         files["checkpoint"] = str(checkpoint_path)
     finally:
         tmp.cleanup()
-    return TrainingResult(network=network, definition=definition, labels=labels, best_dice=round(best_dice, 5),
+    return TrainingResult(network=network, definition=definition, labels=labels, best_dice=best_dice,
                           best_epoch=best_epoch, epochs_run=len(history), history=history, stopped=stopped,
-                          files=files, seconds=round(time.perf_counter() - start, 2))
+                          files=files, seconds=round(time.perf_counter() - start, 2), best_loss=best_loss,
+                          best_epoch_by=BY_VALIDATION_DICE if val_items else BY_TRAINING_LOSS)
 
 
 def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
@@ -343,6 +335,7 @@ def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, in
     result = train(cases, Path(bundle_dir) / "logs", config, init_bundle, device, progress, on_epoch)
     summary = {k: v for k, v in asdict(config).items() if k != "labels"}
     summary.update({"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
+                    "best_epoch_by": result.best_epoch_by, "best_training_loss": result.best_loss,
                     "epochs_run": result.epochs_run, "stopped": result.stopped, "cases": len(cases),
                     "init_model": init_bundle.source if init_bundle is not None else None})
     export_bundle(bundle_dir, result.network, result.definition, result.labels, config.spacing_mm, config.roi,

@@ -24,6 +24,9 @@ from .export import NETWORKS
 from .training import TrainingConfig
 from .training_logic import MedAITrainingLogic
 
+# best_val_dice is null when no case was held out (then best_epoch_by is "training loss")
+TRAINING_METRICS = ("best_val_dice", "best_epoch", "best_epoch_by", "best_training_loss", "epochs_run", "stopped")
+
 
 def register(subparsers, add_common_options) -> None:
     """Add ``train``, ``fine-tune`` and ``export``."""
@@ -112,7 +115,7 @@ def cmd_train(args, report) -> int:
                              progress=Progress(callback))
     report.device = logic.last_info["device"]
     report.outputs.update({"bundle": str(Path(args.output)), **result.files})
-    report.metrics.update({k: logic.last_info[k] for k in ("best_val_dice", "best_epoch", "epochs_run", "stopped")})
+    report.metrics.update({k: logic.last_info[k] for k in TRAINING_METRICS})
     report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
     return 0
 
@@ -132,6 +135,7 @@ def cmd_fine_tune(args, report) -> int:
                                          progress=Progress(callback))
     report.device = logic.last_info.get("device", "")
     report.outputs.update({"bundle": str(Path(args.output)), **result.files})
+    report.metrics.update({k: logic.last_info[k] for k in TRAINING_METRICS})
     report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
     return 0
 

@@ -55,7 +55,8 @@ class MedAITrainingLogic:
         """Train (or fine-tune from ``init_bundle``: a bundle folder or a TorchScript file with a model
         card, see :mod:`.fine_tune`) on pairs of volume and segmentation/label-map nodes and export a
         MONAI bundle to ``bundle_dir`` (recorded as trusted: MedAI wrote its configs). A table node '<bundle> training curves' (epoch,
-        loss, val_dice) is created or updated; ``self.last_info`` has the figures."""
+        loss, and val_dice when a case was held out for validation) is created or updated; ``self.last_info`` has
+        the figures (``best_val_dice`` None and ``best_epoch_by`` 'training loss' without a validation case)."""
         volumes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         labels = list(label_nodes) if isinstance(label_nodes, (list, tuple)) else [label_nodes]
         if not volumes or len(volumes) != len(labels):
@@ -77,9 +78,11 @@ class MedAITrainingLogic:
         progress.update("training", 0.0)
         result = train_and_export(cases, bundle_dir, config, init_bundle=init_model, device=torch_device,
                                   progress=progress, on_epoch=on_epoch, name=Path(bundle_dir).name)
-        columns = {key: [row[key] for row in result.history] for key in ("epoch", "loss", "val_dice")}
+        keys = ("epoch", "loss", "val_dice") if result.best_dice is not None else ("epoch", "loss")
+        columns = {key: [row[key] for row in result.history] for key in keys}
         table = bridge.create_table(self.scene, columns, f"{Path(bundle_dir).name} training curves", node=table_node)
         self.last_info = {"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
+                          "best_epoch_by": result.best_epoch_by, "best_training_loss": result.best_loss,
                           "epochs_run": result.epochs_run, "stopped": result.stopped, "seconds": result.seconds,
                           "device": str(torch_device), "files": result.files, "table": table.GetID()}
         progress.update("done", 1.0)
@@ -94,7 +97,8 @@ class MedAITrainingLogic:
         and :meth:`MedAISegLib.logic.MedAISegLogic.segment_with_model` then run. ``output_dir`` may be
         the bundle ``model_path`` itself (it is read fully before it is overwritten). Segments named
         like a model label keep its value; other segment names extend the label set (new output
-        channels). No validation split: the best epoch is the lowest training loss."""
+        channels). No validation split: the best epoch is the lowest training loss, ``last_info['best_val_dice']``
+        is None (no Dice is claimed) and a 'no validation case' warning is raised."""
         from .fine_tune import load_initial_model
 
         if Path(output_dir).is_file():

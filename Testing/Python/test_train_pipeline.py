@@ -40,12 +40,21 @@ DARK = {"contrast": (-120.0, -60.0)}
 def trust_store(tmp_path_factory):
     """A private bundle trust store: the bundles exported here are trusted by the export itself."""
     previous = os.environ.get("MEDAI_TRUST_STORE")
-    os.environ["MEDAI_TRUST_STORE"] = str(tmp_path_factory.mktemp("trust") / "trusted_bundles.json")
-    yield
+    store = tmp_path_factory.mktemp("trust") / "trusted_bundles.json"
+    os.environ["MEDAI_TRUST_STORE"] = str(store)
+    yield store
     if previous is None:
         os.environ.pop("MEDAI_TRUST_STORE", None)
     else:
         os.environ["MEDAI_TRUST_STORE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def isolated_trust_store(trust_store, monkeypatch):
+    """This module's store for every test (instead of conftest's per-test one), so the module's trained
+    bundle stays trusted in the tests that run it; still never the user's store."""
+    monkeypatch.setenv("MEDAI_TRUST_STORE", str(trust_store))
+    return trust_store
 
 
 @pytest.fixture(autouse=True)
@@ -332,6 +341,8 @@ def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
     first = train(cases, tmp_path, config, progress=progress, on_epoch=stop_after_two)
     assert first.stopped == "cancelled"
     assert first.epochs_run == 2
+    assert first.best_epoch_by == "validation Dice"
+    assert all(0.0 <= r["val_dice"] <= 1.0 for r in first.history)      # a Dice, never 1 - loss
     assert first.best_dice == max(r["val_dice"] for r in first.history)
     config.resume = True
     second = train(cases, tmp_path, config)
@@ -339,6 +350,59 @@ def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
     assert second.history[:2] == first.history
     checkpoint = torch.load(str(tmp_path / "checkpoint.pt"), weights_only=True)
     assert checkpoint["epoch"] == 4
+
+
+def test_one_case_reports_no_validation_dice_and_picks_the_lowest_loss(tmp_path, capsys):
+    """Issue 14: with a single case nothing is held out, so there is no validation Dice (it used to
+    report 1 - loss, e.g. -0.80); the best epoch is the lowest training loss, and the run says so."""
+    images, labels = write_phantom_cases(tmp_path / "cases", [0])
+    report_path = tmp_path / "one.json"
+    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(tmp_path / "one"), "--epochs",
+                 "3", "--spacing", "2", "2", "2", "--roi", "16", "16", "16", "--features", "4", "--no-augment",
+                 "--device", "cpu", "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    metrics = report["metrics"]
+    assert metrics["best_val_dice"] is None
+    assert metrics["best_epoch_by"] == "training loss"
+    with open(tmp_path / "one" / "logs" / "training_curves.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["val_dice"] for r in rows] == ["", "", ""]
+    losses = [float(r["loss"]) for r in rows]
+    assert metrics["best_epoch"] == 1 + int(np.argmin(losses))
+    assert metrics["best_training_loss"] == pytest.approx(min(losses))
+    assert any(w.startswith("no validation case") for w in report["warnings"])
+    assert "medai train: warning: no validation case" in capsys.readouterr().err
+    training = json.loads((tmp_path / "one" / "configs" / "metadata.json").read_text())["medai"]["training"]
+    assert training["best_val_dice"] is None
+    assert training["best_epoch_by"] == "training loss"
+
+
+def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
+    """"Fine-tune on this case" has no held-out case either: the same honest figures, and a table without Dice."""
+    cases = make_phantom_cases([0])
+    config = TrainingConfig(features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2, samples_per_case=1,
+                            augment=False)
+    with pytest.warns(UserWarning, match="no validation case"):
+        first = train_and_export(cases, tmp_path / "model", config)
+    image, truth = cases[0]
+    volume = bridge.sitk_to_volume(image, scene, "case")
+    labels, geometry = bridge.sitk_to_array(truth)
+    seg = bridge.create_segmentation(scene, labels, geometry, [bridge.SegmentInfo(1, "label 1")], "case seg")
+    logic = MedAITrainingLogic(scene)
+    messages = []
+    with pytest.warns(UserWarning, match="no validation case"):
+        result = logic.fine_tune_on_case(volume, seg, tmp_path / "model", tmp_path / "tuned", epochs=2, device="cpu",
+                                         progress=Progress(lambda text, fraction: messages.append(text)))
+    epochs = [m for m in messages if m.startswith("epoch")]
+    assert epochs == [f"epoch {r['epoch']}: training loss {r['loss']:.3f} (no validation case)" for r in result.history]
+    assert first.best_dice is None
+    assert result.best_dice is None
+    assert logic.last_info["best_val_dice"] is None
+    assert logic.last_info["best_epoch_by"] == "training loss"
+    assert logic.last_info["best_training_loss"] == min(r["loss"] for r in result.history)
+    table = scene.GetNodeByID(logic.last_info["table"])
+    columns = [table.GetTable().GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())]
+    assert columns == ["epoch", "loss"]
 
 
 def test_same_seed_same_training(tmp_path):
