@@ -20,6 +20,7 @@ import torch
 from MedAICommonLib.geometry import Geometry
 
 from .beams import Beam, voxel_points_lps
+from .iso_plane_cells import IsoPlaneCells, iso_plane_projection, near_ray_lattice, search_half_width
 from .matrad_io import PhotonMachine
 from .memory_estimate import available_memory_bytes
 from .pencil_beam import convolve_kernels, depth_components, interpolate_kernels, iso_lateral_offsets
@@ -151,11 +152,9 @@ def _separable_trilinear(dose: np.ndarray, axes, shape_kji) -> np.ndarray:
 
 
 def _near_rays(u: np.ndarray, v: np.ndarray, ray_pos: np.ndarray, width: float, cutoff: float) -> np.ndarray:
-    """Points (iso-plane u, v) within about ``cutoff`` of some ray: a superset, by a dilated ray lattice."""
-    lattice = np.round(ray_pos / width).astype(int)
-    r = int(np.ceil(cutoff / width)) + 2
-    lo = lattice.min(axis=0) - r
-    shape = lattice.max(axis=0) - lo + r + 1
+    """Points (iso-plane u, v) within about ``cutoff`` of some ray: a superset, by a dilated ray lattice
+    (:func:`iso_plane_cells.near_ray_lattice`)."""
+    lattice, lo, r, shape = near_ray_lattice(ray_pos, width, cutoff)
     grid = np.zeros(shape, bool)
     grid[lattice[:, 0] - lo[0], lattice[:, 1] - lo[1]] = True
     from scipy import ndimage
@@ -265,20 +264,14 @@ def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, s
     from .dose_kernels import column_upper_bounds, pencil_beam_columns
 
     rp = np.asarray(beam.ray_pos, float)
-    cw = float(beam.bixel_width)
-    u0, v0 = float(u.min()), float(v.min())
-    cu = np.floor((u - u0) / cw).astype(np.int64)
-    cv = np.floor((v - v0) / cw).astype(np.int64)
-    ncu, ncv = int(cu.max()) + 1, int(cv.max()) + 1
-    cell = cv * ncu + cu
+    cells = IsoPlaneCells.covering(u, v, beam.bixel_width)       # the binning the memory estimate counts
+    ncu, ncv, cw, u0, v0 = cells.ncu, cells.ncv, cells.width, cells.u0, cells.v0
+    cell = cells.cell_of(u, v)
     order = np.argsort(cell, kind="stable")
-    cell_start = np.zeros(ncu * ncv + 1, np.int64)
-    np.cumsum(np.bincount(cell, minlength=ncu * ncv), out=cell_start[1:])
-    half = cutoff * 1.05 + 1.0
-    lo_u = np.floor((rp[:, 0] - half - u0) / cw).astype(np.int64)
-    hi_u = np.floor((rp[:, 0] + half - u0) / cw).astype(np.int64)
-    lo_v = np.floor((rp[:, 1] - half - v0) / cw).astype(np.int64)
-    hi_v = np.floor((rp[:, 1] + half - v0) / cw).astype(np.int64)
+    cell_start = np.zeros(cells.count + 1, np.int64)
+    np.cumsum(np.bincount(cell, minlength=cells.count), out=cell_start[1:])
+    half = search_half_width(cutoff)
+    lo_u, hi_u, lo_v, hi_v = cells.bixel_rectangles(rp, half)
     bounds = column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v)
     offsets = np.zeros(len(rp) + 1, np.int64)
     np.cumsum(bounds, out=offsets[1:])
@@ -374,9 +367,7 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
         source = beam.source
         rot = beam.rotation
         cutoff = lateral_cutoff_mm + beam.bixel_width / np.sqrt(2.0)
-        q_all = (pts_all - source) @ rot
-        u = q_all[:, 0] * sad / q_all[:, 1]
-        v = q_all[:, 2] * sad / q_all[:, 1]
+        q_all, u, v = iso_plane_projection(pts_all, beam)
         rp = beam.ray_pos
         near = _near_rays(u, v, rp, beam.bixel_width, cutoff)
         cand = np.flatnonzero(near)

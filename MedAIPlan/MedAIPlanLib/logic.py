@@ -24,13 +24,14 @@ from MedAICommonLib.runtime import get_scene
 from . import dose_volume
 from .beam_angles import select_beams_greedy
 from .beams import make_beams
+from .bixel_width import check_bixel_width
 from .ct_grid import ct_factor, exclusive_ct_masks
 from .dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
 from .dose_metrics import mask_metrics
 from .fluence import Objective, exclusive_voxels, optimise_fluence
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
-from .memory_estimate import available_memory_bytes
+from .memory_estimate import available_memory_bytes, explains_memory_errors, refusal_message
 from .memory_estimate import estimate_plan_memory as estimate_memory
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
@@ -82,6 +83,7 @@ class MedAIPlanLogic:
         self._machine = None
         self.last_info: dict = {}
         self.matrad_structures: dict = {}
+        self.memory_estimate: dict | None = None      # of the run in progress (for an out-of-memory message)
 
     # --- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -163,30 +165,26 @@ class MedAIPlanLogic:
 
     def _check_memory(self, geometry, masks, density, beams, dose_grid_mm, bixel_width_mm, memory_limit_gb,
                       auto_dose_grid, progress):
-        """Dose grid to use (the requested one, or a coarser one when allowed) so that the plan fits."""
+        """Dose grid to use (the requested one, or a coarser one when allowed) so that the plan fits; a bixel
+        width the engine cannot represent (:mod:`bixel_width`) is refused, with the estimate beside the reason."""
+        width_refusal = check_bixel_width(bixel_width_mm, geometry.spacing, self.machine.penumbra_fwhm)
         limit = memory_limit_gb * 1024 ** 3 if memory_limit_gb else available_memory_bytes()
-        if not limit:
+        if not limit and not width_refusal:
             return dose_grid_mm, None
         progress.update("estimating memory", 0.04)
-        grid = dose_grid_mm
-        est = self._memory(geometry, masks, density, beams, grid)
-        requested = est
-        while est.total > limit and auto_dose_grid:
+        grid, est = dose_grid_mm, self._memory(geometry, masks, density, beams, dose_grid_mm)
+        requested, self.memory_estimate = est, est.as_dict()
+        while not width_refusal and est.total > limit and auto_dose_grid:
             current = grid if grid is not None else max(geometry.spacing)
             if current >= 10.0:
                 break
             grid = min(10.0, round(current * 1.5, 2))
             est = self._memory(geometry, masks, density, beams, grid)
-        if est.total > limit:
-            g = requested.as_dict()
-            raise ValueError(
-                f"The plan needs about {g['total_GiB']:.1f} GiB ({g['voxel_bixel_pairs']:,} voxel-bixel pairs: "
-                f"dose-influence matrix {g['dij_matrix_GiB']:.1f} GiB, ray tracing {g['ray_tracing_GiB']:.1f} GiB, "
-                f"CT volumes {g['ct_volumes_GiB']:.1f} GiB) but only {limit / 1024 ** 3:.1f} GiB are available; "
-                f"use a coarser dose grid (now {dose_grid_mm or 'the CT grid'} mm, e.g. --dose-grid 5), wider "
-                f"bixels (now {bixel_width_mm:g} mm) or fewer beams ({len(beams)}), or allow a coarser dose grid "
-                "automatically.")
-        return grid, est.as_dict()
+        if width_refusal or est.total > limit:
+            raise ValueError(refusal_message(requested, limit, bixel_width_mm, dose_grid_mm, len(beams),
+                                             bool(memory_limit_gb), reason=width_refusal))
+        self.memory_estimate = est.as_dict()
+        return grid, self.memory_estimate
 
     def estimate_plan_memory(self, ct_node, segmentation_node, target: str, gantry_angles=TG119_ANGLES,
                              couch_angles=None, bixel_width_mm: float = 5.0, dose_grid_mm=5.0, isocenter_lps=None,
@@ -243,6 +241,7 @@ class MedAIPlanLogic:
                 bridge.remove_nodes(self.scene, [single])
 
     # --- dose -------------------------------------------------------------------------------
+    @explains_memory_errors
     def compute_dose(self, ct_node, segmentation_node, target: str, gantry_angles=TG119_ANGLES, couch_angles=None,
                      bixel_width_mm: float = 5.0, weights=None, beam_weights=None, prescription_gy=None,
                      fractions: int = 1, dose_grid_mm=None, isocenter_lps=None, margin_mm: float = 0.0,
@@ -316,6 +315,7 @@ class MedAIPlanLogic:
                 "IsocenterLPS": ",".join(f"{v:.2f}" for v in beams[0].isocenter)}
 
     # --- plan -------------------------------------------------------------------------------
+    @explains_memory_errors
     def plan(self, ct_node, segmentation_node, target: str, prescription_gy: float, fractions: int = 1,
              gantry_angles=TG119_ANGLES, couch_angles=None, bixel_width_mm: float = 5.0, dose_grid_mm=3.0,
              objectives: list[Objective] | None = None, select_beams: int | None = None, isocenter_lps=None,

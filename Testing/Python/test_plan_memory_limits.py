@@ -1,0 +1,139 @@
+"""Issue 14: a plan too large or too fine for the pencil-beam engine is refused up front, with numbers.
+
+On TG119 (pyRadPlan), ``--bixel-width 0.01`` used to run 77 s, peak at 12.9 GB and end in a bare
+``MemoryError`` (the estimate itself binned the iso plane in 0.01 mm cells). Now the estimate stays
+small and fast at any width, a bixel under 1 mm is refused as meaningless for a 6 MV beam, and the
+estimate is checked against the peak memory a real plan takes.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MedAICommonLib.cli.main import main
+from MedAIPlanLib.beams import make_beams
+from MedAIPlanLib.bixel_width import MIN_BIXEL_WIDTH_MM, check_bixel_width
+from MedAIPlanLib.dose_influence import make_dose_grid, resample_nearest
+from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
+from MedAIPlanLib.matrad_io import load_matrad_patient, load_photon_machine
+from MedAIPlanLib.memory_estimate import estimate_plan_memory
+from MedAIPlanLib.pencil_beam import convolve_kernels
+
+GIB = 1024 ** 3
+
+
+@pytest.fixture
+def _machine(request, monkeypatch):
+    """The photon base data shipped with the module, else the shared data folder's."""
+    import MedAIPlanLib
+
+    bundled = Path(MedAIPlanLib.__file__).resolve().parents[1] / "Resources" / "photons_Generic.mat"
+    if not bundled.is_file():
+        shared_data = request.getfixturevalue("shared_data")
+        monkeypatch.setenv("MEDAI_PHOTON_MACHINE", str(shared_data / "rt" / "matRad" / "photons_Generic.mat"))
+
+
+@pytest.fixture(scope="module")
+def tg119(shared_data):
+    return shared_data / "rt" / "pyRadPlan" / "TG119.mat"
+
+
+@pytest.mark.usefixtures("_machine")
+def test_cli_refuses_a_hundredth_of_a_millimetre_bixel_at_once_with_the_estimate(tg119, tmp_path, capsys):
+    out = tmp_path / "dose.nrrd"
+    t0 = time.perf_counter()
+    code = main(["plan", "--matrad", str(tg119), "--target", "OuterTarget", "--prescription", "50",
+                 "--bixel-width", "0.01", "--output-dose", str(out)])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert seconds < 20.0, seconds            # ~3 s on an idle CPU (load, beams, estimate); it was 77 s
+    line = next(x for x in err.splitlines() if x.startswith("medai plan: error:"))
+    assert "GiB" in line
+    for option in ("--bixel-width", "--dose-grid", "--memory-limit-gb"):
+        assert option in line, line
+    assert "below the 1 mm" in line
+    assert not out.exists()
+
+
+def test_estimate_stays_small_and_fast_at_any_bixel_width(tg119):
+    """The estimate's own binning is capped: 0.01 mm bixels cost it no more than 5 mm ones."""
+    patient = load_matrad_patient(tg119)
+    geometry = patient.geometry.to_space("LPS")
+    target = next(s for s in patient.structures if s.name == "OuterTarget")
+    body = np.zeros(patient.hu.shape, bool)
+    for s in patient.structures:
+        body |= s.mask
+    dose_grid = make_dose_grid(geometry, 3.0)
+    body_d = resample_nearest(body, geometry, dose_grid)
+    results = {}
+    for width in (5.0, 0.01):
+        beams = make_beams(target.mask, geometry, [0.0, 51.0, 102.0], bixel_width=width)
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        results[width] = estimate_plan_memory(geometry, dose_grid, body_d, beams, len(patient.structures))
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 256 * 1024 ** 2, (width, peak)       # it took > 12 GiB at 0.01 mm before
+        assert seconds < 10.0, (width, seconds)
+    fine, coarse = results[0.01], results[5.0]
+    # bixels sit on projected target voxel centres: 0.01 mm gives ~one per target voxel (7458), 5 mm ~250
+    assert fine.pairs > 20 * coarse.pairs
+    # the engine's per-beam binning at 0.01 mm (cells of 0.01 mm over the body's projection) is priced too
+    assert fine.engine_working > 5 * GIB > coarse.engine_working
+
+
+def test_bixel_width_limits_name_the_reason(tmp_path):
+    machine = load_photon_machine(default_machine_path())
+    # why 1 mm: the aperture is sampled every 0.5 mm, so a 0.3 mm bixel has no sample and zero dose
+    assert float(convolve_kernels(machine, 1000.0, 0.3).values.abs().max()) == 0.0
+    assert float(convolve_kernels(machine, 1.0 * MIN_BIXEL_WIDTH_MM, 1.0).values.max()) > 0.0
+    reason = check_bixel_width(0.3, (3.0, 3.0, 2.5), machine.penumbra_fwhm)
+    assert "--bixel-width 0.3 mm is below the 1 mm" in reason
+    assert "no aperture sample" in reason
+    assert f"{machine.penumbra_fwhm:g} mm penumbra" in reason
+    with pytest.warns(UserWarning, match="finer than the CT voxels"):
+        assert check_bixel_width(2.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm) is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_bixel_width(5.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm) is None
+
+
+def _peak_rss_since_reset() -> tuple[int, int]:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+
+
+@pytest.mark.usefixtures("_machine")
+def test_estimate_bounds_the_measured_peak_of_a_real_plan(tg119, scene):
+    """TG119, 5 beams, 5 mm bixels, 6 mm dose grid: the process's peak RSS over the plan (VmHWM reset
+    through /proc/self/clear_refs) is below the estimate, and the estimate is within 5x of it (measured:
+    est 0.74 GiB, peak 0.2 GiB; the estimate counts all pairs within the cut-off, dij sampling keeps half)."""
+    clear_refs = Path("/proc/self/clear_refs")
+    try:
+        clear_refs.write_text("5")
+    except OSError:
+        pytest.skip("peak RSS cannot be reset here (/proc/self/clear_refs, Linux only)")
+    logic = MedAIPlanLogic(scene)
+    ct, seg = logic.load_matrad(tg119)
+    angles = [0.0, 72.0, 144.0, 216.0, 288.0]
+    logic.plan(ct, seg, "OuterTarget", 60.0, gantry_angles=[0.0], bixel_width_mm=10.0, dose_grid_mm=10.0,
+               max_iter=2, device="cpu")           # compiles the engine's kernels: a one-off, outside the count
+    estimate = logic.estimate_plan_memory(ct, seg, "OuterTarget", gantry_angles=angles, bixel_width_mm=5.0,
+                                          dose_grid_mm=6.0)["total_GiB"] * GIB
+    clear_refs.write_text("5")
+    before, _ = _peak_rss_since_reset()
+    logic.plan(ct, seg, "OuterTarget", 60.0, gantry_angles=angles, bixel_width_mm=5.0, dose_grid_mm=6.0,
+               max_iter=20, device="cpu")
+    _, peak = _peak_rss_since_reset()
+    measured = peak - before
+    assert logic.last_info["memory_estimate"]["total_GiB"] * GIB == pytest.approx(estimate, rel=0.01)
+    assert measured < estimate < 5 * measured, (measured / GIB, estimate / GIB)
