@@ -55,6 +55,8 @@ def _add_shared(p) -> None:
     p.add_argument("--hlut", help="HU to electron density table (.hlut or .csv)")
     p.add_argument("--output-dose", required=True, metavar="D.nrrd", help="dose volume file (Gy)")
     p.add_argument("--output-segmentation", metavar="S.seg.nrrd", help="also write the structures")
+    p.add_argument("--output-ct", metavar="CT.nrrd",
+                   help="also write the CT (HU) the dose was computed on, e.g. the CT inside a --matrad file")
     p.add_argument("--per-beam-dir", metavar="DIR", help="also write each beam's dose into DIR")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--memory-limit-gb", type=float,
@@ -118,9 +120,11 @@ def _common_kwargs(args):
             "auto_dose_grid": bool(args.auto_dose_grid)}
 
 
-def _finish(scene, logic, args, report, dose_node, seg_node) -> int:
+def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> int:
     with report.timed("save"):
         report.outputs["dose"] = str(bridge.save_node(dose_node, args.output_dose))
+        if args.output_ct and ct_node is not None:
+            report.outputs["ct"] = str(bridge.save_node(ct_node, args.output_ct))
         if args.output_segmentation:
             report.outputs["segmentation"] = str(bridge.save_node(seg_node, args.output_segmentation))
         if args.per_beam_dir:
@@ -165,7 +169,7 @@ def cmd_dose(args, report) -> int:
                                   beam_weights=_numbers(args.beam_weights, "--beam-weights"),
                                   prescription_gy=args.prescription, dose_grid_mm=args.dose_grid,
                                   progress=Progress(callback), **kwargs)
-    return _finish(scene, logic, args, report, dose, seg)
+    return _finish(scene, logic, args, report, dose, seg, ct)
 
 
 def _objectives(args, logic, target):
@@ -207,7 +211,7 @@ def cmd_plan(args, report) -> int:
         dose = logic.plan(ct, seg, args.target, args.prescription, dose_grid_mm=dose_grid,
                           objectives=objectives, select_beams=args.select_beams, max_iter=args.iterations,
                           priorities=priorities, progress=Progress(callback), **kwargs)
-    return _finish(scene, logic, args, report, dose, seg)
+    return _finish(scene, logic, args, report, dose, seg, ct)
 
 
 def cmd_download_base_data(args, report) -> int:
