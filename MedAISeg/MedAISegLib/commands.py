@@ -67,6 +67,9 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("reference", help="reference segmentation (.seg.nrrd) or label map")
     p.add_argument("prediction", help="segmentation (.seg.nrrd) or label map to evaluate")
     p.add_argument("--table", help="also write the metrics table (.csv)")
+    p.add_argument("--label-names", metavar="MAP",
+                   help="names of a label map's values, '1=spleen,2=kidney_right' or a file of 'value name' lines "
+                   "(a Slicer color table works); segments are paired by name only")
     add_common_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -92,8 +95,27 @@ def _load_input(scene, path):
     return bridge.load_volume(scene, path)
 
 
-def _load_segmentation(scene, path):
-    return bridge.load_segmentation(scene, path)
+def _load_segmentation(scene, path, label_names: dict | None = None):
+    return bridge.load_segmentation(scene, path, segment_names=label_names)
+
+
+def label_names(text: str | None) -> dict[int, str] | None:
+    """``{value: name}`` from '1=spleen,2=kidney_right' or a file of 'value name ...' lines ('#' comments)."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        pairs = [line.split()[:2] for line in path.read_text().splitlines() if line.strip() and line[0] != "#"]
+    else:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    try:
+        names = {int(value): name.strip() for value, name in pairs}
+    except ValueError as error:
+        raise ValueError(f"--label-names needs 'value=name' pairs separated by commas or a file of 'value name' "
+                         f"lines, got {text!r}.") from error
+    if not names or not all(names.values()):
+        raise ValueError(f"--label-names gives no name for some value: {text!r}.")
+    return names
 
 
 def _finite(value):
@@ -203,9 +225,11 @@ def cmd_evaluate(args, report) -> int:
     """``medai evaluate REFERENCE PREDICTION``: per-segment metrics in the report (by segment name)."""
     scene = get_scene()
     report.inputs.update({"reference": str(args.reference), "prediction": str(args.prediction)})
+    names = label_names(args.label_names)
+    report.parameters["label_names"] = names
     with report.timed("load"):
-        reference = _load_segmentation(scene, args.reference)
-        prediction = _load_segmentation(scene, args.prediction)
+        reference = _load_segmentation(scene, args.reference, names)
+        prediction = _load_segmentation(scene, args.prediction, names)
     logic = MedAISegLogic(scene)
     with report.timed("evaluate"):
         table = logic.evaluate(reference, prediction)

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from MedAICommonLib import notices
 from MedAICommonLib.geometry import Geometry
 
 METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "sensitivity", "specificity",
@@ -68,20 +69,34 @@ def binary_metrics(prediction: np.ndarray, reference: np.ndarray, spacing, perce
     }
 
 
+def _listed(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+
+
 def match_segments(reference_segments: dict, prediction_segments: dict) -> list[tuple[str, int, int]]:
-    """Pair segments given as ``{label value: name}``: by name (case-insensitive) first, then by
-    label value for the remaining ones. Returns ``(reference name, reference label, prediction label)``;
-    reference segments with no partner get prediction label 0 (an empty prediction)."""
-    by_name = {str(n).lower(): v for v, n in prediction_segments.items()}
-    named = {ref: by_name.get(str(name).lower()) for ref, name in reference_segments.items()}
-    used = {v for v in named.values() if v is not None}
-    pairs = []
-    for value, name in reference_segments.items():
-        match = named[value]
-        if match is None and value in prediction_segments and value not in used:
-            match = value
-            used.add(value)
-        pairs.append((str(name), int(value), int(match) if match is not None else 0))
+    """Pair segments given as ``{label value: name}`` by name only (case-insensitive, spaces trimmed): a
+    named segmentation is never paired with a label map's numbers by order or value. Returns
+    ``(reference name, reference label, prediction label)``; a reference segment with no partner gets
+    prediction label 0 (an empty prediction). Unmatched names on either side are a warning; no match at
+    all is a ``ValueError`` listing both name sets and how to map them."""
+    def key(name) -> str:
+        return str(name).strip().lower()
+
+    by_name = {key(n): v for v, n in prediction_segments.items()}
+    pairs = [(str(name), int(value), int(by_name.get(key(name), 0))) for value, name in reference_segments.items()]
+    if reference_segments and prediction_segments and not any(p for _, _, p in pairs):
+        raise ValueError(
+            f"No segment of the prediction has the name of a reference segment: the reference has "
+            f"{_listed(reference_segments.values())}; the prediction has {_listed(prediction_segments.values())}. "
+            "Segments are paired by name only; name a label map's values (medai evaluate --label-names "
+            "'1=spleen,2=kidney_right' or a file of 'value name' lines), or rename the segments so they match.")
+    missing = [name for name, _, p in pairs if not p]
+    extra = [n for n in prediction_segments.values() if key(n) not in {key(r) for r in reference_segments.values()}]
+    if missing or extra:
+        notices.warn(f"Segments paired by name only: reference segment(s) without a prediction of the same name "
+                     f"(scored against an empty prediction): {_listed(missing) or 'none'}; prediction segment(s) "
+                     f"not in the reference (ignored): {_listed(extra) or 'none'}.")
     return pairs
 
 
@@ -90,8 +105,9 @@ def evaluate_labelmaps(reference: np.ndarray, reference_geometry: Geometry, pred
                        prediction_segments: dict | None = None, percentile: float = 95.0) -> dict:
     """Per-segment metrics ``{reference segment name: {metric: value}}`` (see :data:`METRICS`).
 
-    Segments are ``{label value: name}`` (default: the values themselves as names). The prediction
-    is resampled onto the reference grid in physical space when the grids differ.
+    Segments are ``{label value: name}`` (default: the values themselves as names), paired by name only
+    (:func:`match_segments`). The prediction is resampled onto the reference grid in physical space when
+    the grids differ.
     """
     reference_geometry = reference_geometry.with_shape(reference.shape)
     prediction_geometry = prediction_geometry.with_shape(prediction.shape)

@@ -16,6 +16,7 @@ import numpy as np
 
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
+from MedAICommonLib.bridge.volumes import require_grids_overlap
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
@@ -333,8 +334,9 @@ class MedAISegLogic:
     # --- evaluation ------------------------------------------------------------------------
     def evaluate(self, reference_node, prediction_node, table_node=None, percentile: float = 95.0, progress=None):
         """Per reference segment: Dice, Jaccard, HD95, ASD (mm), sensitivity, specificity and volumes,
-        into a table node '<prediction> evaluation'; segments are matched by name, then by label
-        value; the prediction is compared on the reference's grid in physical space.
+        into a table node '<prediction> evaluation'; segments are paired by name only (a label map's
+        values are names '1', '2', ... unless named when loaded); the prediction is compared on the
+        reference's grid in physical space. Grids apart in space are refused, a partial overlap warned.
         ``self.last_info['metrics']`` holds ``{segment name: {metric: value}}``."""
         bridge.require_segmentation(reference_node, "reference segmentation")
         bridge.require_segmentation(prediction_node, "predicted segmentation")
@@ -342,6 +344,9 @@ class MedAISegLogic:
         ref, ref_geometry, ref_infos = bridge.labelmap_from_segmentation(reference_node)
         progress.update("reading", 0.2)
         pred, pred_geometry, pred_infos = bridge.labelmap_from_segmentation(prediction_node)
+        require_grids_overlap(ref_geometry.with_shape(ref.shape), pred_geometry.with_shape(pred.shape),
+                              reference_node.GetName(), prediction_node.GetName(),
+                              "reference and predicted segmentations")
         progress.update("metrics", 0.4)
         metrics = evaluate_labelmaps(ref, ref_geometry, pred, pred_geometry,
                                      {i.label: i.name for i in ref_infos}, {i.label: i.name for i in pred_infos},

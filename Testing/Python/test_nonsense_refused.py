@@ -225,3 +225,55 @@ def test_tables_are_written_with_their_schema_and_nothing_else(scene, shared_dat
     assert sorted(p.name for p in out.iterdir()) == [name, f"{stem}.schema.csv"]
     types = _read_table_types(scene, out / name)
     assert types[numeric] == "vtkTypeFloat64Array"
+
+
+@pytest.fixture
+def named_reference(scene, shared_data, tmp_path):
+    """TotalSegmentator's liver (label 5) and spleen (label 1), saved as named segments in that order."""
+    labels, geometry = bridge.array_from_volume(
+        bridge.load_volume(scene, shared_data / "segmentation" / "totalsegmentator" / "example_seg.nii.gz"))
+    node = bridge.create_segmentation_from_masks(scene, {"liver": labels == 5, "spleen": labels == 1}, geometry,
+                                                 "named reference")
+    return bridge.save_node(node, tmp_path / "named_reference.seg.nrrd"), labels
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_evaluate_never_pairs_named_segments_with_label_numbers(named_reference, shared_data, tmp_path, capsys):
+    """Named 'liver' (first segment) used to be scored against label 1 of the label map, the spleen."""
+    reference, _ = named_reference
+    prediction = shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz"
+    code, report, _ = _run(["evaluate", str(reference), str(prediction)], tmp_path, capsys)
+    assert code == 1
+    assert "the reference has liver, spleen" in report["error"]
+    assert "the prediction has 1, 2, 3" in report["error"]
+    assert "--label-names" in report["error"]
+
+
+def test_evaluate_pairs_by_the_names_given_to_label_values(named_reference, shared_data, tmp_path, capsys):
+    reference, labels = named_reference
+    prediction = shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz"
+    fast = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction)))          # same grid, KJI
+    code, report, _ = _run(["evaluate", str(reference), str(prediction), "--label-names", "1=spleen,5=liver"],
+                           tmp_path, capsys)
+    assert code == 0
+    segments = report["metrics"]["segments"]
+    assert segments["liver"]["prediction_label"] == 5
+    assert segments["spleen"]["prediction_label"] == 1
+    assert segments["liver"]["dice"] == pytest.approx(_dice(labels == 5, fast == 5), abs=1e-9)
+    assert segments["spleen"]["dice"] == pytest.approx(_dice(labels == 1, fast == 1), abs=1e-9)
+    (warning,) = [w for w in report["warnings"] if "paired by name only" in w]
+    assert "not in the reference (ignored): 2, 3, 4" in warning
+
+
+def test_evaluate_of_segmentations_apart_in_space_is_refused(named_reference, shared_data, tmp_path, capsys):
+    reference, _ = named_reference
+    far = _shifted(shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
+                   tmp_path / "far.nii.gz", (0.0, 0.0, 1000.0))
+    code, report, _ = _run(["evaluate", str(reference), str(far), "--label-names", "1=spleen,5=liver"],
+                           tmp_path, capsys)
+    assert code == 1
+    assert "do not overlap" in report["error"]
+    assert f"'far' spans {_ras_extent(far, 0)}, {_ras_extent(far, 1)}, {_ras_extent(far, 2)}" in report["error"]

@@ -7,6 +7,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from MedAICommonLib.geometry import Geometry
+from MedAICommonLib.notices import MedAIWarning
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAISegLib import postprocess
 from MedAISegLib.evaluation import binary_metrics, evaluate_labelmaps, match_segments
@@ -77,10 +78,15 @@ def test_different_grids_are_compared_in_physical_space(totalseg_pair):
     assert moved["liver"]["dice"] < 0.95
 
 
-def test_segments_matched_by_name_then_value():
-    pairs = match_segments({1: "liver", 2: "spleen", 3: "aorta"}, {7: "Liver", 2: "kidney", 3: "other"})
-    assert pairs == [("liver", 1, 7), ("spleen", 2, 2), ("aorta", 3, 3)]
-    assert match_segments({1: "a"}, {2: "b"}) == [("a", 1, 0)]
+def test_segments_matched_by_name_only():
+    """Never by label value or order (issue 14): 'spleen' is not scored against the prediction's 'kidney'."""
+    with pytest.warns(MedAIWarning, match="without a prediction of the same name") as caught:
+        pairs = match_segments({1: "liver", 2: "spleen", 3: "aorta"}, {7: "Liver", 2: "kidney", 3: "other"})
+    assert pairs == [("liver", 1, 7), ("spleen", 2, 0), ("aorta", 3, 0)]
+    assert "spleen, aorta" in str(caught[0].message)
+    assert "(ignored): kidney, other" in str(caught[0].message)
+    with pytest.raises(ValueError, match="the reference has a; the prediction has b"):
+        match_segments({1: "a"}, {2: "b"})
 
 
 def test_threshold_otsu_region_growing_on_phantom():
