@@ -31,7 +31,7 @@ from .dose_metrics import mask_metrics
 from .fluence import Objective, exclusive_voxels, optimise_fluence
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
-from .memory_estimate import available_memory_bytes, explains_memory_errors, refusal_message
+from .memory_estimate import available_memory_bytes, check_dose_grid_size, explains_memory_errors, refusal_message
 from .memory_estimate import estimate_plan_memory as estimate_memory
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
@@ -83,7 +83,6 @@ class MedAIPlanLogic:
         self._machine = None
         self.last_info: dict = {}
         self.matrad_structures: dict = {}
-        self.memory_estimate: dict | None = None      # of the run in progress (for an out-of-memory message)
 
     # --- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -152,9 +151,10 @@ class MedAIPlanLogic:
         return {n: mask_metrics(stored, geometry, m, geometry) for n, m in masks.items()}
 
     # --- memory -----------------------------------------------------------------------------
-    def _memory(self, geometry, masks, density, beams, dose_grid_mm):
-        body = self._body_mask(masks, density)
+    def _memory(self, geometry, masks, density, beams, dose_grid_mm, limit=None):
         dgeo = make_dose_grid(geometry.to_space("LPS"), dose_grid_mm)
+        check_dose_grid_size(dgeo.shape_kji, dose_grid_mm, limit)    # before resampling onto it
+        body = self._body_mask(masks, density)
         body_d = resample_nearest(body, geometry.to_space("LPS"), dgeo)
         inner = np.zeros(body.shape, bool)
         for n, m in masks.items():
@@ -172,7 +172,7 @@ class MedAIPlanLogic:
         if not limit and not width_refusal:
             return dose_grid_mm, None
         progress.update("estimating memory", 0.04)
-        grid, est = dose_grid_mm, self._memory(geometry, masks, density, beams, dose_grid_mm)
+        grid, est = dose_grid_mm, self._memory(geometry, masks, density, beams, dose_grid_mm, limit)
         requested, self.memory_estimate = est, est.as_dict()
         while not width_refusal and est.total > limit and auto_dose_grid:
             current = grid if grid is not None else max(geometry.spacing)
@@ -194,8 +194,8 @@ class MedAIPlanLogic:
         hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
         beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
                             margin_mm)
-        out = self._memory(geometry, masks, density, beams, dose_grid_mm).as_dict()
         avail = available_memory_bytes()
+        out = self._memory(geometry, masks, density, beams, dose_grid_mm, avail).as_dict()
         out["available_GiB"] = round(avail / 1024 ** 3, 3) if avail else None
         return out
 

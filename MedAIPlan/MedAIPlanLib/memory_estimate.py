@@ -37,6 +37,7 @@ from .iso_plane_cells import IsoPlaneCells, binning_bytes, iso_plane_projection,
 COUNTING_CELLS = 1 << 20        # iso-plane cells the estimate bins into at most (8 MiB of int64 counts)
 COUNTING_POINTS = 200_000      # dose voxels the estimate projects at most (a regular subsample)
 VOXEL_WORKING_BYTES = 120       # per dose voxel and beam: BEV position, projection, depth, sorted copies
+DOSE_VOXEL_BYTES = 150          # per dose-grid voxel at least: the engine's working buffers, the dose, resampling
 ENGINE_FIXED_BYTES = 192 * 1024 ** 2   # measured: 0.27 GiB peak for a 0.08 GiB TG119 plan in a fresh process
 
 
@@ -129,6 +130,20 @@ def estimate_plan_memory(ct_geometry: Geometry, dose_geometry: Geometry, dose_ma
     dij_bytes = int(pairs * 8)                                      # kept <= the circle's pairs
     return PlanMemory(ct_bytes, ray_bytes, slots, dij_bytes, int(dij_bytes * objective_fraction * 1.5), int(pairs),
                       n_dose, working)
+
+
+def check_dose_grid_size(shape_kji, dose_grid_mm, limit_bytes: int | None) -> None:
+    """``ValueError`` when a dose grid of ``shape_kji`` voxels alone (:data:`DOSE_VOXEL_BYTES` each) is over
+    ``limit_bytes``: checked from its shape, before anything is resampled onto it."""
+    voxels = int(np.prod([int(n) for n in shape_kji], dtype=np.float64))
+    need = voxels * DOSE_VOXEL_BYTES
+    if limit_bytes and need > limit_bytes:
+        grid = "CT-grid" if dose_grid_mm is None else f"{float(dose_grid_mm):g} mm"
+        raise ValueError(f"A {grid} dose grid has {voxels:,} voxels, which alone need about "
+                         f"{need / 1024 ** 3:.1f} GiB (before any dose-influence matrix) but only "
+                         f"{limit_bytes / 1024 ** 3:.1f} GiB are allowed (the free memory or --memory-limit-gb); use "
+                         "a coarser dose grid (--dose-grid, typically 2.5-5 mm) or wider bixels (--bixel-width) "
+                         "for a smaller plan.")
 
 
 def memory_sentence(estimate: PlanMemory, limit_bytes: int | None, limit_given: bool = False) -> str:

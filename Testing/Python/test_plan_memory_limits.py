@@ -137,3 +137,26 @@ def test_estimate_bounds_the_measured_peak_of_a_real_plan(tg119, scene):
     measured = peak - before
     assert logic.last_info["memory_estimate"]["total_GiB"] * GIB == pytest.approx(estimate, rel=0.01)
     assert measured < estimate < 5 * measured, (measured / GIB, estimate / GIB)
+
+
+@pytest.mark.usefixtures("_machine")
+def test_a_tiny_dose_grid_is_refused_from_its_shape_and_a_real_memory_error_reads_clearly(tg119, scene):
+    logic = MedAIPlanLogic(scene)
+    ct, seg = logic.load_matrad(tg119)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"0\.01 mm dose grid has [\d,]+ voxels.*GiB.*--dose-grid") as refused:
+        logic.compute_dose(ct, seg, "OuterTarget", gantry_angles=[0.0], dose_grid_mm=0.01, device="cpu")
+    assert time.perf_counter() - t0 < 10.0
+    assert "--bixel-width" in str(refused.value)
+    # told that petabytes are free, the run goes on and numpy cannot allocate the grid's points: the
+    # MemoryError is one line that says where, what was estimated, and what to change
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(MemoryError, match="Out of memory while running compute_dose") as failed:
+        logic.compute_dose(ct, seg, "OuterTarget", gantry_angles=[0.0], dose_grid_mm=0.01, device="cpu",
+                           memory_limit_gb=1e9)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert "GiB free now" in message
+    for option in ("--bixel-width", "--dose-grid", "--memory-limit-gb"):
+        assert option in message
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
