@@ -6,9 +6,11 @@ the test derives from them), and reads the one-line error or the warnings from t
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from test_seg_inference import threshold_net, write_bundle
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
+from MedAICommonLib.notices import MedAIWarning
 from MedAISegLib.bundle_trust import record_trust
 from MedAISegLib.logic import MedAISegLogic
 from MedAISegLib.model_checks import load_state_dict_file, pickle_code_references
@@ -277,3 +280,48 @@ def test_evaluate_of_segmentations_apart_in_space_is_refused(named_reference, sh
     assert code == 1
     assert "do not overlap" in report["error"]
     assert f"'far' spans {_ras_extent(far, 0)}, {_ras_extent(far, 1)}, {_ras_extent(far, 2)}" in report["error"]
+
+
+def _write_nrrd(path, array_kji, fields: str):
+    """A raw little-endian int16 NRRD with the given extra header fields."""
+    k, j, i = array_kji.shape
+    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: {i} {j} {k}\nendian: little\nencoding: raw\n"
+              f"{fields}\n\n")
+    path.write_bytes(header.encode() + array_kji.astype("<i2").tobytes())
+    return path
+
+
+def test_negative_nrrd_spacing_keeps_the_physical_geometry_and_says_so(scene, tmp_path):
+    """'spacings: -2 1 1.5' (no space): voxel (i, j, k) lies at LPS (-2 i, j, 1.5 k); never mirrored in silence."""
+    values = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    path = _write_nrrd(tmp_path / "negative.nrrd", values, "spacings: -2 1 1.5")
+    with pytest.warns(MedAIWarning, match=r"negative spacing \(-2 \(axis 0\).*physical geometry is kept"):
+        node = bridge.load_volume(scene, path)
+    array, geometry = bridge.array_from_volume(node)
+    assert geometry.spacing == pytest.approx((2.0, 1.0, 1.5))
+    kji = np.argwhere(np.ones(array.shape, bool))
+    lps = geometry.to_space("LPS").index_to_point(kji[:, ::-1].astype(float))
+    file_ijk = np.rint(lps / np.array([-2.0, 1.0, 1.5])).astype(int)          # the file's own definition
+    np.testing.assert_allclose(lps, file_ijk * np.array([-2.0, 1.0, 1.5]), atol=1e-6)
+    assert np.array_equal(array[tuple(kji.T)], values[file_ijk[:, 2], file_ijk[:, 1], file_ijk[:, 0]])
+
+
+def test_nrrd_spacings_with_a_space_are_refused_with_the_fix(scene, tmp_path):
+    path = _write_nrrd(tmp_path / "both.nrrd", np.zeros((2, 2, 2), np.int16),
+                       "space: left-posterior-superior\nspacings: -2 1 1")
+    with pytest.raises(ValueError, match="both 'spacings' and a 'space'.*space directions"):
+        bridge.load_volume(scene, path)
+
+
+def test_negative_nifti_pixdim_is_refused(scene, shared_data, tmp_path):
+    """TotalSegmentator's CT with pixdim[1] made negative: ITK would mirror it against nibabel; refused."""
+    source = shared_data / "segmentation" / "totalsegmentator" / "example_ct_sm.nii.gz"
+    header = bytearray(gzip.decompress(source.read_bytes()))
+    assert struct.unpack("<f", header[80:84])[0] == pytest.approx(3.0)
+    header[80:84] = struct.pack("<f", -3.0)
+    path = tmp_path / "negative_pixdim.nii"
+    path.write_bytes(bytes(header))
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match=r"negative voxel size \(pixdim\[1..3\] = -3, 3, 3\).*mirrored"):
+        bridge.load_volume(scene, path)
+    assert scene.GetNumberOfNodes() == nodes_before

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import slicer
 
+from ..notices import warn
 from .errors import BridgeError
+from .header_checks import check_volume_header
 from .markups_json import read_markups_json, write_markups_json
 from .nodes import remove_nodes
 from .segmentations import SegmentInfo, create_segmentation
@@ -66,8 +68,14 @@ def _read(scene, storage_node, data_node, path, what: str):
 
 
 def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
-    """Load a volume file into a new scalar (or label-map) volume node."""
+    """Load a volume file into a new scalar (or label-map) volume node.
+
+    A header with a negative spacing is read with its physical geometry kept and a warning, or refused
+    where readers disagree on it (:func:`.header_checks.check_volume_header`)."""
     path = _require_file(path)
+    header_warning = check_volume_header(path)
+    if header_warning:
+        warn(header_warning)
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(class_name, name or _base_name(path))
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
