@@ -90,3 +90,21 @@ def test_report_pages_outline_structures_on_the_matrad_ct(scene, tg119_files):
         np.testing.assert_allclose(lines[name][1], percent)
     for fig in (summary, planes, dvh_page):
         plt.close(fig)
+
+
+def test_medai_dose_writes_the_matrad_ct(shared_data, tmp_path):
+    """``medai dose --matrad TG119.mat --output-ct CT.nrrd``: the HU cube of the .mat (stored as whole HU), on its
+    LPS grid."""
+    mat = shared_data / "rt" / "pyRadPlan" / "TG119.mat"
+    if not mat.exists():
+        pytest.skip(f"{mat} missing")
+    ct_path, report = tmp_path / "ct.nrrd", tmp_path / "dose.json"
+    assert main(["dose", "--matrad", str(mat), "--target", "OuterTarget", "--gantry-angles", "0", "--bixel-width", "20",
+                 "--dose-grid", "8", "--output-dose", str(tmp_path / "d.nrrd"), "--output-ct", str(ct_path),
+                 "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["outputs"]["ct"] == str(ct_path)
+    patient = load_matrad_patient(mat)
+    image = sitk.ReadImage(str(ct_path))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), patient.hu, atol=1.0)
+    np.testing.assert_allclose(image.GetOrigin(), patient.geometry.origin)
+    np.testing.assert_allclose(image.GetSpacing(), patient.geometry.spacing)
