@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 from .errors import BridgeError
@@ -42,7 +43,7 @@ def _nifti_pixdim(path: Path) -> list[float] | None:
     try:
         with opener(path, "rb") as handle:
             head = handle.read(540)
-    except OSError:
+    except (OSError, EOFError, zlib.error):    # not gzip / truncated: the storage node says what is wrong
         return None
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(f"{endian}i", head[:4])[0] == 348:
