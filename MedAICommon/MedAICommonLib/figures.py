@@ -234,12 +234,13 @@ def draw_anatomy_panel(fig, ax, image_kji: np.ndarray, geometry: Geometry, plane
                        structures: dict | None = None, colors: dict | None = None, dose_kji: np.ndarray | None = None,
                        isodose_gy=(), prescription_gy: float | None = None, window=(-400.0, 400.0),
                        image_label: str = "CT (HU)", cmap: str = "gray", reference: dict | None = None,
-                       legend: bool = True) -> tuple[SliceView, list]:
+                       legend: bool = True, position_known: bool = True) -> tuple[SliceView, list]:
     """One labelled slice: the image (colour bar ``image_label``), optional dose wash (colour bar Gy) with
     isodose lines, structure outlines, a legend of structures and isodose levels, orientation letters and a
     title ending in the slice position (mm). ``structures``: ``{name: KJI bool mask}`` and ``dose_kji`` on
     the image's grid; ``reference``: masks drawn dashed in the same colours, labelled "(truth)".
-    ``legend=False`` leaves the legend to the caller. Returns the image's :class:`SliceView` and the
+    ``legend=False`` leaves the legend to the caller; ``position_known=False`` (a grid without its true origin)
+    titles the slice by index instead of millimetres. Returns the image's :class:`SliceView` and the
     legend handles.
     """
     view = slice_view(image_kji, geometry, plane, index)
@@ -263,7 +264,7 @@ def draw_anatomy_panel(fig, ax, image_kji: np.ndarray, geometry: Geometry, plane
         views = {name: slice_view(mask, geometry, plane, index) for name, mask in reference.items()}
         handles += draw_outlines(ax, views, colors, linestyle="--", suffix=" (truth)")
     add_orientation_labels(ax, view)
-    ax.set_title(f"{title}\n{view.label}", fontsize=9)
+    ax.set_title(f"{title}\n{view.label if position_known else f'{plane} slice {index}'}", fontsize=9)
     if legend:
         legend_below(ax, handles)
     return view, handles

@@ -31,7 +31,8 @@ class PlanReport:
 
     ``structures``: ``{name: bool mask}``; ``target``: the structure the slices go through;
     ``isodose_levels_gy`` and ``prescription_gy`` (for the % in the isodose legend); ``centre_kji``
-    overrides the slice choice.
+    overrides the slice choice; ``position_known=False`` when ``geometry`` lacks the true origin (slices are then
+    titled by index, not mm).
     """
 
     dose: np.ndarray
@@ -47,6 +48,7 @@ class PlanReport:
     info: dict | None = None
     title: str = "MedAI plan report"
     centre_kji: tuple | None = None
+    position_known: bool = True
 
     def slice_index(self, plane: str) -> int:
         """Index of the slice shown in ``plane``: the target's largest section, else through the dose maximum."""
@@ -69,7 +71,8 @@ def _dose_panel(fig, ax, report: PlanReport, plane: str, legend: bool = True):
     return figures.draw_anatomy_panel(
         fig, ax, background, report.geometry, plane, report.slice_index(plane), "Dose on CT",
         structures=report.structures, colors=report.colors(), dose_kji=report.dose,
-        isodose_gy=report.isodose_levels_gy, prescription_gy=report.prescription_gy, legend=legend)[1]
+        isodose_gy=report.isodose_levels_gy, prescription_gy=report.prescription_gy, legend=legend,
+        position_known=report.position_known)[1]
 
 
 def _metrics_table(ax, metrics: dict, loc: str, font_size: int):
@@ -218,7 +221,7 @@ def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves
     ct = np.asarray(ct_slice, float)[::-1, ::-1][None]
     report = PlanReport(dose, Geometry(shape_kji=dose.shape), curves, metrics, ct if ct.shape == dose.shape else None,
                         isodose_levels_gy=tuple(isodose_levels_gy), prescription_gy=prescription_gy,
-                        plan_indices=plan_indices, title=title)
+                        plan_indices=plan_indices, title=title, position_known=False)
     return write_report_png(path, report)
 
 
@@ -240,5 +243,6 @@ def write_plan_report_pdf(path, dose: np.ndarray, spacing_ijk, curves: dict, met
     ct = np.asarray(ct, float) if ct is not None and np.shape(ct) == dose.shape else None
     report = PlanReport(dose, Geometry(spacing_ijk, shape_kji=dose.shape), curves, metrics, ct,
                         isodose_levels_gy=tuple(isodose_levels_gy), prescription_gy=prescription_gy,
-                        plan_indices=plan_indices, info=info, title=title, centre_kji=tuple(center_kji))
+                        plan_indices=plan_indices, info=info, title=title, centre_kji=tuple(center_kji),
+                        position_known=False)
     return write_report_pdf(path, report)
