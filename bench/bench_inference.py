@@ -1,15 +1,19 @@
-"""Benchmark: MedAI sliding-window inference vs plain ``monai.inferers.sliding_window_inference``.
+"""Benchmark: MedAI sliding-window inference vs ``monai.inferers.sliding_window_inference``, at equal settings.
 
-Same network (MONAI ``UNet``, 3 levels, fixed seed 0, 3 classes, random weights: the point is
-speed and blending, not accuracy), same volume (``example_ct_sm.nii.gz``, HU windowed to [0, 1],
-channel first, i/j/k order) and the same ROI (64^3). MONAI runs with its defaults (overlap 0.25,
-``sw_batch_size=1``, constant blending); MedAI with overlap 0.25, batch 4, Gaussian blending,
-AMP on CUDA, and returns uint8 labels. Reported: best and median of ``--repeat`` interleaved runs
-(wall and process CPU time), the ratios, and the
-fraction of voxels whose argmax label agrees (and the same for MedAI in constant mode, which
-should be 1.0).
+Same network (MONAI ``UNet``, 3 levels, fixed seed 0, 3 classes, random weights: the point is speed and
+blending, not accuracy), same volume (``example_ct_sm.nii.gz``, HU windowed to [0, 1], channel first, i/j/k
+order), same ROI (64^3), device and torch threads; both sides end with the argmax label map on the host.
 
-Run: ``python bench/bench_inference.py [--device cpu|cuda] [--repeat 3] [--threads N]``; prints one JSON object.
+1. Equal settings (the fair comparison): for each (``sw_batch_size``, blending) in ``--equal`` (default
+   ``1:constant`` = MONAI's defaults and ``4:gaussian`` = MedAI's), both run with that batch and blending,
+   overlap 0.25, Gaussian sigma 0.125 x ROI, zero padding, float32 (no AMP on either side). Ratio
+   ``monai / medai`` of the median wall time, and the fraction of voxels whose label agrees.
+2. What MedAI adds on top, reported apart: MedAI with its own defaults (batch 4, Gaussian, AMP on CUDA)
+   against MONAI with its defaults (batch 1, constant, float32).
+
+Best and median of ``--repeat`` interleaved runs (wall and process CPU time).
+Run: ``python bench/bench_inference.py [--device cpu|cuda] [--repeat 3] [--threads N] [--equal 1:constant,4:gaussian]``;
+prints one JSON object.
 """
 
 from __future__ import annotations
@@ -40,12 +44,37 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
+def _stats(times: dict) -> dict:
+    return {f"{kind}_{stat}_s": round(fn(values), 4) for kind, values in times.items()
+            for stat, fn in (("best", min), ("median", statistics.median))}
+
+
+def compare(sides: dict, repeat: int) -> dict:
+    """Interleaved timing of ``{name: fn}`` (each returns labels): per side best/median wall and CPU, labels."""
+    times = {name: {"wall": [], "cpu": []} for name in sides}
+    labels = {}
+    for fn in sides.values():
+        fn()  # warm-up
+    for _ in range(repeat):  # interleaved: both sides see the same machine load
+        for name, fn in sides.items():
+            wall, cpu, labels[name] = timed(fn)
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
+    out = {name: _stats(t) for name, t in times.items()}
+    a, b = sides
+    out["ratio_wall_median_" + f"{a}_over_{b}"] = round(out[a]["wall_median_s"] / out[b]["wall_median_s"], 3)
+    out["ratio_cpu_median_" + f"{a}_over_{b}"] = round(out[a]["cpu_median_s"] / out[b]["cpu_median_s"], 3)
+    out["label_agreement"] = float((labels[a] == labels[b]).mean())
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--roi", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--equal", default="1:constant,4:gaussian", help="batch:blending pairs run by both sides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,32 +86,31 @@ def main():
     roi = (args.roi,) * 3
     x = torch.as_tensor(image)
 
-    def run_monai():
-        with torch.no_grad():
-            logits = monai_swi(x[None].to(device), roi, 1, net)
-        return torch.argmax(logits[0], 0).to(torch.uint8).cpu().numpy()
+    def monai(batch, mode):
+        def run():
+            with torch.no_grad():
+                logits = monai_swi(x[None].to(device), roi, batch, net, overlap=0.25, mode=mode, sigma_scale=0.125,
+                                   padding_mode="constant", cval=0.0)
+            return torch.argmax(logits[0], 0).to(torch.uint8).cpu().numpy()
+        return run
 
-    def run_medai(mode="gaussian"):
-        return sliding_window_inference(net, x, roi, overlap=0.25, batch_size=4, device=device, mode=mode).labels
+    def medai(batch, mode, amp):
+        return lambda: sliding_window_inference(net, x, roi, overlap=0.25, batch_size=batch, device=device,
+                                                mode=mode, sigma_scale=0.125, amp=amp).labels
 
-    run_monai(), run_medai()  # warm-up
-    times = {"monai": {"wall": [], "cpu": []}, "medai": {"wall": [], "cpu": []}}
-    labels = {}
-    for _ in range(args.repeat):  # interleaved: both sides see the same machine load
-        for name, fn in (("monai", run_monai), ("medai", run_medai)):
-            wall, cpu, labels[name] = timed(fn)
-            times[name]["wall"].append(wall)
-            times[name]["cpu"].append(cpu)
-    labels_constant = run_medai("constant")
-    summary = {f"{name}_{kind}_{stat}_s": round(fn(values), 4) for name, kinds in times.items()
-               for kind, values in kinds.items() for stat, fn in (("best", min), ("median", statistics.median))}
+    equal = {}
+    for pair in args.equal.split(","):
+        batch, mode = pair.split(":")
+        equal[f"batch{batch}_{mode}"] = compare({"monai": monai(int(batch), mode),
+                                                 "medai": medai(int(batch), mode, False)}, args.repeat)
+    defaults = compare({"monai_defaults": monai(1, "constant"), "medai_defaults": medai(4, "gaussian", True)},
+                       args.repeat)
     print(json.dumps({
-        "data": DATA.name, "shape_ijk": list(image.shape[1:]), "roi": list(roi), "device": str(device),
-        "torch_threads": torch.get_num_threads(), "repeat": args.repeat, **summary,
-        "speedup_wall_median": round(summary["monai_wall_median_s"] / summary["medai_wall_median_s"], 3),
-        "speedup_cpu_median": round(summary["monai_cpu_median_s"] / summary["medai_cpu_median_s"], 3),
-        "label_agreement_gaussian_vs_monai": float((labels["medai"] == labels["monai"]).mean()),
-        "label_agreement_constant_vs_monai": float((labels_constant == labels["monai"]).mean()),
+        "benchmark": "bench_inference", "data": DATA.name, "shape_ijk": list(image.shape[1:]), "roi": list(roi),
+        "device": str(device), "torch_threads": torch.get_num_threads(), "repeat": args.repeat,
+        "overlap": 0.25, "equal_settings": equal,
+        "medai_defaults_vs_monai_defaults": {"monai": "batch 1, constant, float32",
+                                             "medai": "batch 4, gaussian, AMP on CUDA", **defaults},
     }))
 
 
