@@ -167,7 +167,7 @@ class MedAIPlanLogic:
                       auto_dose_grid, progress):
         """Dose grid to use (the requested one, or a coarser one when allowed) so that the plan fits; a bixel
         width the engine cannot represent (:mod:`bixel_width`) is refused, with the estimate beside the reason."""
-        width_refusal = check_bixel_width(bixel_width_mm, geometry.spacing, self.machine.penumbra_fwhm)
+        width_refusal = check_bixel_width(bixel_width_mm, geometry.spacing, self.machine.penumbra_fwhm, dose_grid_mm)
         limit = memory_limit_gb * 1024 ** 3 if memory_limit_gb else available_memory_bytes()
         if not limit and not width_refusal:
             return dose_grid_mm, None

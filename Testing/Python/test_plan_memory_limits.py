@@ -102,9 +102,11 @@ def test_bixel_width_limits_name_the_reason(tmp_path):
         assert check_bixel_width(2.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm) is None
     import warnings
 
+    with pytest.warns(UserWarning, match="finer than the 5 mm dose grid"):
+        assert check_bixel_width(3.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm, dose_grid_mm=5.0) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert check_bixel_width(5.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm) is None
+        assert check_bixel_width(5.0, (3.0, 3.0, 2.5), machine.penumbra_fwhm, dose_grid_mm=3.0) is None
 
 
 def _peak_rss_since_reset() -> tuple[int, int]:
