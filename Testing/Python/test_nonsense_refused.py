@@ -271,6 +271,18 @@ def test_evaluate_pairs_by_the_names_given_to_label_values(named_reference, shar
     assert "not in the reference (ignored): 2, 3, 4" in warning
 
 
+def test_evaluate_of_partly_overlapping_segmentations_warns_with_the_fraction(named_reference, shared_data, tmp_path,
+                                                                            capsys):
+    reference, _ = named_reference
+    half = _shifted(shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
+                    tmp_path / "half.nii.gz", (0.0, 0.0, 45.0))     # 30 slices of 3 mm: half the box along S
+    code, report, _ = _run(["evaluate", str(reference), str(half), "--label-names", "1=spleen,5=liver"],
+                           tmp_path, capsys)
+    assert code == 0
+    (warning,) = [w for w in report["warnings"] if "overlap only partly" in w]
+    assert "50.0 % of 'named_reference'" in warning
+
+
 def test_evaluate_of_segmentations_apart_in_space_is_refused(named_reference, shared_data, tmp_path, capsys):
     reference, _ = named_reference
     far = _shifted(shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
