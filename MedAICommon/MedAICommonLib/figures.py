@@ -181,8 +181,10 @@ def draw_outlines(ax, views: dict, colors: dict | None = None, linestyle="-", su
     return handles
 
 
-ISODOSE_COLORS = ("#00ffff", "#ffff00", "#ff00ff", "#39ff14", "#ffffff", "#000000")
-"""Isodose line colours, lowest level first (apart from the structure palette's first six)."""
+ISODOSE_COLORS = ("#00ffff", "#ffff00", "#ff00ff", "#ffffff", "#39ff14", "#000000")
+"""Isodose line colours, lowest level first (apart from the structure palette's first six; legends sit on
+:data:`LEGEND_FACE` grey so that yellow and white lines show)."""
+LEGEND_FACE = "#b4b4b4"
 
 
 def draw_isodose(ax, dose_view: SliceView, levels_gy, reference_gy: float | None = None) -> list:
@@ -210,7 +212,7 @@ def legend_below(ax, handles: list, title: str | None = None, columns: int = 2, 
     if not handles:
         return None
     return ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=columns,
-                     fontsize=size, title=title, title_fontsize=size, frameon=False)
+                     fontsize=size, title=title, title_fontsize=size, facecolor=LEGEND_FACE, framealpha=1.0)
 
 
 def draw_dvh(ax, curves: dict, colors: dict | None = None, prescription_gy: float | None = None,

@@ -145,7 +145,7 @@ def pdf_page_figures(report: PlanReport) -> list:
     for handle in handles:  # one legend for three planes: whether a structure is in one slice is not its business
         handle.set_label(handle.get_label().replace(" (not in slice)", ""))
     axes[3].legend(handles=handles, loc="center", fontsize=9, title="Structures and isodose lines",
-                   frameon=False, ncol=2 if len(handles) > 12 else 1)
+                   facecolor=figures.LEGEND_FACE, framealpha=1.0, ncol=2 if len(handles) > 12 else 1)
     target = f" through the largest section of {report.target}" if report.target in report.structures else ""
     planes.suptitle(f"{report.title}: dose{target}")
 
