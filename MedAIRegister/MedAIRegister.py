@@ -57,7 +57,7 @@ class MedAIRegisterParameterNode:
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    preset: Annotated[str, Choice(["ct-ct", "ct-mr-head", "mr-mr-brain", "pet-ct", "custom"])] = "ct-ct"
+    preset: Annotated[str, Choice(["auto", "ct-ct", "ct-mr-head", "mr-mr-brain", "pet-ct", "custom"])] = "auto"
     transformType: Annotated[str, Choice(["rigid", "similarity", "affine", "bspline"])] = "rigid"
     metric: Annotated[str, Choice(["mattes", "meansquares", "correlation"])] = "mattes"
     samplingPercentage: Annotated[float, WithinRange(0.1, 100.0)] = 10.0

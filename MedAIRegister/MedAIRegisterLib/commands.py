@@ -85,7 +85,7 @@ def run_register(args, report) -> int:
     report.parameters.update({"transform": args.transform, "preset": args.preset, "device": args.device})
     with report.timed("register"):
         node = logic.register_volumes(fixed, moving, args.transform, args.preset, args.device,
-                                      resample=bool(args.output_volume))
+                                      resample=bool(args.output_volume), progress=args.progress)
     report.device = f"{logic.last.backend} ({logic.last.device})"
     with report.timed("save"):
         report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))
