@@ -9,7 +9,8 @@ postprocessing ``Activationsd(softmax)``, ``Invertd``, ``AsDiscreted(argmax)``. 
 bundle's own inferer and postprocessing) and ``inferer="medai"`` (MedAI's sliding window with the
 same roi/overlap/batch/blending, uint8 argmax, mapped back through the affine). Repeats are
 interleaved; wall and process CPU times, best and median. Label agreement between the two sides
-(1.0 expected up to float ties), and the MedAI path with flip TTA once.
+(1.0 expected up to float ties), and the MedAI path with flip TTA once. Both sides run float32
+(``amp=False``); on CUDA, MedAI's default AMP is timed apart (``medai_amp_*``), as what MedAI adds on top.
 
 Run: ``python bench/bench_inference_bundle.py [--device cpu|cuda] [--repeat 3] [--threads N]``.
 """
@@ -81,16 +82,22 @@ def main():
         sides = {"bundle": {}, "medai": {}}
         labels = {}
         for name in sides:  # warm-up
-            labels[name] = run_bundle(bundle, [image], device=args.device, inferer=name).labels
+            labels[name] = run_bundle(bundle, [image], device=args.device, inferer=name, amp=False).labels
         for _ in range(args.repeat):
             for name, times in sides.items():
                 wall, cpu = time.perf_counter(), time.process_time()
-                labels[name] = run_bundle(bundle, [image], device=args.device, inferer=name).labels
+                labels[name] = run_bundle(bundle, [image], device=args.device, inferer=name, amp=False).labels
                 times.setdefault("wall", []).append(time.perf_counter() - wall)
                 times.setdefault("cpu", []).append(time.process_time() - cpu)
         start = time.perf_counter()
-        tta = run_bundle(bundle, [image], device=args.device, inferer="medai", tta_flips=True)
+        tta = run_bundle(bundle, [image], device=args.device, inferer="medai", tta_flips=True, amp=False)
         t_tta = time.perf_counter() - start
+        extra = {}
+        if torch.device(args.device).type == "cuda":  # MedAI's default float16 autocast, beyond the equal settings
+            start = time.perf_counter()
+            amp = run_bundle(bundle, [image], device=args.device, inferer="medai", amp=True)
+            extra = {"medai_amp_s": round(time.perf_counter() - start, 3),
+                     "label_agreement_medai_amp_vs_bundle": float((amp.labels == labels["bundle"]).mean())}
     summary = {name: {f"{kind}_{stat}_s": round(fn(values), 4) for kind, values in times.items()
                       for stat, fn in (("best", min), ("median", statistics.median))}
                for name, times in sides.items()}
@@ -101,7 +108,7 @@ def main():
         "speedup_cpu_median": round(summary["bundle"]["cpu_median_s"] / summary["medai"]["cpu_median_s"], 3),
         "label_agreement_medai_vs_bundle": float((labels["medai"] == labels["bundle"]).mean()),
         "medai_tta_s": round(t_tta, 3),
-        "label_agreement_tta_vs_bundle": float((tta.labels == labels["bundle"]).mean()),
+        "label_agreement_tta_vs_bundle": float((tta.labels == labels["bundle"]).mean()), **extra,
     }))
 
 
