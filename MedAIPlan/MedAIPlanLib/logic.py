@@ -31,8 +31,8 @@ from .dose_metrics import mask_metrics
 from .fluence import Objective, exclusive_voxels, optimise_fluence
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
-from .memory_estimate import available_memory_bytes, check_dose_grid_size, explains_memory_errors, refusal_message
-from .memory_estimate import estimate_plan_memory as estimate_memory
+from .memory_estimate import (available_memory_bytes, check_dose_grid_size, estimate_plan_memory as estimate_memory,
+                              explains_memory_errors, memory_limit_bytes, refusal_message)
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
 BODY_NAMES = ("body", "external", "skin", "outline", "patient")
@@ -168,7 +168,7 @@ class MedAIPlanLogic:
         """Dose grid to use (the requested one, or a coarser one when allowed) so that the plan fits; a bixel
         width the engine cannot represent (:mod:`bixel_width`) is refused, with the estimate beside the reason."""
         width_refusal = check_bixel_width(bixel_width_mm, geometry.spacing, self.machine.penumbra_fwhm, dose_grid_mm)
-        limit = memory_limit_gb * 1024 ** 3 if memory_limit_gb else available_memory_bytes()
+        limit = memory_limit_bytes(memory_limit_gb) or available_memory_bytes()
         if not limit and not width_refusal:
             return dose_grid_mm, None
         progress.update("estimating memory", 0.04)

@@ -132,6 +132,15 @@ def estimate_plan_memory(ct_geometry: Geometry, dose_geometry: Geometry, dose_ma
                       n_dose, working)
 
 
+def memory_limit_bytes(memory_limit_gb: float | None) -> int | None:
+    """The user's memory limit in bytes (None: none given); a limit that is not a positive number of GiB is refused."""
+    if memory_limit_gb is None:
+        return None
+    if not memory_limit_gb > 0:
+        raise ValueError(f"The memory limit must be a positive number of GiB, got {memory_limit_gb}.")
+    return int(memory_limit_gb * 1024 ** 3)
+
+
 def check_dose_grid_size(shape_kji, dose_grid_mm, limit_bytes: int | None) -> None:
     """``ValueError`` when a dose grid of ``shape_kji`` voxels alone (:data:`DOSE_VOXEL_BYTES` each) is over
     ``limit_bytes``: checked from its shape, before anything is resampled onto it."""

@@ -162,3 +162,13 @@ def test_a_tiny_dose_grid_is_refused_from_its_shape_and_a_real_memory_error_read
     for option in ("--bixel-width", "--dose-grid", "--memory-limit-gb"):
         assert option in message
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
+
+
+@pytest.mark.parametrize("limit", [0.0, -4.0, float("nan")])
+def test_the_logic_refuses_a_memory_limit_that_is_not_positive(limit):
+    from MedAIPlanLib.memory_estimate import memory_limit_bytes
+
+    with pytest.raises(ValueError, match="positive number of GiB"):
+        memory_limit_bytes(limit)
+    assert memory_limit_bytes(None) is None
+    assert memory_limit_bytes(2.0) == 2 * 1024 ** 3
