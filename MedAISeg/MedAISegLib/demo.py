@@ -20,6 +20,12 @@ def _seed_ras(structures_node, name):
     return geometry.index_to_point(nearest[::-1].astype(float))
 
 
+def _reference(context, name: str):
+    """The phantom's ``name`` segment alone, so the evaluation pairs it with the one segment the step made."""
+    mask, geometry = bridge.segment_mask(context.structures_node, name)
+    return bridge.create_segmentation_from_masks(context.scene, {name: mask}, geometry, f"phantom {name}")
+
+
 def run(context) -> None:
     """Run the segmentation step on ``context.ct_node`` / ``context.structures_node``."""
     logic = MedAISegLogic(context.scene)
@@ -38,9 +44,9 @@ def run(context) -> None:
         markups, lesion_table = logic.detect_lesions(lesion, intensity_node=ct)
         lesions = logic.last_info["lesions"]
     with context.report.timed("seg.evaluate"):
-        logic.evaluate(structures, liver)
+        logic.evaluate(_reference(context, "liver"), liver)
         liver_metrics = logic.last_info["metrics"]["liver"]
-        logic.evaluate(structures, lesion)
+        logic.evaluate(_reference(context, "lesion"), lesion)
         lesion_metrics = logic.last_info["metrics"]["lesion"]
     paths = {
         "denoised": bridge.save_node(denoised, out / "phantom_ct_nlm.nrrd"),

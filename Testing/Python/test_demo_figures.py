@@ -32,10 +32,10 @@ def test_overview_panels_show_what_they_name(scene, tmp_path):
     fig = overview_figure(context)
     panels = dict(zip([p["title"] for p in context.panels], fig.axes[: len(context.panels)]))
     assert sorted(_colorbar_labels(fig)) == sorted(["CT (HU)"] * 4 + ["Dose (Gy)"])
-    for title, ax in panels.items():
-        if not title.startswith("Cumulative DVH"):
-            assert {"R", "L", "S", "I"} <= {t.get_text() for t in ax.texts} or \
-                {"R", "L", "A", "P"} == {t.get_text() for t in ax.texts}
+    letters = {"axial": {"R", "L", "A", "P"}, "coronal": {"R", "L", "S", "I"}}
+    for panel in context.panels:
+        if "plane" in panel:
+            assert {t.get_text() for t in panels[panel["title"]].texts} == letters[panel["plane"]]
 
     truth = make_ct_phantom().labels == 5
     (liver_panel,) = [p for p in context.panels if p.get("structure") == "liver"]
@@ -72,3 +72,20 @@ def test_plan_report_pdf_pages_are_one_size(scene, tmp_path):
     width, height = (float(v) for v in boxes[0].split()[2:])
     assert abs(width - 841.9) < 1
     assert abs(height - 595.3) < 1
+
+
+def test_logic_report_from_array_views_is_one_page_size(scene, tmp_path):
+    """The plan Logic's own report path (array views, no true origin): A4-landscape pages, slices titled by index."""
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
+    context = DemoContext(scene, tmp_path, Report("demo"), Progress())
+    prepare_inputs(context)
+    dose = evaluation_demo.analytic_dose(context)
+    logic = PlanEvaluationLogic(scene)
+    result = logic.compute_dvh(dose, context.structures_node, prescription_gy=55.0, target_segment="lesion",
+                               oversampling=1)
+    pdf = logic.write_report(tmp_path / "logic.pdf", dose, result, ct_node=context.ct_node, isodose_levels_gy=(30, 50))
+    boxes = re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf.read_bytes())
+    assert len(boxes) == 3
+    assert len(set(boxes)) == 1
+    assert logic.write_report(tmp_path / "logic.png", dose, result, ct_node=context.ct_node).stat().st_size > 10_000
