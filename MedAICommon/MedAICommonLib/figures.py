@@ -118,7 +118,7 @@ def largest_section(mask_kji: np.ndarray, geometry: Geometry, plane: str = "axia
 
 
 def show_slice(ax, view: SliceView, cmap="gray", vmin=None, vmax=None, alpha=1.0, masked_below=None):
-    """Draw ``view`` on ``ax`` in millimetres (true aspect), with its orientation letters; returns the image artist.
+    """Draw ``view`` on ``ax`` in millimetres (true aspect), ticks off; returns the image artist (letters: :func:`add_orientation_labels`).
 
     ``masked_below``: values below it are transparent (e.g. a dose wash's low-dose cut-off).
     """
