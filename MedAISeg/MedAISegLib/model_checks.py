@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from MedAICommonLib.cohort.model_cache import cached_model
+
 _CORRUPT = ("central directory", "zip archive", "unexpected eof", "ran out of input", "corrupt", "truncated",
             "invalid header", "failed finding", "file not found in archive", "pytorchstreamreader")
 _CHANNELS = re.compile(r"expected input\[([^\]]*)\] to have (\d+) channels, but got (\d+) channels")
@@ -76,8 +78,12 @@ def _looks_corrupt(error: BaseException) -> bool:
 
 def load_state_dict_file(path) -> dict:
     """State dict from ``path`` (``torch.load(weights_only=True)``; a ``{"model": {...}}`` checkpoint is
-    unwrapped). ``ValueError`` when the file would run code, is truncated/corrupt, or holds no weights."""
-    path = Path(path)
+    unwrapped). ``ValueError`` when the file would run code, is truncated/corrupt, or holds no weights.
+    In a ``medai batch`` step with ``needs: [model]`` the worker's model cache serves a repeated load."""
+    return cached_model("state_dict", path, "cpu", lambda: _load_state_dict_file(Path(path)))
+
+
+def _load_state_dict_file(path: Path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -102,8 +108,12 @@ def load_state_dict_file(path) -> dict:
 
 
 def load_torchscript_file(path, device="cpu"):
-    """``torch.jit.load`` with a clear ``ValueError`` for truncated/corrupt or non-TorchScript files."""
-    path = Path(path)
+    """``torch.jit.load`` with a clear ``ValueError`` for truncated/corrupt or non-TorchScript files.
+    In a ``medai batch`` step with ``needs: [model]`` the worker's model cache serves a repeated load."""
+    return cached_model("torchscript", path, device, lambda: _load_torchscript_file(Path(path), device))
+
+
+def _load_torchscript_file(path: Path, device):
     try:
         return torch.jit.load(str(path), map_location=torch.device(device))
     except (RuntimeError, ValueError, EOFError, OSError) as error:

@@ -1,0 +1,135 @@
+"""The cohort report (PNG and PDF): metric distributions, DVH bands across the cohort, failed cases.
+
+Metric panels show the key metrics of the cohort table (Dice, HD95, target D95, Dmean, gamma pass rate,
+TRE, ... whichever the steps reported), one dot per case over a box plot. DVH bands come from the
+cumulative DVH tables that ``dvh`` steps wrote (``--dvh-table``): per structure the median curve and the
+10-90 % band over cases. The failed cases are listed with their errors. Matplotlib (Agg) only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+_KEY_METRICS = re.compile(r"(dice|hd95|d95|d98|dmean|pass_rate|tre|target_|mean_)", re.IGNORECASE)
+MAX_PANELS = 8
+
+
+def key_metric_columns(rows: list[dict]) -> list[str]:
+    """The metric columns to plot: key metrics first (Dice, HD95, D95, Dmean, pass rate, TRE), at most 8."""
+    from .table import FIXED
+
+    values: dict[str, set] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in FIXED and isinstance(value, (int, float)):
+                values.setdefault(key, set()).add(value)
+    varying = [c for c, seen in values.items() if len(seen) > 1]  # a parameter echoed by every case says nothing
+    keyed = [c for c in varying if _KEY_METRICS.search(c.rsplit(".", 1)[-1])]
+    return (keyed + [c for c in varying if c not in keyed])[:MAX_PANELS]
+
+
+def _dvh_tables(results: list[dict], output: Path) -> list[Path]:
+    tables = []
+    for result in results:
+        for name in result.get("steps", {}):
+            try:
+                report = json.loads((output / result["id"] / name / "report.json").read_text())
+            except (OSError, ValueError):
+                continue
+            path = (report.get("outputs") or {}).get("dvh_table")
+            if report.get("command") == "dvh" and path and Path(path).is_file():
+                tables.append(Path(path))
+    return tables
+
+
+def dvh_bands(tables: list[Path], points: int = 200) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per structure: (dose Gy, 10th percentile, median, 90th percentile of volume %) over the cases' DVHs."""
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for path in tables:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows or "Dose (Gy)" not in rows[0]:
+            continue
+        dose = np.array([float(r["Dose (Gy)"]) for r in rows])
+        for column in rows[0]:
+            if column.endswith(" (%)"):
+                curves.setdefault(column[:-4], []).append((dose, np.array([float(r[column]) for r in rows])))
+    bands = {}
+    for name, pairs in curves.items():
+        grid = np.linspace(0.0, max(float(d.max()) for d, _ in pairs), points)
+        stack = np.array([np.interp(grid, d, v, right=0.0) for d, v in pairs])
+        low, mid, high = np.percentile(stack, [10, 50, 90], axis=0)
+        bands[name] = (grid, low, mid, high)
+    return bands
+
+
+def _metric_panel(ax, rows: list[dict], column: str) -> None:
+    values = np.array([row[column] for row in rows if isinstance(row.get(column), (int, float))], float)
+    ax.boxplot(values, vert=True, widths=0.5, showfliers=False)
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
+    ax.scatter(1 + jitter, values, s=10, alpha=0.7, color="#1f77b4")
+    ax.set_xticks([])
+    ax.set_title(f"{column}\n(n={len(values)}, median {np.median(values):.3g})", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _failures_panel(ax, results: list[dict]) -> None:
+    ax.axis("off")
+    failed = [r for r in results if r["status"] != "done"]
+    lines = [f"Failed cases: {len(failed)} of {len(results)}"]
+    for result in failed[:12]:
+        lines += textwrap.wrap(f"{result['id']}: {result.get('error')}", 90, subsequent_indent="    ")
+    if len(failed) > 12:
+        lines.append(f"... and {len(failed) - 12} more (see cohort.csv)")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7,
+            color="#b00020" if failed else "#206020", transform=ax.transAxes)
+
+
+def write_cohort_report(results: list[dict], rows: list[dict], output, title: str) -> dict[str, str]:
+    """Write ``cohort_report.png`` and ``.pdf`` into ``output``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output = Path(output)
+    columns = key_metric_columns(rows)
+    bands = dvh_bands(_dvh_tables(results, output))
+    ncols = 4
+    metric_rows = max(1, -(-len(columns) // ncols))
+    failed = sum(r["status"] != "done" for r in results)
+    heights = [3.0] * metric_rows + ([3.6] if bands else []) + [0.6 + 0.16 * min(failed, 12) * 2]
+    fig = plt.figure(figsize=(11.7, sum(heights) + 0.8))
+    grid = fig.add_gridspec(len(heights), ncols, height_ratios=heights, hspace=0.6, wspace=0.35)
+    for index, column in enumerate(columns):
+        _metric_panel(fig.add_subplot(grid[index // ncols, index % ncols]), rows, column)
+    if not columns:
+        ax = fig.add_subplot(grid[0, :])
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No numeric metrics in the step reports", ha="center", va="center")
+    if bands:
+        ax = fig.add_subplot(grid[metric_rows, :])
+        for index, (name, (dose, low, mid, high)) in enumerate(sorted(bands.items())):
+            color = f"C{index % 10}"
+            ax.fill_between(dose, low, high, color=color, alpha=0.25, linewidth=0)
+            ax.plot(dose, mid, color=color, label=name)
+        ax.set_xlabel("Dose (Gy)")
+        ax.set_ylabel("Volume (%)")
+        ax.set_ylim(0, 102)
+        ax.set_title("DVH across the cohort: median and 10-90 % band", fontsize=9)
+        ax.legend(fontsize=7, ncols=4)
+    _failures_panel(fig.add_subplot(grid[-1, :]), results)
+    fig.suptitle(f"{title}: {len(results) - failed} of {len(results)} cases done", fontsize=11)
+    paths = {}
+    for suffix in ("png", "pdf"):
+        path = output / f"cohort_report.{suffix}"
+        fig.savefig(path, dpi=110)
+        paths[f"report_{suffix}"] = str(path)
+    plt.close(fig)
+    return paths
