@@ -217,7 +217,7 @@ class MedAIPlanLogic:
             overlap |= bool(np.any(labels[s.mask] > 0))
             labels[s.mask] = i + 1
             segments.append(SegmentInfo(i + 1, s.name))
-        ct = bridge.create_volume(self.scene, patient.hu.astype(np.int16), geometry, f"{base} CT")
+        ct = bridge.create_volume(self.scene, np.rint(patient.hu).astype(np.int16), geometry, f"{base} CT")
         seg = bridge.create_segmentation(self.scene, labels, geometry, sorted(segments, key=lambda s: s.label),
                                          f"{base} structures", reference_volume=ct)
         if overlap:  # a label map cannot hold overlaps: set each segment's own mask
