@@ -20,10 +20,17 @@ import torch
 from MedAICommonLib.geometry import Geometry
 
 from .beams import Beam, voxel_points_lps
-from .iso_plane_cells import IsoPlaneCells, iso_plane_projection, near_ray_lattice, search_half_width
+from .dij_engines import (
+    BeamGeometry,
+    BeamVoxels,
+    ColumnStore,
+    SamplingSettings,
+    numba_beam_columns,
+    torch_beam_columns,
+)
+from .iso_plane_cells import iso_plane_projection, near_ray_lattice
 from .matrad_io import PhotonMachine
-from .memory_estimate import available_memory_bytes
-from .pencil_beam import convolve_kernels, depth_components, interpolate_kernels, iso_lateral_offsets
+from .pencil_beam import ConvolvedKernels, convolve_kernels
 from .raytrace import nonzero_box, radiological_depth, sample_volume, ssd_along_ray
 
 
@@ -169,135 +176,6 @@ def _near_rays(u: np.ndarray, v: np.ndarray, ray_pos: np.ndarray, width: float, 
     return out
 
 
-def _sample_tail(ray_i, rad_depth, dose, tail, generator, delta_mm: float = 5.0):
-    """matRad's dij sampling of the lateral tail; returns (keep mask, new doses of the kept entries)."""
-    if not bool(tail.any()):
-        return torch.ones_like(tail), dose
-    cluster = ray_i.long() * 100_000 + torch.ceil(rad_depth / delta_mm).long()
-    uniq, inv = torch.unique(cluster[tail], return_inverse=True)
-    cmax = torch.zeros(len(uniq), dtype=dose.dtype, device=dose.device).scatter_reduce(
-        0, inv, dose[tail], "amax", include_self=False)
-    thr = cmax[inv]
-    r = torch.rand(int(tail.sum()), generator=generator).to(dose.device)
-    keep_tail = (r * thr <= dose[tail]) & (thr > 0)
-    keep = ~tail
-    keep_idx = torch.nonzero(tail, as_tuple=True)[0][keep_tail]
-    keep[keep_idx] = True
-    new = dose.clone()
-    new[keep_idx] = thr[keep_tail]
-    return keep, new[keep]
-
-
-def _bixel_rotations(ray_pos: np.ndarray, sad: float) -> np.ndarray:
-    """(B, 3, 3) rotations about the source turning each bixel's ray into the beam axis (calcGeoDists)."""
-    b = np.column_stack([ray_pos[:, 0], np.full(len(ray_pos), float(sad)), ray_pos[:, 1]])
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    w = np.cross(np.array([0.0, 1.0, 0.0]), b)
-    c = b[:, 1]
-    s2 = (w * w).sum(axis=1)
-    factor = np.where(s2 > 1e-20, (1 - c) / np.maximum(s2, 1e-20), 0.0)
-    cross = np.zeros((len(b), 3, 3))
-    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
-    cross[:, 1, 0], cross[:, 2, 0], cross[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
-    return np.eye(3)[None] - cross + factor[:, None, None] * (cross @ cross)
-
-
-class _ColumnStore:
-    """CSC entries of all beams, written in place: one reused scratch slot buffer for a beam's
-    uncompacted columns and output arrays reserved for the expected total (untouched memory costs
-    nothing; grown if short), so the entries are not copied again at the end (page faults are dear)."""
-
-    def __init__(self, n_beams: int):
-        self.n_beams = n_beams
-        self.slot_rows = np.empty(0, np.int32)
-        self.slot_vals = np.empty(0, np.float32)
-        self.rows = np.empty(0, np.int32)
-        self.vals = np.empty(0, np.float32)
-        self.used = 0
-        self.beams_done = 0
-
-    def slots(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scratch buffers of at least ``size`` entries."""
-        if size > len(self.slot_rows):
-            self.slot_rows = np.empty(size, np.int32)
-            self.slot_vals = np.empty(size, np.float32)
-        return self.slot_rows, self.slot_vals
-
-    def append(self, offsets, counts) -> None:
-        """Compact a beam's columns (slot ``offsets``, kept ``counts``) from the scratch into the output."""
-        from .dose_kernels import compact_columns
-
-        n = int(counts.sum())
-        if self.used + n > len(self.rows):
-            # room for the other beams as large as this one's uncompacted bound (virtual until written)
-            want = self.used + n + int(offsets[-1] * 1.25) * (self.n_beams - self.beams_done - 1)
-            free = available_memory_bytes()
-            if free is not None:
-                want = min(want, max(self.used + n, free // 16))     # 8 bytes an entry, half the free memory
-            else:       # unknown (a system that may commit at allocation): twice the average beam so far
-                want = min(want, 2 * (self.used + n) * self.n_beams // (self.beams_done + 1))
-            self._grow(want)
-        compact_columns(offsets, counts, self.slot_rows, self.slot_vals, self.rows[self.used:], self.vals[self.used:])
-        self.used += n
-        self.beams_done += 1
-
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, values) trimmed to the entries written: shrunk in place (realloc, no copy), since
-        scipy would copy a view of a much larger buffer."""
-        self.slot_rows = self.slot_vals = None
-        for name in ("rows", "vals"):
-            try:        # on the attribute itself: a local alias would count as a reference and refuse
-                getattr(self, name).resize(self.used, refcheck=True)
-            except ValueError:          # referenced elsewhere: copy instead
-                setattr(self, name, getattr(self, name)[:self.used].copy())
-        return self.rows, self.vals
-
-    def _grow(self, capacity: int) -> None:
-        rows, vals = np.empty(capacity, np.int32), np.empty(capacity, np.float32)
-        rows[:self.used], vals[:self.used] = self.rows[:self.used], self.vals[:self.used]
-        self.rows, self.vals = rows, vals
-
-
-def _beam_columns_numba(q, u, v, comp, rad, rows, beam: Beam, kernels, cutoff, sampling, core_r, rel_threshold,
-                        seed, store: _ColumnStore):
-    """One beam's dij columns on the CPU (numba), appended to ``store``: returns the counts per bixel."""
-    from .dose_kernels import column_upper_bounds, pencil_beam_columns
-
-    rp = np.asarray(beam.ray_pos, float)
-    cells = IsoPlaneCells.covering(u, v, beam.bixel_width)       # the binning the memory estimate counts
-    ncu, ncv, cw, u0, v0 = cells.ncu, cells.ncv, cells.width, cells.u0, cells.v0
-    cell = cells.cell_of(u, v)
-    order = np.argsort(cell, kind="stable")
-    cell_start = np.zeros(cells.count + 1, np.int64)
-    np.cumsum(np.bincount(cell, minlength=cells.count), out=cell_start[1:])
-    half = search_half_width(cutoff)
-    lo_u, hi_u, lo_v, hi_v = cells.bixel_rectangles(rp, half)
-    bounds = column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v)
-    offsets = np.zeros(len(rp) + 1, np.int64)
-    np.cumsum(bounds, out=offsets[1:])
-    slot_rows, slot_vals = store.slots(int(offsets[-1]))
-    counts = np.zeros(len(rp), np.int64)
-    kern = np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32)
-    pencil_beam_columns(np.ascontiguousarray(q[order], dtype=np.float64),
-                        np.ascontiguousarray(comp[order], dtype=np.float32),
-                        np.ascontiguousarray(rad[order], dtype=np.float64),
-                        np.ascontiguousarray(rows[order], dtype=np.int32), cell_start, ncu, ncv, u0, v0, cw,
-                        half ** 2, rp, lo_u, hi_u, lo_v, hi_v,
-                        _bixel_rotations(rp, beam.sad), float(beam.sad), float(cutoff) ** 2, kern,
-                        float(kernels.start_mm), float(kernels.res_mm), offsets, bool(sampling), float(core_r) ** 2,
-                        5.0, float(rel_threshold), int(seed), slot_rows, slot_vals, counts)
-    store.append(offsets, counts)
-    return counts
-
-
-def _depth_components_np(machine: PhotonMachine, rad: np.ndarray, geo: np.ndarray, sad: float) -> np.ndarray:
-    """numpy twin of :func:`pencil_beam.depth_components` (N, 3) float32."""
-    betas = np.asarray(machine.betas, float)
-    e_m = np.exp(-machine.m * rad)[:, None]
-    comp = betas / (betas - machine.m) * (e_m - np.exp(-betas[None, :] * rad[:, None]))
-    return (comp * ((sad / geo) ** 2)[:, None]).astype(np.float32)
-
-
 def default_kernel_cutoff(machine: PhotonMachine, lateral_cutoff_mm: float, bixel_width: float) -> float:
     """Kernel extent (mm) that leaves the convolved kernel exact within the lateral cut-off: the cut-off
     plus the bixel's half diagonal twice over plus the penumbra's 5 sigma and a 2 mm margin."""
@@ -307,6 +185,105 @@ def default_kernel_cutoff(machine: PhotonMachine, lateral_cutoff_mm: float, bixe
 
 def _central_ray(beam: Beam) -> int:
     return int(np.argmin((beam.ray_pos ** 2).sum(axis=1)))
+
+
+
+@dataclass(frozen=True, eq=False)
+class _SharedSetup:
+    """What all beams share: the CT and dose grids (LPS), the density that rays are traced through
+    (numpy for numba, a tensor on ``device`` for torch; ``ssd_density`` for the SSD search), its
+    non-zero box, the dose-grid voxels to compute (LPS points and their flattened KJI ``rows``) and the
+    fan-ray spacing ``fan_mm``."""
+
+    ct: Geometry
+    dose_grid: Geometry
+    trace_density: np.ndarray | torch.Tensor
+    ssd_density: np.ndarray
+    box: tuple
+    points: np.ndarray
+    rows: np.ndarray
+    fan_mm: float
+    device: torch.device
+    use_numba: bool
+
+
+def _use_numba(engine: str, dev: torch.device) -> bool:
+    """Whether ``engine`` on ``dev`` means the numba engine (else torch); refuses a bad choice."""
+    if engine not in ("auto", "numba", "torch"):
+        raise ValueError(f"Unknown dose engine {engine!r}; use auto, numba or torch.")
+    if engine == "numba" and dev.type != "cpu":
+        raise ValueError("The numba dose engine runs on the CPU; use engine='torch' on a GPU.")
+    return engine == "numba" or (engine == "auto" and dev.type == "cpu")
+
+
+def _shared_setup(density, ct_geometry: Geometry, voxel_mask, dose_resolution_mm, ignore_outside_densities: bool,
+                  device, engine: str) -> _SharedSetup:
+    """Checks the inputs and prepares the grids, the voxels and the density for all beams."""
+    ct = ct_geometry.to_space("LPS")
+    if ct.shape_kji != tuple(np.shape(density)):
+        raise ValueError("The density array does not match the CT geometry's shape.")
+    dgeo = make_dose_grid(ct, dose_resolution_mm)
+    if voxel_mask is None:
+        voxel_mask = np.asarray(density) > 0.05
+    if ignore_outside_densities:
+        density = np.where(voxel_mask, np.asarray(density, np.float32), np.float32(0.0))
+    mask_d = resample_nearest(np.asarray(voxel_mask, bool), ct, dgeo)
+    flat_idx = np.flatnonzero(mask_d.ravel())
+    if flat_idx.size == 0:
+        raise ValueError("No voxels to compute dose in; check the body/structure masks.")
+    pts_all = voxel_points_lps(dgeo, mask_d)
+    dev = torch.device(device)
+    use_numba = _use_numba(engine, dev)
+    density_np = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
+    trace = density_np if use_numba else torch.as_tensor(density_np, device=dev)
+    # fan rays and stored path samples: the CT spacing, but no finer than half the dose grid
+    fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
+    return _SharedSetup(ct, dgeo, trace, density, nonzero_box(trace), pts_all, flat_idx, fan_mm, dev, use_numba)
+
+
+class _BeamTracer:
+    """Per beam, the work both engines share: candidate voxels, radiological depths, SSD and the
+    convolved kernels (cached by nearest base-data SSD, bixel width and kernel extent)."""
+
+    def __init__(self, setup: _SharedSetup, machine: PhotonMachine, lateral_cutoff_mm: float,
+                 kernel_cutoff_mm: float | None, ssd_density_threshold: float):
+        self.setup, self.machine = setup, machine
+        self.lateral_cutoff_mm, self.kernel_cutoff_mm = lateral_cutoff_mm, kernel_cutoff_mm
+        self.ssd_density_threshold = ssd_density_threshold
+        self.kernel_cache: dict = {}
+
+    def trace(self, beam: Beam) -> tuple[BeamVoxels, BeamGeometry, ConvolvedKernels, float]:
+        """(candidate voxels, bixels, kernels, central-ray SSD in mm) of ``beam``."""
+        s = self.setup
+        cutoff = self.lateral_cutoff_mm + beam.bixel_width / np.sqrt(2.0)
+        q_all, u, v = iso_plane_projection(s.points, beam)
+        cand = np.flatnonzero(_near_rays(u, v, beam.ray_pos, beam.bixel_width, cutoff))
+        rad = radiological_depth(s.trace_density, s.ct, beam.source, beam.rotation, beam.sad, s.points[cand],
+                                 lateral_mm=s.fan_mm, store_mm=s.fan_mm / 2.0, device=s.device,
+                                 engine="numba" if s.use_numba else "torch", box=s.box)
+        ssd = ssd_along_ray(s.ssd_density, s.ct, beam.source, beam.ray_targets_lps()[_central_ray(beam)],
+                            self.ssd_density_threshold)
+        voxels = BeamVoxels(q_all[cand], u[cand], v[cand], rad, s.rows[cand])
+        return voxels, BeamGeometry(beam.ray_pos, beam.sad, beam.bixel_width, cutoff), self._kernels(beam, ssd), ssd
+
+    def _kernels(self, beam: Beam, ssd: float) -> ConvolvedKernels:
+        m = self.machine
+        k_cut = self.kernel_cutoff_mm or default_kernel_cutoff(m, self.lateral_cutoff_mm, beam.bixel_width)
+        key = (int(np.argmin(np.abs(m.kernel_ssd - ssd))) if np.isfinite(ssd) else -1, beam.bixel_width, k_cut)
+        if key not in self.kernel_cache:
+            self.kernel_cache[key] = convolve_kernels(m, ssd, beam.bixel_width, kernel_cutoff=k_cut,
+                                                      device=self.setup.device)
+        return self.kernel_cache[key]
+
+
+def _csc(indices: np.ndarray, data: np.ndarray, col_counts: list, n_vox: int, n_cols: int) -> sp.csc_matrix:
+    """CSC matrix (n_vox x n_cols) from entries in column order and the entry count of each column;
+    32-bit indices where they fit."""
+    indptr = np.zeros(n_cols + 1, np.int64)
+    if col_counts:
+        np.cumsum(np.concatenate(col_counts), out=indptr[1:])
+    idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
+    return sp.csc_matrix((data, indices.astype(idx_dtype, copy=False), indptr.astype(idx_dtype)), shape=(n_vox, n_cols))
 
 
 def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], machine: PhotonMachine,
@@ -331,121 +308,40 @@ def compute_dij(density: np.ndarray, ct_geometry: Geometry, beams: list[Beam], m
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     t0 = time.perf_counter()
-    ct = ct_geometry.to_space("LPS")
-    if ct.shape_kji != tuple(np.shape(density)):
-        raise ValueError("The density array does not match the CT geometry's shape.")
-    dgeo = make_dose_grid(ct, dose_resolution_mm)
-    if voxel_mask is None:
-        voxel_mask = np.asarray(density) > 0.05
-    if ignore_outside_densities:
-        density = np.where(voxel_mask, np.asarray(density, np.float32), np.float32(0.0))
-    mask_d = resample_nearest(np.asarray(voxel_mask, bool), ct, dgeo)
-    flat_idx = np.flatnonzero(mask_d.ravel())
-    if flat_idx.size == 0:
-        raise ValueError("No voxels to compute dose in; check the body/structure masks.")
-    pts_all = voxel_points_lps(dgeo, mask_d)
-    dev = torch.device(device)
-    if engine not in ("auto", "numba", "torch"):
-        raise ValueError(f"Unknown dose engine {engine!r}; use auto, numba or torch.")
-    if engine == "numba" and dev.type != "cpu":
-        raise ValueError("The numba dose engine runs on the CPU; use engine='torch' on a GPU.")
-    use_numba = engine == "numba" or (engine == "auto" and dev.type == "cpu")
-    density_np = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
-    density_t = None if use_numba else torch.as_tensor(density_np, device=dev)
-    box = nonzero_box(density_np if use_numba else density_t)      # once for all beams
-    # fan rays and stored path samples: the CT spacing, but no finer than half the dose grid
-    fan_mm = max(min(ct.spacing), min(dgeo.spacing) / 2.0)
+    setup = _shared_setup(density, ct_geometry, voxel_mask, dose_resolution_mm, ignore_outside_densities, device,
+                          engine)
+    tracer = _BeamTracer(setup, machine, lateral_cutoff_mm, kernel_cutoff_mm, ssd_density_threshold)
+    sampling = SamplingSettings(dij_sampling, sampling_core_mm, rel_threshold, seed)
+    store = ColumnStore(len(beams)) if setup.use_numba else None
     rows, col_counts, vals, beam_of_bixel, ssds = [], [], [], [], []
-    kernel_cache = {}
-    store = _ColumnStore(len(beams))
-    col0 = 0
     t_trace = t_pb = 0.0
     for b, beam in enumerate(beams):
         if beam.num_bixels == 0:
             continue
-        sad = beam.sad
-        source = beam.source
-        rot = beam.rotation
-        cutoff = lateral_cutoff_mm + beam.bixel_width / np.sqrt(2.0)
-        q_all, u, v = iso_plane_projection(pts_all, beam)
-        rp = beam.ray_pos
-        near = _near_rays(u, v, rp, beam.bixel_width, cutoff)
-        cand = np.flatnonzero(near)
         t1 = time.perf_counter()
-        rad = radiological_depth(density_np if use_numba else density_t, ct, source, rot, sad, pts_all[cand],
-                                 lateral_mm=fan_mm, store_mm=fan_mm / 2.0, device=dev,
-                                 engine="numba" if use_numba else "torch", box=box)
-        central = _central_ray(beam)
-        ssd = ssd_along_ray(density, ct, source, beam.ray_targets_lps()[central], ssd_density_threshold)
+        voxels, geometry, kernels, ssd = tracer.trace(beam)
         ssds.append(ssd)
-        k_cut = kernel_cutoff_mm or default_kernel_cutoff(machine, lateral_cutoff_mm, beam.bixel_width)
-        key = (int(np.argmin(np.abs(machine.kernel_ssd - ssd))) if np.isfinite(ssd) else -1, beam.bixel_width, k_cut)
-        if key not in kernel_cache:
-            kernel_cache[key] = convolve_kernels(machine, ssd, beam.bixel_width, kernel_cutoff=k_cut, device=dev)
-        kernels = kernel_cache[key]
         t2 = time.perf_counter()
         t_trace += t2 - t1
-        if use_numba:
-            qc = q_all[cand]
-            geo = np.linalg.norm(qc, axis=1)
-            comp = _depth_components_np(machine, rad, geo, sad)
-            col_counts.append(_beam_columns_numba(qc, u[cand], v[cand], comp, rad, flat_idx[cand], beam, kernels,
-                                                  cutoff, dij_sampling,
-                                                  sampling_core_mm + beam.bixel_width / np.sqrt(2.0),
-                                                  rel_threshold, seed * 7919 + b, store))
-            t_pb += time.perf_counter() - t2
-            beam_of_bixel.append(np.full(len(rp), b))
-            col0 += len(rp)
-            if progress is not None:
-                progress.update("dose influence", (b + 1) / len(beams))
-            continue
-        q = torch.as_tensor(q_all[cand], dtype=torch.float32, device=dev)
-        uu = torch.as_tensor(u[cand], dtype=torch.float32, device=dev)
-        vv = torch.as_tensor(v[cand], dtype=torch.float32, device=dev)
-        geo_t = torch.as_tensor(np.linalg.norm(q_all[cand], axis=1), dtype=torch.float32, device=dev)
-        rad_t = torch.as_tensor(rad, dtype=torch.float32, device=dev)
-        comp = depth_components(machine, rad_t, geo_t, sad)
-        rp_t = torch.as_tensor(rp, dtype=torch.float32, device=dev)
-        slack = (cutoff * 1.02 + 1.0) ** 2
-        chunk = max(1, int(4_000_000 // max(1, len(cand))))
-        for a in range(0, len(rp), chunk):
-            r = rp_t[a:a + chunk]
-            d2 = (uu[None, :] - r[:, 0:1]) ** 2 + (vv[None, :] - r[:, 1:2]) ** 2
-            ray_i, vox_i = torch.nonzero(d2 <= slack, as_tuple=True)
-            lx, lz = iso_lateral_offsets(q[vox_i], r[ray_i], sad)
-            keep = lx * lx + lz * lz <= cutoff * cutoff
-            ray_i, vox_i, lx, lz = ray_i[keep], vox_i[keep], lx[keep], lz[keep]
-            kv = interpolate_kernels(kernels, lx, lz)
-            dose = torch.clamp((kv * comp[vox_i]).sum(dim=1), min=0.0)
-            if dij_sampling and dose.numel():
-                core_r = sampling_core_mm + beam.bixel_width / np.sqrt(2.0)
-                lat2 = (lx * lx + lz * lz) * (geo_t[vox_i] / sad) ** 2     # un-projected, as matRad
-                keep, dose = _sample_tail(ray_i, rad_t[vox_i], dose, lat2 > core_r ** 2, generator)
-                ray_i, vox_i = ray_i[keep], vox_i[keep]
-            if rel_threshold > 0 and dose.numel():
-                cmax = torch.zeros(len(r), dtype=dose.dtype, device=dev).scatter_reduce(0, ray_i, dose, "amax")
-                keep = dose >= rel_threshold * cmax[ray_i]
-                ray_i, vox_i, dose = ray_i[keep], vox_i[keep], dose[keep]
-            order = torch.argsort(ray_i, stable=True).cpu().numpy()
-            rows.append(flat_idx[cand[vox_i.cpu().numpy()[order]]])
-            col_counts.append(np.bincount(ray_i.cpu().numpy(), minlength=len(r)))
-            vals.append(dose.cpu().numpy().astype(np.float32)[order])
+        if setup.use_numba:
+            col_counts.append(numba_beam_columns(voxels, geometry, kernels, machine, sampling, b, store))
+        else:
+            beam_rows, beam_counts, beam_vals = torch_beam_columns(voxels, geometry, kernels, machine, sampling,
+                                                                   generator, setup.device)
+            rows += beam_rows
+            col_counts += beam_counts
+            vals += beam_vals
         t_pb += time.perf_counter() - t2
-        beam_of_bixel.append(np.full(len(rp), b))
-        col0 += len(rp)
+        beam_of_bixel.append(np.full(len(beam.ray_pos), b))
         if progress is not None:
             progress.update("dose influence", (b + 1) / len(beams))
-    n_vox = int(np.prod(dgeo.shape_kji))
-    indptr = np.zeros(col0 + 1, np.int64)
-    if col_counts:
-        np.cumsum(np.concatenate(col_counts), out=indptr[1:])
-    idx_dtype = np.int32 if max(n_vox, indptr[-1]) < 2 ** 31 - 1 else np.int64
-    if use_numba:
+    if store is not None:
         indices, data = store.finish()
     else:
         indices = np.concatenate(rows) if rows else np.zeros(0, np.int32)
         data = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-    mat = sp.csc_matrix((data, indices.astype(idx_dtype, copy=False), indptr.astype(idx_dtype)), shape=(n_vox, col0))
+    n_cols = sum(len(c) for c in beam_of_bixel)
+    mat = _csc(indices, data, col_counts, int(np.prod(setup.dose_grid.shape_kji)), n_cols)
     timings = {"ray_tracing_s": t_trace, "pencil_beam_s": t_pb, "total_s": time.perf_counter() - t0}
-    return DoseInfluence(mat, dgeo, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
+    return DoseInfluence(mat, setup.dose_grid, np.concatenate(beam_of_bixel) if beam_of_bixel else np.zeros(0, int),
                          ssds, timings)
