@@ -25,25 +25,9 @@ import scipy.sparse as sp
 import torch
 
 from .objective_matrix import StackedObjectives, single_threaded_blas
+from .objectives import OBJECTIVE_TYPES, Objective
 
-OBJECTIVE_TYPES = ("squared_overdose", "squared_underdose", "squared_deviation", "mean", "max_dvh", "min_dvh")
-
-
-@dataclass
-class Objective:
-    """One objective on a structure: ``type`` (see module), ``dose`` (Gy), ``penalty``, ``volume`` (%)."""
-
-    structure: str
-    type: str
-    dose: float
-    penalty: float = 1.0
-    volume: float = 50.0
-
-    def __post_init__(self):
-        if self.type not in OBJECTIVE_TYPES:
-            raise ValueError(f"Unknown objective type {self.type!r}; use one of {', '.join(OBJECTIVE_TYPES)}.")
-        if self.dose < 0 or self.penalty < 0:
-            raise ValueError("Objective dose and penalty must be non-negative.")
+__all__ = ["OBJECTIVE_TYPES", "FluenceResult", "Objective", "exclusive_voxels", "optimise_fluence"]
 
 
 @dataclass
@@ -163,6 +147,25 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
     ``blocks``: per structure, a pair (W, rows) whose doses ``W @ dij[rows]`` replace ``dij[voxels[s]]``
     (:func:`ct_grid.ct_factor`: CT-grid voxels); then the optimisation runs on the CPU path.
     """
+    _check_plan_inputs(voxels, objectives, prescription_gy, target, fractions, blocks)
+    t0 = time.perf_counter()
+    problem, value_and_grad = _objective_function(dij, voxels, objectives, fractions, blocks, torch.device(device))
+    if w0 is None:
+        w0 = np.full(dij.shape[1], prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions,
+                                                                      blocks))
+    history: list[float] = []
+    if method == "auto":     # L-BFGS-B on every device: a GPU evaluates the objective, scipy steps (2 k numbers)
+        method = "lbfgsb"
+    if method == "lbfgsb":
+        w, iters = _run_lbfgsb(value_and_grad, w0, dij.shape[1], history, max_iter, tol, stall_iterations, stall_tol,
+                               progress)
+    else:
+        w, iters = _run_projected_adam(value_and_grad, w0, history, max_iter, progress)
+    return FluenceResult(np.asarray(w, float), history, time.perf_counter() - t0, iters)
+
+
+def _check_plan_inputs(voxels, objectives, prescription_gy, target, fractions, blocks) -> None:
+    """Refuses a prescription, fraction count, target or objective list that cannot make a plan."""
     if prescription_gy is None or prescription_gy <= 0:
         raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
     if fractions < 1:
@@ -171,60 +174,63 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
         raise ValueError(f"The target {target!r} has no voxels on the dose grid.")
     if not objectives:
         raise ValueError("Give at least one objective.")
-    t0 = time.perf_counter()
-    dev = torch.device(device)
+
+
+def _objective_function(dij, voxels, objectives, fractions, blocks, dev: torch.device):
+    """(problem, value_and_grad(numpy weights) -> (float, numpy gradient)): the stacked numba
+    objectives on the CPU (or with ``blocks``), torch sparse products on a GPU."""
     if dev.type == "cpu" or blocks:
         problem = StackedObjectives(dij, voxels, objectives, float(fractions), blocks)
-        value_and_grad = problem.value_and_grad
-    else:
-        problem = _Problem(dij, voxels, objectives, float(fractions), dev)
+        return problem, problem.value_and_grad
+    problem = _Problem(dij, voxels, objectives, float(fractions), dev)
 
-        def value_and_grad(x):
-            f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
-            return f, g.cpu().numpy()
-    n = dij.shape[1]
-    if w0 is None:
-        w0 = np.full(n, prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions, blocks))
-    history: list[float] = []
-    if method == "auto":     # L-BFGS-B on every device: a GPU evaluates the objective, scipy steps (2 k numbers)
-        method = "lbfgsb"
-    if method == "lbfgsb":
-        from scipy.optimize import minimize
+    def value_and_grad(x):
+        f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
+        return f, g.cpu().numpy()
+    return problem, value_and_grad
 
-        def fun(x):
-            f, g = value_and_grad(x)
-            history.append(f)
-            if progress is not None:
-                progress.update("optimisation", min(1.0, len(history) / max_iter))
-            return f, g
 
-        per_iteration: list[float] = []
+def _run_lbfgsb(value_and_grad, w0, n: int, history: list[float], max_iter: int, tol, stall_iterations, stall_tol,
+                progress) -> tuple[np.ndarray, int]:
+    """scipy's L-BFGS-B with bounds w >= 0 on the ``n`` bixels, stopped early on a plateau; (weights, iterations)."""
+    from scipy.optimize import minimize
 
-        def stalled(intermediate_result):
-            per_iteration.append(float(intermediate_result.fun))
-            if stall_iterations and len(per_iteration) > stall_iterations:
-                old = per_iteration[-1 - stall_iterations]
-                if old - per_iteration[-1] <= stall_tol * abs(old):
-                    raise StopIteration
+    def fun(x):
+        f, g = value_and_grad(x)
+        history.append(f)
+        if progress is not None:
+            progress.update("optimisation", min(1.0, len(history) / max_iter))
+        return f, g
 
-        with single_threaded_blas():
-            res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
-                           callback=stalled, options={"maxiter": max_iter, "maxfun": max_iter * 2,
-                                                      "ftol": tol or 1e-10, "gtol": tol or 1e-8})
-        w, iters = res.x, int(res.nit)
-    else:
-        w = np.asarray(w0, float).copy()
-        lr = float(np.mean(w0)) * 0.05
-        m = np.zeros_like(w)
-        v = np.zeros_like(w)
-        for it in range(1, max_iter + 1):
-            f, g = value_and_grad(w)
-            history.append(f)
-            m = 0.9 * m + 0.1 * g
-            v = 0.999 * v + 0.001 * g * g
-            step = lr * (m / (1 - 0.9 ** it)) / (np.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
-            w = np.maximum(w - step, 0.0)
-            if progress is not None:
-                progress.update("optimisation", it / max_iter)
-        iters = max_iter
-    return FluenceResult(np.asarray(w, float), history, time.perf_counter() - t0, iters)
+    per_iteration: list[float] = []
+
+    def stalled(intermediate_result):
+        per_iteration.append(float(intermediate_result.fun))
+        if stall_iterations and len(per_iteration) > stall_iterations:
+            old = per_iteration[-1 - stall_iterations]
+            if old - per_iteration[-1] <= stall_tol * abs(old):
+                raise StopIteration
+
+    with single_threaded_blas():
+        res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
+                       callback=stalled, options={"maxiter": max_iter, "maxfun": max_iter * 2,
+                                                  "ftol": tol or 1e-10, "gtol": tol or 1e-8})
+    return res.x, int(res.nit)
+
+
+def _run_projected_adam(value_and_grad, w0, history: list[float], max_iter: int, progress) -> tuple[np.ndarray, int]:
+    """Projected gradient descent (Adam steps, clamped at 0) for ``max_iter`` iterations; (weights, iterations)."""
+    w = np.asarray(w0, float).copy()
+    lr = float(np.mean(w0)) * 0.05
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for it in range(1, max_iter + 1):
+        f, g = value_and_grad(w)
+        history.append(f)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        step = lr * (m / (1 - 0.9 ** it)) / (np.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
+        w = np.maximum(w - step, 0.0)
+        if progress is not None:
+            progress.update("optimisation", it / max_iter)
+    return w, max_iter
