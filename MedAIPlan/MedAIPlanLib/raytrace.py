@@ -11,6 +11,8 @@ piecewise-constant voxels; outside the volume the density is 0 (air). All points
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -96,24 +98,52 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
         return np.zeros(0)
     source = np.asarray(source_lps, float)
     step = float(step_mm or min(geometry.spacing) / 2.0)
-    lat = float(lateral_mm or min(geometry.spacing))
     q = (points - source) @ rotation                      # BEV, relative to the source
     if np.any(q[:, 1] <= 0):
         raise ValueError("Some voxels lie behind the photon source; increase the SAD or move the isocentre.")
-    u = q[:, 0] * sad / q[:, 1]
-    v = q[:, 2] * sad / q[:, 1]
-    s = np.linalg.norm(q, axis=1)
     box = nonzero_box(density) if isinstance(box, str) else box
-    s0, s_box = _box_distance_range(geometry, source, box)
-    s1 = min(float(s.max()), s_box) + step
-    u_axis = np.arange(u.min() - 2 * lat, u.max() + 2 * lat + lat / 2, lat)
-    v_axis = np.arange(v.min() - 2 * lat, v.max() + 2 * lat + lat / 2, lat)
-    s_axis = np.arange(max(s0 - step, 0.0), s1 + step, step)
+    fan = _Fan.covering(q, sad, step, float(lateral_mm or min(geometry.spacing)),
+                        _box_distance_range(geometry, source, box))
     dev = torch.device(device)
     if engine == "numba" or (engine == "auto" and dev.type == "cpu"):
-        return _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s, u_axis, v_axis,
-                                         s_axis, step, store_mm)
+        return _radiological_depth_numba(density, geometry, source, rotation, sad, fan, store_mm)
+    return _radiological_depth_torch(density, geometry, source, rotation, sad, fan, dev)
+
+
+@dataclass(frozen=True, eq=False)
+class _Fan:
+    """The voxels in fan coordinates (iso-plane ``u``, ``v`` and distance ``s`` from the source, mm)
+    and the fan's sample axes covering them (``u_axis``, ``v_axis`` rays, ``s_axis`` every ``step`` mm)."""
+
+    u: np.ndarray
+    v: np.ndarray
+    s: np.ndarray
+    u_axis: np.ndarray
+    v_axis: np.ndarray
+    s_axis: np.ndarray
+    step: float
+
+    @classmethod
+    def covering(cls, q: np.ndarray, sad: float, step: float, lat: float, s_range: tuple[float, float]) -> _Fan:
+        """Fan of rays ``lat`` mm apart (iso plane) over BEV points ``q`` (relative to the source), marched
+        from the near end of ``s_range`` (the density's box) to the farther point or box end."""
+        u = q[:, 0] * sad / q[:, 1]
+        v = q[:, 2] * sad / q[:, 1]
+        s = np.linalg.norm(q, axis=1)
+        s0, s_box = s_range
+        s1 = min(float(s.max()), s_box) + step
+        u_axis = np.arange(u.min() - 2 * lat, u.max() + 2 * lat + lat / 2, lat)
+        v_axis = np.arange(v.min() - 2 * lat, v.max() + 2 * lat + lat / 2, lat)
+        s_axis = np.arange(max(s0 - step, 0.0), s1 + step, step)
+        return cls(u, v, s, u_axis, v_axis, s_axis, step)
+
+
+def _radiological_depth_torch(density, geometry: Geometry, source, rotation, sad, fan: _Fan,
+                              dev: torch.device) -> np.ndarray:
+    """The GPU engine of :func:`radiological_depth`: the fan marched in chunks of steps, then the
+    cumulative path sampled trilinearly at the voxels."""
     dt = torch.float32
+    u_axis, v_axis, s_axis, step = fan.u_axis, fan.v_axis, fan.s_axis, fan.step
     vol = torch.as_tensor(np.asarray(density, dtype=np.float32), device=dev)
     ut = torch.as_tensor(u_axis, dtype=dt, device=dev)
     vt = torch.as_tensor(v_axis, dtype=dt, device=dev)
@@ -137,9 +167,9 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
         running = c[-1]
     # trilinear interpolation of the cumulative path at (u, v, s)
     grid = torch.stack([
-        torch.as_tensor(2 * (u - u_axis[0]) / (u_axis[-1] - u_axis[0]) - 1, dtype=dt),
-        torch.as_tensor(2 * (v - v_axis[0]) / (v_axis[-1] - v_axis[0]) - 1, dtype=dt),
-        torch.as_tensor(2 * (s - s_axis[0]) / (s_axis[-1] - s_axis[0]) - 1, dtype=dt),
+        torch.as_tensor(2 * (fan.u - u_axis[0]) / (u_axis[-1] - u_axis[0]) - 1, dtype=dt),
+        torch.as_tensor(2 * (fan.v - v_axis[0]) / (v_axis[-1] - v_axis[0]) - 1, dtype=dt),
+        torch.as_tensor(2 * (fan.s - s_axis[0]) / (s_axis[-1] - s_axis[0]) - 1, dtype=dt),
     ], dim=-1).to(dev).reshape(1, 1, 1, -1, 3)
     out = torch.nn.functional.grid_sample(cum[None, None], grid, mode="bilinear", padding_mode="border",
                                           align_corners=True)
@@ -162,10 +192,12 @@ def _fan_directions(u_axis, v_axis, sad, rotation) -> np.ndarray:
     return np.ascontiguousarray(d @ np.asarray(rotation, float).T)
 
 
-def _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s, u_axis, v_axis, s_axis, step,
-                              store_mm):
+def _radiological_depth_numba(density, geometry: Geometry, source, rotation, sad, fan: _Fan, store_mm) -> np.ndarray:
+    """The CPU engine of :func:`radiological_depth`: numba's fused fan march, the cumulative path kept
+    every ``store_mm``, then sampled trilinearly at the voxels."""
     from .dose_kernels import interp_cum, trace_fan
 
+    u_axis, v_axis, s_axis, step = fan.u_axis, fan.v_axis, fan.s_axis, fan.step
     g = geometry.to_space("LPS")
     vol = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
     affine = np.ascontiguousarray(g.physical_to_ijk()[:3], dtype=np.float64)
@@ -174,7 +206,7 @@ def _radiological_depth_numba(density, geometry, source, rotation, sad, u, v, s,
                     float(s_axis[0]), float(step), len(s_axis) + every, every, _edge_pad(g, u_axis, v_axis, step))
     lat_u = u_axis[1] - u_axis[0] if len(u_axis) > 1 else 1.0
     lat_v = v_axis[1] - v_axis[0] if len(v_axis) > 1 else 1.0
-    return interp_cum(cum, (u - u_axis[0]) / lat_u, (v - v_axis[0]) / lat_v, (s - s_axis[0]) / (step * every))
+    return interp_cum(cum, (fan.u - u_axis[0]) / lat_u, (fan.v - v_axis[0]) / lat_v, (fan.s - s_axis[0]) / (step * every))
 
 
 def ssd_along_ray(density: np.ndarray, geometry: Geometry, source_lps, target_lps,
