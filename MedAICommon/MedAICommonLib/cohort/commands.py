@@ -57,7 +57,7 @@ def cmd_batch(args, report) -> int:
     from .execution import ProgressLine, dask_client, run_cases
 
     manifest = read_manifest(args.manifest)
-    pipeline = load_pipeline(args.pipeline, manifest.columns)
+    pipeline = load_pipeline(args.pipeline, manifest.columns, manifest.cases[0].values)
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     report.inputs.update({"manifest": str(manifest.path), "pipeline": str(pipeline.path)})

@@ -124,14 +124,21 @@ def _parse_step(raw, index: int) -> Step:
     return Step(name=name, command=command, args=args, needs=[str(n) for n in needs])
 
 
-def check_arguments(step: Step) -> None:
-    """Parse ``step.args`` (placeholders replaced by sample paths) with the command's own parser.
+def check_arguments(step: Step, sample: dict[str, str] | None = None) -> None:
+    """Parse ``step.args`` with the command's own parser, ``{case.COLUMN}`` filled from ``sample`` (one
+    case's values; a sample path otherwise) and step folders with sample paths.
 
     Raises ``ValueError`` with argparse's message when an option is unknown, missing or malformed.
     """
     from ..cli.main import build_parser
 
-    sample = [PLACEHOLDER.sub("/placeholder", arg) for arg in step.args]
+    sample = sample or {}
+
+    def fill(match) -> str:
+        token = match.group(1)
+        return sample.get(token[5:], "/sample") if token.startswith("case.") else f"/sample/{token}"
+
+    sample = [PLACEHOLDER.sub(fill, arg) for arg in step.args]
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -142,8 +149,10 @@ def check_arguments(step: Step) -> None:
         raise ValueError(f"step {step.name}: medai {step.command} refuses its args: {detail}") from None
 
 
-def load_pipeline(name_or_path, columns: list[str], check_args: bool = True) -> Pipeline:
-    """Read and check a pipeline against the manifest's ``columns``; ``ValueError`` says what to fix."""
+def load_pipeline(name_or_path, columns: list[str], sample: dict[str, str] | None = None,
+                  check_args: bool = True) -> Pipeline:
+    """Read and check a pipeline against the manifest's ``columns`` (``sample``: one case's values, to
+    check the args with the commands' own parsers); ``ValueError`` says what to fix."""
     path = find_pipeline(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -160,7 +169,7 @@ def load_pipeline(name_or_path, columns: list[str], check_args: bool = True) -> 
     for index, step in enumerate(steps):
         _step_placeholders(step, index, names, columns)
         if check_args:
-            check_arguments(step)
+            check_arguments(step, sample)
     return Pipeline(path=path.resolve(), steps=steps)
 
 

@@ -71,7 +71,7 @@ def dvh_bands(tables: list[Path], points: int = 200) -> dict[str, tuple[np.ndarr
 
 def _metric_panel(ax, rows: list[dict], column: str) -> None:
     values = np.array([row[column] for row in rows if isinstance(row.get(column), (int, float))], float)
-    ax.boxplot(values, vert=True, widths=0.5, showfliers=False)
+    ax.boxplot(values, widths=0.5, showfliers=False)
     jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(values))
     ax.scatter(1 + jitter, values, s=10, alpha=0.7, color="#1f77b4")
     ax.set_xticks([])

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -77,13 +78,31 @@ def _prepare_worker() -> None:
             torch.cuda.set_device(index % torch.cuda.device_count())
 
 
+@contextlib.contextmanager
+def _output_into(stream):
+    """Python's and native (VTK, ITK) stdout and stderr into ``stream`` (a file) within the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def _run_in_process(argv: list[str], log: Path, use_cache: bool) -> int:
     """``medai ARGV`` in this process (no interpreter start-up), its output in ``log``; the exit code."""
     from ..cli.main import build_parser, run_command
     from ..runtime import get_runtime
 
-    with _command_lock, log.open("w") as stream, contextlib.redirect_stdout(stream), \
-            contextlib.redirect_stderr(stream), model_cache_enabled(use_cache):
+    with _command_lock, log.open("w") as stream, _output_into(stream), model_cache_enabled(use_cache):
         try:
             try:
                 args = build_parser(argv[0]).parse_args(argv)
