@@ -235,16 +235,7 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
     setup.PatientPosition = patient_position
     ds.PatientSetupSequence = Sequence([setup])
     if prescription_gy is not None:
-        ref = Dataset()
-        ref.DoseReferenceNumber = 1
-        ref.DoseReferenceUID = generate_uid()
-        ref.DoseReferenceStructureType = "VOLUME" if target_roi_number is not None and structure_set_uid else "SITE"
-        if ref.DoseReferenceStructureType == "VOLUME":
-            ref.ReferencedROINumber = int(target_roi_number)
-        ref.DoseReferenceDescription = "target"
-        ref.DoseReferenceType = "TARGET"
-        ref.TargetPrescriptionDose = _ds_string(float(prescription_gy))
-        ds.DoseReferenceSequence = Sequence([ref])
+        ds.DoseReferenceSequence = Sequence([_dose_reference(prescription_gy, target_roi_number, structure_set_uid)])
     if structure_set_uid:
         ref_ss = Dataset()
         ref_ss.ReferencedSOPClassUID = RTSTRUCT_SOP_CLASS
@@ -257,61 +248,8 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
     fg.NumberOfBrachyApplicationSetups = 0
     refs, seq = [], []
     for n, b in enumerate(beams, start=1):
-        ref = Dataset()
-        ref.ReferencedBeamNumber = n
-        if b.get("meterset_mu") is not None:
-            ref.BeamMeterset = _ds_string(float(b["meterset_mu"]))
-        refs.append(ref)
-        beam = Dataset()
-        beam.BeamNumber = n
-        beam.BeamName = str(b.get("name", f"Beam {n}"))[:64]
-        angles = {kind: check_angles(b.get(f"{kind}_deg", 0.0), f"RTPLAN beam '{beam.BeamName}' {kind} angle")[0]
-                  for kind in ("gantry", "couch", "collimator")}
-        beam.BeamType = "STATIC"
-        beam.TreatmentMachineName = machine
-        beam.RadiationType = "PHOTON"
-        beam.TreatmentDeliveryType = "TREATMENT"
-        beam.SourceAxisDistance = _ds_string(float(b.get("sad_mm", 1000.0)))
-        beam.PrimaryDosimeterUnit = "MU"
-        beam.NumberOfWedges = 0
-        beam.NumberOfCompensators = 0
-        beam.NumberOfBoli = 0
-        beam.NumberOfBlocks = 0
-        beam.ReferencedPatientSetupNumber = 1
-        jaws = b.get("jaws_mm") or {"X": [-50.0, 50.0], "Y": [-50.0, 50.0]}
-        devices = []
-        for kind in ("ASYMX", "ASYMY"):
-            dev = Dataset()
-            dev.RTBeamLimitingDeviceType = kind
-            dev.NumberOfLeafJawPairs = 1
-            devices.append(dev)
-        beam.BeamLimitingDeviceSequence = Sequence(devices)
-        beam.FinalCumulativeMetersetWeight = "1"
-        beam.NumberOfControlPoints = 2
-        cps = []
-        for i in range(2):
-            cp = Dataset()
-            cp.ControlPointIndex = i
-            cp.CumulativeMetersetWeight = str(i)
-            if i == 0:
-                cp.NominalBeamEnergy = _ds_string(float(b.get("energy_mv", 6.0)))
-                cp.GantryAngle = _ds_string(angles["gantry"])
-                cp.GantryRotationDirection = "NONE"
-                cp.BeamLimitingDeviceAngle = _ds_string(angles["collimator"])
-                cp.BeamLimitingDeviceRotationDirection = "NONE"
-                cp.PatientSupportAngle = _ds_string(angles["couch"])
-                cp.PatientSupportRotationDirection = "NONE"
-                cp.IsocenterPosition = [_ds_string(v) for v in b.get("isocenter_lps", (0.0, 0.0, 0.0))]
-                positions = []
-                for kind in ("X", "Y"):
-                    pos = Dataset()
-                    pos.RTBeamLimitingDeviceType = "ASYM" + kind
-                    pos.LeafJawPositions = [_ds_string(v) for v in jaws.get(kind, jaws.get("ASYM" + kind, [-50.0, 50.0]))]
-                    positions.append(pos)
-                cp.BeamLimitingDevicePositionSequence = Sequence(positions)
-            cps.append(cp)
-        beam.ControlPointSequence = Sequence(cps)
-        seq.append(beam)
+        refs.append(_referenced_beam(n, b))
+        seq.append(_static_beam(n, b, machine))
     fg.ReferencedBeamSequence = Sequence(refs)
     if dose_uid:
         ref_dose = Dataset()
@@ -322,6 +260,92 @@ def rtplan_dataset(beams: list[dict], label: str = "MedAI plan", fractions: int 
     ds.BeamSequence = Sequence(seq)
     ds.ApprovalStatus = "UNAPPROVED"
     return ds
+
+
+def _dose_reference(prescription_gy: float, target_roi_number: int | None, structure_set_uid: str | None) -> Dataset:
+    """The plan's target dose reference: a VOLUME (the ROI) when the structure set and ROI are known, else a SITE."""
+    ref = Dataset()
+    ref.DoseReferenceNumber = 1
+    ref.DoseReferenceUID = generate_uid()
+    ref.DoseReferenceStructureType = "VOLUME" if target_roi_number is not None and structure_set_uid else "SITE"
+    if ref.DoseReferenceStructureType == "VOLUME":
+        ref.ReferencedROINumber = int(target_roi_number)
+    ref.DoseReferenceDescription = "target"
+    ref.DoseReferenceType = "TARGET"
+    ref.TargetPrescriptionDose = _ds_string(float(prescription_gy))
+    return ref
+
+
+def _referenced_beam(n: int, b: dict) -> Dataset:
+    """The fraction group's reference to beam ``n`` (with its meterset in MU when given)."""
+    ref = Dataset()
+    ref.ReferencedBeamNumber = n
+    if b.get("meterset_mu") is not None:
+        ref.BeamMeterset = _ds_string(float(b["meterset_mu"]))
+    return ref
+
+
+def _static_beam(n: int, b: dict, machine: str) -> Dataset:
+    """Beam ``n`` of the BeamSequence: a STATIC photon beam with asymmetric X/Y jaws and two control points."""
+    beam = Dataset()
+    beam.BeamNumber = n
+    beam.BeamName = str(b.get("name", f"Beam {n}"))[:64]
+    angles = {kind: check_angles(b.get(f"{kind}_deg", 0.0), f"RTPLAN beam '{beam.BeamName}' {kind} angle")[0]
+              for kind in ("gantry", "couch", "collimator")}
+    beam.BeamType = "STATIC"
+    beam.TreatmentMachineName = machine
+    beam.RadiationType = "PHOTON"
+    beam.TreatmentDeliveryType = "TREATMENT"
+    beam.SourceAxisDistance = _ds_string(float(b.get("sad_mm", 1000.0)))
+    beam.PrimaryDosimeterUnit = "MU"
+    beam.NumberOfWedges = 0
+    beam.NumberOfCompensators = 0
+    beam.NumberOfBoli = 0
+    beam.NumberOfBlocks = 0
+    beam.ReferencedPatientSetupNumber = 1
+    devices = []
+    for kind in ("ASYMX", "ASYMY"):
+        dev = Dataset()
+        dev.RTBeamLimitingDeviceType = kind
+        dev.NumberOfLeafJawPairs = 1
+        devices.append(dev)
+    beam.BeamLimitingDeviceSequence = Sequence(devices)
+    beam.FinalCumulativeMetersetWeight = "1"
+    beam.NumberOfControlPoints = 2
+    beam.ControlPointSequence = Sequence([_first_control_point(b, angles), _last_control_point()])
+    return beam
+
+
+def _first_control_point(b: dict, angles: dict[str, float]) -> Dataset:
+    """Control point 0: energy, angles (degrees), isocentre (LPS mm) and jaw positions (mm at the isocentre)."""
+    jaws = b.get("jaws_mm") or {"X": [-50.0, 50.0], "Y": [-50.0, 50.0]}
+    cp = Dataset()
+    cp.ControlPointIndex = 0
+    cp.CumulativeMetersetWeight = "0"
+    cp.NominalBeamEnergy = _ds_string(float(b.get("energy_mv", 6.0)))
+    cp.GantryAngle = _ds_string(angles["gantry"])
+    cp.GantryRotationDirection = "NONE"
+    cp.BeamLimitingDeviceAngle = _ds_string(angles["collimator"])
+    cp.BeamLimitingDeviceRotationDirection = "NONE"
+    cp.PatientSupportAngle = _ds_string(angles["couch"])
+    cp.PatientSupportRotationDirection = "NONE"
+    cp.IsocenterPosition = [_ds_string(v) for v in b.get("isocenter_lps", (0.0, 0.0, 0.0))]
+    positions = []
+    for kind in ("X", "Y"):
+        pos = Dataset()
+        pos.RTBeamLimitingDeviceType = "ASYM" + kind
+        pos.LeafJawPositions = [_ds_string(v) for v in jaws.get(kind, jaws.get("ASYM" + kind, [-50.0, 50.0]))]
+        positions.append(pos)
+    cp.BeamLimitingDevicePositionSequence = Sequence(positions)
+    return cp
+
+
+def _last_control_point() -> Dataset:
+    """Control point 1: the full meterset, nothing changed."""
+    cp = Dataset()
+    cp.ControlPointIndex = 1
+    cp.CumulativeMetersetWeight = "1"
+    return cp
 
 
 def write_dataset(ds: Dataset, path) -> Path:
