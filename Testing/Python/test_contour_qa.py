@@ -228,3 +228,25 @@ def test_totalsegmentator_models_on_a_medai_plan(scene, shared_data, tmp_path):
     assert timings["compare"] <= 10.0, timings
     assert timings["bands"] <= 30.0, timings
     assert (tmp_path / "QA.pdf").stat().st_size > 50_000
+
+
+def test_rtstruct_pair_with_a_mapping_file(shared_data, tmp_path):
+    """Nelms' 24 mm cylinder and the same cylinder 1 mm to the left (RTSTRUCTs of other names, paired by a CSV
+    mapping) on the 1 Gy/mm anterior-posterior gradient: Dice of two circles 1 mm apart, and no dose change,
+    since the shift runs across the gradient: a Dice below 1 that does not matter for the dose."""
+    base = shared_data / "rt" / "nelms-dvh-benchmark"
+    mapping = tmp_path / "names.csv"
+    mapping.write_text("reference,candidate\nCylinder_20_0,Cylinder_20_X10\n")
+    report = tmp_path / "R.json"
+    assert main(["contour-qa", str(base / "dose_grids" / "Linear_AntPost_1mm_Aligned.dcm"),
+                 str(base / "structures" / "Cylinder_20_0.dcm"), str(base / "structures" / "Cylinder_20_X10.dcm"),
+                 "--mapping", str(mapping), "--tolerance-mm", "2", "--report", str(report)]) == 0
+    row = json.loads(report.read_text())["metrics"]["structures"]["Cylinder_20_0"]
+    r, d = 12.0, 1.0
+    lens = 2 * r * r * np.arccos(d / (2 * r)) - d / 2 * np.sqrt(4 * r * r - d * d)
+    assert row["dice"] == pytest.approx(lens / (np.pi * r * r), abs=0.003)
+    assert row["surface_dice"] == pytest.approx(1.0)  # every surface point within 2 mm of the other
+    assert row["reference"]["Dmean_Gy"] == pytest.approx(16.0, abs=0.05)  # the analytical mean
+    assert abs(row["delta_Dmean_Gy"]) < 0.01
+    assert abs(row["delta_D95_Gy"]) < 0.05
+    assert not row["dose_relevant"]

@@ -76,7 +76,7 @@ def register(subparsers, add_common_options) -> None:
 
 def _load_structures(scene, path, names, dose_node):
     if str(path).lower().endswith(".dcm"):
-        return PlanEvaluationLogic(scene).import_rtstruct(path, reference_node=dose_node)
+        return PlanEvaluationLogic(scene).import_rtstruct(path)  # its own 1 mm in-plane grid, finer than most doses
     return bridge.load_segmentation(scene, path, segment_names=names)
 
 

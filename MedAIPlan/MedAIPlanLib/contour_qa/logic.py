@@ -41,6 +41,18 @@ def _dose(dose_node):
     return np.asarray(dose), geometry.with_shape(dose.shape)
 
 
+def _warn_off_grid(name: str, mask: np.ndarray, grid, dose_geometry) -> None:
+    """Warn when a structure lies partly or wholly off the dose grid (that part counts as 0 Gy)."""
+    points = np.argwhere(mask)[:, ::-1]
+    if not len(points):
+        return
+    points = grid.to_space(dose_geometry.space).index_to_point(points[:: max(1, len(points) // 5000)].astype(float))
+    inside = dvh.fraction_inside_grid(dose_geometry, points)
+    if inside < 0.999:
+        notices.warn(f"Structure '{name}' lies {100.0 * (1.0 - inside):.1f} % outside the dose grid: that part counts "
+                     "as 0 Gy in both DVHs; check that the dose and the structures share a frame of reference.")
+
+
 def _constraint_changes(row: dict, constraints) -> None:
     """Record each constraint the reference meets and the candidate does not (or back); such a row is relevant."""
     out = []
@@ -99,6 +111,7 @@ class ContourQALogic:
                                     v_doses_gy, tolerance_mm, thresholds, prescription_gy, is_target, oversampling)
             row["candidate_name"] = cand_name
             _constraint_changes(row, constraints_for(ref_name, constraints))
+            _warn_off_grid(ref_name, ref_masks[ref_name], grid, dose_geometry)
             if not row["volume_candidate_cc"] or not row["volume_reference_cc"]:
                 notices.warn(f"Structure '{ref_name}' is empty in the "
                              f"{'candidate' if row['volume_reference_cc'] else 'reference'}: it has no dose difference.")
