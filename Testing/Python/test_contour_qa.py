@@ -250,3 +250,28 @@ def test_rtstruct_pair_with_a_mapping_file(shared_data, tmp_path):
     assert abs(row["delta_Dmean_Gy"]) < 0.01
     assert abs(row["delta_D95_Gy"]) < 0.05
     assert not row["dose_relevant"]
+
+
+def test_logic_fills_a_table_and_a_paired_dvh_chart_with_the_band(scene, penumbra_case):
+    """What the Contour QA panel shows: the ranked table node and a chart of paired DVHs with the model's band."""
+    dose, reference, grown, dose_node, ref_node, cand_node = penumbra_case
+    probability = bridge.create_volume(scene, _soft_probability(_points(_grid()), 1.5), _grid(), "organ probability")
+    logic = ContourQALogic(scene)
+    result = logic.compare(dose_node, ref_node, cand_node)
+    logic.attach_bands(result, logic.bands(dose_node, {"organ": probability}))
+    columns = bridge.columns_from_table(result.table)
+    assert columns["Structure"] == ["organ"]
+    assert columns["delta_Dmean_Gy"][0] == pytest.approx(result.structures["organ"]["delta_Dmean_Gy"])
+    table, chart = logic.dvh_chart(result, dose_node, ref_node, cand_node, {"organ": probability})
+    curves = {k: np.asarray(v) for k, v in bridge.columns_from_table(table).items()}
+    axis = curves["Dose (Gy)"]
+    for name, mask in (("reference", reference), ("candidate", grown)):
+        at_30 = float(np.interp(30.0, axis, curves[f"organ {name} (%)"]))
+        assert at_30 == pytest.approx(100.0 * np.mean(dose[mask] >= 30.0), abs=1.0)
+    assert np.all(curves["organ band low (%)"] <= curves["organ band high (%)"] + 1e-9)
+    assert chart.GetNumberOfPlotSeriesNodes() == 4
+    styles = {chart.GetNthPlotSeriesNode(i).GetYColumnName(): chart.GetNthPlotSeriesNode(i).GetLineStyle()
+              for i in range(4)}
+    series = chart.GetNthPlotSeriesNode(0)
+    assert styles["organ candidate (%)"] == series.LineStyleDash
+    assert styles["organ reference (%)"] == series.LineStyleSolid

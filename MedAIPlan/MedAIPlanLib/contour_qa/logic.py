@@ -258,3 +258,47 @@ class ContourQALogic:
             ct = bridge.resample_array(np.asarray(ct_array, np.float32), ct_geometry.with_shape(ct_array.shape), grid,
                                        default_value=-1000.0)
         return ReportView(on_grid, grid, reference, candidate, ct)
+
+    def dvh_chart(self, result: ContourQAResult, dose_node, reference_node, candidate_node=None,
+                  probability_nodes: dict | None = None, top: int = 4, bin_width_gy: float = 0.1):
+        """A table node of paired cumulative DVHs (%, per 0.1 Gy) of the ``top`` most relevant structures (with
+        their band's low/high curves from ``probability_nodes``) and a plot chart of it: reference solid,
+        candidate dashed, band dotted, one colour per structure. Returns (table, chart)."""
+        names = list(result.structures)[:top]
+        pairs = dict(result.pairs)
+        ref = self.dvh_curves(dose_node, reference_node, names, bin_width_gy)
+        grid = bridge.segment_masks(reference_node, None, names[:1])[1] if names else None
+        cand_names = [pairs[n] for n in names if n in pairs] if candidate_node is not None else []
+        cand = self.dvh_curves(dose_node, candidate_node, cand_names, bin_width_gy, grid) if cand_names else {}
+        dose_axis = np.arange(int(np.ceil(float(_dose(dose_node)[0].max()) / bin_width_gy)) + 2) * bin_width_gy
+        columns, styles = {"Dose (Gy)": dose_axis}, {}
+        for n in names:
+            curves = {"reference": ref[n]}
+            if n in pairs and pairs[n] in cand:
+                curves["candidate"] = cand[pairs[n]]
+            if probability_nodes and n in probability_nodes:
+                band = self.band_curves(dose_node, probability_nodes[n], result.structures[n].get("levels", DEFAULT_LEVELS))
+                if band:
+                    ys = np.array([np.interp(dose_axis, d, v, right=0.0) for d, v in band])
+                    curves.update({"band low": (dose_axis, ys.min(0)), "band high": (dose_axis, ys.max(0))})
+            for kind, (d, v) in curves.items():
+                columns[f"{n} {kind} (%)"] = np.interp(dose_axis, d, v, right=0.0)
+                styles[f"{n} {kind} (%)"] = (n, kind)
+        table = bridge.create_table(self.scene, columns, "contour QA DVH")
+        chart = bridge.create_plot_chart(self.scene, table, "Dose (Gy)", list(styles), "contour QA DVH chart",
+                                         x_title="Dose (Gy)", y_title="Volume (%)")
+        self._style_series(chart, styles, names)
+        return table, chart
+
+    def _style_series(self, chart, styles: dict, names: list) -> None:
+        """One colour per structure; candidate dashed, band dotted (plot series of ``chart``, by y column)."""
+        from MedAICommonLib.figures import structure_colors
+
+        colors = structure_colors(names)
+        for i in range(chart.GetNumberOfPlotSeriesNodes()):
+            series = chart.GetNthPlotSeriesNode(i)
+            name, kind = styles[series.GetYColumnName()]
+            rgb = tuple(int(colors[name][k:k + 2], 16) / 255.0 for k in (1, 3, 5))
+            series.SetColor(*rgb)
+            series.SetLineStyle({"reference": series.LineStyleSolid, "candidate": series.LineStyleDash}.get(
+                kind, series.LineStyleDot))
