@@ -80,3 +80,40 @@ def kill_a_busy_worker(client, output, after: int, timeout: float = 120.0) -> in
                 return pid
         time.sleep(0.05)
     raise AssertionError(f"no busy worker after {after} done steps within {timeout} s")
+
+
+def write_threshold_model(folder, threshold: float = 150.0, gain: float = 0.05) -> Path:
+    """A TorchScript model with its card: a 1x1x1 convolution whose class 1 (``lesion``) is ``x > threshold``."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    net = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1, 0] = gain
+        net.bias[1] = -gain * threshold
+    path = folder / "lesion.ts"
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    card = {"name": "lesion threshold", "inputs": [{"name": "image", "modality": "CT"}], "roi_size": [32, 32, 32],
+            "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}]}
+    (folder / "lesion.ts.json").write_text(json.dumps(card))
+    return path
+
+
+def add_column(manifest, name: str, value: str) -> Path:
+    """Append the column ``name`` with ``value`` on every case to the manifest (in place); returns it."""
+    manifest = Path(manifest)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([f"{lines[0]},{name}", *(f"{line},{value}" for line in lines[1:])]) + "\n")
+    return manifest
+
+
+MODEL_STEPS = [
+    SEGMENTATION_STEPS[0],
+    {"name": "segment", "command": "segment", "needs": ["model"],
+     "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--model", "{case.model}", "--device", "cpu"]},
+    {"name": "evaluate", "command": "evaluate",
+     "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=lesion"]},
+]
