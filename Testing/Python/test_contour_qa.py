@@ -224,6 +224,9 @@ def test_totalsegmentator_models_on_a_medai_plan(scene, shared_data, tmp_path):
     assert rows["liver"]["is_target"]
     assert "D95 (target)" in rows["liver"]["limits_gy"]
     assert report["metrics"]["dose_relevant"] == [n for n, r in rows.items() if r["dose_relevant"]]
+    summary = report["metrics"]["summary"]  # the case's line in a cohort table
+    assert summary["dose_relevant"] == len(report["metrics"]["dose_relevant"])
+    assert summary["max_abs_delta_Dmean_Gy"] == max(abs(r["delta_Dmean_Gy"]) for r in rows.values())
     timings = report["timings_s"]
     assert timings["compare"] <= 10.0, timings
     assert timings["bands"] <= 30.0, timings

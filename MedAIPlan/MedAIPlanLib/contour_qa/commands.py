@@ -146,6 +146,7 @@ def cmd_contour_qa(args, report) -> int:
             bands = logic.bands(dose, probability_nodes, report.parameters["levels"] or DEFAULT_LEVELS, constraints)
             logic.attach_bands(result, bands)
     rows = result.structures
+    report.metrics["summary"] = summary(rows)  # first: cohort tables list its columns before the rows'
     report.metrics["structures"] = rows
     report.metrics["ranking"] = list(rows)
     report.metrics["dose_relevant"] = [n for n, r in rows.items() if r.get("dose_relevant")]
@@ -171,6 +172,20 @@ def cmd_contour_qa(args, report) -> int:
         print(f"{name}: {'DOSE-RELEVANT ' if r.get('dose_relevant') else ''}Dice {r.get('dice', float('nan')):.3f}  "
               f"dDmean {r.get('delta_Dmean_Gy', float('nan')):+.2f} Gy  dD95 {r.get('delta_D95_Gy', float('nan')):+.2f} Gy")
     return 0
+
+
+def summary(rows: dict) -> dict:
+    """Case-level figures for cohorts: how many structures changed the dose, and the largest changes (Gy)."""
+    out = {"structures": len(rows), "dose_relevant": sum(bool(r.get("dose_relevant")) for r in rows.values())}
+    out["dose_relevant_fraction"] = out["dose_relevant"] / len(rows) if rows else 0.0
+    for key in ("delta_Dmean_Gy", "delta_D95_Gy", "delta_D2_Gy", "delta_D0.03cc_Gy"):
+        values = [abs(r[key]) for r in rows.values() if np.isfinite(r.get(key, np.nan))]
+        if values:
+            out[f"max_abs_{key}"] = float(max(values))
+    dice = [r["dice"] for r in rows.values() if "dice" in r]
+    if dice:
+        out["min_dice"] = float(min(dice))
+    return out
 
 
 def _limits_text(rows: dict) -> str:
