@@ -25,25 +25,9 @@ import scipy.sparse as sp
 import torch
 
 from .objective_matrix import StackedObjectives, single_threaded_blas
+from .objectives import OBJECTIVE_TYPES, Objective
 
-OBJECTIVE_TYPES = ("squared_overdose", "squared_underdose", "squared_deviation", "mean", "max_dvh", "min_dvh")
-
-
-@dataclass
-class Objective:
-    """One objective on a structure: ``type`` (see module), ``dose`` (Gy), ``penalty``, ``volume`` (%)."""
-
-    structure: str
-    type: str
-    dose: float
-    penalty: float = 1.0
-    volume: float = 50.0
-
-    def __post_init__(self):
-        if self.type not in OBJECTIVE_TYPES:
-            raise ValueError(f"Unknown objective type {self.type!r}; use one of {', '.join(OBJECTIVE_TYPES)}.")
-        if self.dose < 0 or self.penalty < 0:
-            raise ValueError("Objective dose and penalty must be non-negative.")
+__all__ = ["OBJECTIVE_TYPES", "FluenceResult", "Objective", "exclusive_voxels", "optimise_fluence"]
 
 
 @dataclass

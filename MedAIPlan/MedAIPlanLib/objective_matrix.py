@@ -253,7 +253,7 @@ def single_threaded_blas():
 
 def load_kernels() -> None:
     """Load (or compile once) the optimiser's numba kernels for the index types used, e.g. before timing."""
-    from .fluence import Objective
+    from .objectives import Objective
 
     dij = sp.csc_matrix(np.ones((3, 2), np.float32))
     objectives = [Objective("a", "squared_deviation", 1.0), Objective("b", "mean", 1.0)]
