@@ -133,6 +133,10 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
     sdf = [power_field(plane_sdf(polys, gx, gy, (sx, sy)), min(sx, sy)) for polys in planes.values()]
     rows = [row_power_field(polys, gx, gy) for polys in planes.values()]
     doses, weights = [], []
+    # continuous k, j, i of the grid points at z = 0 and per mm of z: a sub-slice's points are one add away
+    to_ijk = geometry.physical_to_ijk()
+    grid_kji = (np.stack([gx, gy, np.zeros_like(gx)], axis=-1) @ to_ijk[:3, :3].T + to_ijk[:3, 3])[..., ::-1]
+    per_z_kji = to_ijk[:3, 2][::-1]
 
     def add(z_from: float, z_to: float, field_at) -> None:
         n_sub = max(1, int(np.ceil((z_to - z_from) / fine_z)))
@@ -141,9 +145,9 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
             zz = z_from + (s + 0.5) * dz
             inside = field_at(zz) > 0
             if inside.any():
-                p3 = np.column_stack([gx[inside], gy[inside], np.full(int(inside.sum()), zz)])
-                doses.append(dose_at_points(dose, geometry, p3))
-                weights.append(np.full(len(p3), sx * sy * dz))
+                kji = grid_kji[inside] + zz * per_z_kji
+                doses.append(map_coordinates(dose, kji.T, order=1, mode="constant", cval=0.0))
+                weights.append(np.full(len(kji), sx * sy * dz))
 
     default = slice_spacing if slice_spacing else (float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0)
     joined = [interpolate and (zs[n + 1] - zs[n]) <= 1.5 * default for n in range(len(zs) - 1)]
