@@ -22,17 +22,16 @@ from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
 from . import dose_volume
-from .beam_angles import select_beams_greedy
 from .beams import make_beams
 from .bixel_width import check_bixel_width
-from .ct_grid import ct_factor, exclusive_ct_masks
 from .dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
 from .dose_metrics import mask_metrics
-from .fluence import Objective, exclusive_voxels, optimise_fluence
+from .fluence import Objective
 from .hlut import hu_to_density, load_hlut
 from .matrad_io import load_matrad_patient, load_photon_machine
 from .memory_estimate import (available_memory_bytes, check_dose_grid_size, estimate_plan_memory as estimate_memory,
                               explains_memory_errors, memory_limit_bytes, refusal_message)
+from .plan_optimisation import optimise_plan
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
 BODY_NAMES = ("body", "external", "skin", "outline", "patient")
@@ -353,30 +352,13 @@ class MedAIPlanLogic:
         dij = compute_dij(density, geometry, beams, self.machine, voxel_mask=self._body_mask(masks, density),
                           dose_resolution_mm=dose_grid_mm, dij_sampling=True, device=dev,
                           progress=progress.sub(0.05, 0.6))
-        masks_d = {n: resample_nearest(m, geometry, dij.geometry) for n, m in masks.items()}
-        voxels = exclusive_voxels(masks_d, self._priorities(masks, target, priorities))
         used = {o.structure for o in objectives}
-        objectives = [o for o in objectives if len(voxels.get(o.structure, [])) > 0 or o.structure == target]
-        chosen = list(range(len(beams)))
-        selection_scores = []
-        if select_beams:
-            chosen, selection_scores = select_beams_greedy(dij.matrix, dij.beam_of_bixel, int(select_beams), voxels,
-                                                           objectives, prescription_gy, target, fractions,
-                                                           progress=progress.sub(0.6, 0.75))
-            chosen = sorted(chosen)
-        cols = np.flatnonzero(np.isin(dij.beam_of_bixel, chosen))
-        sub = dij.matrix[:, cols]
-        blocks = None
-        if ct_grid_objectives and not dij.geometry.same_grid(geometry.to_space("LPS")):
-            # target and organs: objectives on the CT-grid dose that will be shown (interpolated back)
-            prio = self._priorities(masks, target, priorities)
-            inner = {n: m for n, m in masks.items() if n.lower() not in BODY_NAMES and n in used}
-            blocks = {n: ct_factor(dij.geometry, geometry, m)
-                      for n, m in exclusive_ct_masks(inner, prio).items() if m.any()}
-        result = optimise_fluence(sub, voxels, objectives, prescription_gy, target, fractions, max_iter=max_iter,
-                                  device=dev, blocks=blocks, stall_iterations=20, progress=progress.sub(0.75, 0.95))
-        w = np.zeros(dij.num_bixels)
-        w[cols] = result.weights
+        inner = {n: m for n, m in masks.items() if n.lower() not in BODY_NAMES and n in used}
+        opt = optimise_plan(dij, len(beams), geometry, masks, objectives, target, prescription_gy, fractions,
+                            priorities=self._priorities(masks, target, priorities),
+                            ct_grid_masks=inner if ct_grid_objectives else None, select_beams=select_beams,
+                            max_iter=max_iter, device=dev, progress=progress)
+        w, chosen, cols, result, objectives = opt.weights, opt.chosen, opt.cols, opt.result, opt.objectives
         dose_d = dij.dose(w) * fractions
         dose_ct = dose_to_ct_grid(dose_d, dij.geometry, geometry)
         kept = [beams[b] for b in chosen]
@@ -388,7 +370,7 @@ class MedAIPlanLogic:
                       for d, b in zip(beam_doses, kept)]
         self.last_info = {
             "beams": self._beam_info(kept), "candidate_angles": [b.gantry_deg for b in beams],
-            "selection_objective": selection_scores, "num_bixels": int(len(cols)), "weights": w[cols],
+            "selection_objective": opt.selection_scores, "num_bixels": int(len(cols)), "weights": w[cols],
             "device": str(dev), "timings": {**dij.timings, "optimisation_s": result.seconds},
             "iterations": result.iterations, "objective": result.history[-1] if result.history else None,
             "objectives": [o.__dict__ for o in objectives if o.structure in used], "dij_nnz": int(dij.matrix.nnz),
