@@ -9,6 +9,11 @@ one JSON object (times, pass fractions, median errors).
 dicompyler-core 0.5.6 needs pydicom < 3 while MedAI uses pydicom 3, so its side runs in the peer's
 Python (``MEDAI_PEER_PYTHON``, a venv with dicompyler-core and pydicom 2.4) as ``bench_dvh.py --peer``;
 the time reported for it is measured inside that process.
+
+    python bench/bench_dvh.py --command
+
+times the whole ``medai dvh`` command (a fresh process: imports, loading, six planar-contour structures,
+tables) on SlicerRT's Eclipse prostate and reports its wall time and peak RSS (issue 14: 193-203 s, 7.3 GB).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,9 +94,33 @@ def score(values, row):
     return max(errors), errors
 
 
+def command_figures() -> dict:
+    """Wall time and peak RSS of ``medai dvh`` on the Eclipse prostate, run as a user runs it (a new process)."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt" / "SlicerRT"
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "dvh.json"
+        command = ["medai", "dvh", str(folder / "EclipseProstate_Dose.nrrd"),
+                   str(folder / "EclipseProstate_Structures.seg.vtm"), "--report", str(report)]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sys; from MedAICommonLib.cli.main import main; "
+                        "sys.exit(main(sys.argv[1:]))", *command[1:]], check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        data = json.loads(report.read_text())
+    return {"command": " ".join(command[:2] + ["EclipseProstate_Dose.nrrd", "EclipseProstate_Structures.seg.vtm"]),
+            "wall_s": round(wall, 2), "dvh_step_s": data["timings_s"].get("dvh"),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, 2),
+            "structures": {n: {k: round(m[k], 3) for k in ("volume_cc", "Dmean_Gy", "D95_Gy") if k in m}
+                           for n, m in data["metrics"]["structures"].items()},
+            "cpu_count": os.cpu_count()}
+
+
 def main() -> None:
     if "--peer" in sys.argv:
         peer()
+        return
+    if "--command" in sys.argv:
+        print(json.dumps({"data": "SlicerRT EclipseProstate (6 planar-contour structures)", **command_figures()},
+                         indent=1))
         return
     base = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt" / "nelms-dvh-benchmark"
     items = list(rows(base))
