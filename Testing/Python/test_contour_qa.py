@@ -278,3 +278,32 @@ def test_logic_fills_a_table_and_a_paired_dvh_chart_with_the_band(scene, penumbr
     series = chart.GetNthPlotSeriesNode(0)
     assert styles["organ candidate (%)"] == series.LineStyleDash
     assert styles["organ reference (%)"] == series.LineStyleSolid
+
+
+def test_bands_only_and_nonsense_refused(scene, penumbra_case, tmp_path, capsys):
+    """One structure set plus its model's maps: bands and a constraint crossing, with no candidate; bad options
+    are refused with what to give."""
+    dose, reference, _, dose_node, ref_node, _ = penumbra_case
+    dose_path = bridge.save_node(dose_node, tmp_path / "dose.nrrd")
+    seg_path = bridge.save_node(ref_node, tmp_path / "reference.seg.nrrd")
+    folder = tmp_path / "prob"
+    folder.mkdir()
+    maps = bridge.create_volume(scene, _soft_probability(_points(_grid()), 1.5), _grid(), "organ probability")
+    bridge.save_node(maps, folder / "prob_organ.nrrd")
+    report = tmp_path / "R.json"
+    mean = float(dose[reference].mean())
+    assert main(["contour-qa", str(dose_path), str(seg_path), "--probabilities", str(folder),
+                 "--constraint", f"organ:Dmean<{mean:.3f}", "--report", str(report)]) == 0
+    row = json.loads(report.read_text())["metrics"]["structures"]["organ"]
+    low, high = row["Dmean_band_Gy"]
+    assert low < mean < high
+    assert row["band_crosses_constraint"] is True
+    assert row["reference"]["Dmean_Gy"] == pytest.approx(mean, rel=1e-6)
+    bad = [([], "CANDIDATE"), (["--probabilities", str(tmp_path)], "named after a structure"),
+           (["--probabilities", str(folder), "--levels", "0,0.5"], "levels"),
+           (["--probabilities", str(folder), "--constraint", "organ:mean"], "STRUCTURE:STAT<LIMIT")]
+    for extra, message in bad:
+        assert main(["contour-qa", str(dose_path), str(seg_path), *extra]) != 0
+        assert message in capsys.readouterr().err
+    assert main(["contour-qa", str(dose_path), str(seg_path), str(seg_path), "--tolerance-mm", "-1"]) != 0
+    assert "tolerance" in capsys.readouterr().err

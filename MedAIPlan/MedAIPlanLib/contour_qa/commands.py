@@ -145,6 +145,8 @@ def cmd_contour_qa(args, report) -> int:
             probability_nodes = {name: bridge.load_volume(scene, path) for name, path in files.items()}
             bands = logic.bands(dose, probability_nodes, report.parameters["levels"] or DEFAULT_LEVELS, constraints)
             logic.attach_bands(result, bands)
+            if candidate is None:  # bands only: those crossing a constraint first, then the widest Dmean band
+                result.structures = dict(sorted(result.structures.items(), key=_band_rank))
     rows = result.structures
     report.metrics["summary"] = summary(rows)  # first: cohort tables list its columns before the rows'
     report.metrics["structures"] = rows
@@ -169,9 +171,21 @@ def cmd_contour_qa(args, report) -> int:
     report.timings_s.update({f"logic {k}": round(v, 4) for k, v in result.timings_s.items()})
     for name in list(rows)[:10]:
         r = rows[name]
+        if "dice" not in r:
+            low, high = r.get("Dmean_band_Gy", [float("nan")] * 2)
+            print(f"{name}: {'BAND CROSSES A CONSTRAINT ' if r.get('band_crosses_constraint') else ''}"
+                  f"Dmean band {low:.2f}..{high:.2f} Gy")
+            continue
         print(f"{name}: {'DOSE-RELEVANT ' if r.get('dose_relevant') else ''}Dice {r.get('dice', float('nan')):.3f}  "
               f"dDmean {r.get('delta_Dmean_Gy', float('nan')):+.2f} Gy  dD95 {r.get('delta_D95_Gy', float('nan')):+.2f} Gy")
     return 0
+
+
+def _band_rank(item) -> tuple:
+    row = item[1]
+    low, high = row.get("Dmean_band_Gy", [0.0, 0.0])
+    width = high - low if np.isfinite(high - low) else -1.0
+    return (not row.get("band_crosses_constraint", False), -width)
 
 
 def summary(rows: dict) -> dict:

@@ -216,7 +216,8 @@ class ContourQALogic:
                                                         pairs[n] in cand_curves else {}) for n in names}
         bands = {n: self.band_curves(dose_node, probability_nodes[n], result.structures[n].get("levels", DEFAULT_LEVELS))
                  for n in names if probability_nodes and n in probability_nodes}
-        view = self._report_view(dose_node, reference_node, candidate_node, names[:3], cand_names[:3], grid, ct_node)
+        view = (self._report_view(dose_node, reference_node, candidate_node, names[:3], cand_names[:3], grid, ct_node)
+                if candidate_node is not None else None)  # bands only: no disagreement to show
         content = report_lib.ContourQAReport(
             "Contour QA", result.structures, curves, view, bands, dict(info or {}),
             {"reference": result.unmatched_reference, "candidate": result.unmatched_candidate})

@@ -24,6 +24,17 @@ _COLUMNS = (("dice", "Dice", "{:.3f}"), ("hd95_mm", "HD95 mm", "{:.1f}"), ("surf
             ("delta_D2_Gy", "dD2 Gy", "{:+.2f}"), ("delta_D0.03cc_Gy", "dD0.03cc Gy", "{:+.2f}"),
             ("relevance", "relevance", "{:.2f}"))
 
+_BAND_COLUMNS = tuple((f"{stat}_band_Gy.{end}", f"{stat} {end} Gy", "{:.2f}")
+                      for stat in ("Dmean", "D95", "D2") for end in ("low", "high"))
+
+
+def _value(row: dict, key: str):
+    """``row[key]``, or one end of a band for ``"<stat>_band_Gy.low"`` / ``".high"``."""
+    if key.endswith((".low", ".high")):
+        band, end = key.rsplit(".", 1)
+        return row.get(band, [math.nan, math.nan])[0 if end == "low" else 1]
+    return row.get(key)
+
 
 @dataclass
 class ReportView:
@@ -57,28 +68,35 @@ def _fmt(value, pattern: str) -> str:
 def _table_page(fig, report: ContourQAReport, max_rows: int = 30) -> None:
     fig.suptitle(report.title, fontsize=13, fontweight="bold")
     lines = [f"{k}: {v}" for k, v in report.info.items()]
-    flagged = [n for n, r in report.rows.items() if r.get("dose_relevant")]
-    lines.append(f"{len(report.rows)} structures compared, {len(flagged)} dose-relevant (red; ranked by relevance = "
-                 "largest |delta| / its limit)")
+    if any("dice" in r for r in report.rows.values()):
+        flagged = [n for n, r in report.rows.items() if r.get("dose_relevant")]
+        lines.append(f"{len(report.rows)} structures compared, {len(flagged)} dose-relevant (red; ranked by "
+                     "relevance = largest |delta| / its limit)")
+    else:
+        flagged = [n for n, r in report.rows.items() if r.get("band_crosses_constraint")]
+        lines.append(f"{len(report.rows)} structures with DVH bands, {len(flagged)} crossing a constraint (red, "
+                     "first; then the widest Dmean band first)")
     for side, names in report.unmatched.items():
         if names:
             lines.append(f"Unmatched in the {side}: {', '.join(names)}")
     fig.text(0.03, 0.93, "\n".join(lines), va="top", fontsize=8, family="monospace", wrap=True)
     names = list(report.rows)[:max_rows]
-    cells = [[n[:28]] + [_fmt(report.rows[n].get(k), f) for k, _, f in _COLUMNS]
-             + ["yes" if report.rows[n].get("dose_relevant") else ""] for n in names]
+    compared = any("dice" in r for r in report.rows.values())
+    columns, flag = (_COLUMNS, "dose_relevant") if compared else (_BAND_COLUMNS, "band_crosses_constraint")
+    cells = [[n[:28]] + [_fmt(_value(report.rows[n], k), f) for k, _, f in columns]
+             + ["yes" if report.rows[n].get(flag) else ""] for n in names]
     ax = fig.add_axes((0.03, 0.03, 0.94, 0.93 - 0.025 * (len(lines) + 1)))
     ax.axis("off")
     if not cells:
         return
-    table = ax.table(cellText=cells, colLabels=["Structure"] + [c for _, c, _ in _COLUMNS] + ["flag"],
+    table = ax.table(cellText=cells, colLabels=["Structure"] + [c for _, c, _ in columns] + ["flag"],
                      loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.scale(1.0, 1.1)
     for row, name in enumerate(names, start=1):
-        if report.rows[name].get("dose_relevant"):
-            for col in range(len(_COLUMNS) + 2):
+        if report.rows[name].get(flag):
+            for col in range(len(columns) + 2):
                 table[row, col].set_text_props(color="#c00000", fontweight="bold")
     if len(report.rows) > max_rows:
         ax.set_title(f"(first {max_rows} of {len(report.rows)}; all rows in the CSV table)", fontsize=8, loc="left")
@@ -98,9 +116,13 @@ def _dvh_panel(ax, name: str, report: ContourQAReport, color: str) -> None:
             ax.plot(*pair[side], color=color if side == "reference" else "k", ls=style, lw=1.3, label=side)
     row = report.rows.get(name, {})
     flag = " - DOSE-RELEVANT" if row.get("dose_relevant") else ""
-    ax.set_title(f"{name}{flag}\nDice {_fmt(row.get('dice'), '{:.3f}')}, dDmean "
-                 f"{_fmt(row.get('delta_Dmean_Gy'), '{:+.2f}')} Gy", fontsize=8,
-                 color="#c00000" if flag else "black")
+    if "dice" in row:
+        detail = f"Dice {_fmt(row.get('dice'), '{:.3f}')}, dDmean {_fmt(row.get('delta_Dmean_Gy'), '{:+.2f}')} Gy"
+    else:
+        flag = " - BAND CROSSES A CONSTRAINT" if row.get("band_crosses_constraint") else ""
+        low, high = row.get("Dmean_band_Gy", [math.nan, math.nan])
+        detail = f"Dmean band {_fmt(low, '{:.1f}')}..{_fmt(high, '{:.1f}')} Gy"
+    ax.set_title(f"{name}{flag}\n{detail}", fontsize=8, color="#c00000" if flag else "black")
     ax.set_xlabel("Dose (Gy)", fontsize=7)
     ax.set_ylabel("Volume (%)", fontsize=7)
     ax.set_ylim(0, 102)
@@ -154,14 +176,17 @@ def _new_page():
 def overview_figure(report: ContourQAReport, top: int = 4):
     """Axial disagreement panel (left) and the paired DVHs of the ``top`` most relevant structures (right)."""
     fig = _new_page()
-    names = [n for n in report.rows if n in report.curves][:top]
+    with_view = report.view is not None
+    names = [n for n in report.rows if n in report.curves][:top if with_view else 2 * top]
     colors = figures.structure_colors(names)
-    fig.suptitle(f"{report.title}: the {len(names)} most dose-relevant structures", fontsize=12)
+    fig.suptitle(f"{report.title}: the {len(names)} " + ("most dose-relevant structures" if with_view else
+                 "structures first in rank (bands crossing a constraint, then the widest)"), fontsize=12)
     grid = fig.add_gridspec(2, 4, left=0.04, right=0.98, top=0.88, bottom=0.1, wspace=0.45, hspace=0.5)
-    if report.view is not None and names:
+    if with_view and names:
         _axial_panel(fig, fig.add_subplot(grid[:, :2]), report, names[:3], colors)
     for i, name in enumerate(names):
-        _dvh_panel(fig.add_subplot(grid[i // 2, 2 + i % 2]), name, report, colors[name])
+        cell = grid[i // 2, 2 + i % 2] if with_view else grid[i // 4, i % 4]
+        _dvh_panel(fig.add_subplot(cell), name, report, colors[name])
     return fig
 
 
@@ -197,7 +222,7 @@ def write_report(path, report: ContourQAReport, top: int = 16) -> Path:
         for fig in (overview_figure(report),):
             pdf.savefig(fig)
             plt.close(fig)
-        rest = [n for n in report.rows if n in report.curves][4:top]
+        rest = [n for n in report.rows if n in report.curves][4 if report.view is not None else 8:top]
         if rest:
             fig = _dvh_page(report, rest)
             pdf.savefig(fig)
