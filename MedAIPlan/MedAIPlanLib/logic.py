@@ -313,6 +313,23 @@ class MedAIPlanLogic:
                 "DoseGridMm": dose_grid if dose_grid is not None else "CT",
                 "IsocenterLPS": ",".join(f"{v:.2f}" for v in beams[0].isocenter)}
 
+    @staticmethod
+    def _check_prescription(prescription_gy, fractions) -> None:
+        if prescription_gy is None or prescription_gy <= 0:
+            raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
+        if fractions < 1:
+            raise ValueError("The number of fractions must be at least 1.")
+
+    @staticmethod
+    def _plan_objectives(objectives, masks, target, prescription_gy) -> list[Objective]:
+        """The given objectives (default: :func:`default_objectives`), each naming a segment of ``masks``."""
+        if objectives is None:
+            objectives = default_objectives(list(masks), target, prescription_gy)
+        unknown = [o.structure for o in objectives if o.structure not in masks]
+        if unknown:
+            raise ValueError(f"Objectives name unknown segments: {', '.join(unknown)}.")
+        return objectives
+
     # --- plan -------------------------------------------------------------------------------
     @explains_memory_errors
     def plan(self, ct_node, segmentation_node, target: str, prescription_gy: float, fractions: int = 1,
@@ -333,17 +350,10 @@ class MedAIPlanLogic:
         or with ``auto_dose_grid`` the dose grid is coarsened (x1.5 steps, up to 10 mm) until it fits.
         """
         progress = self._progress(progress)
-        if prescription_gy is None or prescription_gy <= 0:
-            raise ValueError(f"The prescription must be a positive dose in Gy, got {prescription_gy}.")
-        if fractions < 1:
-            raise ValueError("The number of fractions must be at least 1.")
+        self._check_prescription(prescription_gy, fractions)
         progress.update("reading inputs", 0.02)
         hu, geometry, density, masks, target = self._inputs(ct_node, segmentation_node, target, hlut_path)
-        if objectives is None:
-            objectives = default_objectives(list(masks), target, prescription_gy)
-        unknown = [o.structure for o in objectives if o.structure not in masks]
-        if unknown:
-            raise ValueError(f"Objectives name unknown segments: {', '.join(unknown)}.")
+        objectives = self._plan_objectives(objectives, masks, target, prescription_gy)
         beams = self._beams(masks, target, geometry, gantry_angles, couch_angles, bixel_width_mm, isocenter_lps,
                             margin_mm)
         dose_grid_mm, memory = self._check_memory(geometry, masks, density, beams, dose_grid_mm, bixel_width_mm,
