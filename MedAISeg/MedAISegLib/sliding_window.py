@@ -99,6 +99,20 @@ def _run(network, image: torch.Tensor, roi, overlap, batch_size, device, amp, mo
     return accum[(slice(None), *crop)], len(starts)
 
 
+def _activate(blended: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, labels) of the blended network outputs (C, X, Y, Z) for ``activation``."""
+    if activation == "softmax":
+        probabilities = torch.softmax(blended, dim=0)
+        return probabilities, torch.argmax(probabilities, dim=0)
+    if activation == "sigmoid":
+        probabilities = torch.sigmoid(blended)
+        best = torch.argmax(probabilities, dim=0)
+        return probabilities, torch.where(probabilities.max(dim=0).values >= 0.5, best + 1, torch.zeros_like(best))
+    if activation == "none":
+        return blended, torch.argmax(blended, dim=0)
+    raise ValueError(f"Unknown activation {activation!r}; use softmax, sigmoid or none")
+
+
 def sliding_window_inference(network, image, roi_size, overlap: float = 0.25, batch_size: int = 4,
                              device="cpu", amp: bool = True, mode: str = "gaussian", sigma_scale: float = 0.125,
                              tta_flips: bool = False, activation: str = "softmax",
@@ -139,18 +153,7 @@ def sliding_window_inference(network, image, roi_size, overlap: float = 0.25, ba
                 batch //= 2
             else:
                 on_cpu = True
-    if activation == "softmax":
-        probabilities = torch.softmax(blended, dim=0)
-        labels = torch.argmax(probabilities, dim=0)
-    elif activation == "sigmoid":
-        probabilities = torch.sigmoid(blended)
-        best = torch.argmax(probabilities, dim=0)
-        labels = torch.where(probabilities.max(dim=0).values >= 0.5, best + 1, torch.zeros_like(best))
-    elif activation == "none":
-        probabilities = blended
-        labels = torch.argmax(blended, dim=0)
-    else:
-        raise ValueError(f"Unknown activation {activation!r}; use softmax, sigmoid or none")
+    probabilities, labels = _activate(blended, activation)
     if int(labels.max()) > 255:
         raise ValueError("More than 255 classes do not fit the uint8 label map")
     result = SlidingWindowResult(labels=labels.to(torch.uint8).cpu().numpy(), batch_size=batch,
