@@ -20,12 +20,33 @@ def test_medai_gamma_report_and_volume(shared_data, tmp_path):
                  "--interpolation", "none", "--output-gamma", str(gamma_path), "--report", str(report)])
     assert code == 0
     data = json.loads(report.read_text())
-    assert data["parameters"]["interpolation"] == "none" and data["parameters"]["step_mm"] is None
+    assert data["parameters"]["interpolation"] == "none"
+    assert data["parameters"]["step_mm"] is None
     baseline = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "GammaVolume_EclipseEnt_Day1Day2_Baseline.nrrd")))
     expected = 100.0 * np.mean(baseline[baseline > 0] <= 1.0)
     assert abs(data["metrics"]["pass_rate"] - expected) <= 0.5
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(gamma_path)))
     assert np.abs(written - baseline).max() < 1e-3
+
+
+def test_medai_gamma_default_is_the_library_default(shared_data, tmp_path):
+    """Without options the command interpolates with step DTA/10, as gamma_index does by default."""
+    from MedAICommonLib.geometry import Geometry
+    from MedAIPlanLib.gamma import gamma_index
+
+    folder = shared_data / "rt" / "SlicerRT"
+    report = tmp_path / "gamma.json"
+    ref_path, ev_path = folder / "EclipseEnt_Dose.nrrd", folder / "EclipseEnt_Dose_Day2.nrrd"
+    assert main(["gamma", str(ref_path), str(ev_path), "--threshold-percent", "90", "--device", "cpu",
+                 "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["parameters"]["interpolation"] == "trilinear"
+    assert data["parameters"]["step_mm"] == 0.3
+    images = [sitk.ReadImage(str(p)) for p in (ref_path, ev_path)]
+    direct = gamma_index(sitk.GetArrayFromImage(images[0]), Geometry.from_sitk(images[0]),
+                         sitk.GetArrayFromImage(images[1]), Geometry.from_sitk(images[1]), threshold_percent=90.0)
+    assert data["metrics"]["pass_rate"] == direct.pass_rate
+    assert data["metrics"]["evaluated_voxels"] == direct.evaluated_voxels
 
 
 def test_medai_dvh_on_rtdose_and_rtstruct(shared_data, tmp_path):
