@@ -22,6 +22,11 @@ from .logic import MedAISegLogic
 
 def register(subparsers, add_common_options) -> None:
     """Add MedAISeg's subcommands."""
+    for add in (_add_denoise, _add_segment, _add_evaluate, _add_lesions):
+        add(subparsers, add_common_options)
+
+
+def _add_denoise(subparsers, add_common_options) -> None:
     p = subparsers.add_parser("denoise", help="denoise / enhance a volume (NLM on GPU or CPU, diffusion, CLAHE, N4)")
     p.add_argument("input", help="volume file or DICOM series folder")
     p.add_argument("output", help="output volume file (.nrrd, .nii.gz, ...)")
@@ -38,6 +43,8 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_denoise)
 
+
+def _add_segment(subparsers, add_common_options) -> None:
     p = subparsers.add_parser("segment", help="segment a volume: threshold, Otsu, region growing or an AI model")
     p.add_argument("input", help="volume file or DICOM series folder")
     p.add_argument("output", help="output segmentation (.seg.nrrd)")
@@ -63,6 +70,8 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_segment)
 
+
+def _add_evaluate(subparsers, add_common_options) -> None:
     p = subparsers.add_parser("evaluate", help="compare a segmentation with a reference (Dice, HD95, ...)")
     p.add_argument("reference", help="reference segmentation (.seg.nrrd) or label map")
     p.add_argument("prediction", help="segmentation (.seg.nrrd) or label map to evaluate")
@@ -73,6 +82,8 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_lesions(subparsers, add_common_options) -> None:
     p = subparsers.add_parser("lesions", help="detect lesions: connected components -> points and a table")
     p.add_argument("input", help="segmentation (.seg.nrrd), label map or probability volume")
     p.add_argument("--intensity", help="volume for mean/max intensity (and the grid to use)")
