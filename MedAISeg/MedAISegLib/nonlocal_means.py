@@ -244,6 +244,47 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, c
     return value_sum / weight_sum
 
 
+def _checked_steps(volume: np.ndarray, patch_radius: int, search_radius: int, mode: str, backend: str,
+                   block_step) -> tuple[int, int, int]:
+    """Refuses a bad volume, radius, mode, backend or block step; returns the (k, j, i) block steps."""
+    if volume.ndim != 3:
+        raise ValueError(f"Non-local means needs a 3D array (k, j, i), got shape {volume.shape}")
+    if patch_radius < 0 or search_radius < 1:
+        raise ValueError("patch_radius must be >= 0 and search_radius >= 1 (voxels)")
+    if mode not in MODES:
+        raise ValueError(f"Unknown NLM mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown NLM backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    steps = tuple(int(n) for n in np.broadcast_to(block_step, 3))
+    if mode == "blockwise" and not all(1 <= n <= patch_radius + 1 for n in steps):
+        raise ValueError(f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
+                         f"(blocks must cover every voxel), got {block_step}.")
+    return steps
+
+
+def _numba_nlm(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, mode: str, chunk_voxels: int,
+               progress) -> torch.Tensor:
+    """The CPU (numba) kernels of either mode on the scaled volume ``x`` (KJI)."""
+    from . import nonlocal_means_numba
+
+    threads = torch.get_num_threads()
+    planes = max(1, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))  # per call
+    # Pad as the torch code of the mode does (the width decides between reflection and replication for
+    # thin volumes): blockwise needs p + s; voxelwise p + 2s (reflect p + s, then replicate s).
+    if mode == "blockwise":
+        r = range(-s, s + 1)
+        offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
+        out = nonlocal_means_numba.blockwise(_padded(x, p + 2 * s)[s:-s, s:-s, s:-s].contiguous().numpy(),
+                                             x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, offsets, planes,
+                                             threads, progress)
+    else:
+        xp = F.pad(_padded(x, p + s)[None, None], (s,) * 6, mode="replicate")[0, 0]
+        out = nonlocal_means_numba.voxelwise(xp.numpy(), x.shape, p, s, 1.0 / (h2 * _LN2), var2,
+                                             np.array(_half_offsets(s), dtype=np.int64), planes, threads,
+                                             progress)
+    return torch.from_numpy(out)
+
+
 def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int = 1, search_radius: int = 3,
                    sigma: float | None = None, device: str | torch.device = "cpu",
                    chunk_voxels: int = 2**22, progress=None, mode: str = "voxelwise",
@@ -262,18 +303,7 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     ``patch_radius``; needs ``1 <= step <= patch_radius + 1`` so that the blocks cover every voxel).
     """
     volume = np.asarray(array)
-    if volume.ndim != 3:
-        raise ValueError(f"Non-local means needs a 3D array (k, j, i), got shape {volume.shape}")
-    if patch_radius < 0 or search_radius < 1:
-        raise ValueError("patch_radius must be >= 0 and search_radius >= 1 (voxels)")
-    if mode not in MODES:
-        raise ValueError(f"Unknown NLM mode {mode!r}; choose one of {', '.join(MODES)}.")
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown NLM backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    steps = tuple(int(n) for n in np.broadcast_to(block_step, 3))
-    if mode == "blockwise" and not all(1 <= n <= patch_radius + 1 for n in steps):
-        raise ValueError(f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
-                         f"(blocks must cover every voxel), got {block_step}.")
+    steps = _checked_steps(volume, patch_radius, search_radius, mode, backend, block_step)
     sigma = estimate_noise_sigma(volume) if sigma is None else float(sigma)
     h = 0.8 * sigma if h is None else float(h)
     if h <= 0:
@@ -290,24 +320,7 @@ def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int 
     var2 = 2.0 * (sigma / scale) ** 2 * patch_voxels
     p, s = int(patch_radius), int(search_radius)
     if device.type == "cpu" and backend != "torch":
-        from . import nonlocal_means_numba
-
-        threads = torch.get_num_threads()
-        planes = max(1, chunk_voxels // max(1, x.shape[1] * x.shape[2] * (2 * p + 1)))  # per call
-        # Pad as the torch code of the mode does (the width decides between reflection and replication for
-        # thin volumes): blockwise needs p + s; voxelwise p + 2s (reflect p + s, then replicate s).
-        if mode == "blockwise":
-            r = range(-s, s + 1)
-            offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
-            out = nonlocal_means_numba.blockwise(_padded(x, p + 2 * s)[s:-s, s:-s, s:-s].contiguous().numpy(),
-                                                 x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, offsets, planes,
-                                                 threads, progress)
-        else:
-            xp = F.pad(_padded(x, p + s)[None, None], (s,) * 6, mode="replicate")[0, 0]
-            out = nonlocal_means_numba.voxelwise(xp.numpy(), x.shape, p, s, 1.0 / (h2 * _LN2), var2,
-                                                 np.array(_half_offsets(s), dtype=np.int64), planes, threads,
-                                                 progress)
-        out = torch.from_numpy(out)
+        out = _numba_nlm(x, h2, var2, p, s, steps, mode, chunk_voxels, progress)
     elif mode == "blockwise":
         out = _blockwise(x, h2, var2, p, s, steps, chunk_voxels, progress)
     else:
