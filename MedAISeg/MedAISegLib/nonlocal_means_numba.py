@@ -20,11 +20,11 @@ for a few seconds; later sessions load the cached machine code).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .coloured_tasks import run_coloured
 
 _F32 = np.float32
 # 2**f = exp(f ln 2) for f in [-0.5, 0.5]: Taylor terms (ln 2)^n / n! up to n = 6 (relative error < 2e-7).
@@ -317,43 +317,6 @@ def voxelwise_planes(xp, vs, ws, wmax, planes, offsets, p, s, inv, var2):
         _voxel_plane(xp, vs, ws, wmax, planes[t], offsets, p, s, inv, var2)
 
 
-def _run(kernel, head, colours, args, threads: int, progress, planes_per_call: int):
-    """Run ``kernel(*head, planes, *args)`` over every colour (array of task indices whose writes never
-    overlap), colour after colour; within a colour, groups of at most ``planes_per_call`` tasks run on
-    ``threads`` Python threads (the kernels release the GIL). ``progress(fraction)`` after each group, in
-    order; an exception from it cancels the groups not yet started. The result does not depend on ``threads``:
-    every voxel receives the same sums in the same order."""
-    threads = max(1, int(threads))
-    work = []
-    for colour in colours:
-        size = max(1, min(planes_per_call, -(-len(colour) // threads)))
-        work.append([np.ascontiguousarray(colour[i:i + size]) for i in range(0, len(colour), size)])
-    total, done = sum(len(groups) for groups in work), 0
-
-    def report():
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done / total)
-
-    if threads == 1:
-        for groups in work:
-            for group in groups:
-                kernel(*head, group, *args)
-                report()
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        try:
-            for groups in work:
-                futures = [pool.submit(kernel, *head, group, *args) for group in groups]
-                for future in futures:
-                    future.result()
-                    report()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
 def _checked(xp, shape, margin: int, offsets, s: int):
     """The kernels index without bound checks: refuse a padded array or offsets that do not fit."""
     xp = np.ascontiguousarray(xp, dtype=np.float32)
@@ -379,8 +342,8 @@ def voxelwise(xp: np.ndarray, shape, p: int, s: int, inv: float, var2: float, of
     ws, wmax = np.zeros_like(vs), np.zeros_like(vs)
     planes = np.arange(-s, vs.shape[0], dtype=np.int64)  # planes k < 0 only credit voxels of planes k + d_k
     # A task writes the planes k .. k + s: tasks s + 1 apart never collide.
-    _run(voxelwise_planes, (xp, vs, ws, wmax), [planes[colour::s + 1] for colour in range(s + 1)],
-         (offsets, p, s, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
+    run_coloured(voxelwise_planes, (xp, vs, ws, wmax), [planes[colour::s + 1] for colour in range(s + 1)],
+                 (offsets, p, s, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
     centre = np.maximum(wmax, _TINY)
     m = p + 2 * s
     return (vs + centre * xp[m:m + vs.shape[0], m:m + vs.shape[1], m:m + vs.shape[2]]) / (ws + centre)
@@ -401,6 +364,6 @@ def blockwise(xp: np.ndarray, shape, p: int, s: int, steps, inv: float, var2: fl
     ws = np.zeros_like(vs)
     centres = np.arange((nk + sk - 1) // sk, dtype=np.int64)
     colours = 2 * p // sk + 1  # centre planes this many apart have disjoint blocks along k
-    _run(blockwise_planes, (xp, vs, ws), [centres[colour::colours] for colour in range(colours)],
-         (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
+    run_coloured(blockwise_planes, (xp, vs, ws), [centres[colour::colours] for colour in range(colours)],
+                 (offsets, p, s, sk, sj, si, _F32(inv), _F32(var2)), threads, progress, planes_per_call)
     return vs / ws
