@@ -215,6 +215,30 @@ def _check(trim, trim_fraction, metric, transform, multi_start, fixed, moving):
         raise ValueError(f"Unknown multi-start mode {multi_start!r}; use one of {', '.join(MULTI_STARTS)}.")
 
 
+def _fixed_surface(fixed: np.ndarray, metric: str, fixed_normals, inlier_distance_mm, rng):
+    """(k-d tree, normals or None, inlier distance in mm) of the fixed points; the default inlier distance
+    is 3 x the median spacing of up to 2000 points drawn with ``rng``."""
+    tree = build_tree(fixed)
+    normals = None
+    if metric == "point-to-plane":
+        normals = estimate_normals(fixed, tree=tree) if fixed_normals is None else np.asarray(fixed_normals, float)
+    if inlier_distance_mm is None:
+        spacing, _ = tree.query(fixed[rng.choice(len(fixed), min(len(fixed), 2000), replace=False)], k=2)
+        inlier_distance_mm = 3.0 * float(np.median(spacing[:, 1]))
+    return tree, normals, inlier_distance_mm
+
+
+def _rank_starts(run, tree, coarse, names, stack, trim, start_iterations, inlier_distance_mm, progress):
+    """Every start at once on the small sample ``coarse``, trimming annealed; (names, poses, trimmed RMS
+    per start name) of the 4 best go on."""
+    report = None if progress is None else (lambda i, _r: progress(0.5 * i / start_iterations))
+    stack, rms, _, _ = run(coarse, stack, trim, start_iterations, anneal=start_iterations // 2, progress=report,
+                           eps=0.5)
+    scores = dict(zip(names, rms.tolist()))
+    best = _best(_inlier_fractions(tree, coarse, stack, inlier_distance_mm, eps=0.5), rms)[:4]
+    return [names[i] for i in best], stack[best], scores
+
+
 def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-plane", transform: str = "rigid",
         trim_fraction: float | str | None = "auto", max_iterations: int = 100, tolerance_mm: float = 1e-4,
         multi_start: str = "sphere", initial: np.ndarray | None = None, max_points: int = 5000,
@@ -241,13 +265,7 @@ def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-plane"
     trim = AUTO_TRIM if auto else float(trim_fraction)
     _check(trim, trim_fraction, metric, transform, multi_start, fixed, moving)
     rng = np.random.default_rng(seed)
-    tree = build_tree(fixed)
-    normals = None
-    if metric == "point-to-plane":
-        normals = estimate_normals(fixed, tree=tree) if fixed_normals is None else np.asarray(fixed_normals, float)
-    if inlier_distance_mm is None:
-        spacing, _ = tree.query(fixed[rng.choice(len(fixed), min(len(fixed), 2000), replace=False)], k=2)
-        inlier_distance_mm = 3.0 * float(np.median(spacing[:, 1]))
+    tree, normals, inlier_distance_mm = _fixed_surface(fixed, metric, fixed_normals, inlier_distance_mm, rng)
 
     def sample(count):
         return moving if len(moving) <= count else moving[rng.choice(len(moving), count, replace=False)]
@@ -259,14 +277,8 @@ def icp(fixed: np.ndarray, moving: np.ndarray, *, metric: str = "point-to-plane"
     starts = _starts(fixed, moving, initial, multi_start)
     names, stack, scores = list(starts), np.array(list(starts.values())), {}
     if len(names) > 1:
-        # Every start at once on a small sample, trimming annealed; the 4 best go on.
-        coarse = sample(start_points)
-        report = None if progress is None else (lambda i, _r: progress(0.5 * i / start_iterations))
-        stack, rms, _, _ = run(coarse, stack, trim, start_iterations, anneal=start_iterations // 2, progress=report,
-                               eps=0.5)
-        scores = dict(zip(names, rms.tolist()))
-        best = _best(_inlier_fractions(tree, coarse, stack, inlier_distance_mm, eps=0.5), rms)[:4]
-        names, stack = [names[i] for i in best], stack[best]
+        names, stack, scores = _rank_starts(run, tree, sample(start_points), names, stack, trim, start_iterations,
+                                            inlier_distance_mm, progress)
     fine = sample(max_points)
     report = None if progress is None else (lambda i, _r: progress(0.5 + 0.4 * i / max_iterations))
     stack, rms, iterations, converged = run(fine, stack, trim, max_iterations, anneal=0 if scores else anneal,
