@@ -221,6 +221,49 @@ def _adam(objective, x, step, iterations, beta1=0.9, beta2=0.999):
     return best_x, -float(best_value), count
 
 
+def _start_parameters(initial_matrix_lps, transform: str, mg: Geometry, moving_shape, centre: np.ndarray,
+                      radius: float) -> np.ndarray:
+    """Optimiser start: the linear part (a rotation vector for rigid) scaled by ``radius`` (mm), then the
+    translation about the fixed ``centre``; default: the geometry centres aligned."""
+    if initial_matrix_lps is None:
+        m_centre = mg.index_to_point((np.array(moving_shape[::-1]) - 1) / 2.0)
+        linear, t0 = np.eye(3), m_centre - centre
+    else:
+        init = np.asarray(initial_matrix_lps, dtype=float)
+        linear, t0 = init[:3, :3].copy(), init[:3, :3] @ centre + init[:3, 3] - centre
+    if transform == "rigid":
+        u, _, vt = np.linalg.svd(linear)
+        return np.concatenate([Rotation.from_matrix(u @ vt).as_rotvec() * radius, t0])
+    return np.concatenate([linear.ravel() * radius, t0])
+
+
+def _unpack(x: np.ndarray, transform: str, radius: float):
+    """(3x3 linear part, its derivatives by the rotation vector for rigid else None) of parameters ``x``."""
+    if transform == "rigid":
+        rot, dmats = _rotation_and_derivatives(x[:3] / radius)
+        return rot, dmats
+    return x[:9].reshape(3, 3) / radius, None
+
+
+def _level_objective(points_c, fixed_bins, moving_side: tuple, transform: str, radius: float, centre: np.ndarray):
+    """Negative MI and its gradient by the parameters at one level: fixed samples ``points_c`` (LPS mm about
+    ``centre``) with their ``fixed_bins``; ``moving_side`` = (smoothed moving array, LPS -> ijk affine, lower
+    intensity, bin scale, bins, mask) as :func:`mi_and_gradient` takes them."""
+    m_s, to_index, m_lo, m_scale, level_bins, mask_m = moving_side
+
+    def objective(x):
+        matrix, dmats = _unpack(x, transform, radius)
+        offset = centre + x[-3:]
+        mi, dmatrix, doffset, used = mi_and_gradient(points_c, fixed_bins, matrix, offset, m_s, to_index,
+                                                     m_lo, m_scale, level_bins, mask_m, True)
+        if transform == "rigid":
+            dlinear = np.einsum("kab,ab->k", dmats, dmatrix) / radius
+        else:
+            dlinear = dmatrix.ravel() / radius
+        return -mi, -np.concatenate([dlinear, doffset])
+    return objective
+
+
 def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray, moving_geometry: Geometry,
                    transform: str = "rigid", *, bins: int = 32, sampling_percentage: float = 0.2,
                    shrink_factors=(4, 2), smoothing_sigmas_mm=(4.0, 2.0), iterations: int = 80,
@@ -258,24 +301,7 @@ def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     if fixed_mask is not None and np.shape(fixed_mask) != fixed.shape:
         raise ValueError("The fixed mask must be on the fixed image's grid.")
 
-    if initial_matrix_lps is None:
-        m_centre = mg.index_to_point((np.array(moving.shape[::-1]) - 1) / 2.0)
-        linear, t0 = np.eye(3), m_centre - centre
-    else:
-        init = np.asarray(initial_matrix_lps, dtype=float)
-        linear, t0 = init[:3, :3].copy(), init[:3, :3] @ centre + init[:3, 3] - centre
-    if transform == "rigid":
-        u, _, vt = np.linalg.svd(linear)
-        x = np.concatenate([Rotation.from_matrix(u @ vt).as_rotvec() * radius, t0])
-    else:
-        x = np.concatenate([linear.ravel() * radius, t0])
-
-    def unpack(x):
-        if transform == "rigid":
-            rot, dmats = _rotation_and_derivatives(x[:3] / radius)
-            return rot, dmats
-        return x[:9].reshape(3, 3) / radius, None
-
+    x = _start_parameters(initial_matrix_lps, transform, mg, moving.shape, centre, radius)
     total, mi_value = 0, 0.0
     for level, (shrink, sigma_mm) in enumerate(zip(shrink_factors, smoothing_sigmas_mm)):
         f_s = _smooth(fixed, sigma_mm, fg.spacing)
@@ -285,23 +311,13 @@ def register_numba(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
         level_bins = histogram_bins(bins, len(kji))
         fixed_bins, _ = _to_bins(f_s[kji[:, 0], kji[:, 1], kji[:, 2]].astype(np.float64), f_lo, f_hi, level_bins)
         m_scale = (level_bins - 5.0) / max(m_hi - m_lo, 1e-6)
-
-        def objective(x, points_c=points_c, fixed_bins=fixed_bins, m_s=m_s, m_scale=m_scale, level_bins=level_bins):
-            matrix, dmats = unpack(x)
-            offset = centre + x[-3:]
-            mi, dmatrix, doffset, used = mi_and_gradient(points_c, fixed_bins, matrix, offset, m_s, to_index,
-                                                         float(m_lo), float(m_scale), level_bins, mask_m, True)
-            if transform == "rigid":
-                dlinear = np.einsum("kab,ab->k", dmats, dmatrix) / radius
-            else:
-                dlinear = dmatrix.ravel() / radius
-            return -mi, -np.concatenate([dlinear, doffset])
-
+        moving_side = (m_s, to_index, float(m_lo), float(m_scale), level_bins, mask_m)
+        objective = _level_objective(points_c, fixed_bins, moving_side, transform, radius, centre)
         x, mi_value, steps = _adam(objective, x, step_mm / 2**level, iterations)
         total += steps
         if progress is not None:
             progress((level + 1) / len(shrink_factors))
-    matrix, _ = unpack(x)
+    matrix, _ = _unpack(x, transform, radius)
     out = np.eye(4)
     out[:3, :3] = matrix
     out[:3, 3] = centre + x[-3:] - matrix @ centre
