@@ -35,9 +35,11 @@ def scenario_dvh_linear_gradient(scene) -> dict:
     """A 20 x 20 x 20 mm box in a dose rising 1 Gy/mm along S: D-values follow the uniform z distribution."""
     z = _points(GEOMETRY)[..., 2]
     dose = mark_as_dose_volume(bridge.create_volume(scene, (z + 50.0).astype(np.float32), GEOMETRY, "gradient dose"))
-    labels = np.zeros(GEOMETRY.shape_kji, np.uint16)
-    labels[15:25, 15:25, 15:25] = 1  # voxel centres -10..8 mm, voxel edges -11..9 mm
-    seg = bridge.create_segmentation(scene, labels, GEOMETRY, [SegmentInfo(1, "box")], "box structures")
+    # The box on a 1 mm grid (not the 2 mm dose grid), so the DVH samples it as a structure, not as dose voxels.
+    fine = Geometry((1.0, 1.0, 1.0), (-40.5, -40.5, -40.5), np.eye(3), "RAS", (82, 82, 82))
+    labels = np.zeros(fine.shape_kji, np.uint16)
+    labels[30:50, 30:50, 30:50] = 1  # voxel edges -11..9 mm
+    seg = bridge.create_segmentation(scene, labels, fine, [SegmentInfo(1, "box")], "box structures")
     result = PlanEvaluationLogic(scene).compute_dvh(dose, seg, v_doses_gy=(49.0,), bin_width_gy=0.01)
     m = result.metrics["box"]
     z0, z1 = -11.0 + 50.0, 9.0 + 50.0  # dose at the box's lower / upper faces
