@@ -168,26 +168,38 @@ def register_torch(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
         torch.set_num_threads(threads)
 
 
-def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage, shrink_factors,
-              smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps, dev, seed, progress, start,
-              kernel, fixed_mask=None, moving_mask=None):
-    generator = np.random.default_rng(seed)
-    fg, mg = fixed_geometry.to_space("LPS"), moving_geometry.to_space("LPS")
-    dtype = torch.float32
-    fixed_t = torch.as_tensor(np.asarray(fixed, dtype=np.float32), device=dev)[None, None]
-    moving_t = torch.as_tensor(np.asarray(moving, dtype=np.float32), device=dev)[None, None]
-    moving_mask_t = (None if moving_mask is None else
-                     torch.as_tensor(np.asarray(moving_mask) != 0, dtype=dtype, device=dev)[None, None])
-    f_lo, f_hi = np.percentile(fixed, [0.5, 99.5])
-    m_lo, m_hi = np.percentile(moving, [0.5, 99.5])
-    shape_f = np.array(fixed.shape)  # (K, J, I)
-    centre = fg.index_to_point((shape_f[::-1] - 1) / 2.0)
-    radius = float(np.linalg.norm((shape_f[::-1] - 1) * np.array(fg.spacing)) / 2.0)
-    m_index = torch.as_tensor(mg.physical_to_ijk(), dtype=dtype, device=dev)
-    m_size = torch.as_tensor(np.array(moving.shape[::-1]) - 1.0, dtype=dtype, device=dev).clamp_min(1.0)
+@dataclass(frozen=True, eq=False)
+class _MovingGrid:
+    """The moving side of the MI: LPS -> continuous ijk ``index`` (4x4), ``size`` - 1 per axis (i, j, k),
+    optional ``mask`` (1, 1, K, J, I), intensity range ``lo``..``hi`` and the fixed ``centre`` (LPS mm)."""
 
+    index: torch.Tensor
+    size: torch.Tensor
+    mask: torch.Tensor | None
+    lo: float
+    hi: float
+    centre: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class _Level:
+    """One pyramid level: fixed sample ``points`` (LPS mm), their bins (continuous, rounded, Parzen
+    weights), the histogram size ``bins`` and the smoothed moving image ``moving`` (1, 1, K, J, I)."""
+
+    points: torch.Tensor
+    fixed_bins: torch.Tensor
+    fixed_index: torch.Tensor
+    fixed_weights: torch.Tensor | None
+    bins: int
+    moving: torch.Tensor
+
+
+def _initial_parameters(initial_matrix_lps, transform: str, mg: Geometry, moving_shape, centre: np.ndarray,
+                        dtype, dev) -> dict[str, torch.Tensor]:
+    """Rotation vector, translation (mm, about ``centre``) and for affine a linear residual, as leaf
+    tensors; default start: the geometry centres aligned."""
     if initial_matrix_lps is None:
-        m_centre = mg.index_to_point((np.array(moving.shape[::-1]) - 1) / 2.0)
+        m_centre = mg.index_to_point((np.array(moving_shape[::-1]) - 1) / 2.0)
         init_linear, init_t = np.eye(3), m_centre - centre
     else:
         init = np.asarray(initial_matrix_lps, dtype=float)
@@ -203,45 +215,80 @@ def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, s
               "translation": torch.tensor(init_t, dtype=dtype, device=dev, requires_grad=True)}
     if transform == "affine":
         params["linear"] = torch.zeros(3, 3, dtype=dtype, device=dev, requires_grad=True)
-    centre_t = torch.as_tensor(centre, dtype=dtype, device=dev)
+    return params
 
+
+def _level_samples(f_s, m_s, fg: Geometry, kji: np.ndarray, bins: int, f_lo, f_hi, kernel: str, dtype,
+                   dev) -> _Level:
+    """The level's fixed samples at ``kji`` of the smoothed fixed image ``f_s`` and their bins."""
+    points = torch.as_tensor(fg.index_to_point(kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
+    kji_t = torch.as_tensor(kji, device=dev)
+    fixed_values = f_s[0, 0, kji_t[:, 0], kji_t[:, 1], kji_t[:, 2]]
+    level_bins = histogram_bins(bins, len(kji))
+    fixed_bins = _normalise(fixed_values, level_bins, f_lo, f_hi)
+    fixed_weights = parzen_weights(fixed_bins, level_bins) if kernel == "gaussian" else None
+    return _Level(points, fixed_bins, fixed_bins.round().long(), fixed_weights, level_bins, m_s)
+
+
+def _level_optimiser(params, transform: str, step: float, radius: float, iterations: int):
+    """Adam (translation at ``step`` mm, rotation and linear part scaled by ``radius``) with a cosine schedule."""
+    groups = [{"params": [params["translation"]], "lr": step},
+              {"params": [params["rotation"]], "lr": step / radius}]
+    if transform == "affine":
+        groups.append({"params": [params["linear"]], "lr": step / radius})
+    optimiser = torch.optim.Adam(groups)
+    return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, iterations, eta_min=step * 0.02)
+
+
+def _mutual_information(params, transform: str, level: _Level, grid: _MovingGrid, kernel: str) -> torch.Tensor:
+    """MI (nats, differentiable in ``params``) of the level's fixed samples and the mapped moving image."""
+    dtype = level.points.dtype
+    matrix = _matrix(params, transform)
+    mapped = (level.points - grid.centre) @ matrix.T + grid.centre + params["translation"]
+    index = mapped @ grid.index[:3, :3].T + grid.index[:3, 3]          # continuous (i, j, k)
+    normalised = 2.0 * index / grid.size - 1.0
+    inside = (normalised.abs() <= 1.0).all(1).to(dtype)
+    if grid.mask is not None:
+        inside = inside * F.grid_sample(grid.mask, normalised.detach().reshape(1, 1, 1, -1, 3),
+                                        mode="nearest", padding_mode="zeros", align_corners=True).reshape(-1)
+    sampled = F.grid_sample(level.moving, normalised.reshape(1, 1, 1, -1, 3), mode="bilinear",
+                            padding_mode="border", align_corners=True).reshape(-1)
+    moving_bins = _normalise(sampled, level.bins, grid.lo, grid.hi)
+    if kernel == "gaussian":
+        return parzen_mutual_information(level.fixed_bins, moving_bins, inside, level.bins, level.fixed_weights)
+    return linear_kernel_mutual_information(level.fixed_index, moving_bins, inside, level.bins)
+
+
+def _register(fixed, fixed_geometry, moving, moving_geometry, transform, bins, sampling_percentage, shrink_factors,
+              smoothing_sigmas_mm, iterations, learning_rate_mm, initial_matrix_lps, dev, seed, progress, start,
+              kernel, fixed_mask=None, moving_mask=None):
+    generator = np.random.default_rng(seed)
+    fg, mg = fixed_geometry.to_space("LPS"), moving_geometry.to_space("LPS")
+    dtype = torch.float32
+    fixed_t = torch.as_tensor(np.asarray(fixed, dtype=np.float32), device=dev)[None, None]
+    moving_t = torch.as_tensor(np.asarray(moving, dtype=np.float32), device=dev)[None, None]
+    moving_mask_t = (None if moving_mask is None else
+                     torch.as_tensor(np.asarray(moving_mask) != 0, dtype=dtype, device=dev)[None, None])
+    f_lo, f_hi = np.percentile(fixed, [0.5, 99.5])
+    m_lo, m_hi = np.percentile(moving, [0.5, 99.5])
+    shape_f = np.array(fixed.shape)  # (K, J, I)
+    centre = fg.index_to_point((shape_f[::-1] - 1) / 2.0)
+    radius = float(np.linalg.norm((shape_f[::-1] - 1) * np.array(fg.spacing)) / 2.0)
+    grid = _MovingGrid(torch.as_tensor(mg.physical_to_ijk(), dtype=dtype, device=dev),
+                       torch.as_tensor(np.array(moving.shape[::-1]) - 1.0, dtype=dtype, device=dev).clamp_min(1.0),
+                       moving_mask_t, m_lo, m_hi, torch.as_tensor(centre, dtype=dtype, device=dev))
+    params = _initial_parameters(initial_matrix_lps, transform, mg, moving.shape, centre, dtype, dev)
     total, mi_value = 0, 0.0
     for level, (shrink, sigma_mm) in enumerate(zip(shrink_factors, smoothing_sigmas_mm)):
         f_s = _gaussian_smooth(fixed_t, np.array(sigma_mm) / np.array(fg.spacing))
         m_s = _gaussian_smooth(moving_t, np.array(sigma_mm) / np.array(mg.spacing))
         kji = sample_fixed_voxels(shape_f, shrink, fixed_mask, sampling_percentage, generator)
-        points = torch.as_tensor(fg.index_to_point(kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
-        kji_t = torch.as_tensor(kji, device=dev)
-        fixed_values = f_s[0, 0, kji_t[:, 0], kji_t[:, 1], kji_t[:, 2]]
-        level_bins = histogram_bins(bins, len(kji))
-        fixed_bins = _normalise(fixed_values, level_bins, f_lo, f_hi)
-        fixed_weights = parzen_weights(fixed_bins, level_bins) if kernel == "gaussian" else None
-        fixed_index = fixed_bins.round().long()
-        step = learning_rate_mm / (2**level)
-        groups = [{"params": [params["translation"]], "lr": step},
-                  {"params": [params["rotation"]], "lr": step / radius}]
-        if transform == "affine":
-            groups.append({"params": [params["linear"]], "lr": step / radius})
-        optimiser = torch.optim.Adam(groups)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, iterations, eta_min=step * 0.02)
+        samples = _level_samples(f_s, m_s, fg, kji, bins, f_lo, f_hi, kernel, dtype, dev)
+        optimiser, scheduler = _level_optimiser(params, transform, learning_rate_mm / (2**level), radius, iterations)
         previous = None
         for iteration in range(iterations):
             optimiser.zero_grad()
-            matrix = _matrix(params, transform)
-            mapped = (points - centre_t) @ matrix.T + centre_t + params["translation"]
-            index = mapped @ m_index[:3, :3].T + m_index[:3, 3]          # continuous (i, j, k)
-            normalised = 2.0 * index / m_size - 1.0
-            inside = (normalised.abs() <= 1.0).all(1).to(dtype)
-            if moving_mask_t is not None:
-                inside = inside * F.grid_sample(moving_mask_t, normalised.detach().reshape(1, 1, 1, -1, 3),
-                                                mode="nearest", padding_mode="zeros", align_corners=True).reshape(-1)
-            sampled = F.grid_sample(m_s, normalised.reshape(1, 1, 1, -1, 3), mode="bilinear",
-                                    padding_mode="border", align_corners=True).reshape(-1)
-            moving_bins = _normalise(sampled, level_bins, m_lo, m_hi)
-            if kernel == "gaussian":
-                mi = parzen_mutual_information(fixed_bins, moving_bins, inside, level_bins, fixed_weights)
-            else:
-                mi = linear_kernel_mutual_information(fixed_index, moving_bins, inside, level_bins)
+            mi = _mutual_information(params, transform, samples, grid, kernel)
             (-mi).backward()
             optimiser.step()
             scheduler.step()
