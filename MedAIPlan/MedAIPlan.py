@@ -227,7 +227,9 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
             report = require_path(report, "the plan report file (.pdf or .png)", kind="file")
             self.evaluation.write_report(str(report), p.doseVolume, result, ct_node=p.ctVolume,
                                          isodose_levels_gy=[p.prescriptionGy * v / 100.0
-                                                            for v in _numbers(p.isodoseLevels)])
+                                                            for v in _numbers(p.isodoseLevels)],
+                                         structures_node=p.structures, target=p.targetSegment or None,
+                                         prescription_gy=p.prescriptionGy)
         return result.metrics_table
 
     def isodoseFromParameters(self, p, progress=None):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 from MedAICommonLib import bridge, notices
 from MedAICommonLib.bridge.volumes import describe_bounds
@@ -19,7 +18,7 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import dose_metrics, dvh, isodose, plan_report
+from . import dose_metrics, dvh, isodose
 from .rt_dicom_logic import RtDicomLogic
 
 @dataclass
@@ -31,19 +30,6 @@ class DvhResult:
     chart: object
     combined_table: object
     metrics: dict = field(default_factory=dict)
-
-
-def _slice_indices(shape_kji, center_kji, view: str) -> np.ndarray:
-    """KJI indices (rows, cols, 3) of the axial (K fixed), coronal (J fixed) or sagittal (I fixed) plane."""
-    k, j, i = (np.arange(n) for n in shape_kji)
-    if view == "axial":
-        jj, ii = np.meshgrid(j, i, indexing="ij")
-        return np.stack([np.full_like(jj, center_kji[0]), jj, ii], axis=-1)
-    if view == "coronal":
-        kk, ii = np.meshgrid(k, i, indexing="ij")
-        return np.stack([kk, np.full_like(kk, center_kji[1]), ii], axis=-1)
-    kk, jj = np.meshgrid(k, j, indexing="ij")
-    return np.stack([kk, jj, np.full_like(kk, center_kji[2])], axis=-1)
 
 
 def _bounds_text(dose_node, segmentation_node) -> str:
@@ -190,49 +176,21 @@ class PlanEvaluationLogic(RtDicomLogic):
 
     # --- plan report -----------------------------------------------------------------------
     def write_report(self, path, dose_node, dvh_result: DvhResult, ct_node=None, title: str | None = None,
-                     isodose_levels_gy=(), info: dict | None = None) -> Path:
-        """Write the plan report for ``dose_node`` and a :meth:`compute_dvh` result: a multi-page PDF
-        (summary + metric table, axial/coronal/sagittal dose overlays through the dose maximum, DVH) when
-        ``path`` ends in .pdf, else a one-page PNG. ``ct_node`` (optional) is sampled on the dose grid."""
-        dose, geometry = bridge.array_from_volume(dose_node)
-        curves = {}
-        for name, table in dvh_result.tables.items():
-            cols = bridge.columns_from_table(table)
-            curves[name] = (np.asarray(cols["Dose (Gy)"]), np.asarray(cols["Volume (%)"]))
-        metrics = {n: m for n, m in dvh_result.metrics.items() if n != "plan"}
-        # Views in patient axes (Superior, Anterior, Right) through the dose maximum.
-        perm, flips = plan_report.sar_orientation(geometry.to_space("RAS").direction)
-        view = np.flip(np.transpose(dose, perm), flips)
-        spacing_kji = np.array(geometry.spacing)[::-1][perm]
-        center = np.unravel_index(int(np.argmax(view)), view.shape)
-        ct = None
-        if ct_node is not None:
-            ct_array, ct_geometry = bridge.array_from_volume(ct_node)
-            ct_geometry = ct_geometry.to_space(geometry.space)
-            ct = {}
-            for name in ("axial", "coronal", "sagittal"):  # CT (HU, -1000 outside) at the dose voxel centres
-                idx = _slice_indices(view.shape, center, name)  # (rows, cols, 3) in the view's KJI
-                orig = np.empty_like(idx)
-                for o in range(3):
-                    orig[..., perm[o]] = view.shape[o] - 1 - idx[..., o] if o in flips else idx[..., o]
-                points = geometry.index_to_point(orig.reshape(-1, 3)[:, ::-1].astype(float))
-                ijk = ct_geometry.point_to_index(points)
-                values = map_coordinates(np.asarray(ct_array, float), ijk[:, ::-1].T, order=1, mode="constant", cval=-1000.0)
-                ct[name] = values.reshape(idx.shape[:2])
-        title = title or f"{dose_node.GetName()} plan report"
-        path = Path(path)
+                     isodose_levels_gy=(), info: dict | None = None, structures_node=None, target: str | None = None,
+                     prescription_gy: float | None = None) -> Path:
+        """Write the plan report for ``dose_node`` and a :meth:`compute_dvh` result: a 3-page A4 PDF (summary and
+        metrics, axial/coronal/sagittal dose on the CT with the structures outlined and isodose lines, DVH) when
+        ``path`` ends in .pdf, else a one-page PNG. ``ct_node`` is sampled on the dose grid; ``structures_node``
+        gives the outlines; slices go through the ``target``'s largest section when given."""
+        from .plan_report_nodes import write_plan_report_for_nodes
+
         self.progress.update("Plan report", 0.5)
-        if path.suffix.lower() == ".pdf":
-            out, _ = plan_report.write_plan_report_pdf(
-                path, view, spacing_kji[::-1], curves, metrics, ct=ct, center_kji=center, title=title,
-                isodose_levels_gy=tuple(isodose_levels_gy), plan_indices=dvh_result.metrics.get("plan"), info=info)
-        else:
-            out = plan_report.write_plan_report(
-                path, ct["axial"][::-1, ::-1] if ct else np.zeros_like(view[center[0]]), view[center[0]][::-1, ::-1],
-                curves, metrics,
-                title=title, isodose_levels_gy=tuple(isodose_levels_gy), plan_indices=dvh_result.metrics.get("plan"))
+        out = write_plan_report_for_nodes(
+            path, dose_node, dvh_result, ct_node=ct_node, structures_node=structures_node, target=target,
+            prescription_gy=prescription_gy, isodose_levels_gy=tuple(isodose_levels_gy), info=info,
+            title=title or f"{dose_node.GetName()} plan report")
         self.progress.update("Plan report", 1.0)
-        return out
+        return Path(out)
 
     # --- gamma ---------------------------------------------------------------------------
     def gamma(self, reference_node, evaluated_node, dose_percent: float = 3.0, dta_mm: float = 3.0,
