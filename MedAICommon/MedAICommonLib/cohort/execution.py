@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -102,8 +103,9 @@ def run_cases(client, cases: list[Case], steps: list[Step], output: str,
     """
     from distributed import as_completed
 
-    futures = {client.submit(run_case, case, steps, output, key=f"medai-case-{case.id}-{os.getpid()}",
-                             pure=False): case.id for case in cases}
+    run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's results
+    futures = {client.submit(run_case, case, steps, output, key=f"medai-case-{case.id}-{run}"): case.id
+               for case in cases}
     results: dict[str, dict] = {}
     try:
         for future in as_completed(futures):

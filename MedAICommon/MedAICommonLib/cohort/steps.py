@@ -72,7 +72,10 @@ def _prepare_worker() -> None:
         import torch
 
         if threads > 0:
+            import SimpleITK as sitk
+
             torch.set_num_threads(threads)
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         if torch.cuda.is_available():
             index = int(worker.name) if str(worker.name).isdigit() else 0
             torch.cuda.set_device(index % torch.cuda.device_count())
