@@ -213,6 +213,72 @@ def register_bspline(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.nda
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True, eq=False)
+class _MovingSide:
+    """The moving image as seen from displaced fixed points: continuous ijk ``to_index`` (3x4, linear part
+    folded in), ``size`` - 1 per axis (i, j, k), optional ``mask`` (1, 1, K, J, I), intensities ``lo``..``hi``."""
+
+    to_index: torch.Tensor
+    size: torch.Tensor
+    mask: torch.Tensor | None
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True, eq=False)
+class _LevelSamples:
+    """A level's fixed samples: ``flat`` indices in the strided grid, LPS ``points`` (mm), ``values``, bins ``index``."""
+
+    flat: torch.Tensor
+    points: torch.Tensor
+    values: torch.Tensor
+    index: torch.Tensor
+
+
+def _level_samples(fixed_shape, shrink: int, fixed_mask, sampling_percentage: float, max_samples: int, generator,
+                   fg: Geometry, f_s: torch.Tensor, f_range, bins: int, dtype, dev) -> tuple[list, _LevelSamples]:
+    """(strided i, j, k indices, samples in ``fixed_mask``: >= 2000 or ``sampling_percentage``, <= ``max_samples``)."""
+    indices = [np.arange(0, n, shrink) for n in fixed_shape[::-1]]  # i, j, k
+    kk, jj, ii = np.meshgrid(indices[2], indices[1], indices[0], indexing="ij")
+    keep = np.ones(kk.shape, bool) if fixed_mask is None else np.asarray(fixed_mask)[kk, jj, ii] != 0
+    flat = np.flatnonzero(keep)
+    count = min(len(flat), max(2000, int(sampling_percentage * len(flat))), max_samples)
+    if count < len(flat):
+        flat = np.sort(generator.choice(flat, count, replace=False))
+    if len(flat) < 50:
+        raise ValueError("Fewer than 50 fixed samples for the B-spline; give a larger fixed mask.")
+    sample_kji = np.stack([kk.ravel()[flat], jj.ravel()[flat], ii.ravel()[flat]], 1)
+    points = torch.as_tensor(fg.index_to_point(sample_kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
+    fixed_values = f_s[0, 0][tuple(torch.as_tensor(sample_kji.T, device=dev))]
+    fixed_index = _to_bins(fixed_values, f_range[0], f_range[1], bins).round().long()
+    return indices, _LevelSamples(torch.as_tensor(flat, device=dev), points, fixed_values, fixed_index)
+
+
+def _level_basis(fg: Geometry, grid: BSplineGrid, indices: list, dtype, dev) -> tuple[list, dict]:
+    """Basis matrices per axis at the samples' grid lines and at the inner control points (orders 0-2: bending)."""
+    u = _grid_coordinates(fg, grid, indices)
+    counts = grid.shape_kji[::-1]
+    matrices = [axis_matrix(u[a], counts[a], 0, dev, dtype) for a in range(3)]
+    nodes = {(a, order): axis_matrix(np.arange(1, counts[a] - 1, dtype=float), counts[a], order, dev, dtype)
+             for a in range(3) for order in (0, 1, 2)}
+    return matrices, nodes
+
+
+def _data_term(metric: str, coefficients, matrices, samples: _LevelSamples, m_s, moving: _MovingSide, bins: int):
+    """The similarity metric of the samples displaced by the B-spline ``coefficients``."""
+    displacement = _separable(matrices[2], matrices[1], matrices[0], coefficients).reshape(-1, 3)[samples.flat]
+    index = (samples.points + displacement) @ moving.to_index[:, :3].T + moving.to_index[:, 3]
+    normalised = 2.0 * index / moving.size - 1.0
+    weight = (normalised.abs() <= 1.0).all(1).to(samples.points.dtype)
+    grid_points = normalised.reshape(1, 1, 1, -1, 3)
+    if moving.mask is not None:
+        weight = weight * F.grid_sample(moving.mask, grid_points.detach(), mode="nearest",
+                                        padding_mode="zeros", align_corners=True).reshape(-1)
+    sampled = F.grid_sample(m_s, grid_points, mode="bilinear", padding_mode="border",
+                            align_corners=True).reshape(-1)
+    return _metric(metric, samples.values, samples.index, sampled, weight, bins, moving.lo, moving.hi)
+
+
 def _run(fixed, fixed_geometry, moving, moving_geometry, linear_lps, metric, mesh_spacing_mm, shrink_factors,
          smoothing_sigmas_mm, iterations, bending_weight, bins, sampling_percentage, max_samples,
          fixed_mask, moving_mask, dev, seed, progress, start):
@@ -225,12 +291,11 @@ def _run(fixed, fixed_geometry, moving, moving_geometry, linear_lps, metric, mes
     moving_t = torch.as_tensor(np.asarray(moving, np.float32), device=dev)[None, None]
     f_lo, f_hi = np.percentile(fixed, [0.5, 99.5])
     m_lo, m_hi = np.percentile(moving, [0.5, 99.5])
-    # moving continuous index of a fixed point p + d:  to_index @ A @ (p + d)
-    to_index = mg.physical_to_ijk() @ linear
-    to_index_t = torch.as_tensor(to_index[:3], dtype=dtype, device=dev)
-    m_size = torch.as_tensor(np.array(moving.shape[::-1]) - 1.0, dtype=dtype, device=dev).clamp_min(1.0)
-    moving_mask_t = (None if moving_mask is None else
-                     torch.as_tensor(np.asarray(moving_mask) != 0, dtype=dtype, device=dev)[None, None])
+    moving_side = _MovingSide(  # moving continuous index of a fixed point p + d:  to_index @ A @ (p + d)
+        torch.as_tensor((mg.physical_to_ijk() @ linear)[:3], dtype=dtype, device=dev),
+        torch.as_tensor(np.array(moving.shape[::-1]) - 1.0, dtype=dtype, device=dev).clamp_min(1.0),
+        None if moving_mask is None else torch.as_tensor(np.asarray(moving_mask) != 0, dtype=dtype, device=dev)[None, None],
+        m_lo, m_hi)
     generator = np.random.default_rng(seed)
     coefficients = torch.zeros(grid.shape_kji + (3,), dtype=dtype, device=dev)
     total, value = 0, 0.0
@@ -240,48 +305,18 @@ def _run(fixed, fixed_geometry, moving, moving_geometry, linear_lps, metric, mes
             grid = grid.refined()
         f_s = _gaussian_smooth(fixed_t, np.array(sigma_mm) / np.array(fg.spacing))
         m_s = _gaussian_smooth(moving_t, np.array(sigma_mm) / np.array(mg.spacing))
-        indices = [np.arange(0, n, shrink) for n in fixed.shape[::-1]]  # i, j, k
-        u = _grid_coordinates(fg, grid, indices)
-        counts = grid.shape_kji[::-1]
-        matrices = [axis_matrix(u[a], counts[a], 0, dev, dtype) for a in range(3)]
-        # bending energy at the control points inside the domain (exact B-spline second derivatives)
-        nodes = {(a, order): axis_matrix(np.arange(1, counts[a] - 1, dtype=float), counts[a], order, dev, dtype)
-                 for a in range(3) for order in (0, 1, 2)}
-        kk, jj, ii = np.meshgrid(indices[2], indices[1], indices[0], indexing="ij")
-        keep = np.ones(kk.shape, bool)
-        if fixed_mask is not None:
-            keep &= np.asarray(fixed_mask)[kk, jj, ii] != 0
-        flat = np.flatnonzero(keep)
-        count = min(len(flat), max(2000, int(sampling_percentage * len(flat))), max_samples)
-        if count < len(flat):
-            flat = np.sort(generator.choice(flat, count, replace=False))
-        if len(flat) < 50:
-            raise ValueError("Fewer than 50 fixed samples for the B-spline; give a larger fixed mask.")
-        flat_t = torch.as_tensor(flat, device=dev)
-        sample_kji = np.stack([kk.ravel()[flat], jj.ravel()[flat], ii.ravel()[flat]], 1)
-        points = torch.as_tensor(fg.index_to_point(sample_kji[:, ::-1].astype(float)), dtype=dtype, device=dev)
-        fixed_values = f_s[0, 0][tuple(torch.as_tensor(sample_kji.T, device=dev))]
-        fixed_index = _to_bins(fixed_values, f_lo, f_hi, bins).round().long()
+        indices, samples = _level_samples(fixed.shape, shrink, fixed_mask, sampling_percentage, max_samples,
+                                          generator, fg, f_s, (f_lo, f_hi), bins, dtype, dev)
+        matrices, nodes = _level_basis(fg, grid, indices, dtype, dev)
         coefficients = coefficients.detach().contiguous().requires_grad_(True)
         lam = bending_weight * float(np.mean(final_spacing) ** 2)
         state = {"value": 0.0, "calls": 0, "scale": 1.0}
 
-        def closure(coefficients=coefficients, matrices=matrices, nodes=nodes, flat_t=flat_t, points=points,
-                    fixed_values=fixed_values, fixed_index=fixed_index, m_s=m_s, grid=grid, level=level,
-                    lam=lam, state=state):
+        def closure(coefficients=coefficients, matrices=matrices, nodes=nodes, samples=samples, m_s=m_s, grid=grid,
+                    level=level, lam=lam, state=state):
             if coefficients.grad is not None:
                 coefficients.grad = None
-            displacement = _separable(matrices[2], matrices[1], matrices[0], coefficients).reshape(-1, 3)[flat_t]
-            index = (points + displacement) @ to_index_t[:, :3].T + to_index_t[:, 3]
-            normalised = 2.0 * index / m_size - 1.0
-            weight = (normalised.abs() <= 1.0).all(1).to(dtype)
-            grid_points = normalised.reshape(1, 1, 1, -1, 3)
-            if moving_mask_t is not None:
-                weight = weight * F.grid_sample(moving_mask_t, grid_points.detach(), mode="nearest",
-                                                padding_mode="zeros", align_corners=True).reshape(-1)
-            sampled = F.grid_sample(m_s, grid_points, mode="bilinear", padding_mode="border",
-                                    align_corners=True).reshape(-1)
-            loss = _metric(metric, fixed_values, fixed_index, sampled, weight, bins, m_lo, m_hi)
+            loss = _data_term(metric, coefficients, matrices, samples, m_s, moving_side, bins)
             objective = loss / state["scale"] + lam * bending_energy(nodes, coefficients, grid.spacing)
             objective.backward()
             state["value"] = float(loss.detach())
