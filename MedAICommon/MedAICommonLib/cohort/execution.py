@@ -8,6 +8,7 @@ step outputs already renamed into place are skipped there, and a half-written on
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
@@ -33,6 +34,21 @@ def default_workers() -> tuple[int, int]:
 
 
 @contextmanager
+def _workers_ignore_ctrl_c():
+    """Worker processes started in the block ignore SIGINT (they inherit it): Ctrl-C in a terminal reaches
+    the whole process group, and only ``medai batch`` itself should stop, closing the cluster cleanly."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None):
     """A ``distributed.Client``: to ``scheduler`` when given, else to a new ``LocalCluster`` of worker
     processes (``workers`` or :func:`default_workers`, one thread each), closed afterwards."""
@@ -55,8 +71,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
             raise ValueError(f"--workers must be 1 or more, got {workers}.")
         count, threads = workers, max(1, (os.cpu_count() or 1) // workers)
     os.environ["MEDAI_WORKER_THREADS"] = str(threads)  # read by each worker process it spawns
-    cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=40)
+    with _workers_ignore_ctrl_c():
+        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=40)
     client = Client(cluster)
     try:
         yield client
