@@ -160,26 +160,10 @@ class MedAISegLogic:
         ``trust_bundle=True`` only after the user confirmed (it records the trust, like ``--trust-bundle``).
         TorchScript models with a card run no config code and need no trust.
         """
-        from .bundle import is_bundle, load_bundle_weights, run_bundle
-        from .bundle_trust import record_trust, require_trusted
+        from .bundle import run_bundle
         from .torchscript_model import load_torchscript_with_card, run_model
 
-        nodes = list(input_nodes) if isinstance(input_nodes, (list, tuple)) else [input_nodes]
-        if not nodes:
-            raise ValueError("Select at least one input volume for the model.")
-        for node in nodes:
-            bridge.require_scalar_volume(node)
-        path = Path(model_path)
-        if not path.exists():
-            raise ValueError(f"Model {model_path} not found; give a MONAI bundle folder or a TorchScript file "
-                             "(catalogue models must be downloaded first with download_model).")
-        bundle = is_bundle(path)
-        weights = None
-        if bundle:
-            weights = load_bundle_weights(path)  # corrupt or code-running weights are refused before trust is asked
-            if trust_bundle:
-                record_trust(path)
-            require_trusted(path)
+        nodes, path, bundle, weights = self._model_inputs(input_nodes, model_path, trust_bundle)
         progress = self._progress(progress)
         torch_device = select_device(device)
         progress.update("reading inputs", 0.05)
@@ -202,18 +186,48 @@ class MedAISegLogic:
         segments = [SegmentInfo(s.value, s.name, s.color, s.terminology) for s in result.segments]
         name = f"{nodes[0].GetName()} segmentation"
         node = self._segmentation(result.labels, result.geometry, segments, name, output_node, nodes[0])
-        extra = []
-        if result.probabilities is not None:
-            for info in result.segments:
-                extra.append(bridge.create_volume(self.scene, result.probabilities[info.value], result.geometry,
-                                                  f"{nodes[0].GetName()} probability {info.name}"))
-        if result.entropy is not None:
-            extra.append(bridge.create_volume(self.scene, result.entropy, result.geometry,
-                                              f"{nodes[0].GetName()} uncertainty"))
+        extra = self._model_extra_volumes(result, nodes[0].GetName())
         self.last_info = dict(result.info, extra_nodes=[n.GetName() for n in extra],
                               voxels={s.name: int((result.labels == s.value).sum()) for s in result.segments})
         progress.update("done", 1.0)
         return node
+
+    @staticmethod
+    def _model_inputs(input_nodes, model_path, trust_bundle: bool):
+        """(input nodes, model path, is a bundle, bundle weights or None), refusing missing inputs or
+        model and an untrusted bundle (its trust recorded first with ``trust_bundle``)."""
+        from .bundle import is_bundle, load_bundle_weights
+        from .bundle_trust import record_trust, require_trusted
+
+        nodes = list(input_nodes) if isinstance(input_nodes, (list, tuple)) else [input_nodes]
+        if not nodes:
+            raise ValueError("Select at least one input volume for the model.")
+        for node in nodes:
+            bridge.require_scalar_volume(node)
+        path = Path(model_path)
+        if not path.exists():
+            raise ValueError(f"Model {model_path} not found; give a MONAI bundle folder or a TorchScript file "
+                             "(catalogue models must be downloaded first with download_model).")
+        bundle = is_bundle(path)
+        weights = None
+        if bundle:
+            weights = load_bundle_weights(path)  # corrupt or code-running weights are refused before trust is asked
+            if trust_bundle:
+                record_trust(path)
+            require_trusted(path)
+        return nodes, path, bundle, weights
+
+    def _model_extra_volumes(self, result, input_name: str) -> list:
+        """Probability volumes ('<input> probability <label>') and the entropy ('<input> uncertainty') when computed."""
+        extra = []
+        if result.probabilities is not None:
+            for info in result.segments:
+                extra.append(bridge.create_volume(self.scene, result.probabilities[info.value], result.geometry,
+                                                  f"{input_name} probability {info.name}"))
+        if result.entropy is not None:
+            extra.append(bridge.create_volume(self.scene, result.entropy, result.geometry,
+                                              f"{input_name} uncertainty"))
+        return extra
 
     def bundle_trust_info(self, model_path) -> dict:
         """What the panel shows before running ``model_path``: ``path`` (resolved), ``is_bundle``,
