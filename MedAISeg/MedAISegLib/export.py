@@ -153,6 +153,23 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
         dict(normalization or {"type": "zscore"})
     out_channels = int(definition["out_channels"]) if definition else max(int(k) for k in labels) + 1
     in_channels = int(definition["in_channels"]) if definition else int(in_channels)
+    config = _inference_config(definition, spacing_mm, normalization, axcodes, roi)
+    (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    metadata = _bundle_metadata(name, labels, spacing_mm, roi, normalization, axcodes, in_channels, out_channels,
+                                training)
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    _save_weights(folder / "models", network, definition)
+    if trust:
+        from .bundle_trust import code_files, record_trust
+
+        written = {folder / "configs" / "inference.json", folder / "configs" / "metadata.json"}
+        if set(code_files(folder)) == written:  # nothing foreign (other configs, *.py) would be trusted too
+            record_trust(folder, origin="trained", source="MedAI export")
+    return folder
+
+
+def _inference_config(definition: dict | None, spacing_mm, normalization: dict, axcodes, roi) -> dict:
+    """configs/inference.json: preprocessing, MONAI's sliding-window inferer and the postprocessing."""
     config = {
         "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
@@ -168,12 +185,15 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg"}]},
     }
-    if definition:
-        config = {"network_def": definition, **config}
-    (folder / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    return {"network_def": definition, **config} if definition else config
+
+
+def _bundle_metadata(name: str, labels: dict, spacing_mm, roi, normalization: dict, axcodes, in_channels: int,
+                     out_channels: int, training: dict | None) -> dict:
+    """configs/metadata.json: MONAI's network data format plus MedAI's own preprocessing record."""
     channel_def = {"0": "background", **{str(int(k)): str(v) for k, v in sorted(labels.items())}}
     spacing = [float(s) for s in spacing_mm] if spacing_mm is not None else None
-    metadata = {
+    return {
         "name": name, "version": "0.1.0", "task": "segmentation", "monai_version": _monai_version(),
         "pytorch_version": torch.__version__.split("+")[0],
         "description": "Trained in MedAI (medai train).",
@@ -187,8 +207,11 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
                   "normalization": normalization.get("type", "zscore"), "normalization_spec": normalization,
                   "axcodes": axcodes, "training": training or {}},
     }
-    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    models = folder / "models"
+
+
+def _save_weights(models: Path, network: torch.nn.Module, definition: dict | None) -> None:
+    """The state dict as models/model.pt (with a definition) or the TorchScript as models/model.ts; weight
+    files left from an earlier export are removed first."""
     for stale in ("model.pt", "model.ts", "model.onnx", "model_fp16.ts"):
         (models / stale).unlink(missing_ok=True)
     if definition:
@@ -199,13 +222,6 @@ def export_bundle(folder, network: torch.nn.Module, definition: dict | None, lab
         if not isinstance(network, torch.jit.ScriptModule):
             raise ValueError("A network without a MONAI definition must be TorchScript to be exported.")
         torch.jit.save(network.cpu().float().eval(), str(models / "model.ts"))
-    if trust:
-        from .bundle_trust import code_files, record_trust
-
-        written = {folder / "configs" / "inference.json", folder / "configs" / "metadata.json"}
-        if set(code_files(folder)) == written:  # nothing foreign (other configs, *.py) would be trusted too
-            record_trust(folder, origin="trained", source="MedAI export")
-    return folder
 
 
 def _monai_version() -> str:
