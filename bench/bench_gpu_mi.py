@@ -21,7 +21,7 @@ def main() -> None:
         print(json.dumps({"skipped": "no CUDA GPU on this machine"}))
         return
     data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
-    result = run(data_dir, "cuda")
+    result = run(data_dir, "cuda", 10)
     result["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(result, indent=1))
 

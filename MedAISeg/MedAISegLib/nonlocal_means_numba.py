@@ -14,8 +14,8 @@ numba thread pool, so nothing spins between calls), colour after colour: results
 thread count.
 
 Arrays are KJI float32; ``xp`` is the input padded by ``p + s`` voxels on every side.
-Compiled once per machine (``cache=True``: the first call of a session that finds no cache compiles
-for a few seconds; later sessions load the cached machine code).
+Compiled once per machine (``cache=True``: the first call in a process that finds no cache compiles
+for a few seconds; later processes load the cached machine code).
 """
 
 from __future__ import annotations

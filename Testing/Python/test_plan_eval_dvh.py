@@ -96,7 +96,7 @@ def test_sphere_from_coarse_contours_keeps_its_volume():
 
 @pytest.mark.slow
 def test_nelms_all_rows(shared_data):
-    """All rows with data here (60): the issue's target, >= 95 % of rows (58/60 here, notes/7.md)."""
+    """All rows with data here (60): the issue's target, >= 95 % of rows (58/60 here, bench/README.md)."""
     cache = {}
     axial = [_nelms_row_ok(*a, cache) for a in _nelms_rows(shared_data, r"(Cylinder|Cone|Sphere)_")]
     assert all(axial)

@@ -136,7 +136,7 @@ def test_numba_kernel_equals_torch_on_real_ct(noisy_ct, mode, p, s, n):
 
 def test_numba_blockwise_beats_scikit_image_psnr_on_real_ct(noisy_ct):
     """The issue's quality claim on the benchmark's data: at scikit-image's best h (0.5 sigma, see
-    notes/3-nlm.md) the default CPU path's PSNR is at least scikit-image fast mode's, 5+ dB over the noisy input."""
+    bench/README.md) the default CPU path's PSNR is at least scikit-image fast mode's, 5+ dB over the noisy input."""
     clean, noisy = noisy_ct
     ours = nonlocal_means(noisy, h=30.0, sigma=60.0, patch_radius=1, search_radius=2, mode="blockwise")
     theirs = denoise_nl_means(noisy, patch_size=3, patch_distance=2, h=30.0, sigma=60.0, fast_mode=True)
