@@ -210,10 +210,16 @@ class MedAISegWidget(MedAIWidgetBase):
         self.run_job(_("Fine-tuning"), lambda: self.logic.fineTuneJobFromParameters(p), on_done=done)
 
     def onExplain(self) -> None:
-        node = self.run_logic(_("Saliency"), self.logic.explainFromParameters, self._parameterNode)
-        if node is not None:
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=node,
-                                             foregroundOpacity=0.5)
+        """Saliency of the model (torch inference with gradients): in a worker process, after the trust check."""
+        p = self._parameterNode
+        trust = self.confirm_bundle_trust(p.modelPath)
+        if trust is not None:
+            self.run_job(_("Saliency"), lambda: self.logic.explainJobFromParameters(p, trust_bundle=trust),
+                         on_done=lambda nodes: self._show_saliency(nodes["saliency"]))
+
+    def _show_saliency(self, node) -> None:
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=node,
+                                         foregroundOpacity=0.5)
 
 
 class MedAISegLogic(ScriptedLoadableModuleLogic):
@@ -266,6 +272,12 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
     def explainFromParameters(self, p, progress=None):
         """Saliency volume of the current model for its first label; returns the volume node."""
         return self.training.explain(p.inputVolume, str(_model(p)), device=p.device)
+
+    def explainJobFromParameters(self, p, trust_bundle: bool = False):
+        """Saliency of the current model for its first label as a worker job (see ``MedAISegLib.worker_logic``)."""
+        from MedAISegLib.worker_logic import explain_job
+
+        return explain_job(slicer.mrmlScene, p.inputVolume, str(_model(p)), device=p.device, trust_bundle=trust_bundle)
 
     def preprocessFromParameters(self, p, progress=None):
         """Run the chosen preprocessing on the input; returns the output volume node."""

@@ -1,4 +1,4 @@
-"""``medai`` subcommands of MedAISeg: ``denoise``, ``segment``, ``evaluate``, ``lesions``.
+"""``medai`` subcommands of MedAISeg: ``denoise``, ``segment``, ``evaluate``, ``lesions``, ``explain``.
 
 Files are read and written through Slicer's storage nodes (:mod:`MedAICommonLib.bridge`); every
 command fills the run :class:`~MedAICommonLib.report.Report` (``--report FILE``).
@@ -22,7 +22,7 @@ from .logic import MedAISegLogic
 
 def register(subparsers, add_common_options) -> None:
     """Add MedAISeg's subcommands."""
-    for add in (_add_denoise, _add_segment, _add_evaluate, _add_lesions):
+    for add in (_add_denoise, _add_segment, _add_evaluate, _add_lesions, _add_explain):
         add(subparsers, add_common_options)
 
 
@@ -94,6 +94,23 @@ def _add_lesions(subparsers, add_common_options) -> None:
     p.add_argument("--table", help="write the lesion table (.csv)")
     add_common_options(p)
     p.set_defaults(func=cmd_lesions)
+
+
+def _add_explain(subparsers, add_common_options) -> None:
+    p = subparsers.add_parser("explain", help="saliency map (Grad-CAM or gradient x input) of a model for one label")
+    p.add_argument("input", help="volume file or DICOM series folder")
+    p.add_argument("--model", required=True, metavar="BUNDLE_DIR|FILE",
+                   help="MONAI bundle folder or TorchScript file with card")
+    p.add_argument("--output", required=True, metavar="SALIENCY.nrrd", help="explanation volume, 0..1 on the input grid")
+    p.add_argument("--segment", help="label to explain, by name (default: the model's first label)")
+    p.add_argument("--method", default="auto", choices=["auto", "gradcam", "gradient"],
+                   help="auto (default): Grad-CAM, or gradient x input for a bare TorchScript model")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="trust the MONAI bundle given with --model as it is now (its configs can run Python code); "
+                        "recorded in the per-user trust store")
+    add_common_options(p)
+    p.set_defaults(func=cmd_explain)
 
 
 def _load_input(scene, path):
@@ -283,4 +300,33 @@ def cmd_lesions(args, report) -> int:
     if args.table:
         report.outputs["table"] = str(bridge.save_node(table, args.table))
     print(f"{report.metrics['count']} lesion(s)")
+    return 0
+
+
+def cmd_explain(args, report) -> int:
+    """``medai explain INPUT --model MODEL --output SALIENCY.nrrd``: see ``MedAITrainingLogic.explain``."""
+    from .bundle import is_bundle
+    from .bundle_trust import record_trust
+    from .training_logic import MedAITrainingLogic
+
+    scene = get_scene()
+    report.inputs.update({"input": str(args.input), "model": str(args.model)})
+    report.parameters.update({"segment": args.segment, "method": args.method, "device": args.device,
+                              "trust_bundle": args.trust_bundle})
+    args.progress.update("loading", 0.0)
+    with report.timed("load"):
+        node = _load_input(scene, args.input)
+    if args.trust_bundle and is_bundle(Path(args.model)):
+        record_trust(args.model)
+    logic = MedAITrainingLogic(scene)
+    args.progress.update("explaining", 0.1)
+    with report.timed("explain"):
+        saliency = logic.explain(node, args.model, segment_name=args.segment, device=args.device, method=args.method)
+    report.device = logic.last_info.get("device", "cpu")
+    args.progress.update("saving", 0.95)
+    with report.timed("save"):
+        report.outputs["output"] = str(bridge.save_node(saliency, args.output))
+    report.metrics.update(logic.last_info)
+    report.metrics["name"] = saliency.GetName()
+    args.progress.update("done", 1.0)
     return 0

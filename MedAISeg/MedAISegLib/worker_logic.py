@@ -72,3 +72,23 @@ def fine_tune_job(scene, volume_node, segmentation_node, model_path: str, bundle
     args = ["fine-tune", "{in:volume}", "{in:segmentation}", "--model", str(model_path), "--output",
             str(bundle_folder), "--epochs", str(int(epochs)), "--device", device]
     return SceneJob(scene, args, {"volume": volume_node, "segmentation": segmentation_node}, [])
+
+
+def explain_job(scene, volume_node, model_path: str, device: str = "auto", segment: str | None = None,
+                method: str = "auto", trust_bundle: bool = False, output_node=None) -> SceneJob:
+    """``medai explain``: the model's explanation map for one label (default: its first) as a volume node,
+    0..1 on the input's grid (see ``MedAISegLib.training_logic.MedAITrainingLogic.explain``), named
+    "<input> saliency" or written into ``output_node``. ``trust_bundle`` passes ``--trust-bundle``: only
+    after the user confirmed a bundle from outside the catalogue."""
+    if volume_node is None:
+        raise ValueError("Select the input volume to explain the model on.")
+    if not model_path:
+        raise ValueError("Choose a model (a MONAI bundle folder or a TorchScript file with its card).")
+    args = ["explain", "{in:volume}", "--model", str(model_path), "--output", "{out:saliency}", "--device", device,
+            "--method", method]
+    if segment:
+        args += ["--segment", segment]
+    if trust_bundle:
+        args.append("--trust-bundle")
+    output = JobOutput("saliency", "saliency.nrrd", f"{volume_node.GetName()} saliency", "volume", node=output_node)
+    return SceneJob(scene, args, {"volume": volume_node}, [output])

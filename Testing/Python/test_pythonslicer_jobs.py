@@ -33,7 +33,8 @@ from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.worker_logic import register_job
 from MedAISegLib.phantom_cases import make_phantom_case
 from MedAISegLib.preprocess_worker_logic import denoise_job
-from MedAISegLib.worker_logic import fine_tune_job, segment_with_model_job, train_job
+from MedAISegLib.training_logic import MedAITrainingLogic
+from MedAISegLib.worker_logic import explain_job, fine_tune_job, segment_with_model_job, train_job
 
 NAMESPACE_PROBE = """
 import json, sys
@@ -132,6 +133,28 @@ def test_model_segmentation_job(scene, pythonslicer, tmp_path):
     entropy, entropy_geometry = bridge.array_from_volume(nodes["uncertainty"])
     assert entropy_geometry.same_grid(bridge.volume_geometry(ct))
     assert 0.0 <= entropy.min() <= entropy.max() <= np.log(2) + 1e-4
+
+
+def test_explain_job_gives_the_in_process_saliency(scene, pythonslicer, tmp_path):
+    phantom = make_ct_phantom(shape_kji=(14, 24, 22), spacing=(2.0, 1.5, 1.5), direction=rotation_matrix("z", 30.0))
+    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "patient CT")
+    model = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(threshold_net(threshold=45.0)), str(model))
+    card = {"name": "dense", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "dense tissue"}]}
+    (tmp_path / "net.ts.json").write_text(json.dumps(card))
+    in_process = MedAITrainingLogic(scene).explain(ct, str(model), device="cpu")
+    expected, _ = bridge.array_from_volume(in_process)
+
+    nodes, stages = run_job(explain_job(scene, ct, str(model), device="cpu"), pythonslicer, timeout=300)
+
+    saliency, geometry = bridge.array_from_volume(nodes["saliency"])
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    assert "explaining" in stages
+    # gradient x input of "HU > 45": the saliency lies exactly on the dense voxels, peak scaled to 1
+    np.testing.assert_array_equal(saliency > 0, phantom.ct > 45.0)
+    assert saliency.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(saliency, expected, atol=1e-5)
+    assert nodes["saliency"].GetName() == "patient CT saliency"
 
 
 def test_planning_job(scene, pythonslicer):

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": (_SEG, "segment a volume: threshold, Otsu, region growing or an AI model"),
     "evaluate": (_SEG, "compare a segmentation with a reference (Dice, HD95, ...)"),
     "lesions": (_SEG, "detect lesions: connected components -> points and a table"),
+    "explain": (_SEG, "saliency map (Grad-CAM or gradient x input) of a model for one label"),
     "train": (_TRAIN, "train (or fine-tune) a segmentation model on labelled volumes"),
     "fine-tune": (_TRAIN, "fine-tune a model on one corrected case (volume + segmentation)"),
     "export": (_TRAIN, "fp16 TorchScript / ONNX exports of a bundle, checked and timed"),
