@@ -33,8 +33,8 @@ import torch
 from .export import build_network, build_transforms, bundle_preprocessing, check_roi, export_bundle, \
     network_definition, preprocessing_definition
 from .sliding_window import sliding_window_inference
-from .training_history import BY_TRAINING_LOSS, BY_VALIDATION_DICE, best_from_history, epoch_message, \
-    improves, no_validation_message, write_curves
+from .training_epochs import RunState, resume, run_epochs
+from .training_history import BY_TRAINING_LOSS, BY_VALIDATION_DICE, no_validation_message, write_curves
 
 
 
@@ -184,6 +184,60 @@ def _validate(network, cases, roi, device, amp, classes) -> float:
     return dice
 
 
+def _stage_cases(cases, folder: Path) -> list[dict]:
+    """Each (image, label) as files in ``folder``, the label resampled onto its image's grid."""
+    items = []
+    for index, (image, label) in enumerate(cases):
+        image_path = _to_file(image, folder, f"case{index}")
+        label_path = _label_on_image_grid(image_path, _to_file(label, folder, f"case{index}_label"), folder,
+                                          f"case{index}")
+        items.append({"image": image_path, "label": label_path})
+    return items
+
+
+def _initial_network(items: list[dict], config: TrainingConfig, init_bundle):
+    """(network, definition, {value: name}) for the label values found in the cases: a new network, or
+    ``init_bundle``'s adapted to its own classes plus the cases' new ones."""
+    values = sorted({int(v) for it in items for v in np.unique(sitk.GetArrayFromImage(
+        sitk.ReadImage(it["label"])))} - {0})
+    if not values:
+        raise ValueError("The label maps are empty: draw at least one segment before training.")
+    if init_bundle is not None:  # the model's own classes stay, the case's new ones are added
+        from .fine_tune import adapt_to_labels, load_initial_model
+
+        initial = init_bundle if not isinstance(init_bundle, (str, Path)) else load_initial_model(init_bundle)
+        values = sorted(set(values) | set(initial.labels))
+        labels = {v: config.labels.get(v, initial.labels.get(v, f"label {v}")) for v in values}
+        network, definition = adapt_to_labels(initial, labels, roi=config.roi)
+        return network, definition, labels
+    labels = {v: config.labels.get(v, f"label {v}") for v in values}
+    definition = network_definition(config.network, 1, max(values) + 1, config.features)
+    check_roi(definition, config.roi)
+    return build_network(definition), definition, labels
+
+
+def _split(items: list[dict], seed: int, val_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(training, validation) items: a seeded shuffle, at least one validation case from 3 cases on."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = int(round(val_fraction * len(items))) if len(items) > 1 else 0
+    n_val = min(max(n_val, 1 if len(items) > 2 else 0), len(items) - 1)
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def _data(train_items: list[dict], val_items: list[dict], config: TrainingConfig):
+    """(shuffled training loader with augmentations, preprocessed validation cases)."""
+    from monai.data import DataLoader
+    from monai.transforms import Compose
+
+    pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label"),
+                                                    normalization=config.normalization, axcodes=config.axcodes))
+    train_ds = _dataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), config)
+    val_cases = [pre(item) for item in val_items]
+    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(config.seed))
+    return loader, val_cases
+
+
 def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
           progress=None, on_epoch=None) -> TrainingResult:
     """Train on ``cases`` (list of (image, label), files or SimpleITK images); see the module docstring.
@@ -196,9 +250,6 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     called with each epoch's history row (epoch, loss, val_dice (None without a validation case),
     learning_rate, seconds).
     """
-    from monai.data import DataLoader
-    from monai.losses import DiceCELoss
-    from monai.transforms import Compose
     from monai.utils import set_determinism
 
     from MedAICommonLib.notices import warn
@@ -214,110 +265,38 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     set_determinism(seed=config.seed)
     tmp = tempfile.TemporaryDirectory(prefix="medai-train-")
     try:
-        folder = Path(tmp.name)
-        items = []
-        for index, (image, label) in enumerate(cases):
-            image_path = _to_file(image, folder, f"case{index}")
-            label_path = _label_on_image_grid(image_path, _to_file(label, folder, f"case{index}_label"), folder,
-                                              f"case{index}")
-            items.append({"image": image_path, "label": label_path})
-        values = sorted({int(v) for it in items for v in np.unique(sitk.GetArrayFromImage(
-            sitk.ReadImage(it["label"])))} - {0})
-        if not values:
-            raise ValueError("The label maps are empty: draw at least one segment before training.")
-        if init_bundle is not None:  # the model's own classes stay, the case's new ones are added
-            from .fine_tune import adapt_to_labels, load_initial_model
-
-            initial = init_bundle if not isinstance(init_bundle, (str, Path)) else load_initial_model(init_bundle)
-            values = sorted(set(values) | set(initial.labels))
-            labels = {v: config.labels.get(v, initial.labels.get(v, f"label {v}")) for v in values}
-            network, definition = adapt_to_labels(initial, labels, roi=config.roi)
-        else:
-            labels = {v: config.labels.get(v, f"label {v}") for v in values}
-            definition = network_definition(config.network, 1, max(values) + 1, config.features)
-            check_roi(definition, config.roi)
-            network = build_network(definition)
+        items = _stage_cases(cases, Path(tmp.name))
+        network, definition, labels = _initial_network(items, config, init_bundle)
         network = network.to(device)
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(len(items))
-        n_val = int(round(config.val_fraction * len(items))) if len(items) > 1 else 0
-        n_val = min(max(n_val, 1 if len(items) > 2 else 0), len(items) - 1)
-        val_items = [items[i] for i in order[:n_val]]
-        train_items = [items[i] for i in order[n_val:]]
-        pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label"),
-                                                        normalization=config.normalization, axcodes=config.axcodes))
-        train_ds = _dataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), config)
-        val_cases = [pre(item) for item in val_items]
+        train_items, val_items = _split(items, config.seed, config.val_fraction)
+        loader, val_cases = _data(train_items, val_items, config)
         if not val_cases:
             warn(no_validation_message(len(items)))
-        loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
-                            generator=torch.Generator().manual_seed(config.seed))
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
-        use_amp = config.amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        history, best_dice, best_loss, best_epoch, first_epoch = [], None, None, 0, 1
-        best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        state = RunState([], None, None, 0, {k: v.detach().clone() for k, v in network.state_dict().items()})
         checkpoint_path = output_dir / "checkpoint.pt"
         if config.resume and checkpoint_path.exists():
-            state = torch.load(str(checkpoint_path), map_location=device, weights_only=True)
-            network.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            best_state, best_epoch = state["best_model"], int(state["best_epoch"])
-            best_dice, best_loss = best_from_history(state["history"], best_epoch)
-            history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
-        stopped = "epochs"
-        classes = list(labels)
+            state = resume(checkpoint_path, device, network, optimizer, scheduler)
+
+        def validate():
+            return _validate(network, val_cases, config.roi, device, config.amp, list(labels)) if val_cases else None
+
         try:
-            for epoch in range(first_epoch, config.epochs + 1):
-                epoch_start, losses = time.perf_counter(), []
-                network.train()
-                for batch in loader:
-                    if progress is not None:
-                        progress.check()
-                    image, label = batch["image"].to(device), batch["label"].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                        loss = loss_fn(network(image), label)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    losses.append(float(loss.detach()))
-                scheduler.step()
-                val_dice = _validate(network, val_cases, config.roi, device, config.amp, classes) if val_cases \
-                    else None
-                row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
-                       "val_dice": None if val_dice is None else round(val_dice, 5),
-                       "learning_rate": optimizer.param_groups[0]["lr"],
-                       "seconds": round(time.perf_counter() - epoch_start, 3)}
-                history.append(row)
-                if improves(row, best_dice, best_loss):
-                    best_dice, best_loss, best_epoch = row["val_dice"], row["loss"], epoch
-                    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-                torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "best_model": best_state,
-                            "best_epoch": best_epoch, "epoch": epoch, "history": history}, checkpoint_path)
-                if on_epoch is not None:
-                    on_epoch(row)
-                if progress is not None:
-                    progress.update(epoch_message(row), epoch / config.epochs)
-                if epoch - best_epoch >= config.patience:
-                    stopped = "early stop"
-                    break
+            stopped = run_epochs(network, optimizer, scheduler, loader, validate, config, device, state,
+                                 checkpoint_path, progress, on_epoch)
         except CancelledError:
             stopped = "cancelled"
-        network.load_state_dict(best_state)
+        network.load_state_dict(state.best_state)
         network.eval()
-        files = write_curves(history, output_dir) if history else {}
+        files = write_curves(state.history, output_dir) if state.history else {}
         files["checkpoint"] = str(checkpoint_path)
     finally:
         tmp.cleanup()
-    return TrainingResult(network=network, definition=definition, labels=labels, best_dice=best_dice,
-                          best_epoch=best_epoch, epochs_run=len(history), history=history, stopped=stopped,
-                          files=files, seconds=round(time.perf_counter() - start, 2), best_loss=best_loss,
-                          best_epoch_by=BY_VALIDATION_DICE if val_items else BY_TRAINING_LOSS)
+    return TrainingResult(network=network, definition=definition, labels=labels, best_dice=state.best_dice,
+                          best_epoch=state.best_epoch, epochs_run=len(state.history), history=state.history,
+                          stopped=stopped, files=files, seconds=round(time.perf_counter() - start, 2),
+                          best_loss=state.best_loss, best_epoch_by=BY_VALIDATION_DICE if val_items else BY_TRAINING_LOSS)
 
 
 def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
