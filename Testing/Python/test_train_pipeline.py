@@ -1,4 +1,4 @@
-"""Training, fine-tuning, export and saliency on generated phantoms (MedAISeg issue 4).
+"""A trained bundle in use: segmenting, fine-tuning, export and saliency on generated phantoms (MedAISeg issue 4).
 
 Fast tests use 32³ phantoms at 2 mm, a small SegResNet (8 filters), 24³ patches and one torch
 thread; the bundle they export is run by ``medai segment --model BUNDLE_DIR`` unchanged and
@@ -7,7 +7,6 @@ scored on phantoms from seeds never used in training.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -17,18 +16,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from phantom_training import one_thread, segment_dice  # noqa: F401  (one_thread: autouse fixture)
 from scipy.ndimage import binary_dilation
 
 from MedAICommonLib import bridge
-from MedAICommonLib.cli.main import add_common_options, main
+from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import Geometry
-from MedAICommonLib.progress import Progress
-from MedAISegLib import training_commands
 from MedAISegLib.export import export_compressed, load_bundle_network
 from MedAISegLib.fine_tune import adapt_to_labels, load_initial_model
 from MedAISegLib.logic import MedAISegLogic
 from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, make_two_lesion_case, write_phantom_cases
-from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train, train_and_export
+from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train_and_export
 from MedAISegLib.training_logic import MedAITrainingLogic
 from MedAISegLib.worker_logic import fine_tune_job
 
@@ -57,14 +55,6 @@ def isolated_trust_store(trust_store, monkeypatch):
     return trust_store
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def bright_bundle(tmp_path_factory):
     """A SegResNet trained through ``medai train`` on 8 bright phantoms (seeds 0-7), 8 epochs."""
@@ -76,35 +66,6 @@ def bright_bundle(tmp_path_factory):
                  "--network", "segresnet", *SMALL, "--report", str(report)])
     assert code == 0
     return bundle, json.loads(report.read_text())
-
-
-def _segment_dice(bundle, seeds, tmp_path, scene, **kwargs) -> list[float]:
-    """Dice of ``medai segment --model bundle`` against the truth of new phantoms."""
-    scores = []
-    for seed in seeds:
-        image, truth = make_phantom_case(seed, **kwargs)
-        src, out = tmp_path / f"new{seed}.nii.gz", tmp_path / f"new{seed}.seg.nrrd"
-        sitk.WriteImage(image, str(src))
-        assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu"]) == 0
-        seg = bridge.load_segmentation(scene, out)
-        reference = Geometry.from_sitk(truth).to_space("RAS")
-        try:
-            labels, _, _ = bridge.labelmap_from_segmentation(seg, reference=reference)
-        except bridge.BridgeError:  # Slicer cannot export an all-empty segmentation: nothing was found
-            labels = np.zeros(reference.shape_kji, np.uint8)
-        scores.append(dice_per_class(labels, sitk.GetArrayFromImage(truth), [1])[1])
-    return scores
-
-
-def test_register_adds_train_and_export_with_the_issue_flags():
-    parser = argparse.ArgumentParser()
-    training_commands.register(parser.add_subparsers(dest="command"), add_common_options)
-    args = parser.parse_args(["train", "--images", "a.nii", "b.nii", "--labels", "la.nii", "lb.nii", "--output",
-                              "out", "--epochs", "3", "--network", "unet", "--report", "r.json"])
-    assert (args.images, args.labels, args.output, args.epochs, args.network) == \
-        (["a.nii", "b.nii"], ["la.nii", "lb.nii"], "out", 3, "unet")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--images", "a", "--labels", "b", "--output", "o", "--network", "resnet"])
 
 
 def test_trained_bundle_segments_new_phantoms_through_medai_segment(bright_bundle, tmp_path, scene):
@@ -120,13 +81,13 @@ def test_trained_bundle_segments_new_phantoms_through_medai_segment(bright_bundl
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert (bundle / "logs" / "training_curves.png").stat().st_size > 1000
     assert report["metrics"]["best_val_dice"] == max(float(r["val_dice"]) for r in rows)
-    scores = _segment_dice(bundle, [1000, 1001, 1002], tmp_path, scene)
+    scores = segment_dice(bundle, [1000, 1001, 1002], tmp_path, scene)
     assert np.mean(scores) >= 0.7, scores
 
 
 def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_path, scene):
     bundle, _ = bright_bundle
-    before = _segment_dice(bundle, [2000, 2001], tmp_path, scene, **DARK)
+    before = segment_dice(bundle, [2000, 2001], tmp_path, scene, **DARK)
     volumes, segmentations = [], []
     for index, (image, label) in enumerate(make_phantom_cases(range(300, 306), **DARK)):
         volumes.append(bridge.sitk_to_volume(image, scene, f"dark {index}"))
@@ -137,7 +98,7 @@ def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_pa
     config = TrainingConfig(features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=8, learning_rate=3e-3,
                             val_fraction=0.34)
     logic.train(volumes, segmentations, tmp_path / "dark", config, init_bundle=bundle, device="cpu")
-    after = _segment_dice(tmp_path / "dark", [2000, 2001], tmp_path, scene, **DARK)
+    after = segment_dice(tmp_path / "dark", [2000, 2001], tmp_path, scene, **DARK)
     assert np.mean(after) > np.mean(before) + 0.3, (before, after)
     assert np.mean(after) >= 0.6, after
     metadata = json.loads((tmp_path / "dark" / "configs" / "metadata.json").read_text())
@@ -163,14 +124,14 @@ def _torchscript_with_card(bundle, folder, label="label 1", architecture=False):
 def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle, tmp_path, scene):
     bundle, _ = bright_bundle
     model = _torchscript_with_card(bundle, tmp_path / "ts")
-    before = _segment_dice(model, [2000, 2001], tmp_path, scene, **DARK)
+    before = segment_dice(model, [2000, 2001], tmp_path, scene, **DARK)
     images, labels = write_phantom_cases(tmp_path / "dark_cases", range(300, 306), **DARK)
     out = tmp_path / "dark_from_ts"
     assert main(["train", "--images", *images, "--labels", *labels, "--output", str(out), "--epochs", "8",
                  "--init-bundle", str(model), "--learning-rate", "3e-3", "--val-fraction", "0.34"]) == 0
     assert (out / "models" / "model.ts").exists()
     assert not (out / "models" / "model.pt").exists()
-    after = _segment_dice(out, [2000, 2001], tmp_path, scene, **DARK)
+    after = segment_dice(out, [2000, 2001], tmp_path, scene, **DARK)
     assert np.mean(after) > np.mean(before) + 0.3, (before, after)
     assert np.mean(after) >= 0.6, after
     metadata = json.loads((out / "configs" / "metadata.json").read_text())
@@ -326,128 +287,6 @@ def test_gradcam_and_saliency_concentrate_on_the_segment(bright_bundle, scene):
         logic.explain(volume, bundle, "liver")
     with pytest.raises(ValueError, match="Layer"):
         logic.explain(volume, bundle, "label 1", layer="no_such_layer")
-
-
-def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
-    cases = make_phantom_cases(range(3))
-    config = TrainingConfig(features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=4, samples_per_case=1,
-                            val_fraction=0.34, augment=False)
-    progress = Progress()
-
-    def stop_after_two(row):
-        if row["epoch"] == 2:
-            progress.cancel()
-
-    first = train(cases, tmp_path, config, progress=progress, on_epoch=stop_after_two)
-    assert first.stopped == "cancelled"
-    assert first.epochs_run == 2
-    assert first.best_epoch_by == "validation Dice"
-    assert all(0.0 <= r["val_dice"] <= 1.0 for r in first.history)      # a Dice, never 1 - loss
-    assert first.best_dice == max(r["val_dice"] for r in first.history)
-    config.resume = True
-    second = train(cases, tmp_path, config)
-    assert [r["epoch"] for r in second.history] == [1, 2, 3, 4]
-    assert second.history[:2] == first.history
-    checkpoint = torch.load(str(tmp_path / "checkpoint.pt"), weights_only=True)
-    assert checkpoint["epoch"] == 4
-
-
-def test_one_case_reports_no_validation_dice_and_picks_the_lowest_loss(tmp_path, capsys):
-    """Issue 14: with a single case nothing is held out, so there is no validation Dice (it used to
-    report 1 - loss, e.g. -0.80); the best epoch is the lowest training loss, and the run says so."""
-    images, labels = write_phantom_cases(tmp_path / "cases", [0])
-    report_path = tmp_path / "one.json"
-    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(tmp_path / "one"), "--epochs",
-                 "3", "--spacing", "2", "2", "2", "--roi", "16", "16", "16", "--features", "4", "--no-augment",
-                 "--device", "cpu", "--report", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
-    metrics = report["metrics"]
-    assert metrics["best_val_dice"] is None
-    assert metrics["best_epoch_by"] == "training loss"
-    with open(tmp_path / "one" / "logs" / "training_curves.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [r["val_dice"] for r in rows] == ["", "", ""]
-    losses = [float(r["loss"]) for r in rows]
-    assert metrics["best_epoch"] == 1 + int(np.argmin(losses))
-    assert metrics["best_training_loss"] == pytest.approx(min(losses))
-    assert any(w.startswith("no validation case") for w in report["warnings"])
-    assert "medai train: warning: no validation case" in capsys.readouterr().err
-    training = json.loads((tmp_path / "one" / "configs" / "metadata.json").read_text())["medai"]["training"]
-    assert training["best_val_dice"] is None
-    assert training["best_epoch_by"] == "training loss"
-
-
-def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
-    """"Fine-tune on this case" has no held-out case either: the same honest figures, and a table without Dice."""
-    cases = make_phantom_cases([0])
-    config = TrainingConfig(features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2, samples_per_case=1,
-                            augment=False)
-    with pytest.warns(UserWarning, match="no validation case"):
-        first = train_and_export(cases, tmp_path / "model", config)
-    image, truth = cases[0]
-    volume = bridge.sitk_to_volume(image, scene, "case")
-    labels, geometry = bridge.sitk_to_array(truth)
-    seg = bridge.create_segmentation(scene, labels, geometry, [bridge.SegmentInfo(1, "label 1")], "case seg")
-    logic = MedAITrainingLogic(scene)
-    messages = []
-    with pytest.warns(UserWarning, match="no validation case"):
-        result = logic.fine_tune_on_case(volume, seg, tmp_path / "model", tmp_path / "tuned", epochs=2, device="cpu",
-                                         progress=Progress(lambda text, fraction: messages.append(text)))
-    epochs = [m for m in messages if m.startswith("epoch")]
-    assert epochs == [f"epoch {r['epoch']}: training loss {r['loss']:.3f} (no validation case)" for r in result.history]
-    assert first.best_dice is None
-    assert result.best_dice is None
-    assert logic.last_info["best_val_dice"] is None
-    assert logic.last_info["best_epoch_by"] == "training loss"
-    assert logic.last_info["best_training_loss"] == min(r["loss"] for r in result.history)
-    table = scene.GetNodeByID(logic.last_info["table"])
-    columns = [table.GetTable().GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())]
-    assert columns == ["epoch", "loss"]
-
-
-def test_same_seed_same_training(tmp_path):
-    cases = make_phantom_cases(range(2))
-    config = TrainingConfig(network="unet", features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2,
-                            samples_per_case=1, val_fraction=0.5)
-    a = train(cases, tmp_path / "a", config)
-    b = train(cases, tmp_path / "b", config)
-    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
-    for (key, x), y in zip(a.network.state_dict().items(), b.network.state_dict().values()):
-        assert torch.equal(x, y), key
-
-
-def test_errors_name_the_problem(tmp_path, scene):
-    image, label = make_phantom_case(0)
-    empty = sitk.Image(label.GetSize(), sitk.sitkUInt8)
-    empty.CopyInformation(label)
-    with pytest.raises(ValueError, match="empty"):
-        train([(image, empty)], tmp_path, TrainingConfig(epochs=1))
-    with pytest.raises(ValueError, match="Unknown network"):
-        train([(image, label)], tmp_path, TrainingConfig(network="resnet", epochs=1))
-    volume = bridge.sitk_to_volume(image, scene, "v")
-    with pytest.raises(ValueError, match="one segmentation per volume"):
-        MedAITrainingLogic(scene).train([volume], [], tmp_path / "b")
-    (tmp_path / "model.ts").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="is a file"):
-        MedAITrainingLogic(scene).fine_tune_on_case(volume, None, tmp_path / "model.ts", tmp_path / "model.ts")
-    with pytest.raises(ValueError, match="No model card"):
-        MedAITrainingLogic(scene).fine_tune_on_case(volume, None, tmp_path / "model.ts", tmp_path / "out")
-    assert main(["train", "--images", "a.nii", "--labels", "a.nii", "b.nii", "--output", str(tmp_path)]) == 1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("network", ["segresnet", "unet"])
-def test_slow_training_reaches_dice_090_on_new_phantoms(network, tmp_path, scene):
-    images, labels = write_phantom_cases(tmp_path / "cases", range(12))
-    bundle = tmp_path / network
-    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(bundle), "--epochs", "25",
-                 "--network", network, "--spacing", "2", "2", "2", "--roi", "24", "24", "24", "--features", "8",
-                 "--learning-rate", "5e-3", "--patience", "25", "--report", str(tmp_path / "r.json")]) == 0
-    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
-    scores = _segment_dice(bundle, [5000, 5001, 5002, 5003, 5004], tmp_path, scene)
-    assert np.mean(scores) >= 0.90, (scores, metrics, (bundle / "logs" / "training_curves.csv").read_text())
-    network_module, definition, _ = load_bundle_network(bundle)
-    assert network.lower() in definition["_target_"].lower()
 
 
 @pytest.mark.slow
