@@ -113,13 +113,11 @@ class MedAIRegisterWidget(MedAIWidgetBase):
                 moving.SetAndObserveTransformNodeID(transform.GetID())
 
     def onRegister(self) -> None:
+        """Intensity registration (every transform type, masks and custom metric included) in a worker process:
+        seconds to minutes on the CPU, so never on Slicer's GUI thread."""
         p = self._parameterNode
-        if self.logic.runsInWorker(p):  # deformable: minutes on the CPU, so in a separate process
-            self.run_job(_("Registration"), lambda: self.logic.registerJobFromParameters(p),
-                         on_done=lambda nodes: self._show_registration(nodes["transform"], nodes.get("volume")))
-            return
-        transform = self.run_logic(_("Registration"), self.logic.registerFromParameters, p)
-        self._show_registration(transform, p.outputVolume)
+        self.run_job(_("Registration"), lambda: self.logic.registerJobFromParameters(p),
+                     on_done=lambda nodes: self._show_registration(nodes["transform"], nodes.get("volume")))
 
     def _show_registration(self, transform, volume) -> None:
         p = self._parameterNode
@@ -169,18 +167,16 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
             return None
         return segmentation, segmentation.GetSegmentation().GetNthSegment(0).GetName()
 
-    @staticmethod
-    def runsInWorker(p) -> bool:
-        """Deformable registration runs in a worker process; masks and custom metrics need the in-process Logic."""
-        return p.transformType == "bspline" and p.preset != "custom" and not p.fixedMask and not p.movingMask
-
     def registerJobFromParameters(self, p):
-        """Registration as a worker job (see ``MedAIRegisterLib.worker_logic``)."""
+        """Registration with the panel's settings as a worker job (see ``MedAIRegisterLib.worker_logic``):
+        the same settings :meth:`registerFromParameters` gives the in-process Logic."""
         from MedAIRegisterLib.worker_logic import register_job
 
         return register_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, transform_type=p.transformType,
                             preset=p.preset, device=p.device, output_transform_node=p.outputTransform,
-                            output_volume_node=p.outputVolume)
+                            output_volume_node=p.outputVolume, metric=p.metric,
+                            sampling_percentage=p.samplingPercentage, fixed_mask=p.fixedMask,
+                            moving_mask=p.movingMask)
 
     def registerFromParameters(self, p, progress=None):
         """Intensity-based registration of the moving volume onto the fixed one; returns the transform node.

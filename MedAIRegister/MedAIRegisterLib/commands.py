@@ -7,16 +7,22 @@ it with the fixed node (the file holds ITK's fixed -> moving LPS transform).
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from MedAICommonLib import bridge
 from MedAICommonLib.runtime import get_scene
 
 from .icp import METRICS, MULTI_STARTS, TRANSFORMS, UNITS
+from . import intensity_registration
 from .intensity_registration import PRESETS
 from .landmarks import METHODS
 from .logic import DEVICES, MedAIRegisterLogic
 
 SURFACE_HELP = "model (.vtk .vtp .ply .stl .obj), markups (.mrk.json) or FILE.seg.nrrd:SEGMENT"
+MASK_HELP = ("region the metric is computed in: a label map volume (non-zero voxels) or a segmentation, "
+             "FILE.seg.nrrd (its first segment) or FILE.seg.nrrd:SEGMENT")
+METRIC_CHOICES = tuple(intensity_registration.METRICS)
 
 
 def register(subparsers, add_common_options) -> None:
@@ -34,6 +40,14 @@ def register(subparsers, add_common_options) -> None:
                    help="cpu: MedAI's CPU path (numba MI kernel; torch B-spline on the CPU); simpleitk: SimpleITK's "
                         "framework; torch: torch on CUDA if present else CPU; torch-cpu / cuda: torch there; "
                         "auto: cuda if present else cpu")
+    p.add_argument("--metric", choices=METRIC_CHOICES,
+                   help="override the preset's similarity metric (the panel's 'custom' preset: ct-ct settings with "
+                        "this metric); linear registrations by meansquares or correlation run on SimpleITK")
+    p.add_argument("--sampling-percentage", type=_percentage, metavar="PERCENT",
+                   help="share of the fixed voxels sampled for the metric, in percent (0 < P <= 100; default: the "
+                        "preset's)")
+    p.add_argument("--fixed-mask", metavar="MASK", help=MASK_HELP)
+    p.add_argument("--moving-mask", metavar="MASK", help=MASK_HELP)
     add_common_options(p)
     p.set_defaults(func=run_register)
 
@@ -74,6 +88,38 @@ def _trim(text: str):
         raise argparse.ArgumentTypeError(f"--trim takes auto or a number in 0.05..1, not {text!r}") from None
 
 
+def _percentage(text: str) -> float:
+    """``--sampling-percentage``: a number in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"--sampling-percentage takes a percentage in (0, 100], not {text!r}")
+    return value
+
+
+def _load_mask(scene, spec: str | None, role: str):
+    """A registration mask from ``--fixed-mask``/``--moving-mask``: a label map volume node or
+    ``(segmentation node, segment name)`` (the named segment, else the first), as the Logic takes it."""
+    if spec is None:
+        return None
+    match = re.match(r"(?i)(.*\.seg\.n(?:rrd|hdr)):(.+)$", spec)
+    path, segment = (match.group(1), match.group(2)) if match else (spec, None)
+    if not Path(path).is_file():
+        raise ValueError(f"--{role}-mask {spec}: no such file (give a label map volume, or a segmentation as "
+                         "FILE.seg.nrrd or FILE.seg.nrrd:SEGMENT; only a segmentation has segments to choose).")
+    if bridge.guess_kind(path) != "segmentation":
+        return bridge.load_volume(scene, path)
+    segmentation = bridge.load_segmentation(scene, path)
+    names = [info.name for info in bridge.segment_infos(segmentation)]
+    if not names:
+        raise ValueError(f"--{role}-mask {path} has no segment; give a segmentation with the mask as a segment.")
+    if segment is not None and segment not in names:
+        raise ValueError(f"No segment '{segment}' in {path}; it has: {', '.join(names)}.")
+    return segmentation, segment or names[0]
+
+
 def run_register(args, report) -> int:
     """Register two volume files and write the transform (and optionally the resampled volume)."""
     scene = get_scene()
@@ -81,11 +127,19 @@ def run_register(args, report) -> int:
     with report.timed("load"):
         fixed = bridge.load_volume(scene, args.fixed)
         moving = bridge.load_volume(scene, args.moving)
+        fixed_mask = _load_mask(scene, args.fixed_mask, "fixed")
+        moving_mask = _load_mask(scene, args.moving_mask, "moving")
     report.inputs.update({"fixed": args.fixed, "moving": args.moving})
-    report.parameters.update({"transform": args.transform, "preset": args.preset, "device": args.device})
+    report.inputs.update({f"{role}_mask": spec for role, spec in (("fixed", args.fixed_mask),
+                                                                  ("moving", args.moving_mask)) if spec})
+    report.parameters.update({"transform": args.transform, "preset": args.preset, "device": args.device,
+                              "metric": args.metric, "sampling_percentage": args.sampling_percentage})
+    sampling = None if args.sampling_percentage is None else args.sampling_percentage / 100.0
     with report.timed("register"):
         node = logic.register_volumes(fixed, moving, args.transform, args.preset, args.device,
-                                      resample=bool(args.output_volume), progress=args.progress)
+                                      fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                      resample=bool(args.output_volume), sampling_percentage=sampling,
+                                      metric=args.metric, progress=args.progress)
     report.device = f"{logic.last.backend} ({logic.last.device})"
     with report.timed("save"):
         report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))

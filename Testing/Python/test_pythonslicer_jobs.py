@@ -30,6 +30,7 @@ from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
 from MedAIPlanLib.gamma_worker_logic import gamma_job
 from MedAIPlanLib.rt_worker_logic import rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
+from MedAIRegisterLib.logic import MedAIRegisterLogic
 from MedAIRegisterLib.worker_logic import register_job
 from MedAISegLib.phantom_cases import make_phantom_case
 from MedAISegLib.preprocess_worker_logic import denoise_job
@@ -195,6 +196,60 @@ def test_bspline_registration_job(scene, pythonslicer):
     assert geometry.same_grid(bridge.volume_geometry(fixed))
     assert np.abs(registered - phantom.ct).mean() < 0.6 * before
     assert stages
+
+
+def test_masked_rigid_registration_job_gives_the_in_process_transform(scene, pythonslicer):
+    # the moving anatomy is turned by 5 degrees about S inside an axis-aligned grid, so both volumes go through
+    # the worker's files unchanged (a rotated grid direction would be rounded in the NRRD header)
+    phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
+    turned = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0, seed=1,
+                             direction=rotation_matrix("z", 5.0))
+    fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
+    moving = bridge.create_volume(scene, turned.ct, phantom.geometry, "moving")
+    body = (phantom.labels > 0).astype(np.uint8)  # the metric ignores the air around the body
+    mask = bridge.create_segmentation(scene, body, phantom.geometry, [SegmentInfo(1, "body outline")], "mask")
+    logic = MedAIRegisterLogic(scene)
+    expected = bridge.matrix_from_transform_node(logic.register_volumes(
+        fixed, moving, "rigid", "ct-ct", "cpu", fixed_mask=(mask, "body outline"), sampling_percentage=0.5))
+    default = bridge.matrix_from_transform_node(logic.register_volumes(fixed, moving, "rigid", "ct-ct", "cpu"))
+
+    job = register_job(scene, fixed, moving, transform_type="rigid", preset="ct-ct", device="cpu",
+                       sampling_percentage=50.0, fixed_mask=mask)
+    nodes, stages = run_job(job, pythonslicer, timeout=600)
+
+    matrix = bridge.matrix_from_transform_node(nodes["transform"])  # to-parent RAS: moves moving onto fixed
+    np.testing.assert_allclose(matrix[:3, :3], expected[:3, :3], atol=1e-5)
+    np.testing.assert_allclose(matrix[:3, 3], expected[:3, 3], atol=1e-3)  # mm
+    assert np.abs(default[:3, 3] - expected[:3, 3]).max() > 0.1  # the mask and the sampling changed the result
+    truth = np.eye(4)
+    truth[:3, :3] = rotation_matrix("z", 5.0)  # moving RAS -> fixed RAS
+    corners = np.c_[bridge.volume_geometry(fixed).index_to_point(np.array([[0, 0, 0], [39, 39, 23.0]])), np.ones(2)]
+    assert np.abs(corners @ (matrix - truth).T).max() < 2.5  # mm: half a 5 mm slice, at the fixed volume's corners
+    assert nodes["transform"].GetNodeReference("moving") is moving
+    assert {"registering", "done"} <= set(stages)
+
+
+def test_custom_metric_similarity_job_with_a_label_map_mask(scene, pythonslicer):
+    phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
+    turned = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0, seed=1,
+                             direction=rotation_matrix("z", 5.0))
+    fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
+    moving = bridge.create_volume(scene, turned.ct, phantom.geometry, "moving")
+    body = bridge.create_volume(scene, (phantom.labels > 0).astype(np.uint8), phantom.geometry, "body label map")
+    # the panel's "custom" preset: CT-CT settings with the chosen metric
+    expected = bridge.matrix_from_transform_node(MedAIRegisterLogic(scene).register_volumes(
+        fixed, moving, "similarity", "ct-ct", "cpu", metric="correlation", moving_mask=body,
+        sampling_percentage=0.3))
+
+    job = register_job(scene, fixed, moving, transform_type="similarity", preset="custom", metric="correlation",
+                       device="cpu", sampling_percentage=30.0, moving_mask=body, resample=False)
+    nodes, _ = run_job(job, pythonslicer, timeout=600)
+
+    matrix = bridge.matrix_from_transform_node(nodes["transform"])
+    np.testing.assert_allclose(matrix[:3, :3], expected[:3, :3], atol=1e-4)
+    np.testing.assert_allclose(matrix[:3, 3], expected[:3, 3], atol=0.01)  # mm
+    np.testing.assert_allclose(matrix[:3, :3], rotation_matrix("z", 5.0), atol=0.02)
+    assert set(nodes) == {"transform"}
 
 
 def _case_nodes(scene, seeds):
