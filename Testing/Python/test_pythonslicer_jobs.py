@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from pythonslicer import SLICER_REFERENCE, build_pythonslicer, standalone_kits
-from test_seg_inference import threshold_net
+from test_seg_inference import threshold_net, write_bundle
 
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
@@ -156,6 +156,36 @@ def test_explain_job_gives_the_in_process_saliency(scene, pythonslicer, tmp_path
     assert saliency.max() == pytest.approx(1.0)
     np.testing.assert_allclose(saliency, expected, atol=1e-5)
     assert nodes["saliency"].GetName() == "patient CT saliency"
+
+
+def test_explain_job_runs_an_untrusted_bundle_only_when_trusted(scene, pythonslicer, tmp_path):
+    from monai.networks.nets import UNet
+
+    phantom = make_ct_phantom(shape_kji=(16, 24, 24), spacing=(4.0, 4.0, 4.0))
+    ct = bridge.create_volume(scene, phantom.ct / 1000.0, phantom.geometry, "ct")
+    bundle = write_bundle(tmp_path / "bundle")  # written here, so not trusted
+    definition = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                  "channels": [4, 8], "strides": [2], "num_res_units": 0}
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"] = definition
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    args = {k: v for k, v in definition.items() if k != "_target_"}
+    torch.save(UNet(**args).state_dict(), bundle / "models" / "model.pt")
+    count = scene.GetNumberOfNodes()
+
+    with pytest.raises(RuntimeError, match="not trusted"):
+        run_job(explain_job(scene, ct, str(bundle), device="cpu"), pythonslicer, timeout=300, expect_progress=False)
+    assert scene.GetNumberOfNodes() == count
+    nodes, _ = run_job(explain_job(scene, ct, str(bundle), device="cpu", trust_bundle=True), pythonslicer, timeout=300)
+
+    logic = MedAITrainingLogic(scene)  # the worker recorded the trust in the (per-test) store
+    expected, _ = bridge.array_from_volume(logic.explain(ct, str(bundle), device="cpu"))
+    assert logic.last_info["method"] == "gradcam"
+    saliency, geometry = bridge.array_from_volume(nodes["saliency"])
+    assert geometry.same_grid(bridge.volume_geometry(ct))
+    assert saliency.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(saliency, expected, atol=1e-4)
 
 
 def test_planning_job(scene, pythonslicer):
