@@ -64,3 +64,40 @@ def test_two_hundred_cases_on_two_workers_exactly_once_resumable(tmp_path):
         assert code == 0
         assert report["metrics"]["steps_run"] == 2 * CASES
         assert Counter(e["step"] for e in done_log(output)[before:]) == {"plan": CASES, "dvh": CASES}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_a_later_run_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from batch_cohort import SEGMENTATION_STEPS
+
+    manifest = write_cohort(tmp_path / "cohort", 16)
+    output, pipeline = tmp_path / "results", write_pipeline(tmp_path / "p.yaml", SEGMENTATION_STEPS)
+    command = [sys.executable, "-m", "MedAICommonLib.cli", "batch", str(manifest), "--pipeline", str(pipeline),
+               "--output", str(output), "--workers", "2", "--report", str(tmp_path / "run1.json")]
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(done_log(output)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    first = json.loads((tmp_path / "run1.json").read_text())["metrics"]
+    assert first["cases_done"] < 16
+    code, report = _batch_embedded(manifest, pipeline, output, tmp_path / "run2.json")
+    assert code == 0
+    assert report["metrics"]["cases_done"] == 16
+    assert report["metrics"]["steps_skipped"] >= first["steps_run"]
+    assert max(Counter((e["case"], e["step"]) for e in done_log(output)).values()) == 1
+
+
+def _batch_embedded(manifest, pipeline, output, report) -> tuple[int, dict]:
+    code = main(["batch", str(manifest), "--pipeline", str(pipeline), "--output", str(output),
+                 "--report", str(report), "--workers", "2"])
+    return code, json.loads(report.read_text())

@@ -52,6 +52,15 @@ def _write_outputs(results: list[dict], output: Path, pipeline_name: str, report
         report.outputs.update(write_cohort_report(results, cohort_rows(results), output, pipeline_name))
 
 
+def _remove_leftovers(output: Path, cases) -> None:
+    """Temporary step folders of attempts that never finished (a killed worker's); no task runs any more."""
+    import shutil
+
+    for case in cases:
+        for folder in (output / case.id).glob(".*.tmp-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def cmd_batch(args, report) -> int:
     """Check the manifest and pipeline, run every case on Dask, write the table and the report."""
     from .execution import ProgressLine, dask_client, run_cases
@@ -74,6 +83,7 @@ def cmd_batch(args, report) -> int:
             with report.timed("run"):
                 results = run_cases(client, manifest.cases, pipeline.steps, str(output),
                                     on_result=lambda r: (results.append(r), progress.update(r["status"])))
+        _remove_leftovers(output, manifest.cases)
     finally:
         _summarise(results, report)
         if results:
