@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-_KEY_METRICS = re.compile(r"(dice|hd95|d95|d98|dmean|pass_rate|tre|target_|mean_)", re.IGNORECASE)
+# key metrics, most telling first: overlap and distance, target coverage and plan indices, gamma, TRE, then doses
+_KEY_METRICS = (re.compile(r"(dice|hd95|target_|pass_rate|tre|_ICRU|_Paddick)", re.IGNORECASE),
+                re.compile(r"(d95|dmean|d98|mean_)", re.IGNORECASE))
 MAX_PANELS = 8
 
 
@@ -30,8 +32,13 @@ def key_metric_columns(rows: list[dict]) -> list[str]:
             if key not in FIXED and isinstance(value, (int, float)):
                 values.setdefault(key, set()).add(value)
     varying = [c for c, seen in values.items() if len(seen) > 1]  # a parameter echoed by every case says nothing
-    keyed = [c for c in varying if _KEY_METRICS.search(c.rsplit(".", 1)[-1])]
-    return (keyed + [c for c in varying if c not in keyed])[:MAX_PANELS]
+
+    def rank(column: str) -> tuple[int, int]:
+        name = column.rsplit(".", 1)[-1]
+        tier = next((i for i, pattern in enumerate(_KEY_METRICS) if pattern.search(name)), len(_KEY_METRICS))
+        return tier, column.count(".")
+
+    return sorted(varying, key=rank)[:MAX_PANELS]
 
 
 def _dvh_tables(results: list[dict], output: Path) -> list[Path]:
