@@ -21,6 +21,7 @@ import slicer
 
 from ..notices import warn
 from .errors import BridgeError
+from .file_integrity import check_complete
 from .header_checks import check_volume_header
 from .markups_json import read_markups_json, write_markups_json
 from .nodes import remove_nodes
@@ -73,6 +74,7 @@ def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
     A header with a negative spacing is read with its physical geometry kept and a warning, or refused
     where readers disagree on it (:func:`.header_checks.check_volume_header`)."""
     path = _require_file(path)
+    check_complete(path)
     header_warning = check_volume_header(path)
     if header_warning:
         warn(header_warning)
@@ -102,6 +104,7 @@ def load_segmentation(scene, path, name: str | None = None, segment_names: dict 
     """
     path = _require_file(path)
     if _has_suffix(path, SEGMENTATION_EXTENSIONS):
+        check_complete(path)
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _base_name(path))
         _read(scene, slicer.vtkMRMLSegmentationStorageNode(), node, path, "segmentation")
         node.CreateDefaultDisplayNodes()
