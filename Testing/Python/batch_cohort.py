@@ -85,17 +85,12 @@ def kill_a_busy_worker(client, output, after: int, timeout: float = 120.0) -> in
 def write_threshold_model(folder, threshold: float = 150.0, gain: float = 0.05) -> Path:
     """A TorchScript model with its card: a 1x1x1 convolution whose class 1 (``lesion``) is ``x > threshold``."""
     import torch
+    from test_seg_inference import threshold_net
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    net = torch.nn.Conv3d(1, 2, kernel_size=1)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.zero_()
-        net.weight[1, 0] = gain
-        net.bias[1] = -gain * threshold
     path = folder / "lesion.ts"
-    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    torch.jit.save(torch.jit.script(threshold_net(threshold, gain)), str(path))
     card = {"name": "lesion threshold", "inputs": [{"name": "image", "modality": "CT"}], "roi_size": [32, 32, 32],
             "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}]}
     (folder / "lesion.ts.json").write_text(json.dumps(card))
