@@ -228,14 +228,20 @@ def test_bspline_registration_job(scene, pythonslicer):
     assert stages
 
 
-def test_masked_rigid_registration_job_gives_the_in_process_transform(scene, pythonslicer):
-    # the moving anatomy is turned by 5 degrees about S inside an axis-aligned grid, so both volumes go through
-    # the worker's files unchanged (a rotated grid direction would be rounded in the NRRD header)
+def _turned_pair(scene):
+    """A CT phantom and a copy whose anatomy is turned by 5 degrees about S inside the same axis-aligned grid."""
     phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
     turned = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0, seed=1,
                              direction=rotation_matrix("z", 5.0))
     fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
     moving = bridge.create_volume(scene, turned.ct, phantom.geometry, "moving")
+    return phantom, fixed, moving
+
+
+def test_masked_rigid_registration_job_gives_the_in_process_transform(scene, pythonslicer):
+    # the moving anatomy is turned by 5 degrees about S inside an axis-aligned grid, so both volumes go through
+    # the worker's files unchanged (a rotated grid direction would be rounded in the NRRD header)
+    phantom, fixed, moving = _turned_pair(scene)
     body = (phantom.labels > 0).astype(np.uint8)  # the metric ignores the air around the body
     mask = bridge.create_segmentation(scene, body, phantom.geometry, [SegmentInfo(1, "body outline")], "mask")
     logic = MedAIRegisterLogic(scene)
@@ -260,11 +266,7 @@ def test_masked_rigid_registration_job_gives_the_in_process_transform(scene, pyt
 
 
 def test_custom_metric_similarity_job_with_a_label_map_mask(scene, pythonslicer):
-    phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
-    turned = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0, seed=1,
-                             direction=rotation_matrix("z", 5.0))
-    fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
-    moving = bridge.create_volume(scene, turned.ct, phantom.geometry, "moving")
+    phantom, fixed, moving = _turned_pair(scene)
     body = bridge.create_volume(scene, (phantom.labels > 0).astype(np.uint8), phantom.geometry, "body label map")
     # the panel's "custom" preset: CT-CT settings with the chosen metric
     expected = bridge.matrix_from_transform_node(MedAIRegisterLogic(scene).register_volumes(
