@@ -277,7 +277,7 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def rtExportFinished(folder, dose, structures, deidentify: bool) -> list:
         """After the export worker succeeded: the files it wrote, de-identified in place if asked."""
-        from MedAIPlanLib.deidentify import UidMap, deidentify_file
+        from MedAIPlanLib.dicomrt.deidentify import UidMap, deidentify_file
         from MedAIPlanLib.rt_worker_logic import exported_modalities
 
         folder = require_path(folder, "the DICOM-RT export folder", kind="folder")
@@ -291,7 +291,7 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
     def rtExportFromParameters(self, p, progress=None):
         """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder in this process (scripts), plus the plan
         (RTPLAN) when the dose is a MedAI plan; de-identified if asked; returns the paths."""
-        from MedAIPlanLib.deidentify import UidMap, deidentify_file
+        from MedAIPlanLib.dicomrt.deidentify import UidMap, deidentify_file
 
         self._report_to(progress)
         folder = require_path(p.rtExportFolder, "the DICOM-RT export folder", kind="folder")

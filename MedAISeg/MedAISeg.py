@@ -257,7 +257,7 @@ class MedAISegLogic(ScriptedLoadableModuleLogic):
 
     def trainFromParameters(self, p, progress=None):
         """Train a new model on the input volume and its labelled case; returns the training result."""
-        from MedAISegLib.training import TrainingConfig
+        from MedAISegLib.learning.training import TrainingConfig
 
         config = TrainingConfig(network=p.network, epochs=p.epochs, spacing_mm=(p.trainingSpacingMm,) * 3)
         return self.training.train([p.inputVolume], [p.trainingLabels], str(_bundle_folder(p)), config,

@@ -37,7 +37,7 @@ MEDAI = [sys.executable, "-m", "MedAICommonLib.cli"]
 
 
 def _cohort(folder: Path, cases: int) -> Path:
-    from MedAISegLib.phantom_cases import write_phantom_cases
+    from MedAISegLib.learning.phantom_cases import write_phantom_cases
 
     images, labels = write_phantom_cases(folder / "data", range(cases))
     rows = ["id,image,label"] + [f"case{i:03d},{image},{label}" for i, (image, label) in enumerate(zip(images, labels))]
@@ -99,7 +99,7 @@ def _unet_model(folder: Path) -> Path:
 
 def _load_seconds(model: Path, repeats: int = 5) -> float:
     """Best-of time of one load of the model file in this process (what the cache saves per case)."""
-    from MedAISegLib.model_checks import load_torchscript_file
+    from MedAISegLib.inference.model_checks import load_torchscript_file
 
     times = []
     for _ in range(repeats):

@@ -43,9 +43,9 @@ def rows(base: Path):
 
 
 def medai_values(structure, dose_path, cache):
-    from MedAIPlanLib import dose_metrics
-    from MedAIPlanLib.dicom_rt import read_rtdose, read_rtstruct
-    from MedAIPlanLib.dvh import contour_samples
+    from MedAIPlanLib.dicomrt.dicom_rt import read_rtdose, read_rtstruct
+    from MedAIPlanLib.evaluation import dose_metrics
+    from MedAIPlanLib.evaluation.dvh import contour_samples
 
     if dose_path not in cache:
         cache[dose_path] = read_rtdose(dose_path)

@@ -19,9 +19,9 @@ import tempfile
 
 import torch
 
-from MedAISegLib.export import export_compressed
-from MedAISegLib.phantom_cases import make_phantom_cases
-from MedAISegLib.training import TrainingConfig, preprocess_for_bundle, train_and_export
+from MedAISegLib.inference.export import export_compressed
+from MedAISegLib.learning.phantom_cases import make_phantom_cases
+from MedAISegLib.learning.training import TrainingConfig, preprocess_for_bundle, train_and_export
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAICommonLib.geometry import Geometry
-from MedAIPlanLib.gamma import gamma_index
+from MedAIPlanLib.evaluation.gamma import gamma_index
 
 
 def _read(path):

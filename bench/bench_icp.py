@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python
 from test_register_icp import bunny_pair, pose_errors  # noqa: E402
 
 from MedAICommonLib.notices import MedAIWarning  # noqa: E402
-from MedAIRegisterLib.icp import icp  # noqa: E402
+from MedAIRegisterLib.pointsets.icp import icp  # noqa: E402
 
 REPEATS = 3  # common-start runs: median time of 3 (the machine is shared)
 

@@ -30,7 +30,7 @@ import torch
 from monai.inferers import sliding_window_inference as monai_swi
 from monai.networks.nets import UNet
 
-from MedAISegLib.sliding_window import sliding_window_inference
+from MedAISegLib.inference.sliding_window import sliding_window_inference
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/segmentation/totalsegmentator/example_ct_sm.nii.gz"
 

@@ -5,7 +5,7 @@ One bundle (written to a temporary folder and trusted there): MONAI ``UNet`` (3 
 ``EnsureChannelFirstd``, ``Orientationd(RAS)``, ``ScaleIntensityRanged`` (-200..300 HU -> 0..1),
 ``SlidingWindowInferer`` (roi 64^3, ``sw_batch_size`` 4, overlap 0.25, constant blending),
 postprocessing ``Activationsd(softmax)``, ``Invertd``, ``AsDiscreted(argmax)``. Both sides run
-:func:`MedAISegLib.bundle.run_bundle` on ``example_ct_sm.nii.gz``: ``inferer="bundle"`` (the
+:func:`MedAISegLib.inference.bundle.run_bundle` on ``example_ct_sm.nii.gz``: ``inferer="bundle"`` (the
 bundle's own inferer and postprocessing) and ``inferer="medai"`` (MedAI's sliding window with the
 same roi/overlap/batch/blending, uint8 argmax, mapped back through the affine). Repeats are
 interleaved; wall and process CPU times, best and median. Label agreement between the two sides
@@ -73,8 +73,8 @@ def main():
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MEDAI_TRUST_STORE"] = str(Path(tmp) / "trust.json")  # never the user's store
-        from MedAISegLib.bundle import run_bundle
-        from MedAISegLib.bundle_trust import record_trust
+        from MedAISegLib.inference.bundle import run_bundle
+        from MedAISegLib.inference.bundle_trust import record_trust
 
         bundle = write_bundle(Path(tmp) / "bundle")
         record_trust(bundle)

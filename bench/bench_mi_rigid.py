@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python
 from test_register_intensity import load_case  # noqa: E402
 
 from MedAICommonLib.geometry import Geometry  # noqa: E402
-from MedAIRegisterLib import intensity_registration  # noqa: E402
-from MedAIRegisterLib.numba_registration import register_numba  # noqa: E402
-from MedAIRegisterLib.torch_registration import register_torch  # noqa: E402
+from MedAIRegisterLib.intensity import intensity_registration  # noqa: E402
+from MedAIRegisterLib.intensity.numba_registration import register_numba  # noqa: E402
+from MedAIRegisterLib.intensity.torch_registration import register_torch  # noqa: E402
 
 SETTINGS = {"bins": 32, "sampling_percentage": 0.2, "shrink_factors": (4, 2), "smoothing_sigmas_mm": (4.0, 2.0)}
 

@@ -38,8 +38,8 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.restoration import denoise_nl_means
 
-from MedAISegLib import nonlocal_means_numba
-from MedAISegLib.nonlocal_means import nonlocal_means
+from MedAISegLib.preprocessing import nonlocal_means_numba
+from MedAISegLib.preprocessing.nonlocal_means import nonlocal_means
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/segmentation/totalsegmentator/example_ct_sm.nii.gz"
 FACTORS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)

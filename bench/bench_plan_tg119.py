@@ -34,7 +34,7 @@ STALL = 20              # MedAI also stops on a plateau: < 0.5 % objective decre
 
 
 def _stats(dose, mask):
-    from MedAIPlanLib.plan_metrics import structure_stats
+    from MedAIPlanLib.evaluation.plan_metrics import structure_stats
 
     s = structure_stats(dose, mask)
     return {k: round(float(v), 3) for k, v in s.items()}
@@ -43,9 +43,9 @@ def _stats(dose, mask):
 def _warm_up(machine):
     """Load numba's compiled kernels (cached on disk; like an import, not timed) on a tiny case."""
     from MedAICommonLib.geometry import Geometry
-    from MedAIPlanLib.beams import make_beams
-    from MedAIPlanLib.dose_influence import compute_dij
-    from MedAIPlanLib.fluence import Objective, optimise_fluence
+    from MedAIPlanLib.dose.beams import make_beams
+    from MedAIPlanLib.dose.dose_influence import compute_dij
+    from MedAIPlanLib.optimisation.fluence import Objective, optimise_fluence
 
     geo = Geometry((5.0, 5.0, 5.0), (-50.0, -50.0, -50.0), np.eye(3), "LPS", (21, 21, 21))
     dens = np.ones(geo.shape_kji, np.float32)
@@ -53,7 +53,7 @@ def _warm_up(machine):
     target[8:13, 8:13, 8:13] = True
     dij = compute_dij(dens, geo, make_beams(target, geo, [0.0], bixel_width=5.0), machine, dij_sampling=True)
     body = np.flatnonzero(~target.ravel())
-    from MedAIPlanLib.objective_matrix import load_kernels
+    from MedAIPlanLib.optimisation.objective_matrix import load_kernels
 
     load_kernels()
     optimise_fluence(dij.matrix, {"t": np.flatnonzero(target.ravel()), "b": body},
@@ -62,11 +62,11 @@ def _warm_up(machine):
 
 
 def run_medai(data: Path, device: str, rays=None, repeats: int = 1):
-    from MedAIPlanLib.beams import Beam, make_beams
-    from MedAIPlanLib.ct_grid import ct_factor, exclusive_ct_masks
-    from MedAIPlanLib.dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
-    from MedAIPlanLib.fluence import Objective, exclusive_voxels, optimise_fluence
-    from MedAIPlanLib.matrad_io import load_matrad_patient, load_photon_machine
+    from MedAIPlanLib.dose.beams import Beam, make_beams
+    from MedAIPlanLib.dose.ct_grid import ct_factor, exclusive_ct_masks
+    from MedAIPlanLib.dose.dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
+    from MedAIPlanLib.dose.matrad_io import load_matrad_patient, load_photon_machine
+    from MedAIPlanLib.optimisation.fluence import Objective, exclusive_voxels, optimise_fluence
 
     p = load_matrad_patient(data / "rt" / "pyRadPlan" / "TG119.mat")
     machine = load_photon_machine(data / "rt" / "matRad" / "photons_Generic.mat")
@@ -196,7 +196,7 @@ def main() -> None:
         return
     import torch
 
-    from MedAIPlanLib.plan_metrics import gamma_pass_rate
+    from MedAIPlanLib.evaluation.plan_metrics import gamma_pass_rate
 
     if args.threads:
         import numba

@@ -22,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAICommonLib.geometry import Geometry
-from MedAIRegisterLib import intensity_registration, quality, simulation, torch_bspline
-from MedAIRegisterLib.numba_registration import register_numba
+from MedAIRegisterLib import quality, simulation
+from MedAIRegisterLib.intensity import intensity_registration, torch_bspline
+from MedAIRegisterLib.intensity.numba_registration import register_numba
 
 
 def case(data_dir: Path):

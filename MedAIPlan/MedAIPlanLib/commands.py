@@ -19,9 +19,9 @@ from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .beams import check_angles
-from .fluence import Objective
-from .logic import MedAIPlanLogic
+from MedAIPlanLib.dose.beams import check_angles
+from MedAIPlanLib.optimisation.fluence import Objective
+from MedAIPlanLib.logic import MedAIPlanLogic
 
 
 def _numbers(text, what):
@@ -216,7 +216,7 @@ def cmd_plan(args, report) -> int:
 
 def cmd_download_base_data(args, report) -> int:
     """``medai download-base-data``: fetch photons_Generic.mat at matRad's pinned commit, checked."""
-    from .base_data import MACHINE_URL, download_machine
+    from MedAIPlanLib.dose.base_data import MACHINE_URL, download_machine
 
     url = args.url or MACHINE_URL
     with report.timed("download"):

@@ -11,7 +11,7 @@ import numpy as np
 from MedAICommonLib import bridge, figures
 from MedAICommonLib.demo import DemoStepSkipped
 
-from .logic import MedAIPlanLogic, default_machine_path
+from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
 
 DEMO_PRESCRIPTION_GY = 60.0
 

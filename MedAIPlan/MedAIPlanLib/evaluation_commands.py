@@ -13,11 +13,11 @@ from MedAICommonLib import bridge
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.runtime import get_scene
 
-from . import dicom_rt
-from .beams import check_angles
-from .dose_volume import mark_as_dose_volume
-from .evaluation_logic import PlanEvaluationLogic
-from .plan_report_nodes import load_report_ct, write_plan_report_for_nodes
+from MedAIPlanLib.dicomrt import dicom_rt
+from MedAIPlanLib.dose.beams import check_angles
+from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.plan_report_nodes import load_report_ct, write_plan_report_for_nodes
 
 
 def _floats(text: str | None, option: str = "") -> list[float]:

@@ -10,10 +10,10 @@ import numpy as np
 
 from MedAICommonLib import bridge, figures
 
-from .demo import add_dose_panel
-from .dose_volume import mark_as_dose_volume
-from .evaluation_logic import PlanEvaluationLogic
-from .plan_report_nodes import dvh_curves, write_plan_report_for_nodes
+from MedAIPlanLib.demo import add_dose_panel
+from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.plan_report_nodes import dvh_curves, write_plan_report_for_nodes
 
 
 def analytic_dose(context):

@@ -18,8 +18,8 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import dose_metrics, dvh, isodose
-from .rt_dicom_logic import RtDicomLogic
+from MedAIPlanLib.evaluation import dose_metrics, dvh, isodose
+from MedAIPlanLib.rt_dicom_logic import RtDicomLogic
 
 @dataclass
 class DvhResult:
@@ -182,7 +182,7 @@ class PlanEvaluationLogic(RtDicomLogic):
         metrics, axial/coronal/sagittal dose on the CT with the structures outlined and isodose lines, DVH) when
         ``path`` ends in .pdf, else a one-page PNG. ``ct_node`` is sampled on the dose grid; ``structures_node``
         gives the outlines; slices go through the ``target``'s largest section when given."""
-        from .plan_report_nodes import write_plan_report_for_nodes
+        from MedAIPlanLib.plan_report_nodes import write_plan_report_for_nodes
 
         self.progress.update("Plan report", 0.5)
         out = write_plan_report_for_nodes(
@@ -210,7 +210,7 @@ class PlanEvaluationLogic(RtDicomLogic):
         bridge.require_overlap(reference_node, evaluated_node, "reference and evaluated doses", warn_partial=True)
         ref, ref_geo = bridge.array_from_volume(reference_node)
         ev, ev_geo = bridge.array_from_volume(evaluated_node)
-        from . import gamma as gamma_lib  # torch: imported by the commands that need it
+        from MedAIPlanLib.evaluation import gamma as gamma_lib  # torch: imported by the commands that need it
 
         torch_device = select_device(device)
         result = gamma_lib.gamma_index(ref, ref_geo, ev, ev_geo, dose_percent, dta_mm, threshold_percent, local,

@@ -14,8 +14,8 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry
 
-from .dose_volume import is_dose_volume, mark_as_dose_volume
-from .evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.evaluation.dose_volume import is_dose_volume, mark_as_dose_volume
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 
 GEOMETRY = Geometry((2.0, 2.0, 2.0), (-40.0, -40.0, -40.0), np.eye(3), "RAS", (41, 41, 41))
 
@@ -104,7 +104,7 @@ def scenario_rt_round_trip(scene) -> dict:
 def scenario_isodose_sphere(scene) -> dict:
     """The 50 % isodose surface of a Gaussian encloses the analytic sphere volume (within 3 %)."""
     dose = mark_as_dose_volume(bridge.create_volume(scene, _gaussian_dose(), GEOMETRY, "gauss dose"))
-    from .isodose import enclosed_volume_cc
+    from MedAIPlanLib.evaluation.isodose import enclosed_volume_cc
 
     models, legend, levels = PlanEvaluationLogic(scene).isodose(dose, (50.0,), 60.0)
     radius = 15.0 * np.sqrt(2 * np.log(2.0))

@@ -21,17 +21,17 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import dose_volume
-from .beams import make_beams
-from .bixel_width import check_bixel_width
-from .dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
-from .dose_metrics import mask_metrics
-from .fluence import Objective
-from .hlut import hu_to_density, load_hlut
-from .matrad_io import load_matrad_patient, load_photon_machine
-from .memory_estimate import (available_memory_bytes, check_dose_grid_size, estimate_plan_memory as estimate_memory,
+from MedAIPlanLib.evaluation import dose_volume
+from MedAIPlanLib.dose.beams import make_beams
+from MedAIPlanLib.dose.bixel_width import check_bixel_width
+from MedAIPlanLib.dose.dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid, resample_nearest
+from MedAIPlanLib.evaluation.dose_metrics import mask_metrics
+from MedAIPlanLib.optimisation.fluence import Objective
+from MedAIPlanLib.dose.hlut import hu_to_density, load_hlut
+from MedAIPlanLib.dose.matrad_io import load_matrad_patient, load_photon_machine
+from MedAIPlanLib.dose.memory_estimate import (available_memory_bytes, check_dose_grid_size, estimate_plan_memory as estimate_memory,
                               explains_memory_errors, memory_limit_bytes, refusal_message)
-from .plan_optimisation import optimise_plan
+from MedAIPlanLib.optimisation.plan_optimisation import optimise_plan
 
 TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
 BODY_NAMES = ("body", "external", "skin", "outline", "patient")
@@ -41,7 +41,7 @@ PLAN_ATTRIBUTE_PREFIX = "MedAIPlan."
 def default_machine_path() -> Path:
     """photons_Generic.mat: $MEDAI_PHOTON_MACHINE, the per-user cache (``medai download-base-data``,
     SHA-256 checked), the copy shipped in the module's Resources, or the shared data folder."""
-    from .base_data import cached_machine_path
+    from MedAIPlanLib.dose.base_data import cached_machine_path
 
     candidates = []
     if os.environ.get("MEDAI_PHOTON_MACHINE"):

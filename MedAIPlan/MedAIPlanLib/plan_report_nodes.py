@@ -11,8 +11,8 @@ import numpy as np
 
 from MedAICommonLib import bridge
 
-from . import plan_report
-from .matrad_io import load_matrad_patient
+from MedAIPlanLib.evaluation import plan_report
+from MedAIPlanLib.dose.matrad_io import load_matrad_patient
 
 
 def load_report_ct(scene, path, name: str | None = None):

@@ -17,10 +17,10 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import create_segmentation_from_masks, reference_geometry, segment_masks
 from MedAICommonLib.notices import warn
 
-from . import dicom_rt, dicom_rt_export, rtplan_beams
-from .beams import make_beams
-from .dose_volume import mark_as_dose_volume
-from .dvh import contour_volume_cc
+from MedAIPlanLib.dicomrt import dicom_rt, dicom_rt_export, rtplan_beams
+from MedAIPlanLib.dose.beams import make_beams
+from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+from MedAIPlanLib.evaluation.dvh import contour_volume_cc
 
 VOLUME_TOLERANCE = 0.05
 """Relative difference between an ROI's rasterised volume and its contours' volume above which import warns."""

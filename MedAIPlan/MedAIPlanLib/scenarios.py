@@ -12,8 +12,8 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry
 
-from . import dose_volume
-from .logic import MedAIPlanLogic
+from MedAIPlanLib.evaluation import dose_volume
+from MedAIPlanLib.logic import MedAIPlanLogic
 
 
 def _water_phantom(scene, shape_kji=(16, 40, 40), spacing=(5.0, 5.0, 5.0)):

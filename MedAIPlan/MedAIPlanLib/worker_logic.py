@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from MedAICommonLib.scene_job import JobOutput, SceneJob
 
-from .dose_volume import mark_as_dose_volume
+from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
 
 
 def plan_job(scene, ct_node, structures_node, target: str, prescription_gy: float, fractions: int = 1,

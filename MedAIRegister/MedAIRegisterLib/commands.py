@@ -13,11 +13,11 @@ from pathlib import Path
 from MedAICommonLib import bridge
 from MedAICommonLib.runtime import get_scene
 
-from .icp import METRICS, MULTI_STARTS, TRANSFORMS, UNITS
-from . import intensity_registration
-from .intensity_registration import PRESETS
-from .landmarks import METHODS
-from .logic import DEVICES, MedAIRegisterLogic
+from MedAIRegisterLib.pointsets.icp import METRICS, MULTI_STARTS, TRANSFORMS, UNITS
+from MedAIRegisterLib.intensity import intensity_registration
+from MedAIRegisterLib.intensity.intensity_registration import PRESETS
+from MedAIRegisterLib.pointsets.landmarks import METHODS
+from MedAIRegisterLib.logic import DEVICES, MedAIRegisterLogic
 
 SURFACE_HELP = "model (.vtk .vtp .ply .stl .obj), markups (.mrk.json) or FILE.seg.nrrd:SEGMENT"
 MASK_HELP = ("region the metric is computed in: a label map volume (non-zero voxels) or a segmentation, "

@@ -8,8 +8,10 @@ import SimpleITK as sitk
 from MedAICommonLib import bridge, figures
 from MedAICommonLib.demo import axial_slice
 
-from . import intensity_registration, quality, simulation
-from .logic import MedAIRegisterLogic
+from MedAIRegisterLib.intensity import intensity_registration
+
+from MedAIRegisterLib import quality, simulation
+from MedAIRegisterLib.logic import MedAIRegisterLogic
 
 ROTATION_DEG = (6.0, -4.0, 15.0)
 TRANSLATION_MM = (12.0, -18.0, 10.0)

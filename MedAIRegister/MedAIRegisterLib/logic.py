@@ -19,11 +19,12 @@ from MedAICommonLib import bridge
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import icp as icp_module
-from . import intensity_registration, landmarks
-from .intensity_backends import (DEVICES, choose_backend, keep_better_than_start, register_with_backend,
+from MedAIRegisterLib.pointsets import icp as icp_module
+from MedAIRegisterLib.intensity import intensity_registration
+from MedAIRegisterLib.pointsets import landmarks
+from MedAIRegisterLib.intensity.intensity_backends import (DEVICES, choose_backend, keep_better_than_start, register_with_backend,
                                  resample_onto)
-from .preset_choice import choose_preset
+from MedAIRegisterLib.intensity.preset_choice import choose_preset
 
 @dataclass
 class RegistrationOutcome:

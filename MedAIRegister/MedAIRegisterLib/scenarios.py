@@ -12,8 +12,10 @@ from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import rotation_matrix
 from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
 
-from . import intensity_registration, quality, simulation
-from .logic import MedAIRegisterLogic
+from MedAIRegisterLib.intensity import intensity_registration
+
+from MedAIRegisterLib import quality, simulation
+from MedAIRegisterLib.logic import MedAIRegisterLogic
 
 
 def scenario_volume_rigid_mi(scene) -> dict:

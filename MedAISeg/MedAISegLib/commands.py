@@ -17,7 +17,7 @@ from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .logic import MedAISegLogic
+from MedAISegLib.logic import MedAISegLogic
 
 
 def register(subparsers, add_common_options) -> None:
@@ -305,9 +305,9 @@ def cmd_lesions(args, report) -> int:
 
 def cmd_explain(args, report) -> int:
     """``medai explain INPUT --model MODEL --output SALIENCY.nrrd``: see ``MedAITrainingLogic.explain``."""
-    from .bundle import is_bundle
-    from .bundle_trust import record_trust
-    from .training_logic import MedAITrainingLogic
+    from MedAISegLib.inference.bundle import is_bundle
+    from MedAISegLib.inference.bundle_trust import record_trust
+    from MedAISegLib.training_logic import MedAITrainingLogic
 
     scene = get_scene()
     report.inputs.update({"input": str(args.input), "model": str(args.model)})

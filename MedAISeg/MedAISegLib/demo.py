@@ -8,7 +8,7 @@ import numpy as np
 
 from MedAICommonLib import bridge, figures
 
-from .logic import MedAISegLogic
+from MedAISegLib.logic import MedAISegLogic
 
 
 def _seed_ras(structures_node, name):

@@ -21,9 +21,11 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from . import filters, postprocess, threshold
-from .evaluation import METRICS, evaluate_labelmaps
-from .lesions import detect_lesions
+from MedAISegLib.preprocessing import filters
+
+from MedAISegLib.postprocessing import postprocess, threshold
+from MedAISegLib.postprocessing.evaluation import METRICS, evaluate_labelmaps
+from MedAISegLib.postprocessing.lesions import detect_lesions
 
 PREPROCESS_METHODS = ("nlm", "anisotropic", "curvature", "clahe", "histogram", "n4", "normalize")
 SEGMENT_COLORS = {"threshold": (0.90, 0.60, 0.20), "otsu": (0.30, 0.70, 0.90), "region": (0.40, 0.85, 0.40)}
@@ -160,8 +162,8 @@ class MedAISegLogic:
         ``trust_bundle=True`` only after the user confirmed (it records the trust, like ``--trust-bundle``).
         TorchScript models with a card run no config code and need no trust.
         """
-        from .bundle import run_bundle
-        from .torchscript_model import load_torchscript_with_card, run_model
+        from MedAISegLib.inference.bundle import run_bundle
+        from MedAISegLib.inference.torchscript_model import load_torchscript_with_card, run_model
 
         nodes, path, bundle, weights = self._model_inputs(input_nodes, model_path, trust_bundle)
         progress = self._progress(progress)
@@ -196,8 +198,8 @@ class MedAISegLogic:
     def _model_inputs(input_nodes, model_path, trust_bundle: bool):
         """(input nodes, model path, is a bundle, bundle weights or None), refusing missing inputs or
         model and an untrusted bundle (its trust recorded first with ``trust_bundle``)."""
-        from .bundle import is_bundle, load_bundle_weights
-        from .bundle_trust import record_trust, require_trusted
+        from MedAISegLib.inference.bundle import is_bundle, load_bundle_weights
+        from MedAISegLib.inference.bundle_trust import record_trust, require_trusted
 
         nodes = list(input_nodes) if isinstance(input_nodes, (list, tuple)) else [input_nodes]
         if not nodes:
@@ -234,8 +236,8 @@ class MedAISegLogic:
         ``needs_trust`` (a bundle not trusted with its current configs), ``trusted``, ``origin``
         (``catalogue``/``local``; ``torchscript`` for card models), ``source`` (catalogue id and URL),
         ``digest`` (sha256 of the configs and Python files), ``changed`` (trusted before, edited since)."""
-        from .bundle import is_bundle
-        from .bundle_trust import trust_info
+        from MedAISegLib.inference.bundle import is_bundle
+        from MedAISegLib.inference.bundle_trust import trust_info
 
         path = Path(model_path)
         if not path.exists():
@@ -249,8 +251,8 @@ class MedAISegLogic:
     def trust_bundle(self, model_path) -> dict:
         """Record that the user trusts the bundle at ``model_path`` as it is now (call after the user
         confirmed the prompt showing :meth:`bundle_trust_info`); returns the new trust info."""
-        from .bundle import is_bundle
-        from .bundle_trust import record_trust
+        from MedAISegLib.inference.bundle import is_bundle
+        from MedAISegLib.inference.bundle_trust import record_trust
 
         if not is_bundle(model_path):
             raise ValueError(f"{model_path} is not a MONAI bundle folder (configs/inference.json); only bundles "
@@ -259,7 +261,7 @@ class MedAISegLogic:
 
     def download_model(self, model_id: str, progress=None) -> Path:
         """Download a catalogue model into the per-user cache (checked); returns its folder or file."""
-        from .model_catalog import download_model
+        from MedAISegLib.inference.model_catalog import download_model
 
         progress = self._progress(progress)
 
@@ -271,7 +273,7 @@ class MedAISegLogic:
     def import_model(self, path, model_id: str | None = None) -> Path:
         """Copy a local model (bundle folder, TorchScript file with its card, or archive, unpacked
         safely) into the per-user cache; returns the path to pass to :meth:`segment_with_model`."""
-        from .model_catalog import import_local_model
+        from MedAISegLib.inference.model_catalog import import_local_model
 
         return import_local_model(path, model_id)
 

@@ -13,7 +13,7 @@ from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import rotation_matrix
 from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
 
-from .logic import MedAISegLogic
+from MedAISegLib.logic import MedAISegLogic
 
 
 def _phantom_nodes(scene, direction=None, noise_hu=15.0):

@@ -20,9 +20,9 @@ from MedAICommonLib.optional import require_packages
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .export import NETWORKS
-from .training import TrainingConfig
-from .training_logic import MedAITrainingLogic
+from MedAISegLib.inference.export import NETWORKS
+from MedAISegLib.learning.training import TrainingConfig
+from MedAISegLib.training_logic import MedAITrainingLogic
 
 # best_val_dice is null when no case was held out (then best_epoch_by is "training loss")
 TRAINING_METRICS = ("best_val_dice", "best_epoch", "best_epoch_by", "best_training_loss", "epochs_run", "stopped")
@@ -142,15 +142,15 @@ def cmd_fine_tune(args, report) -> int:
 
 def cmd_export(args, report) -> int:
     """``medai export``."""
-    from .export import export_compressed
-    from .training import preprocess_for_bundle
+    from MedAISegLib.inference.export import export_compressed
+    from MedAISegLib.learning.training import preprocess_for_bundle
 
     if not (args.fp16 or args.onnx):
         raise ValueError("Choose at least one export: --fp16 and/or --onnx.")
     if args.onnx:
         require_packages(["onnx", "onnxruntime"], "--onnx", "pip install 'medai[export]'")
     if args.trust_bundle:
-        from .bundle_trust import record_trust
+        from MedAISegLib.inference.bundle_trust import record_trust
 
         record_trust(args.bundle)
     scene = get_scene()

@@ -19,7 +19,7 @@ from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .training import TrainingConfig, TrainingResult, preprocess_for_bundle, train_and_export
+from MedAISegLib.learning.training import TrainingConfig, TrainingResult, preprocess_for_bundle, train_and_export
 
 
 class MedAITrainingLogic:
@@ -99,7 +99,7 @@ class MedAITrainingLogic:
         like a model label keep its value; other segment names extend the label set (new output
         channels). No validation split: the best epoch is the lowest training loss, ``last_info['best_val_dice']``
         is None (no Dice is claimed) and a 'no validation case' warning is raised."""
-        from .fine_tune import load_initial_model
+        from MedAISegLib.learning.fine_tune import load_initial_model
 
         if Path(output_dir).is_file():
             raise ValueError(f"{output_dir} is a file; give a folder for the fine-tuned bundle (it may be the "
@@ -120,8 +120,8 @@ class MedAITrainingLogic:
         TorchScript file with a model card; default segment: its first label). ``method``:
         ``gradcam`` (feature ``layer``, default the decoder's last feature maps), ``gradient`` or ``auto``
         (Grad-CAM unless the model is bare TorchScript)."""
-        from .explain import explanation_map
-        from .fine_tune import load_initial_model
+        from MedAISegLib.inference.explain import explanation_map
+        from MedAISegLib.learning.fine_tune import load_initial_model
 
         bridge.require_scalar_volume(volume_node)
         initial = load_initial_model(model_path)
@@ -137,7 +137,7 @@ class MedAITrainingLogic:
         if method == "auto":
             method = "gradient" if initial.scripted else "gradcam"
         if method == "gradcam" and layer is None and not initial.scripted:
-            from .explain import default_target_layer
+            from MedAISegLib.inference.explain import default_target_layer
 
             layer = default_target_layer(initial.network)
         torch_device = select_device(device)
@@ -149,8 +149,8 @@ class MedAITrainingLogic:
             geometry = Geometry.from_ijk_to_physical(affine, "RAS", heat.shape[::-1])
             array = bridge.resample_array(np.ascontiguousarray(heat.transpose(2, 1, 0)), geometry, reference)
         else:
-            from .model_card import ModelCard, find_card
-            from .torchscript_model import prepare_channels, restore_to_reference
+            from MedAISegLib.inference.model_card import ModelCard, find_card
+            from MedAISegLib.inference.torchscript_model import prepare_channels, restore_to_reference
 
             card = ModelCard.load(find_card(model_path))
             data, work = prepare_channels([image], card)

@@ -1,7 +1,7 @@
 """Generated cohorts and pipelines for the ``medai batch`` tests and benchmark.
 
 Each case is a phantom image (an ellipsoid lesion over textured tissue, noise) and its label from
-:mod:`MedAISegLib.phantom_cases`; the manifest names them relative to its own folder.
+:mod:`MedAISegLib.learning.phantom_cases`; the manifest names them relative to its own folder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from MedAISegLib.phantom_cases import write_phantom_cases
+from MedAISegLib.learning.phantom_cases import write_phantom_cases
 
 # denoise -> segment (threshold) -> evaluate against the phantom's label
 SEGMENTATION_STEPS = [

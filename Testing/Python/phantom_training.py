@@ -10,8 +10,8 @@ import torch
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import Geometry
-from MedAISegLib.phantom_cases import make_phantom_case
-from MedAISegLib.training import dice_per_class
+from MedAISegLib.learning.phantom_cases import make_phantom_case
+from MedAISegLib.learning.training import dice_per_class
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from MedAICommonLib.cohort import model_cache
 from MedAICommonLib.cohort.manifest import read_manifest
 from MedAICommonLib.cohort.pipeline import load_pipeline
 from MedAICommonLib.cohort.steps import run_case
-from MedAISegLib.model_checks import load_torchscript_file
+from MedAISegLib.inference.model_checks import load_torchscript_file
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from MedAICommonLib.job_messages import job_failure_message
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.scene_job import SceneJob
 from MedAICommonLib.worker import WorkerState
-from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
+from MedAIPlanLib.evaluation.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.gamma_worker_logic import gamma_job
 from MedAIPlanLib.rt_worker_logic import exported_modalities, rt_export_job

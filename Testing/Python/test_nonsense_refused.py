@@ -23,9 +23,9 @@ from test_seg_inference import threshold_net, write_bundle
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.notices import MedAIWarning
-from MedAISegLib.bundle_trust import record_trust
+from MedAISegLib.inference.bundle_trust import record_trust
+from MedAISegLib.inference.model_checks import load_state_dict_file, pickle_code_references
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.model_checks import load_state_dict_file, pickle_code_references
 
 
 def _run(argv, tmp_path, capsys):

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from MedAICommonLib.cli.main import main
-from MedAIPlanLib.base_data import cached_machine_path
+from MedAIPlanLib.dose.base_data import cached_machine_path
 from MedAIPlanLib.logic import default_machine_path
 
 

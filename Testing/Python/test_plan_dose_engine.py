@@ -7,10 +7,10 @@ import pytest
 import scipy.io as sio
 
 from MedAICommonLib.geometry import Geometry
-from MedAIPlanLib.beams import make_beams, rotation_matrix
-from MedAIPlanLib.dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid
-from MedAIPlanLib.hlut import DEFAULT_HLUT, hu_to_density, load_hlut
-from MedAIPlanLib.matrad_io import (
+from MedAIPlanLib.dose.beams import make_beams, rotation_matrix
+from MedAIPlanLib.dose.dose_influence import compute_dij, dose_to_ct_grid, make_dose_grid
+from MedAIPlanLib.dose.hlut import DEFAULT_HLUT, hu_to_density, load_hlut
+from MedAIPlanLib.dose.matrad_io import (
     kji_to_matrad_cube,
     load_matrad_patient,
     load_photon_machine,
@@ -18,8 +18,8 @@ from MedAIPlanLib.matrad_io import (
     matrad_cube_to_kji,
     matrad_indices_to_mask,
 )
-from MedAIPlanLib.plan_metrics import gamma_pass_rate
-from MedAIPlanLib.raytrace import radiological_depth
+from MedAIPlanLib.dose.raytrace import radiological_depth
+from MedAIPlanLib.evaluation.plan_metrics import gamma_pass_rate
 
 
 def _matrad(shared_data, name):
@@ -164,8 +164,8 @@ def test_dose_back_to_ct_by_axes_equals_trilinear_sampling(shift):
     (oblique, anisotropic grids; a dose grid shifted partly outside the CT gives zeros there)."""
     import torch
 
-    from MedAIPlanLib.beams import voxel_points_lps
-    from MedAIPlanLib.raytrace import sample_volume
+    from MedAIPlanLib.dose.beams import voxel_points_lps
+    from MedAIPlanLib.dose.raytrace import sample_volume
 
     rot = np.array([[0.8, -0.6, 0], [0.6, 0.8, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.96, -0.28],
                                                                              [0, 0.28, 0.96]])
@@ -232,7 +232,7 @@ def test_depths_right_under_the_skin_and_in_the_first_and_last_slices():
     the grid see the edge slice, not air: before, their depth came out ~20 % short)."""
     import torch
 
-    from MedAIPlanLib.raytrace import sample_volume
+    from MedAIPlanLib.dose.raytrace import sample_volume
 
     geo = Geometry(spacing=(3.0, 3.0, 2.5), origin=(-60, -60, -50), space="LPS", shape_kji=(41, 41, 41))
     dens = np.zeros(geo.shape_kji, np.float32)

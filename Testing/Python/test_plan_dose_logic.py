@@ -11,8 +11,8 @@ import pytest
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAIPlanLib import scenarios
+from MedAIPlanLib.dose.matrad_io import load_matrad_patient, matrad_cube_to_kji
 from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
-from MedAIPlanLib.matrad_io import load_matrad_patient, matrad_cube_to_kji
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from MedAIPlanLib.beam_angles import select_beams_greedy
-from MedAIPlanLib.ct_grid import ct_factor, exclusive_ct_masks
-from MedAIPlanLib.fluence import Objective, exclusive_voxels, optimise_fluence
+from MedAIPlanLib.dose.ct_grid import ct_factor, exclusive_ct_masks
+from MedAIPlanLib.optimisation.beam_angles import select_beams_greedy
+from MedAIPlanLib.optimisation.fluence import Objective, exclusive_voxels, optimise_fluence
 
 
 def _toy(seed=0):
@@ -80,10 +80,10 @@ def test_greedy_beam_selection_prefers_the_beam_that_spares_the_organ():
 
 @pytest.mark.slow
 def test_tg119_seven_beam_plan_covers_target_and_spares_core(shared_data):
-    from MedAIPlanLib.beams import make_beams
-    from MedAIPlanLib.dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
-    from MedAIPlanLib.matrad_io import load_matrad_patient, load_photon_machine
-    from MedAIPlanLib.plan_metrics import structure_stats
+    from MedAIPlanLib.dose.beams import make_beams
+    from MedAIPlanLib.dose.dose_influence import compute_dij, dose_to_ct_grid, resample_nearest
+    from MedAIPlanLib.dose.matrad_io import load_matrad_patient, load_photon_machine
+    from MedAIPlanLib.evaluation.plan_metrics import structure_stats
 
     p = load_matrad_patient(shared_data / "rt" / "pyRadPlan" / "TG119.mat")
     machine = load_photon_machine(shared_data / "rt" / "matRad" / "photons_Generic.mat")

@@ -32,7 +32,7 @@ def test_medai_gamma_report_and_volume(shared_data, tmp_path):
 def test_medai_gamma_default_is_the_library_default(shared_data, tmp_path):
     """Without options the command interpolates with step DTA/10, as gamma_index does by default."""
     from MedAICommonLib.geometry import Geometry
-    from MedAIPlanLib.gamma import gamma_index
+    from MedAIPlanLib.evaluation.gamma import gamma_index
 
     folder = shared_data / "rt" / "SlicerRT"
     report = tmp_path / "gamma.json"
@@ -134,7 +134,7 @@ def test_medai_dvh_writes_pdf_and_png_plan_reports(tmp_path):
 def test_medai_rt_export_plan_round_trip(tmp_path):
     """``medai rt-export OUT --dose D --segmentation S --target T --gantry ...``: RTPLAN + RTSTRUCT + RTDOSE that
     ``medai rt-import`` reads back with the same beam geometry and metersets."""
-    from MedAIPlanLib.dicom_rt import read_rtplan
+    from MedAIPlanLib.dicomrt.dicom_rt import read_rtplan
 
     paths = _write_phantom_plan(tmp_path)
     out, report = tmp_path / "rt", tmp_path / "export.json"

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 
 from MedAICommonLib import bridge
-from MedAIPlanLib.deidentify import UidMap, deidentify_dataset
-from MedAIPlanLib.dicom_rt import read_dataset, read_rtdose, read_rtplan, read_rtstruct
-from MedAIPlanLib.dicom_rt_export import rtdose_dataset, rtplan_dataset, rtstruct_dataset, write_dataset
-from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE
-from MedAIPlanLib.dvh import contour_volume_cc
+from MedAIPlanLib.dicomrt.deidentify import UidMap, deidentify_dataset
+from MedAIPlanLib.dicomrt.dicom_rt import read_dataset, read_rtdose, read_rtplan, read_rtstruct
+from MedAIPlanLib.dicomrt.dicom_rt_export import rtdose_dataset, rtplan_dataset, rtstruct_dataset, write_dataset
+from MedAIPlanLib.evaluation.dose_volume import DOSE_VOLUME_ATTRIBUTE
+from MedAIPlanLib.evaluation.dvh import contour_volume_cc
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 
 
@@ -146,7 +146,7 @@ def _plan_phantom(scene):
 
 def test_medai_plan_rtplan_round_trip(scene, tmp_path):
     """A MedAI plan (dose-engine beams, bixel weights) -> RTPLAN/RTSTRUCT/RTDOSE -> the same beam geometry back."""
-    from MedAIPlanLib.rtplan_beams import field_jaws_mm, medai_beams_from_rtplan
+    from MedAIPlanLib.dicomrt.rtplan_beams import field_jaws_mm, medai_beams_from_rtplan
 
     dose, seg = _plan_phantom(scene)
     logic = PlanEvaluationLogic(scene)

@@ -13,9 +13,9 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
-from MedAIPlanLib import dose_metrics
-from MedAIPlanLib.dicom_rt import read_rtdose, read_rtstruct
-from MedAIPlanLib.dvh import compute_dvh, contour_samples, dvh_agreement
+from MedAIPlanLib.dicomrt.dicom_rt import read_rtdose, read_rtstruct
+from MedAIPlanLib.evaluation import dose_metrics
+from MedAIPlanLib.evaluation.dvh import compute_dvh, contour_samples, dvh_agreement
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 
 NELMS_COLUMNS = {"Dmin": None, "Dmax": None, "Dmean": None, "D99": 99, "D95": 95, "D5": 5, "D1": 1, "D0.03cc": "cc"}

@@ -9,7 +9,7 @@ import torch
 
 from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.notices import MedAIWarning
-from MedAIPlanLib.gamma import gamma_index, search_offsets
+from MedAIPlanLib.evaluation.gamma import gamma_index, search_offsets
 
 
 def _read(path):

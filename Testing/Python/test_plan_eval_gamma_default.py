@@ -14,7 +14,7 @@ from scipy.ndimage import map_coordinates
 
 from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.notices import MedAIWarning
-from MedAIPlanLib.gamma import gamma_index
+from MedAIPlanLib.evaluation.gamma import gamma_index
 
 
 @pytest.fixture

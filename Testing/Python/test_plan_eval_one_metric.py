@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from MedAICommonLib.cli.main import main
-from MedAIPlanLib import dvh
-from MedAIPlanLib.dose_metrics import mask_metrics, structure_metrics
+from MedAIPlanLib.evaluation import dvh
+from MedAIPlanLib.evaluation.dose_metrics import mask_metrics, structure_metrics
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from MedAICommonLib.cli.main import main
-from MedAIPlanLib.beams import make_beams
-from MedAIPlanLib.bixel_width import MIN_BIXEL_WIDTH_MM, check_bixel_width
-from MedAIPlanLib.dose_influence import make_dose_grid, resample_nearest
+from MedAIPlanLib.dose.beams import make_beams
+from MedAIPlanLib.dose.bixel_width import MIN_BIXEL_WIDTH_MM, check_bixel_width
+from MedAIPlanLib.dose.dose_influence import make_dose_grid, resample_nearest
+from MedAIPlanLib.dose.matrad_io import load_matrad_patient, load_photon_machine
+from MedAIPlanLib.dose.memory_estimate import estimate_plan_memory
+from MedAIPlanLib.dose.pencil_beam import convolve_kernels
 from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
-from MedAIPlanLib.matrad_io import load_matrad_patient, load_photon_machine
-from MedAIPlanLib.memory_estimate import estimate_plan_memory
-from MedAIPlanLib.pencil_beam import convolve_kernels
 
 GIB = 1024 ** 3
 
@@ -167,7 +167,7 @@ def test_a_tiny_dose_grid_is_refused_from_its_shape_and_a_real_memory_error_read
 
 @pytest.mark.parametrize("limit", [0.0, -4.0, float("nan")])
 def test_the_logic_refuses_a_memory_limit_that_is_not_positive(limit):
-    from MedAIPlanLib.memory_estimate import memory_limit_bytes
+    from MedAIPlanLib.dose.memory_estimate import memory_limit_bytes
 
     with pytest.raises(ValueError, match="positive number of GiB"):
         memory_limit_bytes(limit)

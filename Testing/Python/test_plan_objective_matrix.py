@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from MedAIPlanLib.fluence import Objective, optimise_fluence
-from MedAIPlanLib.objective_matrix import StackedObjectives, objective_value_grad
+from MedAIPlanLib.optimisation.fluence import Objective, optimise_fluence
+from MedAIPlanLib.optimisation.objective_matrix import StackedObjectives, objective_value_grad
 
 
 def _problem(seed: int, n_cols: int):
@@ -78,7 +78,7 @@ def test_fused_and_threaded_paths_agree():
     serial = StackedObjectives(dij, voxels, objectives, blocks=blocks)
     threaded = StackedObjectives(dij, voxels, objectives, blocks=blocks)
     serial.n_threads = 1
-    import MedAIPlanLib.objective_matrix as om
+    import MedAIPlanLib.optimisation.objective_matrix as om
 
     old, om._PARALLEL_ENTRIES = om._PARALLEL_ENTRIES, 0        # force the threaded kernel on this small case
     try:
@@ -112,7 +112,7 @@ def test_torch_objective_matches_the_stacked_matrix(device):
     """The GPU path's objective (torch sparse products) equals the CPU path's, run here on ``device``."""
     import torch
 
-    from MedAIPlanLib.fluence import _Problem
+    from MedAIPlanLib.optimisation.fluence import _Problem
 
     dense, dij, voxels, _, objectives = _problem(11, 60)
     objectives = [o for o in objectives if o.structure != "fine"]       # the torch path has no factors

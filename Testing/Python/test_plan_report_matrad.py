@@ -12,10 +12,10 @@ import SimpleITK as sitk
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
+from MedAIPlanLib.dose.matrad_io import load_matrad_patient
+from MedAIPlanLib.evaluation.plan_report import pdf_page_figures
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.logic import MedAIPlanLogic
-from MedAIPlanLib.matrad_io import load_matrad_patient
-from MedAIPlanLib.plan_report import pdf_page_figures
 from MedAIPlanLib.plan_report_nodes import dvh_curves, load_report_ct, plan_report_from_nodes
 
 

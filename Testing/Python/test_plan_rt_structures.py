@@ -17,9 +17,9 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import segment_masks
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.notices import collect_warnings
-from MedAIPlanLib.dicom_rt import read_rtplan, read_rtstruct
-from MedAIPlanLib.dicom_rt_export import rtplan_dataset
-from MedAIPlanLib.dvh import contour_volume_cc
+from MedAIPlanLib.dicomrt.dicom_rt import read_rtplan, read_rtstruct
+from MedAIPlanLib.dicomrt.dicom_rt_export import rtplan_dataset
+from MedAIPlanLib.evaluation.dvh import contour_volume_cc
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.logic import MedAIPlanLogic
 

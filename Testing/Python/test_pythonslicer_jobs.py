@@ -26,13 +26,13 @@ from MedAICommonLib.geometry import Geometry, rotation_matrix
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.worker import worker_environment
-from MedAIPlanLib.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
+from MedAIPlanLib.evaluation.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
 from MedAIPlanLib.gamma_worker_logic import gamma_job
 from MedAIPlanLib.rt_worker_logic import rt_export_job
 from MedAIPlanLib.worker_logic import plan_job
 from MedAIRegisterLib.logic import MedAIRegisterLogic
 from MedAIRegisterLib.worker_logic import register_job
-from MedAISegLib.phantom_cases import make_phantom_case
+from MedAISegLib.learning.phantom_cases import make_phantom_case
 from MedAISegLib.preprocess_worker_logic import denoise_job
 from MedAISegLib.training_logic import MedAITrainingLogic
 from MedAISegLib.worker_logic import explain_job, fine_tune_job, segment_with_model_job, train_job

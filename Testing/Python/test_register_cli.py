@@ -12,7 +12,9 @@ from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import lps_to_ras_points, ras_to_lps_points
 from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
-from MedAIRegisterLib import intensity_registration, landmarks, simulation
+from MedAIRegisterLib import simulation
+from MedAIRegisterLib.intensity import intensity_registration
+from MedAIRegisterLib.pointsets import landmarks
 
 
 def _phantom_pair(scene, tmp_path):

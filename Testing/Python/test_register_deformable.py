@@ -14,9 +14,10 @@ from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry, lps_to_ras_points, ras_to_lps_points
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import CancelledError, Progress
-from MedAIRegisterLib import simulation, torch_bspline
+from MedAIRegisterLib import simulation
+from MedAIRegisterLib.intensity import torch_bspline
+from MedAIRegisterLib.intensity.numba_registration import register_numba
 from MedAIRegisterLib.logic import MedAIRegisterLogic
-from MedAIRegisterLib.numba_registration import register_numba
 
 
 def _dense(grid, geometry, shape, coefficients):
@@ -162,7 +163,7 @@ def test_masks_on_medai_paths(scene, device):
     logic.register_volumes(fixed, moving, "rigid", "ct-mr-head", device, fixed_mask=labels, moving_mask=moving_mask)
     assert logic.last.backend == ("numba" if device == "cpu" else "torch")
     points = simulation.grid_points(bridge.volume_to_sitk(labels), 4, bridge.volume_to_sitk(labels))
-    from MedAIRegisterLib.intensity_registration import target_registration_error
+    from MedAIRegisterLib.intensity.intensity_registration import target_registration_error
 
     assert target_registration_error(logic.last.itk_transform, truth, points).mean() < 1.0
     empty = bridge.create_volume(scene, np.zeros_like(phantom.labels, np.uint8), phantom.geometry, "none",

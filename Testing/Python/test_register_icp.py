@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from MedAIRegisterLib.icp import icp, rotation_angle_deg
+from MedAIRegisterLib.pointsets.icp import icp, rotation_angle_deg
 
 
 def read_ascii_ply(path) -> np.ndarray:

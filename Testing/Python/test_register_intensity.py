@@ -6,9 +6,10 @@ import pytest
 import SimpleITK as sitk
 
 from MedAICommonLib.geometry import Geometry
-from MedAIRegisterLib import intensity_registration, simulation
-from MedAIRegisterLib.numba_registration import mi_and_gradient, register_numba
-from MedAIRegisterLib.torch_registration import register_torch
+from MedAIRegisterLib import simulation
+from MedAIRegisterLib.intensity import intensity_registration
+from MedAIRegisterLib.intensity.numba_registration import mi_and_gradient, register_numba
+from MedAIRegisterLib.intensity.torch_registration import register_torch
 
 MOTION = {"ct": ((10.0, -6.0, 12.0), (15.0, -20.0, 12.0)), "mr": ((-12.0, 8.0, 10.0), (-18.0, 14.0, 20.0))}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedAIRegisterLib import landmarks
+from MedAIRegisterLib.pointsets import landmarks
 
 
 def _lung_pairs(shared_data):

@@ -78,7 +78,7 @@ def test_quality_metrics_behave():
 def test_initial_transform_node_starts_from_a_given_pose(scene):
     """Started from a pose 2 degrees / 2 mm off the truth, all three paths end within 1 mm of it."""
     from MedAICommonLib.phantoms import make_ct_phantom as phantom_ct
-    from MedAIRegisterLib import intensity_registration
+    from MedAIRegisterLib.intensity import intensity_registration
 
     phantom = phantom_ct()
     fixed, moving, truth = _pair(scene)

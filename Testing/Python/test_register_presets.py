@@ -11,10 +11,11 @@ import SimpleITK as sitk
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.notices import MedAIWarning
-from MedAIRegisterLib import intensity_registration, simulation
-from MedAIRegisterLib.intensity_backends import keep_better_than_start
+from MedAIRegisterLib import simulation
+from MedAIRegisterLib.intensity import intensity_registration
+from MedAIRegisterLib.intensity.intensity_backends import keep_better_than_start
+from MedAIRegisterLib.intensity.preset_choice import choose_preset, image_modality
 from MedAIRegisterLib.logic import MedAIRegisterLogic
-from MedAIRegisterLib.preset_choice import choose_preset, image_modality
 
 
 def monai_pair(shared_data):

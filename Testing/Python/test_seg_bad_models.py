@@ -9,7 +9,7 @@ import torch
 from test_seg_inference import THRESHOLD, threshold_net, write_bundle  # noqa: I001
 
 from MedAICommonLib import bridge
-from MedAISegLib.bundle_trust import record_trust
+from MedAISegLib.inference.bundle_trust import record_trust
 from MedAISegLib.logic import MedAISegLogic
 
 

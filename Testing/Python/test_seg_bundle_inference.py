@@ -10,10 +10,10 @@ import torch
 from test_seg_inference import THRESHOLD, write_bundle  # noqa: I001
 
 from MedAICommonLib import bridge
-from MedAISegLib.bundle import run_bundle
-from MedAISegLib.bundle_trust import record_trust
+from MedAISegLib.inference.bundle import run_bundle
+from MedAISegLib.inference.bundle_trust import record_trust
+from MedAISegLib.inference.memory_guard import estimate_memory
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.memory_guard import estimate_memory
 
 GAIN = 0.01  # threshold_net's logit slope
 
@@ -122,7 +122,7 @@ def test_logic_creates_probability_and_uncertainty_nodes_for_bundles(scene, shar
 
 def test_voxels_coincide_only_for_permuted_or_flipped_grids():
     from MedAICommonLib.geometry import Geometry
-    from MedAISegLib.bundle import voxels_coincide
+    from MedAISegLib.inference.bundle import voxels_coincide
 
     reference = Geometry((2.0, 2.0, 3.0), (10.0, -5.0, 7.0), np.diag([-1.0, 1.0, -1.0]), "RAS", (5, 6, 7))
     # the same voxels with i and j swapped and i flipped: the origin is the reference's last i
@@ -166,7 +166,7 @@ def test_out_of_memory_in_the_bundle_inferer_retries_on_medai_path(head, tmp_pat
 
 def test_memory_plan_for_a_512x512x600_ct_without_gpu():
     """Estimates only: a 14-class bundle at 1.5 mm on a 0.8 x 0.8 x 1 mm CT of 512 x 512 x 600 voxels."""
-    from MedAISegLib.bundle import memory_plan
+    from MedAISegLib.inference.bundle import memory_plan
 
     window = {"roi": [96, 96, 96], "batch": 4, "overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125}
     working = (273, 273, 400)

@@ -18,9 +18,9 @@ from test_seg_inference import THRESHOLD, threshold_net, write_bundle  # noqa: I
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
-from MedAISegLib import bundle_trust
+from MedAISegLib.inference import bundle_trust
+from MedAISegLib.inference.model_catalog import download_model, import_local_model
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.model_catalog import download_model, import_local_model
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_catalogue_entry_without_checksum_is_not_downloaded(tmp_path, bundle_ser
 def test_wrong_checksum_leaves_nothing_trusted(tmp_path, bundle_server):
     store = bundle_trust.trust_store_path()
     assert store.parent.name == "trust"  # the per-test store
-    from MedAISegLib.model_catalog import ChecksumError
+    from MedAISegLib.inference.model_catalog import ChecksumError
 
     entry = catalogue_entry(bundle_server, sha256="0" * 64)
     with pytest.raises(ChecksumError):

@@ -11,8 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from MedAISegLib import model_catalog
-from MedAISegLib.model_catalog import ChecksumError, download, download_model, load_catalog, safe_extract, validate
+from MedAISegLib.inference import model_catalog
+from MedAISegLib.inference.model_catalog import (
+    ChecksumError,
+    download,
+    download_model,
+    load_catalog,
+    safe_extract,
+    validate,
+)
 
 PAYLOAD = bytes(range(256)) * 4000  # 1 MB
 

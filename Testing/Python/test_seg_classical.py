@@ -9,10 +9,10 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.notices import MedAIWarning
 from MedAICommonLib.phantoms import make_ct_phantom
-from MedAISegLib import postprocess
-from MedAISegLib.evaluation import binary_metrics, evaluate_labelmaps, match_segments
-from MedAISegLib.lesions import detect_lesions
-from MedAISegLib.threshold import otsu, region_growing, threshold
+from MedAISegLib.postprocessing import postprocess
+from MedAISegLib.postprocessing.evaluation import binary_metrics, evaluate_labelmaps, match_segments
+from MedAISegLib.postprocessing.lesions import detect_lesions
+from MedAISegLib.postprocessing.threshold import otsu, region_growing, threshold
 
 LABELS = (1, 2, 5, 6, 52)  # spleen, kidney_right, liver, stomach, aorta
 

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedAICommonLib.phantoms import make_ct_phantom
-from MedAISegLib import filters
-from MedAISegLib.nonlocal_means import estimate_noise_sigma, nonlocal_means
+from MedAISegLib.preprocessing import filters
+from MedAISegLib.preprocessing.nonlocal_means import estimate_noise_sigma, nonlocal_means
 
 
 def brute_force_nlm(a, h, sigma, p, s):

@@ -14,12 +14,12 @@ import torch
 from monai.inferers import sliding_window_inference as monai_sliding_window
 
 from MedAICommonLib.geometry import Geometry
-from MedAISegLib.bundle import is_bundle, run_bundle
-from MedAISegLib.bundle_trust import record_trust
-from MedAISegLib.memory_guard import choose_setting, estimate_memory
-from MedAISegLib.model_card import ModelCard, find_card
-from MedAISegLib.sliding_window import sliding_window_inference, window_starts
-from MedAISegLib.torchscript_model import load_torchscript_with_card, run_model
+from MedAISegLib.inference.bundle import is_bundle, run_bundle
+from MedAISegLib.inference.bundle_trust import record_trust
+from MedAISegLib.inference.memory_guard import choose_setting, estimate_memory
+from MedAISegLib.inference.model_card import ModelCard, find_card
+from MedAISegLib.inference.sliding_window import sliding_window_inference, window_starts
+from MedAISegLib.inference.torchscript_model import load_torchscript_with_card, run_model
 
 THRESHOLD = 10000.5  # anatomical.nii intensity units (int16 values, so no ties)
 

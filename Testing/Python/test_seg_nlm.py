@@ -15,9 +15,9 @@ from skimage.restoration import denoise_nl_means
 from MedAICommonLib import bridge
 from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import CancelledError, Progress
-from MedAISegLib import nonlocal_means_numba
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.nonlocal_means import nonlocal_means
+from MedAISegLib.preprocessing import nonlocal_means_numba
+from MedAISegLib.preprocessing.nonlocal_means import nonlocal_means
 
 BACKENDS = ("numba", "torch")
 

@@ -11,9 +11,9 @@ from test_seg_inference import THRESHOLD, threshold_net  # noqa: I001
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry, rotation_matrix
+from MedAISegLib.inference.model_card import ModelCard
+from MedAISegLib.inference.torchscript_model import run_model
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.model_card import ModelCard
-from MedAISegLib.torchscript_model import run_model
 
 
 class RampNet(torch.nn.Module):

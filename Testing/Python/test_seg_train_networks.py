@@ -16,10 +16,10 @@ import torch
 
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
-from MedAISegLib.explain import default_target_layer, explanation_map
-from MedAISegLib.export import load_bundle_network
-from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases
-from MedAISegLib.training import TrainingConfig, preprocess_for_bundle, train, train_and_export
+from MedAISegLib.inference.explain import default_target_layer, explanation_map
+from MedAISegLib.inference.export import load_bundle_network
+from MedAISegLib.learning.phantom_cases import make_phantom_case, make_phantom_cases
+from MedAISegLib.learning.training import TrainingConfig, preprocess_for_bundle, train, train_and_export
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +95,8 @@ def test_persistent_cache_is_written_once_and_reused(tmp_path):
 
 
 def test_export_trusts_only_a_bundle_holding_nothing_but_its_own_configs(tmp_path, scene):
-    from MedAISegLib.bundle_trust import is_trusted
-    from MedAISegLib.export import build_network, export_bundle, network_definition
+    from MedAISegLib.inference.bundle_trust import is_trusted
+    from MedAISegLib.inference.export import build_network, export_bundle, network_definition
     from MedAISegLib.logic import MedAISegLogic
 
     definition = network_definition("unet", 1, 2, 4)
@@ -115,9 +115,9 @@ def test_export_trusts_only_a_bundle_holding_nothing_but_its_own_configs(tmp_pat
 
 
 def test_zoo_style_bundle_is_fine_tuned_with_its_own_preprocessing(tmp_path):
-    from MedAISegLib.bundle_trust import record_trust
-    from MedAISegLib.export import build_network, export_bundle, network_definition
-    from MedAISegLib.fine_tune import load_initial_model
+    from MedAISegLib.inference.bundle_trust import record_trust
+    from MedAISegLib.inference.export import build_network, export_bundle, network_definition
+    from MedAISegLib.learning.fine_tune import load_initial_model
 
     definition = network_definition("unet", 1, 2, 4)
     zoo = export_bundle(tmp_path / "zoo", build_network(definition), definition, {1: "spleen"}, (2, 2, 2),

@@ -22,11 +22,16 @@ from scipy.ndimage import binary_dilation
 from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import Geometry
-from MedAISegLib.export import export_compressed, load_bundle_network
-from MedAISegLib.fine_tune import adapt_to_labels, load_initial_model
+from MedAISegLib.inference.export import export_compressed, load_bundle_network
+from MedAISegLib.learning.fine_tune import adapt_to_labels, load_initial_model
+from MedAISegLib.learning.phantom_cases import (
+    make_phantom_case,
+    make_phantom_cases,
+    make_two_lesion_case,
+    write_phantom_cases,
+)
+from MedAISegLib.learning.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train_and_export
 from MedAISegLib.logic import MedAISegLogic
-from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, make_two_lesion_case, write_phantom_cases
-from MedAISegLib.training import TrainingConfig, dice_per_class, preprocess_for_bundle, train_and_export
 from MedAISegLib.training_logic import MedAITrainingLogic
 from MedAISegLib.worker_logic import fine_tune_job
 

@@ -19,9 +19,9 @@ from MedAICommonLib import bridge
 from MedAICommonLib.cli.main import add_common_options, main
 from MedAICommonLib.progress import Progress
 from MedAISegLib import training_commands
-from MedAISegLib.export import load_bundle_network
-from MedAISegLib.phantom_cases import make_phantom_case, make_phantom_cases, write_phantom_cases
-from MedAISegLib.training import TrainingConfig, train, train_and_export
+from MedAISegLib.inference.export import load_bundle_network
+from MedAISegLib.learning.phantom_cases import make_phantom_case, make_phantom_cases, write_phantom_cases
+from MedAISegLib.learning.training import TrainingConfig, train, train_and_export
 from MedAISegLib.training_logic import MedAITrainingLogic
 
 

@@ -2,7 +2,7 @@
 
 A structure's probability map (KJI, values 0..1, on its own grid ``probability_geometry``) is cut at several
 probability levels (default 0.25 / 0.5 / 0.75): each cut ``p >= level`` is a contour the model finds
-plausible, and its DVH (:func:`MedAIPlanLib.dose_metrics.mask_metrics`, the DVH of ``medai dvh``) gives
+plausible, and its DVH (:func:`MedAIPlanLib.evaluation.dose_metrics.mask_metrics`, the DVH of ``medai dvh``) gives
 Dmean, D95, D2, D0.03cc ... in Gy. The band of a statistic is [lowest, highest] over the levels; the
 *nominal* value is the one at the level nearest 0.5, so ``low <= nominal <= high`` always holds. A map of
 only 0 and 1 gives the same contour at every level (zero width); sharper maps give narrower bands.

@@ -18,8 +18,8 @@ import numpy as np
 from MedAICommonLib import bridge
 from MedAICommonLib.runtime import get_scene
 
-from ..dose_volume import mark_as_dose_volume
-from ..evaluation_logic import PlanEvaluationLogic
+from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from .bands import DEFAULT_LEVELS, check_levels, parse_constraint
 from .labels import label_names, name_key, read_mapping
 from .logic import ContourQALogic

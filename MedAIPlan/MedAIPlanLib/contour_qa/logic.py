@@ -16,7 +16,7 @@ from MedAICommonLib import bridge, notices
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from .. import dvh
+from MedAIPlanLib.evaluation import dvh
 from .bands import DEFAULT_LEVELS, check_band, constraints_for, probability_band
 from .labels import match_names, name_key
 from .metrics import DOSE_KEYS, Thresholds, compare_structure, dose_statistics, ranked

@@ -2,8 +2,8 @@
 
 Masks are boolean KJI arrays on one grid (``mask_geometry``, RAS or LPS, spacing mm); the dose is a KJI array
 in Gy on ``dose_geometry`` (any grid in the same frame). Geometry: Dice and HD95 from
-:func:`MedAISegLib.evaluation.binary_metrics`, surface Dice from :mod:`.surface`. Dose: every statistic comes
-from :func:`MedAIPlanLib.dose_metrics.mask_metrics` (the DVH of ``medai dvh``), and each ``delta_*`` is
+:func:`MedAISegLib.postprocessing.evaluation.binary_metrics`, surface Dice from :mod:`.surface`. Dose: every statistic comes
+from :func:`MedAIPlanLib.evaluation.dose_metrics.mask_metrics` (the DVH of ``medai dvh``), and each ``delta_*`` is
 candidate minus reference.
 
 Dose relevance (defaults in :class:`Thresholds`, all configurable): a structure is *dose-relevant* when
@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from MedAISegLib.evaluation import binary_metrics
+from MedAISegLib.postprocessing.evaluation import binary_metrics
 
-from .. import dose_metrics
+from MedAIPlanLib.evaluation import dose_metrics
 from .surface import surface_distances_mm, surface_dice, union_box
 
 DOSE_KEYS = {"Dmean": "Dmean_Gy", "D95": "D95_Gy", "D2": "D2_Gy", "D0.03cc": "Dmax_Gy", "D98": "D98_Gy",

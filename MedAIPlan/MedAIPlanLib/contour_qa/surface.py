@@ -2,7 +2,7 @@
 
 Masks are boolean KJI arrays on one grid; ``spacing`` is (i, j, k) in mm and may be anisotropic. The surface
 of a mask is its voxels that have a 6-neighbour outside it (mask XOR its 6-connected erosion, the grid border
-counting as outside), the definition :mod:`MedAISegLib.evaluation` uses for HD95. Distances are Euclidean
+counting as outside), the definition :mod:`MedAISegLib.postprocessing.evaluation` uses for HD95. Distances are Euclidean
 distances in mm between surface-voxel centres, from exact distance transforms (``scipy.ndimage``) on the
 real spacing, computed on the bounding box of both masks (plus one voxel), which gives the same numbers as
 on the whole grid.

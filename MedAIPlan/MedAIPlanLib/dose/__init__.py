@@ -1,0 +1,1 @@
+"""Photon dose: beams and their geometry, ray tracing, pencil-beam kernels, the dose-influence matrix, HU to density, machine base data, matRad patients and the memory estimate. Arrays with explicit geometry in, dose arrays (Gy) out; no MRML."""

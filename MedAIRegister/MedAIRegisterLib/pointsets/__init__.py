@@ -1,0 +1,1 @@
+"""Point-set and surface registration: ICP with multi-start and paired landmarks."""

@@ -1,0 +1,1 @@
+"""AI inference: MONAI bundles and TorchScript models with their cards, the model catalogue (checksummed downloads), trust of bundle code, checks of untrusted model files, sliding-window inference, memory guard, saliency maps and compressed exports."""
