@@ -88,3 +88,12 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_module_lib_folders_hold_at_most_15_modules():
+    """Algorithms live in subpackages that mirror the domain; no folder of the modules' Libs is a flat heap."""
+    for lib in ("MedAISeg/MedAISegLib", "MedAIRegister/MedAIRegisterLib", "MedAIPlan/MedAIPlanLib"):
+        for folder in [REPO / lib, *(p.parent for p in (REPO / lib).glob("*/__init__.py"))]:
+            modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+            assert len(modules) <= 15, (folder, len(modules))
+            assert (folder / "__init__.py").read_text().lstrip().startswith('"""'), f"{folder}: no docstring"
