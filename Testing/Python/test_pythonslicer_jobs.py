@@ -116,13 +116,19 @@ def test_the_namespace_has_pythonslicers_kits_and_no_module_logic(version, tmp_p
     assert seen["points"]
 
 
-def test_model_segmentation_job(scene, pythonslicer, tmp_path):
+def _ct_and_threshold_model(scene, folder):
+    """A CT phantom on a rotated grid and a TorchScript model with its card: ``dense tissue`` is ``HU > 45``."""
     phantom = make_ct_phantom(shape_kji=(14, 24, 22), spacing=(2.0, 1.5, 1.5), direction=rotation_matrix("z", 30.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "patient CT")
-    model = tmp_path / "net.ts"
+    model = folder / "net.ts"
     torch.jit.save(torch.jit.script(threshold_net(threshold=45.0)), str(model))
     card = {"name": "dense", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "dense tissue"}]}
-    (tmp_path / "net.ts.json").write_text(json.dumps(card))
+    (folder / "net.ts.json").write_text(json.dumps(card))
+    return phantom, ct, model
+
+
+def test_model_segmentation_job(scene, pythonslicer, tmp_path):
+    phantom, ct, model = _ct_and_threshold_model(scene, tmp_path)
 
     nodes, _ = run_job(segment_with_model_job(scene, [ct], str(model), device="cpu", uncertainty=True),
                        pythonslicer, timeout=300)
@@ -137,12 +143,7 @@ def test_model_segmentation_job(scene, pythonslicer, tmp_path):
 
 
 def test_explain_job_gives_the_in_process_saliency(scene, pythonslicer, tmp_path):
-    phantom = make_ct_phantom(shape_kji=(14, 24, 22), spacing=(2.0, 1.5, 1.5), direction=rotation_matrix("z", 30.0))
-    ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "patient CT")
-    model = tmp_path / "net.ts"
-    torch.jit.save(torch.jit.script(threshold_net(threshold=45.0)), str(model))
-    card = {"name": "dense", "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "dense tissue"}]}
-    (tmp_path / "net.ts.json").write_text(json.dumps(card))
+    phantom, ct, model = _ct_and_threshold_model(scene, tmp_path)
     in_process = MedAITrainingLogic(scene).explain(ct, str(model), device="cpu")
     expected, _ = bridge.array_from_volume(in_process)
 
