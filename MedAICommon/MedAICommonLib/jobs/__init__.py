@@ -1,0 +1,1 @@
+"""Heavy work in a worker process: the worker, scene jobs that exchange files with MRML, failure messages."""
