@@ -90,9 +90,13 @@ def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+LIBS = ("MedAICommon/MedAICommonLib", "MedAISeg/MedAISegLib", "MedAIRegister/MedAIRegisterLib",
+        "MedAIPlan/MedAIPlanLib")
+
+
 def test_module_lib_folders_hold_at_most_15_modules():
     """Algorithms live in subpackages that mirror the domain; no folder of the modules' Libs is a flat heap."""
-    for lib in ("MedAISeg/MedAISegLib", "MedAIRegister/MedAIRegisterLib", "MedAIPlan/MedAIPlanLib"):
+    for lib in LIBS:
         for folder in [REPO / lib, *(p.parent for p in (REPO / lib).glob("*/__init__.py"))]:
             modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
             assert len(modules) <= 15, (folder, len(modules))
