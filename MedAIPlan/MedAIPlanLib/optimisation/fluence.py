@@ -1,17 +1,12 @@
 """Fluence (bixel weight) optimisation with non-negative weights against per-structure objectives.
 
 Objectives follow matRad's definitions (doses in Gy of the whole plan, normalised per voxel and
-multiplied by a penalty weight):
-
-* ``squared_overdose``  ``1/N sum max(d - D, 0)^2``; ``squared_underdose`` ``1/N sum max(D - d, 0)^2``
-* ``squared_deviation`` ``1/N sum (d - D)^2``; ``mean`` ``max(mean(d) - D, 0)^2``
-* ``max_dvh`` (at most ``volume`` % above D): ``1/N sum (d - D)^2`` over voxels with
-  D < d < D_volume%; ``min_dvh`` (at least ``volume`` % above D): over voxels with D_volume% < d < D.
+multiplied by a penalty weight), each written once in :mod:`objectives` over numpy or torch.
 
 Voxels shared by several structures count only for the one with the best (lowest) priority, as
 matRad's overlap priorities. On the CPU the objectives are evaluated on one stacked float32 matrix
-with numba (:mod:`objective_matrix`), on a GPU as torch sparse products; the weights are optimised
-by L-BFGS-B with bounds w >= 0 (scipy) or by projected gradient descent (Adam with clamping).
+with numba (:mod:`objective_matrix`), on a GPU on the doses of torch sparse products; the weights are
+optimised by L-BFGS-B with bounds w >= 0 (scipy) or by projected gradient descent (Adam with clamping).
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from MedAIPlanLib.optimisation.objective_matrix import StackedObjectives, single_threaded_blas
-from MedAIPlanLib.optimisation.objectives import OBJECTIVE_TYPES, Objective
+from MedAIPlanLib.optimisation.objectives import OBJECTIVE_TYPES, Objective, objective_value_grad
 
 __all__ = ["OBJECTIVE_TYPES", "FluenceResult", "Objective", "exclusive_voxels", "optimise_fluence"]
 
@@ -87,28 +82,7 @@ class _Problem:
         doses = {s: self._mv(a, w) for s, (a, _) in self.blocks.items()}
         gd = {s: torch.zeros_like(d) for s, d in doses.items()}
         for o in self.objectives:
-            d = doses[o.structure]
-            n = d.numel()
-            if o.type == "squared_overdose":
-                r = torch.clamp(d - o.dose, min=0)
-                f, g = (r * r).sum() / n, 2 * r / n
-            elif o.type == "squared_underdose":
-                r = torch.clamp(o.dose - d, min=0)
-                f, g = (r * r).sum() / n, -2 * r / n
-            elif o.type == "squared_deviation":
-                r = d - o.dose
-                f, g = (r * r).sum() / n, 2 * r / n
-            elif o.type == "mean":
-                r = torch.clamp(d.mean() - o.dose, min=0)
-                f, g = r * r, torch.full_like(d, float(2 * r / n))
-            else:
-                dv = torch.quantile(d, 1 - o.volume / 100.0) if n > 1 else d[0]
-                if o.type == "max_dvh":
-                    sel = (d > o.dose) & (d < dv)
-                else:
-                    sel = (d < o.dose) & (d > dv)
-                r = torch.where(sel, d - o.dose, torch.zeros_like(d))
-                f, g = (r * r).sum() / n, 2 * r / n
+            f, g = objective_value_grad(o, doses[o.structure])
             total = total + o.penalty * f
             gd[o.structure] = gd[o.structure] + o.penalty * g
         for s, (_, at) in self.blocks.items():
