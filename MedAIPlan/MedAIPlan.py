@@ -292,10 +292,11 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
         """Export dose (RTDOSE) and structures (RTSTRUCT) to a folder in this process (scripts), plus the plan
         (RTPLAN) when the dose is a MedAI plan; de-identified if asked; returns the paths."""
         from MedAIPlanLib.dicomrt.deidentify import UidMap, deidentify_file
+        from MedAIPlanLib.plan_settings import is_plan_dose
 
         self._report_to(progress)
         folder = require_path(p.rtExportFolder, "the DICOM-RT export folder", kind="folder")
-        is_plan = bool(p.doseVolume and p.structures and p.doseVolume.GetAttribute("MedAIPlan.GantryAngles"))
+        is_plan = bool(p.structures and is_plan_dose(p.doseVolume))
         if is_plan:
             paths = self.evaluation.export_plan(str(folder), p.doseVolume, p.structures)
         else:

@@ -82,14 +82,14 @@ def main() -> None:
     t1, c1 = time.perf_counter(), time.process_time()
     logic.plan(ct, seg, "target", 60.0, fractions=30, gantry_angles=angles, bixel_width_mm=5.0,
                dose_grid_mm=args.dose_grid, device="cpu")
-    info = logic.last_info
+    info = logic.last_result
     out = {"case": f"{shape[::-1]} voxels (i,j,k) of {spacing} mm, 7 beams, 5 mm bixels, {args.dose_grid} mm dose grid",
            "build_inputs_s": round(t_build, 1), "plan_s": round(time.perf_counter() - t1, 1),
            "plan_cpu_s": round(time.process_time() - c1, 1),
-           "timings": {k: round(float(v), 2) for k, v in info["timings"].items()},
-           "num_bixels": info["num_bixels"], "dij_nnz": info["dij_nnz"], "iterations": info["iterations"],
+           "timings": {k: round(float(v), 2) for k, v in info.timings.items()},
+           "num_bixels": info.num_bixels, "dij_nnz": info.dij_nnz, "iterations": info.iterations,
            "peak_rss_after_inputs_GiB": round(rss_inputs, 2), "peak_rss_GiB": round(_rss_gib(), 2),
-           "estimate": estimate, "target": info["metrics"]["target"], "organ": info["metrics"]["organ"]}
+           "estimate": estimate, "target": info.metrics["target"], "organ": info.metrics["organ"]}
     print(json.dumps(out, indent=1, default=float))
 
 

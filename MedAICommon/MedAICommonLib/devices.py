@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
+
+Device = Literal["auto", "cuda", "mps", "cpu"]
+"""A compute device as the commands and Logic take it (``select_device`` also accepts ``cuda:N``)."""
 
 
 def torch_available() -> bool:

@@ -19,9 +19,9 @@ from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
-from MedAIPlanLib.dose.beams import check_angles
 from MedAIPlanLib.optimisation.fluence import Objective
 from MedAIPlanLib.logic import MedAIPlanLogic
+from MedAIPlanLib.plan_settings import PlanResult, PlanSettings
 
 
 def _numbers(text, what):
@@ -106,21 +106,18 @@ def _common_kwargs(args):
     _positive(args.bixel_width, "--bixel-width", "5 (mm)")
     if args.fractions < 1:
         raise ValueError(f"--fractions must be at least 1, got {args.fractions}.")
-    iso = _numbers(args.isocenter, "--isocenter")
-    if iso is not None and len(iso) != 3:
-        raise ValueError("--isocenter needs three numbers x,y,z (LPS mm).")
-    gantry = check_angles(_numbers(args.gantry_angles, "--gantry-angles"), "--gantry-angles")
-    couch = _numbers(args.couch_angles, "--couch-angles")
-    return {"gantry_angles": gantry,
-            "couch_angles": None if couch is None else check_angles(couch, "--couch-angles"),
-            "bixel_width_mm": args.bixel_width,
-            "isocenter_lps": iso, "device": args.device, "hlut_path": args.hlut, "fractions": args.fractions,
+    settings = PlanSettings.from_namespace(args)
+    return {"gantry_angles": list(settings.gantry_angles), "couch_angles": list(settings.couch_angles) or None,
+            "bixel_width_mm": settings.bixel_width_mm,
+            "isocenter_lps": None if settings.isocenter_lps is None else list(settings.isocenter_lps),
+            "device": settings.device, "hlut_path": settings.hlut_path, "fractions": settings.fractions,
             "per_beam": bool(args.per_beam_dir),
-            "memory_limit_gb": _positive(args.memory_limit_gb, "--memory-limit-gb", "16 (GiB)"),
-            "auto_dose_grid": bool(args.auto_dose_grid)}
+            "memory_limit_gb": _positive(settings.memory_limit_gb, "--memory-limit-gb", "16 (GiB)"),
+            "auto_dose_grid": settings.auto_dose_grid}
 
 
 def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> int:
+    info = logic.last_result
     with report.timed("save"):
         report.outputs["dose"] = str(bridge.save_node(dose_node, args.output_dose))
         if args.output_ct and ct_node is not None:
@@ -131,20 +128,18 @@ def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> in
             folder = Path(args.per_beam_dir)
             report.outputs["beam_doses"] = [
                 str(bridge.save_node(n, folder / f"beam_{i:02d}_gantry_{b['gantry_deg']:g}.nrrd"))
-                for i, (n, b) in enumerate(zip(logic.last_info["beam_nodes"], logic.last_info["beams"]))]
-    info = logic.last_info
-    report.device = info.get("device", "cpu")
-    report.metrics.update({"structures": info["metrics"], "num_bixels": info["num_bixels"],
-                           "dij_nnz": info["dij_nnz"], "beams": info["beams"], "engine_timings_s": info["timings"]})
-    if info.get("memory_estimate"):
-        report.metrics["memory_estimate"] = info["memory_estimate"]
-        report.parameters["dose_grid_used_mm"] = list(info.get("dose_grid", []))
-    for key in ("iterations", "objective", "selection_objective", "candidate_angles"):
-        if key in info:
-            report.metrics[key] = info[key]
-    target = next((n for n in info["metrics"] if n.lower() == args.target.lower()), None)
+                for i, (n, b) in enumerate(zip(info.beam_nodes, info.beams))]
+    report.device = info.device
+    report.metrics.update({"structures": info.metrics, "num_bixels": info.num_bixels,
+                           "dij_nnz": info.dij_nnz, "beams": info.beams, "engine_timings_s": info.timings})
+    if info.memory_estimate:
+        report.metrics["memory_estimate"] = info.memory_estimate
+        report.parameters["dose_grid_used_mm"] = list(info.dose_grid)
+    if isinstance(info, PlanResult):
+        report.metrics.update(info.optimisation_metrics())
+    target = next((n for n in info.metrics if n.lower() == args.target.lower()), None)
     if target and args.prescription:
-        d95 = info["metrics"][target].get("D95_Gy")
+        d95 = info.metrics[target].get("D95_Gy")
         report.metrics["target_D95_percent_of_prescription"] = 100.0 * d95 / args.prescription
     return 0
 

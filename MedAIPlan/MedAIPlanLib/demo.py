@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from MedAICommonLib import bridge, figures
-from MedAICommonLib.demo import DemoStepSkipped
+from MedAICommonLib.synthetic.demo import DemoStepSkipped
 
 from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
 
@@ -31,14 +31,14 @@ def run(context) -> None:
                       device="cpu", progress=context.progress.sub(0.0, 1.0) if hasattr(context.progress, "sub") else None)
     path = bridge.save_node(dose, context.output_dir / "plan_dose.nrrd")
     context.nodes["plan_dose"] = dose
-    info = logic.last_info
-    metrics = info["metrics"]
+    info = logic.last_result
+    metrics = info.metrics
     context.report.outputs["plan_dose"] = str(path)
     context.report.metrics["plan"] = {
         "target": target, "prescription_Gy": DEMO_PRESCRIPTION_GY,
         "target_D95_Gy": metrics[target]["D95_Gy"], "target_Dmean_Gy": metrics[target]["Dmean_Gy"],
         "organ_Dmean_Gy": {n: m.get("Dmean_Gy") for n, m in metrics.items() if n != target},
-        "num_bixels": info["num_bixels"], "timings_s": info["timings"],
+        "num_bixels": info.num_bixels, "timings_s": info.timings,
     }
     add_dose_panel(context, dose, target, DEMO_PRESCRIPTION_GY, "axial", f"Plan dose, {target} {DEMO_PRESCRIPTION_GY:g} Gy")
 

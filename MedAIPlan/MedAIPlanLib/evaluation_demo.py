@@ -14,6 +14,7 @@ from MedAIPlanLib.demo import add_dose_panel
 from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.plan_report_nodes import dvh_curves, write_plan_report_for_nodes
+from MedAIPlanLib.plan_settings import PlanSettings
 
 
 def analytic_dose(context):
@@ -38,10 +39,11 @@ def run(context) -> None:
     logic = PlanEvaluationLogic(context.scene, context.progress)
     names = [s.name for s in bridge.segment_infos(context.structures_node)]
     dose, geometry = bridge.array_from_volume(dose_node)
-    # A plan's dose node records its target and prescription (MedAIPlan.* attributes); use them.
-    target = dose_node.GetAttribute("MedAIPlan.Target") or ("lesion" if "lesion" in names else names[-1])
-    recorded = dose_node.GetAttribute("MedAIPlan.PrescriptionGy")
-    prescription = float(recorded) if recorded else (0.9 * float(dose.max()) if dose.max() > 0 else 1.0)
+    # A plan's dose node records its target and prescription (PlanSettings as MedAIPlan.* attributes); use them.
+    recorded = PlanSettings.from_node_attributes(dose_node)
+    target = (recorded.target if recorded else "") or ("lesion" if "lesion" in names else names[-1])
+    prescription = recorded.prescription_gy if recorded and recorded.prescription_gy else \
+        (0.9 * float(dose.max()) if dose.max() > 0 else 1.0)
     result = logic.compute_dvh(dose_node, context.structures_node, v_doses_gy=(20.0,), prescription_gy=prescription,
                                target_segment=target, oversampling=1)
     models, legend, levels = logic.isodose(dose_node, (50, 80, 95), prescription)

@@ -5,7 +5,9 @@ volume nodes in Gy on the CT geometry, marked as SlicerRT dose volumes (``DicomR
 dose unit attributes, ``Dose_ColorTable``). Nodes are converted only through
 :mod:`MedAICommonLib.bridge`; outputs are created after the computation succeeded; an existing
 ``output_dose_node`` is updated instead. Bad input raises ``ValueError`` saying what to do.
-After each run ``self.last_info`` holds beams, weights, timings and per-structure dose figures.
+After each dose or plan run ``self.last_result`` (:class:`~MedAIPlanLib.plan_settings.DoseResult` or
+:class:`~MedAIPlanLib.plan_settings.PlanResult`) holds beams, weights, timings and per-structure dose figures;
+the dose node records the plan's settings (:class:`~MedAIPlanLib.plan_settings.PlanSettings`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from MedAIPlanLib.dose.matrad_io import load_matrad_patient, load_photon_machine
 from MedAIPlanLib.dose.memory_estimate import (available_memory_bytes, check_dose_grid_size, estimate_plan_memory as estimate_memory,
                               explains_memory_errors, memory_limit_bytes, refusal_message)
 from MedAIPlanLib.optimisation.plan_optimisation import optimise_plan
+from MedAIPlanLib.plan_settings import TG119_ANGLES, DoseResult, PlanResult, PlanSettings
 
-TG119_ANGLES = (0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0)
 BODY_NAMES = ("body", "external", "skin", "outline", "patient")
-PLAN_ATTRIBUTE_PREFIX = "MedAIPlan."
 
 
 def default_machine_path() -> Path:
@@ -80,7 +81,7 @@ class MedAIPlanLogic:
         self.scene = scene if scene is not None else get_scene()
         self._machine_path = machine_path
         self._machine = None
-        self.last_info: dict = {}
+        self.last_result: DoseResult = DoseResult()
         self.matrad_structures: dict = {}
 
     # --- helpers ---------------------------------------------------------------------------
@@ -136,11 +137,10 @@ class MedAIPlanLogic:
         return make_beams(masks[target], geometry, list(gantry_angles), couch_angles, bixel_width_mm,
                           isocenter_lps, margin_mm)
 
-    def _output(self, dose_ct, geometry, name, node, attributes):
+    def _output(self, dose_ct, geometry, name, node, settings: PlanSettings):
         node = bridge.create_volume(self.scene, dose_ct.astype(np.float32, copy=False), geometry, name, node=node)
         dose_volume.mark_as_dose_volume(node)
-        for k, v in attributes.items():
-            node.SetAttribute(PLAN_ATTRIBUTE_PREFIX + k, str(v))
+        settings.write_to_node(node)
         return node
 
     def _metrics(self, dose_ct, masks, geometry):
@@ -222,7 +222,6 @@ class MedAIPlanLogic:
         if overlap:  # a label map cannot hold overlaps: set each segment's own mask
             self._set_exact_masks(seg, patient, geometry, ct)
         self.matrad_structures = {s.name: s for s in patient.structures}
-        self.last_info = {"structures": {s.name: int(s.mask.sum()) for s in patient.structures}}
         progress.update("done", 1.0)
         return ct, seg
 
@@ -289,14 +288,14 @@ class MedAIPlanLogic:
         dose_ct = dose_to_ct_grid(dose_d, dij.geometry, geometry)
         beam_doses = [dose_to_ct_grid(dij.beam_dose(w, b) * fractions, dij.geometry, geometry)
                       for b in range(len(beams))] if per_beam else []
-        attrs = self._attributes(beams, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
-        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, attrs)
-        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, attrs)
+        settings = self._settings(beams, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
+        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, settings)
+        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, settings)
                       for d, b in zip(beam_doses, beams)]
-        self.last_info = {"beams": self._beam_info(beams), "num_bixels": dij.num_bixels, "weights": w,
-                          "device": str(dev), "timings": dij.timings, "dij_nnz": int(dij.matrix.nnz),
-                          "metrics": self._metrics(dose_ct, masks, geometry), "beam_nodes": beam_nodes,
-                          "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory}
+        self.last_result = DoseResult(
+            beams=self._beam_info(beams), num_bixels=dij.num_bixels, weights=w, device=str(dev), timings=dij.timings,
+            dij_nnz=int(dij.matrix.nnz), metrics=self._metrics(dose_ct, masks, geometry), beam_nodes=beam_nodes,
+            dose_grid=list(dij.geometry.spacing), memory_estimate=memory)
         progress.update("done", 1.0)
         return node
 
@@ -306,12 +305,13 @@ class MedAIPlanLogic:
                  "isocenter_lps_mm": [round(float(v), 2) for v in b.isocenter]} for b in beams]
 
     @staticmethod
-    def _attributes(beams, target, prescription, fractions, bixel_width, dose_grid):
-        return {"Target": target, "PrescriptionGy": prescription if prescription is not None else "",
-                "Fractions": fractions, "GantryAngles": ",".join(f"{b.gantry_deg:g}" for b in beams),
-                "CouchAngles": ",".join(f"{b.couch_deg:g}" for b in beams), "BixelWidthMm": bixel_width,
-                "DoseGridMm": dose_grid if dose_grid is not None else "CT",
-                "IsocenterLPS": ",".join(f"{v:.2f}" for v in beams[0].isocenter)}
+    def _settings(beams, target, prescription, fractions, bixel_width, dose_grid) -> PlanSettings:
+        """The settings the dose node records: the beams as built (angles, isocentre) and the plan's values."""
+        return PlanSettings(target=target, prescription_gy=None if prescription is None else float(prescription),
+                            fractions=int(fractions), gantry_angles=tuple(b.gantry_deg for b in beams),
+                            couch_angles=tuple(b.couch_deg for b in beams), bixel_width_mm=float(bixel_width),
+                            dose_grid_mm=None if dose_grid is None else float(dose_grid),
+                            isocenter_lps=tuple(float(v) for v in beams[0].isocenter))
 
     @staticmethod
     def _check_prescription(prescription_gy, fractions) -> None:
@@ -374,18 +374,17 @@ class MedAIPlanLogic:
         kept = [beams[b] for b in chosen]
         beam_doses = [dose_to_ct_grid(dij.beam_dose(w, b) * fractions, dij.geometry, geometry) for b in chosen] \
             if per_beam else []
-        attrs = self._attributes(kept, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
-        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, attrs)
-        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, attrs)
+        settings = self._settings(kept, target, prescription_gy, fractions, bixel_width_mm, dose_grid_mm)
+        node = self._output(dose_ct, geometry, f"{ct_node.GetName()} dose", output_dose_node, settings)
+        beam_nodes = [self._output(d, geometry, f"{ct_node.GetName()} dose beam {b.gantry_deg:g}", None, settings)
                       for d, b in zip(beam_doses, kept)]
-        self.last_info = {
-            "beams": self._beam_info(kept), "candidate_angles": [b.gantry_deg for b in beams],
-            "selection_objective": opt.selection_scores, "num_bixels": int(len(cols)), "weights": w[cols],
-            "device": str(dev), "timings": {**dij.timings, "optimisation_s": result.seconds},
-            "iterations": result.iterations, "objective": result.history[-1] if result.history else None,
-            "objectives": [o.__dict__ for o in objectives if o.structure in used], "dij_nnz": int(dij.matrix.nnz),
-            "metrics": self._metrics(dose_ct, masks, geometry), "beam_nodes": beam_nodes,
-            "dose_grid": list(dij.geometry.spacing), "memory_estimate": memory,
-        }
+        self.last_result = PlanResult(
+            beams=self._beam_info(kept), candidate_angles=[b.gantry_deg for b in beams],
+            selection_objective=opt.selection_scores, num_bixels=int(len(cols)), weights=w[cols], device=str(dev),
+            timings={**dij.timings, "optimisation_s": result.seconds}, iterations=result.iterations,
+            objective=result.history[-1] if result.history else None,
+            objectives=[o.__dict__ for o in objectives if o.structure in used], dij_nnz=int(dij.matrix.nnz),
+            metrics=self._metrics(dose_ct, masks, geometry), beam_nodes=beam_nodes,
+            dose_grid=list(dij.geometry.spacing), memory_estimate=memory)
         progress.update("done", 1.0)
         return node

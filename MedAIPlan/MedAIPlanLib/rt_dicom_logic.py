@@ -21,6 +21,7 @@ from MedAIPlanLib.dicomrt import dicom_rt, dicom_rt_export, rtplan_beams
 from MedAIPlanLib.dose.beams import make_beams
 from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
 from MedAIPlanLib.evaluation.dvh import contour_volume_cc
+from MedAIPlanLib.plan_settings import PlanSettings
 
 VOLUME_TOLERANCE = 0.05
 """Relative difference between an ROI's rasterised volume and its contours' volume above which import warns."""
@@ -200,22 +201,19 @@ class RtDicomLogic:
         """MedAI dose-engine beams of a plan, rebuilt as the engine builds them (:func:`beams.make_beams`:
         bixel grid covering the target's projection) from the given values or, for those not given, the
         plan dose node's ``MedAIPlan.*`` attributes (Target, GantryAngles, CouchAngles, IsocenterLPS,
-        BixelWidthMm) written by ``MedAIPlanLogic``. The target mask is taken on the dose node's grid."""
-        def attr(key):
-            value = dose_node.GetAttribute(f"MedAIPlan.{key}") if dose_node is not None else None
-            return value if value not in (None, "") else None
-
-        def floats(text):
-            return [float(v) for v in str(text).split(",") if v.strip()] if text is not None else None
-
-        target = target or attr("Target")
-        gantry = list(gantry_angles) if gantry_angles is not None else floats(attr("GantryAngles"))
+        BixelWidthMm; :meth:`PlanSettings.from_node_attributes`) written by ``MedAIPlanLogic``. The target mask
+        is taken on the dose node's grid."""
+        recorded = PlanSettings.from_node_attributes(dose_node) if dose_node is not None else None
+        target = target or (recorded.target if recorded else None)
+        gantry = list(gantry_angles) if gantry_angles is not None else \
+            (list(recorded.gantry_angles) if recorded else None)
         if not target or not gantry:
             raise ValueError("The plan's beams are unknown: give the target segment and gantry angles "
                              "(or a dose node made by the MedAI plan step, which records them).")
-        couch = list(couch_angles) if couch_angles is not None else floats(attr("CouchAngles"))
-        iso = isocenter_lps if isocenter_lps is not None else floats(attr("IsocenterLPS"))
-        width = bixel_width_mm or (float(attr("BixelWidthMm")) if attr("BixelWidthMm") else 5.0)
+        couch = list(couch_angles) if couch_angles is not None else \
+            (list(recorded.couch_angles) or None if recorded else None)
+        iso = isocenter_lps if isocenter_lps is not None else (recorded.isocenter_lps if recorded else None)
+        width = bixel_width_mm or (recorded.bixel_width_mm if recorded else 5.0)
         _, geometry = bridge.array_from_volume(dose_node)
         mask, mask_geometry = bridge.segment_mask(segmentation_node, target, geometry)
         return make_beams(mask, mask_geometry.to_space("LPS"), gantry, couch, width,
@@ -228,17 +226,14 @@ class RtDicomLogic:
         """Export a MedAI plan: RTSTRUCT, RTPLAN (beam geometry, jaws from the bixel field, metersets from
         the bixel ``weights`` x ``mu_per_weight`` or ``meterset_mu``, fraction group, prescription, references)
         and RTDOSE. ``beams``: MedAI beams (default: :meth:`plan_beams` with ``beam_options``)."""
-        def attr(key):
-            value = dose_node.GetAttribute(f"MedAIPlan.{key}")
-            return value if value not in (None, "") else None
-
-        target = target or attr("Target")
+        recorded = PlanSettings.from_node_attributes(dose_node)
+        target = target or (recorded.target if recorded else None)
         if beams is None:
             beams = self.plan_beams(dose_node, segmentation_node, target=target, **beam_options)
         rt_beams = rtplan_beams.rtplan_beams_from_medai(beams, weights, beam_of_bixel, meterset_mu, mu_per_weight,
                                                         energy_mv)
         plan = {"target": target, "label": dose_node.GetName(),
                 "prescription_gy": prescription_gy if prescription_gy is not None else
-                (float(attr("PrescriptionGy")) if attr("PrescriptionGy") else None),
-                "fractions": fractions or (int(float(attr("Fractions"))) if attr("Fractions") else 1)}
+                (recorded.prescription_gy if recorded else None),
+                "fractions": fractions or (recorded.fractions if recorded else 1)}
         return self.export_rt(output_dir, dose_node, segmentation_node, rt_beams, bits, plan)

@@ -15,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from MedAICommonLib.paths import require_path
-from MedAICommonLib.scene_job import SceneJob
+from MedAICommonLib.jobs.scene_job import SceneJob
+
+from MedAIPlanLib.plan_settings import PlanSettings, is_plan_dose
 
 RT_MODALITIES = ("RTDOSE", "RTSTRUCT", "RTPLAN")
 MAX_SCANNED_FILES = 2000
@@ -63,15 +65,11 @@ def rt_files_to_import(path, max_files: int = MAX_SCANNED_FILES) -> dict[str, li
     return found
 
 
-def _floats(text) -> list[float]:
-    return [float(v) for v in str(text or "").split(",") if v.strip()]
-
-
 def rt_export_args(dose_node=None, structures_node=None) -> list[str]:
     """``medai rt-export`` options after the output folder: inputs as job placeholders, and the plan's
-    beams (``--gantry``, ``--couch``, ``--target``, ``--isocenter``, ``--bixel-width``, ``--prescription``,
-    ``--fractions``) when ``dose_node`` is a MedAI plan (it has ``MedAIPlan.GantryAngles``) and the
-    structures are given."""
+    beams (:meth:`PlanSettings.to_rt_export_args`: ``--gantry``, ``--couch``, ``--target``, ``--isocenter``,
+    ``--bixel-width``, ``--prescription``, ``--fractions``) when ``dose_node`` is a MedAI plan
+    (:func:`is_plan_dose`) and the structures are given."""
     if dose_node is None and structures_node is None:
         raise ValueError("Nothing to export: select a dose volume and/or a structure set (segmentation).")
     args = []
@@ -79,27 +77,12 @@ def rt_export_args(dose_node=None, structures_node=None) -> list[str]:
         args += ["--dose", "{in:dose}"]
     if structures_node is not None:
         args += ["--segmentation", "{in:structures}"]
-
-    def attr(key):
-        return (dose_node.GetAttribute(f"MedAIPlan.{key}") or "").strip() if dose_node is not None else ""
-
-    if attr("GantryAngles") and structures_node is not None:
-        if not attr("Target"):
+    settings = PlanSettings.from_node_attributes(dose_node) if dose_node is not None else None
+    if settings is not None and structures_node is not None:
+        if not settings.target:
             raise ValueError(f"The plan dose {dose_node.GetName()!r} does not record its target segment; "
                              "re-run the plan or export without the RTPLAN.")
-        gantry = _floats(attr("GantryAngles"))
-        args += ["--gantry", ",".join(f"{a:g}" for a in gantry), "--target", attr("Target")]
-        couch = _floats(attr("CouchAngles"))
-        if couch:
-            args += ["--couch", ",".join(f"{a:g}" for a in couch)]
-        iso = _floats(attr("IsocenterLPS"))
-        if len(iso) == 3:
-            args += ["--isocenter", ",".join(f"{a:g}" for a in iso)]
-        for key, option in (("BixelWidthMm", "--bixel-width"), ("PrescriptionGy", "--prescription")):
-            if attr(key):
-                args += [option, f"{float(attr(key)):g}"]
-        if attr("Fractions"):
-            args += ["--fractions", str(int(float(attr("Fractions"))))]
+        args += settings.to_rt_export_args()
     return args
 
 
@@ -108,8 +91,7 @@ def exported_modalities(dose_node=None, structures_node=None) -> list[str]:
     modalities = []
     if structures_node is not None:
         modalities.append("RTSTRUCT")
-    if dose_node is not None and structures_node is not None and (dose_node.GetAttribute(
-            "MedAIPlan.GantryAngles") or "").strip():
+    if structures_node is not None and is_plan_dose(dose_node):
         modalities.append("RTPLAN")
     if dose_node is not None:
         modalities.append("RTDOSE")

@@ -72,7 +72,7 @@ def scenario_plan_covers_target_and_spares_organ(scene):
     before = bridge.array_from_volume(ct)[0].copy()
     dose_node = logic.plan(ct, seg, "target", 60.0, fractions=30, gantry_angles=[0, 72, 144, 216, 288],
                            bixel_width_mm=5.0, dose_grid_mm=5.0, max_iter=80, device="cpu")
-    m = logic.last_info["metrics"]
+    m = logic.last_result.metrics
     assert m["target"]["D95_Gy"] >= 0.95 * 60.0, m["target"]
     assert m["organ"]["Dmean_Gy"] < 0.4 * 60.0, m["organ"]
     assert np.array_equal(bridge.array_from_volume(ct)[0], before)   # input unchanged
@@ -122,5 +122,6 @@ def scenario_memory_budget_refused_or_coarsened(scene):
     node = logic.plan(ct, seg, "target", 60.0, gantry_angles=[0, 120, 240], dose_grid_mm=5.0, max_iter=30,
                       memory_limit_gb=(fine["total_GiB"] + coarse["total_GiB"]) / 2, auto_dose_grid=True, device="cpu")
     assert node is not None
-    assert logic.last_info["dose_grid"][0] > 5.0, logic.last_info["dose_grid"]
-    assert logic.last_info["memory_estimate"]["total_GiB"] <= (fine["total_GiB"] + coarse["total_GiB"]) / 2
+    assert logic.last_result.dose_grid[0] > 5.0, logic.last_result.dose_grid
+    assert logic.last_result.memory_estimate is not None
+    assert logic.last_result.memory_estimate["total_GiB"] <= (fine["total_GiB"] + coarse["total_GiB"]) / 2

@@ -138,7 +138,7 @@ def test_estimate_bounds_the_measured_peak_of_a_real_plan(tg119, scene):
                max_iter=20, device="cpu")
     _, peak = _peak_rss_since_reset()
     measured = peak - before
-    assert logic.last_info["memory_estimate"]["total_GiB"] * GIB == pytest.approx(estimate, rel=0.01)
+    assert logic.last_result.memory_estimate["total_GiB"] * GIB == pytest.approx(estimate, rel=0.01)
     assert measured < estimate < 8 * measured, (measured / GIB, estimate / GIB)
 
 
