@@ -27,7 +27,7 @@ class MedAICommon(ScriptedLoadableModule):
 
 
 class MedAICommonTest(ScriptedLoadableModuleTest):
-    """Runs the common layer's scenarios (``MedAICommonLib/scenarios.py``, also run by pytest) on Slicer's scene:
+    """Runs the common layer's scenarios (``MedAICommonLib/synthetic/scenarios.py``, also run by pytest) on Slicer's scene:
     RAS/LPS geometry, the bridge's file round trip of a generated volume and segmentation, and a worker
     started in PythonSlicer (skipped with a message when this Slicer has none on its PATH)."""
 
@@ -35,7 +35,7 @@ class MedAICommonTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        from MedAICommonLib.self_test import run_self_test
+        from MedAICommonLib.application.self_test import run_self_test
 
-        run_self_test("MedAICommon", ["MedAICommonLib.scenarios"], slicer.mrmlScene, reset=self.setUp,
+        run_self_test("MedAICommon", ["MedAICommonLib.synthetic.scenarios"], slicer.mrmlScene, reset=self.setUp,
                       display=self.delayDisplay)

@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 
 from MedAICommonLib.paths import chosen_path, require_path
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAICommonLib.application.slicer_widget import MedAIWidgetBase
 
 
 class MedAIPlan(ScriptedLoadableModule):
@@ -319,7 +319,7 @@ class MedAIPlanTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        from MedAICommonLib.self_test import run_self_test
+        from MedAICommonLib.application.self_test import run_self_test
 
         run_self_test("MedAIPlan", ["MedAIPlanLib.scenarios", "MedAIPlanLib.evaluation_scenarios"], slicer.mrmlScene,
                       reset=self.setUp, display=self.delayDisplay)

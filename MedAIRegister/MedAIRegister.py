@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAICommonLib.application.slicer_widget import MedAIWidgetBase
 
 
 class MedAIRegister(ScriptedLoadableModule):
@@ -215,6 +215,6 @@ class MedAIRegisterTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        from MedAICommonLib.self_test import run_self_test
+        from MedAICommonLib.application.self_test import run_self_test
 
         run_self_test("MedAIRegister", ["MedAIRegisterLib.scenarios"], slicer.mrmlScene, reset=self.setUp, display=self.delayDisplay)

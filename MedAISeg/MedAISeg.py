@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from MedAICommonLib.paths import require_path
-from MedAICommonLib.slicer_widget import MedAIWidgetBase
+from MedAICommonLib.application.slicer_widget import MedAIWidgetBase
 
 
 class MedAISeg(ScriptedLoadableModule):
@@ -357,6 +357,6 @@ class MedAISegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        from MedAICommonLib.self_test import run_self_test
+        from MedAICommonLib.application.self_test import run_self_test
 
         run_self_test("MedAISeg", ["MedAISegLib.scenarios"], slicer.mrmlScene, reset=self.setUp, display=self.delayDisplay)

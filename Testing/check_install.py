@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 PACKAGES = ("MedAICommonLib", "MedAISegLib", "MedAIRegisterLib", "MedAIPlanLib")
-SLICER_APPLICATION_ONLY = {"MedAICommonLib.slicer_app", "MedAICommonLib.slicer_widget"}
+SLICER_APPLICATION_ONLY = {"MedAICommonLib.application.slicer_app", "MedAICommonLib.application.slicer_widget"}
 
 
 def all_modules() -> list[str]:

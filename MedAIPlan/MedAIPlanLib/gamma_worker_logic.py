@@ -1,5 +1,5 @@
 """The MedAIPlan panel's gamma comparison as a worker job: a fine interpolated search over a clinical dose grid
-takes minutes on the CPU, so ``medai gamma`` runs in a separate process (:mod:`MedAICommonLib.scene_job`).
+takes minutes on the CPU, so ``medai gamma`` runs in a separate process (:mod:`MedAICommonLib.jobs.scene_job`).
 
 The gamma volume comes back marked as the in-process Logic marks it (SlicerRT's
 ``DoseComparison.GammaVolume``, MedAI's pass rate and interpolation), read from the worker's JSON report.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from MedAICommonLib.scene_job import JobOutput, SceneJob
+from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
 
 REPORT_FILE = "gamma-report.json"
 

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MedAICommonLib import bridge, figures
-from MedAICommonLib.demo import axial_slice
+from MedAICommonLib.synthetic.demo import axial_slice
 
 from MedAIRegisterLib.intensity import intensity_registration
 

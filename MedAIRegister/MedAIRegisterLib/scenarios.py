@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import rotation_matrix
-from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import STRUCTURES, make_ct_phantom
 
 from MedAIRegisterLib.intensity import intensity_registration
 

@@ -1,13 +1,13 @@
 """MedAIRegister's intensity registration (rigid to B-spline) as a worker job for the panel.
 
-See :mod:`MedAICommonLib.scene_job`: the volumes (and masks) are written to a private folder, ``medai register``
+See :mod:`MedAICommonLib.jobs.scene_job`: the volumes (and masks) are written to a private folder, ``medai register``
 runs in a separate process, and the transform (and resampled volume) are read back only on success.
 """
 
 from __future__ import annotations
 
 from MedAICommonLib import bridge
-from MedAICommonLib.scene_job import JobOutput, SceneJob
+from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
 
 
 def _mask_argument(node, key: str) -> str:

@@ -1,6 +1,6 @@
 """MedAISeg's preprocessing as a worker job for the panel: denoising a CT can take minutes on the CPU.
 
-``medai denoise`` runs in a separate process (:mod:`MedAICommonLib.scene_job`); the filtered volume
+``medai denoise`` runs in a separate process (:mod:`MedAICommonLib.jobs.scene_job`); the filtered volume
 comes back as the node the in-process Logic would make (``"<input> <method>"``, or the chosen output
 node). The light intensity mappings ("histogram", "normalize") have no worker command and stay in
 the Slicer process (:func:`runs_in_worker`).
@@ -8,7 +8,7 @@ the Slicer process (:func:`runs_in_worker`).
 
 from __future__ import annotations
 
-from MedAICommonLib.scene_job import JobOutput, SceneJob
+from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
 
 WORKER_METHODS = ("nlm", "anisotropic", "curvature", "clahe", "n4")
 

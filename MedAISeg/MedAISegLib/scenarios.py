@@ -11,7 +11,7 @@ import numpy as np
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import rotation_matrix
-from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import STRUCTURES, make_ct_phantom
 
 from MedAISegLib.logic import MedAISegLogic
 

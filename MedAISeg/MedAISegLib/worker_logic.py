@@ -1,13 +1,13 @@
-"""MedAISeg's heavy runs as worker jobs (:mod:`MedAICommonLib.scene_job`), for the panel.
+"""MedAISeg's heavy runs as worker jobs (:mod:`MedAICommonLib.jobs.scene_job`), for the panel.
 
 AI inference and training run in a separate process, exchanging files with the scene, so that a
 crash, an out-of-memory kill or a Cancel cannot take the user's unsaved scene with them. Each builder
-returns a :class:`~MedAICommonLib.scene_job.SceneJob`; the panel starts it and polls it from a timer.
+returns a :class:`~MedAICommonLib.jobs.scene_job.SceneJob`; the panel starts it and polls it from a timer.
 """
 
 from __future__ import annotations
 
-from MedAICommonLib.scene_job import JobOutput, SceneJob
+from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
 
 
 def segment_with_model_job(scene, input_nodes: list, model_path: str, device: str = "auto", flip_tta: bool = False,

@@ -137,7 +137,7 @@ def slicer_uses(files: list[Path] | None = None) -> list[Use]:
 
 def applies(use: Use, folder: str) -> bool:
     """Whether ``use`` runs on the Slicer at ``folder``: version-guarded installers only where chosen."""
-    from MedAICommonLib import slicer_app
+    from MedAICommonLib.application import slicer_app
 
     installer = GUARDED_FUNCTIONS.get(use.function) if use.file.endswith("slicer_app.py") else None
     return installer is None or slicer_app.installer_for(ref.version_of(folder)[:2]) == installer

@@ -41,6 +41,6 @@ def test_algorithm_files_import_neither_qt_nor_slicer():
 
 
 def test_shared_geometry_and_algorithms_of_common_lib_are_mrml_free():
-    for name in ("geometry.py", "dicom_series.py", "phantoms.py", "progress.py", "devices.py"):
+    for name in ("geometry.py", "dicom_series.py", "synthetic/phantoms.py", "progress.py", "devices.py"):
         modules = imported_modules(REPO / "MedAICommon/MedAICommonLib" / name)
         assert not any(m.split(".")[0] in ("slicer", "qt", "vtk") for m in modules), name

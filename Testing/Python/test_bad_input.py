@@ -13,7 +13,7 @@ from scene_snapshot import saved_scene
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.logic import MedAIPlanLogic
 from MedAIRegisterLib.logic import MedAIRegisterLogic

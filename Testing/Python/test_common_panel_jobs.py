@@ -14,10 +14,10 @@ from test_seg_inference import THRESHOLD, threshold_net
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry, rotation_matrix
-from MedAICommonLib.job_messages import job_failure_message
-from MedAICommonLib.phantoms import make_ct_phantom
-from MedAICommonLib.scene_job import SceneJob
-from MedAICommonLib.worker import WorkerState
+from MedAICommonLib.jobs.job_messages import job_failure_message
+from MedAICommonLib.jobs.scene_job import SceneJob
+from MedAICommonLib.jobs.worker import WorkerState
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIPlanLib.evaluation.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.gamma_worker_logic import gamma_job

@@ -15,10 +15,10 @@ from scene_snapshot import saved_scene
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
+from MedAICommonLib.jobs.worker import WorkerState
 from MedAICommonLib.progress import CancelledError, Progress
-from MedAICommonLib.scene_job import JobOutput, SceneJob
-from MedAICommonLib.worker import WorkerState
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAISegLib.logic import MedAISegLogic
 
 

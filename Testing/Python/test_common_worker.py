@@ -11,8 +11,7 @@ import pytest
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry
-from MedAICommonLib.progress import CancelledError, Progress
-from MedAICommonLib.worker import (
+from MedAICommonLib.jobs.worker import (
     Worker,
     WorkerState,
     error_line,
@@ -21,6 +20,7 @@ from MedAICommonLib.worker import (
     run_worker,
     worker_environment,
 )
+from MedAICommonLib.progress import CancelledError, Progress
 
 
 def wait_for_progress(worker, timeout=60.0):

@@ -7,10 +7,10 @@ import re
 import numpy as np
 
 from MedAICommonLib import bridge
-from MedAICommonLib.demo import DemoContext, overview_figure, prepare_inputs
-from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.report import Report
+from MedAICommonLib.synthetic.demo import DemoContext, overview_figure, prepare_inputs
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIPlanLib import evaluation_demo
 from MedAISegLib import demo as seg_demo
 

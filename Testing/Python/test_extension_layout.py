@@ -61,7 +61,7 @@ def test_ui_parameter_names_match_parameter_node(module):
 def test_widget_uses_only_widgets_that_exist_in_ui(module):
     widget_names = {w.get("name") for w in ui_tree(module).iter("widget")}
     sources = [(REPO / module / f"{module}.py").read_text(),
-               (REPO / "MedAICommon/MedAICommonLib/slicer_widget.py").read_text()]
+               (REPO / "MedAICommon/MedAICommonLib/application/slicer_widget.py").read_text()]
     used = set()
     for source in sources:
         for node in ast.walk(ast.parse(source)):

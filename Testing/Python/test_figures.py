@@ -7,7 +7,7 @@ import pytest
 
 from MedAICommonLib import figures
 from MedAICommonLib.geometry import Geometry
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 
 def test_axial_view_is_radiological_for_ras_and_lps_identity_grids():

@@ -122,9 +122,9 @@ def test_cli_plan_and_errors(shared_data, tmp_path, capsys):
 def test_demo_step_plans_the_lesion(scene, tmp_path):
     import time
 
-    from MedAICommonLib.demo import DemoContext, prepare_inputs
     from MedAICommonLib.progress import Progress
     from MedAICommonLib.report import Report
+    from MedAICommonLib.synthetic.demo import DemoContext, prepare_inputs
     from MedAIPlanLib import demo
 
     context = DemoContext(scene=scene, output_dir=tmp_path, report=Report(command="demo"), progress=Progress())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from MedAICommonLib.demo import DemoContext, prepare_inputs
 from MedAICommonLib.progress import Progress
 from MedAICommonLib.report import Report
+from MedAICommonLib.synthetic.demo import DemoContext, prepare_inputs
 from MedAIPlanLib import evaluation_demo, evaluation_scenarios
 
 

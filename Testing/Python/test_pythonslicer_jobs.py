@@ -23,9 +23,9 @@ from test_seg_inference import threshold_net, write_bundle
 from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.geometry import Geometry, rotation_matrix
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.jobs.worker import worker_environment
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.worker import worker_environment
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIPlanLib.evaluation.dose_volume import DOSE_VOLUME_ATTRIBUTE, mark_as_dose_volume
 from MedAIPlanLib.gamma_worker_logic import gamma_job
 from MedAIPlanLib.rt_worker_logic import rt_export_job

@@ -11,7 +11,7 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import lps_to_ras_points, ras_to_lps_points
-from MedAICommonLib.phantoms import STRUCTURES, make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import STRUCTURES, make_ct_phantom
 from MedAIRegisterLib import simulation
 from MedAIRegisterLib.intensity import intensity_registration
 from MedAIRegisterLib.pointsets import landmarks

@@ -10,7 +10,7 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.cli.main import main
 from MedAICommonLib.geometry import rotation_matrix
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 TURN_DEG = 5.0
 

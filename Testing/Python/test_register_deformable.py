@@ -12,8 +12,8 @@ from scipy.spatial.transform import Rotation
 
 from MedAICommonLib import bridge
 from MedAICommonLib.geometry import Geometry, lps_to_ras_points, ras_to_lps_points
-from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import CancelledError, Progress
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIRegisterLib import simulation
 from MedAIRegisterLib.intensity import torch_bspline
 from MedAIRegisterLib.intensity.numba_registration import register_numba

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from MedAICommonLib import bridge
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAIRegisterLib import quality, scenarios, simulation
 from MedAIRegisterLib.logic import MedAIRegisterLogic
 
@@ -77,7 +77,7 @@ def test_quality_metrics_behave():
 
 def test_initial_transform_node_starts_from_a_given_pose(scene):
     """Started from a pose 2 degrees / 2 mm off the truth, all three paths end within 1 mm of it."""
-    from MedAICommonLib.phantoms import make_ct_phantom as phantom_ct
+    from MedAICommonLib.synthetic.phantoms import make_ct_phantom as phantom_ct
     from MedAIRegisterLib.intensity import intensity_registration
 
     phantom = phantom_ct()

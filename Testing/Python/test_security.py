@@ -8,7 +8,7 @@ import torch
 from test_seg_inference import write_bundle
 
 from MedAICommonLib import bridge
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAISegLib.logic import MedAISegLogic
 
 

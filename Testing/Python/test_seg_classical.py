@@ -8,7 +8,7 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 
 from MedAICommonLib.geometry import Geometry
 from MedAICommonLib.notices import MedAIWarning
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAISegLib.postprocessing import postprocess
 from MedAISegLib.postprocessing.evaluation import binary_metrics, evaluate_labelmaps, match_segments
 from MedAISegLib.postprocessing.lesions import detect_lesions

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from test_seg_inference import THRESHOLD, write_bundle
 
 from MedAICommonLib.cli.main import main
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 from dicom_writer import write_ct_series
 

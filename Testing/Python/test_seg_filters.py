@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedAICommonLib.phantoms import make_ct_phantom
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAISegLib.preprocessing import filters
 from MedAISegLib.preprocessing.nonlocal_means import estimate_noise_sigma, nonlocal_means
 

@@ -13,8 +13,8 @@ import torch
 from skimage.restoration import denoise_nl_means
 
 from MedAICommonLib import bridge
-from MedAICommonLib.phantoms import make_ct_phantom
 from MedAICommonLib.progress import CancelledError, Progress
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 from MedAISegLib.logic import MedAISegLogic
 from MedAISegLib.preprocessing import nonlocal_means_numba
 from MedAISegLib.preprocessing.nonlocal_means import nonlocal_means

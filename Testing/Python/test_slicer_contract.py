@@ -18,7 +18,7 @@ import slicer
 import slicer_api_usage as usage
 import slicer_reference as ref
 
-from MedAICommonLib import slicer_app
+from MedAICommonLib.application import slicer_app
 
 REPO = ref.REPO
 MODULE_FILES = sorted(REPO.glob("MedAI*/MedAI*.py"))
@@ -267,7 +267,7 @@ def test_no_two_modules_install_the_same_path_and_every_file_is_listed():
 
 
 # --- members inherited from Slicer's scripted-module classes -------------------------------------------------
-PANEL_FILES = [*MODULE_FILES, REPO / "MedAICommon" / "MedAICommonLib" / "slicer_widget.py"]
+PANEL_FILES = [*MODULE_FILES, REPO / "MedAICommon" / "MedAICommonLib" / "application" / "slicer_widget.py"]
 
 
 def inherited_uses() -> list[tuple[str, str, str, str]]:

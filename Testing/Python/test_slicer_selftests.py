@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from MedAICommonLib import self_test
-from MedAICommonLib.self_test import run_scenarios, run_self_test
+from MedAICommonLib.application import self_test
+from MedAICommonLib.application.self_test import run_scenarios, run_self_test
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
@@ -43,7 +43,7 @@ def test_each_module_test_runs_its_own_shared_scenario_modules(module):
 
 
 def test_common_scenarios_pass_on_a_headless_scene(runtime):
-    outcomes = run_self_test("MedAICommon", ["MedAICommonLib.scenarios"], runtime.scene, reset=runtime.clear,
+    outcomes = run_self_test("MedAICommon", ["MedAICommonLib.synthetic.scenarios"], runtime.scene, reset=runtime.clear,
                              display=lambda line: None)
     assert [o.status for o in outcomes] == ["passed"] * 3
     assert self_test.LAST_OUTCOMES["MedAICommon"] == outcomes
@@ -51,7 +51,7 @@ def test_common_scenarios_pass_on_a_headless_scene(runtime):
 
 def test_runner_skips_missing_packages_and_reports_real_errors(tmp_path, monkeypatch, runtime):
     (tmp_path / "medai_selftest_sample.py").write_text(textwrap.dedent("""
-        from MedAICommonLib.self_test import ScenarioSkipped
+        from MedAICommonLib.application.self_test import ScenarioSkipped
 
         def scenario_a_needs_an_absent_package(scene):
             import medai_absent_package_for_selftest  # noqa: F401
@@ -97,7 +97,7 @@ class NotInstalled(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NotInstalled())
 from MedAICommonLib.runtime import get_runtime
-from MedAICommonLib.self_test import run_self_test
+from MedAICommonLib.application.self_test import run_self_test
 runtime = get_runtime()
 modules = {"MedAISeg": ["MedAISegLib.scenarios"], "MedAIRegister": ["MedAIRegisterLib.scenarios"],
            "MedAIPlan": ["MedAIPlanLib.scenarios", "MedAIPlanLib.evaluation_scenarios"]}

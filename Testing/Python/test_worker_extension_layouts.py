@@ -23,8 +23,8 @@ import pytest
 from pythonslicer import build_pythonslicer
 
 from MedAICommonLib import bridge
-from MedAICommonLib.phantoms import make_ct_phantom
-from MedAICommonLib.worker import PACKAGES
+from MedAICommonLib.jobs.worker import PACKAGES
+from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_FOLDERS = {"MedAICommonLib": "MedAICommon", "MedAISegLib": "MedAISeg", "MedAIRegisterLib": "MedAIRegister",
@@ -35,7 +35,7 @@ import json, os, subprocess, sys
 folders, restricted, site, ct, out = sys.argv[1:6]
 sys.path[:0] = folders.split(os.pathsep)  # what Slicer does with the module folders
 import MedAICommonLib
-from MedAICommonLib.worker import Worker, worker_environment
+from MedAICommonLib.jobs.worker import Worker, worker_environment
 env = {"PYTHONPATH": os.pathsep.join([restricted, site])}
 python = [sys.executable, "-S"]
 bare = subprocess.run([*python, "-c", "import MedAICommonLib"], env=dict(os.environ, **env),

@@ -33,7 +33,7 @@ def run_module_test(name: str) -> tuple[str, str]:
 def summary_lines(results: dict) -> list[str]:
     """One line per module (with its scenario counts when known), then the verdict line."""
     try:
-        from MedAICommonLib.self_test import LAST_OUTCOMES, summary
+        from MedAICommonLib.application.self_test import LAST_OUTCOMES, summary
     except ImportError:
         LAST_OUTCOMES, summary = {}, None
     lines = ["", "=" * 72, "MedAI self-tests in Slicer " + slicer.app.applicationVersion]

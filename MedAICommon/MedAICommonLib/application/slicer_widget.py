@@ -19,8 +19,8 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from .job_messages import job_failure_message
-from .progress import CancelledError, Progress
+from ..jobs.job_messages import job_failure_message
+from ..progress import CancelledError, Progress
 from .slicer_app import ensure_requirements, ensure_torch, progress_to_status_bar
 
 
@@ -166,7 +166,7 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return result
 
     def run_job(self, title: str, make_job, on_done=None) -> bool:
-        """Run a :class:`~MedAICommonLib.scene_job.SceneJob` in a worker process without blocking Slicer.
+        """Run a :class:`~MedAICommonLib.jobs.scene_job.SceneJob` in a worker process without blocking Slicer.
 
         ``make_job()`` builds the job from the panel's state (a ``ValueError`` it raises is shown as the
         reason); a Qt timer polls the worker, showing its stage in the progress bar and the status bar;
@@ -200,7 +200,7 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(f"{title}: {stage} ({100 * fraction:.0f} %)")
 
     def _poll_job(self) -> None:
-        from .worker import WorkerState
+        from ..jobs.worker import WorkerState
 
         if self._job is None or self._job.poll() == WorkerState.RUNNING:
             return

@@ -50,7 +50,7 @@ def cmd_info(args, report) -> int:
 
 def cmd_demo(args, report) -> int:
     """Run the demo pipeline."""
-    from ..demo import run_demo
+    from ..synthetic.demo import run_demo
 
     scene = get_scene()
     if args.progress.callback is not None:  # --progress-json: a worker reports to its parent

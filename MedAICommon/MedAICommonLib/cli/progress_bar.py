@@ -1,7 +1,7 @@
 """A terminal progress bar (tqdm on stderr) fed by :class:`MedAICommonLib.progress.Progress`.
 
 In a worker (``--progress-json``) the same callback prints one JSON line per step on stdout instead,
-which :class:`MedAICommonLib.worker.Worker` reads, so every command reports to the panel unchanged.
+which :class:`MedAICommonLib.jobs.worker.Worker` reads, so every command reports to the panel unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def set_json_mode(enabled: bool) -> None:
 
 
 def json_progress(stage: str, fraction: float) -> None:
-    """Progress as one JSON line on stdout, read by :class:`MedAICommonLib.worker.Worker`."""
+    """Progress as one JSON line on stdout, read by :class:`MedAICommonLib.jobs.worker.Worker`."""
     print(json.dumps({"progress": {"stage": stage, "fraction": round(float(fraction), 4)}}), flush=True)
 
 

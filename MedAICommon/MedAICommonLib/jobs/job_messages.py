@@ -16,7 +16,7 @@ def job_failure_message(heading: str, error: BaseException | str, outcome=None,
         heading: first line, e.g. ``"Segmentation failed."``.
         error: the exception the job raised when it was finished (it usually carries the worker's
             one-line error already).
-        outcome: the worker's :class:`~MedAICommonLib.worker.WorkerResult` (None when the worker never
+        outcome: the worker's :class:`~MedAICommonLib.jobs.worker.WorkerResult` (None when the worker never
             started); its ``error`` is added when the exception does not say it, and the last
             ``tail_lines`` lines of its stderr (``log``) become the details.
         tail_lines: how many stderr lines to show in the details.

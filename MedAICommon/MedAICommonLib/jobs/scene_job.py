@@ -2,7 +2,7 @@
 
 This is how the panels run heavy work (AI inference, training, deformable registration, dose
 planning), as Slicer's established AI extensions do: the inputs are written to a private temporary
-folder, ``medai COMMAND ...`` runs in a child process (:mod:`MedAICommonLib.worker`), and only when
+folder, ``medai COMMAND ...`` runs in a child process (:mod:`MedAICommonLib.jobs.worker`), and only when
 it succeeded are its output files read back into the scene, creating the output nodes or updating the
 ones the user chose. A crash, an out-of-memory kill or a Cancel in the worker leaves the scene exactly
 as it was, and the user's unsaved work stays in the Slicer process.
@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bridge
-from .progress import CancelledError
+from .. import bridge
+from ..progress import CancelledError
 from .worker import Worker, WorkerResult, WorkerState, progress_reporter
 
 _PLACEHOLDER = re.compile(r"\{(in|out):([A-Za-z0-9_]+)\}|\{dir\}")
@@ -61,7 +61,7 @@ class JobOutput:
 class SceneJob:
     """A ``medai`` command in a worker, reading its inputs from and its outputs into ``scene``.
 
-    ``env`` and ``python`` go to the :class:`~MedAICommonLib.worker.Worker` (extra environment, e.g. a
+    ``env`` and ``python`` go to the :class:`~MedAICommonLib.jobs.worker.Worker` (extra environment, e.g. a
     ``PYTHONPATH``; the interpreter command); they may also be set on the job before it starts.
     """
 

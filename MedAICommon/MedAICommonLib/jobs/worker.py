@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .progress import CancelledError
+from ..progress import CancelledError
 
 PACKAGES = ("MedAICommonLib", "MedAISegLib", "MedAIRegisterLib", "MedAIPlanLib")
 """MedAI's packages a worker imports; each lives in its module's folder."""
@@ -62,7 +62,7 @@ class WorkerResult:
 
 def python_executable() -> str:
     """The Python to run the worker with: Slicer's ``PythonSlicer`` inside Slicer, else this one."""
-    from .runtime import in_slicer_application
+    from ..runtime import in_slicer_application
 
     if in_slicer_application():
         found = shutil.which("PythonSlicer")

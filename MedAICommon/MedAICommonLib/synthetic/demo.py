@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bridge, figures
-from .bridge.segmentations import SegmentInfo
+from .. import bridge
+from .. import figures
+from ..bridge.segmentations import SegmentInfo
 from .phantoms import STRUCTURE_COLORS, STRUCTURES, make_ct_phantom
-from .progress import Progress
-from .report import Report
+from ..progress import Progress
+from ..report import Report
 
 DEMO_STEPS = {
     "segmentation": "MedAISegLib.demo",

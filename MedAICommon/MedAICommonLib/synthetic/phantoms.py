@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Geometry
+from ..geometry import Geometry
 
 STRUCTURES = {1: "body", 2: "lung_left", 3: "lung_right", 4: "spine", 5: "liver", 6: "lesion"}
 """Label value -> structure name."""

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bridge
-from .bridge.segmentations import SegmentInfo
-from .geometry import Geometry, rotation_matrix
+from .. import bridge
+from ..bridge.segmentations import SegmentInfo
+from ..geometry import Geometry, rotation_matrix
 from .phantoms import STRUCTURES, make_ct_phantom
-from .runtime import in_slicer_application
-from .self_test import ScenarioSkipped
+from ..runtime import in_slicer_application
+from ..application.self_test import ScenarioSkipped
 
 
 def _oblique_geometry(shape_kji=(12, 20, 24)) -> Geometry:
@@ -69,7 +69,7 @@ def scenario_volume_and_segmentation_round_trip_through_files(scene) -> dict:
 def scenario_worker_converts_a_volume_in_a_separate_process(scene) -> dict:
     """``medai convert`` in a worker process (PythonSlicer inside Slicer) gives back the same voxels and grid
     in a new node named as asked; the input stays as it was."""
-    from .scene_job import JobOutput, SceneJob
+    from ..jobs.scene_job import JobOutput, SceneJob
 
     if in_slicer_application() and shutil.which("PythonSlicer") is None:
         raise ScenarioSkipped("PythonSlicer is not on this Slicer's PATH, so no worker can start")
