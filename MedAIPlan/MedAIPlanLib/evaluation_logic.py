@@ -59,6 +59,30 @@ def check_gamma_criteria(dose_percent: float, dta_mm: float, threshold_percent: 
             raise ValueError(f"The gamma {what} is {value:g}, which is out of range; give {hint}.")
 
 
+def _plan_indices(dose_node, samples: dict, prescription_gy: float, target_segment: str,
+                  body_segment: str | None) -> dict:
+    """ICRU-83 HI, Paddick CI and the gradient index of ``target_segment`` at ``prescription_gy`` (Gy): the
+    prescription isodose volumes from ``body_segment``'s samples, or from the dose grid's voxels without one."""
+    if target_segment not in samples:
+        raise ValueError(f"Target '{target_segment}' is not among the evaluated structures "
+                         f"({', '.join(samples)}); give one of these names.")
+    target = samples[target_segment]
+    plan_indices = {"HI_ICRU83": dose_metrics.homogeneity_index(target)}
+    if body_segment and body_segment in samples:
+        body = samples[body_segment]
+        plan_indices["CI_Paddick"] = dose_metrics.paddick_conformity_index(target, body, prescription_gy)
+        plan_indices["GI_Paddick"] = dose_metrics.gradient_index(body, prescription_gy)
+    else:
+        dose, geometry = bridge.array_from_volume(dose_node)
+        voxel = float(np.prod(geometry.spacing))
+        piv = dose_metrics.grid_volume_at_dose_cc(dose, voxel, prescription_gy)
+        tv_piv, _ = dose_metrics.volume_at_dose(target, prescription_gy)
+        plan_indices["CI_Paddick"] = tv_piv ** 2 / (target.volume_cc * piv) if piv > 0 else 0.0
+        half = dose_metrics.grid_volume_at_dose_cc(dose, voxel, 0.5 * prescription_gy)
+        plan_indices["GI_Paddick"] = half / piv if piv > 0 else float("inf")
+    return plan_indices
+
+
 class PlanEvaluationLogic(RtDicomLogic):
     """Evaluate dose volumes against structures and each other; move plans in and out as DICOM-RT."""
 
@@ -126,24 +150,22 @@ class PlanEvaluationLogic(RtDicomLogic):
         metrics = {name: dose_metrics.structure_metrics(s, tuple(v_doses_gy)) for name, s in samples.items()}
         plan_indices = {}
         if prescription_gy and target_segment:
-            if target_segment not in samples:
-                raise ValueError(f"Target '{target_segment}' is not among the evaluated structures "
-                                 f"({', '.join(samples)}); give one of these names.")
-            target = samples[target_segment]
-            plan_indices["HI_ICRU83"] = dose_metrics.homogeneity_index(target)
-            if body_segment and body_segment in samples:
-                body = samples[body_segment]
-                plan_indices["CI_Paddick"] = dose_metrics.paddick_conformity_index(target, body, prescription_gy)
-                plan_indices["GI_Paddick"] = dose_metrics.gradient_index(body, prescription_gy)
-            else:
-                dose, geometry = bridge.array_from_volume(dose_node)
-                voxel = float(np.prod(geometry.spacing))
-                piv = dose_metrics.grid_volume_at_dose_cc(dose, voxel, prescription_gy)
-                tv_piv, _ = dose_metrics.volume_at_dose(target, prescription_gy)
-                plan_indices["CI_Paddick"] = tv_piv ** 2 / (target.volume_cc * piv) if piv > 0 else 0.0
-                half = dose_metrics.grid_volume_at_dose_cc(dose, voxel, 0.5 * prescription_gy)
-                plan_indices["GI_Paddick"] = half / piv if piv > 0 else float("inf")
+            plan_indices = _plan_indices(dose_node, samples, prescription_gy, target_segment, body_segment)
         dose_name = dose_node.GetName()
+        tables, combined, combined_table = self._dvh_tables(dose_name, curves, bin_width_gy, existing)
+        metrics_table = self._metrics_table(dose_name, metrics, plan_indices, existing)
+        chart = bridge.create_plot_chart(self.scene, combined_table, "Dose (Gy)",
+                                         [c for c in combined if c != "Dose (Gy)"], f"{dose_name} DVH chart",
+                                         x_title="Dose (Gy)", y_title="Volume (%)",
+                                         chart=existing.chart if existing else None)
+        self.progress.update("DVH", 1.0)
+        all_metrics = {name: m for name, m in metrics.items()}
+        all_metrics.update({"plan": plan_indices} if plan_indices else {})
+        return DvhResult(tables, metrics_table, chart, combined_table, all_metrics)
+
+    def _dvh_tables(self, dose_name: str, curves: dict, bin_width_gy: float, existing: DvhResult | None):
+        """One DVH table per structure and the combined cumulative one: ``(tables, combined columns, node)``;
+        the nodes of ``existing`` are updated instead of adding new ones."""
         tables = {}
         for name, curve in curves.items():
             node = (existing.tables.get(name) if existing else None)
@@ -157,6 +179,10 @@ class PlanEvaluationLogic(RtDicomLogic):
             combined[f"{name} (%)"] = np.pad(curve.cumulative_percent, (0, n_bins - len(curve.dose_gy)))
         combined_table = bridge.create_table(self.scene, combined, f"{dose_name} DVH",
                                              node=existing.combined_table if existing else None)
+        return tables, combined, combined_table
+
+    def _metrics_table(self, dose_name: str, metrics: dict, plan_indices: dict, existing: DvhResult | None):
+        """The metrics table (one row per structure); plan indices become ``MedAI.<index>`` attributes."""
         keys = sorted({k for m in metrics.values() for k in m})
         columns = {"Structure": list(metrics)}
         for key in keys:
@@ -165,14 +191,7 @@ class PlanEvaluationLogic(RtDicomLogic):
                                             node=existing.metrics_table if existing else None)
         for key, value in plan_indices.items():
             metrics_table.SetAttribute(f"MedAI.{key}", repr(float(value)))
-        chart = bridge.create_plot_chart(self.scene, combined_table, "Dose (Gy)",
-                                         [c for c in combined if c != "Dose (Gy)"], f"{dose_name} DVH chart",
-                                         x_title="Dose (Gy)", y_title="Volume (%)",
-                                         chart=existing.chart if existing else None)
-        self.progress.update("DVH", 1.0)
-        all_metrics = {name: m for name, m in metrics.items()}
-        all_metrics.update({"plan": plan_indices} if plan_indices else {})
-        return DvhResult(tables, metrics_table, chart, combined_table, all_metrics)
+        return metrics_table
 
     # --- plan report -----------------------------------------------------------------------
     def write_report(self, path, dose_node, dvh_result: DvhResult, ct_node=None, title: str | None = None,

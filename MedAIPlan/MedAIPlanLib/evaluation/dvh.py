@@ -88,6 +88,91 @@ def slab_bounds(zs: np.ndarray, slice_spacing: float | None) -> tuple[np.ndarray
     return lower, upper
 
 
+def _in_plane_grid(planes: dict[float, list[np.ndarray]], n_z: float, max_step: float, step_mm: float | None,
+                   target_samples: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Cell-centred in-plane points ``(gx, gy)`` (mm, ``meshgrid`` "xy") and the cell size ``(sx, sy)`` (mm).
+
+    The cells tile the contours' bounding box exactly (midpoint rule: a straight edge of the bounding box
+    is integrated exactly), with one spare cell on each side. ``step_mm`` None: about ``target_samples``
+    points over ``n_z`` sub-slices, a quarter voxel or finer for small structures (their D-values need
+    it), up to ``max_step`` (one dose voxel) for large ones (a body's DVH does not).
+    """
+    allp = np.concatenate([p for polys in planes.values() for p in polys])
+    (xmin, ymin), (xmax, ymax) = allp.min(axis=0), allp.max(axis=0)
+    if step_mm is None:
+        area = max((xmax - xmin) * (ymax - ymin), 1e-6)
+        step_mm = float(np.clip(np.sqrt(area * n_z / target_samples), 0.05, max_step))
+    nx, ny = (max(1, int(np.ceil((hi - lo) / step_mm))) for lo, hi in ((xmin, xmax), (ymin, ymax)))
+    sx = (xmax - xmin) / nx if xmax > xmin else step_mm
+    sy = (ymax - ymin) / ny if ymax > ymin else step_mm
+    xs = xmin + (np.arange(-1, nx + 1) + 0.5) * sx
+    ys = ymin + (np.arange(-1, ny + 1) + 0.5) * sy
+    gx, gy = np.meshgrid(xs, ys, indexing="xy")
+    return gx, gy, sx, sy
+
+
+class _SubSliceSampler:
+    """Collects the dose samples of one structure: in-plane grid points inside a field, sub-slice by sub-slice.
+
+    ``dose`` is the KJI dose array (Gy) on ``geometry``; ``gx``, ``gy`` the in-plane points (mm, same space);
+    ``cell_area`` (mm^2) times a sub-slice's thickness is each point's volume; sub-slices are no thicker
+    than ``fine_z`` (mm).
+    """
+
+    def __init__(self, dose: np.ndarray, geometry: Geometry, gx: np.ndarray, gy: np.ndarray, cell_area: float,
+                 fine_z: float):
+        self.dose, self.geometry, self.cell_area, self.fine_z = dose, geometry, cell_area, fine_z
+        # continuous k, j, i of the grid points at z = 0 and per mm of z: a sub-slice's points are one add away
+        to_ijk = geometry.physical_to_ijk()
+        self.grid_kji = (np.stack([gx, gy, np.zeros_like(gx)], axis=-1) @ to_ijk[:3, :3].T + to_ijk[:3, 3])[..., ::-1]
+        self.per_z_kji = to_ijk[:3, 2][::-1]
+        self.doses: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+
+    def add(self, z_from: float, z_to: float, field_at) -> None:
+        """Sample the slab ``z_from``..``z_to`` (mm): the points where ``field_at(z)`` > 0 on each sub-slice."""
+        n_sub = max(1, int(np.ceil((z_to - z_from) / self.fine_z)))
+        dz = (z_to - z_from) / n_sub
+        for s in range(n_sub):
+            zz = z_from + (s + 0.5) * dz
+            inside = field_at(zz) > 0
+            if inside.any():
+                kji = self.grid_kji[inside] + zz * self.per_z_kji
+                self.doses.append(map_coordinates(self.dose, kji.T, order=1, mode="constant", cval=0.0))
+                self.weights.append(np.full(len(kji), self.cell_area * dz))
+
+    def add_vertices(self, verts: np.ndarray, z: float) -> None:
+        """Add in-plane contour vertices ((N, 2) mm) at height ``z`` (mm) with zero weight (Dmin/Dmax only)."""
+        self.doses.append(dose_at_points(self.dose, self.geometry, np.column_stack([verts, np.full(len(verts), z)])))
+        self.weights.append(np.zeros(len(verts)))
+
+    def samples(self) -> DoseSamples:
+        """All samples collected so far."""
+        if not self.doses:
+            return DoseSamples(np.zeros(0), np.zeros(0))
+        return DoseSamples(np.concatenate(self.doses), np.concatenate(self.weights))
+
+
+def _sample_planes(sampler: _SubSliceSampler, planes: dict[float, list[np.ndarray]], zs: np.ndarray,
+                   lower: np.ndarray, upper: np.ndarray, sdf: list, rows: list, joined: list[bool],
+                   interpolate: bool) -> None:
+    """Sample every contour plane's slab: end caps where the stack starts, stops or breaks, the blended
+    shape towards the next plane where ``joined``, and the contour vertices at the slab limits."""
+    for n, z in enumerate(zs):
+        cap_below = n == 0 or not joined[n - 1]
+        cap_above = n == len(zs) - 1 or not joined[n]
+        if cap_below or not interpolate:
+            sampler.add(lower[n], z, lambda zz, n=n: sdf[n])
+        if cap_above or not interpolate:
+            sampler.add(z, upper[n], lambda zz, n=n: sdf[n])
+        else:
+            between = Blend(sdf, rows, joined, n)
+            sampler.add(z, zs[n + 1], lambda zz, n=n, f=between: f((zz - zs[n]) / (zs[n + 1] - zs[n])))
+        verts = np.concatenate(planes[z])
+        for zz in {lower[n] if cap_below else z, upper[n] if cap_above else z}:
+            sampler.add_vertices(verts, zz)
+
+
 def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geometry,
                     slice_spacing: float | None = None, step_mm: float | None = None,
                     target_samples: int = 4_000_000, interpolate: bool = True) -> DoseSamples:
@@ -114,61 +199,16 @@ def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geom
     # z sub-slices: also no thicker than 1/8 of the contour spacing (the shape changes fastest
     # along z near the poles, where D99/D1 of a structure lie).
     fine_z = min(fine, float(np.median(np.diff(zs))) / 8.0) if len(zs) > 1 else fine
-    allp = np.concatenate([p for polys in planes.values() for p in polys])
-    (xmin, ymin), (xmax, ymax) = allp.min(axis=0), allp.max(axis=0)
     n_z = max(1.0, float(np.sum(upper - lower)) / fine_z)
-    if step_mm is None:
-        # About target_samples grid points in all: a quarter voxel or finer for small structures (their
-        # D-values need it), up to one dose voxel for large ones (a body's DVH does not).
-        area = max((xmax - xmin) * (ymax - ymin), 1e-6)
-        step_mm = float(np.clip(np.sqrt(area * n_z / target_samples), 0.05, min(geometry.spacing)))
-    # Cell-centred points on cells that tile the bounding box exactly (midpoint rule: a straight edge
-    # of the bounding box is integrated exactly), one spare cell on each side.
-    nx, ny = (max(1, int(np.ceil((hi - lo) / step_mm))) for lo, hi in ((xmin, xmax), (ymin, ymax)))
-    sx = (xmax - xmin) / nx if xmax > xmin else step_mm
-    sy = (ymax - ymin) / ny if ymax > ymin else step_mm
-    xs = xmin + (np.arange(-1, nx + 1) + 0.5) * sx
-    ys = ymin + (np.arange(-1, ny + 1) + 0.5) * sy
-    gx, gy = np.meshgrid(xs, ys, indexing="xy")
+    gx, gy, sx, sy = _in_plane_grid(planes, n_z, min(geometry.spacing), step_mm, target_samples)
     sdf = [power_field(plane_sdf(polys, gx, gy, (sx, sy)), min(sx, sy)) for polys in planes.values()]
     rows = [row_power_field(polys, gx, gy) for polys in planes.values()]
-    doses, weights = [], []
-    # continuous k, j, i of the grid points at z = 0 and per mm of z: a sub-slice's points are one add away
-    to_ijk = geometry.physical_to_ijk()
-    grid_kji = (np.stack([gx, gy, np.zeros_like(gx)], axis=-1) @ to_ijk[:3, :3].T + to_ijk[:3, 3])[..., ::-1]
-    per_z_kji = to_ijk[:3, 2][::-1]
-
-    def add(z_from: float, z_to: float, field_at) -> None:
-        n_sub = max(1, int(np.ceil((z_to - z_from) / fine_z)))
-        dz = (z_to - z_from) / n_sub
-        for s in range(n_sub):
-            zz = z_from + (s + 0.5) * dz
-            inside = field_at(zz) > 0
-            if inside.any():
-                kji = grid_kji[inside] + zz * per_z_kji
-                doses.append(map_coordinates(dose, kji.T, order=1, mode="constant", cval=0.0))
-                weights.append(np.full(len(kji), sx * sy * dz))
-
+    sampler = _SubSliceSampler(dose, geometry, gx, gy, sx * sy, fine_z)
     default = slice_spacing if slice_spacing else (float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0)
     joined = [interpolate and (zs[n + 1] - zs[n]) <= 1.5 * default for n in range(len(zs) - 1)]
     rows = fill_missing_rows(rows, sdf, joined)
-    for n, z in enumerate(zs):
-        cap_below = n == 0 or not joined[n - 1]
-        cap_above = n == len(zs) - 1 or not joined[n]
-        if cap_below or not interpolate:
-            add(lower[n], z, lambda zz, n=n: sdf[n])
-        if cap_above or not interpolate:
-            add(z, upper[n], lambda zz, n=n: sdf[n])
-        else:
-            between = Blend(sdf, rows, joined, n)
-            add(z, zs[n + 1], lambda zz, n=n, f=between: f((zz - zs[n]) / (zs[n + 1] - zs[n])))
-        verts = np.concatenate(planes[z])
-        for zz in {lower[n] if cap_below else z, upper[n] if cap_above else z}:
-            doses.append(dose_at_points(dose, geometry, np.column_stack([verts, np.full(len(verts), zz)])))
-            weights.append(np.zeros(len(verts)))
-    if not doses:
-        return DoseSamples(np.zeros(0), np.zeros(0))
-    return DoseSamples(np.concatenate(doses), np.concatenate(weights))
+    _sample_planes(sampler, planes, zs, lower, upper, sdf, rows, joined, interpolate)
+    return sampler.samples()
 
 
 def _shoelace(poly: np.ndarray) -> float:

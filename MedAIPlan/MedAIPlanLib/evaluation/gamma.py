@@ -196,6 +196,72 @@ def _refine(sampler, base, ref_vals, inv_dd2, m_ijk, best, best_off, coarse_step
         h /= 2.0
 
 
+def _search_mode(dose_percent: float, dta_mm: float, max_gamma: float, interpolation: GammaInterpolation | str,
+                 step_mm: float | None) -> tuple[GammaInterpolation, float | None]:
+    """The checked search mode and step (mm; None for the voxel lattice); ``ValueError`` on bad criteria."""
+    if dose_percent <= 0 or dta_mm <= 0 or max_gamma <= 0:
+        raise ValueError("Gamma criteria must be positive: dose difference (%), DTA (mm) and maximum gamma.")
+    interpolation = gamma_interpolation(interpolation)
+    interpolated = interpolation is GammaInterpolation.TRILINEAR
+    if not interpolated and step_mm is not None:
+        raise ValueError("A search step (step_mm) applies to the 'trilinear' interpolation only; with "
+                         "interpolation 'none' the evaluated voxel lattice is searched. Drop one of the two.")
+    if interpolated:
+        step_mm = default_step_mm(dta_mm) if step_mm is None else float(step_mm)
+        if not step_mm > 0:
+            raise ValueError(f"The gamma search step must be positive, got {step_mm} mm.")
+    return interpolation, step_mm
+
+
+def _warn_coarse_lattice(ev_geo: Geometry, dta_mm: float) -> None:
+    """Warn when the evaluated voxel lattice searched without interpolation is coarser than DTA/3."""
+    if max(ev_geo.spacing) > dta_mm / 3.0 + 1e-9:
+        notices.warn(f"Gamma searched the evaluated dose's own voxel lattice ({max(ev_geo.spacing):g} mm, interpolation "
+                     f"'none'), coarser than DTA/3 = {dta_mm / 3.0:.2g} mm: the pass rate is underestimated "
+                     "(AAPM TG-218); the default trilinear interpolation samples finely.")
+
+
+def _evaluated_sampler(evaluated: np.ndarray, ev_geo: Geometry, points: np.ndarray, search_mm: float, dtype,
+                       device) -> tuple[_Sampler, torch.Tensor, torch.Tensor]:
+    """The sampler of the evaluated dose (padded for a search radius of ``search_mm``), the reference
+    ``points`` ((N, 3) LPS mm) in its normalised coordinates and the evaluated grid's LPS-to-ijk matrix."""
+    to_eval = ev_geo.physical_to_ijk()
+    pad = int(np.ceil(search_mm / min(ev_geo.spacing))) + 2
+    sampler = _Sampler(torch.as_tensor(np.asarray(evaluated, dtype=np.float32), dtype=dtype, device=device), pad)
+    base = sampler.points(torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device))
+    m_ijk = torch.as_tensor(to_eval[:3, :3], dtype=dtype, device=device)
+    return sampler, base, m_ijk
+
+
+def _search(sampler, base, ref_vals, inv_dd2, m_ijk, best, ev_geo: Geometry, dta_mm: float, max_gamma: float,
+            step_mm: float | None, chunk_elements: int, progress) -> None:
+    """Update ``best`` (gamma^2) in place: the evaluated voxel lattice with ``step_mm`` None, else coarse-to-fine."""
+    if step_mm is None:
+        _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk,
+                       best, None, chunk_elements, progress)
+        return
+    # Coarse-to-fine: a coarse lattice (DTA/4 or half a voxel at most; sorted, early exit) finds each
+    # voxel's best offset, then a pattern search refines it down to about step_mm.
+    coarse_step = max(step_mm, min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
+    best_off = torch.zeros((ref_vals.numel(), 3), dtype=best.dtype, device=best.device)
+    _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo, coarse_step),
+                   dta_mm, m_ijk, best, best_off, chunk_elements, progress)
+    _refine(sampler, base, ref_vals, inv_dd2, m_ijk, best, best_off, coarse_step, step_mm, dta_mm, max_gamma,
+            chunk_elements)
+
+
+def _gamma_result(best: torch.Tensor, mask: np.ndarray, max_gamma: float, norm: float,
+                  interpolation: GammaInterpolation, step_mm: float | None) -> GammaResult:
+    """The gamma volume (NaN outside ``mask``) and its summary from the best gamma^2 of the masked voxels."""
+    gamma_vals = torch.sqrt(best).clamp(max=float(max_gamma)).cpu().numpy().astype(np.float32)
+    gamma = np.full(mask.shape, np.nan, dtype=np.float32)
+    gamma[mask] = gamma_vals
+    n = int(mask.sum())
+    pass_rate = float(100.0 * np.mean(gamma_vals <= 1.0)) if n else float("nan")
+    return GammaResult(gamma, pass_rate, n, float(gamma_vals.mean()) if n else float("nan"),
+                       float(gamma_vals.max()) if n else float("nan"), norm, interpolation.value, step_mm)
+
+
 def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: np.ndarray,
                 evaluated_geometry: Geometry, dose_percent: float = 3.0, dta_mm: float = 3.0,
                 threshold_percent: float = 10.0, local: bool = False, max_gamma: float = 2.0,
@@ -222,24 +288,12 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     Returns gamma (float32, NaN where not evaluated), capped at ``max_gamma``, and the pass rate (% of
     evaluated voxels with gamma <= 1). Voxels with no evaluated dose within the search radius get ``max_gamma``.
     """
-    if dose_percent <= 0 or dta_mm <= 0 or max_gamma <= 0:
-        raise ValueError("Gamma criteria must be positive: dose difference (%), DTA (mm) and maximum gamma.")
-    interpolation = gamma_interpolation(interpolation)
-    interpolated = interpolation is GammaInterpolation.TRILINEAR
-    if not interpolated and step_mm is not None:
-        raise ValueError("A search step (step_mm) applies to the 'trilinear' interpolation only; with "
-                         "interpolation 'none' the evaluated voxel lattice is searched. Drop one of the two.")
-    if interpolated:
-        step_mm = default_step_mm(dta_mm) if step_mm is None else float(step_mm)
-        if not step_mm > 0:
-            raise ValueError(f"The gamma search step must be positive, got {step_mm} mm.")
+    interpolation, step_mm = _search_mode(dose_percent, dta_mm, max_gamma, interpolation, step_mm)
     reference = np.asarray(reference, dtype=np.float32)
     ref_geo = reference_geometry.to_space("LPS")
     ev_geo = evaluated_geometry.to_space("LPS")
-    if not interpolated and max(ev_geo.spacing) > dta_mm / 3.0 + 1e-9:
-        notices.warn(f"Gamma searched the evaluated dose's own voxel lattice ({max(ev_geo.spacing):g} mm, interpolation "
-                     f"'none'), coarser than DTA/3 = {dta_mm / 3.0:.2g} mm: the pass rate is underestimated "
-                     "(AAPM TG-218); the default trilinear interpolation samples finely.")
+    if interpolation is GammaInterpolation.NONE:
+        _warn_coarse_lattice(ev_geo, dta_mm)
     norm = float(np.nanmax(reference)) if normalization_dose is None else float(normalization_dose)
     if not norm > 0:
         raise ValueError("The reference dose is zero everywhere; gamma needs a positive normalisation dose.")
@@ -251,31 +305,10 @@ def gamma_index(reference: np.ndarray, reference_geometry: Geometry, evaluated: 
     dtype = torch.float64 if device.type == "cpu" else torch.float32
     ref_vals = torch.as_tensor(reference[mask], dtype=dtype, device=device)
     points = ref_geo.index_to_point(np.argwhere(mask)[:, ::-1].astype(float))  # LPS mm
-    to_eval = ev_geo.physical_to_ijk()
-    pad = int(np.ceil(dta_mm * max_gamma / min(ev_geo.spacing))) + 2
-    sampler = _Sampler(torch.as_tensor(np.asarray(evaluated, dtype=np.float32), dtype=dtype, device=device), pad)
-    base = sampler.points(torch.as_tensor(points @ to_eval[:3, :3].T + to_eval[:3, 3], dtype=dtype, device=device))
+    sampler, base, m_ijk = _evaluated_sampler(evaluated, ev_geo, points, dta_mm * max_gamma, dtype, device)
     crit = dose_percent / 100.0
     inv_dd2 = 1.0 / (crit * ref_vals) ** 2 if local else torch.full_like(ref_vals, 1.0 / (crit * norm) ** 2)
     best = torch.full_like(ref_vals, float(max_gamma) ** 2)
-    m_ijk = torch.as_tensor(to_eval[:3, :3], dtype=dtype, device=device)
-    if not interpolated:
-        _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo), dta_mm, m_ijk,
-                       best, None, chunk_elements, progress)
-    else:
-        # Coarse-to-fine: a coarse lattice (DTA/4 or half a voxel at most; sorted, early exit) finds each
-        # voxel's best offset, then a pattern search refines it down to about step_mm.
-        coarse_step = max(step_mm, min(dta_mm / 4.0, min(ev_geo.spacing) / 2.0))
-        best_off = torch.zeros((ref_vals.numel(), 3), dtype=dtype, device=device)
-        _sorted_search(sampler, base, ref_vals, inv_dd2, search_offsets(dta_mm, max_gamma, ev_geo, coarse_step),
-                       dta_mm, m_ijk, best, best_off, chunk_elements, progress)
-        _refine(sampler, base, ref_vals, inv_dd2, m_ijk, best, best_off, coarse_step, step_mm, dta_mm, max_gamma,
-                chunk_elements)
-    gamma_vals = torch.sqrt(best).clamp(max=float(max_gamma)).cpu().numpy().astype(np.float32)
-    gamma = np.full(reference.shape, np.nan, dtype=np.float32)
-    gamma[mask] = gamma_vals
-    n = int(mask.sum())
-    pass_rate = float(100.0 * np.mean(gamma_vals <= 1.0)) if n else float("nan")
-    return GammaResult(gamma, pass_rate, n, float(gamma_vals.mean()) if n else float("nan"),
-                       float(gamma_vals.max()) if n else float("nan"), norm, interpolation.value,
-                       step_mm if interpolated else None)
+    _search(sampler, base, ref_vals, inv_dd2, m_ijk, best, ev_geo, dta_mm, max_gamma, step_mm, chunk_elements,
+            progress)
+    return _gamma_result(best, mask, max_gamma, norm, interpolation, step_mm)

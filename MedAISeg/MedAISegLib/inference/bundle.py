@@ -204,68 +204,35 @@ def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "b
     config = _inference_config(bundle)
     metadata = bundle_metadata(bundle)
     name = metadata.get("name", bundle.name)
-    wanted = expected_channels(metadata)
-    if wanted is not None and wanted != len(images):
-        raise ValueError(f"The model {name} expects {wanted} input channel(s) (configs/metadata.json) but was given "
-                         f"{len(images)}; select {wanted} input volume(s).")
+    _check_channel_count(metadata, name, len(images))
     weights = weights or load_bundle_weights(bundle)  # data only: checked before any config code may run
     trust = require_trusted(bundle)
     device = torch.device(device)
     start = time.perf_counter()
     reference = Geometry.from_sitk(images[0]).to_space("RAS")
     with tempfile.TemporaryDirectory(prefix="medai-bundle-") as tmp:
-        parser = ConfigParser()
-        parser.read_config(str(config))
-        parser["bundle_root"] = str(bundle)
-        parser["output_dir"] = tmp
-        parser["device"] = f"$torch.device('{device}')"
-        paths = []
-        for index, image in enumerate(images):
-            path = Path(tmp) / f"input_{index}.nii.gz"
-            sitk.WriteImage(image, str(path))
-            paths.append(str(path))
+        parser, paths = _parser_and_inputs(ConfigParser(), config, bundle, tmp, device, images)
         if progress:
             progress(0.1)
         network = _network(parser, bundle, weights, device)
-        preprocessing = parser.get_parsed_content("preprocessing")
-        bundle_inferer = parser.get_parsed_content("inferer")
-        postprocessing = _without_save(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser \
-            else None
+        preprocessing, bundle_inferer, postprocessing = _bundle_transforms(parser)
         data = preprocessing({"image": paths[0] if len(paths) == 1 else paths})
         if progress:
             progress(0.3)
-        image = data["image"]
-        spatial = tuple(int(n) for n in image.shape[1:])
+        spatial = tuple(int(n) for n in data["image"].shape[1:])
         window = _window_settings(bundle_inferer, spatial)
         labels_meta = bundle_labels(metadata)
         classes = max(2, max((lab.value for lab in labels_meta), default=1) + 1)
         parameters = sum(p.numel() for p in network.parameters()) if hasattr(network, "parameters") else 0
-        own_fits, setting = memory_plan(spatial, int(image.shape[0]), classes, window, parameters,
+        own_fits, setting = memory_plan(spatial, int(data["image"].shape[0]), classes, window, parameters,
                                          int(np.prod(images[0].GetSize())), device, amp, memory, batch_size)
         reasons = [r for r, on in (("asked", inferer == "medai"), ("flip TTA", tta_flips),
                                    ("probabilities", return_probabilities), ("entropy", return_entropy),
                                    ("memory guard", not own_fits)) if on]
         if reasons and not setting.fits:
             raise ValueError(f"Not enough memory for the bundle {name} on this volume. {setting.advice}")
-        try:
-            if not reasons:
-                try:
-                    result = _run_own(network, data, bundle_inferer, postprocessing, device, reference,
-                                      images[0].GetSize())
-                except (RuntimeError, torch.jit.Error) as error:  # out of memory in the bundle's inferer: MedAI's path retries
-                    if not is_out_of_memory(error):
-                        raise
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    reasons = ["out of memory in the bundle's inferer"]
-            if reasons:
-                result = _run_medai(network, data, window, setting, device, amp, tta_flips, postprocessing,
-                                    return_probabilities, return_entropy, reference, images[0].GetSize(), progress)
-        except RuntimeError as error:
-            explained = explain_channel_error(error, len(images), name)
-            if explained is not None:
-                raise explained from error
-            raise
+        result, reasons = _infer(reasons, network, data, bundle_inferer, postprocessing, device, reference, images,
+                                 name, window, setting, amp, tta_flips, return_probabilities, return_entropy, progress)
         if progress:
             progress(0.9)
     result.segments = labels_meta or [LabelInfo(int(v), f"label {int(v)}") for v in np.unique(result.labels) if v]
@@ -275,6 +242,63 @@ def run_bundle(bundle, images: list[sitk.Image], device="cpu", inferer: str = "b
                         "roi_size": window["roi"], "overlap": window["overlap"],
                         "seconds": round(time.perf_counter() - start, 3)})
     return result
+
+
+def _check_channel_count(metadata: dict, name: str, given: int) -> None:
+    """``ValueError`` when the bundle's metadata asks for another number of input channels than ``given``."""
+    wanted = expected_channels(metadata)
+    if wanted is not None and wanted != given:
+        raise ValueError(f"The model {name} expects {wanted} input channel(s) (configs/metadata.json) but was given "
+                         f"{given}; select {wanted} input volume(s).")
+
+
+def _parser_and_inputs(parser, config: Path, bundle: Path, tmp: str, device, images: list[sitk.Image]):
+    """``parser`` (a new ``ConfigParser``) reading the bundle's inference config, with the bundle root, the
+    output folder ``tmp`` and the device set, and the paths of ``images`` written to ``tmp`` as NIfTI for
+    the bundle's own ``LoadImaged``."""
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(bundle)
+    parser["output_dir"] = tmp
+    parser["device"] = f"$torch.device('{device}')"
+    paths = []
+    for index, image in enumerate(images):
+        path = Path(tmp) / f"input_{index}.nii.gz"
+        sitk.WriteImage(image, str(path))
+        paths.append(str(path))
+    return parser, paths
+
+
+def _bundle_transforms(parser):
+    """The bundle's ``preprocessing``, ``inferer`` and ``postprocessing`` (without saving; None when absent)."""
+    preprocessing = parser.get_parsed_content("preprocessing")
+    bundle_inferer = parser.get_parsed_content("inferer")
+    postprocessing = _without_save(parser.get_parsed_content("postprocessing")) if "postprocessing" in parser \
+        else None
+    return preprocessing, bundle_inferer, postprocessing
+
+
+def _infer(reasons: list[str], network, data, bundle_inferer, postprocessing, device, reference, images, name,
+           window, setting, amp, tta_flips, return_probabilities, return_entropy, progress):
+    """``(result, reasons)``: the bundle's own path when no ``reasons`` ask for MedAI's, else (or when the own
+    inferer runs out of memory, which becomes the reason) MedAI's path; a wrong channel count is explained."""
+    try:
+        if not reasons:
+            try:
+                return _run_own(network, data, bundle_inferer, postprocessing, device, reference,
+                                images[0].GetSize()), reasons
+            except (RuntimeError, torch.jit.Error) as error:  # out of memory in the bundle's inferer: MedAI's path retries
+                if not is_out_of_memory(error):
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                reasons = ["out of memory in the bundle's inferer"]
+        return _run_medai(network, data, window, setting, device, amp, tta_flips, postprocessing,
+                          return_probabilities, return_entropy, reference, images[0].GetSize(), progress), reasons
+    except RuntimeError as error:
+        explained = explain_channel_error(error, len(images), name)
+        if explained is not None:
+            raise explained from error
+        raise
 
 
 def _run_own(network, data, bundle_inferer, postprocessing, device, reference, size_xyz) -> InferenceResult:
