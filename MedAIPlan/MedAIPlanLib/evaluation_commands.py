@@ -60,6 +60,15 @@ def load_structures(scene, logic: PlanEvaluationLogic, path, reference=None):
 
 def register(subparsers, add_common_options) -> None:
     """Add the plan-evaluation subcommands."""
+    _add_dvh_parser(subparsers, add_common_options)
+    _add_gamma_parser(subparsers, add_common_options)
+    _add_isodose_parser(subparsers, add_common_options)
+    _add_rt_import_parser(subparsers, add_common_options)
+    _add_rt_export_parser(subparsers, add_common_options)
+
+
+def _add_dvh_parser(subparsers, add_common_options) -> None:
+    """Add the ``dvh`` command: DVH tables and dose metrics of structures."""
     p = subparsers.add_parser("dvh", help="DVH tables and dose metrics of structures (D98, D95, Dmean, Vx, CI, HI, GI)")
     p.add_argument("dose", help="dose volume file or RTDOSE (.dcm), Gy")
     p.add_argument("segmentation", help="segmentation (.seg.nrrd/.seg.vtm), label map or RTSTRUCT (.dcm)")
@@ -80,6 +89,9 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_dvh)
 
+
+def _add_gamma_parser(subparsers, add_common_options) -> None:
+    """Add the ``gamma`` command: 3D gamma index of two doses."""
     p = subparsers.add_parser("gamma", help="3D gamma index of an evaluated dose against a reference dose")
     p.add_argument("reference", help="reference dose (volume file or RTDOSE)")
     p.add_argument("evaluated", help="evaluated dose (volume file or RTDOSE), any grid")
@@ -98,6 +110,9 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_gamma)
 
+
+def _add_isodose_parser(subparsers, add_common_options) -> None:
+    """Add the ``isodose`` command: isodose surfaces and legend."""
     p = subparsers.add_parser("isodose", help="isodose surfaces (models) and legend of a dose volume")
     p.add_argument("dose", help="dose volume file or RTDOSE")
     p.add_argument("output_dir", help="folder for the isodose models (.vtk) and legend (.csv)")
@@ -108,6 +123,9 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_isodose)
 
+
+def _add_rt_import_parser(subparsers, add_common_options) -> None:
+    """Add the ``rt-import`` command: DICOM-RT files to MedAI files."""
     p = subparsers.add_parser("rt-import", help="convert RTDOSE/RTSTRUCT/RTPLAN files to MedAI files")
     p.add_argument("inputs", nargs="+", help="DICOM-RT files (.dcm)")
     p.add_argument("--output-dir", required=True, help="folder for dose .nrrd, structures .seg.nrrd, beams .csv")
@@ -117,6 +135,9 @@ def register(subparsers, add_common_options) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_rt_import)
 
+
+def _add_rt_export_parser(subparsers, add_common_options) -> None:
+    """Add the ``rt-export`` command: RTDOSE/RTSTRUCT (and RTPLAN) files."""
     p = subparsers.add_parser("rt-export", help="write a dose and/or segmentation as RTDOSE/RTSTRUCT")
     p.add_argument("output_dir", help="folder for RTDOSE.dcm / RTSTRUCT.dcm")
     p.add_argument("--dose", help="dose volume file (Gy)")
@@ -134,7 +155,6 @@ def register(subparsers, add_common_options) -> None:
     g.add_argument("--energy", type=float, default=6.0, help="nominal energy (MV)")
     add_common_options(p)
     p.set_defaults(func=cmd_rt_export)
-
 
 def cmd_dvh(args, report) -> int:
     """``medai dvh DOSE SEGMENTATION``: metrics per structure (and plan indices) in the report."""

@@ -141,12 +141,28 @@ def cmd_contour_qa(args, report) -> int:
     probability_nodes = {}
     if args.probabilities:
         with report.timed("bands"):
-            files = probability_files(args.probabilities, list(result.structures))
-            probability_nodes = {name: bridge.load_volume(scene, path) for name, path in files.items()}
-            bands = logic.bands(dose, probability_nodes, report.parameters["levels"] or DEFAULT_LEVELS, constraints)
-            logic.attach_bands(result, bands)
-            if candidate is None:  # bands only: those crossing a constraint first, then the widest Dmean band
-                result.structures = dict(sorted(result.structures.items(), key=_band_rank))
+            probability_nodes = _add_bands(args, report, scene, logic, dose, result, constraints, candidate is None)
+    _fill_metrics(report, result)
+    _write_outputs(args, report, scene, logic, result, (dose, reference, candidate, probability_nodes))
+    report.timings_s.update({f"logic {k}": round(v, 4) for k, v in result.timings_s.items()})
+    _print_rows(result.structures)
+    return 0
+
+
+def _add_bands(args, report, scene, logic: ContourQALogic, dose, result, constraints, bands_only: bool) -> dict:
+    """Load the probability maps of ``--probabilities``, attach each structure's DVH band to ``result`` (with
+    ``bands_only``, rank those crossing a constraint first, then the widest Dmean band) and return the nodes."""
+    files = probability_files(args.probabilities, list(result.structures))
+    probability_nodes = {name: bridge.load_volume(scene, path) for name, path in files.items()}
+    bands = logic.bands(dose, probability_nodes, report.parameters["levels"] or DEFAULT_LEVELS, constraints)
+    logic.attach_bands(result, bands)
+    if bands_only:
+        result.structures = dict(sorted(result.structures.items(), key=_band_rank))
+    return probability_nodes
+
+
+def _fill_metrics(report, result) -> None:
+    """The report's metrics: summary, rows, ranking, dose-relevant and unmatched structures, mean Dice."""
     rows = result.structures
     report.metrics["summary"] = summary(rows)  # first: cohort tables list its columns before the rows'
     report.metrics["structures"] = rows
@@ -157,6 +173,13 @@ def cmd_contour_qa(args, report) -> int:
     if dice:
         report.metrics["mean_dice_matched"] = float(np.mean(dice))
         report.metrics["mean_dice_reference"] = float(np.sum(dice) / (len(dice) + len(result.unmatched_reference)))
+
+
+def _write_outputs(args, report, scene, logic: ContourQALogic, result, nodes: tuple) -> None:
+    """Write the ranked table and the PDF/PNG report that were asked for; ``nodes`` = (dose, reference,
+    candidate or None, {structure: probability node})."""
+    dose, reference, candidate, probability_nodes = nodes
+    rows = result.structures
     if args.table:
         report.outputs["table"] = str(bridge.save_node(logic.table(result, result.table), args.table))
     info = {"Dose": Path(args.dose).name, "Reference": Path(args.reference).name,
@@ -168,7 +191,10 @@ def cmd_contour_qa(args, report) -> int:
             if out:
                 report.outputs[key] = str(logic.write_report(out, result, dose, reference, candidate,
                                                              probability_nodes, ct, info))
-    report.timings_s.update({f"logic {k}": round(v, 4) for k, v in result.timings_s.items()})
+
+
+def _print_rows(rows: dict) -> None:
+    """Print the first ten structures: Dice and dose changes, or the Dmean band for bands only."""
     for name in list(rows)[:10]:
         r = rows[name]
         if "dice" not in r:
@@ -178,7 +204,6 @@ def cmd_contour_qa(args, report) -> int:
             continue
         print(f"{name}: {'DOSE-RELEVANT ' if r.get('dose_relevant') else ''}Dice {r.get('dice', float('nan')):.3f}  "
               f"dDmean {r.get('delta_Dmean_Gy', float('nan')):+.2f} Gy  dD95 {r.get('delta_D95_Gy', float('nan')):+.2f} Gy")
-    return 0
 
 
 def _band_rank(item) -> tuple:
