@@ -7,6 +7,7 @@ it with the fixed node (the file holds ITK's fixed -> moving LPS transform).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -132,14 +133,16 @@ def run_register(args, report) -> int:
     report.inputs.update({"fixed": args.fixed, "moving": args.moving})
     report.inputs.update({f"{role}_mask": spec for role, spec in (("fixed", args.fixed_mask),
                                                                   ("moving", args.moving_mask)) if spec})
-    report.parameters.update({"transform": args.transform, "preset": args.preset, "device": args.device,
-                              "metric": args.metric, "sampling_percentage": args.sampling_percentage})
-    sampling = None if args.sampling_percentage is None else args.sampling_percentage / 100.0
+    from MedAIRegisterLib.registration_settings import RegistrationSettings
+
+    settings = RegistrationSettings.from_namespace(args)
+    report.parameters.update(dataclasses.asdict(settings))
+    sampling = None if settings.sampling_percentage is None else settings.sampling_percentage / 100.0
     with report.timed("register"):
-        node = logic.register_volumes(fixed, moving, args.transform, args.preset, args.device,
+        node = logic.register_volumes(fixed, moving, settings.transform, settings.preset, settings.device,
                                       fixed_mask=fixed_mask, moving_mask=moving_mask,
                                       resample=bool(args.output_volume), sampling_percentage=sampling,
-                                      metric=args.metric, progress=args.progress)
+                                      metric=settings.metric, progress=args.progress)
     report.device = f"{logic.last.backend} ({logic.last.device})"
     with report.timed("save"):
         report.outputs["transform"] = str(bridge.save_node(node, args.output_transform))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from MedAICommonLib import bridge
 from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
 
+from MedAIRegisterLib.registration_settings import Metric, RegistrationDevice, RegistrationSettings, Transform
+
 
 def _mask_argument(node, key: str) -> str:
     """The ``--fixed-mask``/``--moving-mask`` value for a mask node: a segmentation's first segment, by name,
@@ -23,9 +25,9 @@ def _mask_argument(node, key: str) -> str:
     raise ValueError(f"The mask {node.GetName()!r} is a {node.GetClassName()}; give a segmentation or a label map.")
 
 
-def register_job(scene, fixed_node, moving_node, transform_type: str = "bspline", preset: str | None = None,
-                 device: str = "cpu", output_transform_node=None, output_volume_node=None,
-                 resample: bool = True, metric: str | None = None, sampling_percentage: float | None = None,
+def register_job(scene, fixed_node, moving_node, transform_type: Transform = "bspline", preset: str | None = None,
+                 device: RegistrationDevice = "cpu", output_transform_node=None, output_volume_node=None,
+                 resample: bool = True, metric: Metric | None = None, sampling_percentage: float | None = None,
                  fixed_mask=None, moving_mask=None) -> SceneJob:
     """``medai register FIXED MOVING``: a transform node (with fixed/moving references) that, as the moving
     node's parent, aligns it with the fixed one; optionally the moving volume resampled on the fixed grid.
@@ -33,6 +35,7 @@ def register_job(scene, fixed_node, moving_node, transform_type: str = "bspline"
     ``preset`` "custom" is the CT-CT preset's settings with ``metric`` (mattes, meansquares, correlation);
     ``sampling_percentage`` is in percent (0 < P <= 100); the masks (segmentation: its first segment, or a
     label map volume) limit where the metric is computed, as in ``MedAIRegisterLogic.register_volumes``.
+    The options are generated from :class:`RegistrationSettings` (:meth:`RegistrationSettings.from_panel`).
     """
     if fixed_node is None or moving_node is None:
         raise ValueError("Select both the fixed and the moving volume.")
@@ -40,14 +43,9 @@ def register_job(scene, fixed_node, moving_node, transform_type: str = "bspline"
     def references(node):
         bridge.set_fixed_moving_references(node, fixed_node, moving_node)
 
+    settings = RegistrationSettings.from_panel(transform_type, preset, device, metric, sampling_percentage)
     args = ["register", "{in:fixed}", "{in:moving}", "--output-transform", "{out:transform}",
-            "--transform", transform_type, "--device", device]
-    if preset == "custom":
-        args += ["--preset", "ct-ct", "--metric", metric or "mattes"]
-    elif preset:
-        args += ["--preset", preset]
-    if sampling_percentage is not None:
-        args += ["--sampling-percentage", repr(float(sampling_percentage))]
+            *settings.to_cli_args()]
     inputs = {"fixed": fixed_node, "moving": moving_node}
     for key, node in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
         if node is not None:
