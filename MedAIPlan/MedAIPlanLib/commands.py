@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from MedAICommonLib import bridge
+from MedAICommonLib.cli.inputs import require_inputs
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.runtime import get_scene
 
-from MedAIPlanLib.optimisation.fluence import Objective
-from MedAIPlanLib.logic import MedAIPlanLogic
+# The bridge, the Logic and the dose engine (numba, torch, SimpleITK, VTK) are imported by the commands once their
+# inputs are checked: ``medai plan --help`` and a refused input never pay for them.
 from MedAIPlanLib.plan_settings import PlanResult, PlanSettings
 
 
@@ -97,6 +96,8 @@ def _load(scene, logic, args, report):
         return logic.load_matrad(args.matrad)
     if not args.ct or not args.segmentation:
         raise ValueError("Give the CT and segmentation files, or --matrad FILE.mat.")
+    from MedAICommonLib import bridge
+
     report.inputs.update({"ct": str(args.ct), "segmentation": str(args.segmentation)})
     return bridge.load_volume(scene, args.ct), bridge.load_segmentation(scene, args.segmentation)
 
@@ -117,6 +118,8 @@ def _common_kwargs(args):
 
 
 def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> int:
+    from MedAICommonLib import bridge
+
     info = logic.last_result
     with report.timed("save"):
         report.outputs["dose"] = str(bridge.save_node(dose_node, args.output_dose))
@@ -146,9 +149,13 @@ def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> in
 
 def cmd_dose(args, report) -> int:
     """``medai dose``: forward dose of open fields or given bixel weights."""
+    kwargs = _common_kwargs(args)
+    require_inputs(args.ct, args.segmentation, args.matrad)
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.logic import MedAIPlanLogic
+
     scene = get_scene()
     logic = MedAIPlanLogic(scene)
-    kwargs = _common_kwargs(args)
     with report.timed("load"):
         ct, seg = _load(scene, logic, args, report)
     weights = None
@@ -168,6 +175,8 @@ def cmd_dose(args, report) -> int:
 
 
 def _objectives(args, logic, target):
+    from MedAIPlanLib.optimisation.fluence import Objective
+
     if args.objectives:
         path = Path(args.objectives)
         if not path.is_file():
@@ -192,6 +201,10 @@ def cmd_plan(args, report) -> int:
         raise ValueError(f"--iterations must be at least 1, got {args.iterations}.")
     kwargs = _common_kwargs(args)
     dose_grid = 3.0 if args.dose_grid is None else args.dose_grid
+    require_inputs(args.ct, args.segmentation, args.matrad, args.objectives)
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.logic import MedAIPlanLogic
+
     scene = get_scene()
     logic = MedAIPlanLogic(scene)
     with report.timed("load"):

@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from MedAICommonLib import bridge
-from MedAICommonLib.devices import select_device
-from MedAICommonLib.runtime import get_scene
+from typing import TYPE_CHECKING
 
-from MedAIPlanLib.dicomrt import dicom_rt
-from MedAIPlanLib.dose.beams import check_angles
-from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
-from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
-from MedAIPlanLib.plan_report_nodes import load_report_ct, write_plan_report_for_nodes
+from MedAICommonLib.cli.inputs import require_inputs
+from MedAICommonLib.devices import select_device
+
+if TYPE_CHECKING:
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
+# The bridge (VTK, SimpleITK), the Logic, DICOM-RT and the report figures are imported by the commands once their
+# inputs are checked: ``--help`` and a refused input never pay for them.
 
 
 def _floats(text: str | None, option: str = "") -> list[float]:
@@ -42,6 +43,9 @@ def _is_dicom(path) -> bool:
 
 def load_dose(scene, logic: PlanEvaluationLogic, path):
     """A dose volume node from an RTDOSE (.dcm) or a volume file (marked as dose, Gy)."""
+    from MedAICommonLib import bridge
+    from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+
     node = logic.import_rtdose(path) if _is_dicom(path) else mark_as_dose_volume(bridge.load_volume(scene, path))
     dims = node.GetImageData().GetDimensions()
     if min(dims) < 2:
@@ -53,6 +57,8 @@ def load_dose(scene, logic: PlanEvaluationLogic, path):
 
 def load_structures(scene, logic: PlanEvaluationLogic, path, reference=None):
     """A segmentation node from an RTSTRUCT (.dcm) or a segmentation / label-map file."""
+    from MedAICommonLib import bridge
+
     if _is_dicom(path):
         return logic.import_rtstruct(path)
     return bridge.load_segmentation(scene, path)
@@ -158,6 +164,11 @@ def _add_rt_export_parser(subparsers, add_common_options) -> None:
 
 def cmd_dvh(args, report) -> int:
     """``medai dvh DOSE SEGMENTATION``: metrics per structure (and plan indices) in the report."""
+    require_inputs(args.dose, args.segmentation, args.ct)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     report.inputs.update({"dose": str(args.dose), "segmentation": str(args.segmentation)})
@@ -178,6 +189,8 @@ def cmd_dvh(args, report) -> int:
     if args.dvh_table:
         report.outputs["dvh_table"] = str(bridge.save_node(result.combined_table, args.dvh_table))
     if args.report_pdf or args.report_png:
+        from MedAIPlanLib.plan_report_nodes import load_report_ct, write_plan_report_for_nodes
+
         ct = load_report_ct(scene, args.ct) if args.ct else None
         top = args.prescription or max((m.get("Dmax_Gy", 0.0) for n, m in result.metrics.items() if n != "plan"), default=0.0)
         levels = _floats(args.isodose_levels) or [f * top for f in (0.5, 0.8, 0.95, 1.0)]
@@ -199,6 +212,11 @@ def cmd_dvh(args, report) -> int:
 
 def cmd_gamma(args, report) -> int:
     """``medai gamma REFERENCE EVALUATED``: pass rate (%) and gamma statistics in the report."""
+    require_inputs(args.reference, args.evaluated)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     report.inputs.update({"reference": str(args.reference), "evaluated": str(args.evaluated)})
@@ -227,6 +245,11 @@ def cmd_gamma(args, report) -> int:
 
 def cmd_isodose(args, report) -> int:
     """``medai isodose DOSE OUTPUT_DIR``: one model file per level reached, and the legend."""
+    require_inputs(args.dose)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     report.inputs["dose"] = str(args.dose)
@@ -248,6 +271,13 @@ def cmd_isodose(args, report) -> int:
 
 def cmd_rt_import(args, report) -> int:
     """``medai rt-import FILES --output-dir D``: RTDOSE -> .nrrd, RTSTRUCT -> .seg.nrrd, RTPLAN -> beams .csv."""
+    require_inputs(*args.inputs, args.reference)
+    from MedAIPlanLib.dicomrt import dicom_rt
+
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     out = Path(args.output_dir)
@@ -280,6 +310,14 @@ def cmd_rt_import(args, report) -> int:
 
 def cmd_rt_export(args, report) -> int:
     """``medai rt-export OUTPUT_DIR --dose D --segmentation S [--gantry A,B,.. --target T ...]``."""
+    require_inputs(args.dose, args.segmentation)
+    from MedAIPlanLib.dicomrt import dicom_rt
+    from MedAIPlanLib.dose.beams import check_angles
+
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     scene = get_scene()
     logic = PlanEvaluationLogic(scene, args.progress)
     dose = structures = None

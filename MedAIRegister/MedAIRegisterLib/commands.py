@@ -11,19 +11,23 @@ import dataclasses
 import re
 from pathlib import Path
 
-from MedAICommonLib import bridge
-from MedAICommonLib.runtime import get_scene
+from MedAICommonLib.cli.inputs import require_inputs
 
-from MedAIRegisterLib.pointsets.icp import METRICS, MULTI_STARTS, TRANSFORMS, UNITS
-from MedAIRegisterLib.intensity import intensity_registration
-from MedAIRegisterLib.intensity.intensity_registration import PRESETS
-from MedAIRegisterLib.pointsets.landmarks import METHODS
-from MedAIRegisterLib.logic import DEVICES, MedAIRegisterLogic
+# The bridge, the Logic and the algorithms (numpy, scipy, numba, SimpleITK, VTK) are imported by the commands once
+# their inputs are checked. The choices below are the algorithms' own, written out so that ``--help`` imports none
+# of them; Testing/Python/test_cli_lazy_imports.py checks that they match.
+ICP_METRICS = ("point-to-point", "point-to-plane")  # pointsets.icp.METRICS
+ICP_TRANSFORMS = ("rigid", "similarity", "affine")  # pointsets.icp.TRANSFORMS
+MULTI_STARTS = ("none", "centroid", "axes", "all", "sphere")  # pointsets.icp_starts.MULTI_STARTS
+UNITS = ("mm", "cm", "m")  # pointsets.icp.UNITS
+LANDMARK_METHODS = ("rigid", "similarity", "affine", "tps")  # pointsets.landmarks.METHODS
+PRESETS = ("ct-ct", "ct-mr-head", "mr-mr-brain", "pet-ct")  # intensity.intensity_registration.PRESETS
+METRIC_CHOICES = ("mattes", "meansquares", "correlation")  # intensity.intensity_registration.METRICS
+DEVICES = ("cpu", "simpleitk", "torch", "torch-cpu", "cuda", "auto")  # intensity.intensity_backends.DEVICES
 
 SURFACE_HELP = "model (.vtk .vtp .ply .stl .obj), markups (.mrk.json) or FILE.seg.nrrd:SEGMENT"
 MASK_HELP = ("region the metric is computed in: a label map volume (non-zero voxels) or a segmentation, "
              "FILE.seg.nrrd (its first segment) or FILE.seg.nrrd:SEGMENT")
-METRIC_CHOICES = tuple(intensity_registration.METRICS)
 
 
 def register(subparsers, add_common_options) -> None:
@@ -56,8 +60,8 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("fixed", help=SURFACE_HELP)
     p.add_argument("moving", help=SURFACE_HELP)
     p.add_argument("--output-transform", required=True, metavar="T.h5")
-    p.add_argument("--metric", default="point-to-plane", choices=METRICS)
-    p.add_argument("--transform", default="rigid", choices=TRANSFORMS)
+    p.add_argument("--metric", default="point-to-plane", choices=ICP_METRICS)
+    p.add_argument("--transform", default="rigid", choices=ICP_TRANSFORMS)
     p.add_argument("--trim", type=_trim, default="auto",
                    help="share of closest pairs used per step (0.05..1), or auto: 0.4 while searching, then the "
                         "measured overlap")
@@ -74,7 +78,7 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("fixed", help="fixed landmarks (.mrk.json or .fcsv)")
     p.add_argument("moving", help="moving landmarks, same count and order")
     p.add_argument("--output-transform", required=True, metavar="T.h5")
-    p.add_argument("--method", default="rigid", choices=METHODS)
+    p.add_argument("--method", default="rigid", choices=LANDMARK_METHODS)
     add_common_options(p)
     p.set_defaults(func=run_landmarks)
 
@@ -100,16 +104,24 @@ def _percentage(text: str) -> float:
     return value
 
 
-def _load_mask(scene, spec: str | None, role: str):
-    """A registration mask from ``--fixed-mask``/``--moving-mask``: a label map volume node or
-    ``(segmentation node, segment name)`` (the named segment, else the first), as the Logic takes it."""
-    if spec is None:
-        return None
+def _mask_file(spec: str, role: str) -> tuple[str, str | None]:
+    """``(file, segment or None)`` of a ``--fixed-mask``/``--moving-mask`` argument; ``ValueError`` if no such file."""
     match = re.match(r"(?i)(.*\.seg\.n(?:rrd|hdr)):(.+)$", spec)
     path, segment = (match.group(1), match.group(2)) if match else (spec, None)
     if not Path(path).is_file():
         raise ValueError(f"--{role}-mask {spec}: no such file (give a label map volume, or a segmentation as "
                          "FILE.seg.nrrd or FILE.seg.nrrd:SEGMENT; only a segmentation has segments to choose).")
+    return path, segment
+
+
+def _load_mask(scene, spec: str | None, role: str):
+    """A registration mask from ``--fixed-mask``/``--moving-mask``: a label map volume node or
+    ``(segmentation node, segment name)`` (the named segment, else the first), as the Logic takes it."""
+    if spec is None:
+        return None
+    from MedAICommonLib import bridge
+
+    path, segment = _mask_file(spec, role)
     if bridge.guess_kind(path) != "segmentation":
         return bridge.load_volume(scene, path)
     segmentation = bridge.load_segmentation(scene, path)
@@ -123,6 +135,14 @@ def _load_mask(scene, spec: str | None, role: str):
 
 def run_register(args, report) -> int:
     """Register two volume files and write the transform (and optionally the resampled volume)."""
+    require_inputs(args.fixed, args.moving)
+    for role, spec in (("fixed", args.fixed_mask), ("moving", args.moving_mask)):
+        if spec is not None:
+            _mask_file(spec, role)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIRegisterLib.logic import MedAIRegisterLogic
+
     scene = get_scene()
     logic = MedAIRegisterLogic(scene)
     with report.timed("load"):
@@ -154,6 +174,8 @@ def run_register(args, report) -> int:
 
 def _load_surface(scene, spec: str):
     """A node (or (segmentation, segment) pair) from a surface file argument."""
+    from MedAICommonLib import bridge
+
     lower = spec.lower()
     if ".seg.nrrd:" in lower or ".seg.nhdr:" in lower:
         path, segment = spec.rsplit(":", 1)
@@ -172,6 +194,11 @@ def _load_surface(scene, spec: str):
 
 def run_icp(args, report) -> int:
     """ICP of the moving surface onto the fixed one; writes the transform."""
+    require_inputs(args.fixed, args.moving)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIRegisterLib.logic import MedAIRegisterLogic
+
     scene = get_scene()
     logic = MedAIRegisterLogic(scene)
     with report.timed("load"):
@@ -190,6 +217,11 @@ def run_icp(args, report) -> int:
 
 def run_landmarks(args, report) -> int:
     """Paired-landmark registration of two markups files; writes the transform."""
+    require_inputs(args.fixed, args.moving)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAIRegisterLib.logic import MedAIRegisterLogic
+
     scene = get_scene()
     logic = MedAIRegisterLogic(scene)
     with report.timed("load"):

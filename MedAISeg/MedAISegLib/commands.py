@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from MedAICommonLib import bridge
+from MedAICommonLib.cli.inputs import require_inputs
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.runtime import get_scene
 
-from MedAISegLib.logic import MedAISegLogic
+# bridge, runtime (MRML), the Logic and its algorithms are imported by the commands once their inputs are checked:
+# ``medai COMMAND --help`` and a refused input never pay for VTK, SimpleITK, torch or MONAI.
 
 
 def register(subparsers, add_common_options) -> None:
@@ -114,6 +114,8 @@ def _add_explain(subparsers, add_common_options) -> None:
 
 
 def _load_input(scene, path):
+    from MedAICommonLib import bridge
+
     path = Path(path)
     if path.is_dir():
         node, info = bridge.load_dicom_series(scene, path)
@@ -124,6 +126,8 @@ def _load_input(scene, path):
 
 
 def _load_segmentation(scene, path, label_names: dict | None = None):
+    from MedAICommonLib import bridge
+
     return bridge.load_segmentation(scene, path, segment_names=label_names)
 
 
@@ -152,6 +156,11 @@ def _finite(value):
 
 def cmd_denoise(args, report) -> int:
     """``medai denoise INPUT OUTPUT --method ...``."""
+    require_inputs(args.input)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.logic import MedAISegLogic
+
     scene = get_scene()
     report.inputs["input"] = str(args.input)
     with report.timed("load"):
@@ -183,6 +192,8 @@ def _parse_seeds(scene, text):
     if text is None:
         raise ValueError("Region growing needs --seeds (a markups file or 'R,A,S;R,A,S' in mm).")
     if Path(text).exists():
+        from MedAICommonLib import bridge
+
         return bridge.load_markups(scene, text)
     try:
         return np.array([[float(v) for v in point.split(",")] for point in text.split(";") if point.strip()])
@@ -192,6 +203,11 @@ def _parse_seeds(scene, text):
 
 def cmd_segment(args, report) -> int:
     """``medai segment INPUT OUTPUT.seg.nrrd --method ...|--model ...``."""
+    require_inputs(args.input, *args.extra_input)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.logic import MedAISegLogic
+
     scene = get_scene()
     report.inputs["input"] = str(args.input)
     with report.timed("load"):
@@ -236,6 +252,8 @@ def cmd_segment(args, report) -> int:
 
 def _save_probabilities(scene, node, seg, target: str) -> dict:
     """Write the probability volumes the Logic made (see ``--probabilities``); returns report outputs."""
+    from MedAICommonLib import bridge
+
     names = [s.name for s in bridge.segment_infos(seg)]
     volumes = {name: scene.GetFirstNodeByName(f"{node.GetName()} probability {name}") for name in names}
     if "{label}" in target:
@@ -251,6 +269,11 @@ def _save_probabilities(scene, node, seg, target: str) -> dict:
 
 def cmd_evaluate(args, report) -> int:
     """``medai evaluate REFERENCE PREDICTION``: per-segment metrics in the report (by segment name)."""
+    require_inputs(args.reference, args.prediction)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.logic import MedAISegLogic
+
     scene = get_scene()
     report.inputs.update({"reference": str(args.reference), "prediction": str(args.prediction)})
     names = label_names(args.label_names)
@@ -274,6 +297,11 @@ def cmd_evaluate(args, report) -> int:
 
 def cmd_lesions(args, report) -> int:
     """``medai lesions INPUT [--intensity VOL] [--points P.mrk.json] [--table T.csv]``."""
+    require_inputs(args.input, args.intensity)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.logic import MedAISegLogic
+
     scene = get_scene()
     report.inputs["input"] = str(args.input)
     with report.timed("load"):
@@ -305,6 +333,9 @@ def cmd_lesions(args, report) -> int:
 
 def cmd_explain(args, report) -> int:
     """``medai explain INPUT --model MODEL --output SALIENCY.nrrd``: see ``MedAITrainingLogic.explain``."""
+    require_inputs(args.input)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
     from MedAISegLib.inference.bundle import is_bundle
     from MedAISegLib.inference.bundle_trust import record_trust
     from MedAISegLib.training_logic import MedAITrainingLogic

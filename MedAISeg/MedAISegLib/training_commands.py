@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from MedAICommonLib import bridge
+from MedAICommonLib.cli.inputs import require_inputs
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.devices import select_device
 from MedAICommonLib.optional import require_packages
 from MedAICommonLib.progress import Progress
-from MedAICommonLib.runtime import get_scene
 
-from MedAISegLib.inference.export import NETWORKS
-from MedAISegLib.learning.training import TrainingConfig
-from MedAISegLib.training_logic import MedAITrainingLogic
+# torch, MONAI, the bridge and the training Logic are imported by the commands once their inputs are checked:
+# ``medai train --help`` and a refused input never pay for them.
+
+#: the networks ``--network`` offers (``MedAISegLib.inference.export.NETWORKS``, which imports torch)
+NETWORKS = ("segresnet", "unet", "dynunet", "swinunetr")
 
 # best_val_dice is null when no case was held out (then best_epoch_by is "training loss")
 TRAINING_METRICS = ("best_val_dice", "best_epoch", "best_epoch_by", "best_training_loss", "epochs_run", "stopped")
@@ -85,6 +86,8 @@ def register(subparsers, add_common_options) -> None:
 
 
 def _load_labels(scene, path):
+    from MedAICommonLib import bridge
+
     name = str(path).lower()
     if name.endswith(".seg.nrrd") or name.endswith(".seg.nii.gz"):
         return bridge.load_segmentation(scene, path)
@@ -96,6 +99,12 @@ def cmd_train(args, report) -> int:
     if len(args.images) != len(args.labels):
         raise ValueError(f"Give one --labels file per --images file ({len(args.images)} images, "
                          f"{len(args.labels)} labels).")
+    require_inputs(*args.images, *args.labels, args.init_bundle)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.learning.training import TrainingConfig
+    from MedAISegLib.training_logic import MedAITrainingLogic
+
     scene = get_scene()
     report.inputs.update({"images": [str(p) for p in args.images], "labels": [str(p) for p in args.labels]})
     with report.timed("load"):
@@ -122,6 +131,11 @@ def cmd_train(args, report) -> int:
 
 def cmd_fine_tune(args, report) -> int:
     """``medai fine-tune``."""
+    require_inputs(args.volume, args.segmentation, args.model)
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.training_logic import MedAITrainingLogic
+
     scene = get_scene()
     report.inputs.update({"volume": str(args.volume), "segmentation": str(args.segmentation), "model": str(args.model)})
     with report.timed("load"):
@@ -142,13 +156,16 @@ def cmd_fine_tune(args, report) -> int:
 
 def cmd_export(args, report) -> int:
     """``medai export``."""
+    if not (args.fp16 or args.onnx):
+        raise ValueError("Choose at least one export: --fp16 and/or --onnx.")
+    require_inputs(args.bundle, *args.sample)
+    if args.onnx:
+        require_packages(["onnx", "onnxruntime"], "--onnx", "pip install 'medai[export]'")
+    from MedAICommonLib import bridge
+    from MedAICommonLib.runtime import get_scene
     from MedAISegLib.inference.export import export_compressed
     from MedAISegLib.learning.training import preprocess_for_bundle
 
-    if not (args.fp16 or args.onnx):
-        raise ValueError("Choose at least one export: --fp16 and/or --onnx.")
-    if args.onnx:
-        require_packages(["onnx", "onnxruntime"], "--onnx", "pip install 'medai[export]'")
     if args.trust_bundle:
         from MedAISegLib.inference.bundle_trust import record_trust
 

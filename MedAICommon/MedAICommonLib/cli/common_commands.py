@@ -6,11 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from .. import bridge
 from ..devices import describe_devices
 from ..progress import Progress
 from ..report import versions
-from ..runtime import get_scene
+from .inputs import require_inputs, require_output_folder
 from .progress_bar import progress_printer
 
 
@@ -50,6 +49,8 @@ def cmd_info(args, report) -> int:
 
 def cmd_demo(args, report) -> int:
     """Run the demo pipeline."""
+    require_output_folder(args.output)
+    from ..runtime import get_scene
     from ..synthetic.demo import run_demo
 
     scene = get_scene()
@@ -66,6 +67,10 @@ def cmd_demo(args, report) -> int:
 
 def cmd_convert(args, report) -> int:
     """Load through a storage node, save through another."""
+    require_inputs(args.input)
+    from .. import bridge
+    from ..runtime import get_scene
+
     scene = get_scene()
     node = bridge.load_node(scene, args.input, args.kind)
     out = bridge.save_node(node, args.output)
@@ -75,6 +80,10 @@ def cmd_convert(args, report) -> int:
 
 def cmd_dicom_import(args, report) -> int:
     """DICOM series -> volume file."""
+    require_inputs(args.input)
+    from .. import bridge
+    from ..runtime import get_scene
+
     scene = get_scene()
     node, info = bridge.load_dicom_series(scene, args.input, series_uid=args.series_uid)
     for warning in info.warnings:

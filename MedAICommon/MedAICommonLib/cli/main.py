@@ -18,6 +18,7 @@ import sys
 import traceback
 
 from .errors import one_line
+from .native_logs import quiet_native_logs
 from .registry import COMMANDS, command_module
 
 
@@ -87,26 +88,6 @@ class _Interrupts:
         signal.default_int_handler(signum, frame)
 
 
-@contextlib.contextmanager
-def _quiet_native_logs(enabled: bool):
-    """Keep VTK's and ITK's own log off the terminal while a command runs (``--debug`` keeps it)."""
-    if not enabled:
-        yield
-        return
-    import SimpleITK as sitk
-    import vtk
-
-    previous_window = vtk.vtkOutputWindow.GetInstance()
-    previous_itk = sitk.ProcessObject.GetGlobalWarningDisplay()
-    vtk.vtkOutputWindow.SetInstance(vtk.vtkStringOutputWindow())
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        vtk.vtkOutputWindow.SetInstance(previous_window)
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous_itk)
-
-
 def main(argv=None) -> int:
     """Run ``medai`` with ``argv``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -130,7 +111,7 @@ def run_command(args) -> int:
     args.progress = Progress(json_progress if json_mode else None)
     debug = bool(getattr(args, "debug", False))
     code, error = 0, None
-    with _Interrupts() as interrupts, _quiet_native_logs(not debug), collect_warnings() as warnings_seen:
+    with _Interrupts() as interrupts, quiet_native_logs(not debug), collect_warnings() as warnings_seen:
         try:
             code = int(args.func(args, report) or 0)
         except (KeyboardInterrupt, CancelledError):

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from MedAICommonLib import bridge
-from MedAICommonLib.runtime import get_scene
+from MedAICommonLib.cli.inputs import require_inputs
 
-from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
-from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
-from .bands import DEFAULT_LEVELS, check_levels, parse_constraint
 from .labels import label_names, name_key, read_mapping
-from .logic import ContourQALogic
-from .metrics import Thresholds
+
+if TYPE_CHECKING:
+    from .logic import ContourQALogic
+
+# The bridge, the Logic and the metrics (VTK, SimpleITK, scipy, matplotlib) are imported by the command once its
+# input files are checked: ``medai contour-qa --help`` and a missing file never pay for them.
 
 _VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".nhdr", ".mha", ".mhd")
 
@@ -75,12 +76,19 @@ def register(subparsers, add_common_options) -> None:
 
 
 def _load_structures(scene, path, names, dose_node):
+    from MedAICommonLib import bridge
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     if str(path).lower().endswith(".dcm"):
         return PlanEvaluationLogic(scene).import_rtstruct(path)  # its own 1 mm in-plane grid, finer than most doses
     return bridge.load_segmentation(scene, path, segment_names=names)
 
 
 def _load_dose(scene, path):
+    from MedAICommonLib import bridge
+    from MedAIPlanLib.evaluation.dose_volume import mark_as_dose_volume
+    from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
+
     if str(path).lower().endswith(".dcm"):
         return PlanEvaluationLogic(scene).import_rtdose(path)
     return mark_as_dose_volume(bridge.load_volume(scene, path))
@@ -106,6 +114,8 @@ def probability_files(folder, structures) -> dict[str, Path]:
 
 
 def _parameters(args) -> dict:
+    from .bands import check_levels
+
     return {"plan_target": args.plan_target, "tolerance_mm": args.tolerance_mm, "v_doses_gy": _floats(args.vx, "--vx"),
             "prescription_gy": args.prescription, "levels": list(check_levels(_floats(args.levels, "--levels"))),
             "constraints": list(args.constraint),
@@ -118,6 +128,13 @@ def cmd_contour_qa(args, report) -> int:
     if args.candidate is None and not args.probabilities:
         raise ValueError("Give a CANDIDATE structure set to compare with the reference, or --probabilities PROB_DIR "
                          "for DVH bands (or both).")
+    require_inputs(args.dose, args.reference, args.candidate, args.mapping, args.ct)
+    from MedAICommonLib.runtime import get_scene
+
+    from .bands import parse_constraint
+    from .logic import ContourQALogic
+    from .metrics import Thresholds
+
     scene = get_scene()
     logic = ContourQALogic(scene, args.progress)
     report.parameters.update(_parameters(args))
@@ -152,6 +169,10 @@ def cmd_contour_qa(args, report) -> int:
 def _add_bands(args, report, scene, logic: ContourQALogic, dose, result, constraints, bands_only: bool) -> dict:
     """Load the probability maps of ``--probabilities``, attach each structure's DVH band to ``result`` (with
     ``bands_only``, rank those crossing a constraint first, then the widest Dmean band) and return the nodes."""
+    from MedAICommonLib import bridge
+
+    from .bands import DEFAULT_LEVELS
+
     files = probability_files(args.probabilities, list(result.structures))
     probability_nodes = {name: bridge.load_volume(scene, path) for name, path in files.items()}
     bands = logic.bands(dose, probability_nodes, report.parameters["levels"] or DEFAULT_LEVELS, constraints)
@@ -178,6 +199,8 @@ def _fill_metrics(report, result) -> None:
 def _write_outputs(args, report, scene, logic: ContourQALogic, result, nodes: tuple) -> None:
     """Write the ranked table and the PDF/PNG report that were asked for; ``nodes`` = (dose, reference,
     candidate or None, {structure: probability node})."""
+    from MedAICommonLib import bridge
+
     dose, reference, candidate, probability_nodes = nodes
     rows = result.structures
     if args.table:
