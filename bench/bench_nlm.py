@@ -49,7 +49,8 @@ def psnr(a, clean, data_range=2000.0):
     return float(10 * np.log10(data_range**2 / np.mean((a.astype(np.float64) - clean) ** 2)))
 
 
-def main():
+def _arguments():
+    """The command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=7)
@@ -58,7 +59,49 @@ def main():
     parser.add_argument("--block-step", default="2", help="blockwise sub-grid step: one int or k,j,i (e.g. 2,2,1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and numba CPU threads (default 1: the single core scikit-image uses; 0: all cores)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _timed_rounds(methods: dict, results: dict, sigma: float, repeat: int, cuda: bool) -> None:
+    """``repeat`` interleaved rounds of every method at its h (``h_factor * sigma``); adds the best and median wall
+    and CPU times to its ``results`` entry."""
+    import torch
+
+    for _ in range(repeat):
+        for name, run in methods.items():
+            h = results[name]["h_factor"] * sigma
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(h)
+            if cuda:
+                torch.cuda.synchronize()
+            results[name]["rounds"].append((time.perf_counter() - wall, time.process_time() - cpu))
+    for r in results.values():
+        rounds = r.pop("rounds")
+        best = min(rounds)
+        r.update(time_s=round(best[0], 4), cpu_s=round(best[1], 4),
+                 median_s=round(statistics.median(t for t, _ in rounds), 4),
+                 median_cpu_s=round(statistics.median(c for _, c in rounds), 4))
+
+
+def _speedups(results: dict) -> dict:
+    """MedAI's speed-ups over scikit-image (best and median, wall and CPU time) and the PSNR difference."""
+    sk = results["skimage_fast"]
+    ours, torch_ours = results["medai_blockwise"], results["medai_blockwise_torch"]
+    return {
+        "speedup_blockwise_x": round(sk["time_s"] / ours["time_s"], 2),
+        "speedup_blockwise_median_x": round(sk["median_s"] / ours["median_s"], 2),
+        "speedup_blockwise_cpu_time_x": round(sk["cpu_s"] / ours["cpu_s"], 2),
+        "speedup_blockwise_median_cpu_time_x": round(sk["median_cpu_s"] / ours["median_cpu_s"], 2),
+        "speedup_blockwise_torch_x": round(sk["time_s"] / torch_ours["time_s"], 2),
+        "speedup_voxelwise_x": round(sk["time_s"] / results["medai_voxelwise"]["time_s"], 2),
+        "speedup_voxelwise_cpu_time_x": round(sk["cpu_s"] / results["medai_voxelwise"]["cpu_s"], 2),
+        "speedup_voxelwise_torch_x": round(sk["time_s"] / results["medai_voxelwise_torch"]["time_s"], 2),
+        "psnr_blockwise_minus_skimage_db": round(ours["psnr_db"] - sk["psnr_db"], 3),
+    }
+
+
+def main():
+    args = _arguments()
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count())
@@ -90,23 +133,8 @@ def main():
     for name, run in methods.items():
         score, f = max((psnr(run(f * sigma), clean), f) for f in FACTORS)
         results[name] = {"psnr_db": round(score, 3), "h_factor": f, "rounds": []}
-    for _ in range(args.repeat):
-        for name, run in methods.items():
-            h = results[name]["h_factor"] * sigma
-            wall, cpu = time.perf_counter(), time.process_time()
-            run(h)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            results[name]["rounds"].append((time.perf_counter() - wall, time.process_time() - cpu))
-    for r in results.values():
-        rounds = r.pop("rounds")
-        best = min(rounds)
-        r.update(time_s=round(best[0], 4), cpu_s=round(best[1], 4),
-                 median_s=round(statistics.median(t for t, _ in rounds), 4),
-                 median_cpu_s=round(statistics.median(c for _, c in rounds), 4))
-    sk = results["skimage_fast"]
+    _timed_rounds(methods, results, sigma, args.repeat, args.device.startswith("cuda"))
     kernels = (nonlocal_means_numba.blockwise_planes, nonlocal_means_numba.voxelwise_planes)
-    ours, torch_ours = results["medai_blockwise"], results["medai_blockwise_torch"]
     print(json.dumps({
         "data": str(DATA.name), "shape_kji": list(clean.shape), "noise_sigma_hu": sigma,
         "patch_size": 2 * p + 1, "search_distance": s, "block_step": step, "device": args.device,
@@ -115,15 +143,7 @@ def main():
         "noisy_psnr_db": round(psnr(noisy, clean), 3), **results,
         "numba_first_call_s": round(first, 2),
         "numba_cache_hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
-        "speedup_blockwise_x": round(sk["time_s"] / ours["time_s"], 2),
-        "speedup_blockwise_median_x": round(sk["median_s"] / ours["median_s"], 2),
-        "speedup_blockwise_cpu_time_x": round(sk["cpu_s"] / ours["cpu_s"], 2),
-        "speedup_blockwise_median_cpu_time_x": round(sk["median_cpu_s"] / ours["median_cpu_s"], 2),
-        "speedup_blockwise_torch_x": round(sk["time_s"] / torch_ours["time_s"], 2),
-        "speedup_voxelwise_x": round(sk["time_s"] / results["medai_voxelwise"]["time_s"], 2),
-        "speedup_voxelwise_cpu_time_x": round(sk["cpu_s"] / results["medai_voxelwise"]["cpu_s"], 2),
-        "speedup_voxelwise_torch_x": round(sk["time_s"] / results["medai_voxelwise_torch"]["time_s"], 2),
-        "psnr_blockwise_minus_skimage_db": round(ours["psnr_db"] - sk["psnr_db"], 3),
+        **_speedups(results),
     }))
 
 
