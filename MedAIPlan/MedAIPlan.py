@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+import qt
+from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -73,6 +74,20 @@ class MedAIPlanParameterNode:
     rtImportPath: Path
     rtExportFolder: Path
     deidentify: bool = False
+    qaDose: vtkMRMLScalarVolumeNode
+    qaReference: vtkMRMLSegmentationNode
+    qaMode: Annotated[str, Choice(["candidate segmentation", "probability volumes"])] = "candidate segmentation"
+    qaCandidate: vtkMRMLSegmentationNode
+    qaProbabilityFolder: Path
+    qaTargetSegment: str = ""
+    qaPrescriptionGy: Annotated[float, WithinRange(0.0, 200.0)] = 0.0
+    qaDmeanGy: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    qaDmeanPercent: Annotated[float, WithinRange(0.0, 100.0)] = 3.0
+    qaTargetD95Percent: Annotated[float, WithinRange(0.0, 100.0)] = 2.0
+    qaToleranceMm: Annotated[float, WithinRange(0.0, 50.0)] = 2.0
+    qaConstraints: str = ""
+    qaTable: vtkMRMLTableNode
+    qaChart: vtkMRMLPlotChartNode
 
 
 def _numbers(text: str) -> list[float]:
@@ -81,6 +96,36 @@ def _numbers(text: str) -> list[float]:
         return [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
     except ValueError as error:
         raise ValueError(f"Expected comma-separated numbers, got {text!r}") from error
+
+
+FLAGGED_ROW_COLOUR = "#f6c4c0"
+
+
+def colour_flagged_rows(table_node, model_rows) -> int:
+    """Tint ``model_rows`` (rows of Slicer's table model) in every table view showing ``table_node`` and clear
+    the others; returns how many views were coloured.
+
+    A table node holds no colours, so the background role is set on ``qMRMLTableModel``'s items. The model writes
+    every item change it hears back into the table node (as text), so its signals are blocked meanwhile and the
+    view repainted after; a later update of the node keeps the items, and a re-run colours them anew."""
+    layout, flagged, coloured = slicer.app.layoutManager(), set(model_rows), 0
+    for index in range(layout.tableViewCount):
+        view = layout.tableWidget(index).tableView()
+        shown = view.mrmlTableNode()
+        if shown is None or shown.GetID() != table_node.GetID():
+            continue
+        model = view.tableModel()
+        was_blocked = model.blockSignals(True)
+        try:
+            for row in range(model.rowCount()):
+                brush = qt.QBrush(qt.QColor(FLAGGED_ROW_COLOUR)) if row in flagged else qt.QBrush()
+                for column in range(model.columnCount()):
+                    model.setData(model.index(row, column), brush, qt.Qt.BackgroundRole)
+        finally:
+            model.blockSignals(was_blocked)
+        view.viewport().update()
+        coloured += 1
+    return coloured
 
 
 class MedAIPlanWidget(MedAIWidgetBase):
@@ -98,6 +143,7 @@ class MedAIPlanWidget(MedAIWidgetBase):
         self.ui.gammaButton.connect("clicked(bool)", self.onGamma)
         self.ui.rtImportButton.connect("clicked(bool)", self.onRTImport)
         self.ui.rtExportButton.connect("clicked(bool)", self.onRTExport)
+        self.ui.contourQAButton.connect("clicked(bool)", self.onContourQA)
 
     def choose_default_inputs(self, p) -> None:
         if not p.ctVolume:
@@ -109,9 +155,9 @@ class MedAIPlanWidget(MedAIWidgetBase):
         p = self._parameterNode
         if p is None:
             return
-        from MedAIPlanLib.panel_state import plan_buttons
+        from MedAIPlanLib.panel_state import contour_qa_widgets, plan_buttons
 
-        for name, enabled in plan_buttons(p).items():
+        for name, enabled in (plan_buttons(p) | contour_qa_widgets(p)).items():
             getattr(self.ui, name).enabled = enabled
 
     def onPlan(self) -> None:
@@ -144,6 +190,22 @@ class MedAIPlanWidget(MedAIWidgetBase):
                 rate=float(gamma.GetAttribute("MedAI.GammaPassRate")))
 
         self.run_job(_("Gamma"), lambda: self.logic.gammaJobFromParameters(p), on_done=done)
+
+    def onContourQA(self) -> None:
+        """Contour QA in-process (seconds): the ranked table and the paired DVHs in the Four-Up Plot Table layout,
+        the flagged structures' rows coloured."""
+        from MedAIPlanLib.contour_qa.panel_logic import show_in_layout, table_model_rows
+
+        p = self._parameterNode
+        out = self.run_logic(_("Contour QA"), self.logic.contourQAFromParameters, p,
+                             self.ui.qaProbabilityVolumesSelector.checkedNodes())
+        if out is None:
+            return
+        p.qaTable, p.qaChart = out.table, out.chart
+        show_in_layout(slicer.mrmlScene, slicer.app.applicationLogic(), out.table, out.chart)
+        colour_flagged_rows(out.table, table_model_rows(out.table, out.flagged))
+        self.ui.statusLabel.text = _("Contour QA: {flagged} of {total} structures flagged.").format(
+            flagged=len(out.flagged), total=out.table.GetNumberOfRows())
 
     def onRTImport(self) -> None:
         """Reads the chosen RT files with progress and Cancel (a bounded, header-only scan finds them)."""
@@ -254,6 +316,13 @@ class MedAIPlanLogic(ScriptedLoadableModuleLogic):
             p.referenceDose, p.evaluatedDose, dose_percent=p.dosePercent, dta_mm=p.dtaMm,
             threshold_percent=p.thresholdPercent, local=p.localGamma, device=p.device, output_node=p.gammaVolume)
         return node
+
+    def contourQAFromParameters(self, p, probability_volumes=(), progress=None):
+        """Contour QA of the panel's structure sets on its dose (``MedAIPlanLib.contour_qa.panel_logic``): a
+        ranked table node and a paired-DVH chart; returns its ``ContourQAOutput``."""
+        from MedAIPlanLib.contour_qa.panel_logic import run_from_parameters
+
+        return run_from_parameters(slicer.mrmlScene, p, probability_volumes, progress)
 
     def rtImportFromParameters(self, p, progress=None):
         """Import the RTDOSE / RTSTRUCT / RTPLAN files of the chosen file or folder; returns the nodes.

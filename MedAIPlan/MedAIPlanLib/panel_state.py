@@ -24,3 +24,21 @@ def plan_buttons(p) -> dict[str, bool]:
         "rtImportButton": not is_unset_path(p.rtImportPath),
         "rtExportButton": not is_unset_path(p.rtExportFolder) and (has_dose or bool(p.structures)),
     }
+
+
+CONTOUR_QA_MODES = ("candidate segmentation", "probability volumes")
+"""What the Contour QA section compares the reference with (the parameter node's ``qaMode`` choices)."""
+
+
+def contour_qa_widgets(p) -> dict[str, bool]:
+    """``{widget name: enabled}`` of the Contour QA section: the candidate selector in the first mode, the
+    probability sources in the second, and the Compute button once its inputs are chosen (a probability
+    source is checked when it runs: volumes of the scene need no parameter).
+
+    ``p`` has the parameter node's ``qa*`` fields as attributes.
+    """
+    candidate_mode = p.qaMode == CONTOUR_QA_MODES[0]
+    ready = bool(p.qaDose and p.qaReference) and (bool(p.qaCandidate) or not candidate_mode)
+    return {"qaCandidateSelector": candidate_mode, "qaProbabilityFolderLineEdit": not candidate_mode,
+            "qaProbabilityVolumesSelector": not candidate_mode and is_unset_path(p.qaProbabilityFolder),
+            "contourQAButton": ready}

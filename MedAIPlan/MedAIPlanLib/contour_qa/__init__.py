@@ -12,4 +12,5 @@ gives a band of D95 / Dmean / D2 per structure.
 * :mod:`.labels`: structure names of label maps (TotalSegmentator), name mapping between sets.
 * :mod:`.report`: the CSV table and the PDF/PNG report.
 * :mod:`.logic`: the Logic on MRML nodes; :mod:`.commands`: ``medai contour-qa``.
+* :mod:`.panel_logic`: what MedAIPlan's Contour QA section runs (settings, flagged rows, the plot-table layout).
 """

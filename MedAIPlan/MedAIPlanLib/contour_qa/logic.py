@@ -53,6 +53,13 @@ def _warn_off_grid(name: str, mask: np.ndarray, grid, dose_geometry) -> None:
                      "as 0 Gy in both DVHs; check that the dose and the structures share a frame of reference.")
 
 
+def _truthy(value) -> bool:
+    """A table cell read as a flag: a non-zero finite number, or the text ``true``/``1``."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "1.0", "yes")
+    return bool(np.isfinite(value) and value != 0)
+
+
 def _constraint_changes(row: dict, constraints) -> None:
     """Record each constraint the reference meets and the candidate does not (or back); such a row is relevant."""
     out = []
@@ -168,10 +175,14 @@ class ContourQALogic:
                     f"the model's uncertainty band crosses {', '.join(crossed)}")
 
     def table(self, result: ContourQAResult, node=None):
-        """The result as a table node (one row per structure, in rank order; the flagged ones first)."""
+        """The result as a table node (one row per structure, in rank order; the flagged ones first).
+
+        ``band_crosses_constraint`` is a column when bands are attached (1 where a band crosses a constraint)."""
         rows = result.structures
         keys = ["dose_relevant", "relevance", "dice", "hd95_mm", "surface_dice", "volume_reference_cc",
                 "volume_candidate_cc"]
+        if any("band_crosses_constraint" in r for r in rows.values()):
+            keys.insert(1, "band_crosses_constraint")
         deltas = sorted({k for r in rows.values() for k in r if k.startswith("delta_")},
                         key=lambda k: (not k.endswith("_Gy"), k))
         bands = sorted({k for r in rows.values() for k in r if k.endswith("_band_Gy")})
@@ -261,10 +272,13 @@ class ContourQALogic:
         return ReportView(on_grid, grid, reference, candidate, ct)
 
     def dvh_chart(self, result: ContourQAResult, dose_node, reference_node, candidate_node=None,
-                  probability_nodes: dict | None = None, top: int = 4, bin_width_gy: float = 0.1):
+                  probability_nodes: dict | None = None, top: int = 4, bin_width_gy: float = 0.1, chart=None):
         """A table node of paired cumulative DVHs (%, per 0.1 Gy) of the ``top`` most relevant structures (with
         their band's low/high curves from ``probability_nodes``) and a plot chart of it: reference solid,
-        candidate dashed, band dotted, one colour per structure. Returns (table, chart)."""
+        candidate dashed, band dotted, one colour per structure. Returns (table, chart).
+
+        ``chart``: a chart of an earlier run to update in place (its table node is reused and its old series
+        nodes leave the scene), so a re-run replaces the curves instead of adding nodes."""
         names = list(result.structures)[:top]
         pairs = dict(result.pairs)
         ref = self.dvh_curves(dose_node, reference_node, names, bin_width_gy)
@@ -285,11 +299,25 @@ class ContourQALogic:
             for kind, (d, v) in curves.items():
                 columns[f"{n} {kind} (%)"] = np.interp(dose_axis, d, v, right=0.0)
                 styles[f"{n} {kind} (%)"] = (n, kind)
-        table = bridge.create_table(self.scene, columns, "contour QA DVH")
+        old_series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())] if chart else []
+        old_table = next((s.GetTableNode() for s in old_series if s is not None and s.GetTableNode()), None)
+        table = bridge.create_table(self.scene, columns, "contour QA DVH", node=old_table)
         chart = bridge.create_plot_chart(self.scene, table, "Dose (Gy)", list(styles), "contour QA DVH chart",
-                                         x_title="Dose (Gy)", y_title="Volume (%)")
+                                         x_title="Dose (Gy)", y_title="Volume (%)", chart=chart)
+        for series in old_series:
+            if series is not None:
+                self.scene.RemoveNode(series)
         self._style_series(chart, styles, names)
         return table, chart
+
+    @staticmethod
+    def flagged_rows(table_node) -> list[int]:
+        """Rows (0-based, in table order) of a contour QA table that are flagged: ``dose_relevant`` set, or
+        ``band_crosses_constraint`` set (bands from probability maps). What the panel colours."""
+        columns = bridge.columns_from_table(table_node)
+        flags = [columns.get(name) for name in ("dose_relevant", "band_crosses_constraint") if name in columns]
+        rows = table_node.GetTable().GetNumberOfRows()
+        return [r for r in range(rows) if any(_truthy(column[r]) for column in flags)]
 
     def _style_series(self, chart, styles: dict, names: list) -> None:
         """One colour per structure; candidate dashed, band dotted (plot series of ``chart``, by y column)."""
