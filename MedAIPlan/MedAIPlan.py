@@ -203,7 +203,9 @@ class MedAIPlanWidget(MedAIWidgetBase):
             return
         p.qaTable, p.qaChart = out.table, out.chart
         show_in_layout(slicer.mrmlScene, slicer.app.applicationLogic(), out.table, out.chart)
-        colour_flagged_rows(out.table, table_model_rows(out.table, out.flagged))
+        rows = table_model_rows(out.table, out.flagged)
+        if not colour_flagged_rows(out.table, rows):  # a table view made by this layout switch shows it a moment later
+            qt.QTimer.singleShot(0, lambda: colour_flagged_rows(out.table, rows))
         self.ui.statusLabel.text = _("Contour QA: {flagged} of {total} structures flagged.").format(
             flagged=len(out.flagged), total=out.table.GetNumberOfRows())
 
