@@ -8,8 +8,9 @@ only when that bound reaches its threshold (exact, no approximation; a second, f
 columns); the whole dose is recomputed (and ``w_ref`` moved) when the coarse bound leaves more than
 a quarter of those rows, or the fine bound more than 5 %, as candidates. Separable objectives
 (squared over/under dose, deviation) take their gradient in the same pass over a row as its dose
-(:func:`objective_kernels.fused_objective`); the others, and structures with a factor, get ``A^T g``
-over their rows with non-zero ``g`` afterwards. Values and gradients equal the plain ones.
+(:func:`objective_kernels.fused_objective`); the others, and structures with a factor, go through
+:func:`objectives.objective_value_grad` on their doses and get ``A^T g`` over their rows with non-zero
+``g`` afterwards. Values and gradients equal the definitions' on the same matrix.
 """
 
 from __future__ import annotations
