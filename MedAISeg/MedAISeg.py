@@ -74,6 +74,14 @@ class MedAISegParameterNode:
     bundleFolder: Path
     referenceSegmentation: vtkMRMLSegmentationNode
     evaluationTable: vtkMRMLTableNode
+    # Batch: a shipped pipeline by name (MedAICommonLib.cohort.pipeline.shipped_pipelines), or "file"
+    batchPipeline: Annotated[str, Choice(["segmentation-cohort", "planning-cohort", "file"])] = "segmentation-cohort"
+    batchPipelineFile: Path
+    batchInputKind: Annotated[str, Choice(["folder", "manifest"])] = "folder"
+    batchInput: Path
+    batchOutputFolder: Path
+    batchWorkers: Annotated[int, WithinRange(1, 64)] = 2
+    batchTable: vtkMRMLTableNode
 
 
 def _model(p):
@@ -103,6 +111,10 @@ class MedAISegWidget(MedAIWidgetBase):
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTune)
         self.ui.explainButton.connect("clicked(bool)", self.onExplain)
+        from MedAICommonLib.application.batch_section import BatchSection
+
+        self.batchSection = BatchSection(self)
+        self.batchSection.connect()
 
     def choose_default_inputs(self, p) -> None:
         if not p.inputVolume:
@@ -112,9 +124,9 @@ class MedAISegWidget(MedAIWidgetBase):
         p = self._parameterNode
         if p is None:
             return
-        from MedAISegLib.panel_state import seg_buttons
+        from MedAISegLib.panel_state import batch_widgets, seg_buttons
 
-        for name, enabled in seg_buttons(p).items():
+        for name, enabled in {**seg_buttons(p), **batch_widgets(p)}.items():
             getattr(self.ui, name).enabled = enabled
 
     def onPreprocess(self) -> None:

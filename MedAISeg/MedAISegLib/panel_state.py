@@ -30,3 +30,12 @@ def seg_buttons(p) -> dict[str, bool]:
         "fineTuneButton": can_train and has_model,
         "explainButton": has_input and has_model,
     }
+
+
+def batch_widgets(p) -> dict[str, bool]:
+    """``{widget name: enabled}`` for the Batch section: the pipeline file only when "file" is chosen, Run when
+    the pipeline, the cases (folder or manifest) and the output folder are chosen."""
+    wants_file = p.batchPipeline == "file"
+    pipeline_ready = not wants_file or not is_unset_path(p.batchPipelineFile)
+    chosen = not is_unset_path(p.batchInput) and not is_unset_path(p.batchOutputFolder)
+    return {"batchPipelineFileLineEdit": wants_file, "batchRunButton": pipeline_ready and chosen}

@@ -1,1 +1,1 @@
-"""Helpers used only inside the Slicer application (Qt): requirements, the widget base, self-tests."""
+"""Helpers used only inside the Slicer application (Qt): requirements, the widget base, the Batch section, self-tests."""

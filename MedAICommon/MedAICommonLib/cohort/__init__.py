@@ -10,4 +10,6 @@
 - :mod:`.execution`: the Dask cluster (embedded ``LocalCluster`` or a scheduler address), submission, progress.
 - :mod:`.table` and :mod:`.report`: the cohort table (CSV, Parquet) and the cohort report (PNG, PDF).
 - :mod:`.commands`: the ``medai batch`` subcommand.
+- :mod:`.case_folder` and :mod:`.batch_job`: the panels' Batch section: a manifest built from a folder of
+  cases, and ``medai batch`` in a worker process whose cohort table becomes a table node.
 """

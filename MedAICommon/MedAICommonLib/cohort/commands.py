@@ -61,6 +61,20 @@ def _remove_leftovers(output: Path, cases) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _counting(results: list[dict], line, progress):
+    """The callback of each finished case: keep its result, redraw the terminal line and report
+    ``"N done, M failed of T cases"`` to ``progress`` (the panel's worker reads it as JSON lines)."""
+
+    def on_result(result: dict) -> None:
+        results.append(result)
+        line.update(result["status"])
+        if progress is not None:
+            finished = line.done + line.failed
+            progress.update(f"{line.done} done, {line.failed} failed of {line.total} cases", finished / line.total)
+
+    return on_result
+
+
 def cmd_batch(args, report) -> int:
     """Check the manifest and pipeline, run every case on Dask, write the table and the report."""
     from .execution import ProgressLine, dask_client, run_cases
@@ -82,7 +96,7 @@ def cmd_batch(args, report) -> int:
             progress = ProgressLine(len(manifest.cases), client.dashboard_link)
             with report.timed("run"):
                 results = run_cases(client, manifest.cases, pipeline.steps, str(output),
-                                    on_result=lambda r: (results.append(r), progress.update(r["status"])))
+                                    on_result=_counting(results, progress, getattr(args, "progress", None)))
         _remove_leftovers(output, manifest.cases)
     finally:
         _summarise(results, report)
