@@ -29,11 +29,12 @@ def module_scripts(module: str) -> list[str]:
 
 
 def module_resources(module: str) -> list[str]:
-    """Every file under the module's Resources (icons, UI, catalogues, requirements), hidden files excepted."""
-    folder = REPO / module / "Resources"
-    if not folder.exists():
-        return []
-    files = [p.relative_to(REPO / module) for p in sorted(folder.rglob("*")) if p.is_file()]
+    """Every file under the module's Resources (icons, UI, catalogues, requirements), then the data files inside
+    its Lib package (``*.yaml``: e.g. the cohort pipelines, package data of the wheel too); hidden files excepted."""
+    folder = REPO / module
+    files = [p for p in sorted((folder / "Resources").rglob("*")) if p.is_file()]
+    files += sorted((folder / f"{module}Lib").rglob("*.yaml"))
+    files = [p.relative_to(folder) for p in files]
     return [p.as_posix() for p in files if not any(part.startswith(".") or part == "__pycache__" for part in p.parts)]
 
 

@@ -9,6 +9,9 @@
 - :mod:`.model_cache`: the worker-local cache of loaded models (steps with ``needs: [model]``).
 - :mod:`.execution`: the Dask cluster (embedded ``LocalCluster`` or a scheduler address), submission, progress.
 - :mod:`.table` and :mod:`.report`: the cohort table (CSV, Parquet) and the cohort report (PNG, PDF).
+- :mod:`.contour_qa_summary`: ``contour-qa`` steps across the cohort (per structure: cases flagged
+  dose-relevant, |delta Dmean| and |delta D95|, Dice), ``contour_qa_summary.csv``.
+- ``pipelines/``: the shipped pipelines (``--pipeline NAME``), package data of the wheel.
 - :mod:`.commands`: the ``medai batch`` subcommand.
 - :mod:`.case_folder` and :mod:`.batch_job`: the panels' Batch section: a manifest built from a folder of
   cases, and ``medai batch`` in a worker process whose cohort table becomes a table node.

@@ -20,7 +20,7 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("manifest", help="cohort CSV: an 'id' column and one column per input (paths relative to it)")
     p.add_argument("--pipeline", required=True, metavar="FILE|NAME",
                    help="pipeline YAML (steps with name, command, args, needs), or a shipped pipeline's name "
-                        "(segmentation-cohort, planning-cohort)")
+                        "(segmentation-cohort, planning-cohort, contour-qa-cohort)")
     p.add_argument("--output", required=True, metavar="DIR", help="results folder: DIR/<case>/<step>/...")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="worker processes of the embedded LocalCluster "
@@ -31,6 +31,8 @@ def register(subparsers, add_common_options) -> None:
 
 
 def _summarise(results: list[dict], report) -> None:
+    from .contour_qa_summary import batch_metrics
+
     steps = [s for r in results for s in r.get("steps", {}).values()]
     report.metrics.update({
         "cases_total": report.metrics["cases_total"],
@@ -40,6 +42,7 @@ def _summarise(results: list[dict], report) -> None:
         "steps_skipped": sum(s["status"] == "skipped" for s in steps),
         "failed": {r["id"]: r.get("error") for r in results if r["status"] != "done"},
     })
+    report.metrics.update(batch_metrics(results))  # contour-qa steps: flagged structures across the cohort
 
 
 def _write_outputs(results: list[dict], output: Path, pipeline_name: str, report) -> None:

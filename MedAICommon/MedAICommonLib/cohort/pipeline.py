@@ -22,9 +22,9 @@ from ..cli.registry import COMMANDS
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 NEEDS = ("model",)
-#: Folders searched for a pipeline given by name (``--pipeline segmentation-cohort``).
-SHIPPED_FOLDERS = (Path(__file__).resolve().parents[2] / "Resources" / "pipelines",
-                   Path(__file__).resolve().parent / "pipelines")
+#: Folders searched for a pipeline given by name (``--pipeline segmentation-cohort``): the package's own
+#: ``pipelines`` folder, package data in a wheel and a resource of the Slicer extension alike.
+SHIPPED_FOLDERS = (Path(__file__).resolve().parent / "pipelines",)
 _RESERVED = {"out", "case"}
 
 

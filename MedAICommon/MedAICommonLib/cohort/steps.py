@@ -35,13 +35,15 @@ _prepared = {"done": False}
 
 @dataclass
 class StepResult:
-    """What happened to one case-step: ``status`` run | skipped | failed | not run."""
+    """What happened to one case-step: ``status`` run | skipped | failed | not run; ``command`` the step's
+    ``medai`` command (the cohort table and report read each step's metrics by it)."""
 
     status: str
     key: str = ""
     seconds: float = 0.0
     error: str | None = None
     metrics: dict = field(default_factory=dict)
+    command: str = ""
 
 
 def done_key(folder: Path) -> str | None:
@@ -197,7 +199,7 @@ def run_case(case: Case, steps: list[Step], output: str) -> dict:
     error = None
     for step in steps:
         if error is not None:
-            results[step.name] = StepResult("not run").__dict__
+            results[step.name] = StepResult("not run", command=step.command).__dict__
             continue
         try:
             digests = {column: value_digest(case.values[column]) for column in step.columns}
@@ -205,6 +207,7 @@ def run_case(case: Case, steps: list[Step], output: str) -> dict:
             result = run_step(case, step, key, folders, output)
         except Exception as exc:  # noqa: BLE001 - a case's failure is recorded; the cohort goes on
             result = StepResult("failed", error=f"{step.name}: {type(exc).__name__}: {exc}")
+        result.command = step.command
         keys[step.name] = result.key
         folders[step.name] = str(output / case.id / step.name)
         results[step.name] = result.__dict__

@@ -2,8 +2,10 @@
 
 Columns: ``id``, ``status`` (done | failed), ``error``, ``steps_run``, ``steps_skipped``, then
 ``<step>.<metric>`` for each number in a step's report ``metrics``, nested keys joined with ``.``
-(``segment.voxels.label 1``, ``evaluate.mean_dice``, ``dvh.structures.PTV.D95``). Written as CSV, and
-as Parquet too when pyarrow is installed.
+(``segment.voxels.label 1``, ``evaluate.mean_dice``, ``dvh.structures.PTV.D95``). Of a ``contour-qa`` step
+it keeps the case summary and each structure's key columns (``contour-qa.summary.dose_relevant``,
+``contour-qa.structures.liver.delta_Dmean_Gy``; see :mod:`.contour_qa_summary`). Written as CSV, and as Parquet
+too when pyarrow is installed; with a contour-qa step, ``contour_qa_summary.csv`` beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from pathlib import Path
 
 from ..optional import missing_packages, require_packages
+from .contour_qa_summary import is_contour_qa, table_metrics, write_summary
 
 FIXED = ("id", "status", "error", "steps_run", "steps_skipped")
 
@@ -39,7 +42,8 @@ def cohort_rows(results: list[dict]) -> list[dict]:
                "steps_run": sum(s["status"] == "run" for s in steps.values()),
                "steps_skipped": sum(s["status"] == "skipped" for s in steps.values())}
         for name, step in steps.items():
-            row.update(flatten(step.get("metrics", {}), name))
+            metrics = step.get("metrics", {})
+            row.update(flatten(table_metrics(metrics) if is_contour_qa(step) else metrics, name))
         rows.append(row)
     return rows
 
@@ -50,7 +54,8 @@ def _columns(rows: list[dict]) -> list[str]:
 
 
 def write_cohort_table(results: list[dict], folder) -> dict[str, str]:
-    """Write ``cohort.csv`` (and ``cohort.parquet`` when pyarrow imports) into ``folder``; returns the paths."""
+    """Write ``cohort.csv`` (and ``cohort.parquet`` when pyarrow imports, ``contour_qa_summary.csv`` with a
+    contour-qa step) into ``folder``; returns the paths."""
     folder = Path(folder)
     rows = cohort_rows(results)
     columns = _columns(rows)
@@ -63,6 +68,7 @@ def write_cohort_table(results: list[dict], folder) -> dict[str, str]:
     written = {"table": str(folder / "cohort.csv")}
     if not missing_packages(["pyarrow"]):
         written["parquet"] = str(_write_parquet(rows, columns, folder / "cohort.parquet"))
+    written.update(write_summary(results, folder))
     return written
 
 
