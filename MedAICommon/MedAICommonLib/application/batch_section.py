@@ -10,7 +10,7 @@ inside the Slicer application.
 
 from __future__ import annotations
 
-import ctk
+import ctk  # type: ignore[import-not-found]  # Slicer's CTK bindings: only in the application
 import slicer
 from slicer.i18n import tr as _
 

@@ -190,10 +190,9 @@ class BatchJob:
         """Start, wait (reporting into ``progress``; its Cancel stops the worker) and finish."""
         if self.on_progress is None:
             self.on_progress = progress_reporter(progress)
-        self.start()
-        self.worker.wait(
-            timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None, interval=interval
-        )
+        worker = self.start().worker
+        assert worker is not None  # start() either started it or raised
+        worker.wait(timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None, interval=interval)
         return self.finish()
 
 

@@ -64,8 +64,7 @@ def cases_from_folder(folder, exclude=()) -> tuple[list[str], list[dict[str, str
     if not folder.is_dir():
         raise ValueError(f"Case folder {folder} not found: choose a folder with one image or sub-folder per case.")
     entries = _entries(folder, [Path(p).resolve() for p in exclude])
-    files = [(p, _volume_stem(p)) for p in entries]
-    files = [(p, stem) for p, stem in files if stem]
+    files = [(p, stem) for p in entries if (stem := _volume_stem(p))]
     if files:
         columns = ["image"]
         found = [(_case_id(stem), {"image": str(p.resolve())}) for p, stem in files]
