@@ -75,7 +75,8 @@ class MedAISegParameterNode:
     referenceSegmentation: vtkMRMLSegmentationNode
     evaluationTable: vtkMRMLTableNode
     # Batch: a shipped pipeline by name (MedAICommonLib.cohort.pipeline.shipped_pipelines), or "file"
-    batchPipeline: Annotated[str, Choice(["segmentation-cohort", "planning-cohort", "file"])] = "segmentation-cohort"
+    batchPipeline: Annotated[str, Choice(["segmentation-cohort", "planning-cohort", "contour-qa-cohort",
+                                          "file"])] = "segmentation-cohort"
     batchPipelineFile: Path
     batchInputKind: Annotated[str, Choice(["folder", "manifest"])] = "folder"
     batchInput: Path
