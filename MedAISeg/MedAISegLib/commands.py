@@ -6,6 +6,7 @@ command fills the run :class:`~MedAICommonLib.report.Report` (``--report FILE``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ import numpy as np
 from MedAICommonLib.cli.inputs import require_inputs
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
+
+from MedAISegLib.results import DenoiseResult, EvaluationResult, LesionResult, ModelSegmentationResult, report_metrics
+from MedAISegLib.run_settings import ModelSegmentationSettings
 
 # bridge, runtime (MRML), the Logic and its algorithms are imported by the commands once their inputs are checked:
 # ``medai COMMAND --help`` and a refused input never pay for VTK, SimpleITK, torch or MONAI.
@@ -180,7 +184,7 @@ def cmd_denoise(args, report) -> int:
     logic = MedAISegLogic(scene)
     with report.timed(args.method), progress_printer() as callback:
         out = logic.denoise(node, args.method, device=args.device, progress=Progress(callback), **params)
-    report.device = logic.last_info.get("device", "cpu")
+    report.device = logic.last_result_as(DenoiseResult).device
     with report.timed("save"):
         report.outputs["output"] = str(bridge.save_node(out, args.output))
     before, after = bridge.array_from_volume(node)[0], bridge.array_from_volume(out)[0]
@@ -218,13 +222,13 @@ def cmd_segment(args, report) -> int:
         progress = Progress(callback)
         if args.model:
             report.inputs["model"] = str(args.model)
-            report.parameters.update({"model": str(args.model), "tta": args.tta, "device": args.device,
-                                      "trust_bundle": args.trust_bundle})
-            seg = logic.segment_with_model([node, *extra], args.model, device=args.device, flip_tta=args.tta,
-                                           return_entropy=bool(args.uncertainty),
+            settings = ModelSegmentationSettings.from_namespace(args)
+            report.parameters.update(dataclasses.asdict(settings))
+            seg = logic.segment_with_model([node, *extra], settings.model, device=settings.device,
+                                           flip_tta=settings.tta, return_entropy=bool(args.uncertainty),
                                            return_probabilities=bool(args.probabilities),
-                                           trust_bundle=args.trust_bundle, progress=progress)
-            report.device = logic.last_info.get("device", "cpu")
+                                           trust_bundle=settings.trust_bundle, progress=progress)
+            report.device = logic.last_result_as(ModelSegmentationResult).device
         elif args.method == "threshold":
             report.parameters.update({"method": "threshold", "lower": args.lower, "upper": args.upper})
             seg = logic.threshold(node, args.lower, args.upper, progress=progress)
@@ -237,7 +241,7 @@ def cmd_segment(args, report) -> int:
                                       "upper": args.upper, "seeds": args.seeds})
             seg = logic.region_growing(node, _parse_seeds(scene, args.seeds), method, lower=args.lower,
                                        upper=args.upper, progress=progress)
-    info = {k: v for k, v in logic.last_info.items() if k != "extra_nodes"}
+    info = report_metrics(logic.last_result)
     with report.timed("save"):
         report.outputs["output"] = str(bridge.save_node(seg, args.output))
         if args.uncertainty:
@@ -284,7 +288,7 @@ def cmd_evaluate(args, report) -> int:
     logic = MedAISegLogic(scene)
     with report.timed("evaluate"):
         table = logic.evaluate(reference, prediction)
-    metrics = logic.last_info["metrics"]
+    metrics = logic.last_result_as(EvaluationResult).metrics
     report.metrics["segments"] = {name: {k: _finite(v) for k, v in values.items()} for name, values in metrics.items()}
     dice = [m["dice"] for m in metrics.values()]
     report.metrics["mean_dice"] = float(np.mean(dice)) if dice else None
@@ -321,7 +325,7 @@ def cmd_lesions(args, report) -> int:
     report.metrics["lesions"] = [
         {"label": les["label"], "volume_mm3": les["volume_mm3"], "max_diameter_mm": les["max_diameter_mm"],
          "centroid_ras_mm": [float(c) for c in les["centroid_ras"]], "mean_intensity": les["mean_intensity"],
-         "max_intensity": les["max_intensity"]} for les in logic.last_info["lesions"]]
+         "max_intensity": les["max_intensity"]} for les in logic.last_result_as(LesionResult).lesions]
     report.metrics["count"] = len(report.metrics["lesions"])
     if args.points:
         report.outputs["points"] = str(bridge.save_node(markups, args.points))

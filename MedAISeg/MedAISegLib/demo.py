@@ -9,6 +9,7 @@ import numpy as np
 from MedAICommonLib import bridge, figures
 
 from MedAISegLib.logic import MedAISegLogic
+from MedAISegLib.results import DenoiseResult, EvaluationResult, LesionResult
 
 
 def _seed_ras(structures_node, name):
@@ -33,7 +34,7 @@ def run(context) -> None:
     ct, structures = context.ct_node, context.structures_node
     with context.report.timed("seg.denoise"):
         denoised = logic.denoise(ct, "nlm", device="auto", patch_radius=1, search_radius=1)
-    device = logic.last_info.get("device", "cpu")
+    device = logic.last_result_as(DenoiseResult).device
     with context.report.timed("seg.liver"):
         liver = logic.region_growing(denoised, _seed_ras(structures, "liver")[None], "connected", lower=40, upper=85,
                                      segment_name="liver")
@@ -42,12 +43,12 @@ def run(context) -> None:
         lesion = logic.threshold(denoised, lower=85, upper=300, segment_name="lesion", color=(0.9, 0.1, 0.1))
         lesion = logic.postprocess(lesion, min_island_mm3=500.0, fill_holes=True, output_node=lesion)
         markups, lesion_table = logic.detect_lesions(lesion, intensity_node=ct)
-        lesions = logic.last_info["lesions"]
+        lesions = logic.last_result_as(LesionResult).lesions
     with context.report.timed("seg.evaluate"):
         logic.evaluate(_reference(context, "liver"), liver)
-        liver_metrics = logic.last_info["metrics"]["liver"]
+        liver_metrics = logic.last_result_as(EvaluationResult).metrics["liver"]
         logic.evaluate(_reference(context, "lesion"), lesion)
-        lesion_metrics = logic.last_info["metrics"]["lesion"]
+        lesion_metrics = logic.last_result_as(EvaluationResult).metrics["lesion"]
     paths = {
         "denoised": bridge.save_node(denoised, out / "phantom_ct_nlm.nrrd"),
         "liver": bridge.save_node(liver, out / "liver.seg.nrrd"),

@@ -26,6 +26,9 @@ from MedAISegLib.preprocessing import filters
 from MedAISegLib.postprocessing import postprocess, threshold
 from MedAISegLib.postprocessing.evaluation import METRICS, evaluate_labelmaps
 from MedAISegLib.postprocessing.lesions import detect_lesions
+from MedAISegLib.results import (R, DenoiseResult, EvaluationResult, LesionResult, ModelSegmentationResult, OtsuResult,
+                                 PostprocessResult, RegionGrowingResult, SegmentationResult, ThresholdResult,
+                                 expect_result)
 
 PREPROCESS_METHODS = ("nlm", "anisotropic", "curvature", "clahe", "histogram", "n4", "normalize")
 SEGMENT_COLORS = {"threshold": (0.90, 0.60, 0.20), "otsu": (0.30, 0.70, 0.90), "region": (0.40, 0.85, 0.40)}
@@ -34,13 +37,18 @@ SEGMENT_COLORS = {"threshold": (0.90, 0.60, 0.20), "otsu": (0.30, 0.70, 0.90), "
 class MedAISegLogic:
     """Headless Logic of MedAISeg, bound to ``scene`` (default: :func:`MedAICommonLib.runtime.get_scene`).
 
-    After each run ``self.last_info`` holds what the run measured (thresholds, timings, devices,
-    per-segment metrics, lesions) for reports.
+    After each run ``self.last_result`` holds what the run measured (thresholds, timings, devices,
+    per-segment metrics, lesions) for reports, as one of the dataclasses of :mod:`MedAISegLib.results`;
+    :meth:`last_result_as` returns it checked to be the kind expected.
     """
 
     def __init__(self, scene=None) -> None:
         self.scene = scene if scene is not None else get_scene()
-        self.last_info: dict = {}
+        self.last_result: SegmentationResult | None = None
+
+    def last_result_as(self, kind: type[R]) -> R:
+        """``self.last_result`` checked to be a ``kind`` (e.g. :class:`~MedAISegLib.results.EvaluationResult`)."""
+        return expect_result(self.last_result, kind)
 
     # --- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -72,11 +80,13 @@ class MedAISegLogic:
             torch_device = select_device(device)
             sub = progress.sub(0.1, 0.95)
             result = filters.nlm(image, device=torch_device, progress=lambda f: sub.update("nlm", f), **params)
-            self.last_info = {"device": str(torch_device)}
+            self.last_result = DenoiseResult(method, str(torch_device))
         elif method == "normalize":
             result = filters.normalize(image, **params)
         else:
             result = filters.denoise(image, method, **params)
+        if method != "nlm":
+            self.last_result = DenoiseResult(method)
         progress.update(f"{method}: writing", 0.97)
         node = bridge.sitk_to_volume(result, self.scene, f"{input_node.GetName()} {method}", node=output_node)
         progress.update("done", 1.0)
@@ -91,7 +101,7 @@ class MedAISegLogic:
         array, geometry = bridge.array_from_volume(input_node)
         labels = threshold.threshold(array, lower, upper)
         progress.update("threshold", 0.5)
-        self.last_info = {"lower": lower, "upper": upper, "voxels": int(labels.sum())}
+        self.last_result = ThresholdResult(lower, upper, int(labels.sum()))
         segments = [SegmentInfo(1, segment_name, tuple(color) if color else SEGMENT_COLORS["threshold"])]
         node = self._segmentation(labels, geometry, segments, f"{input_node.GetName()} segmentation", output_node,
                                   input_node)
@@ -100,13 +110,13 @@ class MedAISegLogic:
 
     def otsu(self, input_node, classes: int = 2, output_node=None, progress=None):
         """Otsu thresholding into ``classes - 1`` foreground segments ('otsu 1' is the brightest class
-        above the first threshold, ...); thresholds are in ``self.last_info['thresholds']``."""
+        above the first threshold, ...); thresholds are in ``self.last_result.thresholds``."""
         bridge.require_scalar_volume(input_node)
         progress = self._progress(progress)
         array, geometry = bridge.array_from_volume(input_node)
         labels, thresholds = threshold.otsu(array, classes)
         progress.update("otsu", 0.5)
-        self.last_info = {"thresholds": thresholds}
+        self.last_result = OtsuResult(list(thresholds))
         names = ["foreground"] if classes == 2 else [f"otsu class {c}" for c in range(1, classes)]
         segments = [SegmentInfo(c, names[c - 1], SEGMENT_COLORS["otsu"] if classes == 2 else None)
                     for c in range(1, classes)]
@@ -133,7 +143,7 @@ class MedAISegLogic:
         seeds_ijk = np.rint(geometry.point_to_index(np.atleast_2d(points))).astype(int)
         mask = threshold.region_growing(image, seeds_ijk, method, lower=lower, upper=upper, multiplier=multiplier)
         progress.update("region growing", 0.6)
-        self.last_info = {"seeds_ijk": seeds_ijk.tolist(), "voxels": int(mask.sum())}
+        self.last_result = RegionGrowingResult(seeds_ijk.tolist(), int(mask.sum()))
         segments = [SegmentInfo(1, segment_name, SEGMENT_COLORS["region"])]
         node = self._segmentation(mask, geometry, segments, f"{input_node.GetName()} segmentation", output_node,
                                   input_node)
@@ -152,7 +162,7 @@ class MedAISegLogic:
         and terminology, and the first input as reference geometry. ``flip_tta`` averages the 8 flipped
         predictions; with ``return_probabilities`` / ``return_entropy`` volume nodes '<input> probability
         <label>' and '<input> uncertainty' (entropy, nats) are created too and listed in
-        ``self.last_info['extra_nodes']`` (both model kinds; a bundle then runs through MedAI's sliding
+        ``self.last_result.extra_nodes`` (both model kinds; a bundle then runs through MedAI's sliding
         window with its own ROI/overlap/batch, as it also does when the memory guard finds its own
         inferer would not fit).
 
@@ -189,8 +199,9 @@ class MedAISegLogic:
         name = f"{nodes[0].GetName()} segmentation"
         node = self._segmentation(result.labels, result.geometry, segments, name, output_node, nodes[0])
         extra = self._model_extra_volumes(result, nodes[0].GetName())
-        self.last_info = dict(result.info, extra_nodes=[n.GetName() for n in extra],
-                              voxels={s.name: int((result.labels == s.value).sum()) for s in result.segments})
+        self.last_result = ModelSegmentationResult(
+            dict(result.info), [n.GetName() for n in extra],
+            {s.name: int((result.labels == s.value).sum()) for s in result.segments})
         progress.update("done", 1.0)
         return node
 
@@ -295,8 +306,8 @@ class MedAISegLogic:
         progress.update("post-processing", 0.3)
         cleaned = postprocess.postprocess(labels, geometry.spacing, largest_component=keep_largest, holes=fill_holes,
                                           min_island_mm3=min_island_mm3, smoothing_mm=smoothing_mm, only=only)
-        self.last_info = {"voxels_before": {i.name: int((labels == i.label).sum()) for i in infos},
-                          "voxels_after": {i.name: int((cleaned == i.label).sum()) for i in infos}}
+        self.last_result = PostprocessResult({i.name: int((labels == i.label).sum()) for i in infos},
+                                             {i.name: int((cleaned == i.label).sum()) for i in infos})
         progress.update("writing", 0.8)
         name = f"{segmentation_node.GetName()} cleaned"
         node = self._segmentation(cleaned, geometry, infos, name, output_node, None)
@@ -327,7 +338,7 @@ class MedAISegLogic:
         intensity = bridge.array_from_volume(intensity_node)[0] if intensity_node is not None else None
         progress.update("connected components", 0.4)
         lesions = detect_lesions(data, geometry, intensity, probability_threshold, min_volume_mm3)
-        self.last_info = {"lesions": lesions}
+        self.last_result = LesionResult(lesions)
         base = source_node.GetName()
         points = np.array([les["centroid_ras"] for les in lesions]).reshape(-1, 3)
         labels_text = [f"lesion {les['label']}" for les in lesions]
@@ -353,7 +364,7 @@ class MedAISegLogic:
         into a table node '<prediction> evaluation'; segments are paired by name only (a label map's
         values are names '1', '2', ... unless named when loaded); the prediction is compared on the
         reference's grid in physical space. Grids apart in space are refused, a partial overlap warned.
-        ``self.last_info['metrics']`` holds ``{segment name: {metric: value}}``."""
+        ``self.last_result.metrics`` holds ``{segment name: {metric: value}}``."""
         bridge.require_segmentation(reference_node, "reference segmentation")
         bridge.require_segmentation(prediction_node, "predicted segmentation")
         progress = self._progress(progress)
@@ -376,6 +387,6 @@ class MedAISegLogic:
         table = bridge.create_table(self.scene, columns, f"{prediction_node.GetName()} evaluation", node=table_node,
                                     units={"hd95_mm": "mm", "asd_mm": "mm", "volume_reference_mm3": "mm3",
                                            "volume_prediction_mm3": "mm3", "volume_difference_mm3": "mm3"})
-        self.last_info = {"metrics": metrics}
+        self.last_result = EvaluationResult(metrics)
         progress.update("done", 1.0)
         return table

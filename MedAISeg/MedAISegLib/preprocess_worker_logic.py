@@ -8,7 +8,12 @@ the Slicer process (:func:`runs_in_worker`).
 
 from __future__ import annotations
 
+from typing import cast
+
+from MedAICommonLib.devices import Device
 from MedAICommonLib.jobs.scene_job import JobOutput, SceneJob
+
+from MedAISegLib.run_settings import DenoiseMethod, DenoiseSettings
 
 WORKER_METHODS = ("nlm", "anisotropic", "curvature", "clahe", "n4")
 
@@ -18,14 +23,15 @@ def runs_in_worker(method: str) -> bool:
     return method in WORKER_METHODS
 
 
-def denoise_job(scene, input_node, method: str, device: str = "auto", output_node=None) -> SceneJob:
+def denoise_job(scene, input_node, method: str, device: Device = "auto", output_node=None) -> SceneJob:
     """``medai denoise INPUT OUTPUT --method METHOD --device DEVICE`` with the CLI's default settings
     (those of :meth:`MedAISegLib.logic.MedAISegLogic.denoise`); the output is a scalar volume node."""
     if input_node is None:
         raise ValueError("Select the input volume to preprocess.")
     if not runs_in_worker(method):
         raise ValueError(f"Preprocessing {method!r} has no worker command; choose one of {', '.join(WORKER_METHODS)}.")
-    args = ["denoise", "{in:volume}", "{out:volume}", "--method", method, "--device", device]
+    settings = DenoiseSettings(cast(DenoiseMethod, method), device)
+    args = ["denoise", "{in:volume}", "{out:volume}", *settings.to_cli_args()]
     return SceneJob(scene, args, {"volume": input_node},
                     [JobOutput("volume", "preprocessed.nrrd", f"{input_node.GetName()} {method}", "volume",
                                node=output_node)])

@@ -14,6 +14,7 @@ from MedAICommonLib.geometry import rotation_matrix
 from MedAICommonLib.synthetic.phantoms import STRUCTURES, make_ct_phantom
 
 from MedAISegLib.logic import MedAISegLogic
+from MedAISegLib.results import EvaluationResult, OtsuResult, PostprocessResult
 
 
 def _phantom_nodes(scene, direction=None, noise_hu=15.0):
@@ -52,7 +53,7 @@ def scenario_region_growing_finds_the_lesion_on_an_oblique_grid(scene):
     seed = bridge.create_markups(scene, phantom.lesion_center_ras[None], "seed")
     seg = logic.region_growing(ct, seed, "connected", lower=90, upper=140, segment_name="lesion")
     table = logic.evaluate(truth, seg)
-    metrics = logic.last_info["metrics"]["lesion"]
+    metrics = logic.last_result_as(EvaluationResult).metrics["lesion"]
     assert metrics["dice"] > 0.9, metrics
     assert metrics["hd95_mm"] <= 6.0, metrics
     assert bridge.columns_from_table(table)["segment"][-1] == "lesion"
@@ -69,10 +70,10 @@ def scenario_otsu_and_postprocess(scene):
     phantom, ct, _ = _phantom_nodes(scene)
     logic = MedAISegLogic(scene)
     seg = logic.otsu(ct)
-    assert -900 < logic.last_info["thresholds"][0] < 0
+    assert -900 < logic.last_result_as(OtsuResult).thresholds[0] < 0
     cleaned = logic.postprocess(seg, keep_largest=True, fill_holes=True)
-    before = logic.last_info["voxels_before"]["foreground"]
-    after = logic.last_info["voxels_after"]["foreground"]
+    before = logic.last_result_as(PostprocessResult).voxels_before["foreground"]
+    after = logic.last_result_as(PostprocessResult).voxels_after["foreground"]
     assert after >= before * 0.9
     labels, _, infos = bridge.labelmap_from_segmentation(cleaned)
     assert [i.name for i in infos] == ["foreground"]

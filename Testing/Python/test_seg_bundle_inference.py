@@ -111,7 +111,7 @@ def test_logic_creates_probability_and_uncertainty_nodes_for_bundles(scene, shar
     logic = MedAISegLogic(scene)
     seg = logic.segment_with_model([node], bundle, device="cpu", flip_tta=True, return_probabilities=True,
                                    return_entropy=True, trust_bundle=True)
-    assert logic.last_info["extra_nodes"] == ["anatomical probability bright tissue", "anatomical uncertainty"]
+    assert logic.last_result.extra_nodes == ["anatomical probability bright tissue", "anatomical uncertainty"]
     x = bridge.array_from_volume(node)[0].astype(np.float64)
     assert int(bridge.segment_mask(seg, "bright tissue")[0].sum()) == int((x > THRESHOLD).sum())
     probability = scene.GetFirstNodeByName("anatomical probability bright tissue")

@@ -64,7 +64,7 @@ def test_untrusted_bundle_is_refused_then_runs_once_trusted(scene, head_node, tm
     assert json.loads(store.read_text())["bundles"][str(bundle.resolve())]["digest"] == info["digest"]
     seg = logic.segment_with_model([head_node], bundle, device="cpu")
     assert segmented_voxels(seg) == bright_voxels(head_node)
-    assert logic.last_info["trust"]["origin"] == "local"
+    assert logic.last_result.inference["trust"]["origin"] == "local"
 
 
 def test_edited_config_or_moved_bundle_is_untrusted_again(scene, head_node, tmp_path):

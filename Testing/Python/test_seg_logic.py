@@ -59,7 +59,7 @@ def test_torchscript_model_labels_land_on_the_right_ras_voxels(scene, head_node,
     np.testing.assert_allclose(segment.GetColor(), (0.1, 0.8, 0.3), atol=1e-6)
     assert bridge.segment_infos(seg)[0].terminology.startswith("SCT^85756007")
     assert bridge.reference_geometry(seg).same_grid(bridge.volume_geometry(head_node), tol_mm=1e-3)
-    assert logic.last_info["extra_nodes"] == ["anatomical uncertainty"]
+    assert logic.last_result.extra_nodes == ["anatomical uncertainty"]
     np.testing.assert_array_equal(bridge.array_from_volume(head_node)[0], before)
     # running again into the same node updates it
     again = logic.segment_with_model([head_node], model, device="cpu", output_node=seg)
