@@ -138,7 +138,7 @@ class PlanSettings:
             if value is None:
                 continue
             if f.metadata["kind"] == "numbers":
-                value = parse_numbers(value, option)
+                value = parse_numbers(value, option) or ()
                 if f.name == "isocenter_lps" and len(value) != 3:
                     raise ValueError(f"{option} needs three numbers x,y,z (LPS mm).")
                 if f.name.endswith("angles"):
