@@ -7,6 +7,10 @@ trains (or fine-tunes with ``--init-bundle`` from a bundle or a TorchScript mode
 fp16 TorchScript / ONNX files to the bundle and reports their label agreement and speed.
 ``medai fine-tune VOLUME SEGMENTATION --model MODEL --output BUNDLE_DIR`` is "Fine-tune on this case"
 (one corrected case, the panel runs it in a worker process).
+
+``medai train --nproc-per-node N`` trains data-parallel on N processes of this machine (DDP: Gloo on the
+CPU, NCCL with one GPU per process); ``torchrun --nproc-per-node N [--nnodes ...] -m MedAICommonLib.cli
+train ...`` runs the same code on one or several nodes. Rank 0 alone writes the bundle and the report.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from MedAICommonLib.devices import select_device
 from MedAICommonLib.optional import require_packages
 from MedAICommonLib.progress import Progress
 
+from MedAISegLib.results import TrainingRunResult
+
 # torch, MONAI, the bridge and the training Logic are imported by the commands once their inputs are checked:
 # ``medai train --help`` and a refused input never pay for them.
 
@@ -26,7 +32,8 @@ from MedAICommonLib.progress import Progress
 NETWORKS = ("segresnet", "unet", "dynunet", "swinunetr")
 
 # best_val_dice is null when no case was held out (then best_epoch_by is "training loss")
-TRAINING_METRICS = ("best_val_dice", "best_epoch", "best_epoch_by", "best_training_loss", "epochs_run", "stopped")
+TRAINING_METRICS = ("best_val_dice", "best_epoch", "best_epoch_by", "best_training_loss", "epochs_run", "stopped",
+                    "world_size", "backend")
 
 
 def register(subparsers, add_common_options) -> None:
@@ -57,6 +64,12 @@ def register(subparsers, add_common_options) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="keep the preprocessed cases on disk here (MONAI PersistentDataset) and reuse them next time")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train data-parallel (PyTorch DDP) on N processes of this machine: one GPU each with "
+                        "NCCL on CUDA, Gloo on the CPU; --batch-size is per process and each process needs at "
+                        "least one training case. Rank 0 writes the one bundle. For several nodes run "
+                        "'torchrun --nnodes M --nproc-per-node N ... -m MedAICommonLib.cli train ...' instead "
+                        "(default 1)")
     add_common_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -102,6 +115,7 @@ def cmd_train(args, report) -> int:
     require_inputs(*args.images, *args.labels, args.init_bundle)
     from MedAICommonLib import bridge
     from MedAICommonLib.runtime import get_scene
+    from MedAISegLib.learning.distributed import current_rank
     from MedAISegLib.learning.training import TrainingConfig
     from MedAISegLib.training_logic import MedAITrainingLogic
 
@@ -118,13 +132,19 @@ def cmd_train(args, report) -> int:
                             cache_dir=args.cache_dir)
     report.parameters.update({k: v for k, v in vars(config).items() if k != "labels"})
     report.parameters["init_bundle"] = args.init_bundle
+    rank = current_rank()
+    if rank != 0:  # under torchrun: rank 0 writes the report
+        args.report = None
     logic = MedAITrainingLogic(scene)
     with report.timed("train"), progress_printer() as callback:
         result = logic.train(volumes, labels, args.output, config, init_bundle=args.init_bundle, device=args.device,
-                             progress=Progress(callback))
-    report.device = logic.last_info["device"]
+                             progress=Progress(callback if rank == 0 else None), nproc_per_node=args.nproc_per_node)
+    report.parameters.update({"nproc_per_node": args.nproc_per_node, "world_size": result.world_size,
+                              "backend": result.backend})
+    run = logic.last_result_as(TrainingRunResult)
+    report.device = run.device
     report.outputs.update({"bundle": str(Path(args.output)), **result.files})
-    report.metrics.update({k: logic.last_info[k] for k in TRAINING_METRICS})
+    report.metrics.update({k: getattr(run, k) for k in TRAINING_METRICS})
     report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
     return 0
 
@@ -147,9 +167,10 @@ def cmd_fine_tune(args, report) -> int:
         result = logic.fine_tune_on_case(volume, labels, args.model, args.output, epochs=args.epochs,
                                          device=args.device, learning_rate=args.learning_rate,
                                          progress=Progress(callback))
-    report.device = logic.last_info.get("device", "")
+    run = logic.last_result_as(TrainingRunResult)
+    report.device = run.device
     report.outputs.update({"bundle": str(Path(args.output)), **result.files})
-    report.metrics.update({k: logic.last_info[k] for k in TRAINING_METRICS})
+    report.metrics.update({k: getattr(run, k) for k in TRAINING_METRICS})
     report.metrics["labels"] = {str(k): v for k, v in result.labels.items()}
     return 0
 

@@ -20,6 +20,7 @@ from MedAICommonLib.progress import Progress
 from MedAICommonLib.runtime import get_scene
 
 from MedAISegLib.learning.training import TrainingConfig, TrainingResult, preprocess_for_bundle, train_and_export
+from MedAISegLib.results import ExplainResult, R, TrainingRunResult, expect_result
 
 
 class MedAITrainingLogic:
@@ -27,7 +28,12 @@ class MedAITrainingLogic:
 
     def __init__(self, scene=None) -> None:
         self.scene = scene if scene is not None else get_scene()
-        self.last_info: dict = {}
+        self.last_result: TrainingRunResult | ExplainResult | None = None
+
+    def last_result_as(self, kind: type[R]) -> R:
+        """``self.last_result`` checked to be a ``kind`` (:class:`~MedAISegLib.results.TrainingRunResult` after
+        training or fine-tuning, :class:`~MedAISegLib.results.ExplainResult` after :meth:`explain`)."""
+        return expect_result(self.last_result, kind)
 
     def _case(self, volume_node, label_node, values_by_name: dict | None = None):
         bridge.require_scalar_volume(volume_node)
@@ -51,12 +57,16 @@ class MedAITrainingLogic:
         return (image, label_image), names
 
     def train(self, volume_nodes, label_nodes, bundle_dir, config: TrainingConfig | None = None, init_bundle=None,
-              device: str = "auto", progress=None, on_epoch=None, table_node=None) -> TrainingResult:
+              device: str = "auto", progress=None, on_epoch=None, table_node=None,
+              nproc_per_node: int = 1) -> TrainingResult:
         """Train (or fine-tune from ``init_bundle``: a bundle folder or a TorchScript file with a model
         card, see :mod:`.fine_tune`) on pairs of volume and segmentation/label-map nodes and export a
         MONAI bundle to ``bundle_dir`` (recorded as trusted: MedAI wrote its configs). A table node '<bundle> training curves' (epoch,
-        loss, and val_dice when a case was held out for validation) is created or updated; ``self.last_info`` has
-        the figures (``best_val_dice`` None and ``best_epoch_by`` 'training loss' without a validation case)."""
+        loss, and val_dice when a case was held out for validation) is created or updated; ``self.last_result`` has
+        the figures (``best_val_dice`` None and ``best_epoch_by`` 'training loss' without a validation case).
+        ``nproc_per_node`` > 1: data-parallel training on that many processes of this machine
+        (:mod:`.learning.distributed_launch`; ``config.batch_size`` is per process); under ``torchrun`` the
+        processes are already there and each one calls this with 1."""
         volumes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         labels = list(label_nodes) if isinstance(label_nodes, (list, tuple)) else [label_nodes]
         if not volumes or len(volumes) != len(labels):
@@ -70,21 +80,31 @@ class MedAITrainingLogic:
             cases.append(case)
             names.update(case_names)
         config.labels = {**names, **config.labels}
-        return self._run(cases, bundle_dir, config, init_bundle, device, progress, on_epoch, table_node)
+        return self._run(cases, bundle_dir, config, init_bundle, device, progress, on_epoch, table_node,
+                         nproc_per_node)
 
-    def _run(self, cases, bundle_dir, config, init_model, device, progress, on_epoch, table_node) -> TrainingResult:
+    def _run(self, cases, bundle_dir, config, init_model, device, progress, on_epoch, table_node,
+             nproc_per_node: int = 1) -> TrainingResult:
         progress = progress if progress is not None else Progress()
         torch_device = select_device(device)
         progress.update("training", 0.0)
-        result = train_and_export(cases, bundle_dir, config, init_bundle=init_model, device=torch_device,
-                                  progress=progress, on_epoch=on_epoch, name=Path(bundle_dir).name)
+        if nproc_per_node != 1:
+            from MedAISegLib.learning.distributed_launch import launch_training
+
+            result = launch_training(cases, bundle_dir, config, nproc_per_node, init_bundle=init_model,
+                                     device=torch_device, progress=progress, on_epoch=on_epoch,
+                                     name=Path(bundle_dir).name)
+        else:
+            result = train_and_export(cases, bundle_dir, config, init_bundle=init_model, device=torch_device,
+                                      progress=progress, on_epoch=on_epoch, name=Path(bundle_dir).name)
         keys = ("epoch", "loss", "val_dice") if result.best_dice is not None else ("epoch", "loss")
         columns = {key: [row[key] for row in result.history] for key in keys}
         table = bridge.create_table(self.scene, columns, f"{Path(bundle_dir).name} training curves", node=table_node)
-        self.last_info = {"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
-                          "best_epoch_by": result.best_epoch_by, "best_training_loss": result.best_loss,
-                          "epochs_run": result.epochs_run, "stopped": result.stopped, "seconds": result.seconds,
-                          "device": str(torch_device), "files": result.files, "table": table.GetID()}
+        self.last_result = TrainingRunResult(
+            best_val_dice=result.best_dice, best_epoch=result.best_epoch, best_epoch_by=result.best_epoch_by,
+            best_training_loss=result.best_loss, epochs_run=result.epochs_run, stopped=result.stopped,
+            seconds=result.seconds, device=str(torch_device), files=result.files, table=table.GetID(),
+            world_size=result.world_size, backend=result.backend, rank=result.rank)
         progress.update("done", 1.0)
         return result
 
@@ -97,7 +117,7 @@ class MedAITrainingLogic:
         and :meth:`MedAISegLib.logic.MedAISegLogic.segment_with_model` then run. ``output_dir`` may be
         the bundle ``model_path`` itself (it is read fully before it is overwritten). Segments named
         like a model label keep its value; other segment names extend the label set (new output
-        channels). No validation split: the best epoch is the lowest training loss, ``last_info['best_val_dice']``
+        channels). No validation split: the best epoch is the lowest training loss, ``last_result.best_val_dice``
         is None (no Dice is claimed) and a 'no validation case' warning is raised."""
         from MedAISegLib.learning.fine_tune import load_initial_model
 
@@ -160,8 +180,8 @@ class MedAITrainingLogic:
         label = "Grad-CAM" if method == "gradcam" else "saliency"
         name = f"{volume_node.GetName()} {label} {initial.labels[value]}"
         node = bridge.create_volume(self.scene, np.asarray(array, dtype=np.float32), reference, name, node=output_node)
-        self.last_info = {"segment": initial.labels[value], "label": value, "method": method,
-                          "layer": layer if method == "gradcam" else None, "device": str(torch_device)}
+        self.last_result = ExplainResult(initial.labels[value], int(value), method,
+                                         layer if method == "gradcam" else None, str(torch_device))
         return node
 
 

@@ -11,7 +11,9 @@ scored after each epoch with MedAI's sliding window (mean foreground Dice, in [0
 weights are kept, training stops early after ``patience`` epochs without improvement, and a checkpoint
 (``checkpoint.pt``, loadable with ``weights_only=True``) allows ``resume``. Cancel (through a
 :class:`MedAICommonLib.progress.Progress`) stops at the next step and keeps the best model.
-Curves are written as ``training_curves.csv`` and ``.png``.
+Curves are written as ``training_curves.csv`` and ``.png``. Launched on several processes (``torchrun``
+or ``medai train --nproc-per-node N``), each rank trains on its shard of the cases with DDP and rank 0
+alone writes the checkpoint, the curves and the bundle (:mod:`.distributed`).
 
 Without a validation case (one case, two with a small ``val_fraction``, or ``val_fraction`` 0)
 there is no validation Dice: ``val_dice`` is None in the history and the result, a warning says
@@ -33,6 +35,8 @@ import torch
 from MedAISegLib.inference.export import build_network, build_transforms, bundle_preprocessing, check_roi, export_bundle, \
     network_definition, preprocessing_definition
 from MedAISegLib.inference.sliding_window import sliding_window_inference
+from MedAISegLib.learning.distributed import SINGLE, DistributedContext, check_shards, join_process_group, \
+    leave_process_group, mean_over_ranks, shard_sampler, wrap_model
 from MedAISegLib.learning.training_epochs import RunState, resume, run_epochs
 from MedAISegLib.learning.training_history import BY_TRAINING_LOSS, BY_VALIDATION_DICE, no_validation_message, write_curves
 
@@ -80,6 +84,9 @@ class TrainingResult:
     seconds: float
     best_loss: float | None = None         # training loss of the best epoch
     best_epoch_by: str = BY_VALIDATION_DICE   # or BY_TRAINING_LOSS when no case was held out
+    world_size: int = 1                    # processes that trained together (DDP); 1 for a plain run
+    backend: str | None = None             # their process-group backend (gloo or nccl); None for one process
+    rank: int = 0                          # this process's rank: only rank 0 writes files
 
 
 def _to_file(item, folder: Path, name: str) -> str:
@@ -168,7 +175,9 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, classes) -> di
     return scores
 
 
-def _validate(network, cases, roi, device, amp, classes) -> float:
+def _validate(network, cases, roi, device, amp, classes, context: DistributedContext = SINGLE) -> float:
+    """Mean foreground Dice of ``network`` on ``cases`` (this rank's share of the validation cases),
+    pooled over every rank of a multi-process run."""
     network.eval()
     scores = []
     with torch.no_grad():
@@ -178,8 +187,8 @@ def _validate(network, cases, roi, device, amp, classes) -> float:
             reference = np.rint(case["label"][0].numpy()).astype(np.int64)
             scores.append(np.mean(list(dice_per_class(result.labels, reference, classes).values())))
     network.train()
-    dice = float(np.mean(scores))
-    if not 0.0 <= dice <= 1.0:
+    dice = mean_over_ranks([float(v) for v in scores], context)
+    if dice is None or not 0.0 <= dice <= 1.0:
         raise RuntimeError(f"Validation Dice {dice} is outside [0, 1]; this is a bug, please report it.")
     return dice
 
@@ -224,17 +233,20 @@ def _split(items: list[dict], seed: int, val_fraction: float) -> tuple[list[dict
     return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
 
 
-def _data(train_items: list[dict], val_items: list[dict], config: TrainingConfig):
-    """(shuffled training loader with augmentations, preprocessed validation cases)."""
+def _data(train_items: list[dict], val_items: list[dict], config: TrainingConfig,
+          context: DistributedContext = SINGLE):
+    """(shuffled training loader with augmentations, preprocessed validation cases); in a multi-process
+    run this rank's shard of the training cases and its share of the validation cases."""
     from monai.data import DataLoader
     from monai.transforms import Compose
 
     pre = build_transforms(preprocessing_definition(config.spacing_mm, keys=("image", "label"),
                                                     normalization=config.normalization, axcodes=config.axcodes))
     train_ds = _dataset(train_items, Compose([*pre.transforms, *_augmentations(config)]), config)
-    val_cases = [pre(item) for item in val_items]
-    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(config.seed))
+    val_cases = [pre(item) for item in val_items[context.rank::context.world_size]]
+    sampler = shard_sampler(train_ds, context, config.seed)
+    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=0, generator=torch.Generator().manual_seed(config.seed + context.rank))
     return loader, val_cases
 
 
@@ -261,66 +273,89 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    set_determinism(seed=config.seed)
+    context, device = join_process_group(torch.device(device))
+    set_determinism(seed=config.seed + context.rank)
+    main_only = (progress, on_epoch) if context.is_main else (None, None)
     tmp = tempfile.TemporaryDirectory(prefix="medai-train-")
     try:
         items = _stage_cases(cases, Path(tmp.name))
         network, definition, labels = _initial_network(items, config, init_bundle)
         network = network.to(device)
         train_items, val_items = _split(items, config.seed, config.val_fraction)
-        loader, val_cases = _data(train_items, val_items, config)
-        if not val_cases:
+        check_shards(len(train_items), context.world_size)
+        loader, val_cases = _data(train_items, val_items, config, context)
+        if not val_items and context.is_main:
             warn(no_validation_message(len(items)))
-        optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
-        state = RunState([], None, None, 0, {k: v.detach().clone() for k, v in network.state_dict().items()})
         checkpoint_path = output_dir / "checkpoint.pt"
-        if config.resume and checkpoint_path.exists():
-            state = resume(checkpoint_path, device, network, optimizer, scheduler)
+        optimizer, scheduler, state = _optimisation(network, config, checkpoint_path, device)
+        model = wrap_model(network, context, device)
 
         def validate():
-            return _validate(network, val_cases, config.roi, device, config.amp, list(labels)) if val_cases else None
+            return _validate(network, val_cases, config.roi, device, config.amp, list(labels), context) \
+                if val_items else None
 
         try:
             stopped = run_epochs(network, optimizer, scheduler, loader, validate, config, device, state,
-                                 checkpoint_path, progress, on_epoch)
+                                 checkpoint_path, *main_only, model=model, context=context)
         except CancelledError:
             stopped = "cancelled"
         network.load_state_dict(state.best_state)
         network.eval()
-        files = write_curves(state.history, output_dir) if state.history else {}
+        files = write_curves(state.history, output_dir) if state.history and context.is_main else {}
         files["checkpoint"] = str(checkpoint_path)
     finally:
         tmp.cleanup()
+        leave_process_group(context)
     return TrainingResult(network=network, definition=definition, labels=labels, best_dice=state.best_dice,
                           best_epoch=state.best_epoch, epochs_run=len(state.history), history=state.history,
                           stopped=stopped, files=files, seconds=round(time.perf_counter() - start, 2),
-                          best_loss=state.best_loss, best_epoch_by=BY_VALIDATION_DICE if val_items else BY_TRAINING_LOSS)
+                          best_loss=state.best_loss, best_epoch_by=BY_VALIDATION_DICE if val_items else BY_TRAINING_LOSS,
+                          world_size=context.world_size, backend=context.backend, rank=context.rank)
+
+
+def _optimisation(network, config: TrainingConfig, checkpoint_path: Path, device):
+    """(AdamW, cosine schedule, run state): fresh, or from ``checkpoint_path`` with ``config.resume``."""
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    state = RunState([], None, None, 0, {k: v.detach().clone() for k, v in network.state_dict().items()})
+    if config.resume and checkpoint_path.exists():
+        state = resume(checkpoint_path, device, network, optimizer, scheduler)
+    return optimizer, scheduler, state
 
 
 def train_and_export(cases, bundle_dir, config: TrainingConfig | None = None, init_bundle=None, device="cpu",
                      progress=None, on_epoch=None, name: str = "MedAI trained model") -> TrainingResult:
     """:func:`train`, then :func:`.export.export_bundle` of the best model into ``bundle_dir``
-    (curves and checkpoint in ``bundle_dir/logs``)."""
+    (curves and checkpoint in ``bundle_dir/logs``); in a multi-process run only rank 0 exports."""
     config = config or TrainingConfig()
-    if init_bundle is not None:  # the starting model's grid, patch size and normalisation
-        from MedAISegLib.learning.fine_tune import load_initial_model
-
-        init_bundle = load_initial_model(init_bundle) if isinstance(init_bundle, (str, Path)) else init_bundle
-        config.spacing_mm = init_bundle.spacing_mm
-        config.roi = tuple(init_bundle.roi)
-        config.normalization, config.axcodes = dict(init_bundle.normalization), init_bundle.axcodes
+    init_bundle = adopt_initial_model(config, init_bundle)
     result = train(cases, Path(bundle_dir) / "logs", config, init_bundle, device, progress, on_epoch)
+    if result.rank != 0:  # one bundle, written by rank 0
+        return result
     summary = {k: v for k, v in asdict(config).items() if k != "labels"}
     summary.update({"best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
                     "best_epoch_by": result.best_epoch_by, "best_training_loss": result.best_loss,
                     "epochs_run": result.epochs_run, "stopped": result.stopped, "cases": len(cases),
-                    "init_model": init_bundle.source if init_bundle is not None else None})
+                    "init_model": init_bundle.source if init_bundle is not None else None,
+                    "world_size": result.world_size, "backend": result.backend})
     export_bundle(bundle_dir, result.network, result.definition, result.labels, config.spacing_mm, config.roi,
                   name=name, training=summary, normalization=config.normalization, axcodes=config.axcodes)
     result.files["bundle"] = str(bundle_dir)
     return result
+
+
+def adopt_initial_model(config: TrainingConfig, init_bundle):
+    """``init_bundle`` loaded (a path becomes a :class:`.fine_tune.InitialModel`; None stays None), its grid,
+    patch size and normalisation written into ``config``: fine-tuning keeps the starting model's."""
+    if init_bundle is None:
+        return None
+    from MedAISegLib.learning.fine_tune import load_initial_model
+
+    init_bundle = load_initial_model(init_bundle) if isinstance(init_bundle, (str, Path)) else init_bundle
+    config.spacing_mm = init_bundle.spacing_mm
+    config.roi = tuple(init_bundle.roi)
+    config.normalization, config.axcodes = dict(init_bundle.normalization), init_bundle.axcodes
+    return init_bundle
 
 
 def preprocess_for_bundle(image, bundle, with_affine: bool = False):
