@@ -17,7 +17,8 @@ from MedAICommonLib.cli.inputs import require_inputs
 from MedAICommonLib.cli.progress_bar import progress_printer
 from MedAICommonLib.progress import Progress
 
-from MedAISegLib.results import DenoiseResult, EvaluationResult, LesionResult, ModelSegmentationResult, report_metrics
+from MedAISegLib.results import (DenoiseResult, EvaluationResult, ExplainResult, LesionResult, ModelSegmentationResult,
+                                 report_metrics)
 from MedAISegLib.run_settings import ModelSegmentationSettings
 
 # bridge, runtime (MRML), the Logic and its algorithms are imported by the commands once their inputs are checked:
@@ -357,11 +358,12 @@ def cmd_explain(args, report) -> int:
     args.progress.update("explaining", 0.1)
     with report.timed("explain"):
         saliency = logic.explain(node, args.model, segment_name=args.segment, device=args.device, method=args.method)
-    report.device = logic.last_info.get("device", "cpu")
+    explained = logic.last_result_as(ExplainResult)
+    report.device = explained.device
     args.progress.update("saving", 0.95)
     with report.timed("save"):
         report.outputs["output"] = str(bridge.save_node(saliency, args.output))
-    report.metrics.update(logic.last_info)
+    report.metrics.update(dataclasses.asdict(explained))
     report.metrics["name"] = saliency.GetName()
     args.progress.update("done", 1.0)
     return 0

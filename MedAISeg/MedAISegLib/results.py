@@ -88,6 +88,41 @@ class EvaluationResult:
     metrics: dict[str, dict[str, Any]]
 
 
+@dataclass
+class TrainingRunResult:
+    """A training or fine-tuning run of :class:`~MedAISegLib.training_logic.MedAITrainingLogic`: the best epoch
+    (by validation Dice, or by training loss when no case was held out; ``best_val_dice`` is then None), epochs
+    run, why it stopped, seconds, the device, the bundle's files and the ID of the training-curves table node;
+    for data-parallel training the number of processes, their ``torch.distributed`` backend ("" for one process)
+    and this process's rank (only rank 0 writes files)."""
+
+    best_val_dice: float | None
+    best_epoch: int
+    best_epoch_by: str
+    best_training_loss: float | None
+    epochs_run: int
+    stopped: str
+    seconds: float
+    device: str
+    files: dict[str, str]
+    table: str
+    world_size: int = 1
+    backend: str = ""
+    rank: int = 0
+
+
+@dataclass
+class ExplainResult:
+    """An explanation map: the segment explained and its label value, the method (gradcam or gradient), the
+    Grad-CAM feature layer (None for gradient x input) and the device."""
+
+    segment: str
+    label: int
+    method: str
+    layer: str | None
+    device: str
+
+
 SegmentationResult = (
     DenoiseResult
     | ThresholdResult

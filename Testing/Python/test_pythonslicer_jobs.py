@@ -182,7 +182,7 @@ def test_explain_job_runs_an_untrusted_bundle_only_when_trusted(scene, pythonsli
 
     logic = MedAITrainingLogic(scene)  # the worker recorded the trust in the (per-test) store
     expected, _ = bridge.array_from_volume(logic.explain(ct, str(bundle), device="cpu"))
-    assert logic.last_info["method"] == "gradcam"
+    assert logic.last_result.method == "gradcam"
     saliency, geometry = bridge.array_from_volume(nodes["saliency"])
     assert geometry.same_grid(bridge.volume_geometry(ct))
     assert saliency.max() == pytest.approx(1.0)

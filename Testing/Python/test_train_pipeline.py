@@ -108,7 +108,7 @@ def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_pa
     assert np.mean(after) >= 0.6, after
     metadata = json.loads((tmp_path / "dark" / "configs" / "metadata.json").read_text())
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] == "lesion"
-    table = scene.GetNodeByID(logic.last_info["table"])
+    table = scene.GetNodeByID(logic.last_result.table)
     assert table.GetNumberOfRows() == 8
 
 
@@ -147,7 +147,7 @@ def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle,
     logic = MedAITrainingLogic(scene)
     node = logic.explain(bridge.sitk_to_volume(image, scene, "bright"), model, device="cpu")
     assert node.GetName() == "bright saliency label 1"
-    assert logic.last_info["method"] == "gradient"
+    assert logic.last_result.method == "gradient"
     saliency, _ = bridge.array_from_volume(node)
     mask = sitk.GetArrayFromImage(truth) > 0
     assert saliency[mask].mean() > 2.0 * saliency[~binary_dilation(mask, iterations=3)].mean()
@@ -279,8 +279,8 @@ def test_gradcam_and_saliency_concentrate_on_the_segment(bright_bundle, scene):
     far = ~binary_dilation(mask, iterations=3)
     node = logic.explain(volume, bundle, "label 1", device="cpu")
     assert node.GetName() == "case Grad-CAM label 1"
-    assert logic.last_info["method"] == "gradcam"
-    assert logic.last_info["layer"] == "conv_final.2:input"
+    assert logic.last_result.method == "gradcam"
+    assert logic.last_result.layer == "conv_final.2:input"
     heat, _ = bridge.array_from_volume(node)
     assert heat.shape == mask.shape
     assert heat[mask].mean() > 3.0 * heat[far].mean(), (heat[mask].mean(), heat[far].mean())

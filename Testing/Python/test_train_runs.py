@@ -105,10 +105,10 @@ def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
     assert epochs == [f"epoch {r['epoch']}: training loss {r['loss']:.3f} (no validation case)" for r in result.history]
     assert first.best_dice is None
     assert result.best_dice is None
-    assert logic.last_info["best_val_dice"] is None
-    assert logic.last_info["best_epoch_by"] == "training loss"
-    assert logic.last_info["best_training_loss"] == min(r["loss"] for r in result.history)
-    table = scene.GetNodeByID(logic.last_info["table"])
+    assert logic.last_result.best_val_dice is None
+    assert logic.last_result.best_epoch_by == "training loss"
+    assert logic.last_result.best_training_loss == min(r["loss"] for r in result.history)
+    table = scene.GetNodeByID(logic.last_result.table)
     columns = [table.GetTable().GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())]
     assert columns == ["epoch", "loss"]
 
