@@ -93,7 +93,7 @@ class TrainingRunResult:
     """A training or fine-tuning run of :class:`~MedAISegLib.training_logic.MedAITrainingLogic`: the best epoch
     (by validation Dice, or by training loss when no case was held out; ``best_val_dice`` is then None), epochs
     run, why it stopped, seconds, the device, the bundle's files and the ID of the training-curves table node;
-    for data-parallel training the number of processes, their ``torch.distributed`` backend ("" for one process)
+    for data-parallel training the number of processes, their ``torch.distributed`` backend (None for one process)
     and this process's rank (only rank 0 writes files)."""
 
     best_val_dice: float | None
@@ -107,7 +107,7 @@ class TrainingRunResult:
     files: dict[str, str]
     table: str
     world_size: int = 1
-    backend: str = ""
+    backend: str | None = None
     rank: int = 0
 
 
