@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from MedAICommonLib.cli.command_line import format_value
 from MedAICommonLib.devices import Device
 
 from MedAIPlanLib.dose.beams import check_angles
@@ -31,8 +32,7 @@ def _spec(kind: str, option: str | None = None, attribute: str | None = None, rt
 
 def format_number(value: float) -> str:
     """``value`` as short text that reads back as the same float ('60', '0.1', '1.2345678901')."""
-    text = f"{float(value):g}"
-    return text if float(text) == float(value) else repr(float(value))
+    return format_value(float(value))
 
 
 def parse_numbers(text, what: str) -> tuple[float, ...] | None:
