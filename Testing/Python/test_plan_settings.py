@@ -10,6 +10,7 @@ from MedAICommonLib import bridge
 from MedAICommonLib.bridge.segmentations import SegmentInfo
 from MedAICommonLib.cli.main import build_parser
 from MedAICommonLib.geometry import Geometry
+from MedAIPlanLib.gamma_worker_logic import GammaSettings, gamma_job
 from MedAIPlanLib.plan_settings import TG119_ANGLES, PlanSettings, is_plan_dose
 from MedAIPlanLib.rt_worker_logic import exported_modalities, rt_export_args
 from MedAIPlanLib.worker_logic import plan_job
@@ -165,3 +166,13 @@ def test_the_plan_job_command_line_is_generated_from_the_settings(scene):
         auto_dose_grid=True,
     )
     assert PlanSettings.from_namespace(args) == expected
+
+
+def test_the_gamma_job_command_line_is_generated_from_its_settings(scene):
+    reference, _ = _volume(scene, "reference")
+    evaluated, _ = _volume(scene, "evaluated")
+    job = gamma_job(scene, reference, evaluated, 2.0, 1.5, 12.5, local=True, device="cpu")
+    args = build_parser("gamma").parse_args(job.args)
+    assert GammaSettings.from_namespace(args) == GammaSettings(2.0, 1.5, 12.5, True, "cpu")
+    assert (args.output_gamma, args.report) == ("{out:gamma}", "{dir}/gamma-report.json")
+    assert GammaSettings.from_namespace(_parse("gamma", "reference.nrrd", "evaluated.nrrd")) == GammaSettings()
