@@ -21,9 +21,9 @@ from phantom_training import one_thread  # noqa: F401  (autouse fixture)
 
 from MedAICommonLib.cli.main import main
 from MedAISegLib.learning.distributed import launched_ranks, process_device
+from MedAISegLib.learning.distributed_launch import launch_training
 from MedAISegLib.learning.phantom_cases import make_phantom_cases, write_phantom_cases
 from MedAISegLib.learning.training import TrainingConfig, train_and_export
-from MedAISegLib.training_logic import MedAITrainingLogic
 
 TINY = ["--spacing", "2", "2", "2", "--roi", "16", "16", "16", "--features", "4", "--samples-per-case", "1",
         "--no-augment", "--device", "cpu"]
@@ -127,7 +127,7 @@ def test_slow_torchrun_runs_the_same_command_and_rank0_writes_the_report(tmp_pat
 
 
 @pytest.mark.slow
-def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path, scene):
+def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path):
     """Same cases, split, epochs and global batch (2 cases a step: 2 on one process, 1 on each of two): the
     best validation Dice agrees within 0.02, both above 0.8, and each run writes one bundle."""
     cases = make_phantom_cases(range(8))
@@ -135,9 +135,7 @@ def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path, s
                             learning_rate=3e-3, val_fraction=0.25, batch_size=2)
     single = train_and_export(cases, tmp_path / "single", replace(config))
     rows = []
-    logic = MedAITrainingLogic(scene)
-    ddp = logic._run(cases, tmp_path / "ddp", replace(config, batch_size=1), None, "cpu", None, rows.append, None,
-                     nproc_per_node=2)
+    ddp = launch_training(cases, tmp_path / "ddp", replace(config, batch_size=1), 2, on_epoch=rows.append)
     assert (ddp.world_size, ddp.backend, single.world_size, single.backend) == (2, "gloo", 1, None)
     assert rows == ddp.history
     assert len(rows) == ddp.epochs_run

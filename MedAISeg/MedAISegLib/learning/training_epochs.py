@@ -99,12 +99,14 @@ def run_epochs(network, optimizer, scheduler, loader, validate, config, device, 
             torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "best_model": state.best_state,
                         "best_epoch": state.best_epoch, "epoch": epoch, "history": state.history}, checkpoint_path)
-        if context.distributed and decision_of_rank0(progress is not None and progress.cancelled, context):
-            raise CancelledError(f"Cancelled after epoch {epoch}")
         if on_epoch is not None:
             on_epoch(row)
-        if progress is not None:
+        if progress is not None and not context.distributed:
             progress.update(epoch_message(row), epoch / config.epochs)
+        elif progress is not None and progress.callback is not None:  # a cancel is decided below, for all ranks
+            progress.callback(epoch_message(row), epoch / config.epochs)
+        if context.distributed and decision_of_rank0(progress is not None and progress.cancelled, context):
+            raise CancelledError(f"Cancelled after epoch {epoch}")
         if decision_of_rank0(epoch - state.best_epoch >= config.patience, context):
             return "early stop"
     return "epochs"
