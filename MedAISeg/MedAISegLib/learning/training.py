@@ -275,7 +275,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     output_dir.mkdir(parents=True, exist_ok=True)
     context, device = join_process_group(torch.device(device))
     set_determinism(seed=config.seed + context.rank)
-    main_only = (progress, on_epoch) if context.is_main else (None, None)
+    rank_progress, rank_on_epoch = (progress, on_epoch) if context.is_main else (None, None)
     tmp = tempfile.TemporaryDirectory(prefix="medai-train-")
     try:
         items = _stage_cases(cases, Path(tmp.name))
@@ -296,7 +296,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
 
         try:
             stopped = run_epochs(network, optimizer, scheduler, loader, validate, config, device, state,
-                                 checkpoint_path, *main_only, model=model, context=context)
+                                 checkpoint_path, rank_progress, rank_on_epoch, model=model, context=context)
         except CancelledError:
             stopped = "cancelled"
         network.load_state_dict(state.best_state)

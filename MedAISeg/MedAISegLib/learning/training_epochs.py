@@ -82,11 +82,11 @@ def run_epochs(network, optimizer, scheduler, loader, validate, config, device, 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    sampler = getattr(loader, "sampler", None)
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)  # a DistributedSampler reshuffles
     for epoch in range(state.first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        if set_epoch is not None:
+            set_epoch(epoch)
         batch_progress = None if context.distributed else progress
         losses = train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, batch_progress)
         scheduler.step()
