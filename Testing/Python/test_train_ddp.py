@@ -129,10 +129,13 @@ def test_slow_torchrun_runs_the_same_command_and_rank0_writes_the_report(tmp_pat
 @pytest.mark.slow
 def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path):
     """Same cases, split, epochs and global batch (2 cases a step: 2 on one process, 1 on each of two): the
-    best validation Dice agrees within 0.02, both above 0.8, and each run writes one bundle."""
+    best validation Dice agrees within 0.02, both above 0.8, and each run writes one bundle.
+
+    The learning rate is 1e-3: at 3e-3 to 5e-3 this small SegResNet sometimes settles, in one run or the
+    other, on an output that ignores the image (validation Dice 0 for every epoch)."""
     cases = make_phantom_cases(range(8))
-    config = TrainingConfig(features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=8, samples_per_case=2,
-                            learning_rate=3e-3, val_fraction=0.25, batch_size=2)
+    config = TrainingConfig(features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=10, samples_per_case=2,
+                            learning_rate=1e-3, val_fraction=0.25, batch_size=2)
     single = train_and_export(cases, tmp_path / "single", replace(config))
     rows = []
     ddp = launch_training(cases, tmp_path / "ddp", replace(config, batch_size=1), 2, on_epoch=rows.append)
