@@ -88,7 +88,7 @@ def quiet_native_logs(enabled: bool = True):
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         restore.append(lambda: sitk.ProcessObject.SetGlobalWarningDisplay(previous))
 
-    pending = {}
+    pending: dict[str, Callable[[ModuleType], None]] = {}
     for name, action in ((VTK_CORE, quiet_vtk), (SIMPLEITK, quiet_itk)):
         if name in sys.modules:
             action(sys.modules[name])
