@@ -25,10 +25,31 @@ from MedAISegLib.learning.distributed_launch import launch_training
 from MedAISegLib.learning.phantom_cases import make_phantom_cases, write_phantom_cases
 from MedAISegLib.learning.training import TrainingConfig, train_and_export
 
-TINY = ["--spacing", "2", "2", "2", "--roi", "16", "16", "16", "--features", "4", "--samples-per-case", "1",
-        "--no-augment", "--device", "cpu"]
-BUNDLE_FILES = ["configs/inference.json", "configs/metadata.json", "logs/checkpoint.pt", "logs/training_curves.csv",
-                "logs/training_curves.png", "models/model.pt"]
+TINY = [
+    "--spacing",
+    "2",
+    "2",
+    "2",
+    "--roi",
+    "16",
+    "16",
+    "16",
+    "--features",
+    "4",
+    "--samples-per-case",
+    "1",
+    "--no-augment",
+    "--device",
+    "cpu",
+]
+BUNDLE_FILES = [
+    "configs/inference.json",
+    "configs/metadata.json",
+    "logs/checkpoint.pt",
+    "logs/training_curves.csv",
+    "logs/training_curves.png",
+    "models/model.pt",
+]
 
 
 def _files(folder) -> list[str]:
@@ -36,16 +57,41 @@ def _files(folder) -> list[str]:
 
 
 def _train_command(images, labels, bundle, report, *extra) -> list[str]:
-    return ["train", "--images", *images, "--labels", *labels, "--output", str(bundle), *TINY,
-            "--report", str(report), *extra]
+    return [
+        "train",
+        "--images",
+        *images,
+        "--labels",
+        *labels,
+        "--output",
+        str(bundle),
+        *TINY,
+        "--report",
+        str(report),
+        *extra,
+    ]
 
 
 def test_two_gloo_processes_write_one_bundle_and_report_world_size(tmp_path):
-    images, labels = write_phantom_cases(tmp_path / "cases", range(4))   # 3 training cases, 1 validation case
+    images, labels = write_phantom_cases(tmp_path / "cases", range(4))  # 3 training cases, 1 validation case
     out, report_path = tmp_path / "out", tmp_path / "ddp.json"
     bundle = out / "bundle"
-    code = main(_train_command(images, labels, bundle, report_path, "--epochs", "1", "--val-fraction", "0.25",
-                               "--batch-size", "1", "--nproc-per-node", "2"))
+    code = main(
+        _train_command(
+            images,
+            labels,
+            bundle,
+            report_path,
+            "--epochs",
+            "1",
+            "--val-fraction",
+            "0.25",
+            "--batch-size",
+            "1",
+            "--nproc-per-node",
+            "2",
+        )
+    )
     report = json.loads(report_path.read_text())
     assert code == 0, report["error"]
     assert (report["metrics"]["world_size"], report["metrics"]["backend"]) == (2, "gloo")
@@ -53,7 +99,7 @@ def test_two_gloo_processes_write_one_bundle_and_report_world_size(tmp_path):
     assert 0.0 <= report["metrics"]["best_val_dice"] <= 1.0
     assert report["metrics"]["epochs_run"] == 1
     assert [p.name for p in out.iterdir()] == ["bundle"]
-    assert _files(bundle) == BUNDLE_FILES                      # one bundle, nothing from rank 1
+    assert _files(bundle) == BUNDLE_FILES  # one bundle, nothing from rank 1
     checkpoint = torch.load(str(bundle / "logs" / "checkpoint.pt"), weights_only=True)
     assert checkpoint["history"][0]["val_dice"] == report["metrics"]["best_val_dice"]
     weights = torch.load(str(bundle / "models" / "model.pt"), weights_only=True)
@@ -64,10 +110,25 @@ def test_two_gloo_processes_write_one_bundle_and_report_world_size(tmp_path):
 
 
 def test_more_processes_than_training_cases_is_refused_before_any_starts(tmp_path):
-    images, labels = write_phantom_cases(tmp_path / "cases", range(4))   # 3 training cases after the split
+    images, labels = write_phantom_cases(tmp_path / "cases", range(4))  # 3 training cases after the split
     report_path = tmp_path / "r.json"
-    assert main(_train_command(images, labels, tmp_path / "b", report_path, "--epochs", "1", "--val-fraction",
-                               "0.25", "--nproc-per-node", "4")) == 1
+    assert (
+        main(
+            _train_command(
+                images,
+                labels,
+                tmp_path / "b",
+                report_path,
+                "--epochs",
+                "1",
+                "--val-fraction",
+                "0.25",
+                "--nproc-per-node",
+                "4",
+            )
+        )
+        == 1
+    )
     error = json.loads(report_path.read_text())["error"]
     assert "4 training processes but only 3 training case(s)" in error
     assert not (tmp_path / "b").exists()
@@ -102,8 +163,23 @@ def test_slow_a_failing_rank_stops_the_run_with_one_error(tmp_path):
     images, labels = write_phantom_cases(tmp_path / "cases", range(4))
     (tmp_path / "taken").write_text("a file, not a folder")
     report_path = tmp_path / "r.json"
-    assert main(_train_command(images, labels, tmp_path / "taken", report_path, "--epochs", "1", "--val-fraction",
-                               "0.25", "--nproc-per-node", "2")) == 1
+    assert (
+        main(
+            _train_command(
+                images,
+                labels,
+                tmp_path / "taken",
+                report_path,
+                "--epochs",
+                "1",
+                "--val-fraction",
+                "0.25",
+                "--nproc-per-node",
+                "2",
+            )
+        )
+        == 1
+    )
     error = json.loads(report_path.read_text())["error"]
     assert "Training process of rank" in error, error
     assert "taken" in error, error
@@ -113,11 +189,22 @@ def test_slow_a_failing_rank_stops_the_run_with_one_error(tmp_path):
 def test_slow_torchrun_runs_the_same_command_and_rank0_writes_the_report(tmp_path):
     images, labels = write_phantom_cases(tmp_path / "cases", range(4))
     bundle, report_path = tmp_path / "out" / "bundle", tmp_path / "r.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "MedAICommonLib.cli", *_train_command(images, labels, bundle, report_path, "--epochs", "1",
-                                                     "--val-fraction", "0.25", "--batch-size", "1")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "MedAICommonLib.cli",
+        *_train_command(
+            images, labels, bundle, report_path, "--epochs", "1", "--val-fraction", "0.25", "--batch-size", "1"
+        ),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert (report["metrics"]["world_size"], report["metrics"]["backend"]) == (2, "gloo")
@@ -134,8 +221,16 @@ def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path):
     The learning rate is 1e-3: at 3e-3 to 5e-3 this small SegResNet sometimes settles, in one run or the
     other, on an output that ignores the image (validation Dice 0 for every epoch)."""
     cases = make_phantom_cases(range(8))
-    config = TrainingConfig(features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=10, samples_per_case=2,
-                            learning_rate=1e-3, val_fraction=0.25, batch_size=2)
+    config = TrainingConfig(
+        features=8,
+        spacing_mm=(2, 2, 2),
+        roi=(24, 24, 24),
+        epochs=10,
+        samples_per_case=2,
+        learning_rate=1e-3,
+        val_fraction=0.25,
+        batch_size=2,
+    )
     single = train_and_export(cases, tmp_path / "single", replace(config))
     rows = []
     ddp = launch_training(cases, tmp_path / "ddp", replace(config, batch_size=1), 2, on_epoch=rows.append)
@@ -147,5 +242,5 @@ def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path):
     assert _files(tmp_path / "ddp") == _files(tmp_path / "single") == BUNDLE_FILES
     saved = torch.load(str(tmp_path / "ddp" / "models" / "model.pt"), weights_only=True)
     returned = ddp.network.state_dict()
-    assert all(torch.equal(saved[k], returned[k]) for k in saved)     # the result holds rank 0's best weights
+    assert all(torch.equal(saved[k], returned[k]) for k in saved)  # the result holds rank 0's best weights
     assert np.isfinite([r["loss"] for r in ddp.history]).all()

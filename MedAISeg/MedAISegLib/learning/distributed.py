@@ -71,8 +71,10 @@ def process_device(device: torch.device, local_rank: int, local_world: int) -> t
         return torch.device("cpu"), GLOO
     available = torch.cuda.device_count()
     if available < local_world:
-        raise ValueError(f"{local_world} training processes on this node but {available} CUDA GPU(s): give "
-                         f"--nproc-per-node {max(1, available)} or less (one GPU per process), or --device cpu.")
+        raise ValueError(
+            f"{local_world} training processes on this node but {available} CUDA GPU(s): give "
+            f"--nproc-per-node {max(1, available)} or less (one GPU per process), or --device cpu."
+        )
     return torch.device("cuda", local_rank), NCCL
 
 
@@ -108,9 +110,11 @@ def leave_process_group(context: DistributedContext) -> None:
 def check_shards(n_training_cases: int, world_size: int) -> None:
     """Raise ValueError when there are fewer training cases than processes (a rank would have no case of its own)."""
     if world_size > n_training_cases:
-        raise ValueError(f"{world_size} training processes but only {n_training_cases} training case(s) after "
-                         "the validation split: give at least one training case per process (more cases, a "
-                         "smaller --val-fraction or a smaller --nproc-per-node).")
+        raise ValueError(
+            f"{world_size} training processes but only {n_training_cases} training case(s) after "
+            "the validation split: give at least one training case per process (more cases, a "
+            "smaller --val-fraction or a smaller --nproc-per-node)."
+        )
 
 
 def wrap_model(network: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:

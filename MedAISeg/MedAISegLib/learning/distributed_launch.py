@@ -27,15 +27,42 @@ from pathlib import Path
 import torch
 
 from MedAISegLib.learning.distributed import check_shards, current_rank, launched_ranks, process_device
-from MedAISegLib.learning.training import TrainingConfig, TrainingResult, _initial_network, _split, _stage_cases, \
-    adopt_initial_model, train_and_export
+from MedAISegLib.learning.training import (
+    TrainingConfig,
+    TrainingResult,
+    _initial_network,
+    _split,
+    _stage_cases,
+    adopt_initial_model,
+    train_and_export,
+)
 
-_RESULT_FIELDS = ("best_dice", "best_epoch", "epochs_run", "history", "stopped", "files", "seconds", "best_loss",
-                  "best_epoch_by", "world_size", "backend")
+_RESULT_FIELDS = (
+    "best_dice",
+    "best_epoch",
+    "epochs_run",
+    "history",
+    "stopped",
+    "files",
+    "seconds",
+    "best_loss",
+    "best_epoch_by",
+    "world_size",
+    "backend",
+)
 
 
-def launch_training(cases, bundle_dir, config: TrainingConfig, nproc_per_node: int, init_bundle=None,
-                    device="cpu", progress=None, on_epoch=None, name: str = "MedAI trained model") -> TrainingResult:
+def launch_training(
+    cases,
+    bundle_dir,
+    config: TrainingConfig,
+    nproc_per_node: int,
+    init_bundle=None,
+    device="cpu",
+    progress=None,
+    on_epoch=None,
+    name: str = "MedAI trained model",
+) -> TrainingResult:
     """:func:`.training.train_and_export` on ``nproc_per_node`` processes of this machine (DDP; Gloo on the
     CPU, NCCL with one GPU each on CUDA). ``cases``: (image, label) pairs, files or SimpleITK images;
     ``config.batch_size`` is per process, so a step sees ``nproc_per_node`` times as many patches.
@@ -44,8 +71,10 @@ def launch_training(cases, bundle_dir, config: TrainingConfig, nproc_per_node: i
     if nproc_per_node < 1:
         raise ValueError(f"--nproc-per-node must be 1 or more, not {nproc_per_node}.")
     if launched_ranks() is not None:
-        raise ValueError("This process already belongs to a multi-process run (torchrun set WORLD_SIZE): "
-                         "leave out --nproc-per-node, torchrun's own --nproc-per-node decides.")
+        raise ValueError(
+            "This process already belongs to a multi-process run (torchrun set WORLD_SIZE): "
+            "leave out --nproc-per-node, torchrun's own --nproc-per-node decides."
+        )
     if init_bundle is not None and not isinstance(init_bundle, (str, Path)):
         raise ValueError("A multi-process run fine-tunes from a bundle folder or TorchScript file path.")
     device = torch.device(device)
@@ -57,17 +86,31 @@ def launch_training(cases, bundle_dir, config: TrainingConfig, nproc_per_node: i
         network, definition, labels = _initial_network(items, config, initial)
         pairs = [(item["image"], item["label"]) for item in items]
         threads = max(1, torch.get_num_threads() // nproc_per_node)
-        summary = _launch(nproc_per_node, Path(tmp), progress, on_epoch, config.epochs,
-                          (pairs, str(bundle_dir), config, None if init_bundle is None else str(init_bundle),
-                           str(device), name, threads))
+        summary = _launch(
+            nproc_per_node,
+            Path(tmp),
+            progress,
+            on_epoch,
+            config.epochs,
+            (
+                pairs,
+                str(bundle_dir),
+                config,
+                None if init_bundle is None else str(init_bundle),
+                str(device),
+                name,
+                threads,
+            ),
+        )
     for message in summary["warnings"]:
         from MedAICommonLib.notices import warn
 
         warn(message)
     network.load_state_dict(torch.load(io.BytesIO(summary["weights"]), map_location="cpu", weights_only=True))
     network.eval()
-    return TrainingResult(network=network, definition=definition, labels=labels,
-                          **{key: summary[key] for key in _RESULT_FIELDS})
+    return TrainingResult(
+        network=network, definition=definition, labels=labels, **{key: summary[key] for key in _RESULT_FIELDS}
+    )
 
 
 def _launch(nproc: int, folder: Path, progress, on_epoch, epochs: int, args: tuple) -> dict:
@@ -93,9 +136,18 @@ def _run_agent(nproc: int, folder: Path, args: tuple) -> dict:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=str(folder / "logs")))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=str(folder / "logs")),
+    )
     with _quiet_agent():
         try:
             return elastic_launch(config, _train_rank)(*args)
@@ -170,12 +222,23 @@ def _train_rank(pairs, bundle_dir, config, init_bundle, device, name, threads, m
     progress = Progress(_Forward(messages, "progress"), _cancel=cancel) if main else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MedAIWarning)
-        result = train_and_export(pairs, bundle_dir, config, init_bundle, device, progress,
-                                  _Forward(messages, "epoch") if main else None, name)
+        result = train_and_export(
+            pairs,
+            bundle_dir,
+            config,
+            init_bundle,
+            device,
+            progress,
+            _Forward(messages, "epoch") if main else None,
+            name,
+        )
     if result.rank != 0:
         return None
     buffer = io.BytesIO()
     torch.save({key: value.cpu() for key, value in result.network.state_dict().items()}, buffer)
     seen = [str(w.message) for w in caught if issubclass(w.category, MedAIWarning)]
-    return {"weights": buffer.getvalue(), "warnings": list(dict.fromkeys(seen)),
-            **{key: getattr(result, key) for key in _RESULT_FIELDS}}
+    return {
+        "weights": buffer.getvalue(),
+        "warnings": list(dict.fromkeys(seen)),
+        **{key: getattr(result, key) for key in _RESULT_FIELDS},
+    }

@@ -270,8 +270,7 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
     config = config or TrainingConfig()
     if len(cases) < 1:
         raise ValueError("Training needs at least one image/label pair.")
-    start = time.perf_counter()
-    output_dir = Path(output_dir)
+    start, output_dir = time.perf_counter(), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     context, device = join_process_group(torch.device(device))
     set_determinism(seed=config.seed + context.rank)
@@ -286,8 +285,8 @@ def train(cases, output_dir, config: TrainingConfig | None = None, init_bundle=N
         loader, val_cases = _data(train_items, val_items, config, context)
         if not val_items and context.is_main:
             warn(no_validation_message(len(items)))
-        checkpoint_path = output_dir / "checkpoint.pt"
-        optimizer, scheduler, state = _optimisation(network, config, checkpoint_path, device)
+        optimizer, scheduler, state = _optimisation(network, config, checkpoint_path := output_dir / "checkpoint.pt",
+                                                    device)
         model = wrap_model(network, context, device)
 
         def validate():
