@@ -20,6 +20,7 @@ import torch
 from phantom_training import one_thread  # noqa: F401  (autouse fixture)
 
 from MedAICommonLib.cli.main import main
+from MedAICommonLib.progress import Progress
 from MedAISegLib.learning.distributed import launched_ranks, process_device
 from MedAISegLib.learning.distributed_launch import launch_training
 from MedAISegLib.learning.phantom_cases import make_phantom_cases, write_phantom_cases
@@ -244,3 +245,33 @@ def test_slow_two_processes_reach_the_single_process_validation_dice(tmp_path):
     returned = ddp.network.state_dict()
     assert all(torch.equal(saved[k], returned[k]) for k in saved)  # the result holds rank 0's best weights
     assert np.isfinite([r["loss"] for r in ddp.history]).all()
+
+
+@pytest.mark.slow
+def test_slow_cancel_stops_every_rank_and_keeps_the_best_model(tmp_path):
+    """A cancel from the launching process reaches rank 0, which stops every rank at the end of an epoch; the
+    best model so far is exported, as in a single-process run."""
+    progress = Progress()
+    rows = []
+
+    def cancel_after_first(row):
+        rows.append(row)
+        progress.cancel()
+
+    config = TrainingConfig(
+        features=4,
+        spacing_mm=(2, 2, 2),
+        roi=(16, 16, 16),
+        epochs=6,
+        samples_per_case=1,
+        val_fraction=0.25,
+        batch_size=1,
+        augment=False,
+    )
+    result = launch_training(
+        make_phantom_cases(range(4)), tmp_path / "b", config, 2, progress=progress, on_epoch=cancel_after_first
+    )
+    assert result.stopped == "cancelled"
+    assert 1 <= result.epochs_run < config.epochs
+    assert rows == result.history
+    assert _files(tmp_path / "b") == BUNDLE_FILES
