@@ -113,7 +113,7 @@ class ContourQALogic:
         rows = {}
         for n, (ref_name, cand_name) in enumerate(pairs):
             self.progress.update(f"contour QA {ref_name}", n / len(pairs))
-            is_target = bool(plan_target) and name_key(ref_name) == name_key(plan_target)
+            is_target = bool(plan_target and name_key(ref_name) == name_key(plan_target))
             row = compare_structure(dose, dose_geometry, ref_masks[ref_name], cand_masks[cand_name], grid,
                                     v_doses_gy, tolerance_mm, thresholds, prescription_gy, is_target, oversampling)
             row["candidate_name"] = cand_name
@@ -315,7 +315,7 @@ class ContourQALogic:
         """Rows (0-based, in table order) of a contour QA table that are flagged: ``dose_relevant`` set, or
         ``band_crosses_constraint`` set (bands from probability maps). What the panel colours."""
         columns = bridge.columns_from_table(table_node)
-        flags = [columns.get(name) for name in ("dose_relevant", "band_crosses_constraint") if name in columns]
+        flags = [columns[name] for name in ("dose_relevant", "band_crosses_constraint") if name in columns]
         rows = table_node.GetTable().GetNumberOfRows()
         return [r for r in range(rows) if any(_truthy(column[r]) for column in flags)]
 
