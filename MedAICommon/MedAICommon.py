@@ -22,8 +22,7 @@ class MedAICommon(ScriptedLoadableModule):
         self.parent.hidden = True
         self.parent.contributors = ["MedAI contributors"]
         self.parent.helpText = _("Shared code of the MedAI extension (MRML bridge, headless runtime, reports).")
-        self.parent.acknowledgementText = _(
-            "MedAI builds on 3D Slicer, MONAI, SimpleITK, VTK, pydicom and PyTorch.")
+        self.parent.acknowledgementText = _("MedAI builds on 3D Slicer, MONAI, SimpleITK, VTK, pydicom and PyTorch.")
 
 
 class MedAICommonTest(ScriptedLoadableModuleTest):
@@ -37,5 +36,10 @@ class MedAICommonTest(ScriptedLoadableModuleTest):
     def runTest(self):
         from MedAICommonLib.application.self_test import run_self_test
 
-        run_self_test("MedAICommon", ["MedAICommonLib.synthetic.scenarios"], slicer.mrmlScene, reset=self.setUp,
-                      display=self.delayDisplay)
+        run_self_test(
+            "MedAICommon",
+            ["MedAICommonLib.synthetic.scenarios"],
+            slicer.mrmlScene,
+            reset=self.setUp,
+            display=self.delayDisplay,
+        )

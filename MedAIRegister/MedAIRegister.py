@@ -40,7 +40,8 @@ class MedAIRegister(ScriptedLoadableModule):
             "Align volumes (rigid, similarity, affine, B-spline; Mattes mutual information for CT/MR/PET), "
             "surfaces and point sets (ICP with multi-start) and paired landmarks (rigid, similarity, affine, "
             "thin-plate spline). The result is a transform node: make it the moving node's parent to align it "
-            "with the fixed node. Segmentations and dose volumes follow through the same transform.")
+            "with the fixed node. Segmentations and dose volumes follow through the same transform."
+        )
         self.parent.acknowledgementText = _("MedAI builds on 3D Slicer, SimpleITK, VTK, SciPy and PyTorch.")
 
 
@@ -116,8 +117,11 @@ class MedAIRegisterWidget(MedAIWidgetBase):
         """Intensity registration (every transform type, masks and custom metric included) in a worker process:
         seconds to minutes on the CPU, so never on Slicer's GUI thread."""
         p = self._parameterNode
-        self.run_job(_("Registration"), lambda: self.logic.registerJobFromParameters(p),
-                     on_done=lambda nodes: self._show_registration(nodes["transform"], nodes.get("volume")))
+        self.run_job(
+            _("Registration"),
+            lambda: self.logic.registerJobFromParameters(p),
+            on_done=lambda nodes: self._show_registration(nodes["transform"], nodes.get("volume")),
+        )
 
     def _show_registration(self, transform, volume) -> None:
         p = self._parameterNode
@@ -132,8 +136,7 @@ class MedAIRegisterWidget(MedAIWidgetBase):
         self._show_result(transform, self._parameterNode.movingSurface)
 
     def onLandmarks(self) -> None:
-        transform = self.run_logic(_("Landmark registration"), self.logic.landmarksFromParameters,
-                                   self._parameterNode)
+        transform = self.run_logic(_("Landmark registration"), self.logic.landmarksFromParameters, self._parameterNode)
         self._show_result(transform, self._parameterNode.movingLandmarks)
 
 
@@ -172,11 +175,20 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
         the same settings :meth:`registerFromParameters` gives the in-process Logic."""
         from MedAIRegisterLib.worker_logic import register_job
 
-        return register_job(slicer.mrmlScene, p.fixedVolume, p.movingVolume, transform_type=p.transformType,
-                            preset=p.preset, device=p.device, output_transform_node=p.outputTransform,
-                            output_volume_node=p.outputVolume, metric=p.metric,
-                            sampling_percentage=p.samplingPercentage, fixed_mask=p.fixedMask,
-                            moving_mask=p.movingMask)
+        return register_job(
+            slicer.mrmlScene,
+            p.fixedVolume,
+            p.movingVolume,
+            transform_type=p.transformType,
+            preset=p.preset,
+            device=p.device,
+            output_transform_node=p.outputTransform,
+            output_volume_node=p.outputVolume,
+            metric=p.metric,
+            sampling_percentage=p.samplingPercentage,
+            fixed_mask=p.fixedMask,
+            moving_mask=p.movingMask,
+        )
 
     def registerFromParameters(self, p, progress=None):
         """Intensity-based registration of the moving volume onto the fixed one; returns the transform node.
@@ -184,24 +196,42 @@ class MedAIRegisterLogic(ScriptedLoadableModuleLogic):
         "custom" starts from the CT-CT preset's settings with the chosen metric.
         """
         return self.core.register_volumes(
-            p.fixedVolume, p.movingVolume, transform_type=p.transformType,
-            preset="ct-ct" if p.preset == "custom" else p.preset, device=p.device,
+            p.fixedVolume,
+            p.movingVolume,
+            transform_type=p.transformType,
+            preset="ct-ct" if p.preset == "custom" else p.preset,
+            device=p.device,
             metric=p.metric if p.preset == "custom" else None,
-            fixed_mask=self._mask(p.fixedMask), moving_mask=self._mask(p.movingMask),
-            sampling_percentage=p.samplingPercentage / 100.0, output_transform_node=p.outputTransform,
-            output_volume_node=p.outputVolume, progress=progress or Progress())
+            fixed_mask=self._mask(p.fixedMask),
+            moving_mask=self._mask(p.movingMask),
+            sampling_percentage=p.samplingPercentage / 100.0,
+            output_transform_node=p.outputTransform,
+            output_volume_node=p.outputVolume,
+            progress=progress or Progress(),
+        )
 
     def icpFromParameters(self, p, progress=None):
         """ICP of the moving surface onto the fixed one; returns the transform node."""
         trim = "auto" if p.icpAutoTrim else p.icpInlierFraction
-        return self.core.register_surfaces(p.fixedSurface, p.movingSurface, metric=p.icpMode,
-                                           transform_type=p.icpTransform, trim_fraction=trim,
-                                           output_transform_node=p.outputTransform, progress=progress or Progress())
+        return self.core.register_surfaces(
+            p.fixedSurface,
+            p.movingSurface,
+            metric=p.icpMode,
+            transform_type=p.icpTransform,
+            trim_fraction=trim,
+            output_transform_node=p.outputTransform,
+            progress=progress or Progress(),
+        )
 
     def landmarksFromParameters(self, p, progress=None):
         """Paired-landmark fit; returns the transform node."""
-        return self.core.register_landmarks(p.fixedLandmarks, p.movingLandmarks, method=p.landmarkMethod,
-                                            output_transform_node=p.outputTransform, progress=progress or Progress())
+        return self.core.register_landmarks(
+            p.fixedLandmarks,
+            p.movingLandmarks,
+            method=p.landmarkMethod,
+            output_transform_node=p.outputTransform,
+            progress=progress or Progress(),
+        )
 
 
 class MedAIRegisterTest(ScriptedLoadableModuleTest):
@@ -217,4 +247,10 @@ class MedAIRegisterTest(ScriptedLoadableModuleTest):
     def runTest(self):
         from MedAICommonLib.application.self_test import run_self_test
 
-        run_self_test("MedAIRegister", ["MedAIRegisterLib.scenarios"], slicer.mrmlScene, reset=self.setUp, display=self.delayDisplay)
+        run_self_test(
+            "MedAIRegister",
+            ["MedAIRegisterLib.scenarios"],
+            slicer.mrmlScene,
+            reset=self.setUp,
+            display=self.delayDisplay,
+        )

@@ -11,8 +11,7 @@ def _run() -> int:
     try:
         from MedAICommonLib.cli.main import main
     except ImportError:
-        print("medai: MedAI's modules are not on Slicer's module path; install the MedAI extension.",
-              file=sys.stderr)
+        print("medai: MedAI's modules are not on Slicer's module path; install the MedAI extension.", file=sys.stderr)
         return 2
     args = sys.argv[1:]
     if args and args[0] == "--":

@@ -24,7 +24,9 @@ MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
 def module_scripts(module: str) -> list[str]:
     """Python files of the module (its main file and its Lib package), relative to its folder."""
     folder = REPO / module
-    files = [f"{module}.py"] + [p.relative_to(folder).as_posix() for p in sorted((folder / f"{module}Lib").rglob("*.py"))]
+    files = [f"{module}.py"] + [
+        p.relative_to(folder).as_posix() for p in sorted((folder / f"{module}Lib").rglob("*.py"))
+    ]
     return [f for f in files if "__pycache__" not in f]
 
 
@@ -54,10 +56,18 @@ def render_list(name: str, items: list[str]) -> str:
 
 def updated_cmake(module: str, text: str) -> str:
     """``text`` (a module's CMakeLists.txt) with its script and resource lists regenerated."""
-    text = re.sub(r"set\(MODULE_PYTHON_SCRIPTS\n.*?\n  \)", render_list("MODULE_PYTHON_SCRIPTS", module_scripts(module)),
-                  text, flags=re.S)
-    return re.sub(r"set\(MODULE_PYTHON_RESOURCES\n.*?\n  \)",
-                  render_list("MODULE_PYTHON_RESOURCES", module_resources(module)), text, flags=re.S)
+    text = re.sub(
+        r"set\(MODULE_PYTHON_SCRIPTS\n.*?\n  \)",
+        render_list("MODULE_PYTHON_SCRIPTS", module_scripts(module)),
+        text,
+        flags=re.S,
+    )
+    return re.sub(
+        r"set\(MODULE_PYTHON_RESOURCES\n.*?\n  \)",
+        render_list("MODULE_PYTHON_RESOURCES", module_resources(module)),
+        text,
+        flags=re.S,
+    )
 
 
 def main(check: bool = False) -> int:
@@ -65,8 +75,10 @@ def main(check: bool = False) -> int:
     clashes = clashing_paths()
     if clashes:
         for item, modules in sorted(clashes.items()):
-            print(f"{item} is installed by {', '.join(modules)} into the same folder; "
-                  f"rename it per module (e.g. Resources/requirements-<ModuleName>.txt)")
+            print(
+                f"{item} is installed by {', '.join(modules)} into the same folder; "
+                f"rename it per module (e.g. Resources/requirements-<ModuleName>.txt)"
+            )
         return 1
     stale = []
     for module in MODULES:

@@ -26,12 +26,21 @@ from statistics import median
 import yaml
 
 STEPS = [
-    {"name": "denoise", "command": "denoise",
-     "args": ["{case.image}", "{out}/image.nrrd", "--method", "curvature", "--iterations", "3"]},
-    {"name": "segment", "command": "segment",
-     "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--method", "threshold", "--lower", "150"]},
-    {"name": "evaluate", "command": "evaluate",
-     "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=threshold"]},
+    {
+        "name": "denoise",
+        "command": "denoise",
+        "args": ["{case.image}", "{out}/image.nrrd", "--method", "curvature", "--iterations", "3"],
+    },
+    {
+        "name": "segment",
+        "command": "segment",
+        "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--method", "threshold", "--lower", "150"],
+    },
+    {
+        "name": "evaluate",
+        "command": "evaluate",
+        "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=threshold"],
+    },
 ]
 MEDAI = [sys.executable, "-m", "MedAICommonLib.cli"]
 
@@ -53,8 +62,11 @@ def _loop(manifest: Path, out: Path) -> tuple[float, dict[str, float]]:
     medai = " ".join(MEDAI)
     for case in cases:
         folders = {name: out / case["id"] / name for name in ("denoise", "segment", "evaluate")}
-        values = {"case.image": case["image"], "case.label": case["label"],
-                  **{name: str(path) for name, path in folders.items()}}
+        values = {
+            "case.image": case["image"],
+            "case.label": case["label"],
+            **{name: str(path) for name, path in folders.items()},
+        }
         for step in STEPS:
             folder = folders[step["name"]]
             args = [a.replace("{out}", str(folder)) for a in step["args"]]
@@ -68,8 +80,10 @@ def _loop(manifest: Path, out: Path) -> tuple[float, dict[str, float]]:
     start = time.perf_counter()
     subprocess.run(["bash", str(script)], check=True)
     seconds = time.perf_counter() - start
-    dice = {c["id"]: json.loads((out / c["id"] / "evaluate" / "report.json").read_text())["metrics"]["mean_dice"]
-            for c in cases}
+    dice = {
+        c["id"]: json.loads((out / c["id"] / "evaluate" / "report.json").read_text())["metrics"]["mean_dice"]
+        for c in cases
+    }
     return seconds, dice
 
 
@@ -77,9 +91,23 @@ def _batch(manifest: Path, steps: list[dict], out: Path, workers: int) -> tuple[
     pipeline = out.parent / f"{out.name}.yaml"
     pipeline.write_text(yaml.safe_dump({"steps": steps}, sort_keys=False))
     start = time.perf_counter()
-    subprocess.run([*MEDAI, "batch", str(manifest), "--pipeline", str(pipeline), "--output", str(out),
-                    "--workers", str(workers), "--report", str(out / "batch.json")], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *MEDAI,
+            "batch",
+            str(manifest),
+            "--pipeline",
+            str(pipeline),
+            "--output",
+            str(out),
+            "--workers",
+            str(workers),
+            "--report",
+            str(out / "batch.json"),
+        ],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start, json.loads((out / "batch.json").read_text())
 
 
@@ -87,12 +115,22 @@ def _unet_model(folder: Path) -> Path:
     import torch
     from monai.networks.nets import UNet
 
-    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
-               strides=(2, 2, 2, 2), num_res_units=2).eval()
+    net = UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    ).eval()
     path = folder / "unet.ts"
     torch.jit.save(torch.jit.trace(net, torch.zeros(1, 1, 32, 32, 32)), str(path))
-    card = {"name": "unet (random weights)", "inputs": [{"name": "image"}], "roi_size": [32, 32, 32],
-            "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}]}
+    card = {
+        "name": "unet (random weights)",
+        "inputs": [{"name": "image"}],
+        "roi_size": [32, 32, 32],
+        "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}],
+    }
     (folder / "unet.ts.json").write_text(json.dumps(card))
     return path
 
@@ -118,18 +156,28 @@ def _model_cache(manifest: Path, folder: Path, workers: int) -> dict:
     with_model = folder / "cohort_model.csv"
     lines = manifest.read_text().splitlines()
     with_model.write_text("\n".join([lines[0] + ",model", *(f"{line},{model}" for line in lines[1:])]) + "\n")
-    step = {"name": "segment", "command": "segment", "args": ["{case.image}", "{out}/seg.seg.nrrd", "--model",
-                                                              "{case.model}", "--device", "cpu"]}
-    result = {"model_parameters": 4_800_000, "model_mib": round(model.stat().st_size / 2**20, 1),
-              "model_load_s": _load_seconds(model)}
+    step = {
+        "name": "segment",
+        "command": "segment",
+        "args": ["{case.image}", "{out}/seg.seg.nrrd", "--model", "{case.model}", "--device", "cpu"],
+    }
+    result = {
+        "model_parameters": 4_800_000,
+        "model_mib": round(model.stat().st_size / 2**20, 1),
+        "model_load_s": _load_seconds(model),
+    }
     for label, needs in (("with_cache", {"needs": ["model"]}), ("without_cache", {})):
         seconds, report = _batch(with_model, [{**step, **needs}], folder / f"model_{label}", workers)
         per_case = _segment_seconds(folder / f"model_{label}")
-        result[label] = {"batch_seconds": round(seconds, 2), "segment_step_median_s": round(median(per_case), 3),
-                         "segment_step_mean_s": round(sum(per_case) / len(per_case), 3),
-                         "cases_done": report["metrics"]["cases_done"]}
-    result["per_case_saving_median_s"] = round(result["without_cache"]["segment_step_median_s"]
-                                               - result["with_cache"]["segment_step_median_s"], 3)
+        result[label] = {
+            "batch_seconds": round(seconds, 2),
+            "segment_step_median_s": round(median(per_case), 3),
+            "segment_step_mean_s": round(sum(per_case) / len(per_case), 3),
+            "cases_done": report["metrics"]["cases_done"],
+        }
+    result["per_case_saving_median_s"] = round(
+        result["without_cache"]["segment_step_median_s"] - result["with_cache"]["segment_step_median_s"], 3
+    )
     return result
 
 
@@ -146,15 +194,25 @@ def main() -> None:
         batch_s, report = _batch(manifest, STEPS, folder / "batch", args.workers)
         with (folder / "batch" / "cohort.csv").open() as handle:
             batch_dice = {r["id"]: float(r["evaluate.mean_dice"]) for r in csv.DictReader(handle)}
-        result = {"benchmark": "batch", "cases": args.cases, "steps": [s["name"] for s in STEPS],
-                  "workers": args.workers, "batch_seconds": round(batch_s, 2),
-                  "batch_cases_done": report["metrics"]["cases_done"],
-                  "batch_per_case_s": round(batch_s / args.cases, 3)}
+        result = {
+            "benchmark": "batch",
+            "cases": args.cases,
+            "steps": [s["name"] for s in STEPS],
+            "workers": args.workers,
+            "batch_seconds": round(batch_s, 2),
+            "batch_cases_done": report["metrics"]["cases_done"],
+            "batch_per_case_s": round(batch_s / args.cases, 3),
+        }
         if not args.skip_loop:
             loop_s, loop_dice = _loop(manifest, folder / "loop")
-            result.update({"loop_seconds": round(loop_s, 2), "loop_per_case_s": round(loop_s / args.cases, 3),
-                           "ratio_loop_over_batch": round(loop_s / batch_s, 2),
-                           "max_dice_difference": max(abs(batch_dice[k] - loop_dice[k]) for k in loop_dice)})
+            result.update(
+                {
+                    "loop_seconds": round(loop_s, 2),
+                    "loop_per_case_s": round(loop_s / args.cases, 3),
+                    "ratio_loop_over_batch": round(loop_s / batch_s, 2),
+                    "max_dice_difference": max(abs(batch_dice[k] - loop_dice[k]) for k in loop_dice),
+                }
+            )
         result["model_cache"] = _model_cache(manifest, folder, args.workers)
     print(json.dumps(result, indent=2))
 

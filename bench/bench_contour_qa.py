@@ -36,8 +36,16 @@ def make_dose(folder: Path) -> Path:
     scene = create_runtime().scene
     ct = bridge.load_volume(scene, DATA / "example_ct_sm.nii.gz")
     structures = bridge.load_segmentation(scene, DATA / "example_seg.nii.gz", segment_names={5: "liver"})
-    dose = MedAIPlanLogic(scene).compute_dose(ct, structures, "liver", gantry_angles=[0, 120, 240],
-                                              bixel_width_mm=10.0, prescription_gy=50.0, dose_grid_mm=6.0, device="cpu")
+    dose = MedAIPlanLogic(scene).compute_dose(
+        ct,
+        structures,
+        "liver",
+        gantry_angles=[0, 120, 240],
+        bixel_width_mm=10.0,
+        prescription_gy=50.0,
+        dose_grid_mm=6.0,
+        device="cpu",
+    )
     return bridge.save_node(dose, folder / "dose.nrrd")
 
 
@@ -86,10 +94,26 @@ def main() -> dict:
         probabilities = write_probabilities(folder, names)
         report = folder / "R.json"
         start, cpu = time.perf_counter(), time.process_time()
-        code = medai(["contour-qa", str(dose), str(DATA / "example_seg.nii.gz"), str(DATA / "example_seg_fast.nii.gz"),
-                      "--label-names", "totalsegmentator", "--plan-target", "liver", "--prescription", "50",
-                      "--probabilities", str(probabilities), "--table", str(folder / "T.csv"),
-                      "--report", str(report)])
+        code = medai(
+            [
+                "contour-qa",
+                str(dose),
+                str(DATA / "example_seg.nii.gz"),
+                str(DATA / "example_seg_fast.nii.gz"),
+                "--label-names",
+                "totalsegmentator",
+                "--plan-target",
+                "liver",
+                "--prescription",
+                "50",
+                "--probabilities",
+                str(probabilities),
+                "--table",
+                str(folder / "T.csv"),
+                "--report",
+                str(report),
+            ]
+        )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         if code:
             raise SystemExit(f"medai contour-qa failed with exit code {code}")
@@ -108,14 +132,22 @@ def main() -> dict:
     ours_s = time.perf_counter() - start
     diff = np.abs(np.array([ours[n] for n in pairs]) - np.array([peer[n] for n in pairs]))
     timings = data["timings_s"]
-    return {"benchmark": "contour_qa", "structures": len(rows), "medai_compare_s": timings["compare"],
-            "medai_bands_s": timings["bands"], "medai_command_in_process_s": round(wall, 3),
-            "medai_command_cpu_s": round(cpu, 3), "load_average": round(os.getloadavg()[0], 1),
-            "medai_surface_dice_s": round(ours_s, 3), "monai_surface_dice_s": round(peer_s, 3),
-            "surface_dice_ratio_monai_over_medai": round(peer_s / ours_s, 2),
-            "surface_dice_max_abs_diff_2mm": float(diff[:, 0].max()), "surface_dice_max_abs_diff_3mm": float(diff[:, 1].max()),
-            "mean_dice_reference_labels": data["metrics"]["mean_dice_reference"],
-            "dose_relevant": data["metrics"]["dose_relevant"]}
+    return {
+        "benchmark": "contour_qa",
+        "structures": len(rows),
+        "medai_compare_s": timings["compare"],
+        "medai_bands_s": timings["bands"],
+        "medai_command_in_process_s": round(wall, 3),
+        "medai_command_cpu_s": round(cpu, 3),
+        "load_average": round(os.getloadavg()[0], 1),
+        "medai_surface_dice_s": round(ours_s, 3),
+        "monai_surface_dice_s": round(peer_s, 3),
+        "surface_dice_ratio_monai_over_medai": round(peer_s / ours_s, 2),
+        "surface_dice_max_abs_diff_2mm": float(diff[:, 0].max()),
+        "surface_dice_max_abs_diff_3mm": float(diff[:, 1].max()),
+        "mean_dice_reference_labels": data["metrics"]["mean_dice_reference"],
+        "dose_relevant": data["metrics"]["dose_relevant"],
+    }
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=48, help="sample phantom size (voxels per axis, 2 mm)")
     parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--cpu-fp16", action="store_true",
-                        help="also time fp16 TorchScript on the CPU (torch's CPU fp16 convolutions are very slow)")
+    parser.add_argument(
+        "--cpu-fp16",
+        action="store_true",
+        help="also time fp16 TorchScript on the CPU (torch's CPU fp16 convolutions are very slow)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
@@ -41,20 +44,27 @@ def main() -> None:
         if bundle is None:  # the bundle trained here is trusted in a throw-away store, not in the user's
             os.environ.setdefault("MEDAI_TRUST_STORE", f"{tmp}/trusted_bundles.json")
             bundle = f"{tmp}/bundle"
-            config = TrainingConfig(features=16, spacing_mm=(2, 2, 2), roi=(32, 32, 32), epochs=4,
-                                    learning_rate=3e-3, val_fraction=0.25)
+            config = TrainingConfig(
+                features=16, spacing_mm=(2, 2, 2), roi=(32, 32, 32), epochs=4, learning_rate=3e-3, val_fraction=0.25
+            )
             result = train_and_export(make_phantom_cases(range(8), shape=(40, 40, 40)), bundle, config)
             training = {"best_val_dice": result.best_dice, "seconds": result.seconds}
         size = (args.size,) * 3
-        samples = [preprocess_for_bundle(image, bundle)
-                   for image, _ in make_phantom_cases(range(900, 900 + args.samples), shape=size)]
-        out = {"samples": args.samples, "sample_shape": list(samples[0].shape[1:]), "threads": args.threads,
-               "training": training,
-               "cpu": export_compressed(bundle, samples, fp16=args.cpu_fp16, onnx=True, device="cpu", repeat=args.repeat,
-                                        threads=args.threads)}
+        samples = [
+            preprocess_for_bundle(image, bundle)
+            for image, _ in make_phantom_cases(range(900, 900 + args.samples), shape=size)
+        ]
+        out = {
+            "samples": args.samples,
+            "sample_shape": list(samples[0].shape[1:]),
+            "threads": args.threads,
+            "training": training,
+            "cpu": export_compressed(
+                bundle, samples, fp16=args.cpu_fp16, onnx=True, device="cpu", repeat=args.repeat, threads=args.threads
+            ),
+        }
         if torch.cuda.is_available():
-            out["cuda"] = export_compressed(bundle, samples, fp16=True, onnx=False, device="cuda",
-                                            repeat=args.repeat)
+            out["cuda"] = export_compressed(bundle, samples, fp16=True, onnx=False, device="cuda", repeat=args.repeat)
     print(json.dumps(out, indent=1))
 
 

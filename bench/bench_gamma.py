@@ -49,8 +49,9 @@ def load_case(folder: Path, case: str):
     ref, geo = _read(folder / "EclipseProstate_Dose.nrrd")
     rng = np.random.default_rng(14)
     ev = ref * 1.03 + rng.normal(0.0, 0.01 * ref.max(), ref.shape)
-    ev_geo = Geometry(geo.spacing, np.asarray(geo.origin) + np.array([2.0, 0.0, 0.0]), geo.direction, geo.space,
-                      ref.shape)
+    ev_geo = Geometry(
+        geo.spacing, np.asarray(geo.origin) + np.array([2.0, 0.0, 0.0]), geo.direction, geo.space, ref.shape
+    )
     return ref, geo, ev, ev_geo, 2.0, 2.0, "SlicerRT EclipseProstate vs itself shifted 2 mm, +3 %, 1 % noise (seed 14)"
 
 
@@ -58,8 +59,9 @@ def crop(array, geometry: Geometry, n: int, center):
     """N voxels per axis around ``center`` (KJI), with the cropped grid's geometry."""
     lo = np.clip(np.asarray(center) - n // 2, 0, np.array(array.shape) - n)
     origin = geometry.index_to_point(lo[::-1].astype(float))
-    return array[tuple(slice(a, a + n) for a in lo)], Geometry(geometry.spacing, origin, geometry.direction,
-                                                               geometry.space, (n, n, n))
+    return array[tuple(slice(a, a + n) for a in lo)], Geometry(
+        geometry.spacing, origin, geometry.direction, geometry.space, (n, n, n)
+    )
 
 
 def axes(geometry: Geometry, shape):
@@ -81,17 +83,27 @@ def main() -> None:
         center = np.unravel_index(np.argmax(ref), ref.shape)
         ref, geo = crop(ref, geo, args.crop, center)
         ev, ev_geo = crop(ev, ev_geo, args.crop, center)
-    settings = {"dose_percent": dose_percent, "dta_mm": dta, "cutoff_percent": 10.0, "max_gamma": 2.0,
-                "interp_fraction": 10, "medai_step_mm": dta / 10, "pymedphys_interp_algo": args.interp_algo}
+    settings = {
+        "dose_percent": dose_percent,
+        "dta_mm": dta,
+        "cutoff_percent": 10.0,
+        "max_gamma": 2.0,
+        "interp_fraction": 10,
+        "medai_step_mm": dta / 10,
+        "pymedphys_interp_algo": args.interp_algo,
+    }
     out = {"data": description, "grid": list(ref.shape), "settings": settings, "device": args.device}
     start = time.perf_counter()
     ours = gamma_index(ref, geo, ev, ev_geo, dose_percent, dta, 10.0, max_gamma=2.0, device=args.device)
     t_ours = time.perf_counter() - start
     start = time.perf_counter()
-    lattice = gamma_index(ref, geo, ev, ev_geo, dose_percent, dta, 10.0, max_gamma=2.0, device=args.device,
-                          interpolation="none")
-    out["medai_voxel_lattice"] = {"time_s": round(time.perf_counter() - start, 2),
-                                  "pass_rate_percent": round(lattice.pass_rate, 3)}
+    lattice = gamma_index(
+        ref, geo, ev, ev_geo, dose_percent, dta, 10.0, max_gamma=2.0, device=args.device, interpolation="none"
+    )
+    out["medai_voxel_lattice"] = {
+        "time_s": round(time.perf_counter() - start, 2),
+        "pass_rate_percent": round(lattice.pass_rate, 3),
+    }
     out["time_s"] = {"medai": round(t_ours, 2)}
     out["pass_rate_percent"] = {"medai": round(ours.pass_rate, 3)}
     out["evaluated_voxels"] = {"medai": ours.evaluated_voxels}
@@ -101,9 +113,20 @@ def main() -> None:
         import pymedphys
 
         start = time.perf_counter()
-        theirs = pymedphys.gamma(axes(geo, ref.shape), ref, axes(ev_geo, ev.shape), ev, dose_percent, dta,
-                                 lower_percent_dose_cutoff=10.0, interp_fraction=10, max_gamma=2.0,
-                                 local_gamma=False, quiet=True, interp_algo=args.interp_algo)
+        theirs = pymedphys.gamma(
+            axes(geo, ref.shape),
+            ref,
+            axes(ev_geo, ev.shape),
+            ev,
+            dose_percent,
+            dta,
+            lower_percent_dose_cutoff=10.0,
+            interp_fraction=10,
+            max_gamma=2.0,
+            local_gamma=False,
+            quiet=True,
+            interp_algo=args.interp_algo,
+        )
         t_theirs = time.perf_counter() - start
         valid = ~np.isnan(theirs)
         both = valid & ~np.isnan(ours.gamma)

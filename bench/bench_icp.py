@@ -90,6 +90,7 @@ print(json.dumps(out))
 
 def vtk_icp(fixed, moving, start, max_points=5000):
     """vtkIterativeClosestPointTransform (rigid) of moving -> fixed, from ``start``; returns (matrix, seconds)."""
+
     def polydata(points):
         vpoints = vtk.vtkPoints()
         for p in points:
@@ -121,12 +122,21 @@ def vtk_icp(fixed, moving, start, max_points=5000):
 def summarise(matrix, seconds, truth, moving, result=None):
     """Time, rotation error and mean displacement error against the scanner poses (and MedAI's own flags)."""
     rotation, translation = pose_errors(np.asarray(matrix), truth, moving)
-    out = {"time_s": round(seconds, 3), "rotation_error_deg": round(rotation, 3),
-           "translation_error_mm": round(translation, 3)}
+    out = {
+        "time_s": round(seconds, 3),
+        "rotation_error_deg": round(rotation, 3),
+        "translation_error_mm": round(translation, 3),
+    }
     if result is not None:
-        out.update({"converged": result.converged, "reliable": result.reliable,
-                    "trim_fraction": round(result.trim_fraction, 3), "inlier_fraction": round(result.inlier_fraction, 3),
-                    "rms_mm": round(result.rms_mm, 3)})
+        out.update(
+            {
+                "converged": result.converged,
+                "reliable": result.reliable,
+                "trim_fraction": round(result.trim_fraction, 3),
+                "inlier_fraction": round(result.inlier_fraction, 3),
+                "rms_mm": round(result.rms_mm, 3),
+            }
+        )
     return out
 
 
@@ -138,8 +148,10 @@ def main() -> None:
     perturb[:3, 3] = [3.0, -4.0, 0.0]
     start = perturb @ truth
     out = {"data": "bun090 -> bun000 (mm)", "fixed_points": len(fixed), "moving_points": len(moving)}
-    for name, options in (("medai_from_identity", {}),
-                          ("medai_previous_default_from_identity", {"multi_start": "axes", "trim_fraction": 0.9})):
+    for name, options in (
+        ("medai_from_identity", {}),
+        ("medai_previous_default_from_identity", {"multi_start": "axes", "trim_fraction": 0.9}),
+    ):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MedAIWarning)
@@ -159,8 +171,9 @@ def main() -> None:
         path = Path(folder) / "clouds.npz"
         np.savez(path, fixed=fixed, moving=moving, start=start)
         try:
-            run = subprocess.run([python, "-c", OPEN3D_SCRIPT, str(path), str(REPEATS)], capture_output=True, text=True,
-                                 check=True)
+            run = subprocess.run(
+                [python, "-c", OPEN3D_SCRIPT, str(path), str(REPEATS)], capture_output=True, text=True, check=True
+            )
             results = json.loads(run.stdout.strip().splitlines()[-1])
             for key, value in results.items():
                 label = key.replace("identity", "from_identity", 1).replace("start", "from_common_start", 1)
@@ -168,8 +181,9 @@ def main() -> None:
         except (OSError, subprocess.CalledProcessError, ValueError) as error:
             out["open3d"] = f"not run: {error}"
     base = out["medai_from_common_start"]["time_s"]
-    out["time_ratio_vs_medai_common_start"] = {k: round(v["time_s"] / base, 2) for k, v in out.items()
-                                               if isinstance(v, dict) and "common_start" in k}
+    out["time_ratio_vs_medai_common_start"] = {
+        k: round(v["time_s"] / base, 2) for k, v in out.items() if isinstance(v, dict) and "common_start" in k
+    }
     print(json.dumps(out, indent=1))
 
 

@@ -45,8 +45,11 @@ def timed(fn):
 
 
 def _stats(times: dict) -> dict:
-    return {f"{kind}_{stat}_s": round(fn(values), 4) for kind, values in times.items()
-            for stat, fn in (("best", min), ("median", statistics.median))}
+    return {
+        f"{kind}_{stat}_s": round(fn(values), 4)
+        for kind, values in times.items()
+        for stat, fn in (("best", min), ("median", statistics.median))
+    }
 
 
 def compare(sides: dict, repeat: int) -> dict:
@@ -89,29 +92,57 @@ def main():
     def monai(batch, mode):
         def run():
             with torch.no_grad():
-                logits = monai_swi(x[None].to(device), roi, batch, net, overlap=0.25, mode=mode, sigma_scale=0.125,
-                                   padding_mode="constant", cval=0.0)
+                logits = monai_swi(
+                    x[None].to(device),
+                    roi,
+                    batch,
+                    net,
+                    overlap=0.25,
+                    mode=mode,
+                    sigma_scale=0.125,
+                    padding_mode="constant",
+                    cval=0.0,
+                )
             return torch.argmax(logits[0], 0).to(torch.uint8).cpu().numpy()
+
         return run
 
     def medai(batch, mode, amp):
-        return lambda: sliding_window_inference(net, x, roi, overlap=0.25, batch_size=batch, device=device,
-                                                mode=mode, sigma_scale=0.125, amp=amp).labels
+        return lambda: (
+            sliding_window_inference(
+                net, x, roi, overlap=0.25, batch_size=batch, device=device, mode=mode, sigma_scale=0.125, amp=amp
+            ).labels
+        )
 
     equal = {}
     for pair in args.equal.split(","):
         batch, mode = pair.split(":")
-        equal[f"batch{batch}_{mode}"] = compare({"monai": monai(int(batch), mode),
-                                                 "medai": medai(int(batch), mode, False)}, args.repeat)
-    defaults = compare({"monai_defaults": monai(1, "constant"), "medai_defaults": medai(4, "gaussian", True)},
-                       args.repeat)
-    print(json.dumps({
-        "benchmark": "bench_inference", "data": DATA.name, "shape_ijk": list(image.shape[1:]), "roi": list(roi),
-        "device": str(device), "torch_threads": torch.get_num_threads(), "repeat": args.repeat,
-        "overlap": 0.25, "equal_settings": equal,
-        "medai_defaults_vs_monai_defaults": {"monai": "batch 1, constant, float32",
-                                             "medai": "batch 4, gaussian, AMP on CUDA", **defaults},
-    }))
+        equal[f"batch{batch}_{mode}"] = compare(
+            {"monai": monai(int(batch), mode), "medai": medai(int(batch), mode, False)}, args.repeat
+        )
+    defaults = compare(
+        {"monai_defaults": monai(1, "constant"), "medai_defaults": medai(4, "gaussian", True)}, args.repeat
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_inference",
+                "data": DATA.name,
+                "shape_ijk": list(image.shape[1:]),
+                "roi": list(roi),
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+                "repeat": args.repeat,
+                "overlap": 0.25,
+                "equal_settings": equal,
+                "medai_defaults_vs_monai_defaults": {
+                    "monai": "batch 1, constant, float32",
+                    "medai": "batch 4, gaussian, AMP on CUDA",
+                    **defaults,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

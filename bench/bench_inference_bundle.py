@@ -36,27 +36,61 @@ def write_bundle(folder: Path) -> Path:
 
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
-    network = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-               "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
+    network = {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [8, 16, 32],
+        "strides": [2, 2],
+        "num_res_units": 1,
+    }
     config = {
         "network_def": network,
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -200, "a_max": 300, "b_min": 0.0,
-             "b_max": 1.0, "clip": True},
-            {"_target_": "EnsureTyped", "keys": "image"}]},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 64], "sw_batch_size": 4,
-                    "overlap": 0.25},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image"},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {
+                    "_target_": "ScaleIntensityRanged",
+                    "keys": "image",
+                    "a_min": -200,
+                    "a_max": 300,
+                    "b_min": 0.0,
+                    "b_max": 1.0,
+                    "clip": True,
+                },
+                {"_target_": "EnsureTyped", "keys": "image"},
+            ],
+        },
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 64], "sw_batch_size": 4, "overlap": 0.25},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            ],
+        },
     }
     (folder / "configs" / "inference.json").write_text(json.dumps(config))
-    (folder / "configs" / "metadata.json").write_text(json.dumps({"name": "bench unet", "network_data_format": {
-        "outputs": {"pred": {"channel_def": {"0": "background", "1": "a", "2": "b"}}}}}))
+    (folder / "configs" / "metadata.json").write_text(
+        json.dumps(
+            {
+                "name": "bench unet",
+                "network_data_format": {"outputs": {"pred": {"channel_def": {"0": "background", "1": "a", "2": "b"}}}},
+            }
+        )
+    )
     torch.manual_seed(0)
     net = UNet(3, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
     torch.save(net.state_dict(), folder / "models" / "model.pt")
@@ -96,20 +130,36 @@ def main():
         if torch.device(args.device).type == "cuda":  # MedAI's default float16 autocast, beyond the equal settings
             start = time.perf_counter()
             amp = run_bundle(bundle, [image], device=args.device, inferer="medai", amp=True)
-            extra = {"medai_amp_s": round(time.perf_counter() - start, 3),
-                     "label_agreement_medai_amp_vs_bundle": float((amp.labels == labels["bundle"]).mean())}
-    summary = {name: {f"{kind}_{stat}_s": round(fn(values), 4) for kind, values in times.items()
-                      for stat, fn in (("best", min), ("median", statistics.median))}
-               for name, times in sides.items()}
-    print(json.dumps({
-        "data": DATA.name, "size_xyz": list(image.GetSize()), "device": args.device,
-        "torch_threads": torch.get_num_threads(), "repeat": args.repeat, **summary,
-        "speedup_wall_median": round(summary["bundle"]["wall_median_s"] / summary["medai"]["wall_median_s"], 3),
-        "speedup_cpu_median": round(summary["bundle"]["cpu_median_s"] / summary["medai"]["cpu_median_s"], 3),
-        "label_agreement_medai_vs_bundle": float((labels["medai"] == labels["bundle"]).mean()),
-        "medai_tta_s": round(t_tta, 3),
-        "label_agreement_tta_vs_bundle": float((tta.labels == labels["bundle"]).mean()), **extra,
-    }))
+            extra = {
+                "medai_amp_s": round(time.perf_counter() - start, 3),
+                "label_agreement_medai_amp_vs_bundle": float((amp.labels == labels["bundle"]).mean()),
+            }
+    summary = {
+        name: {
+            f"{kind}_{stat}_s": round(fn(values), 4)
+            for kind, values in times.items()
+            for stat, fn in (("best", min), ("median", statistics.median))
+        }
+        for name, times in sides.items()
+    }
+    print(
+        json.dumps(
+            {
+                "data": DATA.name,
+                "size_xyz": list(image.GetSize()),
+                "device": args.device,
+                "torch_threads": torch.get_num_threads(),
+                "repeat": args.repeat,
+                **summary,
+                "speedup_wall_median": round(summary["bundle"]["wall_median_s"] / summary["medai"]["wall_median_s"], 3),
+                "speedup_cpu_median": round(summary["bundle"]["cpu_median_s"] / summary["medai"]["cpu_median_s"], 3),
+                "label_agreement_medai_vs_bundle": float((labels["medai"] == labels["bundle"]).mean()),
+                "medai_tta_s": round(t_tta, 3),
+                "label_agreement_tta_vs_bundle": float((tta.labels == labels["bundle"]).mean()),
+                **extra,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,12 @@ SPACING = (0.8, 0.8, 1.0)  # mm, i j k
 
 def make_ct(shape_kji) -> np.ndarray:
     """Water cylinder with a denser 'organ' sphere and a bone rod, in HU (int16)."""
-    k, j, i = np.ogrid[:shape_kji[0], :shape_kji[1], :shape_kji[2]]
-    x, y, z = (i - shape_kji[2] / 2) * SPACING[0], (j - shape_kji[1] / 2) * SPACING[1], (k - shape_kji[0] / 2) * SPACING[2]
+    k, j, i = np.ogrid[: shape_kji[0], : shape_kji[1], : shape_kji[2]]
+    x, y, z = (
+        (i - shape_kji[2] / 2) * SPACING[0],
+        (j - shape_kji[1] / 2) * SPACING[1],
+        (k - shape_kji[0] / 2) * SPACING[2],
+    )
     ct = np.full(shape_kji, -1000, np.int16)
     ct[np.broadcast_to(x**2 + y**2 < 180.0**2, shape_kji)] = 0
     ct[(x - 40) ** 2 + (y + 20) ** 2 + z**2 < 60.0**2] = 60
@@ -54,17 +58,23 @@ def make_model(folder: Path, spacing_mm: float) -> Path:
 
         def forward(self, x):
             hu = x * 2000.0 - 1000.0  # the card's window maps -1000..1000 HU to 0..1
-            intensity = torch.cat([-((hu - 0.0) / 20.0) ** 2, -((hu - 60.0) / 20.0) ** 2,
-                                   -((hu - 900.0) / 200.0) ** 2], dim=1)
+            intensity = torch.cat(
+                [-(((hu - 0.0) / 20.0) ** 2), -(((hu - 60.0) / 20.0) ** 2), -(((hu - 900.0) / 200.0) ** 2)], dim=1
+            )
             return intensity + 0.01 * self.backbone(x)
 
     torch.manual_seed(0)
     net = Net().eval()
     path = folder / "segresnet.ts"
     torch.jit.save(torch.jit.script(net), str(path))
-    card = {"name": "bench", "roi_size": [96, 96, 96], "spacing_mm": [spacing_mm] * 3, "overlap": 0.25,
-            "normalization": {"type": "window", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1, "clip": True},
-            "labels": [{"value": 1, "name": "a"}, {"value": 2, "name": "b"}]}
+    card = {
+        "name": "bench",
+        "roi_size": [96, 96, 96],
+        "spacing_mm": [spacing_mm] * 3,
+        "overlap": 0.25,
+        "normalization": {"type": "window", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1, "clip": True},
+        "labels": [{"value": 1, "name": "a"}, {"value": 2, "name": "b"}],
+    }
     (folder / "segresnet.ts.json").write_text(json.dumps(card))
     return path
 
@@ -139,19 +149,41 @@ def main() -> None:
         make_model(folder, args.spacing_model)
         results = {}
         for side in ("medai", "monai"):
-            proc = subprocess.run([sys.executable, __file__, "--child", side, "--folder", tmp, "--threads",
-                                   str(args.threads), "--spacing-model", str(args.spacing_model)],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    side,
+                    "--folder",
+                    tmp,
+                    "--threads",
+                    str(args.threads),
+                    "--spacing-model",
+                    str(args.spacing_model),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
             results[side] = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-3:]}
         agreement = None
         if (folder / "medai.npy").exists() and (folder / "monai.npy").exists():
             agreement = float((np.load(folder / "medai.npy") == np.load(folder / "monai.npy")).mean())
-    summary = {"benchmark": "large_ct_segmentation", "shape_kji": shape, "voxels": int(np.prod(shape)),
-               "model_spacing_mm": args.spacing_model, "threads": args.threads, **results,
-               "label_agreement": agreement}
+    summary = {
+        "benchmark": "large_ct_segmentation",
+        "shape_kji": shape,
+        "voxels": int(np.prod(shape)),
+        "model_spacing_mm": args.spacing_model,
+        "threads": args.threads,
+        **results,
+        "label_agreement": agreement,
+    }
     if "peak_rss_gib" in results.get("medai", {}) and "peak_rss_gib" in results.get("monai", {}):
-        summary["peak_memory_ratio_monai_over_medai"] = results["monai"]["peak_rss_gib"] / results["medai"]["peak_rss_gib"]
+        summary["peak_memory_ratio_monai_over_medai"] = (
+            results["monai"]["peak_rss_gib"] / results["medai"]["peak_rss_gib"]
+        )
         summary["time_ratio_monai_over_medai"] = results["monai"]["time_s"] / results["medai"]["time_s"]
         summary["fits_24_gib"] = results["medai"]["peak_rss_gib"] < 24.0
     print(json.dumps(summary))

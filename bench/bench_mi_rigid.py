@@ -40,18 +40,30 @@ def _timed(function):
 
 
 def run(data_dir: Path, device: str, repeats: int) -> dict:
-    out = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in SETTINGS.items()}, "device": device,
-           "repeats": repeats}
+    out = {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in SETTINGS.items()},
+        "device": device,
+        "repeats": repeats,
+    }
     for kind in ("ct", "mr"):
         fixed, moving, truth, points = load_case(data_dir, kind)
-        arrays = (sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-                  Geometry.from_sitk(moving), "rigid")
+        arrays = (
+            sitk.GetArrayFromImage(fixed),
+            Geometry.from_sitk(fixed),
+            sitk.GetArrayFromImage(moving),
+            Geometry.from_sitk(moving),
+            "rigid",
+        )
         sides = {
-            "simpleitk": lambda seed, f=fixed, m=moving: intensity_registration.register_images(
-                f, m, "rigid", metric="mattes", seed=seed + 1, **SETTINGS).transform,
+            "simpleitk": lambda seed, f=fixed, m=moving: (
+                intensity_registration.register_images(
+                    f, m, "rigid", metric="mattes", seed=seed + 1, **SETTINGS
+                ).transform
+            ),
             "medai_cpu_numba": lambda seed, a=arrays: register_numba(*a, seed=seed, **SETTINGS).sitk_transform(),
-            "medai_torch": lambda seed, a=arrays: register_torch(*a, device=device, seed=seed,
-                                                                 **SETTINGS).sitk_transform(),
+            "medai_torch": lambda seed, a=arrays: register_torch(
+                *a, device=device, seed=seed, **SETTINGS
+            ).sitk_transform(),
         }
         register_numba(*arrays, iterations=2)  # warm-up
         register_torch(*arrays, iterations=2, device=device)
@@ -64,14 +76,18 @@ def run(data_dir: Path, device: str, repeats: int) -> dict:
         row = {}
         for name, values in records.items():
             values = np.array(values)
-            row[name] = {"wall_s_median": round(float(np.median(values[:, 0])), 3),
-                         "wall_s_best": round(float(values[:, 0].min()), 3),
-                         "cpu_s_median": round(float(np.median(values[:, 1])), 3),
-                         "cpu_s_best": round(float(values[:, 1].min()), 3),
-                         "tre_mean_mm": round(float(values[:, 2].mean()), 3),
-                         "tre_max_mm": round(float(values[:, 3].max()), 3)}
+            row[name] = {
+                "wall_s_median": round(float(np.median(values[:, 0])), 3),
+                "wall_s_best": round(float(values[:, 0].min()), 3),
+                "cpu_s_median": round(float(np.median(values[:, 1])), 3),
+                "cpu_s_best": round(float(values[:, 1].min()), 3),
+                "tre_mean_mm": round(float(values[:, 2].mean()), 3),
+                "tre_max_mm": round(float(values[:, 3].max()), 3),
+            }
         for name in ("medai_cpu_numba", "medai_torch"):
-            row[f"{name}_over_simpleitk_wall"] = round(row[name]["wall_s_median"] / row["simpleitk"]["wall_s_median"], 2)
+            row[f"{name}_over_simpleitk_wall"] = round(
+                row[name]["wall_s_median"] / row["simpleitk"]["wall_s_median"], 2
+            )
             row[f"{name}_over_simpleitk_cpu"] = round(row[name]["cpu_s_median"] / row["simpleitk"]["cpu_s_median"], 2)
         out[kind] = row
     return out
@@ -81,7 +97,9 @@ def main() -> None:
     argv = sys.argv[1:]
     device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
     repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 5
-    positional = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or not argv[i - 1].startswith("--"))]
+    positional = [
+        a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or not argv[i - 1].startswith("--"))
+    ]
     data_dir = Path(positional[0]) if positional else Path(__file__).resolve().parents[2] / "shared" / "data"
     print(json.dumps(run(data_dir, device, repeats), indent=1))
 

@@ -57,8 +57,12 @@ def _arguments():
     parser.add_argument("--patch-radius", type=int, default=1)
     parser.add_argument("--search-radius", type=int, default=2)
     parser.add_argument("--block-step", default="2", help="blockwise sub-grid step: one int or k,j,i (e.g. 2,2,1)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and numba CPU threads (default 1: the single core scikit-image uses; 0: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and numba CPU threads (default 1: the single core scikit-image uses; 0: all cores)",
+    )
     return parser.parse_args()
 
 
@@ -78,9 +82,12 @@ def _timed_rounds(methods: dict, results: dict, sigma: float, repeat: int, cuda:
     for r in results.values():
         rounds = r.pop("rounds")
         best = min(rounds)
-        r.update(time_s=round(best[0], 4), cpu_s=round(best[1], 4),
-                 median_s=round(statistics.median(t for t, _ in rounds), 4),
-                 median_cpu_s=round(statistics.median(c for _, c in rounds), 4))
+        r.update(
+            time_s=round(best[0], 4),
+            cpu_s=round(best[1], 4),
+            median_s=round(statistics.median(t for t, _ in rounds), 4),
+            median_cpu_s=round(statistics.median(c for _, c in rounds), 4),
+        )
 
 
 def _speedups(results: dict) -> dict:
@@ -114,18 +121,26 @@ def main():
     common = dict(sigma=sigma, patch_radius=p, search_radius=s, device=args.device)
     first = time.perf_counter()
     for mode in ("blockwise", "voxelwise"):  # numba: compile, or load the cached machine code
-        nonlocal_means(noisy[:8, :16, :16], sigma=sigma, patch_radius=p, search_radius=s, mode=mode,
-                       block_step=step, device=args.device)
+        nonlocal_means(
+            noisy[:8, :16, :16],
+            sigma=sigma,
+            patch_radius=p,
+            search_radius=s,
+            mode=mode,
+            block_step=step,
+            device=args.device,
+        )
     first = time.perf_counter() - first
     methods = {
-        "medai_blockwise": lambda h: nonlocal_means(noisy, h=h, mode="blockwise", block_step=step,
-                                                    **common),
-        "medai_blockwise_torch": lambda h: nonlocal_means(noisy, h=h, mode="blockwise", block_step=step,
-                                                          backend="torch", **common),
+        "medai_blockwise": lambda h: nonlocal_means(noisy, h=h, mode="blockwise", block_step=step, **common),
+        "medai_blockwise_torch": lambda h: nonlocal_means(
+            noisy, h=h, mode="blockwise", block_step=step, backend="torch", **common
+        ),
         "medai_voxelwise": lambda h: nonlocal_means(noisy, h=h, **common),
         "medai_voxelwise_torch": lambda h: nonlocal_means(noisy, h=h, backend="torch", **common),
-        "skimage_fast": lambda h: denoise_nl_means(noisy, patch_size=2 * p + 1, patch_distance=s, h=h, sigma=sigma,
-                                                   fast_mode=True),
+        "skimage_fast": lambda h: denoise_nl_means(
+            noisy, patch_size=2 * p + 1, patch_distance=s, h=h, sigma=sigma, fast_mode=True
+        ),
     }
     if args.device.startswith("cuda"):
         methods["medai_blockwise"](sigma)  # warm-up (CUDA context, kernels)
@@ -135,16 +150,28 @@ def main():
         results[name] = {"psnr_db": round(score, 3), "h_factor": f, "rounds": []}
     _timed_rounds(methods, results, sigma, args.repeat, args.device.startswith("cuda"))
     kernels = (nonlocal_means_numba.blockwise_planes, nonlocal_means_numba.voxelwise_planes)
-    print(json.dumps({
-        "data": str(DATA.name), "shape_kji": list(clean.shape), "noise_sigma_hu": sigma,
-        "patch_size": 2 * p + 1, "search_distance": s, "block_step": step, "device": args.device,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "repeat": args.repeat,
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "noisy_psnr_db": round(psnr(noisy, clean), 3), **results,
-        "numba_first_call_s": round(first, 2),
-        "numba_cache_hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
-        **_speedups(results),
-    }))
+    print(
+        json.dumps(
+            {
+                "data": str(DATA.name),
+                "shape_kji": list(clean.shape),
+                "noise_sigma_hu": sigma,
+                "patch_size": 2 * p + 1,
+                "search_distance": s,
+                "block_step": step,
+                "device": args.device,
+                "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "repeat": args.repeat,
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+                "noisy_psnr_db": round(psnr(noisy, clean), 3),
+                **results,
+                "numba_first_call_s": round(first, 2),
+                "numba_cache_hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                **_speedups(results),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

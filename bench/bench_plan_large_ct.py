@@ -26,7 +26,7 @@ for sub in ("MedAICommon", "MedAIPlan"):
 
 
 def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def build(scene, shape_kji, spacing):
@@ -34,28 +34,37 @@ def build(scene, shape_kji, spacing):
     from MedAICommonLib.bridge.segmentations import SegmentInfo
     from MedAICommonLib.geometry import Geometry
 
-    geo = Geometry(spacing=spacing, origin=tuple(-(np.array(shape_kji[::-1]) - 1) / 2 * np.array(spacing)),
-                   space="RAS", shape_kji=shape_kji)
+    geo = Geometry(
+        spacing=spacing,
+        origin=tuple(-(np.array(shape_kji[::-1]) - 1) / 2 * np.array(spacing)),
+        space="RAS",
+        shape_kji=shape_kji,
+    )
     nk, nj, ni = shape_kji
     r = (np.arange(ni) - (ni - 1) / 2) * spacing[0]
     a = (np.arange(nj) - (nj - 1) / 2) * spacing[1]
     s = (np.arange(nk) - (nk - 1) / 2) * spacing[2]
-    disk = (r[None, :] ** 2 + a[:, None] ** 2) <= 200.0 ** 2
+    disk = (r[None, :] ** 2 + a[:, None] ** 2) <= 200.0**2
     ct = np.full(shape_kji, -1000, np.int16)
     ct[:, disk] = 0
     labels = np.zeros(shape_kji, np.uint8)
     labels[:, disk] = 1
     near = np.flatnonzero(np.abs(s) <= 30)
-    for k in near:                                       # spheres only touch a few slices
+    for k in near:  # spheres only touch a few slices
         d_t = r[None, :] ** 2 + a[:, None] ** 2 + s[k] ** 2
         d_o = r[None, :] ** 2 + (a[:, None] + 45.0) ** 2 + s[k] ** 2
-        labels[k][d_o <= 12.5 ** 2] = 3
-        labels[k][d_t <= 20.0 ** 2] = 2
+        labels[k][d_o <= 12.5**2] = 3
+        labels[k][d_t <= 20.0**2] = 2
     ct_node = bridge.create_volume(scene, ct, geo, "large CT")
     del ct
-    seg = bridge.create_segmentation(scene, labels, geo, [SegmentInfo(1, "body"), SegmentInfo(2, "target"),
-                                                          SegmentInfo(3, "organ")], "large structures",
-                                     reference_volume=ct_node)
+    seg = bridge.create_segmentation(
+        scene,
+        labels,
+        geo,
+        [SegmentInfo(1, "body"), SegmentInfo(2, "target"), SegmentInfo(3, "organ")],
+        "large structures",
+        reference_volume=ct_node,
+    )
     return ct_node, seg
 
 
@@ -80,16 +89,33 @@ def main() -> None:
     angles = [0, 51, 102, 153, 204, 255, 306]
     estimate = logic.estimate_plan_memory(ct, seg, "target", gantry_angles=angles, dose_grid_mm=args.dose_grid)
     t1, c1 = time.perf_counter(), time.process_time()
-    logic.plan(ct, seg, "target", 60.0, fractions=30, gantry_angles=angles, bixel_width_mm=5.0,
-               dose_grid_mm=args.dose_grid, device="cpu")
+    logic.plan(
+        ct,
+        seg,
+        "target",
+        60.0,
+        fractions=30,
+        gantry_angles=angles,
+        bixel_width_mm=5.0,
+        dose_grid_mm=args.dose_grid,
+        device="cpu",
+    )
     info = logic.last_result
-    out = {"case": f"{shape[::-1]} voxels (i,j,k) of {spacing} mm, 7 beams, 5 mm bixels, {args.dose_grid} mm dose grid",
-           "build_inputs_s": round(t_build, 1), "plan_s": round(time.perf_counter() - t1, 1),
-           "plan_cpu_s": round(time.process_time() - c1, 1),
-           "timings": {k: round(float(v), 2) for k, v in info.timings.items()},
-           "num_bixels": info.num_bixels, "dij_nnz": info.dij_nnz, "iterations": info.iterations,
-           "peak_rss_after_inputs_GiB": round(rss_inputs, 2), "peak_rss_GiB": round(_rss_gib(), 2),
-           "estimate": estimate, "target": info.metrics["target"], "organ": info.metrics["organ"]}
+    out = {
+        "case": f"{shape[::-1]} voxels (i,j,k) of {spacing} mm, 7 beams, 5 mm bixels, {args.dose_grid} mm dose grid",
+        "build_inputs_s": round(t_build, 1),
+        "plan_s": round(time.perf_counter() - t1, 1),
+        "plan_cpu_s": round(time.process_time() - c1, 1),
+        "timings": {k: round(float(v), 2) for k, v in info.timings.items()},
+        "num_bixels": info.num_bixels,
+        "dij_nnz": info.dij_nnz,
+        "iterations": info.iterations,
+        "peak_rss_after_inputs_GiB": round(rss_inputs, 2),
+        "peak_rss_GiB": round(_rss_gib(), 2),
+        "estimate": estimate,
+        "target": info.metrics["target"],
+        "organ": info.metrics["organ"],
+    }
     print(json.dumps(out, indent=1, default=float))
 
 

@@ -29,8 +29,8 @@ for sub in ("MedAICommon", "MedAIPlan"):
     sys.path.insert(0, str(REPO / sub))
 
 ANGLES = [0.0, 51.0, 102.0, 153.0, 204.0, 255.0, 306.0]
-PRESCRIPTION = 50.0     # the cst's target objective dose (Gy, whole plan)
-STALL = 20              # MedAI also stops on a plateau: < 0.5 % objective decrease over 20 iterations (Logic default)
+PRESCRIPTION = 50.0  # the cst's target objective dose (Gy, whole plan)
+STALL = 20  # MedAI also stops on a plateau: < 0.5 % objective decrease over 20 iterations (Logic default)
 
 
 def _stats(dose, mask):
@@ -56,9 +56,14 @@ def _warm_up(machine):
     from MedAIPlanLib.optimisation.objective_matrix import load_kernels
 
     load_kernels()
-    optimise_fluence(dij.matrix, {"t": np.flatnonzero(target.ravel()), "b": body},
-                     [Objective("t", "squared_deviation", 2.0), Objective("b", "squared_overdose", 1.0)], 2.0, "t",
-                     max_iter=5)
+    optimise_fluence(
+        dij.matrix,
+        {"t": np.flatnonzero(target.ravel()), "b": body},
+        [Objective("t", "squared_deviation", 2.0), Objective("b", "squared_overdose", 1.0)],
+        2.0,
+        "t",
+        max_iter=5,
+    )
 
 
 def run_medai(data: Path, device: str, rays=None, repeats: int = 1):
@@ -72,51 +77,95 @@ def run_medai(data: Path, device: str, rays=None, repeats: int = 1):
     machine = load_photon_machine(data / "rt" / "matRad" / "photons_Generic.mat")
     _warm_up(machine)
     target = p.structure("OuterTarget").mask
-    times = {"dij_s": [], "dij_cpu_s": [], "optimisation_s": [], "optimisation_cpu_s": [],
-             "optimisation_ct_grid_s": [], "optimisation_ct_grid_cpu_s": []}
+    times = {
+        "dij_s": [],
+        "dij_cpu_s": [],
+        "optimisation_s": [],
+        "optimisation_cpu_s": [],
+        "optimisation_ct_grid_s": [],
+        "optimisation_ct_grid_cpu_s": [],
+    }
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         beams = make_beams(target, p.geometry, ANGLES, bixel_width=5.0)
-        if rays is not None:   # the same bixels as pyRadPlan's stf (it grows the target by one bixel width)
+        if rays is not None:  # the same bixels as pyRadPlan's stf (it grows the target by one bixel width)
             beams = [Beam(b.gantry_deg, b.couch_deg, iso, r, 5.0) for b, (iso, r) in zip(beams, rays)]
-        dij = compute_dij(p.density, p.geometry, beams, machine, voxel_mask=p.structure("BODY").mask,
-                          dose_resolution_mm=5.0, dij_sampling=True, device=device)   # as pyRadPlan's default
+        dij = compute_dij(
+            p.density,
+            p.geometry,
+            beams,
+            machine,
+            voxel_mask=p.structure("BODY").mask,
+            dose_resolution_mm=5.0,
+            dij_sampling=True,
+            device=device,
+        )  # as pyRadPlan's default
         times["dij_s"].append(time.perf_counter() - t0)
         times["dij_cpu_s"].append(time.process_time() - c0)
-        masks_d = {s.name: resample_nearest(s.mask.astype(np.float32), p.geometry, dij.geometry) > 0.5
-                   for s in p.structures}
+        masks_d = {
+            s.name: resample_nearest(s.mask.astype(np.float32), p.geometry, dij.geometry) > 0.5 for s in p.structures
+        }
         prio = {s.name: s.priority for s in p.structures}
         voxels = exclusive_voxels(masks_d, prio)
-        objectives = [Objective(s.name, o["type"], o["dose"], o["penalty"]) for s in p.structures
-                      for o in s.objectives]
+        objectives = [Objective(s.name, o["type"], o["dose"], o["penalty"]) for s in p.structures for o in s.objectives]
         # (a) objectives on the dose grid, as pyRadPlan; pyRadPlan's scipy solver: 500 iterations, tol 1e-5
         t1, c1 = time.perf_counter(), time.process_time()
-        res = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1,
-                               max_iter=500, device=device, tol=1e-5, stall_iterations=STALL)
+        res = optimise_fluence(
+            dij.matrix,
+            voxels,
+            objectives,
+            PRESCRIPTION,
+            "OuterTarget",
+            fractions=1,
+            max_iter=500,
+            device=device,
+            tol=1e-5,
+            stall_iterations=STALL,
+        )
         times["optimisation_s"].append(time.perf_counter() - t1)
         times["optimisation_cpu_s"].append(time.process_time() - c1)
         # (b) target and core objectives on the CT-grid dose (MedAI's plan default), body on the dose grid
         t2, c2 = time.perf_counter(), time.process_time()
         inner = exclusive_ct_masks({s.name: s.mask for s in p.structures if s.name != "BODY"}, prio)
         blocks = {n: ct_factor(dij.geometry, p.geometry, m) for n, m in inner.items()}
-        res_ct = optimise_fluence(dij.matrix, voxels, objectives, PRESCRIPTION, "OuterTarget", fractions=1,
-                                  max_iter=500, device=device, tol=1e-5, blocks=blocks, stall_iterations=STALL)
+        res_ct = optimise_fluence(
+            dij.matrix,
+            voxels,
+            objectives,
+            PRESCRIPTION,
+            "OuterTarget",
+            fractions=1,
+            max_iter=500,
+            device=device,
+            tol=1e-5,
+            blocks=blocks,
+            stall_iterations=STALL,
+        )
         times["optimisation_ct_grid_s"].append(time.perf_counter() - t2)
         times["optimisation_ct_grid_cpu_s"].append(time.process_time() - c2)
     dose = dose_to_ct_grid(dij.dose(res.weights), dij.geometry, p.geometry)
     dose_ct = dose_to_ct_grid(dij.dose(res_ct.weights), dij.geometry, p.geometry)
-    open_doses = [dose_to_ct_grid(dij.beam_dose(np.ones(dij.num_bixels), b), dij.geometry, p.geometry)
-                  for b in range(len(beams))]
-    out = {**{k: _summary(v) for k, v in times.items()}, "iterations": res.iterations,
-           "iterations_ct_grid": res_ct.iterations, "num_bixels": dij.num_bixels, "dij_nnz": int(dij.matrix.nnz),
-           "structures": {s.name: _stats(dose, s.mask) for s in p.structures},
-           "structures_ct_grid_objectives": {s.name: _stats(dose_ct, s.mask) for s in p.structures}}
+    open_doses = [
+        dose_to_ct_grid(dij.beam_dose(np.ones(dij.num_bixels), b), dij.geometry, p.geometry) for b in range(len(beams))
+    ]
+    out = {
+        **{k: _summary(v) for k, v in times.items()},
+        "iterations": res.iterations,
+        "iterations_ct_grid": res_ct.iterations,
+        "num_bixels": dij.num_bixels,
+        "dij_nnz": int(dij.matrix.nnz),
+        "structures": {s.name: _stats(dose, s.mask) for s in p.structures},
+        "structures_ct_grid_objectives": {s.name: _stats(dose_ct, s.mask) for s in p.structures},
+    }
     return p, beams, out, open_doses
 
 
 def _summary(values):
-    return {"best": round(float(np.min(values)), 3), "median": round(float(np.median(values)), 3),
-            "all": [round(float(v), 3) for v in values]}
+    return {
+        "best": round(float(np.min(values)), 3),
+        "median": round(float(np.median(values)), 3),
+        "all": [round(float(v), 3) for v in values],
+    }
 
 
 def run_pyradplan(data: Path):
@@ -145,11 +194,24 @@ def run_pyradplan(data: Path):
         r = dij.compute_result_ct_grid((beam_of == b).astype(float))["physical_dose"]
         open_doses.append(sitk.GetArrayFromImage(r) if not isinstance(r, np.ndarray) else r)
     n_bixels = int(len(fluence))
-    rays = [(np.asarray(b.iso_center, float), np.array([np.asarray(r.ray_pos_bev, float)[[0, 2]] for r in b.rays]))
-            for b in stf.beams]
-    return dose, open_doses, rays, {"dij_s": t_dij, "optimisation_s": t_opt, "dij_cpu_s": c_dij,
-                                    "optimisation_cpu_s": c_opt, "num_bixels": n_bixels,
-                                    "iterations": opt_info.get("num_iter"), "dij_nnz": _nnz(dij)}
+    rays = [
+        (np.asarray(b.iso_center, float), np.array([np.asarray(r.ray_pos_bev, float)[[0, 2]] for r in b.rays]))
+        for b in stf.beams
+    ]
+    return (
+        dose,
+        open_doses,
+        rays,
+        {
+            "dij_s": t_dij,
+            "optimisation_s": t_opt,
+            "dij_cpu_s": c_dij,
+            "optimisation_cpu_s": c_opt,
+            "num_bixels": n_bixels,
+            "iterations": opt_info.get("num_iter"),
+            "dij_nnz": _nnz(dij),
+        },
+    )
 
 
 def _nnz(dij):
@@ -161,9 +223,15 @@ def _nnz(dij):
 
 def _worker(data: Path, out: Path) -> None:
     dose, open_doses, rays, prp = run_pyradplan(data)
-    np.savez(out, dose=np.asarray(dose), open_doses=np.stack([np.asarray(d) for d in open_doses]),
-             iso=np.stack([r[0] for r in rays]), ray_counts=np.array([len(r[1]) for r in rays]),
-             rays=np.concatenate([r[1] for r in rays]), info=json.dumps(prp))
+    np.savez(
+        out,
+        dose=np.asarray(dose),
+        open_doses=np.stack([np.asarray(d) for d in open_doses]),
+        iso=np.stack([r[0] for r in rays]),
+        ray_counts=np.array([len(r[1]) for r in rays]),
+        rays=np.concatenate([r[1] for r in rays]),
+        info=json.dumps(prp),
+    )
 
 
 def _pyradplan_child(python: str, data: Path):
@@ -172,8 +240,12 @@ def _pyradplan_child(python: str, data: Path):
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pyradplan.npz"
-        subprocess.run([python, str(Path(__file__).resolve()), "--data", str(data), "--worker", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [python, str(Path(__file__).resolve()), "--data", str(data), "--worker", str(out)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         z = np.load(out)
         splits = np.cumsum(z["ray_counts"])[:-1]
         rays = list(zip(z["iso"], np.split(z["rays"], splits)))
@@ -213,11 +285,22 @@ def main() -> None:
         p, beams, medai, medai_open = run_medai(data, args.device, rays)
         medai_runs.append(medai)
     medai = medai_runs[-1]
-    for key in ("dij_s", "dij_cpu_s", "optimisation_s", "optimisation_cpu_s", "optimisation_ct_grid_s",
-                "optimisation_ct_grid_cpu_s"):
+    for key in (
+        "dij_s",
+        "dij_cpu_s",
+        "optimisation_s",
+        "optimisation_cpu_s",
+        "optimisation_ct_grid_s",
+        "optimisation_ct_grid_cpu_s",
+    ):
         medai[key] = _summary([r[key]["best"] for r in medai_runs])
-    out = {"case": "TG119 7 beams, 5 mm bixels, 5 mm dose grid", "torch_threads": torch.get_num_threads(),
-           "repeats": max(1, args.repeats), "load_average": list(__import__("os").getloadavg()), "medai": medai}
+    out = {
+        "case": "TG119 7 beams, 5 mm bixels, 5 mm dose grid",
+        "torch_threads": torch.get_num_threads(),
+        "repeats": max(1, args.repeats),
+        "load_average": list(__import__("os").getloadavg()),
+        "medai": medai,
+    }
     if not args.skip_pyradplan:
         _compare_with_pyradplan(out, p, dose, open_doses, prp_runs, medai, medai_open)
     print(json.dumps(out, indent=1, default=float))
@@ -228,7 +311,7 @@ def _compare_with_pyradplan(out: dict, p, dose, open_doses, prp_runs: list, meda
     the 3 %/3 mm gamma pass rate and dose ratio of each open field."""
     from MedAIPlanLib.evaluation.plan_metrics import gamma_pass_rate
 
-    if dose.shape != p.hu.shape:       # pyRadPlan returns (z, y, x) like SimpleITK = KJI
+    if dose.shape != p.hu.shape:  # pyRadPlan returns (z, y, x) like SimpleITK = KJI
         dose = np.asarray(dose).reshape(p.hu.shape)
     prp = dict(prp_runs[-1])
     for key in ("dij_s", "dij_cpu_s", "optimisation_s", "optimisation_cpu_s"):
@@ -238,14 +321,19 @@ def _compare_with_pyradplan(out: dict, p, dose, open_doses, prp_runs: list, meda
     for key in ("dij_s", "dij_cpu_s", "optimisation_s", "optimisation_cpu_s"):
         out[f"speedup_{key}"] = {k: round(prp[key][k] / medai[key][k], 2) for k in ("best", "median")}
     out["speedup_optimisation_ct_grid_s"] = {
-        k: round(prp["optimisation_s"][k] / medai["optimisation_ct_grid_s"][k], 2) for k in ("best", "median")}
+        k: round(prp["optimisation_s"][k] / medai["optimisation_ct_grid_s"][k], 2) for k in ("best", "median")
+    }
     sp_kji = p.geometry.spacing[::-1]
     rates = []
     for ours, theirs in zip(medai_open, open_doses):
         theirs = np.asarray(theirs).reshape(p.hu.shape)
         scale = float(np.sum(theirs * ours) / max(np.sum(ours * ours), 1e-12))
-        rates.append({"gamma_3_3_percent": gamma_pass_rate(theirs, ours, sp_kji, 3.0, 3.0, 10.0),
-                      "dose_ratio_pyradplan_over_medai": scale})
+        rates.append(
+            {
+                "gamma_3_3_percent": gamma_pass_rate(theirs, ours, sp_kji, 3.0, 3.0, 10.0),
+                "dose_ratio_pyradplan_over_medai": scale,
+            }
+        )
     out["open_field_gamma"] = rates
 
 

@@ -37,7 +37,7 @@ if __name__ == "__main__":
     if "--out" in args:
         index = args.index("--out")
         out = args[index + 1]
-        del args[index:index + 2]
+        del args[index : index + 2]
     collected = run(args)
     if out:
         Path(out).write_text(json.dumps(collected, indent=2))

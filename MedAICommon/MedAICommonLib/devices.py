@@ -51,8 +51,10 @@ def describe_devices() -> dict:
     info["cuda"] = bool(torch.cuda.is_available())
     if info["cuda"]:
         info["cuda_devices"] = [
-            {"name": torch.cuda.get_device_name(i),
-             "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            }
             for i in range(torch.cuda.device_count())
         ]
     mps = getattr(torch.backends, "mps", None)

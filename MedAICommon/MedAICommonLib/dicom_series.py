@@ -64,8 +64,10 @@ def _check_stack(items, info: DicomSeriesInfo, max_gap_factor: float) -> list[Pa
     """Sort slices along the normal and check orientation, gaps, spacing and tilt."""
     orientations = {tuple(np.round(np.array(ds.ImageOrientationPatient, float), 4)) for _, ds in items}
     if len(orientations) > 1:
-        raise DicomSeriesError(f"Series {info.series_uid} mixes {len(orientations)} slice orientations "
-                               "(e.g. a localizer); choose one orientation's files.")
+        raise DicomSeriesError(
+            f"Series {info.series_uid} mixes {len(orientations)} slice orientations "
+            "(e.g. a localizer); choose one orientation's files."
+        )
     iop = np.array(items[0][1].ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
     positions = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in items])
@@ -77,28 +79,36 @@ def _check_stack(items, info: DicomSeriesInfo, max_gap_factor: float) -> list[Pa
         return [p for p, _ in items]
     steps = np.diff(distances)
     if np.any(steps < 1e-3):
-        raise DicomSeriesError(f"Series {info.series_uid} has several slices at the same position "
-                               "(duplicate files or several acquisitions); separate them first.")
+        raise DicomSeriesError(
+            f"Series {info.series_uid} has several slices at the same position "
+            "(duplicate files or several acquisitions); separate them first."
+        )
     median = float(np.median(steps))
     if np.any(steps > max_gap_factor * median):
         gaps = int(np.sum(np.round(steps / median) - 1))
-        raise DicomSeriesError(f"Series {info.series_uid} is missing about {gaps} slice(s) "
-                               f"(gap of {steps.max():.2f} mm where slices are {median:.2f} mm apart); "
-                               "re-export the complete series.")
+        raise DicomSeriesError(
+            f"Series {info.series_uid} is missing about {gaps} slice(s) "
+            f"(gap of {steps.max():.2f} mm where slices are {median:.2f} mm apart); "
+            "re-export the complete series."
+        )
     if np.ptp(steps) > 0.01 * median + 1e-3:
-        info.warnings.append(f"uneven slice spacing ({steps.min():.3f}-{steps.max():.3f} mm); "
-                             "the volume uses the mean spacing")
+        info.warnings.append(
+            f"uneven slice spacing ({steps.min():.3f}-{steps.max():.3f} mm); the volume uses the mean spacing"
+        )
     stack_direction = positions[-1] - positions[0]
     stack_direction /= np.linalg.norm(stack_direction)
     tilt = np.degrees(np.arccos(min(1.0, abs(float(stack_direction @ normal)))))
     if tilt > 0.5:
-        info.warnings.append(f"gantry tilt of {tilt:.1f} degrees: slices are sheared; "
-                             "resample (e.g. Slicer's 'Acquisition transform') before measuring")
+        info.warnings.append(
+            f"gantry tilt of {tilt:.1f} degrees: slices are sheared; "
+            "resample (e.g. Slicer's 'Acquisition transform') before measuring"
+        )
     return [p for p, _ in items]
 
 
-def read_dicom_series(folder, series_uid: str | None = None,
-                      max_gap_factor: float = 1.5) -> tuple[sitk.Image, DicomSeriesInfo]:
+def read_dicom_series(
+    folder, series_uid: str | None = None, max_gap_factor: float = 1.5
+) -> tuple[sitk.Image, DicomSeriesInfo]:
     """Read one DICOM series from a folder (or one file) into a SimpleITK image (LPS).
 
     With several series in the folder, ``series_uid`` must name one; otherwise a
@@ -106,16 +116,18 @@ def read_dicom_series(folder, series_uid: str | None = None,
     """
     groups = list_series(folder)
     if series_uid is None and len(groups) > 1:
-        described = "; ".join(f"{uid} ({len(v)} files, {getattr(v[0][1], 'SeriesDescription', '')})"
-                              for uid, v in groups.items())
+        described = "; ".join(
+            f"{uid} ({len(v)} files, {getattr(v[0][1], 'SeriesDescription', '')})" for uid, v in groups.items()
+        )
         raise DicomSeriesError(f"{folder} holds {len(groups)} series; choose one with --series-uid: {described}")
     uid = series_uid or next(iter(groups))
     if uid not in groups:
         raise DicomSeriesError(f"Series {uid} not found in {folder}; found {list(groups)}")
     items = groups[uid]
     first = items[0][1]
-    info = DicomSeriesInfo(uid, [], modality=str(getattr(first, "Modality", "")),
-                           description=str(getattr(first, "SeriesDescription", "")))
+    info = DicomSeriesInfo(
+        uid, [], modality=str(getattr(first, "Modality", "")), description=str(getattr(first, "SeriesDescription", ""))
+    )
     info.files = _check_stack(items, info, max_gap_factor)
     for warning in info.warnings:
         log.warning("DICOM series %s: %s", uid, warning)

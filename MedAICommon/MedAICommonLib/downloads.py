@@ -37,8 +37,15 @@ def file_digest(path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def download(url: str, destination, sha256: str | None = None, size_bytes: int | None = None,
-             sha1: str | None = None, progress=None, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    destination,
+    sha256: str | None = None,
+    size_bytes: int | None = None,
+    sha1: str | None = None,
+    progress=None,
+    timeout: float = 60.0,
+) -> Path:
     """Download ``url`` to ``destination``, resuming ``destination.part`` with an HTTP Range request.
 
     ``progress(done_bytes, total_bytes or None)`` is called as data arrives. The finished file is

@@ -21,8 +21,18 @@ _NORMAL = {"axial": 2, "coronal": 1, "sagittal": 0}  # RAS component normal to t
 # (RAS component, sign) that display rows and columns run towards (row 0 at the top, column 0 on the left).
 _ROWS_COLS = {"axial": ((1, -1), (0, -1)), "coronal": ((2, -1), (0, -1)), "sagittal": ((2, -1), (1, -1))}
 _LETTERS = ("RL", "AP", "SI")  # positive, negative direction of each RAS component
-STRUCTURE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                     "#17becf", "#bcbd22", "#7f7f7f")
+STRUCTURE_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
 
 
 @dataclass
@@ -61,8 +71,10 @@ def _axis_of_component(direction_ras: np.ndarray) -> dict:
         column = direction_ras[:, 2 - axis]
         owner.setdefault(int(np.argmax(np.abs(column))), axis)
     if len(owner) != 3:
-        raise ValueError("The grid is too oblique to show in patient planes (two axes share one direction); "
-                         "resample it onto an axis-aligned grid first.")
+        raise ValueError(
+            "The grid is too oblique to show in patient planes (two axes share one direction); "
+            "resample it onto an axis-aligned grid first."
+        )
     return owner
 
 
@@ -94,8 +106,12 @@ def slice_view(volume_kji: np.ndarray, geometry: Geometry, plane: str, index: in
             image = np.flip(image, 0 if name == "rows" else 1)
             vector = -vector
         vectors[name] = vector
-    edges = {"top": _letter(-vectors["rows"]), "bottom": _letter(vectors["rows"]),
-             "left": _letter(-vectors["cols"]), "right": _letter(vectors["cols"])}
+    edges = {
+        "top": _letter(-vectors["rows"]),
+        "bottom": _letter(vectors["rows"]),
+        "left": _letter(-vectors["cols"]),
+        "right": _letter(vectors["cols"]),
+    }
     centre = np.array([(s - 1) / 2.0 for s in volume.shape], float)
     centre[normal_axis] = index
     position = float(ras.index_to_point(centre[::-1][None])[0][_NORMAL[plane]])
@@ -123,8 +139,7 @@ def show_slice(ax, view: SliceView, cmap="gray", vmin=None, vmax=None, alpha=1.0
     ``masked_below``: values below it are transparent (e.g. a dose wash's low-dose cut-off).
     """
     data = view.image if masked_below is None else np.ma.masked_where(view.image < masked_below, view.image)
-    artist = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, extent=view.extent,
-                       interpolation="nearest")
+    artist = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, extent=view.extent, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     return artist
@@ -134,8 +149,13 @@ def add_orientation_labels(ax, view: SliceView) -> None:
     """Write the patient-direction letters at the four edges of ``ax`` (from the slice geometry)."""
     import matplotlib.patheffects as effects
 
-    style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes,
-             "path_effects": [effects.withStroke(linewidth=2, foreground="black")]}
+    style = {
+        "color": "yellow",
+        "fontsize": 11,
+        "fontweight": "bold",
+        "transform": ax.transAxes,
+        "path_effects": [effects.withStroke(linewidth=2, foreground="black")],
+    }
     ax.text(0.02, 0.5, view.edges["left"], ha="left", va="center", **style)
     ax.text(0.98, 0.5, view.edges["right"], ha="right", va="center", **style)
     ax.text(0.5, 0.98, view.edges["top"], ha="center", va="top", **style)
@@ -176,8 +196,16 @@ def draw_outlines(ax, views: dict, colors: dict | None = None, linestyle="-", su
         if present:
             x, y = _grid_xy(view)
             ax.contour(x, y, mask, levels=[0.5], colors=[colors[name]], linewidths=1.4, linestyles=linestyle)
-        handles.append(Line2D([], [], color=colors[name], lw=1.6, linestyle=linestyle,
-                              label=f"{name}{suffix}" + ("" if present else " (not in slice)")))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=colors[name],
+                lw=1.6,
+                linestyle=linestyle,
+                label=f"{name}{suffix}" + ("" if present else " (not in slice)"),
+            )
+        )
     return handles
 
 
@@ -211,12 +239,22 @@ def legend_below(ax, handles: list, title: str | None = None, columns: int = 2, 
     """A legend under ``ax`` (outside the image, so nothing of the anatomy is hidden)."""
     if not handles:
         return None
-    return ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=columns,
-                     fontsize=size, title=title, title_fontsize=size, facecolor=LEGEND_FACE, framealpha=1.0)
+    return ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.01),
+        ncol=columns,
+        fontsize=size,
+        title=title,
+        title_fontsize=size,
+        facecolor=LEGEND_FACE,
+        framealpha=1.0,
+    )
 
 
-def draw_dvh(ax, curves: dict, colors: dict | None = None, prescription_gy: float | None = None,
-             legend_size: float = 8) -> None:
+def draw_dvh(
+    ax, curves: dict, colors: dict | None = None, prescription_gy: float | None = None, legend_size: float = 8
+) -> None:
     """Cumulative DVH curves ``{name: (dose Gy, volume %)}`` on ``ax``, with axes in Gy and %, and a legend."""
     colors = colors or structure_colors(curves)
     for name, (dose_gy, volume) in curves.items():
@@ -232,11 +270,26 @@ def draw_dvh(ax, curves: dict, colors: dict | None = None, prescription_gy: floa
         ax.legend(fontsize=legend_size)
 
 
-def draw_anatomy_panel(fig, ax, image_kji: np.ndarray, geometry: Geometry, plane: str, index: int, title: str,
-                       structures: dict | None = None, colors: dict | None = None, dose_kji: np.ndarray | None = None,
-                       isodose_gy=(), prescription_gy: float | None = None, window=(-400.0, 400.0),
-                       image_label: str = "CT (HU)", cmap: str = "gray", reference: dict | None = None,
-                       legend: bool = True, position_known: bool = True) -> tuple[SliceView, list]:
+def draw_anatomy_panel(
+    fig,
+    ax,
+    image_kji: np.ndarray,
+    geometry: Geometry,
+    plane: str,
+    index: int,
+    title: str,
+    structures: dict | None = None,
+    colors: dict | None = None,
+    dose_kji: np.ndarray | None = None,
+    isodose_gy=(),
+    prescription_gy: float | None = None,
+    window=(-400.0, 400.0),
+    image_label: str = "CT (HU)",
+    cmap: str = "gray",
+    reference: dict | None = None,
+    legend: bool = True,
+    position_known: bool = True,
+) -> tuple[SliceView, list]:
     """One labelled slice: the image (colour bar ``image_label``), optional dose wash (colour bar Gy) with
     isodose lines, structure outlines, a legend of structures and isodose levels, orientation letters and a
     title ending in the slice position (mm). ``structures``: ``{name: KJI bool mask}`` and ``dose_kji`` on

@@ -23,5 +23,7 @@ def require_packages(names: list[str], feature: str, install_hint: str) -> None:
     """Raise :class:`MissingPackageError` naming ``feature``, the missing packages and ``install_hint``."""
     missing = missing_packages(names)
     if missing:
-        raise MissingPackageError(f"{feature} needs the Python package(s) {', '.join(missing)}, which are not "
-                                  f"installed; install them with: {install_hint}")
+        raise MissingPackageError(
+            f"{feature} needs the Python package(s) {', '.join(missing)}, which are not "
+            f"installed; install them with: {install_hint}"
+        )

@@ -47,8 +47,10 @@ def require_path(value, what: str, must_exist: bool = False, kind: str = "") -> 
     if path is None:
         raise ValueError(f"Choose {what} first: it is not set.")
     if not path.is_absolute():
-        raise ValueError(f"Choose {what} with the file dialog: {str(path)!r} is a relative path, "
-                         "which would point into Slicer's working directory.")
+        raise ValueError(
+            f"Choose {what} with the file dialog: {str(path)!r} is a relative path, "
+            "which would point into Slicer's working directory."
+        )
     if must_exist and not path.exists():
         raise ValueError(f"{what[:1].upper()}{what[1:]} does not exist: {path}. Choose an existing one.")
     if not must_exist and not path.exists() and not path.parent.is_dir():

@@ -79,12 +79,21 @@ class Report:
 
     def as_dict(self) -> dict:
         """The report as plain JSON-able data."""
-        return _jsonable({
-            "command": self.command, "inputs": self.inputs, "outputs": self.outputs,
-            "parameters": self.parameters, "metrics": self.metrics, "timings_s": self.timings_s,
-            "versions": versions(), "device": self.device, "warnings": self.warnings,
-            "error": self.error, "exit_code": self.exit_code,
-        })
+        return _jsonable(
+            {
+                "command": self.command,
+                "inputs": self.inputs,
+                "outputs": self.outputs,
+                "parameters": self.parameters,
+                "metrics": self.metrics,
+                "timings_s": self.timings_s,
+                "versions": versions(),
+                "device": self.device,
+                "warnings": self.warnings,
+                "error": self.error,
+                "exit_code": self.exit_code,
+            }
+        )
 
     def write(self, path) -> Path:
         """Write the report to ``path`` atomically."""

@@ -80,8 +80,10 @@ class HeadlessRuntime:
         Raises ``KeyError`` in PythonSlicer, which has no module logics.
         """
         if module_name not in self.logics:
-            raise KeyError(f"No {module_name} module logic in this interpreter (PythonSlicer has none); "
-                           "use MedAICommonLib.bridge instead.")
+            raise KeyError(
+                f"No {module_name} module logic in this interpreter (PythonSlicer has none); "
+                "use MedAICommonLib.bridge instead."
+            )
         return self.logics[module_name]
 
     def clear(self) -> None:
@@ -151,8 +153,9 @@ def install_as_default(runtime: HeadlessRuntime) -> None:
         raise RuntimeError("Inside Slicer the application's scene is used; do not install a headless runtime")
     slicer.mrmlScene = runtime.scene
     if runtime.logics:  # PythonSlicer keeps its empty slicer.modules
-        slicer.modules = SimpleNamespace(**{name.lower(): _ModuleHandle(logic)
-                                            for name, logic in runtime.logics.items()})
+        slicer.modules = SimpleNamespace(
+            **{name.lower(): _ModuleHandle(logic) for name, logic in runtime.logics.items()}
+        )
 
 
 def get_runtime() -> HeadlessRuntime:

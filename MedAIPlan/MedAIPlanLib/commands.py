@@ -54,20 +54,30 @@ def _add_shared(p) -> None:
     p.add_argument("--hlut", help="HU to electron density table (.hlut or .csv)")
     p.add_argument("--output-dose", required=True, metavar="D.nrrd", help="dose volume file (Gy)")
     p.add_argument("--output-segmentation", metavar="S.seg.nrrd", help="also write the structures")
-    p.add_argument("--output-ct", metavar="CT.nrrd",
-                   help="also write the CT (HU) the dose was computed on, e.g. the CT inside a --matrad file")
+    p.add_argument(
+        "--output-ct",
+        metavar="CT.nrrd",
+        help="also write the CT (HU) the dose was computed on, e.g. the CT inside a --matrad file",
+    )
     p.add_argument("--per-beam-dir", metavar="DIR", help="also write each beam's dose into DIR")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    p.add_argument("--memory-limit-gb", type=float,
-                   help="refuse (or coarsen, see --auto-dose-grid) a run estimated above this (default: free memory)")
-    p.add_argument("--auto-dose-grid", action="store_true",
-                   help="when the estimate is over the memory limit, use a coarser dose grid instead of refusing")
+    p.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        help="refuse (or coarsen, see --auto-dose-grid) a run estimated above this (default: free memory)",
+    )
+    p.add_argument(
+        "--auto-dose-grid",
+        action="store_true",
+        help="when the estimate is over the memory limit, use a coarser dose grid instead of refusing",
+    )
 
 
 def register(subparsers, add_common_options) -> None:
     """Add ``dose``, ``plan`` and ``download-base-data``."""
-    p = subparsers.add_parser("download-base-data",
-                              help="download matRad's photon base data (SHA-256 checked) into the user cache")
+    p = subparsers.add_parser(
+        "download-base-data", help="download matRad's photon base data (SHA-256 checked) into the user cache"
+    )
     p.add_argument("--url", default=None, help="alternative URL (e.g. a local mirror); the checksum still applies")
     add_common_options(p)
     p.set_defaults(func=cmd_download_base_data)
@@ -80,8 +90,11 @@ def register(subparsers, add_common_options) -> None:
     p.set_defaults(func=cmd_dose)
     p = subparsers.add_parser("plan", help="photon plan: beams, dose-influence matrix, fluence optimisation")
     _add_shared(p)
-    p.add_argument("--objectives", metavar="FILE.json",
-                   help="objectives: [{structure, type, dose, penalty[, volume]}] (default: built-in / the .mat's)")
+    p.add_argument(
+        "--objectives",
+        metavar="FILE.json",
+        help="objectives: [{structure, type, dose, penalty[, volume]}] (default: built-in / the .mat's)",
+    )
     p.add_argument("--select-beams", type=int, help="choose this many of the gantry angles greedily")
     p.add_argument("--iterations", type=int, default=150, help="optimiser iterations")
     add_common_options(p)
@@ -108,13 +121,18 @@ def _common_kwargs(args):
     if args.fractions < 1:
         raise ValueError(f"--fractions must be at least 1, got {args.fractions}.")
     settings = PlanSettings.from_namespace(args)
-    return {"gantry_angles": list(settings.gantry_angles), "couch_angles": list(settings.couch_angles) or None,
-            "bixel_width_mm": settings.bixel_width_mm,
-            "isocenter_lps": None if settings.isocenter_lps is None else list(settings.isocenter_lps),
-            "device": settings.device, "hlut_path": settings.hlut_path, "fractions": settings.fractions,
-            "per_beam": bool(args.per_beam_dir),
-            "memory_limit_gb": _positive(settings.memory_limit_gb, "--memory-limit-gb", "16 (GiB)"),
-            "auto_dose_grid": settings.auto_dose_grid}
+    return {
+        "gantry_angles": list(settings.gantry_angles),
+        "couch_angles": list(settings.couch_angles) or None,
+        "bixel_width_mm": settings.bixel_width_mm,
+        "isocenter_lps": None if settings.isocenter_lps is None else list(settings.isocenter_lps),
+        "device": settings.device,
+        "hlut_path": settings.hlut_path,
+        "fractions": settings.fractions,
+        "per_beam": bool(args.per_beam_dir),
+        "memory_limit_gb": _positive(settings.memory_limit_gb, "--memory-limit-gb", "16 (GiB)"),
+        "auto_dose_grid": settings.auto_dose_grid,
+    }
 
 
 def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> int:
@@ -131,10 +149,18 @@ def _finish(scene, logic, args, report, dose_node, seg_node, ct_node=None) -> in
             folder = Path(args.per_beam_dir)
             report.outputs["beam_doses"] = [
                 str(bridge.save_node(n, folder / f"beam_{i:02d}_gantry_{b['gantry_deg']:g}.nrrd"))
-                for i, (n, b) in enumerate(zip(info.beam_nodes, info.beams))]
+                for i, (n, b) in enumerate(zip(info.beam_nodes, info.beams))
+            ]
     report.device = info.device
-    report.metrics.update({"structures": info.metrics, "num_bixels": info.num_bixels,
-                           "dij_nnz": info.dij_nnz, "beams": info.beams, "engine_timings_s": info.timings})
+    report.metrics.update(
+        {
+            "structures": info.metrics,
+            "num_bixels": info.num_bixels,
+            "dij_nnz": info.dij_nnz,
+            "beams": info.beams,
+            "engine_timings_s": info.timings,
+        }
+    )
     if info.memory_estimate:
         report.metrics["memory_estimate"] = info.memory_estimate
         report.parameters["dose_grid_used_mm"] = list(info.dose_grid)
@@ -164,13 +190,24 @@ def cmd_dose(args, report) -> int:
         if not path.is_file():
             raise ValueError(f"Weights file not found: {path}")
         weights = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
-    report.parameters.update({k: v for k, v in kwargs.items() if k != "device"},
-                             target=args.target, prescription_gy=args.prescription, dose_grid_mm=args.dose_grid)
+    report.parameters.update(
+        {k: v for k, v in kwargs.items() if k != "device"},
+        target=args.target,
+        prescription_gy=args.prescription,
+        dose_grid_mm=args.dose_grid,
+    )
     with report.timed("dose"), progress_printer() as callback:
-        dose = logic.compute_dose(ct, seg, args.target, weights=weights,
-                                  beam_weights=_numbers(args.beam_weights, "--beam-weights"),
-                                  prescription_gy=args.prescription, dose_grid_mm=args.dose_grid,
-                                  progress=Progress(callback), **kwargs)
+        dose = logic.compute_dose(
+            ct,
+            seg,
+            args.target,
+            weights=weights,
+            beam_weights=_numbers(args.beam_weights, "--beam-weights"),
+            prescription_gy=args.prescription,
+            dose_grid_mm=args.dose_grid,
+            progress=Progress(callback),
+            **kwargs,
+        )
     return _finish(scene, logic, args, report, dose, seg, ct)
 
 
@@ -187,8 +224,11 @@ def _objectives(args, logic, target):
         t = next((s for n, s in structures.items() if n.lower() == target.lower()), None)
         ref = next((o["dose"] for o in (t.objectives if t else []) if o["type"] == "squared_deviation"), None)
         scale = args.prescription / ref if ref else 1.0
-        out = [Objective(s.name, o["type"], o["dose"] * scale, o["penalty"], o.get("volume", 50.0))
-               for s in structures.values() for o in s.objectives]
+        out = [
+            Objective(s.name, o["type"], o["dose"] * scale, o["penalty"], o.get("volume", 50.0))
+            for s in structures.values()
+            for o in s.objectives
+        ]
         return out or None
     return None
 
@@ -211,14 +251,29 @@ def cmd_plan(args, report) -> int:
         ct, seg = _load(scene, logic, args, report)
     objectives = _objectives(args, logic, args.target)
     priorities = {n: s.priority for n, s in logic.matrad_structures.items()} if args.matrad else None
-    report.parameters.update({k: v for k, v in kwargs.items() if k != "device"}, target=args.target,
-                             prescription_gy=args.prescription, dose_grid_mm=dose_grid,
-                             select_beams=args.select_beams, iterations=args.iterations,
-                             objectives=[o.__dict__ for o in objectives] if objectives else "default")
+    report.parameters.update(
+        {k: v for k, v in kwargs.items() if k != "device"},
+        target=args.target,
+        prescription_gy=args.prescription,
+        dose_grid_mm=dose_grid,
+        select_beams=args.select_beams,
+        iterations=args.iterations,
+        objectives=[o.__dict__ for o in objectives] if objectives else "default",
+    )
     with report.timed("plan"), progress_printer() as callback:
-        dose = logic.plan(ct, seg, args.target, args.prescription, dose_grid_mm=dose_grid,
-                          objectives=objectives, select_beams=args.select_beams, max_iter=args.iterations,
-                          priorities=priorities, progress=Progress(callback), **kwargs)
+        dose = logic.plan(
+            ct,
+            seg,
+            args.target,
+            args.prescription,
+            dose_grid_mm=dose_grid,
+            objectives=objectives,
+            select_beams=args.select_beams,
+            max_iter=args.iterations,
+            priorities=priorities,
+            progress=Progress(callback),
+            **kwargs,
+        )
     return _finish(scene, logic, args, report, dose, seg, ct)
 
 

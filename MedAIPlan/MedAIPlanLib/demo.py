@@ -25,22 +25,37 @@ def run(context) -> None:
     logic = MedAIPlanLogic(context.scene)
     names = [i.name for i in bridge.segment_infos(context.structures_node)]
     target = "lesion" if "lesion" in names else "liver"
-    dose = logic.plan(context.ct_node, context.structures_node, target, DEMO_PRESCRIPTION_GY, fractions=30,
-                      gantry_angles=[0, 72, 144, 216, 288], bixel_width_mm=10.0, dose_grid_mm=3.0, margin_mm=5.0,
-                      max_iter=100,
-                      device="cpu", progress=context.progress.sub(0.0, 1.0) if hasattr(context.progress, "sub") else None)
+    dose = logic.plan(
+        context.ct_node,
+        context.structures_node,
+        target,
+        DEMO_PRESCRIPTION_GY,
+        fractions=30,
+        gantry_angles=[0, 72, 144, 216, 288],
+        bixel_width_mm=10.0,
+        dose_grid_mm=3.0,
+        margin_mm=5.0,
+        max_iter=100,
+        device="cpu",
+        progress=context.progress.sub(0.0, 1.0) if hasattr(context.progress, "sub") else None,
+    )
     path = bridge.save_node(dose, context.output_dir / "plan_dose.nrrd")
     context.nodes["plan_dose"] = dose
     info = logic.last_result
     metrics = info.metrics
     context.report.outputs["plan_dose"] = str(path)
     context.report.metrics["plan"] = {
-        "target": target, "prescription_Gy": DEMO_PRESCRIPTION_GY,
-        "target_D95_Gy": metrics[target]["D95_Gy"], "target_Dmean_Gy": metrics[target]["Dmean_Gy"],
+        "target": target,
+        "prescription_Gy": DEMO_PRESCRIPTION_GY,
+        "target_D95_Gy": metrics[target]["D95_Gy"],
+        "target_Dmean_Gy": metrics[target]["Dmean_Gy"],
         "organ_Dmean_Gy": {n: m.get("Dmean_Gy") for n, m in metrics.items() if n != target},
-        "num_bixels": info.num_bixels, "timings_s": info.timings,
+        "num_bixels": info.num_bixels,
+        "timings_s": info.timings,
     }
-    add_dose_panel(context, dose, target, DEMO_PRESCRIPTION_GY, "axial", f"Plan dose, {target} {DEMO_PRESCRIPTION_GY:g} Gy")
+    add_dose_panel(
+        context, dose, target, DEMO_PRESCRIPTION_GY, "axial", f"Plan dose, {target} {DEMO_PRESCRIPTION_GY:g} Gy"
+    )
 
 
 ISODOSE_PERCENT = (50, 80, 95, 100)
@@ -57,6 +72,23 @@ def add_dose_panel(context, dose_node, target: str, prescription_gy: float, plan
     colors = figures.structure_colors(masks)
     index = figures.largest_section(masks[target], geometry, plane)
     levels = [p / 100.0 * prescription_gy for p in ISODOSE_PERCENT]
-    context.add_panel(title, lambda fig, ax: figures.draw_anatomy_panel(
-        fig, ax, ct, geometry, plane, index, title, structures=shown, colors=colors, dose_kji=on_ct,
-        isodose_gy=levels, prescription_gy=prescription_gy), plane=plane, index=index, structure=target)
+    context.add_panel(
+        title,
+        lambda fig, ax: figures.draw_anatomy_panel(
+            fig,
+            ax,
+            ct,
+            geometry,
+            plane,
+            index,
+            title,
+            structures=shown,
+            colors=colors,
+            dose_kji=on_ct,
+            isodose_gy=levels,
+            prescription_gy=prescription_gy,
+        ),
+        plane=plane,
+        index=index,
+        structure=target,
+    )

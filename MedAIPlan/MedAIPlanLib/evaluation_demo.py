@@ -28,7 +28,7 @@ def analytic_dose(context):
     mask = labels == lesion if lesion else np.zeros(ct.shape, bool)
     center = points[mask.ravel()].mean(axis=0) if mask.any() else points.mean(axis=0)
     r2 = ((points - center) ** 2).sum(axis=1).reshape(ct.shape)
-    dose = (60.0 * np.exp(-r2 / (2 * 25.0 ** 2))).astype(np.float32)
+    dose = (60.0 * np.exp(-r2 / (2 * 25.0**2))).astype(np.float32)
     return mark_as_dose_volume(bridge.create_volume(context.scene, dose, geometry, "demo analytic dose"))
 
 
@@ -42,14 +42,29 @@ def run(context) -> None:
     # A plan's dose node records its target and prescription (PlanSettings as MedAIPlan.* attributes); use them.
     recorded = PlanSettings.from_node_attributes(dose_node)
     target = (recorded.target if recorded else "") or ("lesion" if "lesion" in names else names[-1])
-    prescription = recorded.prescription_gy if recorded and recorded.prescription_gy else \
-        (0.9 * float(dose.max()) if dose.max() > 0 else 1.0)
-    result = logic.compute_dvh(dose_node, context.structures_node, v_doses_gy=(20.0,), prescription_gy=prescription,
-                               target_segment=target, oversampling=1)
+    prescription = (
+        recorded.prescription_gy
+        if recorded and recorded.prescription_gy
+        else (0.9 * float(dose.max()) if dose.max() > 0 else 1.0)
+    )
+    result = logic.compute_dvh(
+        dose_node,
+        context.structures_node,
+        v_doses_gy=(20.0,),
+        prescription_gy=prescription,
+        target_segment=target,
+        oversampling=1,
+    )
     models, legend, levels = logic.isodose(dose_node, (50, 80, 95), prescription)
-    report_args = {"ct_node": context.ct_node, "structures_node": context.structures_node, "target": target,
-                   "prescription_gy": prescription, "isodose_levels_gy": [lv.dose_gy for lv in levels],
-                   "title": "MedAI plan report", "info": {"Target": target, "Prescription (Gy)": round(prescription, 2)}}
+    report_args = {
+        "ct_node": context.ct_node,
+        "structures_node": context.structures_node,
+        "target": target,
+        "prescription_gy": prescription,
+        "isodose_levels_gy": [lv.dose_gy for lv in levels],
+        "title": "MedAI plan report",
+        "info": {"Target": target, "Prescription (Gy)": round(prescription, 2)},
+    }
     report_path = write_plan_report_for_nodes(context.output_dir / "plan_report.png", dose_node, result, **report_args)
     pdf = write_plan_report_for_nodes(context.output_dir / "plan_report.pdf", dose_node, result, **report_args)
     context.report.outputs.update({"plan_report": str(report_path), "plan_report_pdf": str(pdf)})
@@ -65,8 +80,11 @@ def run(context) -> None:
     context.add_panel(title, draw_dvh, kind="dvh", curves=curves)
     target_m = result.metrics.get(target, {})
     context.report.metrics["evaluation"] = {
-        "target": target, "prescription_gy": prescription,
-        "target_D95_Gy": target_m.get("D95_Gy"), "target_Dmean_Gy": target_m.get("Dmean_Gy"),
-        "isodose_surfaces": len(models), **{k: float(v) for k, v in result.metrics.get("plan", {}).items()},
+        "target": target,
+        "prescription_gy": prescription,
+        "target_D95_Gy": target_m.get("D95_Gy"),
+        "target_Dmean_Gy": target_m.get("Dmean_Gy"),
+        "isodose_surfaces": len(models),
+        **{k: float(v) for k, v in result.metrics.get("plan", {}).items()},
     }
     context.nodes["dvh_metrics"] = result.metrics_table

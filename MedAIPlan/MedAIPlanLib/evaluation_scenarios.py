@@ -23,12 +23,13 @@ GEOMETRY = Geometry((2.0, 2.0, 2.0), (-40.0, -40.0, -40.0), np.eye(3), "RAS", (4
 def _points(geometry: Geometry) -> np.ndarray:
     kk, jj, ii = np.indices(geometry.shape_kji)
     return geometry.index_to_point(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)).reshape(
-        (*geometry.shape_kji, 3))
+        (*geometry.shape_kji, 3)
+    )
 
 
 def _gaussian_dose(shift_mm=(0.0, 0.0, 0.0), peak=60.0, sigma=15.0) -> np.ndarray:
     p = _points(GEOMETRY) - np.asarray(shift_mm)
-    return (peak * np.exp(-(p ** 2).sum(axis=-1) / (2 * sigma ** 2))).astype(np.float32)
+    return (peak * np.exp(-(p**2).sum(axis=-1) / (2 * sigma**2))).astype(np.float32)
 
 
 def scenario_dvh_linear_gradient(scene) -> dict:
@@ -79,9 +80,11 @@ def scenario_rt_round_trip(scene) -> dict:
     dose = mark_as_dose_volume(bridge.create_volume(scene, dose_array, GEOMETRY, "plan dose"))
     p = _points(GEOMETRY)
     labels = np.zeros(GEOMETRY.shape_kji, np.uint16)
-    labels[(p ** 2).sum(axis=-1) < 15.0 ** 2] = 1
+    labels[(p**2).sum(axis=-1) < 15.0**2] = 1
     labels[(np.abs(p - (20.0, 0.0, 0.0)) < 6.0).all(axis=-1)] = 2
-    seg = bridge.create_segmentation(scene, labels, GEOMETRY, [SegmentInfo(1, "PTV"), SegmentInfo(2, "OAR")], "plan structures")
+    seg = bridge.create_segmentation(
+        scene, labels, GEOMETRY, [SegmentInfo(1, "PTV"), SegmentInfo(2, "OAR")], "plan structures"
+    )
     logic = PlanEvaluationLogic(scene)
     with tempfile.TemporaryDirectory() as folder:
         paths = logic.export_rt(folder, dose, seg)
@@ -108,7 +111,7 @@ def scenario_isodose_sphere(scene) -> dict:
 
     models, legend, levels = PlanEvaluationLogic(scene).isodose(dose, (50.0,), 60.0)
     radius = 15.0 * np.sqrt(2 * np.log(2.0))
-    expected = 4.0 / 3.0 * np.pi * radius ** 3 / 1000.0
+    expected = 4.0 / 3.0 * np.pi * radius**3 / 1000.0
     volume = enclosed_volume_cc(bridge.polydata_from_model(models[0]))
     assert abs(volume - expected) < 0.03 * expected, (volume, expected)
     assert bridge.columns_from_table(legend)["Dose (Gy)"] == [30.0]

@@ -39,9 +39,17 @@ class GammaSettings:
         return from_namespace(cls, args)
 
 
-def gamma_job(scene, reference_node, evaluated_node, dose_percent: float = 3.0, dta_mm: float = 3.0,
-              threshold_percent: float = 10.0, local: bool = False, device: Device = "auto",
-              output_node=None) -> SceneJob:
+def gamma_job(
+    scene,
+    reference_node,
+    evaluated_node,
+    dose_percent: float = 3.0,
+    dta_mm: float = 3.0,
+    threshold_percent: float = 10.0,
+    local: bool = False,
+    device: Device = "auto",
+    output_node=None,
+) -> SceneJob:
     """``medai gamma REFERENCE EVALUATED --output-gamma G``: the gamma volume (on the reference grid) as a node.
 
     Criteria as in :meth:`MedAIPlanLib.evaluation_logic.PlanEvaluationLogic.gamma` (dose %, DTA mm, low-dose
@@ -51,8 +59,16 @@ def gamma_job(scene, reference_node, evaluated_node, dose_percent: float = 3.0, 
     if reference_node is None or evaluated_node is None:
         raise ValueError("Select the reference dose and the evaluated dose to compare.")
     settings = GammaSettings(float(dose_percent), float(dta_mm), float(threshold_percent), bool(local), device)
-    args = ["gamma", "{in:reference}", "{in:evaluated}", *settings.to_cli_args(), "--output-gamma", "{out:gamma}",
-            "--report", "{dir}/" + REPORT_FILE]
+    args = [
+        "gamma",
+        "{in:reference}",
+        "{in:evaluated}",
+        *settings.to_cli_args(),
+        "--output-gamma",
+        "{out:gamma}",
+        "--report",
+        "{dir}/" + REPORT_FILE,
+    ]
     output = JobOutput("gamma", "gamma.nrrd", f"{evaluated_node.GetName()} gamma", "volume", node=output_node)
     job = SceneJob(scene, args, {"reference": reference_node, "evaluated": evaluated_node}, [output])
 

@@ -39,6 +39,9 @@ def contour_qa_widgets(p) -> dict[str, bool]:
     """
     candidate_mode = p.qaMode == CONTOUR_QA_MODES[0]
     ready = bool(p.qaDose and p.qaReference) and (bool(p.qaCandidate) or not candidate_mode)
-    return {"qaCandidateSelector": candidate_mode, "qaProbabilityFolderLineEdit": not candidate_mode,
-            "qaProbabilityVolumesSelector": not candidate_mode and is_unset_path(p.qaProbabilityFolder),
-            "contourQAButton": ready}
+    return {
+        "qaCandidateSelector": candidate_mode,
+        "qaProbabilityFolderLineEdit": not candidate_mode,
+        "qaProbabilityVolumesSelector": not candidate_mode and is_unset_path(p.qaProbabilityFolder),
+        "contourQAButton": ready,
+    }

@@ -22,8 +22,9 @@ def load_report_ct(scene, path, name: str | None = None):
     if path.suffix.lower() != ".mat":
         return bridge.load_volume(scene, path, name)
     patient = load_matrad_patient(path)
-    return bridge.create_volume(scene, np.asarray(patient.hu, np.float32), patient.geometry.to_space("RAS"),
-                                name or f"{path.stem} CT")
+    return bridge.create_volume(
+        scene, np.asarray(patient.hu, np.float32), patient.geometry.to_space("RAS"), name or f"{path.stem} CT"
+    )
 
 
 def dvh_curves(dvh_result) -> dict:
@@ -35,9 +36,17 @@ def dvh_curves(dvh_result) -> dict:
     return curves
 
 
-def plan_report_from_nodes(dose_node, dvh_result, ct_node=None, structures_node=None, target: str | None = None,
-                           prescription_gy: float | None = None, isodose_levels_gy=(), info: dict | None = None,
-                           title: str | None = None) -> plan_report.PlanReport:
+def plan_report_from_nodes(
+    dose_node,
+    dvh_result,
+    ct_node=None,
+    structures_node=None,
+    target: str | None = None,
+    prescription_gy: float | None = None,
+    isodose_levels_gy=(),
+    info: dict | None = None,
+    title: str | None = None,
+) -> plan_report.PlanReport:
     """A :class:`plan_report.PlanReport` on the dose grid: CT (HU, -1000 outside it) and the outlines of the
     structures that have a DVH in ``dvh_result`` (all of them when it has no tables)."""
     dose, geometry = bridge.array_from_volume(dose_node)
@@ -54,9 +63,19 @@ def plan_report_from_nodes(dose_node, dvh_result, ct_node=None, structures_node=
     if target is not None:
         target = next((n for n in structures if n.lower() == str(target).lower()), target)
     return plan_report.PlanReport(
-        np.asarray(dose, float), geometry, dvh_curves(dvh_result), metrics, ct, structures, target,
-        tuple(isodose_levels_gy), prescription_gy, dvh_result.metrics.get("plan"), info,
-        title or f"{dose_node.GetName()} plan report")
+        np.asarray(dose, float),
+        geometry,
+        dvh_curves(dvh_result),
+        metrics,
+        ct,
+        structures,
+        target,
+        tuple(isodose_levels_gy),
+        prescription_gy,
+        dvh_result.metrics.get("plan"),
+        info,
+        title or f"{dose_node.GetName()} plan report",
+    )
 
 
 def write_plan_report_for_nodes(path, dose_node, dvh_result, **kwargs) -> Path:

@@ -47,9 +47,11 @@ def _check_volume(roi: dicom_rt.RtRoi, mask: np.ndarray, grid) -> None:
     expected = contour_volume_cc(roi.contours)
     got = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
     if expected > 0 and abs(got - expected) > VOLUME_TOLERANCE * expected:
-        warn(f"RTSTRUCT ROI '{roi.name}': {got:.3g} cc on the import grid vs {expected:.3g} cc inside its contours "
-             f"({100.0 * (got - expected) / expected:+.0f} %); import on a finer grid (pixel size) or on a "
-             "reference volume that covers the whole structure.")
+        warn(
+            f"RTSTRUCT ROI '{roi.name}': {got:.3g} cc on the import grid vs {expected:.3g} cc inside its contours "
+            f"({100.0 * (got - expected) / expected:+.0f} %); import on a finer grid (pixel size) or on a "
+            "reference volume that covers the whole structure."
+        )
 
 
 def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_reference_uid: str | None = None):
@@ -65,8 +67,10 @@ def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_refere
     names = [s.name for s in infos]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"Segment name(s) {repeated} repeat in '{node.GetName()}'; give every segment its own "
-                         "name before the RTSTRUCT export, so that each becomes its own ROI.")
+        raise ValueError(
+            f"Segment name(s) {repeated} repeat in '{node.GetName()}'; give every segment its own "
+            "name before the RTSTRUCT export, so that each becomes its own ROI."
+        )
     geometry = reference_geometry(node) if node.GetParentTransformNode() is None else None
     if geometry is None or min(geometry.shape_kji) <= 0:  # no fixed grid: the union of all segments, read at once
         masks, geometry = segment_masks(node)
@@ -77,12 +81,15 @@ def rtstruct_of_segmentation(node, study_uid: str | None = None, frame_of_refere
         for info in infos:
             mask = masks[info.name] if masks is not None else segment_masks(node, geometry, [info.name])[0][info.name]
             if not mask.any():
-                warn(f"Segment '{info.name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
-                     "without contours.")
+                warn(
+                    f"Segment '{info.name}' of '{node.GetName()}' is empty; it is written as an RTSTRUCT ROI "
+                    "without contours."
+                )
             yield info.name, info.color, mask
 
-    return dicom_rt_export.rtstruct_from_masks(rois(), geometry, study_uid=study_uid,
-                                               frame_of_reference_uid=frame_of_reference_uid, label=node.GetName())
+    return dicom_rt_export.rtstruct_from_masks(
+        rois(), geometry, study_uid=study_uid, frame_of_reference_uid=frame_of_reference_uid, label=node.GetName()
+    )
 
 
 class RtDicomLogic:
@@ -122,12 +129,20 @@ class RtDicomLogic:
                 _check_volume(roi, masks[roi.name], grid)
             else:
                 masks[roi.name] = np.zeros(grid.shape_kji, dtype=bool)
-                warn(f"RTSTRUCT ROI '{roi.name}' has no closed planar contours"
-                     + (f" (only {len(roi.points)} point contours)" if roi.points else "")
-                     + "; it is kept as an empty segment.")
+                warn(
+                    f"RTSTRUCT ROI '{roi.name}' has no closed planar contours"
+                    + (f" (only {len(roi.points)} point contours)" if roi.points else "")
+                    + "; it is kept as an empty segment."
+                )
         colors = {r.name: r.color for r in rois if r.color is not None}
-        node = create_segmentation_from_masks(self.scene, masks, grid.to_space("RAS"), name or Path(path).stem,
-                                              colors=colors, reference_volume=reference_node)
+        node = create_segmentation_from_masks(
+            self.scene,
+            masks,
+            grid.to_space("RAS"),
+            name or Path(path).stem,
+            colors=colors,
+            reference_volume=reference_node,
+        )
         for roi in contoured:
             bridge.set_planar_contours(node, roi.name, roi.contours)
         return node
@@ -143,8 +158,10 @@ class RtDicomLogic:
         plan = dicom_rt.read_rtplan(path)
         beams = plan["beams"]
         columns = {
-            "Beam": [b.name for b in beams], "Gantry (deg)": [b.gantry_deg for b in beams],
-            "Couch (deg)": [b.couch_deg for b in beams], "Collimator (deg)": [b.collimator_deg for b in beams],
+            "Beam": [b.name for b in beams],
+            "Gantry (deg)": [b.gantry_deg for b in beams],
+            "Couch (deg)": [b.couch_deg for b in beams],
+            "Collimator (deg)": [b.collimator_deg for b in beams],
             "Isocenter R (mm)": [-b.isocenter_lps[0] for b in beams],
             "Isocenter A (mm)": [-b.isocenter_lps[1] for b in beams],
             "Isocenter S (mm)": [b.isocenter_lps[2] for b in beams],
@@ -155,8 +172,9 @@ class RtDicomLogic:
         table = bridge.create_table(self.scene, columns, name or f"{plan['label'] or Path(path).stem} beams")
         return table, plan
 
-    def export_rt(self, output_dir, dose_node=None, segmentation_node=None, beams=None, bits: int = 32,
-                  plan: dict | None = None) -> dict:
+    def export_rt(
+        self, output_dir, dose_node=None, segmentation_node=None, beams=None, bits: int = 32, plan: dict | None = None
+    ) -> dict:
         """Write RTDOSE / RTSTRUCT / RTPLAN (those given) sharing study and frame of reference; returns paths.
 
         ``beams`` are RTPLAN beam dicts (see :func:`dicom_rt_export.rtplan_dataset`); ``plan`` may hold
@@ -181,23 +199,45 @@ class RtDicomLogic:
         dose_uid = dicom_rt_export.generate_uid() if dose_node is not None else None
         if beams:
             datasets["RTPLAN"] = dicom_rt_export.rtplan_dataset(
-                beams, label=plan.get("label") or "MedAI plan", fractions=int(plan.get("fractions") or 1),
-                study_uid=study, frame_of_reference_uid=frame, structure_set_uid=ss_uid,
-                prescription_gy=plan.get("prescription_gy"), target_roi_number=target_roi, dose_uid=dose_uid)
+                beams,
+                label=plan.get("label") or "MedAI plan",
+                fractions=int(plan.get("fractions") or 1),
+                study_uid=study,
+                frame_of_reference_uid=frame,
+                structure_set_uid=ss_uid,
+                prescription_gy=plan.get("prescription_gy"),
+                target_roi_number=target_roi,
+                dose_uid=dose_uid,
+            )
             plan_uid = datasets["RTPLAN"].SOPInstanceUID
         if dose_node is not None:
             dose, geometry = bridge.array_from_volume(dose_node)
-            ds = dicom_rt_export.rtdose_dataset(np.clip(dose, 0, None), geometry, study_uid=study,
-                                                frame_of_reference_uid=frame, bits=bits, plan_uid=plan_uid)
+            ds = dicom_rt_export.rtdose_dataset(
+                np.clip(dose, 0, None),
+                geometry,
+                study_uid=study,
+                frame_of_reference_uid=frame,
+                bits=bits,
+                plan_uid=plan_uid,
+            )
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = dose_uid
             datasets["RTDOSE"] = ds
         for modality, ds in datasets.items():
             paths[modality] = str(dicom_rt_export.write_dataset(ds, out / f"{modality}.dcm"))
         return paths
 
-    def plan_beams(self, dose_node, segmentation_node, target: str | None = None, gantry_angles=None,
-                   couch_angles=None, isocenter_lps=None, bixel_width_mm: float | None = None,
-                   margin_mm: float = 0.0, sad_mm: float = 1000.0) -> list:
+    def plan_beams(
+        self,
+        dose_node,
+        segmentation_node,
+        target: str | None = None,
+        gantry_angles=None,
+        couch_angles=None,
+        isocenter_lps=None,
+        bixel_width_mm: float | None = None,
+        margin_mm: float = 0.0,
+        sad_mm: float = 1000.0,
+    ) -> list:
         """MedAI dose-engine beams of a plan, rebuilt as the engine builds them (:func:`beams.make_beams`:
         bixel grid covering the target's projection) from the given values or, for those not given, the
         plan dose node's ``MedAIPlan.*`` attributes (Target, GantryAngles, CouchAngles, IsocenterLPS,
@@ -205,24 +245,51 @@ class RtDicomLogic:
         is taken on the dose node's grid."""
         recorded = PlanSettings.from_node_attributes(dose_node) if dose_node is not None else None
         target = target or (recorded.target if recorded else None)
-        gantry = list(gantry_angles) if gantry_angles is not None else \
-            (list(recorded.gantry_angles) if recorded else None)
+        gantry = (
+            list(gantry_angles) if gantry_angles is not None else (list(recorded.gantry_angles) if recorded else None)
+        )
         if not target or not gantry:
-            raise ValueError("The plan's beams are unknown: give the target segment and gantry angles "
-                             "(or a dose node made by the MedAI plan step, which records them).")
-        couch = list(couch_angles) if couch_angles is not None else \
-            (list(recorded.couch_angles) or None if recorded else None)
+            raise ValueError(
+                "The plan's beams are unknown: give the target segment and gantry angles "
+                "(or a dose node made by the MedAI plan step, which records them)."
+            )
+        couch = (
+            list(couch_angles)
+            if couch_angles is not None
+            else (list(recorded.couch_angles) or None if recorded else None)
+        )
         iso = isocenter_lps if isocenter_lps is not None else (recorded.isocenter_lps if recorded else None)
         width = bixel_width_mm or (recorded.bixel_width_mm if recorded else 5.0)
         _, geometry = bridge.array_from_volume(dose_node)
         mask, mask_geometry = bridge.segment_mask(segmentation_node, target, geometry)
-        return make_beams(mask, mask_geometry.to_space("LPS"), gantry, couch, width,
-                          None if iso is None else np.asarray(iso, float), margin_mm, sad_mm)
+        return make_beams(
+            mask,
+            mask_geometry.to_space("LPS"),
+            gantry,
+            couch,
+            width,
+            None if iso is None else np.asarray(iso, float),
+            margin_mm,
+            sad_mm,
+        )
 
-    def export_plan(self, output_dir, dose_node, segmentation_node, beams=None, weights=None, beam_of_bixel=None,
-                    meterset_mu=None, mu_per_weight: float = 1.0, energy_mv: float = 6.0, bits: int = 32,
-                    prescription_gy: float | None = None, fractions: int | None = None, target: str | None = None,
-                    **beam_options) -> dict:
+    def export_plan(
+        self,
+        output_dir,
+        dose_node,
+        segmentation_node,
+        beams=None,
+        weights=None,
+        beam_of_bixel=None,
+        meterset_mu=None,
+        mu_per_weight: float = 1.0,
+        energy_mv: float = 6.0,
+        bits: int = 32,
+        prescription_gy: float | None = None,
+        fractions: int | None = None,
+        target: str | None = None,
+        **beam_options,
+    ) -> dict:
         """Export a MedAI plan: RTSTRUCT, RTPLAN (beam geometry, jaws from the bixel field, metersets from
         the bixel ``weights`` x ``mu_per_weight`` or ``meterset_mu``, fraction group, prescription, references)
         and RTDOSE. ``beams``: MedAI beams (default: :meth:`plan_beams` with ``beam_options``)."""
@@ -230,10 +297,15 @@ class RtDicomLogic:
         target = target or (recorded.target if recorded else None)
         if beams is None:
             beams = self.plan_beams(dose_node, segmentation_node, target=target, **beam_options)
-        rt_beams = rtplan_beams.rtplan_beams_from_medai(beams, weights, beam_of_bixel, meterset_mu, mu_per_weight,
-                                                        energy_mv)
-        plan = {"target": target, "label": dose_node.GetName(),
-                "prescription_gy": prescription_gy if prescription_gy is not None else
-                (recorded.prescription_gy if recorded else None),
-                "fractions": fractions or (recorded.fractions if recorded else 1)}
+        rt_beams = rtplan_beams.rtplan_beams_from_medai(
+            beams, weights, beam_of_bixel, meterset_mu, mu_per_weight, energy_mv
+        )
+        plan = {
+            "target": target,
+            "label": dose_node.GetName(),
+            "prescription_gy": prescription_gy
+            if prescription_gy is not None
+            else (recorded.prescription_gy if recorded else None),
+            "fractions": fractions or (recorded.fractions if recorded else 1),
+        }
         return self.export_rt(output_dir, dose_node, segmentation_node, rt_beams, bits, plan)

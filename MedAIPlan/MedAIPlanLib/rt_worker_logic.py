@@ -51,8 +51,10 @@ def rt_files_to_import(path, max_files: int = MAX_SCANNED_FILES) -> dict[str, li
             if file.is_file():
                 files.append(file)
                 if len(files) > max_files:
-                    raise ValueError(f"{root} holds more than {max_files} files; choose the folder (or the file) "
-                                     "of the DICOM-RT objects to import.")
+                    raise ValueError(
+                        f"{root} holds more than {max_files} files; choose the folder (or the file) "
+                        "of the DICOM-RT objects to import."
+                    )
     else:
         files = [root]
     found: dict[str, list[Path]] = {modality: [] for modality in RT_MODALITIES}
@@ -80,8 +82,10 @@ def rt_export_args(dose_node=None, structures_node=None) -> list[str]:
     settings = PlanSettings.from_node_attributes(dose_node) if dose_node is not None else None
     if settings is not None and structures_node is not None:
         if not settings.target:
-            raise ValueError(f"The plan dose {dose_node.GetName()!r} does not record its target segment; "
-                             "re-run the plan or export without the RTPLAN.")
+            raise ValueError(
+                f"The plan dose {dose_node.GetName()!r} does not record its target segment; "
+                "re-run the plan or export without the RTPLAN."
+            )
         args += settings.to_rt_export_args()
     return args
 

@@ -19,12 +19,16 @@ from MedAIPlanLib.logic import MedAIPlanLogic
 def _water_phantom(scene, shape_kji=(16, 40, 40), spacing=(5.0, 5.0, 5.0)):
     """Water cylinder (radius 80 mm, axis S-I) in air, a 30 mm cubic target at the centre, an
     'organ' 20 mm cube 35 mm posterior of the target, and the body (the cylinder)."""
-    geo = Geometry(spacing=spacing, origin=tuple(-(np.array(shape_kji[::-1]) - 1) / 2 * np.array(spacing)),
-                   space="RAS", shape_kji=shape_kji)
+    geo = Geometry(
+        spacing=spacing,
+        origin=tuple(-(np.array(shape_kji[::-1]) - 1) / 2 * np.array(spacing)),
+        space="RAS",
+        shape_kji=shape_kji,
+    )
     k, j, i = np.indices(shape_kji)
     pts = geo.index_to_point(np.stack([i, j, k], -1).reshape(-1, 3).astype(float)).reshape(*shape_kji, 3)
     r, a, s = pts[..., 0], pts[..., 1], pts[..., 2]
-    body = r ** 2 + a ** 2 <= 80.0 ** 2
+    body = r**2 + a**2 <= 80.0**2
     ct = np.where(body, 0, -1000).astype(np.int16)
     labels = np.where(body, 1, 0).astype(np.uint16)
     target = (np.abs(r) <= 15) & (np.abs(a) <= 15) & (np.abs(s) <= 15)
@@ -32,9 +36,14 @@ def _water_phantom(scene, shape_kji=(16, 40, 40), spacing=(5.0, 5.0, 5.0)):
     labels[organ] = 3
     labels[target] = 2
     ct_node = bridge.create_volume(scene, ct, geo, "water phantom")
-    seg = bridge.create_segmentation(scene, labels, geo, [SegmentInfo(1, "body"), SegmentInfo(2, "target"),
-                                                          SegmentInfo(3, "organ")], "water structures",
-                                     reference_volume=ct_node)
+    seg = bridge.create_segmentation(
+        scene,
+        labels,
+        geo,
+        [SegmentInfo(1, "body"), SegmentInfo(2, "target"), SegmentInfo(3, "organ")],
+        "water structures",
+        reference_volume=ct_node,
+    )
     return ct_node, seg, geo, labels
 
 
@@ -51,9 +60,12 @@ def scenario_open_field_depth_dose(scene):
     kc, ic = labels.shape[0] // 2, labels.shape[2] // 2
     # gantry 0 irradiates from anterior (+A in RAS = decreasing LPS y); walk from anterior to posterior
     line = dose[kc, :, ic]
-    points = geo.index_to_point(np.column_stack([np.full(labels.shape[1], ic), np.arange(labels.shape[1]),
-                                                 np.full(labels.shape[1], kc)]).astype(float))
-    depth = 80.0 - points[:, 1]            # the surface is at A = +80 mm
+    points = geo.index_to_point(
+        np.column_stack(
+            [np.full(labels.shape[1], ic), np.arange(labels.shape[1]), np.full(labels.shape[1], kc)]
+        ).astype(float)
+    )
+    depth = 80.0 - points[:, 1]  # the surface is at A = +80 mm
     inside = (depth > 0) & (depth < 160)
     d, v = depth[inside], line[inside]
     dmax_depth = d[np.argmax(v)]
@@ -70,15 +82,36 @@ def scenario_plan_covers_target_and_spares_organ(scene):
     ct, seg, geo, labels = _water_phantom(scene)
     logic = MedAIPlanLogic(scene)
     before = bridge.array_from_volume(ct)[0].copy()
-    dose_node = logic.plan(ct, seg, "target", 60.0, fractions=30, gantry_angles=[0, 72, 144, 216, 288],
-                           bixel_width_mm=5.0, dose_grid_mm=5.0, max_iter=80, device="cpu")
+    dose_node = logic.plan(
+        ct,
+        seg,
+        "target",
+        60.0,
+        fractions=30,
+        gantry_angles=[0, 72, 144, 216, 288],
+        bixel_width_mm=5.0,
+        dose_grid_mm=5.0,
+        max_iter=80,
+        device="cpu",
+    )
     m = logic.last_result.metrics
     assert m["target"]["D95_Gy"] >= 0.95 * 60.0, m["target"]
     assert m["organ"]["Dmean_Gy"] < 0.4 * 60.0, m["organ"]
-    assert np.array_equal(bridge.array_from_volume(ct)[0], before)   # input unchanged
-    again = logic.plan(ct, seg, "target", 60.0, fractions=30, gantry_angles=[0, 120, 240], bixel_width_mm=10.0,
-                       dose_grid_mm=5.0, max_iter=40, device="cpu", output_dose_node=dose_node)
-    assert again is dose_node      # the given output node is updated, no new node
+    assert np.array_equal(bridge.array_from_volume(ct)[0], before)  # input unchanged
+    again = logic.plan(
+        ct,
+        seg,
+        "target",
+        60.0,
+        fractions=30,
+        gantry_angles=[0, 120, 240],
+        bixel_width_mm=10.0,
+        dose_grid_mm=5.0,
+        max_iter=40,
+        device="cpu",
+        output_dose_node=dose_node,
+    )
+    assert again is dose_node  # the given output node is updated, no new node
 
 
 def scenario_bad_inputs_raise_clear_errors(scene):
@@ -86,9 +119,11 @@ def scenario_bad_inputs_raise_clear_errors(scene):
     ct, seg, geo, labels = _water_phantom(scene, shape_kji=(8, 20, 20), spacing=(10.0, 10.0, 10.0))
     logic = MedAIPlanLogic(scene)
     volumes_before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
-    for kwargs, text in (({"target": "PTV", "prescription_gy": 60}, "not found"),
-                         ({"target": "target", "prescription_gy": 0}, "positive"),
-                         ({"target": "target", "prescription_gy": 60, "isocenter_lps": [500, 0, 0]}, "outside the CT")):
+    for kwargs, text in (
+        ({"target": "PTV", "prescription_gy": 60}, "not found"),
+        ({"target": "target", "prescription_gy": 0}, "positive"),
+        ({"target": "target", "prescription_gy": 60, "isocenter_lps": [500, 0, 0]}, "outside the CT"),
+    ):
         message = None
         try:
             logic.plan(ct, seg, gantry_angles=[0], **kwargs)
@@ -96,7 +131,7 @@ def scenario_bad_inputs_raise_clear_errors(scene):
             message = str(error)
         assert message is not None, f"no error for {kwargs}"
         assert text in message, message
-    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes_before   # no dose node on failure
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes_before  # no dose node on failure
 
 
 def scenario_memory_budget_refused_or_coarsened(scene):
@@ -110,17 +145,35 @@ def scenario_memory_budget_refused_or_coarsened(scene):
     nodes_before = scene.GetNumberOfNodes()
     message = None
     try:
-        logic.plan(ct, seg, "target", 60.0, gantry_angles=[0, 120, 240], dose_grid_mm=5.0,
-                   memory_limit_gb=fine["total_GiB"] / 2, device="cpu")
+        logic.plan(
+            ct,
+            seg,
+            "target",
+            60.0,
+            gantry_angles=[0, 120, 240],
+            dose_grid_mm=5.0,
+            memory_limit_gb=fine["total_GiB"] / 2,
+            device="cpu",
+        )
     except ValueError as error:
         message = str(error)
     assert message is not None, "an over-budget plan was not refused"
     assert "GiB" in message, message
     assert "coarser dose grid" in message, message
     assert f"{fine['voxel_bixel_pairs']:,}" in message, message
-    assert scene.GetNumberOfNodes() == nodes_before          # refused before anything was created
-    node = logic.plan(ct, seg, "target", 60.0, gantry_angles=[0, 120, 240], dose_grid_mm=5.0, max_iter=30,
-                      memory_limit_gb=(fine["total_GiB"] + coarse["total_GiB"]) / 2, auto_dose_grid=True, device="cpu")
+    assert scene.GetNumberOfNodes() == nodes_before  # refused before anything was created
+    node = logic.plan(
+        ct,
+        seg,
+        "target",
+        60.0,
+        gantry_angles=[0, 120, 240],
+        dose_grid_mm=5.0,
+        max_iter=30,
+        memory_limit_gb=(fine["total_GiB"] + coarse["total_GiB"]) / 2,
+        auto_dose_grid=True,
+        device="cpu",
+    )
     assert node is not None
     assert logic.last_result.dose_grid[0] > 5.0, logic.last_result.dose_grid
     assert logic.last_result.memory_estimate is not None

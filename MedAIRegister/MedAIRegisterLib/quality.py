@@ -44,9 +44,12 @@ def alignment_metrics(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, 
     all on the fixed grid (KJI), plus ``metric_before``/``metric_after``: the optimised metric (MI in nats
     for "mattes", NCC for "correlation", mean squares for "meansquares"), and ``improved``: whether it got
     better (higher MI/NCC, lower mean squares)."""
-    out = {"mi_before": mutual_information(fixed, before), "mi_after": mutual_information(fixed, after),
-           "ncc_before": normalized_cross_correlation(fixed, before),
-           "ncc_after": normalized_cross_correlation(fixed, after)}
+    out = {
+        "mi_before": mutual_information(fixed, before),
+        "mi_after": mutual_information(fixed, after),
+        "ncc_before": normalized_cross_correlation(fixed, before),
+        "ncc_after": normalized_cross_correlation(fixed, after),
+    }
     if metric == "meansquares":
         out["metric_before"], out["metric_after"] = mean_squares(fixed, before), mean_squares(fixed, after)
         out["improved"] = out["metric_after"] <= out["metric_before"]
@@ -54,8 +57,11 @@ def alignment_metrics(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, 
         key = "ncc" if metric == "correlation" else "mi"
         out["metric_before"], out["metric_after"] = out[f"{key}_before"], out[f"{key}_after"]
         out["improved"] = out["metric_after"] >= out["metric_before"]
-    out["metric"] = {"mattes": "mutual information (nats)", "correlation": "normalised cross-correlation",
-                     "meansquares": "mean squares"}[metric]
+    out["metric"] = {
+        "mattes": "mutual information (nats)",
+        "correlation": "normalised cross-correlation",
+        "meansquares": "mean squares",
+    }[metric]
     return out
 
 
@@ -91,8 +97,9 @@ def _normalised(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def overlay_png(fixed_slice: np.ndarray, before_slice: np.ndarray, after_slice: np.ndarray, path,
-                title: str = "") -> Path:
+def overlay_png(
+    fixed_slice: np.ndarray, before_slice: np.ndarray, after_slice: np.ndarray, path, title: str = ""
+) -> Path:
     """PNG with fixed (magenta) over moving (green) before and after registration, side by side."""
     import matplotlib
 

@@ -37,8 +37,9 @@ def scenario_volume_rigid_mi(scene) -> dict:
     assert node.GetNodeReference("fixed") is fixed
     assert node.GetNodeReference("moving") is moving
     body = bridge.array_to_sitk((phantom.labels > 0).astype(np.uint8), phantom.geometry)
-    tre = intensity_registration.target_registration_error(logic.last.itk_transform, truth,
-                                                           simulation.grid_points(body, 4, body))
+    tre = intensity_registration.target_registration_error(
+        logic.last.itk_transform, truth, simulation.grid_points(body, 4, body)
+    )
     assert tre.mean() < 1.0, tre.mean()
     assert logic.last.metrics["mi_after"] > logic.last.metrics["mi_before"]
     carried = logic.carry_through(moving_structures, node, fixed)

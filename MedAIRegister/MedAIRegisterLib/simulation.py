@@ -32,8 +32,13 @@ def default_remap_knots(image: sitk.Image) -> tuple[list, list]:
     return knots_in, knots_out
 
 
-def moved_copy(image: sitk.Image, rotation_deg=(10.0, -5.0, 15.0), translation_mm=(15.0, -20.0, 10.0),
-               remap: bool = True, pad_mm: float = 30.0) -> tuple[sitk.Image, sitk.Transform]:
+def moved_copy(
+    image: sitk.Image,
+    rotation_deg=(10.0, -5.0, 15.0),
+    translation_mm=(15.0, -20.0, 10.0),
+    remap: bool = True,
+    pad_mm: float = 30.0,
+) -> tuple[sitk.Image, sitk.Transform]:
     """A 'moving' image: ``image``'s anatomy displaced by a rigid transform (about the image centre), on a
     grid enlarged by ``pad_mm`` per side, intensities optionally remapped non-monotonically.
 
@@ -84,8 +89,15 @@ class SmoothDeformation:
     def displacement(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) displacement (mm) at (N, 3) LPS points."""
         x = 2 * np.pi * (np.atleast_2d(points) - self.centre) / self.wavelength
-        return np.stack([self.amplitude * np.sin(x[:, (c + 1) % 3] + self.phases[c, 0])
-                         * np.cos(x[:, (c + 2) % 3] + self.phases[c, 1]) for c in range(3)], 1)
+        return np.stack(
+            [
+                self.amplitude
+                * np.sin(x[:, (c + 1) % 3] + self.phases[c, 0])
+                * np.cos(x[:, (c + 2) % 3] + self.phases[c, 1])
+                for c in range(3)
+            ],
+            1,
+        )
 
     def warp(self, points: np.ndarray) -> np.ndarray:
         """x + v(x)."""
@@ -100,8 +112,13 @@ class SmoothDeformation:
         return y
 
 
-def deformed_copy(image: sitk.Image, deformation: SmoothDeformation, rotation_deg=(4.0, -3.0, 6.0),
-                  translation_mm=(6.0, -8.0, 5.0), pad_mm: float = 15.0):
+def deformed_copy(
+    image: sitk.Image,
+    deformation: SmoothDeformation,
+    rotation_deg=(4.0, -3.0, 6.0),
+    translation_mm=(6.0, -8.0, 5.0),
+    pad_mm: float = 15.0,
+):
     """A 'moving' image: ``image`` deformed by ``deformation`` (in fixed space) and moved rigidly, on a grid
     enlarged by ``pad_mm`` per side: ``moving(y) = image(warp(R(y)))`` with R the rigid moving -> fixed map.
 

@@ -25,10 +25,21 @@ def _mask_argument(node, key: str) -> str:
     raise ValueError(f"The mask {node.GetName()!r} is a {node.GetClassName()}; give a segmentation or a label map.")
 
 
-def register_job(scene, fixed_node, moving_node, transform_type: Transform = "bspline", preset: str | None = None,
-                 device: RegistrationDevice = "cpu", output_transform_node=None, output_volume_node=None,
-                 resample: bool = True, metric: Metric | None = None, sampling_percentage: float | None = None,
-                 fixed_mask=None, moving_mask=None) -> SceneJob:
+def register_job(
+    scene,
+    fixed_node,
+    moving_node,
+    transform_type: Transform = "bspline",
+    preset: str | None = None,
+    device: RegistrationDevice = "cpu",
+    output_transform_node=None,
+    output_volume_node=None,
+    resample: bool = True,
+    metric: Metric | None = None,
+    sampling_percentage: float | None = None,
+    fixed_mask=None,
+    moving_mask=None,
+) -> SceneJob:
     """``medai register FIXED MOVING``: a transform node (with fixed/moving references) that, as the moving
     node's parent, aligns it with the fixed one; optionally the moving volume resampled on the fixed grid.
 
@@ -44,17 +55,27 @@ def register_job(scene, fixed_node, moving_node, transform_type: Transform = "bs
         bridge.set_fixed_moving_references(node, fixed_node, moving_node)
 
     settings = RegistrationSettings.from_panel(transform_type, preset, device, metric, sampling_percentage)
-    args = ["register", "{in:fixed}", "{in:moving}", "--output-transform", "{out:transform}",
-            *settings.to_cli_args()]
+    args = ["register", "{in:fixed}", "{in:moving}", "--output-transform", "{out:transform}", *settings.to_cli_args()]
     inputs = {"fixed": fixed_node, "moving": moving_node}
     for key, node in (("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
         if node is not None:
             inputs[key] = node
             args += [f"--{key.replace('_', '-')}", _mask_argument(node, key)]
-    outputs = [JobOutput("transform", "transform.h5", f"{moving_node.GetName()} to {fixed_node.GetName()}",
-                         "transform", node=output_transform_node, after_load=references)]
+    outputs = [
+        JobOutput(
+            "transform",
+            "transform.h5",
+            f"{moving_node.GetName()} to {fixed_node.GetName()}",
+            "transform",
+            node=output_transform_node,
+            after_load=references,
+        )
+    ]
     if resample:
         args += ["--output-volume", "{out:volume}"]
-        outputs.append(JobOutput("volume", "registered.nrrd", f"{moving_node.GetName()} registered", "volume",
-                                 node=output_volume_node))
+        outputs.append(
+            JobOutput(
+                "volume", "registered.nrrd", f"{moving_node.GetName()} registered", "volume", node=output_volume_node
+            )
+        )
     return SceneJob(scene, args, inputs, outputs)

@@ -36,8 +36,9 @@ def run(context) -> None:
         denoised = logic.denoise(ct, "nlm", device="auto", patch_radius=1, search_radius=1)
     device = logic.last_result_as(DenoiseResult).device
     with context.report.timed("seg.liver"):
-        liver = logic.region_growing(denoised, _seed_ras(structures, "liver")[None], "connected", lower=40, upper=85,
-                                     segment_name="liver")
+        liver = logic.region_growing(
+            denoised, _seed_ras(structures, "liver")[None], "connected", lower=40, upper=85, segment_name="liver"
+        )
         liver = logic.postprocess(liver, keep_largest=True, fill_holes=False, output_node=liver)
     with context.report.timed("seg.lesion"):
         lesion = logic.threshold(denoised, lower=85, upper=300, segment_name="lesion", color=(0.9, 0.1, 0.1))
@@ -74,15 +75,36 @@ def _add_panels(context, denoised, liver, lesion, liver_dice: float, lesion_dice
     """Denoised CT; liver and lesion, each on its own largest axial cross-section, MedAI against the truth."""
     array, geometry = bridge.array_from_volume(denoised)
     truth = context.nodes.get("truth_masks") or bridge.segment_masks(context.structures_node, geometry)[0]
-    found = {"liver": bridge.segment_mask(liver, "liver", geometry)[0],
-             "lesion": bridge.segment_mask(lesion, "lesion", geometry)[0]}
+    found = {
+        "liver": bridge.segment_mask(liver, "liver", geometry)[0],
+        "lesion": bridge.segment_mask(lesion, "lesion", geometry)[0],
+    }
     colors = figures.structure_colors(truth)
     k = context.nodes.get("display_k", array.shape[0] // 2)
-    context.add_panel("NLM denoised CT", lambda fig, ax: figures.draw_anatomy_panel(
-        fig, ax, array, geometry, "axial", k, "NLM denoised CT"), plane="axial", index=k)
+    context.add_panel(
+        "NLM denoised CT",
+        lambda fig, ax: figures.draw_anatomy_panel(fig, ax, array, geometry, "axial", k, "NLM denoised CT"),
+        plane="axial",
+        index=k,
+    )
     for name, dice in (("liver", liver_dice), ("lesion", lesion_dice)):
         index = figures.largest_section(truth[name], geometry, "axial")
         title = f"{name.capitalize()} segmentation (Dice {dice:.2f}), largest section"
-        context.add_panel(title, lambda fig, ax, name=name, index=index, title=title: figures.draw_anatomy_panel(
-            fig, ax, array, geometry, "axial", index, title, structures={name: found[name]}, colors=colors,
-            reference={name: truth[name]}), plane="axial", index=index, structure=name)
+        context.add_panel(
+            title,
+            lambda fig, ax, name=name, index=index, title=title: figures.draw_anatomy_panel(
+                fig,
+                ax,
+                array,
+                geometry,
+                "axial",
+                index,
+                title,
+                structures={name: found[name]},
+                colors=colors,
+                reference={name: truth[name]},
+            ),
+            plane="axial",
+            index=index,
+            structure=name,
+        )

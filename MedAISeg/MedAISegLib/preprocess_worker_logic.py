@@ -32,6 +32,9 @@ def denoise_job(scene, input_node, method: str, device: Device = "auto", output_
         raise ValueError(f"Preprocessing {method!r} has no worker command; choose one of {', '.join(WORKER_METHODS)}.")
     settings = DenoiseSettings(cast(DenoiseMethod, method), device)
     args = ["denoise", "{in:volume}", "{out:volume}", *settings.to_cli_args()]
-    return SceneJob(scene, args, {"volume": input_node},
-                    [JobOutput("volume", "preprocessed.nrrd", f"{input_node.GetName()} {method}", "volume",
-                               node=output_node)])
+    return SceneJob(
+        scene,
+        args,
+        {"volume": input_node},
+        [JobOutput("volume", "preprocessed.nrrd", f"{input_node.GetName()} {method}", "volume", node=output_node)],
+    )

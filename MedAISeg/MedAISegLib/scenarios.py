@@ -18,12 +18,12 @@ from MedAISegLib.results import EvaluationResult, OtsuResult, PostprocessResult
 
 
 def _phantom_nodes(scene, direction=None, noise_hu=15.0):
-    phantom = make_ct_phantom(shape_kji=(24, 56, 56), spacing=(5.0, 5.0, 6.0), direction=direction,
-                              noise_hu=noise_hu)
+    phantom = make_ct_phantom(shape_kji=(24, 56, 56), spacing=(5.0, 5.0, 6.0), direction=direction, noise_hu=noise_hu)
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "phantom CT")
     segments = [SegmentInfo(v, n) for v, n in STRUCTURES.items()]
-    truth = bridge.create_segmentation(scene, phantom.labels, phantom.geometry, segments, "phantom truth",
-                                       reference_volume=ct)
+    truth = bridge.create_segmentation(
+        scene, phantom.labels, phantom.geometry, segments, "phantom truth", reference_volume=ct
+    )
     return phantom, ct, truth
 
 

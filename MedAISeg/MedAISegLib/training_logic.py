@@ -48,17 +48,30 @@ class MedAITrainingLogic:
                 labels, names = _relabel(np.asarray(labels), names, values_by_name)
         elif label_node.IsA("vtkMRMLScalarVolumeNode"):
             labels, geometry = bridge.array_from_volume(label_node)
-            labels = bridge.resample_array(labels, geometry, reference, interpolator=sitk.sitkNearestNeighbor) \
-                if not geometry.same_grid(reference, 1e-3) else labels
+            labels = (
+                bridge.resample_array(labels, geometry, reference, interpolator=sitk.sitkNearestNeighbor)
+                if not geometry.same_grid(reference, 1e-3)
+                else labels
+            )
             geometry, names = reference, {}
         else:
             raise ValueError(f"'{label_node.GetName()}' is neither a segmentation nor a label map volume.")
         label_image = bridge.array_to_sitk(np.asarray(labels).astype(np.uint8), geometry)
         return (image, label_image), names
 
-    def train(self, volume_nodes, label_nodes, bundle_dir, config: TrainingConfig | None = None, init_bundle=None,
-              device: str = "auto", progress=None, on_epoch=None, table_node=None,
-              nproc_per_node: int = 1) -> TrainingResult:
+    def train(
+        self,
+        volume_nodes,
+        label_nodes,
+        bundle_dir,
+        config: TrainingConfig | None = None,
+        init_bundle=None,
+        device: str = "auto",
+        progress=None,
+        on_epoch=None,
+        table_node=None,
+        nproc_per_node: int = 1,
+    ) -> TrainingResult:
         """Train (or fine-tune from ``init_bundle``: a bundle folder or a TorchScript file with a model
         card, see :mod:`.fine_tune`) on pairs of volume and segmentation/label-map nodes and export a
         MONAI bundle to ``bundle_dir`` (recorded as trusted: MedAI wrote its configs). A table node '<bundle> training curves' (epoch,
@@ -70,8 +83,7 @@ class MedAITrainingLogic:
         volumes = list(volume_nodes) if isinstance(volume_nodes, (list, tuple)) else [volume_nodes]
         labels = list(label_nodes) if isinstance(label_nodes, (list, tuple)) else [label_nodes]
         if not volumes or len(volumes) != len(labels):
-            raise ValueError(f"Give one segmentation per volume ({len(volumes)} volumes, {len(labels)} "
-                             "segmentations).")
+            raise ValueError(f"Give one segmentation per volume ({len(volumes)} volumes, {len(labels)} segmentations).")
         progress = progress if progress is not None else Progress()
         config = config or TrainingConfig()
         cases, names = [], {}
@@ -80,38 +92,73 @@ class MedAITrainingLogic:
             cases.append(case)
             names.update(case_names)
         config.labels = {**names, **config.labels}
-        return self._run(cases, bundle_dir, config, init_bundle, device, progress, on_epoch, table_node,
-                         nproc_per_node)
+        return self._run(cases, bundle_dir, config, init_bundle, device, progress, on_epoch, table_node, nproc_per_node)
 
-    def _run(self, cases, bundle_dir, config, init_model, device, progress, on_epoch, table_node,
-             nproc_per_node: int = 1) -> TrainingResult:
+    def _run(
+        self, cases, bundle_dir, config, init_model, device, progress, on_epoch, table_node, nproc_per_node: int = 1
+    ) -> TrainingResult:
         progress = progress if progress is not None else Progress()
         torch_device = select_device(device)
         progress.update("training", 0.0)
         if nproc_per_node != 1:
             from MedAISegLib.learning.distributed_launch import launch_training
 
-            result = launch_training(cases, bundle_dir, config, nproc_per_node, init_bundle=init_model,
-                                     device=torch_device, progress=progress, on_epoch=on_epoch,
-                                     name=Path(bundle_dir).name)
+            result = launch_training(
+                cases,
+                bundle_dir,
+                config,
+                nproc_per_node,
+                init_bundle=init_model,
+                device=torch_device,
+                progress=progress,
+                on_epoch=on_epoch,
+                name=Path(bundle_dir).name,
+            )
         else:
-            result = train_and_export(cases, bundle_dir, config, init_bundle=init_model, device=torch_device,
-                                      progress=progress, on_epoch=on_epoch, name=Path(bundle_dir).name)
+            result = train_and_export(
+                cases,
+                bundle_dir,
+                config,
+                init_bundle=init_model,
+                device=torch_device,
+                progress=progress,
+                on_epoch=on_epoch,
+                name=Path(bundle_dir).name,
+            )
         keys = ("epoch", "loss", "val_dice") if result.best_dice is not None else ("epoch", "loss")
         columns = {key: [row[key] for row in result.history] for key in keys}
         table = bridge.create_table(self.scene, columns, f"{Path(bundle_dir).name} training curves", node=table_node)
         self.last_result = TrainingRunResult(
-            best_val_dice=result.best_dice, best_epoch=result.best_epoch, best_epoch_by=result.best_epoch_by,
-            best_training_loss=result.best_loss, epochs_run=result.epochs_run, stopped=result.stopped,
-            seconds=result.seconds, device=str(torch_device), files=result.files, table=table.GetID(),
-            world_size=result.world_size, backend=result.backend, rank=result.rank)
+            best_val_dice=result.best_dice,
+            best_epoch=result.best_epoch,
+            best_epoch_by=result.best_epoch_by,
+            best_training_loss=result.best_loss,
+            epochs_run=result.epochs_run,
+            stopped=result.stopped,
+            seconds=result.seconds,
+            device=str(torch_device),
+            files=result.files,
+            table=table.GetID(),
+            world_size=result.world_size,
+            backend=result.backend,
+            rank=result.rank,
+        )
         progress.update("done", 1.0)
         return result
 
-    def fine_tune_on_case(self, volume_node, segmentation_node, model_path, output_dir, epochs: int = 20,
-                          device: str = "auto", progress=None, learning_rate: float = 1e-3,
-                          table_node=None) -> TrainingResult:
-        """"Fine-tune on this case": a short training from ``model_path`` (bundle folder or TorchScript
+    def fine_tune_on_case(
+        self,
+        volume_node,
+        segmentation_node,
+        model_path,
+        output_dir,
+        epochs: int = 20,
+        device: str = "auto",
+        progress=None,
+        learning_rate: float = 1e-3,
+        table_node=None,
+    ) -> TrainingResult:
+        """ "Fine-tune on this case": a short training from ``model_path`` (bundle folder or TorchScript
         file with a model card) on one corrected case — the volume and the segmentation the user
         edited in the Segment Editor — exported as a bundle to ``output_dir``, which ``medai segment``
         and :meth:`MedAISegLib.logic.MedAISegLogic.segment_with_model` then run. ``output_dir`` may be
@@ -122,19 +169,35 @@ class MedAITrainingLogic:
         from MedAISegLib.learning.fine_tune import load_initial_model
 
         if Path(output_dir).is_file():
-            raise ValueError(f"{output_dir} is a file; give a folder for the fine-tuned bundle (it may be the "
-                             "model's own bundle folder, which is then updated).")
+            raise ValueError(
+                f"{output_dir} is a file; give a folder for the fine-tuned bundle (it may be the "
+                "model's own bundle folder, which is then updated)."
+            )
         initial = load_initial_model(model_path)
         values_by_name = {name: value for value, name in initial.labels.items()}
         bridge.require_scalar_volume(volume_node)
         case, names = self._case(volume_node, segmentation_node, values_by_name)
-        config = TrainingConfig(epochs=int(epochs), val_fraction=0.0, learning_rate=learning_rate,
-                                patience=int(epochs), samples_per_case=4, batch_size=2,
-                                labels={**initial.labels, **names})
+        config = TrainingConfig(
+            epochs=int(epochs),
+            val_fraction=0.0,
+            learning_rate=learning_rate,
+            patience=int(epochs),
+            samples_per_case=4,
+            batch_size=2,
+            labels={**initial.labels, **names},
+        )
         return self._run([case], output_dir, config, initial, device, progress, None, table_node)
 
-    def explain(self, volume_node, model_path, segment_name: str | None = None, output_node=None,
-                device: str = "auto", method: str = "auto", layer: str | None = None):
+    def explain(
+        self,
+        volume_node,
+        model_path,
+        segment_name: str | None = None,
+        output_node=None,
+        device: str = "auto",
+        method: str = "auto",
+        layer: str | None = None,
+    ):
         """Explanation volume '<input> Grad-CAM <segment>' (or '<input> saliency <segment>' for
         gradient×input), 0..1 on the input's grid, for a segment of ``model_path`` (bundle folder or
         TorchScript file with a model card; default segment: its first label). ``method``:
@@ -152,8 +215,9 @@ class MedAITrainingLogic:
         else:
             value = next((v for v, n in initial.labels.items() if n == segment_name), None)
             if value is None:
-                raise ValueError(f"Segment {segment_name!r} is not in {model_path}; choose one of "
-                                 f"{list(initial.labels.values())}.")
+                raise ValueError(
+                    f"Segment {segment_name!r} is not in {model_path}; choose one of {list(initial.labels.values())}."
+                )
         if method == "auto":
             method = "gradient" if initial.scripted else "gradcam"
         if method == "gradcam" and layer is None and not initial.scripted:
@@ -180,8 +244,9 @@ class MedAITrainingLogic:
         label = "Grad-CAM" if method == "gradcam" else "saliency"
         name = f"{volume_node.GetName()} {label} {initial.labels[value]}"
         node = bridge.create_volume(self.scene, np.asarray(array, dtype=np.float32), reference, name, node=output_node)
-        self.last_result = ExplainResult(initial.labels[value], int(value), method,
-                                         layer if method == "gradcam" else None, str(torch_device))
+        self.last_result = ExplainResult(
+            initial.labels[value], int(value), method, layer if method == "gradcam" else None, str(torch_device)
+        )
         return node
 
 

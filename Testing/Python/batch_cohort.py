@@ -18,23 +18,60 @@ from MedAISegLib.learning.phantom_cases import write_phantom_cases
 
 # denoise -> segment (threshold) -> evaluate against the phantom's label
 SEGMENTATION_STEPS = [
-    {"name": "denoise", "command": "denoise",
-     "args": ["{case.image}", "{out}/image.nrrd", "--method", "curvature", "--iterations", "3"]},
-    {"name": "segment", "command": "segment",
-     "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--method", "threshold", "--lower", "150"]},
-    {"name": "evaluate", "command": "evaluate",
-     "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=threshold"]},
+    {
+        "name": "denoise",
+        "command": "denoise",
+        "args": ["{case.image}", "{out}/image.nrrd", "--method", "curvature", "--iterations", "3"],
+    },
+    {
+        "name": "segment",
+        "command": "segment",
+        "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--method", "threshold", "--lower", "150"],
+    },
+    {
+        "name": "evaluate",
+        "command": "evaluate",
+        "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=threshold"],
+    },
 ]
 # the scale pipeline: denoise -> segment -> plan -> dvh
 PLANNING_STEPS = [
-    SEGMENTATION_STEPS[0], SEGMENTATION_STEPS[1],
-    {"name": "plan", "command": "plan",
-     "args": ["{denoise}/image.nrrd", "{segment}/seg.seg.nrrd", "--target", "threshold", "--prescription", "60",
-              "--fractions", "30", "--gantry-angles", "0,120,240", "--iterations", "30",
-              "--output-dose", "{out}/dose.nrrd"]},
-    {"name": "dvh", "command": "dvh",
-     "args": ["{plan}/dose.nrrd", "{segment}/seg.seg.nrrd", "--target", "threshold", "--prescription", "60",
-              "--dvh-table", "{out}/dvh.csv"]},
+    SEGMENTATION_STEPS[0],
+    SEGMENTATION_STEPS[1],
+    {
+        "name": "plan",
+        "command": "plan",
+        "args": [
+            "{denoise}/image.nrrd",
+            "{segment}/seg.seg.nrrd",
+            "--target",
+            "threshold",
+            "--prescription",
+            "60",
+            "--fractions",
+            "30",
+            "--gantry-angles",
+            "0,120,240",
+            "--iterations",
+            "30",
+            "--output-dose",
+            "{out}/dose.nrrd",
+        ],
+    },
+    {
+        "name": "dvh",
+        "command": "dvh",
+        "args": [
+            "{plan}/dose.nrrd",
+            "{segment}/seg.seg.nrrd",
+            "--target",
+            "threshold",
+            "--prescription",
+            "60",
+            "--dvh-table",
+            "{out}/dvh.csv",
+        ],
+    },
 ]
 
 
@@ -44,8 +81,10 @@ def write_cohort(folder, count: int, shape=(32, 32, 32)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = write_phantom_cases(folder / "data", range(count), shape=shape)
     lines = ["id,image,label"]
-    lines += [f"case{index:03d},data/{Path(image).name},data/{Path(label).name}"
-              for index, (image, label) in enumerate(zip(images, labels))]
+    lines += [
+        f"case{index:03d},data/{Path(image).name},data/{Path(label).name}"
+        for index, (image, label) in enumerate(zip(images, labels))
+    ]
     manifest = folder / "cohort.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
@@ -91,8 +130,12 @@ def write_threshold_model(folder, threshold: float = 150.0, gain: float = 0.05) 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "lesion.ts"
     torch.jit.save(torch.jit.script(threshold_net(threshold, gain)), str(path))
-    card = {"name": "lesion threshold", "inputs": [{"name": "image", "modality": "CT"}], "roi_size": [32, 32, 32],
-            "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}]}
+    card = {
+        "name": "lesion threshold",
+        "inputs": [{"name": "image", "modality": "CT"}],
+        "roi_size": [32, 32, 32],
+        "labels": [{"value": 1, "name": "lesion", "color": [1, 0, 0]}],
+    }
     (folder / "lesion.ts.json").write_text(json.dumps(card))
     return path
 
@@ -107,8 +150,15 @@ def add_column(manifest, name: str, value: str) -> Path:
 
 MODEL_STEPS = [
     SEGMENTATION_STEPS[0],
-    {"name": "segment", "command": "segment", "needs": ["model"],
-     "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--model", "{case.model}", "--device", "cpu"]},
-    {"name": "evaluate", "command": "evaluate",
-     "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=lesion"]},
+    {
+        "name": "segment",
+        "command": "segment",
+        "needs": ["model"],
+        "args": ["{denoise}/image.nrrd", "{out}/seg.seg.nrrd", "--model", "{case.model}", "--device", "cpu"],
+    },
+    {
+        "name": "evaluate",
+        "command": "evaluate",
+        "args": ["{case.label}", "{segment}/seg.seg.nrrd", "--label-names", "1=lesion"],
+    },
 ]

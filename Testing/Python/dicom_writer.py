@@ -9,9 +9,20 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
-def write_ct_series(folder, hu_kji: np.ndarray, spacing_xyz=(0.8, 0.6, 2.5), origin_lps=(-50.0, -40.0, 10.0),
-                    row_dir=(1.0, 0.0, 0.0), col_dir=(0.0, 1.0, 0.0), skip_slices=(), positions=None,
-                    series_uid=None, intercept=-1024.0, slope=1.0, shift_per_slice=(0.0, 0.0)) -> list[Path]:
+def write_ct_series(
+    folder,
+    hu_kji: np.ndarray,
+    spacing_xyz=(0.8, 0.6, 2.5),
+    origin_lps=(-50.0, -40.0, 10.0),
+    row_dir=(1.0, 0.0, 0.0),
+    col_dir=(0.0, 1.0, 0.0),
+    skip_slices=(),
+    positions=None,
+    series_uid=None,
+    intercept=-1024.0,
+    slope=1.0,
+    shift_per_slice=(0.0, 0.0),
+) -> list[Path]:
     """Write ``hu_kji`` as one file per slice; returns the paths.
 
     ``spacing_xyz`` = (column spacing, row spacing, slice step) in mm. ``positions`` overrides the
@@ -28,8 +39,12 @@ def write_ct_series(folder, hu_kji: np.ndarray, spacing_xyz=(0.8, 0.6, 2.5), ori
         if k in skip_slices:
             continue
         step = positions[k] if positions is not None else k * spacing_xyz[2]
-        position = (np.asarray(origin_lps, float) + step * normal + k * shift_per_slice[0] * row_dir
-                    + k * shift_per_slice[1] * col_dir)
+        position = (
+            np.asarray(origin_lps, float)
+            + step * normal
+            + k * shift_per_slice[0] * row_dir
+            + k * shift_per_slice[1] * col_dir
+        )
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -124,5 +124,6 @@ def build_pythonslicer(folder, version: str = DEFAULT_VERSION) -> Path:
         (folder / f"{module}.py").write_text(f"from slicer_core.{library} import *  # noqa: F403\n")
     (folder / "slicer_core").mkdir(exist_ok=True)
     (folder / "slicer_core" / "__init__.py").write_text(
-        _SLICER_CORE_SHIM.format(folder=str(slicer_core_folder()), allowed=_BASE_LIBRARIES))
+        _SLICER_CORE_SHIM.format(folder=str(slicer_core_folder()), allowed=_BASE_LIBRARIES)
+    )
     return folder

@@ -33,8 +33,10 @@ HAND_CHECKED = {
 
 
 # Functions of slicer_app.py that run only on some Slicer versions: the installer each one implements.
-GUARDED_FUNCTIONS = {"_ensure_with_packaging": "slicer.packaging.pip_ensure",
-                     "_ensure_with_pip_install": "slicer.util.pip_install"}
+GUARDED_FUNCTIONS = {
+    "_ensure_with_packaging": "slicer.packaging.pip_ensure",
+    "_ensure_with_pip_install": "slicer.util.pip_install",
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,13 @@ class _Scanner(ast.NodeVisitor):
         if name is None:
             self.generic_visit(node)
             return
-        self._add(node, name, call=True, positional=len(node.args),
-                  keywords=tuple(k.arg for k in node.keywords if k.arg is not None))
+        self._add(
+            node,
+            name,
+            call=True,
+            positional=len(node.args),
+            keywords=tuple(k.arg for k in node.keywords if k.arg is not None),
+        )
         for child in [*node.args, *node.keywords]:
             self.visit(child)
 
@@ -199,7 +206,7 @@ def evidence(use: Use) -> str:
 
 def checked_name(use: Use) -> str:
     """The part of ``use.name`` that is checked (``slicer.util.X``, ``slicer.app.X``, a class and its member)."""
-    return ".".join(use.name.split(".")[:4 if use.name.split(".")[1].startswith("vtk") else 3])
+    return ".".join(use.name.split(".")[: 4 if use.name.split(".")[1].startswith("vtk") else 3])
 
 
 def api_table(uses: list[Use], folders: list[str], applies, slicer_module) -> list[dict]:
@@ -227,12 +234,16 @@ def markdown(rows: list[dict], folders: list[str]) -> str:
         files = ", ".join(sorted(Path(f).name for f in row["files"]))
         cells = [row["versions"].get(f, "") for f in folders]
         lines.append(f"| `{row['api']}` | {files} | " + " | ".join(cells) + " |")
-    lines += ["", "Checked in: `Base/Python/slicer/<module>.py` of each version for `slicer.util`, `slicer.packaging`,",
-              "`slicer.i18n`, `slicer.ScriptedLoadableModule` and `slicer.parameterNodeWrapper` names and call arguments;",
-              "`slicer/__init__.py` (its documented attributes) for `slicer.app`/`slicer.mrmlScene`/`slicer.modules`;",
-              "Slicer's own Python uses of `slicer.app.<member>`; the slicer-core wheel for `vtk*` classes and",
-              "`vtkMRMLScene` methods (`slicer-core`: the wheel this test suite runs on); by hand in Slicer's C++: "
-              + "; ".join(f"`{k}` ({v})" for k, v in HAND_CHECKED.items() if k in {r["api"] for r in rows}) + "."]
+    lines += [
+        "",
+        "Checked in: `Base/Python/slicer/<module>.py` of each version for `slicer.util`, `slicer.packaging`,",
+        "`slicer.i18n`, `slicer.ScriptedLoadableModule` and `slicer.parameterNodeWrapper` names and call arguments;",
+        "`slicer/__init__.py` (its documented attributes) for `slicer.app`/`slicer.mrmlScene`/`slicer.modules`;",
+        "Slicer's own Python uses of `slicer.app.<member>`; the slicer-core wheel for `vtk*` classes and",
+        "`vtkMRMLScene` methods (`slicer-core`: the wheel this test suite runs on); by hand in Slicer's C++: "
+        + "; ".join(f"`{k}` ({v})" for k, v in HAND_CHECKED.items() if k in {r["api"] for r in rows})
+        + ".",
+    ]
     return "\n".join(lines)
 
 

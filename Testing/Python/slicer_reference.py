@@ -38,7 +38,9 @@ def version_of(folder: str) -> tuple[int, int, int]:
     match = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", folder)
     if match:
         return tuple(int(g) for g in match.groups())
-    tags = [p.name for p in REFERENCE.iterdir() if re.fullmatch(r"v\d+\.\d+\.\d+", p.name)] if REFERENCE.is_dir() else []
+    tags = (
+        [p.name for p in REFERENCE.iterdir() if re.fullmatch(r"v\d+\.\d+\.\d+", p.name)] if REFERENCE.is_dir() else []
+    )
     newest = max((version_of(t) for t in tags), default=(0, 0, 0))
     return newest[0], newest[1] + 1, 0
 
@@ -64,8 +66,9 @@ class Signature:
         positional = [a.arg for a in args.posonlyargs + args.args]
         if method and positional:
             positional = positional[1:]
-        return cls(tuple(positional), tuple(a.arg for a in args.kwonlyargs), args.vararg is not None,
-                   args.kwarg is not None)
+        return cls(
+            tuple(positional), tuple(a.arg for a in args.kwonlyargs), args.vararg is not None, args.kwarg is not None
+        )
 
     def problems(self, positional: int, keywords: tuple[str, ...]) -> list[str]:
         """Why a call with ``positional`` arguments and these keyword names would fail; empty when it binds."""
@@ -109,8 +112,11 @@ def _define(names: dict, tree: ast.Module) -> None:
 
 def _exported(tree: ast.Module) -> set[str] | None:
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
-                and isinstance(node.value, (ast.List, ast.Tuple))):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+            and isinstance(node.value, (ast.List, ast.Tuple))
+        ):
             return {elt.value for elt in node.value.elts if isinstance(elt, ast.Constant)}
     return None
 
@@ -136,8 +142,9 @@ def module_api(folder: str, module: str) -> ModuleApi | None:
             sub: dict[str, Signature | None] = {}
             _define(sub, sibling)
             exported = _exported(sibling)
-            api.names.update({k: v for k, v in sub.items()
-                              if (k in exported if exported is not None else not k.startswith("_"))})
+            api.names.update(
+                {k: v for k, v in sub.items() if (k in exported if exported is not None else not k.startswith("_"))}
+            )
     return api
 
 
@@ -157,9 +164,12 @@ def app_members_used(folder: str) -> frozenset[str]:
 
 def _registered_serializer_classes(tree: ast.Module) -> list[ast.ClassDef]:
     def registered(node):
-        return any((isinstance(d, ast.Name) and d.id == "parameterNodeSerializer")
-                   or (isinstance(d, ast.Call) and getattr(d.func, "id", "") == "parameterNodeSerializer")
-                   for d in node.decorator_list)
+        return any(
+            (isinstance(d, ast.Name) and d.id == "parameterNodeSerializer")
+            or (isinstance(d, ast.Call) and getattr(d.func, "id", "") == "parameterNodeSerializer")
+            for d in node.decorator_list
+        )
+
     return [n for n in tree.body if isinstance(n, ast.ClassDef) and registered(n)]
 
 
@@ -178,8 +188,13 @@ def serializer_predicates(folder: str, slicer_module) -> tuple[tuple[str, typing
             if isinstance(item, ast.FunctionDef) and item.name == "canSerialize":
                 function = ast.FunctionDef(**{**item.__dict__, "decorator_list": []})
                 module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
-                namespace = {"slicer": slicer_module, "pathlib": pathlib, "typing": typing, "types": types,
-                             "enum": enum}
+                namespace = {
+                    "slicer": slicer_module,
+                    "pathlib": pathlib,
+                    "typing": typing,
+                    "types": types,
+                    "enum": enum,
+                }
                 exec(compile(module, f"{path}:{cls.name}", "exec"), namespace)  # noqa: S102 - a pure predicate
                 predicates.append((cls.name, namespace["canSerialize"]))
     return tuple(predicates)
@@ -230,8 +245,12 @@ def class_members(folder: str, module: str, class_name: str) -> frozenset[str] |
         for item in ast.walk(node):
             if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item in node.body:
                 members.add(item.name)
-            elif (isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store)
-                  and isinstance(item.value, ast.Name) and item.value.id == "self"):
+            elif (
+                isinstance(item, ast.Attribute)
+                and isinstance(item.ctx, ast.Store)
+                and isinstance(item.value, ast.Name)
+                and item.value.id == "self"
+            ):
                 members.add(item.attr)
         for base in node.bases:
             name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
@@ -283,16 +302,26 @@ def connector_predicates(folder: str, slicer_module) -> tuple[tuple[str, typing.
     connector never matches here.
     """
     package = python_root(folder) / "parameterNodeWrapper"
-    namespace = {"slicer": _WidgetClasses(slicer_module), "qt": _WidgetClasses(), "ctk": _WidgetClasses(),
-                 "typing": typing, "Annotated": typing.Annotated, "Union": typing.Union, "pathlib": pathlib,
-                 "enum": enum}
+    namespace = {
+        "slicer": _WidgetClasses(slicer_module),
+        "qt": _WidgetClasses(),
+        "ctk": _WidgetClasses(),
+        "typing": typing,
+        "Annotated": typing.Annotated,
+        "Union": typing.Union,
+        "pathlib": pathlib,
+        "enum": enum,
+    }
     _compiled_functions(package / "util.py", namespace)
     tree = ast.parse((package / "guiConnectors.py").read_text(encoding="utf-8"))
     predicates = []
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
         for item in cls.body:
-            if (isinstance(item, ast.FunctionDef) and item.name == "canRepresent"
-                    and not isinstance(item.body[-1], ast.Raise)):  # the abstract base raises
+            if (
+                isinstance(item, ast.FunctionDef)
+                and item.name == "canRepresent"
+                and not isinstance(item.body[-1], ast.Raise)
+            ):  # the abstract base raises
                 function = ast.FunctionDef(**{**item.__dict__, "decorator_list": []})
                 module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
                 scope = dict(namespace)

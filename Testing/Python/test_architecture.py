@@ -34,8 +34,9 @@ def test_algorithm_files_import_neither_qt_nor_slicer():
             root = module.split(".")[0]
             if module in FORBIDDEN_EVERYWHERE_IN_LIBS or root in ("qt", "ctk"):
                 offenders.append(f"{path.relative_to(REPO)} imports {module}")
-            elif not mrml_facing and (root == "slicer" or module.startswith("MedAICommonLib.bridge")
-                                       or module == "MedAICommonLib.runtime"):
+            elif not mrml_facing and (
+                root == "slicer" or module.startswith("MedAICommonLib.bridge") or module == "MedAICommonLib.runtime"
+            ):
                 offenders.append(f"{path.relative_to(REPO)} imports {module} (algorithms must not touch MRML)")
     assert offenders == []
 

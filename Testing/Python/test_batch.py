@@ -30,14 +30,19 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """A LocalCluster of 2 worker processes, reached with --scheduler (its workers stay warm across runs)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=40) as local, distributed.Client(local) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+        ) as local,
+        distributed.Client(local) as client,
+    ):
         yield local, client
 
 
 def _batch(manifest, pipeline, output, report, *where) -> tuple[int, dict]:
-    code = main(["batch", str(manifest), "--pipeline", str(pipeline), "--output", str(output),
-                 "--report", str(report), *where])
+    code = main(
+        ["batch", str(manifest), "--pipeline", str(pipeline), "--output", str(output), "--report", str(report), *where]
+    )
     return code, json.loads(report.read_text())
 
 
@@ -53,13 +58,22 @@ def test_bad_manifest_or_pipeline_is_refused_before_anything_runs(cohort, tmp_pa
         "unknown command": [{**SEGMENTATION_STEPS[0], "command": "denoize"}],
         "no column 'ct'": [{**SEGMENTATION_STEPS[0], "args": ["{case.ct}", "{out}/a.nrrd", "--method", "n4"]}],
         "does not run before it": later,
-        "unrecognized arguments: --strength": [{**SEGMENTATION_STEPS[0],
-                                               "args": [*SEGMENTATION_STEPS[0]["args"], "--strength", "2"]}],
+        "unrecognized arguments: --strength": [
+            {**SEGMENTATION_STEPS[0], "args": [*SEGMENTATION_STEPS[0]["args"], "--strength", "2"]}
+        ],
     }
     for expected, steps in cases.items():
         output = tmp_path / expected.replace(" ", "_").replace("'", "")
-        code = main(["batch", str(cohort), "--pipeline", str(write_pipeline(tmp_path / "p.yaml", steps)),
-                     "--output", str(output)])
+        code = main(
+            [
+                "batch",
+                str(cohort),
+                "--pipeline",
+                str(write_pipeline(tmp_path / "p.yaml", steps)),
+                "--output",
+                str(output),
+            ]
+        )
         assert code == 1, expected
         assert expected in capsys.readouterr().err
         assert not output.exists(), "nothing may be written before the input is checked"
@@ -97,12 +111,18 @@ def test_cohort_runs_once_resumes_and_redoes_only_what_changed(cohort, cluster, 
 
     changed = [dict(s) for s in SEGMENTATION_STEPS]
     changed[1]["args"] = [a if a != "150" else "160" for a in changed[1]["args"]]
-    code, report = _batch(cohort, write_pipeline(tmp_path / "changed.yaml", changed), output,
-                          tmp_path / "run3.json", "--scheduler", address)
+    code, report = _batch(
+        cohort,
+        write_pipeline(tmp_path / "changed.yaml", changed),
+        output,
+        tmp_path / "run3.json",
+        "--scheduler",
+        address,
+    )
     assert code == 0
     assert report["metrics"]["steps_run"] == 2 * CASES
     assert report["metrics"]["steps_skipped"] == CASES
-    redone = Counter(e["step"] for e in done_log(output)[3 * CASES:])
+    redone = Counter(e["step"] for e in done_log(output)[3 * CASES :])
     assert redone == {"segment": CASES, "evaluate": CASES}, "only the changed step and those after it are redone"
     assert all(float(r["segment.lower"]) == 160.0 for r in _table(output))
 
@@ -114,8 +134,14 @@ def test_a_failing_case_is_recorded_and_the_cohort_goes_on(cohort, cluster, tmp_
     broken = folder / "data" / "case2.nii.gz"
     broken.write_bytes(b"<html>404 Not Found</html>")  # a download that went wrong
     output = tmp_path / "results"
-    code, report = _batch(folder / "cohort.csv", write_pipeline(tmp_path / "p.yaml", SEGMENTATION_STEPS), output,
-                          tmp_path / "batch.json", "--scheduler", client.scheduler.address)
+    code, report = _batch(
+        folder / "cohort.csv",
+        write_pipeline(tmp_path / "p.yaml", SEGMENTATION_STEPS),
+        output,
+        tmp_path / "batch.json",
+        "--scheduler",
+        client.scheduler.address,
+    )
     assert code == 3
     assert report["metrics"]["cases_failed"] == 1
     assert report["metrics"]["cases_done"] == CASES - 1
@@ -133,8 +159,11 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(cohort, 
     local, client = cluster  # last in the module: the nanny restarts the killed worker
     output, pipeline = tmp_path / "results", write_pipeline(tmp_path / "p.yaml", SEGMENTATION_STEPS)
     outcome = {}
-    run = threading.Thread(target=lambda: outcome.update(code=_batch(
-        cohort, pipeline, output, tmp_path / "batch.json", "--scheduler", local.scheduler_address)[0]))
+    run = threading.Thread(
+        target=lambda: outcome.update(
+            code=_batch(cohort, pipeline, output, tmp_path / "batch.json", "--scheduler", local.scheduler_address)[0]
+        )
+    )
     run.start()
     killed = kill_a_busy_worker(client, output, after=2)
     run.join(timeout=300)

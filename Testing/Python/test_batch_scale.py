@@ -23,8 +23,20 @@ STEPS = ("denoise", "segment", "plan", "dvh")
 
 
 def _batch(manifest, pipeline, output, report, address) -> tuple[int, dict]:
-    code = main(["batch", str(manifest), "--pipeline", str(pipeline), "--output", str(output),
-                 "--report", str(report), "--scheduler", address])
+    code = main(
+        [
+            "batch",
+            str(manifest),
+            "--pipeline",
+            str(pipeline),
+            "--output",
+            str(output),
+            "--report",
+            str(report),
+            "--scheduler",
+            address,
+        ]
+    )
     return code, json.loads(report.read_text())
 
 
@@ -32,11 +44,21 @@ def _batch(manifest, pipeline, output, report, address) -> tuple[int, dict]:
 def test_two_hundred_cases_on_two_workers_exactly_once_resumable(tmp_path):
     manifest = write_cohort(tmp_path / "cohort", CASES)
     output, pipeline = tmp_path / "results", write_pipeline(tmp_path / "p.yaml", PLANNING_STEPS)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=50) as local, distributed.Client(local) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as local,
+        distributed.Client(local) as client,
+    ):
         outcome = {}
-        run = threading.Thread(target=lambda: outcome.update(zip(("code", "report"), _batch(
-            manifest, pipeline, output, tmp_path / "run1.json", local.scheduler_address))))
+        run = threading.Thread(
+            target=lambda: outcome.update(
+                zip(
+                    ("code", "report"),
+                    _batch(manifest, pipeline, output, tmp_path / "run1.json", local.scheduler_address),
+                )
+            )
+        )
         run.start()
         kill_a_busy_worker(client, output, after=40, timeout=900)
         run.join(timeout=3600)
@@ -59,8 +81,13 @@ def test_two_hundred_cases_on_two_workers_exactly_once_resumable(tmp_path):
         changed = [dict(step) for step in PLANNING_STEPS]
         changed[2]["args"] = [a if a != "0,120,240" else "0,90,180,270" for a in changed[2]["args"]]
         before = len(done_log(output))
-        code, report = _batch(manifest, write_pipeline(tmp_path / "changed.yaml", changed), output,
-                              tmp_path / "run3.json", local.scheduler_address)
+        code, report = _batch(
+            manifest,
+            write_pipeline(tmp_path / "changed.yaml", changed),
+            output,
+            tmp_path / "run3.json",
+            local.scheduler_address,
+        )
         assert code == 0
         assert report["metrics"]["steps_run"] == 2 * CASES
         assert Counter(e["step"] for e in done_log(output)[before:]) == {"plan": CASES, "dvh": CASES}
@@ -78,8 +105,21 @@ def test_ctrl_c_stops_cleanly_and_a_later_run_resumes(tmp_path):
 
     manifest = write_cohort(tmp_path / "cohort", 16)
     output, pipeline = tmp_path / "results", write_pipeline(tmp_path / "p.yaml", SEGMENTATION_STEPS)
-    command = [sys.executable, "-m", "MedAICommonLib.cli", "batch", str(manifest), "--pipeline", str(pipeline),
-               "--output", str(output), "--workers", "2", "--report", str(tmp_path / "run1.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "MedAICommonLib.cli",
+        "batch",
+        str(manifest),
+        "--pipeline",
+        str(pipeline),
+        "--output",
+        str(output),
+        "--workers",
+        "2",
+        "--report",
+        str(tmp_path / "run1.json"),
+    ]
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while len(done_log(output)) < 6 and time.monotonic() < deadline:
@@ -98,6 +138,18 @@ def test_ctrl_c_stops_cleanly_and_a_later_run_resumes(tmp_path):
 
 
 def _batch_embedded(manifest, pipeline, output, report) -> tuple[int, dict]:
-    code = main(["batch", str(manifest), "--pipeline", str(pipeline), "--output", str(output),
-                 "--report", str(report), "--workers", "2"])
+    code = main(
+        [
+            "batch",
+            str(manifest),
+            "--pipeline",
+            str(pipeline),
+            "--output",
+            str(output),
+            "--report",
+            str(report),
+            "--workers",
+            "2",
+        ]
+    )
     return code, json.loads(report.read_text())

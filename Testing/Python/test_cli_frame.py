@@ -30,10 +30,12 @@ def test_registry_lists_exactly_what_each_module_registers(module_name):
 
 
 def test_help_imports_no_command_module():
-    code = ("import sys\nfrom MedAICommonLib.cli.main import build_parser\n"
-            "text = build_parser().format_help()\n"
-            "heavy = [m for m in ('torch', 'monai', 'numba', 'SimpleITK', 'vtk', 'MedAISegLib', 'MedAIPlanLib', "
-            "'MedAIRegisterLib') if m in sys.modules]\nprint(heavy)\nprint(text)")
+    code = (
+        "import sys\nfrom MedAICommonLib.cli.main import build_parser\n"
+        "text = build_parser().format_help()\n"
+        "heavy = [m for m in ('torch', 'monai', 'numba', 'SimpleITK', 'vtk', 'MedAISegLib', 'MedAIPlanLib', "
+        "'MedAIRegisterLib') if m in sys.modules]\nprint(heavy)\nprint(text)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "[]"
     for name in COMMANDS:
@@ -48,8 +50,9 @@ def test_a_command_parses_with_only_its_module(capsys):
 
 
 def _args(tmp_path, func, command="check"):
-    return argparse.Namespace(command=command, func=func, report=str(tmp_path / "r.json"), debug=False,
-                              progress_json=False)
+    return argparse.Namespace(
+        command=command, func=func, report=str(tmp_path / "r.json"), debug=False, progress_json=False
+    )
 
 
 def test_warnings_reach_stderr_and_the_report(tmp_path, capsys):
@@ -83,7 +86,7 @@ def test_multi_line_itk_errors_keep_their_reason():
     image = sitk.Image(4, 4, 4, sitk.sitkFloat32)
     with pytest.raises(RuntimeError) as caught:
         image.SetSpacing((0.0, 1.0, 1.0))
-    assert "\n" in str(caught.value)                      # ITK puts the reason on a later line
+    assert "\n" in str(caught.value)  # ITK puts the reason on a later line
     assert "Zero-valued spacing" in one_line(caught.value)
     assert "\n" not in one_line(caught.value)
     with pytest.raises(RuntimeError) as caught:
@@ -93,13 +96,15 @@ def test_multi_line_itk_errors_keep_their_reason():
 
 def test_zero_spacing_file_error_names_the_reason(tmp_path, capsys):
     path = tmp_path / "zero.nrrd"
-    path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2 2\nspace directions: (0,0,0) (0,1,0) (0,0,1)\n"
-                     b"space: left-posterior-superior\nencoding: raw\nendian: little\nspace origin: (0,0,0)\n\n"
-                     + np.zeros(8, np.float32).tobytes())
+    path.write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2 2\nspace directions: (0,0,0) (0,1,0) (0,0,1)\n"
+        b"space: left-posterior-superior\nencoding: raw\nendian: little\nspace origin: (0,0,0)\n\n"
+        + np.zeros(8, np.float32).tobytes()
+    )
     code = main(["convert", str(path), str(tmp_path / "out.nrrd")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert len(err) == 1, err                                   # VTK/ITK's own log stays off the terminal
+    assert len(err) == 1, err  # VTK/ITK's own log stays off the terminal
     assert err[0].startswith("medai convert: error:")
     assert not err[0].rstrip().endswith(":")
 
@@ -110,8 +115,21 @@ def test_ctrl_c_during_the_optimiser_exits_130_as_cancelled(shared_data, tmp_pat
     import signal
 
     tg119 = shared_data / "rt/pyRadPlan/TG119.mat"
-    command = [sys.executable, "-m", "MedAICommonLib.cli", "plan", "--matrad", str(tg119), "--target", "OuterTarget",
-               "--prescription", "50", "--output-dose", str(tmp_path / "dose.nrrd"), "--progress-json"]
+    command = [
+        sys.executable,
+        "-m",
+        "MedAICommonLib.cli",
+        "plan",
+        "--matrad",
+        str(tg119),
+        "--target",
+        "OuterTarget",
+        "--prescription",
+        "50",
+        "--output-dose",
+        str(tmp_path / "dose.nrrd"),
+        "--progress-json",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in process.stdout:

@@ -15,8 +15,7 @@ def test_info_prints_versions_and_devices(capsys, tmp_path):
     assert data["versions"]["slicer-core"].split(".")[:2] in (["5", "12"], ["5", "13"])
     assert data["devices"]["cpu"] is True
     report = json.loads((tmp_path / "r.json").read_text())
-    assert set(report) >= {"command", "inputs", "outputs", "parameters", "metrics", "timings_s", "versions",
-                           "device"}
+    assert set(report) >= {"command", "inputs", "outputs", "parameters", "metrics", "timings_s", "versions", "device"}
 
 
 def test_convert_and_dicom_import(tmp_path, shared_data):

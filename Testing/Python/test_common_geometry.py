@@ -34,8 +34,9 @@ def test_ras_lps_round_trip_and_sitk_agree():
         np.testing.assert_allclose(geometry.index_to_point(ijk), lps_to_ras_points(expected_lps), atol=1e-9)
     back = Geometry.from_sitk(image).to_space("RAS")
     assert back.same_grid(geometry, 1e-6)
-    np.testing.assert_allclose(geometry.point_to_index(geometry.index_to_point([1.5, 2.0, 3.25])),
-                               [1.5, 2.0, 3.25], atol=1e-9)
+    np.testing.assert_allclose(
+        geometry.point_to_index(geometry.index_to_point([1.5, 2.0, 3.25])), [1.5, 2.0, 3.25], atol=1e-9
+    )
 
 
 def test_geometry_rejects_bad_spacing_and_direction():
@@ -64,10 +65,10 @@ def test_oblique_volume_round_trip_through_storage_node(scene, tmp_path, extensi
 
 
 SHARED_VOLUMES = [
-    "registration/monai-testing-data/anatomical.nii",            # LAS
+    "registration/monai-testing-data/anatomical.nii",  # LAS
     "registration/monai-testing-data/reoriented_anat_moved.nii",  # RAS
-    "segmentation/pyradiomics/prostate_phantom_subvolume.nrrd",   # diag(-1,-1,1), anisotropic
-    "segmentation/pyradiomics/brain2_image.nrrd",                 # diag(1,-1,1), 6.5 mm slices
+    "segmentation/pyradiomics/prostate_phantom_subvolume.nrrd",  # diag(-1,-1,1), anisotropic
+    "segmentation/pyradiomics/brain2_image.nrrd",  # diag(1,-1,1), 6.5 mm slices
 ]
 
 
@@ -108,6 +109,7 @@ def test_world_geometry_includes_linear_parent_transform(scene):
     shift[:3, 3] = (5.0, -2.0, 7.5)
     transform = bridge.create_linear_transform(scene, shift, "shift")
     node.SetAndObserveTransformNodeID(transform.GetID())
-    np.testing.assert_allclose(bridge.volume_geometry(node, world=True).origin,
-                               np.array(ORIGIN_RAS) + shift[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(
+        bridge.volume_geometry(node, world=True).origin, np.array(ORIGIN_RAS) + shift[:3, 3], atol=1e-9
+    )
     np.testing.assert_allclose(bridge.volume_geometry(node, world=False).origin, ORIGIN_RAS, atol=1e-9)

@@ -56,8 +56,13 @@ def test_model_segmentation_job_lands_on_the_input_voxels_in_ras(scene, shared_d
 def test_registration_job_transform_aligns_moving_with_fixed(scene):
     phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
     fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
-    moved = Geometry(phantom.geometry.spacing, np.array(phantom.geometry.origin) + (6.0, -4.0, 5.0),
-                     phantom.geometry.direction, "RAS", phantom.ct.shape)
+    moved = Geometry(
+        phantom.geometry.spacing,
+        np.array(phantom.geometry.origin) + (6.0, -4.0, 5.0),
+        phantom.geometry.direction,
+        "RAS",
+        phantom.ct.shape,
+    )
     moving = bridge.create_volume(scene, phantom.ct, moved, "moving")
 
     nodes = register_job(scene, fixed, moving, transform_type="rigid", preset="ct-ct", device="cpu").run(timeout=300)
@@ -73,12 +78,27 @@ def test_registration_job_transform_aligns_moving_with_fixed(scene):
 def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene, tmp_path):
     phantom = make_ct_phantom(shape_kji=(20, 36, 36), spacing=(5.0, 5.0, 5.0), direction=rotation_matrix("z", 0.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
-    structures = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
-                                            [SegmentInfo(v, n) for v, n in phantom.names.items()], "structures",
-                                            reference_volume=ct)
+    structures = bridge.create_segmentation(
+        scene,
+        phantom.labels,
+        phantom.geometry,
+        [SegmentInfo(v, n) for v, n in phantom.names.items()],
+        "structures",
+        reference_volume=ct,
+    )
 
-    job = plan_job(scene, ct, structures, target="lesion", prescription_gy=60.0, fractions=30,
-                   gantry_angles=(0, 120, 240), bixel_width_mm=10.0, dose_grid_mm=5.0, device="cpu")
+    job = plan_job(
+        scene,
+        ct,
+        structures,
+        target="lesion",
+        prescription_gy=60.0,
+        fractions=30,
+        gantry_angles=(0, 120, 240),
+        bixel_width_mm=10.0,
+        dose_grid_mm=5.0,
+        device="cpu",
+    )
     dose = job.run(timeout=600)["dose"]
 
     assert dose.GetAttribute(DOSE_VOLUME_ATTRIBUTE) == "1"
@@ -130,8 +150,9 @@ def test_a_failed_worker_job_is_reported_with_its_own_error_and_stderr_tail(scen
 def test_preprocessing_job_gives_what_the_in_process_logic_gives(scene, method):
     """The panel's denoising in a worker: same voxels as the in-process Logic with the panel's settings, on the
     input's oblique grid, named as the Logic names it; the input is untouched."""
-    phantom = make_ct_phantom(shape_kji=(16, 32, 32), spacing=(4.0, 4.0, 5.0), direction=rotation_matrix("z", 25.0),
-                              noise_hu=40.0)
+    phantom = make_ct_phantom(
+        shape_kji=(16, 32, 32), spacing=(4.0, 4.0, 5.0), direction=rotation_matrix("z", 25.0), noise_hu=40.0
+    )
     ct = bridge.create_volume(scene, phantom.ct.astype(np.float32), phantom.geometry, "noisy")
     before = bridge.array_from_volume(ct)[0].copy()
 
@@ -156,7 +177,7 @@ def test_gamma_job_matches_the_in_process_gamma(scene):
     points = geometry.index_to_point(np.stack([i, j, k], -1).reshape(-1, 3).astype(float)).reshape(31, 31, 31, 3)
 
     def dose(shift_mm):
-        return (60.0 * np.exp(-((points - shift_mm) ** 2).sum(-1) / (2 * 15.0 ** 2))).astype(np.float32)
+        return (60.0 * np.exp(-((points - shift_mm) ** 2).sum(-1) / (2 * 15.0**2))).astype(np.float32)
 
     reference = mark_as_dose_volume(bridge.create_volume(scene, dose((0.0, 0.0, 0.0)), geometry, "reference"))
     evaluated = mark_as_dose_volume(bridge.create_volume(scene, dose((2.5, 0.0, 0.0)), geometry, "evaluated"))

@@ -36,8 +36,12 @@ def ct(scene):
 
 
 def otsu_job(scene, ct, output_node=None, extra=()):
-    return SceneJob(scene, ["segment", "{in:ct}", "{out:seg}", "--method", "otsu", *extra], inputs={"ct": ct},
-                    outputs=[JobOutput("seg", "result.seg.nrrd", "patient CT segmentation", node=output_node)])
+    return SceneJob(
+        scene,
+        ["segment", "{in:ct}", "{out:seg}", "--method", "otsu", *extra],
+        inputs={"ct": ct},
+        outputs=[JobOutput("seg", "result.seg.nrrd", "patient CT segmentation", node=output_node)],
+    )
 
 
 def test_job_result_equals_in_process_logic_on_an_oblique_grid(scene, ct):
@@ -71,9 +75,26 @@ def test_job_result_equals_in_process_logic_on_an_oblique_grid(scene, ct):
 
 def slow_job(scene, ct):
     """Voxel-wise NLM with a wide search: long enough to be killed while it computes."""
-    return SceneJob(scene, ["denoise", "{in:ct}", "{out:vol}", "--method", "nlm", "--nlm-mode", "voxelwise",
-                            "--search-radius", "6", "--patch-radius", "2", "--device", "cpu"],
-                    inputs={"ct": ct}, outputs=[JobOutput("vol", "denoised.nrrd", "patient CT denoised")])
+    return SceneJob(
+        scene,
+        [
+            "denoise",
+            "{in:ct}",
+            "{out:vol}",
+            "--method",
+            "nlm",
+            "--nlm-mode",
+            "voxelwise",
+            "--search-radius",
+            "6",
+            "--patch-radius",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        inputs={"ct": ct},
+        outputs=[JobOutput("vol", "denoised.nrrd", "patient CT denoised")],
+    )
 
 
 def wait_until_computing(job, timeout=120.0):
@@ -115,8 +136,12 @@ def test_failed_worker_names_the_problem_and_changes_nothing(scene, ct, tmp_path
     before = saved_scene(scene, tmp_path / "before")
     model = tmp_path / "model.ts"
     model.write_bytes(b"PK\x03\x04 truncated")
-    job = SceneJob(scene, ["segment", "{in:ct}", "{out:seg}", "--model", str(model), "--device", "cpu"],
-                   inputs={"ct": ct}, outputs=[JobOutput("seg", "result.seg.nrrd", "segmentation")])
+    job = SceneJob(
+        scene,
+        ["segment", "{in:ct}", "{out:seg}", "--model", str(model), "--device", "cpu"],
+        inputs={"ct": ct},
+        outputs=[JobOutput("seg", "result.seg.nrrd", "segmentation")],
+    )
     with pytest.raises(RuntimeError, match="model") as error:
         job.run(timeout=120)
     assert "Traceback" not in str(error.value)
@@ -125,7 +150,11 @@ def test_failed_worker_names_the_problem_and_changes_nothing(scene, ct, tmp_path
 
 def test_job_arguments_are_checked_before_anything_runs(scene, ct):
     with pytest.raises(ValueError, match="'mask'"):
-        SceneJob(scene, ["segment", "{in:mask}", "{out:seg}"], inputs={"ct": ct},
-                 outputs=[JobOutput("seg", "s.seg.nrrd", "s")])
+        SceneJob(
+            scene,
+            ["segment", "{in:mask}", "{out:seg}"],
+            inputs={"ct": ct},
+            outputs=[JobOutput("seg", "s.seg.nrrd", "s")],
+        )
     with pytest.raises(ValueError, match="'ct' is not set"):
         SceneJob(scene, ["segment", "{in:ct}"], inputs={"ct": None})

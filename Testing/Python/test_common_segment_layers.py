@@ -45,8 +45,10 @@ def test_nested_masks_keep_their_full_masks_in_three_layers(scene, masks):
     assert [info.name for info in bridge.segment_infos(node)] == list(masks)
     # body | liver (inside body) | tumour (inside both); kidney fits beside the liver, empty with the body
     assert segmentation.GetNumberOfLayers() == 3
-    layer = {info.name: segmentation.GetLayerIndex(segmentation.GetNthSegmentID(info.label - 1))
-             for info in bridge.segment_infos(node)}
+    layer = {
+        info.name: segmentation.GetLayerIndex(segmentation.GetNthSegmentID(info.label - 1))
+        for info in bridge.segment_infos(node)
+    }
     assert layer == {"body": 0, "liver": 1, "tumour": 2, "kidney": 1, "empty": 0}
     assert bridge.segment_infos(node)[2].color == pytest.approx((1.0, 0.0, 0.0))
 
@@ -110,8 +112,11 @@ def test_label_map_segments_share_one_layer_and_keep_their_values(scene):
     labels[1:3, 1:4, 1:5] = 4
     labels[3:5, 2:6, 2:7] = 9
     labels[0, 0, 0] = 7  # a value no segment claims is dropped
-    segments = [SegmentInfo(4, "lung", terminology="Segmentation category and type - x~y^z"), SegmentInfo(9, "heart"),
-                SegmentInfo(12, "empty")]
+    segments = [
+        SegmentInfo(4, "lung", terminology="Segmentation category and type - x~y^z"),
+        SegmentInfo(9, "heart"),
+        SegmentInfo(12, "empty"),
+    ]
     geometry = oblique_geometry(labels.shape, space="LPS")
     node = bridge.create_segmentation(scene, labels, geometry, segments, "lungs")
     assert node.GetSegmentation().GetNumberOfLayers() == 1
@@ -128,8 +133,9 @@ def test_updating_a_node_replaces_its_segments_and_sets_the_reference_volume(sce
     volume = bridge.create_volume(scene, np.zeros(masks["body"].shape, np.int16), geometry, "CT")
     node = bridge.create_segmentation_from_masks(scene, masks, geometry, "structures")
     count = scene.GetNumberOfNodes()
-    again = bridge.create_segmentation_from_masks(scene, {"liver": masks["liver"]}, geometry, "ignored",
-                                                  node=node, reference_volume=volume)
+    again = bridge.create_segmentation_from_masks(
+        scene, {"liver": masks["liver"]}, geometry, "ignored", node=node, reference_volume=volume
+    )
     assert again is node
     assert scene.GetNumberOfNodes() == count
     assert [i.name for i in bridge.segment_infos(node)] == ["liver"]
@@ -139,8 +145,9 @@ def test_updating_a_node_replaces_its_segments_and_sets_the_reference_volume(sce
 def test_bad_masks_are_refused_with_what_to_fix(scene, masks):
     geometry = oblique_geometry(masks["body"].shape)
     with pytest.raises(BridgeError, match="'short'.*shape"):
-        bridge.create_segmentation_from_masks(scene, {"body": masks["body"], "short": masks["body"][:-1]},
-                                              geometry, "s")
+        bridge.create_segmentation_from_masks(
+            scene, {"body": masks["body"], "short": masks["body"][:-1]}, geometry, "s"
+        )
     with pytest.raises(BridgeError, match="'counts'.*0 and 1"):
         bridge.create_segmentation_from_masks(scene, {"counts": masks["body"].astype(np.uint8) * 3}, geometry, "s")
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
@@ -148,8 +155,9 @@ def test_bad_masks_are_refused_with_what_to_fix(scene, masks):
 
 def test_without_a_reference_geometry_the_grid_is_the_union_of_all_segments(scene, masks):
     geometry = oblique_geometry(masks["body"].shape)
-    node = bridge.create_segmentation_from_masks(scene, {"liver": masks["liver"], "kidney": masks["kidney"]},
-                                                 geometry, "structures")
+    node = bridge.create_segmentation_from_masks(
+        scene, {"liver": masks["liver"], "kidney": masks["kidney"]}, geometry, "structures"
+    )
     node.GetSegmentation().SetConversionParameter("Reference image geometry", "")
     both, union = bridge.segment_masks(node)
     kidney_only, grid = bridge.segment_masks(node, segment_names=["kidney"])

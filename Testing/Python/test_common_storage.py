@@ -11,8 +11,11 @@ from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 
 def oblique_phantom():
-    return make_ct_phantom(shape_kji=(20, 32, 36), spacing=(4.0, 3.5, 5.0),
-                           direction=rotation_matrix("x", 30.0) @ rotation_matrix("y", 30.0))
+    return make_ct_phantom(
+        shape_kji=(20, 32, 36),
+        spacing=(4.0, 3.5, 5.0),
+        direction=rotation_matrix("x", 30.0) @ rotation_matrix("y", 30.0),
+    )
 
 
 def test_segmentation_round_trip_keeps_voxels_names_colours(scene, tmp_path):
@@ -20,8 +23,9 @@ def test_segmentation_round_trip_keeps_voxels_names_colours(scene, tmp_path):
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
     segments = [SegmentInfo(v, n, (v / 10.0, 0.5, 1 - v / 10.0)) for v, n in phantom.names.items()]
     segments.append(SegmentInfo(9, "empty structure"))
-    node = bridge.create_segmentation(scene, phantom.labels, phantom.geometry, segments, "structures",
-                                      reference_volume=ct)
+    node = bridge.create_segmentation(
+        scene, phantom.labels, phantom.geometry, segments, "structures", reference_volume=ct
+    )
     path = bridge.save_node(node, tmp_path / "structures.seg.nrrd")
     loaded = bridge.load_segmentation(scene, path)
     labels, geometry, infos = bridge.labelmap_from_segmentation(loaded, reference=phantom.geometry)
@@ -100,8 +104,12 @@ def test_model_round_trip_in_ras(scene, tmp_path, extension):
 
 
 def test_table_and_plot(scene, tmp_path):
-    table = bridge.create_table(scene, {"dose": [0.0, 1.0, 2.0], "volume": [100.0, 80.0, 5.0],
-                                        "name": ["a", "b", "c"]}, "t", units={"dose": "Gy"})
+    table = bridge.create_table(
+        scene,
+        {"dose": [0.0, 1.0, 2.0], "volume": [100.0, 80.0, 5.0], "name": ["a", "b", "c"]},
+        "t",
+        units={"dose": "Gy"},
+    )
     assert bridge.columns_from_table(table)["volume"] == [100.0, 80.0, 5.0]
     chart = bridge.create_plot_chart(scene, table, "dose", ["volume"], "DVH", "Dose (Gy)", "Volume (%)")
     assert chart.GetNumberOfPlotSeriesNodes() == 1
@@ -142,8 +150,9 @@ def test_slicer_util_helpers_work_on_the_headless_scene():
     assert slicer.mrmlScene is scene
     phantom = make_ct_phantom(shape_kji=(8, 10, 12))
     volume = bridge.create_volume(scene, phantom.ct, phantom.geometry, "util test CT")
-    segmentation = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
-                                              [SegmentInfo(1, "body")], "util test seg", reference_volume=volume)
+    segmentation = bridge.create_segmentation(
+        scene, phantom.labels, phantom.geometry, [SegmentInfo(1, "body")], "util test seg", reference_volume=volume
+    )
     try:
         assert slicer.util.getNode("util test CT") is volume
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), phantom.ct)
@@ -156,8 +165,9 @@ def test_slicer_util_helpers_work_on_the_headless_scene():
 
 def test_label_map_export_leaves_no_nodes_behind(scene):
     phantom = make_ct_phantom(shape_kji=(8, 10, 12))
-    node = bridge.create_segmentation(scene, phantom.labels, phantom.geometry,
-                                      [SegmentInfo(v, n) for v, n in phantom.names.items()], "s")
+    node = bridge.create_segmentation(
+        scene, phantom.labels, phantom.geometry, [SegmentInfo(v, n) for v, n in phantom.names.items()], "s"
+    )
     before = scene.GetNumberOfNodes()
     for _ in range(3):
         bridge.labelmap_from_segmentation(node)

@@ -35,9 +35,11 @@ def test_markups_under_node_land_where_sitk_maps_them(scene):
         np.testing.assert_allclose(world, expected, atol=1e-4)
         forward = lps_to_ras_points(transform.TransformPoint(tuple(ras_to_lps_points(point))))
         np.testing.assert_allclose(from_parent.TransformPoint(point.tolist()), forward, atol=1e-4)
-    np.testing.assert_allclose(bridge.points_from_markups(markups, world=True),
-                               [lps_to_ras_points(inverse.TransformPoint(tuple(ras_to_lps_points(p))))
-                                for p in POINTS_RAS], atol=1e-4)
+    np.testing.assert_allclose(
+        bridge.points_from_markups(markups, world=True),
+        [lps_to_ras_points(inverse.TransformPoint(tuple(ras_to_lps_points(p)))) for p in POINTS_RAS],
+        atol=1e-4,
+    )
 
 
 def test_transform_file_holds_itk_transform(scene, tmp_path):
@@ -47,21 +49,29 @@ def test_transform_file_holds_itk_transform(scene, tmp_path):
         path = bridge.save_node(node, tmp_path / name)
         from_file = sitk.ReadTransform(str(path))
         for point in POINTS_RAS:
-            np.testing.assert_allclose(from_file.TransformPoint(tuple(point)), transform.TransformPoint(tuple(point)),
-                                       atol=1e-4)
+            np.testing.assert_allclose(
+                from_file.TransformPoint(tuple(point)), transform.TransformPoint(tuple(point)), atol=1e-4
+            )
         loaded = bridge.load_transform(scene, path)
-        np.testing.assert_allclose(bridge.matrix_from_transform_node(loaded),
-                                   bridge.matrix_from_transform_node(node), atol=1e-6)
-    np.testing.assert_allclose(bridge.sitk_to_matrix(bridge.transform_node_to_sitk(node)),
-                               bridge.sitk_to_matrix(transform), atol=1e-9)
+        np.testing.assert_allclose(
+            bridge.matrix_from_transform_node(loaded), bridge.matrix_from_transform_node(node), atol=1e-6
+        )
+    np.testing.assert_allclose(
+        bridge.sitk_to_matrix(bridge.transform_node_to_sitk(node)), bridge.sitk_to_matrix(transform), atol=1e-9
+    )
 
 
 def test_resampling_through_transform_node_matches_sitk(scene):
     """Moving volume placed under the aligning node, resampled on the fixed grid == sitk.Resample."""
     rng = np.random.default_rng(3)
     moving_array = rng.normal(size=(12, 14, 16)).astype(np.float32)
-    moving_geometry = Geometry((1.5, 1.1, 2.5), (-10.0, 4.0, -8.0),
-                               rotation_matrix("y", 30.0) @ rotation_matrix("x", 30.0), "RAS", (12, 14, 16))
+    moving_geometry = Geometry(
+        (1.5, 1.1, 2.5),
+        (-10.0, 4.0, -8.0),
+        rotation_matrix("y", 30.0) @ rotation_matrix("x", 30.0),
+        "RAS",
+        (12, 14, 16),
+    )
     # A smaller fixed grid centred on the moving volume, so most fixed voxels sample it.
     centre = moving_geometry.index_to_point(np.array([15, 13, 11]) / 2.0)
     fixed_direction = rotation_matrix("z", 10.0)

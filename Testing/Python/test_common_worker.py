@@ -32,8 +32,9 @@ def wait_for_progress(worker, timeout=60.0):
 
 
 def scene_state(scene):
-    return sorted((scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime())
-                  for i in range(scene.GetNumberOfNodes()))
+    return sorted(
+        (scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())
+    )
 
 
 def test_worker_killed_mid_run_leaves_scene_and_outputs_untouched(scene, tmp_path):
@@ -69,8 +70,9 @@ def test_worker_success_and_failure_are_reported(scene, tmp_path, shared_data):
     out = tmp_path / "anat.nrrd"
     seen = []
     progress = Progress(lambda stage, fraction: seen.append(stage))
-    result = run_worker(["convert", str(shared_data / "registration/monai-testing-data/anatomical.nii"), str(out)],
-                        progress=progress)
+    result = run_worker(
+        ["convert", str(shared_data / "registration/monai-testing-data/anatomical.nii"), str(out)], progress=progress
+    )
     assert result.state == WorkerState.SUCCEEDED
     node = bridge.load_volume(scene, out)  # outputs are loaded only after success
     assert bridge.array_from_volume(node)[0].shape == (25, 41, 33)
@@ -91,15 +93,23 @@ def test_cancel_ends_the_worker_and_its_group_within_a_second(tmp_path):
 
 def test_a_crash_without_a_medai_line_reports_the_last_stderr_line():
     """A worker that dies in a traceback (e.g. an import error in PythonSlicer) names the exception."""
-    crash = [sys.executable, "-c", "import sys; sys.stderr.write('loading the model\\n\\n'); "
-             "raise AttributeError(\"module 'slicer' has no attribute 'vtkSlicerColorLogic'\")"]
+    crash = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stderr.write('loading the model\\n\\n'); "
+        "raise AttributeError(\"module 'slicer' has no attribute 'vtkSlicerColorLogic'\")",
+    ]
     result = Worker([], python=crash).start().wait(timeout=60)
     assert result.state == WorkerState.FAILED
     assert result.error == "AttributeError: module 'slicer' has no attribute 'vtkSlicerColorLogic'"
-    assert error_line(["Traceback (most recent call last):", "  File ...", "ValueError: bad", "", "  "]) == \
-        "ValueError: bad"
-    assert error_line(["medai plan: warning: w", "medai plan: error: the target is empty", "Traceback"]) == \
-        "medai plan: error: the target is empty"
+    assert (
+        error_line(["Traceback (most recent call last):", "  File ...", "ValueError: bad", "", "  "])
+        == "ValueError: bad"
+    )
+    assert (
+        error_line(["medai plan: warning: w", "medai plan: error: the target is empty", "Traceback"])
+        == "medai plan: error: the target is empty"
+    )
 
 
 def test_windows_start_and_cancel_use_no_posix_call():

@@ -24,7 +24,7 @@ from MedAIPlanLib.contour_qa.labels import KNOWN_LABEL_MAPS
 from MedAIPlanLib.contour_qa.logic import ContourQALogic
 
 SPACING = (1.0, 1.0, 2.0)  # i, j, k (mm): anisotropic, as CT grids are
-SHAPE = (24, 64, 64)       # k, j, i
+SHAPE = (24, 64, 64)  # k, j, i
 CENTRE = np.array([-6.0, 0.0, 0.0])  # RAS mm: in the field, its edge in the penumbra
 RADIUS = 11.0
 EDGE_NORMAL = np.array([1.0, 0.37, 0.21]) / np.linalg.norm([1.0, 0.37, 0.21])
@@ -183,26 +183,54 @@ def test_totalsegmentator_models_on_a_medai_plan(scene, shared_data, tmp_path):
     names = KNOWN_LABEL_MAPS["totalsegmentator"]
     ct = bridge.load_volume(scene, folder / "example_ct_sm.nii.gz")
     structures = bridge.load_segmentation(scene, folder / "example_seg.nii.gz", segment_names={5: "liver"})
-    dose_node = MedAIPlanLogic(scene).compute_dose(ct, structures, "liver", gantry_angles=[0, 120, 240],
-                                                   bixel_width_mm=10.0, prescription_gy=50.0, dose_grid_mm=6.0,
-                                                   device="cpu")
+    dose_node = MedAIPlanLogic(scene).compute_dose(
+        ct,
+        structures,
+        "liver",
+        gantry_angles=[0, 120, 240],
+        bixel_width_mm=10.0,
+        prescription_gy=50.0,
+        dose_grid_mm=6.0,
+        device="cpu",
+    )
     dose_path = bridge.save_node(dose_node, tmp_path / "dose.nrrd")
     ref, image = _labels(folder / "example_seg.nii.gz")
     cand, _ = _labels(folder / "example_seg_fast.nii.gz")
     _write_probabilities(tmp_path / "prob", ref, image, names)
     report_path, table_path = tmp_path / "R.json", tmp_path / "T.csv"
-    code = main(["contour-qa", str(dose_path), str(folder / "example_seg.nii.gz"), str(folder / "example_seg_fast.nii.gz"),
-                 "--label-names", "totalsegmentator", "--plan-target", "liver", "--prescription", "50",
-                 "--probabilities", str(tmp_path / "prob"), "--constraint", "liver:Dmean<45",
-                 "--report", str(report_path), "--table", str(table_path), "--report-pdf", str(tmp_path / "QA.pdf")])
+    code = main(
+        [
+            "contour-qa",
+            str(dose_path),
+            str(folder / "example_seg.nii.gz"),
+            str(folder / "example_seg_fast.nii.gz"),
+            "--label-names",
+            "totalsegmentator",
+            "--plan-target",
+            "liver",
+            "--prescription",
+            "50",
+            "--probabilities",
+            str(tmp_path / "prob"),
+            "--constraint",
+            "liver:Dmean<45",
+            "--report",
+            str(report_path),
+            "--table",
+            str(table_path),
+            "--report-pdf",
+            str(tmp_path / "QA.pdf"),
+        ]
+    )
     assert code == 0
     report = json.loads(report_path.read_text())
     rows = report["metrics"]["structures"]
     assert len(rows) == 40
     assert report["metrics"]["unmatched"]["reference"] == ["lung_middle_lobe_right"]
     assert report["metrics"]["mean_dice_reference"] == pytest.approx(0.902, abs=0.001)  # SOURCE.md's figure
-    dose = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(dose_path)), image, sitk.Transform(),
-                                                sitk.sitkNearestNeighbor, 0.0))
+    dose = sitk.GetArrayFromImage(
+        sitk.Resample(sitk.ReadImage(str(dose_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    )
     table = {r["Structure"]: r for r in csv.DictReader(table_path.open())}
     assert list(table) == report["metrics"]["ranking"] == list(rows)
     relevance = [float(table[n]["relevance"]) for n in table]
@@ -213,7 +241,10 @@ def test_totalsegmentator_models_on_a_medai_plan(scene, shared_data, tmp_path):
         dice = 2.0 * np.sum(a & b) / (a.sum() + b.sum())
         d_mean = float(dose[b].mean() - dose[a].mean())
         d95 = _d95(dose[b]) - _d95(dose[a])
-        for source in (rows[name], {k: float(v) for k, v in table[name].items() if k not in ("Structure", "Candidate", "reasons")}):
+        for source in (
+            rows[name],
+            {k: float(v) for k, v in table[name].items() if k not in ("Structure", "Candidate", "reasons")},
+        ):
             assert source["dice"] == pytest.approx(dice, rel=1e-6)
             assert source["delta_Dmean_Gy"] == pytest.approx(d_mean, abs=max(0.01 * abs(d_mean), 1e-4))
             assert source["delta_D95_Gy"] == pytest.approx(d95, abs=max(0.02 * abs(d95), 0.05))
@@ -241,9 +272,23 @@ def test_rtstruct_pair_with_a_mapping_file(shared_data, tmp_path):
     mapping = tmp_path / "names.csv"
     mapping.write_text("reference,candidate\nCylinder_20_0,Cylinder_20_X10\n")
     report = tmp_path / "R.json"
-    assert main(["contour-qa", str(base / "dose_grids" / "Linear_AntPost_1mm_Aligned.dcm"),
-                 str(base / "structures" / "Cylinder_20_0.dcm"), str(base / "structures" / "Cylinder_20_X10.dcm"),
-                 "--mapping", str(mapping), "--tolerance-mm", "2", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "contour-qa",
+                str(base / "dose_grids" / "Linear_AntPost_1mm_Aligned.dcm"),
+                str(base / "structures" / "Cylinder_20_0.dcm"),
+                str(base / "structures" / "Cylinder_20_X10.dcm"),
+                "--mapping",
+                str(mapping),
+                "--tolerance-mm",
+                "2",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     row = json.loads(report.read_text())["metrics"]["structures"]["Cylinder_20_0"]
     r, d = 12.0, 1.0
     lens = 2 * r * r * np.arccos(d / (2 * r)) - d / 2 * np.sqrt(4 * r * r - d * d)
@@ -273,8 +318,9 @@ def test_logic_fills_a_table_and_a_paired_dvh_chart_with_the_band(scene, penumbr
         assert at_30 == pytest.approx(100.0 * np.mean(dose[mask] >= 30.0), abs=1.0)
     assert np.all(curves["organ band low (%)"] <= curves["organ band high (%)"] + 1e-9)
     assert chart.GetNumberOfPlotSeriesNodes() == 4
-    styles = {chart.GetNthPlotSeriesNode(i).GetYColumnName(): chart.GetNthPlotSeriesNode(i).GetLineStyle()
-              for i in range(4)}
+    styles = {
+        chart.GetNthPlotSeriesNode(i).GetYColumnName(): chart.GetNthPlotSeriesNode(i).GetLineStyle() for i in range(4)
+    }
     series = chart.GetNthPlotSeriesNode(0)
     assert styles["organ candidate (%)"] == series.LineStyleDash
     assert styles["organ reference (%)"] == series.LineStyleSolid
@@ -292,16 +338,33 @@ def test_bands_only_and_nonsense_refused(scene, penumbra_case, tmp_path, capsys)
     bridge.save_node(maps, folder / "prob_organ.nrrd")
     report = tmp_path / "R.json"
     mean = float(dose[reference].mean())
-    assert main(["contour-qa", str(dose_path), str(seg_path), "--probabilities", str(folder),
-                 "--constraint", f"organ:Dmean<{mean:.3f}", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "contour-qa",
+                str(dose_path),
+                str(seg_path),
+                "--probabilities",
+                str(folder),
+                "--constraint",
+                f"organ:Dmean<{mean:.3f}",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     row = json.loads(report.read_text())["metrics"]["structures"]["organ"]
     low, high = row["Dmean_band_Gy"]
     assert low < mean < high
     assert row["band_crosses_constraint"] is True
     assert row["reference"]["Dmean_Gy"] == pytest.approx(mean, rel=1e-6)
-    bad = [([], "CANDIDATE"), (["--probabilities", str(tmp_path)], "named after a structure"),
-           (["--probabilities", str(folder), "--levels", "0,0.5"], "levels"),
-           (["--probabilities", str(folder), "--constraint", "organ:mean"], "STRUCTURE:STAT<LIMIT")]
+    bad = [
+        ([], "CANDIDATE"),
+        (["--probabilities", str(tmp_path)], "named after a structure"),
+        (["--probabilities", str(folder), "--levels", "0,0.5"], "levels"),
+        (["--probabilities", str(folder), "--constraint", "organ:mean"], "STRUCTURE:STAT<LIMIT"),
+    ]
     for extra, message in bad:
         assert main(["contour-qa", str(dose_path), str(seg_path), *extra]) != 0
         assert message in capsys.readouterr().err

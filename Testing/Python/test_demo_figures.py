@@ -82,8 +82,9 @@ def test_logic_report_from_array_views_is_one_page_size(scene, tmp_path):
     prepare_inputs(context)
     dose = evaluation_demo.analytic_dose(context)
     logic = PlanEvaluationLogic(scene)
-    result = logic.compute_dvh(dose, context.structures_node, prescription_gy=55.0, target_segment="lesion",
-                               oversampling=1)
+    result = logic.compute_dvh(
+        dose, context.structures_node, prescription_gy=55.0, target_segment="lesion", oversampling=1
+    )
     pdf = logic.write_report(tmp_path / "logic.pdf", dose, result, ct_node=context.ct_node, isodose_levels_gy=(30, 50))
     boxes = re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf.read_bytes())
     assert len(boxes) == 3

@@ -60,14 +60,20 @@ def test_ui_parameter_names_match_parameter_node(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_widget_uses_only_widgets_that_exist_in_ui(module):
     widget_names = {w.get("name") for w in ui_tree(module).iter("widget")}
-    sources = [(REPO / module / f"{module}.py").read_text(),
-               (REPO / "MedAICommon/MedAICommonLib/application/slicer_widget.py").read_text()]
+    sources = [
+        (REPO / module / f"{module}.py").read_text(),
+        (REPO / "MedAICommon/MedAICommonLib/application/slicer_widget.py").read_text(),
+    ]
     used = set()
     for source in sources:
         for node in ast.walk(ast.parse(source)):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                    and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
-                    and node.value.value.id == "self"):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"
+            ):
                 used.add(node.attr)
     assert used - widget_names == set()
 
@@ -83,9 +89,13 @@ def test_slicer_logic_calls_existing_core_logic_methods(module):
     logic = classes(module)[f"{module}Logic"]
     missing, calls = [], 0
     for node in ast.walk(logic):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Attribute) and isinstance(node.func.value.value, ast.Name)
-                and node.func.value.value.id == "self"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Attribute)
+            and isinstance(node.func.value.value, ast.Name)
+            and node.func.value.value.id == "self"
+        ):
             holder, name = node.func.value.attr, node.func.attr
             if holder in ("core", "training", "evaluation"):
                 calls += 1
@@ -114,11 +124,21 @@ def test_cmake_lists_every_script_and_resource():
 
 # Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json (the schema 241 of the 255 entries in
 # Slicer/ExtensionsIndex use, MedAI.json included): required keys, and each allowed key's JSON type and values.
-CATALOG_SCHEMA_URL = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
-                      "slicer-extension-catalog-entry-schema-v1.0.1.json#")
+CATALOG_SCHEMA_URL = (
+    "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#"
+)
 CATALOG_REQUIRED = ("$schema", "category", "scm_url")
-CATALOG_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
-                      "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+CATALOG_PROPERTIES = {
+    "$schema": str,
+    "category": str,
+    "scm_url": str,
+    "scm_revision": str,
+    "scm_type": str,
+    "build_dependencies": list,
+    "build_subdirectory": str,
+    "enabled": bool,
+    "tier": int,
+}
 CATALOG_ENUMS = {"scm_type": ("git", "local"), "tier": (1, 3, 5)}
 # Categories Slicer/ExtensionsIndex scripts/check_description_files.py accepts for a medical-AI extension.
 INDEX_CATEGORIES = {"Segmentation", "Registration", "Radiotherapy", "Quantification", "Utilities", "Planning"}
@@ -146,9 +166,13 @@ def test_catalog_validator_rejects_what_the_schema_rejects():
     good = {"$schema": CATALOG_SCHEMA_URL, "category": "Segmentation", "scm_url": "https://github.com/a/SlicerB.git"}
     assert catalog_entry_errors(good) == []
     assert catalog_entry_errors({**good, "tier": 2}) == ["'tier' must be one of (1, 3, 5), got 2"]
-    assert catalog_entry_errors({**good, "scmurl": "x"}) == ["key 'scmurl' is not allowed (additionalProperties: false)"]
+    assert catalog_entry_errors({**good, "scmurl": "x"}) == [
+        "key 'scmurl' is not allowed (additionalProperties: false)"
+    ]
     assert catalog_entry_errors({"category": "Segmentation", "scm_url": "x", "enabled": 1}) == [
-        "required key '$schema' is missing", "'enabled' must be bool, got 1"]
+        "required key '$schema' is missing",
+        "'enabled' must be bool, got 1",
+    ]
     assert catalog_entry_errors({**good, "build_dependencies": [3]}) == ["build_dependencies items must be strings"]
 
 

@@ -63,9 +63,19 @@ def test_anatomy_panel_has_units_legend_and_letters():
     dose = np.where(lesion, 60.0, 10.0)
     k = figures.largest_section(lesion, phantom.geometry, "axial")
     fig, ax = plt.subplots()
-    view, _ = figures.draw_anatomy_panel(fig, ax, phantom.ct, phantom.geometry, "axial", k, "Dose",
-                                         structures={"lesion": lesion}, dose_kji=dose, isodose_gy=[30.0, 57.0],
-                                         prescription_gy=60.0)
+    view, _ = figures.draw_anatomy_panel(
+        fig,
+        ax,
+        phantom.ct,
+        phantom.geometry,
+        "axial",
+        k,
+        "Dose",
+        structures={"lesion": lesion},
+        dose_kji=dose,
+        isodose_gy=[30.0, 57.0],
+        prescription_gy=60.0,
+    )
     labels = [a.get_ylabel() for a in fig.axes if a is not ax]
     assert labels == ["Dose (Gy)"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

@@ -6,8 +6,12 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = {"MedAICommonLib": REPO / "MedAICommon", "MedAISegLib": REPO / "MedAISeg",
-         "MedAIRegisterLib": REPO / "MedAIRegister", "MedAIPlanLib": REPO / "MedAIPlan"}
+ROOTS = {
+    "MedAICommonLib": REPO / "MedAICommon",
+    "MedAISegLib": REPO / "MedAISeg",
+    "MedAIRegisterLib": REPO / "MedAIRegister",
+    "MedAIPlanLib": REPO / "MedAIPlan",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -40,8 +44,9 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(node.module or "", node.level, name, is_package)
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
             for target in targets:
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
@@ -90,8 +95,12 @@ def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-LIBS = ("MedAICommon/MedAICommonLib", "MedAISeg/MedAISegLib", "MedAIRegister/MedAIRegisterLib",
-        "MedAIPlan/MedAIPlanLib")
+LIBS = (
+    "MedAICommon/MedAICommonLib",
+    "MedAISeg/MedAISegLib",
+    "MedAIRegister/MedAIRegisterLib",
+    "MedAIPlan/MedAIPlanLib",
+)
 
 
 def test_module_lib_folders_hold_at_most_15_modules():

@@ -22,15 +22,20 @@ _spec.loader.exec_module(mypy_baseline)
 
 TWO_ERRORS = 'def f(x: int) -> str:\n    return x\n\n\ny: int = "a"\n'
 ONE_ERROR = 'def f(x: int) -> str:\n    return str(x)\n\n\ny: int = "a"\n'
-CLEAN = 'def f(x: int) -> str:\n    return str(x)\n'
+CLEAN = "def f(x: int) -> str:\n    return str(x)\n"
 
 
 def _mypy_output(folder: Path, sources: dict[str, str]) -> Path:
     """Write the modules, run mypy on them, and return the file holding its output."""
     for name, text in sources.items():
         (folder / name).write_text(text)
-    done = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(folder / "cache"),
-                           *sources], cwd=folder, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(folder / "cache"), *sources],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode in (0, 1), done.stderr
     out = folder / f"mypy-{len(list(folder.glob('mypy-*.txt')))}.txt"
     out.write_text(done.stdout)

@@ -45,9 +45,15 @@ def _ras_extent(path, axis: int) -> str:
     """'R lo..hi' (axis 0), 'A ..' or 'S ..' of a volume file's voxel box in RAS mm, computed with SimpleITK."""
     image = sitk.ReadImage(str(path))
     size = image.GetSize()
-    corners = np.array([image.TransformContinuousIndexToPhysicalPoint((x, y, z))
-                        for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)])
-    values = corners[:, axis] * (-1.0 if axis < 2 else 1.0)          # LPS -> RAS
+    corners = np.array(
+        [
+            image.TransformContinuousIndexToPhysicalPoint((x, y, z))
+            for x in (-0.5, size[0] - 0.5)
+            for y in (-0.5, size[1] - 0.5)
+            for z in (-0.5, size[2] - 0.5)
+        ]
+    )
+    values = corners[:, axis] * (-1.0 if axis < 2 else 1.0)  # LPS -> RAS
     return f"{'RAS'[axis]} {values.min():.1f}..{values.max():.1f}"
 
 
@@ -59,18 +65,33 @@ def _shifted(source, target, shift_mm):
     return target
 
 
-@pytest.mark.parametrize(("option", "value", "words"), [
-    ("--dose-grid", "0", "--dose-grid must be a positive number"),
-    ("--dose-grid", "-3", "--dose-grid must be a positive number"),
-    ("--memory-limit-gb", "-4", "--memory-limit-gb must be a positive number"),
-    ("--bixel-width", "0", "--bixel-width must be a positive number"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--dose-grid", "0", "--dose-grid must be a positive number"),
+        ("--dose-grid", "-3", "--dose-grid must be a positive number"),
+        ("--memory-limit-gb", "-4", "--memory-limit-gb must be a positive number"),
+        ("--bixel-width", "0", "--bixel-width must be a positive number"),
+    ],
+)
 def test_plan_options_out_of_range_are_refused(slicerrt, tmp_path, capsys, option, value, words):
     """A zero dose grid used to become 3 mm and a negative memory limit passed in silence."""
-    code, report, err = _run(["plan", str(slicerrt / "TinyPatientCT.nrrd"),
-                              str(slicerrt / "TinyPatientStructureSet.seg.vtm"), "--target", "PTV",
-                              "--prescription", "60", "--output-dose", str(tmp_path / "d.nrrd"), f"{option}={value}"],
-                             tmp_path, capsys)
+    code, report, err = _run(
+        [
+            "plan",
+            str(slicerrt / "TinyPatientCT.nrrd"),
+            str(slicerrt / "TinyPatientStructureSet.seg.vtm"),
+            "--target",
+            "PTV",
+            "--prescription",
+            "60",
+            "--output-dose",
+            str(tmp_path / "d.nrrd"),
+            f"{option}={value}",
+        ],
+        tmp_path,
+        capsys,
+    )
     assert code == 1
     assert words in report["error"]
     assert words in err
@@ -78,16 +99,19 @@ def test_plan_options_out_of_range_are_refused(slicerrt, tmp_path, capsys, optio
 
 
 def test_negative_isodose_levels_are_refused(slicerrt, tmp_path, capsys):
-    code, report, err = _run(["isodose", str(slicerrt / "TinyPatientDose.nrrd"), str(tmp_path / "iso"),
-                              "--levels=-10,50"], tmp_path, capsys)
+    code, report, err = _run(
+        ["isodose", str(slicerrt / "TinyPatientDose.nrrd"), str(tmp_path / "iso"), "--levels=-10,50"], tmp_path, capsys
+    )
     assert code == 1
     assert "Isodose levels must be positive" in report["error"]
     assert "-10" in report["error"]
     assert not (tmp_path / "iso").exists()
 
 
-@pytest.mark.parametrize(("option", "value"), [("--threshold-percent", "150"), ("--threshold-percent", "-5"),
-                                               ("--dta-mm", "0"), ("--dose-percent", "-3")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--threshold-percent", "150"), ("--threshold-percent", "-5"), ("--dta-mm", "0"), ("--dose-percent", "-3")],
+)
 def test_gamma_criteria_out_of_range_are_refused(slicerrt, tmp_path, capsys, option, value):
     """A 150 % threshold used to print 'pass rate nan %' and exit 0."""
     dose = str(slicerrt / "TinyPatientDose.nrrd")
@@ -102,16 +126,18 @@ def _single_slice(source, target):
     """The middle axial slice of ``source`` as a one-slice volume (same spacing and in-plane origin)."""
     image = sitk.ReadImage(str(source))
     k = image.GetSize()[2] // 2
-    sitk.WriteImage(image[:, :, k:k + 1], str(target))
+    sitk.WriteImage(image[:, :, k : k + 1], str(target))
     return target
 
 
 @pytest.mark.parametrize("command", ["dvh", "gamma", "isodose"])
 def test_single_slice_dose_is_refused_naming_the_file_and_shape(slicerrt, tmp_path, capsys, command):
     slice_file = _single_slice(slicerrt / "EclipseProstate_Dose.nrrd", tmp_path / "one_slice.nrrd")
-    argv = {"dvh": ["dvh", str(slice_file), str(slicerrt / "EclipseProstate_Structures.seg.vtm")],
-            "gamma": ["gamma", str(slicerrt / "EclipseProstate_Dose.nrrd"), str(slice_file), "--device", "cpu"],
-            "isodose": ["isodose", str(slice_file), str(tmp_path / "iso")]}[command]
+    argv = {
+        "dvh": ["dvh", str(slice_file), str(slicerrt / "EclipseProstate_Structures.seg.vtm")],
+        "gamma": ["gamma", str(slicerrt / "EclipseProstate_Dose.nrrd"), str(slice_file), "--device", "cpu"],
+        "isodose": ["isodose", str(slice_file), str(tmp_path / "iso")],
+    }[command]
     code, report, _ = _run(argv, tmp_path, capsys)
     assert code == 1
     assert str(slice_file) in report["error"]
@@ -126,13 +152,13 @@ def test_gamma_of_doses_apart_in_space_is_refused_with_both_extents(slicerrt, tm
     assert code == 1
     error = report["error"]
     assert "do not overlap" in error
-    assert f"'TinyPatientDose' spans {_ras_extent(reference, 0)}" in error     # both boxes, RAS mm
+    assert f"'TinyPatientDose' spans {_ras_extent(reference, 0)}" in error  # both boxes, RAS mm
     assert f"'far' spans {_ras_extent(far, 0)}" in error
 
 
 def test_gamma_of_partly_overlapping_doses_warns_with_the_fraction(slicerrt, tmp_path, capsys):
     reference = slicerrt / "TinyPatientDose.nrrd"
-    half = _shifted(reference, tmp_path / "half.nrrd", (245.0, 0.0, 0.0))   # 10 voxels of 49 mm: half the box
+    half = _shifted(reference, tmp_path / "half.nrrd", (245.0, 0.0, 0.0))  # 10 voxels of 49 mm: half the box
     code, report, err = _run(["gamma", str(reference), str(half), "--device", "cpu"], tmp_path, capsys)
     assert code == 0
     (warning,) = [w for w in report["warnings"] if "overlap only partly" in w]
@@ -142,8 +168,7 @@ def test_gamma_of_partly_overlapping_doses_warns_with_the_fraction(slicerrt, tmp
 
 def test_dvh_of_structures_apart_from_the_dose_is_refused_with_both_extents(slicerrt, tmp_path, capsys):
     far = _shifted(slicerrt / "EclipseProstate_Dose.nrrd", tmp_path / "far.nrrd", (0.0, 0.0, 2000.0))
-    code, report, _ = _run(["dvh", str(far), str(slicerrt / "EclipseProstate_Structures.seg.vtm")],
-                           tmp_path, capsys)
+    code, report, _ = _run(["dvh", str(far), str(slicerrt / "EclipseProstate_Structures.seg.vtm")], tmp_path, capsys)
     assert code == 1
     error = report["error"]
     assert "overlaps the dose grid" in error
@@ -207,8 +232,10 @@ def _read_table_types(scene, path) -> dict:
     storage.SetFileName(str(path))
     assert storage.ReadData(table)
     vtk_table = table.GetTable()
-    return {vtk_table.GetColumn(i).GetName(): vtk_table.GetColumn(i).GetClassName()
-            for i in range(vtk_table.GetNumberOfColumns())}
+    return {
+        vtk_table.GetColumn(i).GetName(): vtk_table.GetColumn(i).GetClassName()
+        for i in range(vtk_table.GetNumberOfColumns())
+    }
 
 
 @pytest.mark.parametrize("command", ["lesions", "dvh"])
@@ -234,9 +261,11 @@ def test_tables_are_written_with_their_schema_and_nothing_else(scene, shared_dat
 def named_reference(scene, shared_data, tmp_path):
     """TotalSegmentator's liver (label 5) and spleen (label 1), saved as named segments in that order."""
     labels, geometry = bridge.array_from_volume(
-        bridge.load_volume(scene, shared_data / "segmentation" / "totalsegmentator" / "example_seg.nii.gz"))
-    node = bridge.create_segmentation_from_masks(scene, {"liver": labels == 5, "spleen": labels == 1}, geometry,
-                                                 "named reference")
+        bridge.load_volume(scene, shared_data / "segmentation" / "totalsegmentator" / "example_seg.nii.gz")
+    )
+    node = bridge.create_segmentation_from_masks(
+        scene, {"liver": labels == 5, "spleen": labels == 1}, geometry, "named reference"
+    )
     return bridge.save_node(node, tmp_path / "named_reference.seg.nrrd"), labels
 
 
@@ -258,9 +287,10 @@ def test_evaluate_never_pairs_named_segments_with_label_numbers(named_reference,
 def test_evaluate_pairs_by_the_names_given_to_label_values(named_reference, shared_data, tmp_path, capsys):
     reference, labels = named_reference
     prediction = shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz"
-    fast = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction)))          # same grid, KJI
-    code, report, _ = _run(["evaluate", str(reference), str(prediction), "--label-names", "1=spleen,5=liver"],
-                           tmp_path, capsys)
+    fast = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction)))  # same grid, KJI
+    code, report, _ = _run(
+        ["evaluate", str(reference), str(prediction), "--label-names", "1=spleen,5=liver"], tmp_path, capsys
+    )
     assert code == 0
     segments = report["metrics"]["segments"]
     assert segments["liver"]["prediction_label"] == 5
@@ -271,13 +301,18 @@ def test_evaluate_pairs_by_the_names_given_to_label_values(named_reference, shar
     assert "not in the reference (ignored): 2, 3, 4" in warning
 
 
-def test_evaluate_of_partly_overlapping_segmentations_warns_with_the_fraction(named_reference, shared_data, tmp_path,
-                                                                            capsys):
+def test_evaluate_of_partly_overlapping_segmentations_warns_with_the_fraction(
+    named_reference, shared_data, tmp_path, capsys
+):
     reference, _ = named_reference
-    half = _shifted(shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
-                    tmp_path / "half.nii.gz", (0.0, 0.0, 45.0))     # 30 slices of 3 mm: half the box along S
-    code, report, _ = _run(["evaluate", str(reference), str(half), "--label-names", "1=spleen,5=liver"],
-                           tmp_path, capsys)
+    half = _shifted(
+        shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
+        tmp_path / "half.nii.gz",
+        (0.0, 0.0, 45.0),
+    )  # 30 slices of 3 mm: half the box along S
+    code, report, _ = _run(
+        ["evaluate", str(reference), str(half), "--label-names", "1=spleen,5=liver"], tmp_path, capsys
+    )
     assert code == 0
     (warning,) = [w for w in report["warnings"] if "overlap only partly" in w]
     assert "50.0 % of 'named_reference'" in warning
@@ -285,10 +320,14 @@ def test_evaluate_of_partly_overlapping_segmentations_warns_with_the_fraction(na
 
 def test_evaluate_of_segmentations_apart_in_space_is_refused(named_reference, shared_data, tmp_path, capsys):
     reference, _ = named_reference
-    far = _shifted(shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
-                   tmp_path / "far.nii.gz", (0.0, 0.0, 1000.0))
-    code, report, _ = _run(["evaluate", str(reference), str(far), "--label-names", "1=spleen,5=liver"],
-                           tmp_path, capsys)
+    far = _shifted(
+        shared_data / "segmentation" / "totalsegmentator" / "example_seg_fast.nii.gz",
+        tmp_path / "far.nii.gz",
+        (0.0, 0.0, 1000.0),
+    )
+    code, report, _ = _run(
+        ["evaluate", str(reference), str(far), "--label-names", "1=spleen,5=liver"], tmp_path, capsys
+    )
     assert code == 1
     assert "do not overlap" in report["error"]
     assert f"'far' spans {_ras_extent(far, 0)}, {_ras_extent(far, 1)}, {_ras_extent(far, 2)}" in report["error"]
@@ -297,8 +336,7 @@ def test_evaluate_of_segmentations_apart_in_space_is_refused(named_reference, sh
 def _write_nrrd(path, array_kji, fields: str):
     """A raw little-endian int16 NRRD with the given extra header fields."""
     k, j, i = array_kji.shape
-    header = (f"NRRD0004\ntype: short\ndimension: 3\nsizes: {i} {j} {k}\nendian: little\nencoding: raw\n"
-              f"{fields}\n\n")
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {i} {j} {k}\nendian: little\nencoding: raw\n{fields}\n\n"
     path.write_bytes(header.encode() + array_kji.astype("<i2").tobytes())
     return path
 
@@ -313,14 +351,15 @@ def test_negative_nrrd_spacing_keeps_the_physical_geometry_and_says_so(scene, tm
     assert geometry.spacing == pytest.approx((2.0, 1.0, 1.5))
     kji = np.argwhere(np.ones(array.shape, bool))
     lps = geometry.to_space("LPS").index_to_point(kji[:, ::-1].astype(float))
-    file_ijk = np.rint(lps / np.array([-2.0, 1.0, 1.5])).astype(int)          # the file's own definition
+    file_ijk = np.rint(lps / np.array([-2.0, 1.0, 1.5])).astype(int)  # the file's own definition
     np.testing.assert_allclose(lps, file_ijk * np.array([-2.0, 1.0, 1.5]), atol=1e-6)
     assert np.array_equal(array[tuple(kji.T)], values[file_ijk[:, 2], file_ijk[:, 1], file_ijk[:, 0]])
 
 
 def test_nrrd_spacings_with_a_space_are_refused_with_the_fix(scene, tmp_path):
-    path = _write_nrrd(tmp_path / "both.nrrd", np.zeros((2, 2, 2), np.int16),
-                       "space: left-posterior-superior\nspacings: -2 1 1")
+    path = _write_nrrd(
+        tmp_path / "both.nrrd", np.zeros((2, 2, 2), np.int16), "space: left-posterior-superior\nspacings: -2 1 1"
+    )
     with pytest.raises(ValueError, match="both 'spacings' and a 'space'.*space directions"):
         bridge.load_volume(scene, path)
 

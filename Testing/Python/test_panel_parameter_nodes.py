@@ -49,9 +49,15 @@ def node_annotations(module: str) -> dict[str, object]:
     parameters = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
     fields = {}
     for item in parameters.body:
-        if isinstance(item, ast.AnnAssign) and "vtkMRML" in ast.unparse(item.annotation) or (
-                isinstance(item, ast.AnnAssign) and ast.unparse(item.annotation) in namespace
-                and typing.get_origin(namespace[ast.unparse(item.annotation)]) is typing.Union):
+        if (
+            isinstance(item, ast.AnnAssign)
+            and "vtkMRML" in ast.unparse(item.annotation)
+            or (
+                isinstance(item, ast.AnnAssign)
+                and ast.unparse(item.annotation) in namespace
+                and typing.get_origin(namespace[ast.unparse(item.annotation)]) is typing.Union
+            )
+        ):
             fields[item.target.id] = eval(ast.unparse(item.annotation), namespace)  # noqa: S307
     return fields
 
@@ -89,7 +95,10 @@ def test_node_parameters_store_every_allowed_node_and_none(module, scene):
 def test_register_surfaces_accept_models_markups_and_segmentations(version):
     util = reference_module(version, "util")
     surface = node_annotations("MedAIRegister")["fixedSurface"]
-    assert set(util.getNodeTypes(surface)) == {"vtkMRMLModelNode", "vtkMRMLMarkupsFiducialNode",
-                                               "vtkMRMLSegmentationNode"}
+    assert set(util.getNodeTypes(surface)) == {
+        "vtkMRMLModelNode",
+        "vtkMRMLMarkupsFiducialNode",
+        "vtkMRMLSegmentationNode",
+    }
     with pytest.raises(TypeError):  # the annotation the panel had: abstract, so the connector cannot bind it
         util.getNodeTypes(slicer.vtkMRMLDisplayableNode)

@@ -46,9 +46,16 @@ def test_a_chosen_path_is_kept_and_checked(tmp_path):
 def seg_parameters(scene, **overrides):
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
     labels = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "labels")
-    values = {"inputVolume": volume, "segmentMethod": "model", "seeds": None, "modelPath": Path(),
-              "outputSegmentation": None, "referenceSegmentation": None, "trainingLabels": labels,
-              "bundleFolder": Path()}
+    values = {
+        "inputVolume": volume,
+        "segmentMethod": "model",
+        "seeds": None,
+        "modelPath": Path(),
+        "outputSegmentation": None,
+        "referenceSegmentation": None,
+        "trainingLabels": labels,
+        "bundleFolder": Path(),
+    }
     values.update(overrides)
     return SimpleNamespace(**values)
 
@@ -75,8 +82,16 @@ def test_seg_region_growing_needs_seeds(scene):
 
 def test_plan_rt_buttons_wait_for_chosen_paths(scene, tmp_path):
     dose = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "dose")
-    p = SimpleNamespace(ctVolume=None, structures=None, targetSegment="", doseVolume=dose, referenceDose=None,
-                        evaluatedDose=None, rtImportPath=Path(), rtExportFolder=Path())
+    p = SimpleNamespace(
+        ctVolume=None,
+        structures=None,
+        targetSegment="",
+        doseVolume=dose,
+        referenceDose=None,
+        evaluatedDose=None,
+        rtImportPath=Path(),
+        rtExportFolder=Path(),
+    )
     unset = plan_buttons(p)
     assert set(unset) <= ui_widget_names("MedAIPlan")
     assert not unset["rtImportButton"]
@@ -116,10 +131,18 @@ def test_module_files_never_use_a_path_parameter_raw(module):
 
     tree = ast.parse((REPO / module / f"{module}.py").read_text())
     parameters = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
-    path_fields = {n.target.id for n in parameters.body
-                   if isinstance(n, ast.AnnAssign) and ast.unparse(n.annotation) == "Path"}
-    raw = [ast.unparse(node) for node in ast.walk(tree)
-           if isinstance(node, ast.Call) and ast.unparse(node.func) in ("str", "Path", "pathlib.Path")
-           and any(isinstance(part, ast.Attribute) and part.attr in path_fields
-                   for argument in node.args for part in ast.walk(argument))]
+    path_fields = {
+        n.target.id for n in parameters.body if isinstance(n, ast.AnnAssign) and ast.unparse(n.annotation) == "Path"
+    }
+    raw = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) in ("str", "Path", "pathlib.Path")
+        and any(
+            isinstance(part, ast.Attribute) and part.attr in path_fields
+            for argument in node.args
+            for part in ast.walk(argument)
+        )
+    ]
     assert raw == []

@@ -52,7 +52,7 @@ def test_load_test_patient_geometry(shared_data):
     target = p.structure("target").mask
     centre = p.geometry.index_to_point(np.argwhere(target)[:, ::-1].astype(float)).mean(0)
     raw = sio.loadmat(_matrad(shared_data, "photons_testData.mat"), squeeze_me=True, struct_as_record=False)
-    assert np.allclose(centre, raw["pln"].propStf.isoCenter[0])   # matRad's own isocentre
+    assert np.allclose(centre, raw["pln"].propStf.isoCenter[0])  # matRad's own isocentre
     assert p.structure("Body").mask.sum() == 1152
     with pytest.raises(ValueError, match="No structure named"):
         p.structure("Liver")
@@ -71,7 +71,7 @@ def test_hlut(shared_data, tmp_path):
 
 
 def test_rotation_and_source_conventions():
-    assert np.allclose(rotation_matrix(90) @ [0, -1000, 0], [1000, 0, 0], atol=1e-9)   # from patient left (+x LPS)
+    assert np.allclose(rotation_matrix(90) @ [0, -1000, 0], [1000, 0, 0], atol=1e-9)  # from patient left (+x LPS)
     mask = np.zeros((5, 5, 5), bool)
     mask[2, 2, 2] = True
     beams = make_beams(mask, Geometry(shape_kji=(5, 5, 5), space="LPS"), [0, 90], bixel_width=5)
@@ -87,7 +87,7 @@ def test_radiological_depth_water_slab():
     # water slab from y = 20 mm on, air before; beam along +y
     geo = Geometry(spacing=(2.0, 2.0, 2.0), origin=(-20, -20, -20), space="LPS", shape_kji=(21, 41, 21))
     dens = np.zeros(geo.shape_kji, np.float32)
-    dens[:, 20:, :] = 1.0     # j >= 20 -> y >= 20 mm; voxel boundary at y = 19 mm
+    dens[:, 20:, :] = 1.0  # j >= 20 -> y >= 20 mm; voxel boundary at y = 19 mm
     rot = rotation_matrix(0)
     source = np.array([0.0, -1000.0, 0.0])
     pts = np.array([[0, 30.0, 0], [0, 50, 0], [10, 40, 4], [0, 0, 0]])
@@ -110,16 +110,27 @@ def matrad_case(shared_data):
 def test_pencil_beam_reproduces_matrad_dose(matrad_case):
     p, raw, mach = matrad_case
     pln = raw["pln"]
-    beams = make_beams(p.structure("Target").mask, p.geometry, pln.propStf.gantryAngles,
-                       pln.propStf.couchAngles, bixel_width=float(pln.propStf.bixelWidth))
+    beams = make_beams(
+        p.structure("Target").mask,
+        p.geometry,
+        pln.propStf.gantryAngles,
+        pln.propStf.couchAngles,
+        bixel_width=float(pln.propStf.bixelWidth),
+    )
     # the same bixels as matRad's stf
     for beam, stf in zip(beams, raw["stf"]):
         ours = sorted(map(tuple, np.round(beam.ray_pos, 6) + 0.0))
         theirs = sorted(tuple(np.round(np.asarray(r.rayPos_bev, float)[[0, 2]], 6) + 0.0) for r in stf.ray)
         assert ours == theirs
     body = p.structure("Body").mask | p.structure("Target").mask
-    dij = compute_dij(hu_to_density(p.hu, p.hlut), p.geometry, beams, mach, voxel_mask=body,
-                      lateral_cutoff_mm=float(pln.propDoseCalc.geometricLateralCutOff))
+    dij = compute_dij(
+        hu_to_density(p.hu, p.hlut),
+        p.geometry,
+        beams,
+        mach,
+        voxel_mask=body,
+        lateral_cutoff_mm=float(pln.propDoseCalc.geometricLateralCutOff),
+    )
     w = np.asarray(raw["resultGUI"].w, float)
     ours = dij.dose(w)
     ref = matrad_cube_to_kji(raw["resultGUI"].physicalDose)
@@ -153,8 +164,16 @@ def test_coarse_dose_grid_interpolates_back(matrad_case):
     back = dose_to_ct_grid(c, coarse.geometry, p.geometry)
     assert back.shape == f.shape
     assert np.allclose(back[::2, ::2, ::2], c, atol=1e-5)
-    mid = back[1:-1:2, 1:-1:2, 1:-1:2]   # halfway voxels: mean of the 8 neighbours
-    avg = sum(c[a:a + mid.shape[0], b:b + mid.shape[1], d:d + mid.shape[2]] for a in (0, 1) for b in (0, 1) for d in (0, 1)) / 8
+    mid = back[1:-1:2, 1:-1:2, 1:-1:2]  # halfway voxels: mean of the 8 neighbours
+    avg = (
+        sum(
+            c[a : a + mid.shape[0], b : b + mid.shape[1], d : d + mid.shape[2]]
+            for a in (0, 1)
+            for b in (0, 1)
+            for d in (0, 1)
+        )
+        / 8
+    )
     assert np.allclose(mid, avg, atol=1e-5)
 
 
@@ -167,25 +186,29 @@ def test_dose_back_to_ct_by_axes_equals_trilinear_sampling(shift):
     from MedAIPlanLib.dose.beams import voxel_points_lps
     from MedAIPlanLib.dose.raytrace import sample_volume
 
-    rot = np.array([[0.8, -0.6, 0], [0.6, 0.8, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.96, -0.28],
-                                                                             [0, 0.28, 0.96]])
+    rot = np.array([[0.8, -0.6, 0], [0.6, 0.8, 0], [0, 0, 1.0]]) @ np.array(
+        [[1, 0, 0], [0, 0.96, -0.28], [0, 0.28, 0.96]]
+    )
     ct = Geometry((0.7, 1.3, 2.1), (10.0, -5.0, 3.0), rot, "LPS", (23, 31, 37))
     grid = make_dose_grid(ct, (2.5, 3.0, 4.5))
-    dose_geo = Geometry(grid.spacing, tuple(np.array(grid.origin) + rot @ np.array(shift)), rot, "LPS",
-                        grid.shape_kji)
+    dose_geo = Geometry(grid.spacing, tuple(np.array(grid.origin) + rot @ np.array(shift)), rot, "LPS", grid.shape_kji)
     dose = np.random.default_rng(1).random(dose_geo.shape_kji).astype(np.float32)
     fast = dose_to_ct_grid(dose, dose_geo, ct)
     pts = torch.as_tensor(voxel_points_lps(ct), dtype=torch.float64)
     ref = sample_volume(torch.as_tensor(dose, dtype=torch.float64), dose_geo, pts).numpy().reshape(ct.shape_kji)
     np.testing.assert_allclose(fast, ref, atol=2e-6)
-    assert (ref == 0).any() == (shift[2] < -5)         # the far shift leaves CT voxels outside the dose grid
+    assert (ref == 0).any() == (shift[2] < -5)  # the far shift leaves CT voxels outside the dose grid
 
 
 def _engine_devices():
     import torch
 
-    return ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device")])]
+    return [
+        "cpu",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+        ),
+    ]
 
 
 @pytest.mark.parametrize("device", _engine_devices())
@@ -194,8 +217,13 @@ def test_torch_engine_matches_numba_engine_and_matrad(matrad_case, device):
     matrix and passes the same gamma against matRad's dose."""
     p, raw, mach = matrad_case
     pln = raw["pln"]
-    beams = make_beams(p.structure("Target").mask, p.geometry, pln.propStf.gantryAngles,
-                       pln.propStf.couchAngles, bixel_width=float(pln.propStf.bixelWidth))
+    beams = make_beams(
+        p.structure("Target").mask,
+        p.geometry,
+        pln.propStf.gantryAngles,
+        pln.propStf.couchAngles,
+        bixel_width=float(pln.propStf.bixelWidth),
+    )
     body = p.structure("Body").mask | p.structure("Target").mask
     args = (hu_to_density(p.hu, p.hlut), p.geometry, beams, mach)
     kw = {"voxel_mask": body, "lateral_cutoff_mm": float(pln.propDoseCalc.geometricLateralCutOff)}
@@ -203,7 +231,7 @@ def test_torch_engine_matches_numba_engine_and_matrad(matrad_case, device):
     torch_dij = compute_dij(*args, **kw, engine="torch", device=device)
     assert torch_dij.matrix.shape == numba_dij.matrix.shape
     diff = abs(torch_dij.matrix - numba_dij.matrix)
-    assert diff.max() < 1e-3 * numba_dij.matrix.max()           # float32 torch vs float64 numba geometry
+    assert diff.max() < 1e-3 * numba_dij.matrix.max()  # float32 torch vs float64 numba geometry
     w = np.asarray(raw["resultGUI"].w, float)
     ref = matrad_cube_to_kji(raw["resultGUI"].physicalDose)
     ours = torch_dij.dose(w)
@@ -237,7 +265,7 @@ def test_depths_right_under_the_skin_and_in_the_first_and_last_slices():
     geo = Geometry(spacing=(3.0, 3.0, 2.5), origin=(-60, -60, -50), space="LPS", shape_kji=(41, 41, 41))
     dens = np.zeros(geo.shape_kji, np.float32)
     kk, jj, ii = np.indices(geo.shape_kji)
-    dens[(ii - 20) ** 2 + (jj - 20) ** 2 < 15 ** 2] = 1.0        # a water cylinder through every slice
+    dens[(ii - 20) ** 2 + (jj - 20) ** 2 < 15**2] = 1.0  # a water cylinder through every slice
     rot = rotation_matrix(102.0)
     source = rot @ np.array([0.0, -1000.0, 0.0])
     kji = np.argwhere(dens > 0)[::7]
@@ -246,16 +274,16 @@ def test_depths_right_under_the_skin_and_in_the_first_and_last_slices():
     pts = geo.index_to_point(kji[:, ::-1].astype(float))
     a = radiological_depth(dens, geo, source, rot, 1000.0, pts, engine="numba")
     b = radiological_depth(torch.as_tensor(dens), geo, source, rot, 1000.0, pts, engine="torch")
-    assert a.min() < 3.0                                          # voxels just under the skin are included
+    assert a.min() < 3.0  # voxels just under the skin are included
     np.testing.assert_allclose(b, a, atol=0.01)
     # the straight-line integral of the same trilinear density, finely sampled, for the edge slices
     vol = torch.as_tensor(dens, dtype=torch.float64)
     t = np.linspace(0.0, 1.0, 4001)
     ref = []
-    for p in pts[-len(edge):]:
+    for p in pts[-len(edge) :]:
         seg = source + t[:, None] * (p - source)
         rho = sample_volume(vol, geo, torch.as_tensor(seg)).numpy()
         ref.append(np.trapezoid(rho, dx=np.linalg.norm(p - source) / 4000))
-    err = a[-len(edge):] - np.array(ref)
+    err = a[-len(edge) :] - np.array(ref)
     assert abs(err.mean()) < 0.2
-    assert np.abs(err).max() < 1.5                              # (trilinear partial volume at the skin)
+    assert np.abs(err).max() < 1.5  # (trilinear partial volume at the skin)

@@ -23,8 +23,8 @@ def _machine(request, monkeypatch, tmp_path):
     bundled = Path(MedAIPlanLib.__file__).resolve().parents[1] / "Resources" / "photons_Generic.mat"
     if bundled.is_file():
         monkeypatch.delenv("MEDAI_PHOTON_MACHINE", raising=False)
-        monkeypatch.setenv("MEDAI_CACHE_DIR", str(tmp_path / "empty-cache"))   # no downloaded copy
-        assert default_machine_path() == bundled      # found without ../shared/data
+        monkeypatch.setenv("MEDAI_CACHE_DIR", str(tmp_path / "empty-cache"))  # no downloaded copy
+        assert default_machine_path() == bundled  # found without ../shared/data
         return
     shared_data = request.getfixturevalue("shared_data")
     monkeypatch.setenv("MEDAI_PHOTON_MACHINE", str(shared_data / "rt" / "matRad" / "photons_Generic.mat"))
@@ -60,7 +60,7 @@ def test_load_matrad_into_nodes_keeps_overlapping_structures(scene, shared_data)
     assert np.array_equal(hu, patient.hu)
     # RAS node geometry = LPS matRad geometry: same voxel centres
     assert geo.to_space("LPS").same_grid(patient.geometry)
-    for s in patient.structures:   # BODY contains the target: both masks kept exactly
+    for s in patient.structures:  # BODY contains the target: both masks kept exactly
         mask, _ = bridge.segment_mask(seg, s.name, reference=geo)
         assert np.array_equal(mask.astype(bool), s.mask), s.name
 
@@ -70,13 +70,32 @@ def test_cli_dose_matches_matrad_reference(shared_data, tmp_path):
     path = shared_data / "rt" / "matRad" / "photons_testData.mat"
     out = tmp_path / "dose.nrrd"
     report = tmp_path / "r.json"
-    code = main(["dose", "--matrad", str(path), "--target", "Target", "--gantry-angles", "0,180",
-                 "--bixel-width", "10", "--output-dose", str(out), "--output-segmentation",
-                 str(tmp_path / "s.seg.nrrd"), "--per-beam-dir", str(tmp_path / "beams"), "--report", str(report)])
+    code = main(
+        [
+            "dose",
+            "--matrad",
+            str(path),
+            "--target",
+            "Target",
+            "--gantry-angles",
+            "0,180",
+            "--bixel-width",
+            "10",
+            "--output-dose",
+            str(out),
+            "--output-segmentation",
+            str(tmp_path / "s.seg.nrrd"),
+            "--per-beam-dir",
+            str(tmp_path / "beams"),
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0
     import scipy.io as sio
 
     from MedAICommonLib.runtime import create_runtime
+
     rt = create_runtime()
     node = bridge.load_volume(rt.scene, out)
     dose, geo = bridge.array_from_volume(node)
@@ -94,24 +113,90 @@ def test_cli_dose_matches_matrad_reference(shared_data, tmp_path):
 def test_cli_plan_and_errors(shared_data, tmp_path, capsys):
     path = shared_data / "rt" / "matRad" / "photons_testData.mat"
     report = tmp_path / "p.json"
-    code = main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "60", "--fractions", "30",
-                 "--gantry-angles", "0,90,180,270", "--bixel-width", "10", "--dose-grid", "10",
-                 "--select-beams", "3", "--output-dose", str(tmp_path / "p.nrrd"), "--report", str(report)])
+    code = main(
+        [
+            "plan",
+            "--matrad",
+            str(path),
+            "--target",
+            "Target",
+            "--prescription",
+            "60",
+            "--fractions",
+            "30",
+            "--gantry-angles",
+            "0,90,180,270",
+            "--bixel-width",
+            "10",
+            "--dose-grid",
+            "10",
+            "--select-beams",
+            "3",
+            "--output-dose",
+            str(tmp_path / "p.nrrd"),
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0
     r = json.loads(report.read_text())
     assert r["metrics"]["target_D95_percent_of_prescription"] >= 95.0
     assert len(r["metrics"]["beams"]) == 3
     # objectives from the .mat's cst, scaled to the prescription (45 Gy in the file -> 60 Gy)
     assert r["parameters"]["objectives"][0]["dose"] == pytest.approx(60.0)
-    assert main(["plan", "--matrad", str(path), "--target", "Tumour", "--prescription", "60",
-                 "--output-dose", str(tmp_path / "x.nrrd")]) == 1
+    assert (
+        main(
+            [
+                "plan",
+                "--matrad",
+                str(path),
+                "--target",
+                "Tumour",
+                "--prescription",
+                "60",
+                "--output-dose",
+                str(tmp_path / "x.nrrd"),
+            ]
+        )
+        == 1
+    )
     assert "not found" in capsys.readouterr().err
-    assert main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "-1",
-                 "--output-dose", str(tmp_path / "x.nrrd")]) == 1
+    assert (
+        main(
+            [
+                "plan",
+                "--matrad",
+                str(path),
+                "--target",
+                "Target",
+                "--prescription",
+                "-1",
+                "--output-dose",
+                str(tmp_path / "x.nrrd"),
+            ]
+        )
+        == 1
+    )
     assert "positive" in capsys.readouterr().err
     # over the memory budget: refused with the estimate and what to change, no output written
-    assert main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "60",
-                 "--memory-limit-gb", "0.00001", "--output-dose", str(tmp_path / "m.nrrd")]) == 1
+    assert (
+        main(
+            [
+                "plan",
+                "--matrad",
+                str(path),
+                "--target",
+                "Target",
+                "--prescription",
+                "60",
+                "--memory-limit-gb",
+                "0.00001",
+                "--output-dose",
+                str(tmp_path / "m.nrrd"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "GiB" in err
     assert "--dose-grid" in err
@@ -136,4 +221,4 @@ def test_demo_step_plans_the_lesion(scene, tmp_path):
     assert plan["target_D95_Gy"] >= 0.95 * plan["prescription_Gy"], plan
     assert (tmp_path / "plan_dose.nrrd").exists()
     assert len(context.panels) == 2
-    assert elapsed < 60.0, elapsed   # < 20 s on an idle CPU; generous for a shared CI machine
+    assert elapsed < 60.0, elapsed  # < 20 s on an idle CPU; generous for a shared CI machine

@@ -64,10 +64,10 @@ def test_optimisation_weights_nonnegative_and_objectives_act():
 def test_greedy_beam_selection_prefers_the_beam_that_spares_the_organ():
     # beam 0 and beam 1 cover the target equally; beam 1 also irradiates the organ; beam 2 misses
     a = np.zeros((30, 6))
-    a[:10, 0:2] = 1.0           # beam 0 (bixels 0-1): target only
-    a[:10, 2:4] = 1.0           # beam 1 (bixels 2-3): target and organ
+    a[:10, 0:2] = 1.0  # beam 0 (bixels 0-1): target only
+    a[:10, 2:4] = 1.0  # beam 1 (bixels 2-3): target and organ
     a[10:20, 2:4] = 0.8
-    a[20:30, 4:6] = 1.0         # beam 2: body only
+    a[20:30, 4:6] = 1.0  # beam 2: body only
     beam_of = np.array([0, 0, 1, 1, 2, 2])
     vox = {"target": np.arange(10), "organ": np.arange(10, 20), "body": np.arange(20, 30)}
     objs = [Objective("target", "squared_deviation", 60.0, 1000.0), Objective("organ", "squared_overdose", 5.0, 300.0)]
@@ -87,10 +87,18 @@ def test_tg119_seven_beam_plan_covers_target_and_spares_core(shared_data):
 
     p = load_matrad_patient(shared_data / "rt" / "pyRadPlan" / "TG119.mat")
     machine = load_photon_machine(shared_data / "rt" / "matRad" / "photons_Generic.mat")
-    beams = make_beams(p.structure("OuterTarget").mask, p.geometry, [0, 51, 102, 153, 204, 255, 306],
-                       bixel_width=5.0, margin_mm=5.0)
-    dij = compute_dij(p.density, p.geometry, beams, machine, voxel_mask=p.structure("BODY").mask,
-                      dose_resolution_mm=5.0, dij_sampling=True)
+    beams = make_beams(
+        p.structure("OuterTarget").mask, p.geometry, [0, 51, 102, 153, 204, 255, 306], bixel_width=5.0, margin_mm=5.0
+    )
+    dij = compute_dij(
+        p.density,
+        p.geometry,
+        beams,
+        machine,
+        voxel_mask=p.structure("BODY").mask,
+        dose_resolution_mm=5.0,
+        dij_sampling=True,
+    )
     masks = {s.name: resample_nearest(s.mask.astype(np.float32), p.geometry, dij.geometry) > 0.5 for s in p.structures}
     vox = exclusive_voxels(masks, {s.name: s.priority for s in p.structures})
     objs = [Objective(s.name, o["type"], o["dose"], o["penalty"]) for s in p.structures for o in s.objectives]
@@ -98,8 +106,9 @@ def test_tg119_seven_beam_plan_covers_target_and_spares_core(shared_data):
     prio = {s.name: s.priority for s in p.structures}
     inner = exclusive_ct_masks({s.name: s.mask for s in p.structures if s.name != "BODY"}, prio)
     blocks = {n: ct_factor(dij.geometry, p.geometry, m) for n, m in inner.items()}
-    res = optimise_fluence(dij.matrix, vox, objs, 50.0, "OuterTarget", fractions=1, max_iter=500, tol=1e-5,
-                           blocks=blocks)
+    res = optimise_fluence(
+        dij.matrix, vox, objs, 50.0, "OuterTarget", fractions=1, max_iter=500, tol=1e-5, blocks=blocks
+    )
     ct_dose = dose_to_ct_grid(dij.dose(res.weights), dij.geometry, p.geometry)
     # evaluated on the CT grid: coverage (D95 >= 95 % of 50 Gy) and core sparing at least as pyRadPlan 0.5.0's
     # plan of the same beams and objectives (core mean 18.6 Gy, D95 of the target 45.2 Gy: bench/bench_plan_tg119.py)

@@ -60,7 +60,7 @@ def test_rtstruct_import_end_capped_cylinder(scene, shared_data):
     node = PlanEvaluationLogic(scene).import_rtstruct(path, pixel_mm=0.5)
     mask, geometry = bridge.segment_mask(node, bridge.segment_infos(node)[0].name)
     volume_cc = mask.sum() * float(np.prod(geometry.spacing)) / 1000.0
-    assert abs(volume_cc - np.pi * 12.0 ** 2 * 26.0 / 1000.0) < 0.02 * 11.76  # 0.5 mm pixel-centre sampling
+    assert abs(volume_cc - np.pi * 12.0**2 * 26.0 / 1000.0) < 0.02 * 11.76  # 0.5 mm pixel-centre sampling
 
 
 def test_rtplan_beams(scene, shared_data):
@@ -87,8 +87,10 @@ def test_export_round_trip_and_validity(tmp_path, shared_data):
     assert roi.color == (0.0, 1.0, 0.0)
     box_cc = labels.sum() * 2.0 * 2.0 * 2.5 / 1000.0
     assert abs(contour_volume_cc(roi.contours) - box_cc) < 0.02 * box_cc
-    plan = rtplan_dataset([{"name": "AP", "gantry_deg": 0.0, "meterset_mu": 100.0, "isocenter_lps": (1.0, 2.0, 3.0)}],
-                          structure_set_uid=ss.SOPInstanceUID)
+    plan = rtplan_dataset(
+        [{"name": "AP", "gantry_deg": 0.0, "meterset_mu": 100.0, "isocenter_lps": (1.0, 2.0, 3.0)}],
+        structure_set_uid=ss.SOPInstanceUID,
+    )
     beam = read_rtplan(write_dataset(plan, tmp_path / "RP.dcm"))["beams"][0]
     assert (beam.gantry_deg, beam.meterset_mu, beam.isocenter_lps) == (0.0, 100.0, (1.0, 2.0, 3.0))
     if shutil.which("dciodvfy") is None:
@@ -130,16 +132,26 @@ def _plan_phantom(scene):
     kk, jj, ii = np.indices(geometry.shape_kji)
     pts = geometry.index_to_point(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1)).reshape(*geometry.shape_kji, 3)
     labels = np.zeros(geometry.shape_kji, np.uint8)
-    labels[np.linalg.norm(pts, axis=-1) < 50] = 1                                      # body
-    labels[np.linalg.norm(pts - [10.0, -5.0, 3.0], axis=-1) < 14] = 2                  # ptv
-    dose = (60.0 * np.exp(-np.sum((pts - [10.0, -5.0, 3.0]) ** 2, -1) / (2 * 20.0 ** 2))).astype(np.float32)
-    seg = bridge.create_segmentation(scene, labels, geometry.to_space("RAS"),
-                                     [SegmentInfo(1, "body", (0.8, 0.6, 0.5)), SegmentInfo(2, "ptv", (1.0, 0.0, 0.0))],
-                                     "phantom structures")
+    labels[np.linalg.norm(pts, axis=-1) < 50] = 1  # body
+    labels[np.linalg.norm(pts - [10.0, -5.0, 3.0], axis=-1) < 14] = 2  # ptv
+    dose = (60.0 * np.exp(-np.sum((pts - [10.0, -5.0, 3.0]) ** 2, -1) / (2 * 20.0**2))).astype(np.float32)
+    seg = bridge.create_segmentation(
+        scene,
+        labels,
+        geometry.to_space("RAS"),
+        [SegmentInfo(1, "body", (0.8, 0.6, 0.5)), SegmentInfo(2, "ptv", (1.0, 0.0, 0.0))],
+        "phantom structures",
+    )
     node = bridge.create_volume(scene, dose, geometry.to_space("RAS"), "phantom dose")
-    for key, value in {"Target": "ptv", "PrescriptionGy": "60.0", "Fractions": "30", "BixelWidthMm": "5.0",
-                       "GantryAngles": "0,72,144,216,288", "CouchAngles": "0,0,0,0,20",
-                       "IsocenterLPS": "10.00,-5.00,3.00"}.items():
+    for key, value in {
+        "Target": "ptv",
+        "PrescriptionGy": "60.0",
+        "Fractions": "30",
+        "BixelWidthMm": "5.0",
+        "GantryAngles": "0,72,144,216,288",
+        "CouchAngles": "0,0,0,0,20",
+        "IsocenterLPS": "10.00,-5.00,3.00",
+    }.items():
         node.SetAttribute(f"MedAIPlan.{key}", value)
     return node, seg
 
@@ -160,13 +172,17 @@ def test_medai_plan_rtplan_round_trip(scene, tmp_path):
     assert len(plan["beams"]) == 5
     start = 0
     for original, rt in zip(beams, plan["beams"]):
-        assert (rt.gantry_deg, rt.couch_deg, rt.collimator_deg, rt.sad_mm) == (original.gantry_deg, original.couch_deg,
-                                                                              0.0, original.sad)
+        assert (rt.gantry_deg, rt.couch_deg, rt.collimator_deg, rt.sad_mm) == (
+            original.gantry_deg,
+            original.couch_deg,
+            0.0,
+            original.sad,
+        )
         np.testing.assert_allclose(rt.isocenter_lps, [10.0, -5.0, 3.0], atol=1e-6)
         jaws = field_jaws_mm(original)
         np.testing.assert_allclose(rt.jaws_mm["ASYMX"], jaws["X"], atol=1e-6)
         np.testing.assert_allclose(rt.jaws_mm["ASYMY"], jaws["Y"], atol=1e-6)
-        assert rt.meterset_mu == pytest.approx(2.0 * weights[start:start + original.num_bixels].sum(), rel=1e-6)
+        assert rt.meterset_mu == pytest.approx(2.0 * weights[start : start + original.num_bixels].sum(), rel=1e-6)
         start += original.num_bixels
     # back to MedAI beams for recomputation: same angles/isocentre/SAD, a grid covering every original bixel
     for original, back in zip(beams, medai_beams_from_rtplan(plan["beams"], bixel_width=5.0)):

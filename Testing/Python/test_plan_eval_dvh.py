@@ -45,7 +45,9 @@ def _nelms_row_ok(row, structure, dose_path, cache, target_samples: int = 4_000_
             values[key] = dose_metrics.dose_at_volume_cc(s, 0.03)
         elif p is not None:
             values[key] = dose_metrics.dose_at_volume_percent(s, p)
-    ok = all(abs(values[k] - float(row[f"{k}_cGy"]) / 100) <= 0.01 * float(row[f"{k}_cGy"]) / 100 for k in NELMS_COLUMNS)
+    ok = all(
+        abs(values[k] - float(row[f"{k}_cGy"]) / 100) <= 0.01 * float(row[f"{k}_cGy"]) / 100 for k in NELMS_COLUMNS
+    )
     if row["total_volume_cc"]:
         ok &= abs(s.volume_cc - float(row["total_volume_cc"])) <= 0.01 * float(row["total_volume_cc"])
     return bool(ok)
@@ -62,7 +64,9 @@ def test_nelms_axial_cylinders_and_cones_fast(shared_data):
 def test_nelms_sphere_and_rotated_cylinder_fast(shared_data):
     """Sphere, cylinder and cone lying across the slices (2 mm set): the poles follow the true surface."""
     cache = {}
-    results = [_nelms_row_ok(*args, cache, 1_000_000) for args in _nelms_rows(shared_data, r"(Sphere|RtCylinder|RtCone)_20_0$")]
+    results = [
+        _nelms_row_ok(*args, cache, 1_000_000) for args in _nelms_rows(shared_data, r"(Sphere|RtCylinder|RtCone)_20_0$")
+    ]
     assert len(results) == 6
     assert all(results)
 
@@ -86,7 +90,7 @@ def test_sphere_from_coarse_contours_keeps_its_volume():
     geometry = Geometry(spacing=(1.0, 1.0, 1.0), origin=(-15.0, -15.0, -15.0), space="LPS", shape_kji=(31, 31, 31))
     dose = np.broadcast_to((np.arange(31) - 15.0 + 20.0)[:, None, None], (31, 31, 31)).astype(float)  # z + 20 Gy
     s = contour_samples(contours, dose, geometry, target_samples=1_000_000)
-    exact = 4.0 / 3.0 * np.pi * r ** 3 / 1000.0
+    exact = 4.0 / 3.0 * np.pi * r**3 / 1000.0
     assert abs(s.volume_cc - exact) <= 0.01 * exact
     # D99 of a sphere in a linear gradient: height h of the bottom cap holding 1 % of the volume
     h = next(h for h in np.linspace(0, r, 100001) if np.pi * h * h * (3 * r - h) / 3 >= 0.01 * exact * 1000)
@@ -116,7 +120,9 @@ def _slicerrt_contours(folder, case):
         points = vtk_to_numpy(poly.GetPoints().GetData()) * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
         offsets = vtk_to_numpy(poly.GetLines().GetOffsetsArray())
         conn = vtk_to_numpy(poly.GetLines().GetConnectivityArray())
-        structures[re.sub(r"[^a-z0-9]", "", name.lower())] = [points[conn[a:b]] for a, b in zip(offsets[:-1], offsets[1:])]
+        structures[re.sub(r"[^a-z0-9]", "", name.lower())] = [
+            points[conn[a:b]] for a, b in zip(offsets[:-1], offsets[1:])
+        ]
     return structures
 
 
@@ -150,8 +156,9 @@ def test_logic_dvh_tables_on_planar_contour_segmentation(scene, shared_data):
     folder = shared_data / "rt" / "SlicerRT"
     dose = bridge.load_volume(scene, folder / "EclipseProstate_Dose.nrrd")
     seg = bridge.load_segmentation(scene, folder / "EclipseProstate_Structures.seg.vtm")
-    result = PlanEvaluationLogic(scene).compute_dvh(dose, seg, ["PTV", "Rectum"], v_doses_gy=(40.0,),
-                                                    prescription_gy=45.0, target_segment="PTV")
+    result = PlanEvaluationLogic(scene).compute_dvh(
+        dose, seg, ["PTV", "Rectum"], v_doses_gy=(40.0,), prescription_gy=45.0, target_segment="PTV"
+    )
     assert abs(result.metrics["PTV"]["volume_cc"] - 49.2143) < 0.01 * 49.2143  # CERR's PTV volume
     assert set(result.tables) == {"PTV", "Rectum"}
     cols = bridge.columns_from_table(result.metrics_table)
@@ -171,11 +178,15 @@ def test_structure_off_the_dose_grid_is_flagged_not_sampled(scene):
     z = np.arange(20, dtype=np.float32)[:, None, None] * 2.0
     dose = bridge.create_volume(scene, np.broadcast_to(z + 10.0, (20, 20, 20)).copy(), dose_geometry, "dose")
     labels = np.zeros((60, 20, 20), np.uint16)
-    labels[5:10, 5:10, 5:10] = 1   # z 10-18 mm: inside the dose grid
+    labels[5:10, 5:10, 5:10] = 1  # z 10-18 mm: inside the dose grid
     labels[50:55, 5:10, 5:10] = 2  # z 100-108 mm: beyond its 0-38 mm
-    seg = bridge.create_segmentation(scene, labels, Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3), "RAS",
-                                                             labels.shape),
-                                     [SegmentInfo(1, "near"), SegmentInfo(2, "far")], "structures")
+    seg = bridge.create_segmentation(
+        scene,
+        labels,
+        Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3), "RAS", labels.shape),
+        [SegmentInfo(1, "near"), SegmentInfo(2, "far")],
+        "structures",
+    )
     with pytest.warns(MedAIWarning, match="'far' lies entirely outside the dose grid"):
         result = PlanEvaluationLogic(scene).compute_dvh(dose, seg)
     assert result.metrics["far"]["outside_dose_grid"] is True

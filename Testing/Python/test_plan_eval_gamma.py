@@ -20,8 +20,11 @@ def _read(path):
 @pytest.fixture
 def eclipse_pair(shared_data):
     folder = shared_data / "rt" / "SlicerRT"
-    return (_read(folder / "EclipseEnt_Dose.nrrd"), _read(folder / "EclipseEnt_Dose_Day2.nrrd"),
-            _read(folder / "GammaVolume_EclipseEnt_Day1Day2_Baseline.nrrd"))
+    return (
+        _read(folder / "EclipseEnt_Dose.nrrd"),
+        _read(folder / "EclipseEnt_Dose_Day2.nrrd"),
+        _read(folder / "GammaVolume_EclipseEnt_Day1Day2_Baseline.nrrd"),
+    )
 
 
 def test_reproduces_slicerrt_gamma_baseline(eclipse_pair):
@@ -29,8 +32,7 @@ def test_reproduces_slicerrt_gamma_baseline(eclipse_pair):
     search (interpolation "none"): same voxels, same pass rate."""
     (ref, ref_geo), (ev, ev_geo), (baseline, _) = eclipse_pair
     with pytest.warns(MedAIWarning, match="coarser than DTA/3"):  # 2.5 mm voxels, DTA 3 mm
-        result = gamma_index(ref, ref_geo, ev, ev_geo, 3.0, 3.0, 10.0, local=False, max_gamma=2.0,
-                             interpolation="none")
+        result = gamma_index(ref, ref_geo, ev, ev_geo, 3.0, 3.0, 10.0, local=False, max_gamma=2.0, interpolation="none")
     analysed = baseline > 0
     baseline_rate = 100.0 * np.mean(baseline[analysed] <= 1.0)
     assert result.evaluated_voxels == int(analysed.sum())
@@ -46,8 +48,17 @@ def test_different_grids_and_local(eclipse_pair):
     ref_geo = Geometry(ref_geo.spacing, origin, ref_geo.direction, "LPS", ref.shape)
     image = sitk.GetImageFromArray(ev)
     ref_geo.apply_to_sitk(image)
-    fine = sitk.Resample(image, [int(s * 2.5 / 2.0) for s in image.GetSize()], sitk.Transform(), sitk.sitkLinear,
-                         image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection(), 0.0, sitk.sitkFloat32)
+    fine = sitk.Resample(
+        image,
+        [int(s * 2.5 / 2.0) for s in image.GetSize()],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        (2.0, 2.0, 2.0),
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
     ev_fine, fine_geo = sitk.GetArrayFromImage(fine), Geometry.from_sitk(fine)
     same = gamma_index(ref, ref_geo, ev, ref_geo, 3.0, 3.0, 10.0, step_mm=1.0)
     other = gamma_index(ref, ref_geo, ev_fine, fine_geo, 3.0, 3.0, 10.0, step_mm=1.0)
@@ -63,7 +74,9 @@ def test_offsets_sorted_within_radius():
     assert d[0] == 0.0
     assert np.all(np.diff(d) >= 0)
     assert d.max() <= 6.0 + 1e-9
-    assert len(offsets) == int(np.sum(np.linalg.norm(np.stack(np.meshgrid(*[np.arange(-2, 3) * 2.5] * 3), -1).reshape(-1, 3), axis=1) <= 6.0))
+    assert len(offsets) == int(
+        np.sum(np.linalg.norm(np.stack(np.meshgrid(*[np.arange(-2, 3) * 2.5] * 3), -1).reshape(-1, 3), axis=1) <= 6.0)
+    )
 
 
 @pytest.mark.gpu

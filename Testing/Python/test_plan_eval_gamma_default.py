@@ -23,8 +23,9 @@ def shifted_prostate(shared_data):
     ref, geo = sitk.GetArrayFromImage(image).astype(np.float32), Geometry.from_sitk(image)
     rng = np.random.default_rng(14)
     ev = ref * 1.03 + rng.normal(0.0, 0.01 * float(ref.max()), ref.shape).astype(np.float32)
-    ev_geo = Geometry(geo.spacing, np.asarray(geo.origin) + np.array([2.0, 0.0, 0.0]), geo.direction, geo.space,
-                      ref.shape)
+    ev_geo = Geometry(
+        geo.spacing, np.asarray(geo.origin) + np.array([2.0, 0.0, 0.0]), geo.direction, geo.space, ref.shape
+    )
     return ref, geo, ev, ev_geo
 
 
@@ -43,7 +44,9 @@ def _brute_force_gamma(ref, geo, ev, ev_geo, kji, dose_gy, dta_mm, step_mm, radi
         p = (points[:, None, :] + chunk[None, :, :]).reshape(-1, 3)
         ijk = ev_lps.point_to_index(p)
         values = map_coordinates(ev.astype(float), ijk[:, ::-1].T, order=1, mode="constant", cval=1e9)
-        g2 = (chunk ** 2).sum(1)[None, :] / dta_mm ** 2 + (values.reshape(len(kji), -1) - ref_vals[:, None]) ** 2 / dose_gy ** 2
+        g2 = (chunk**2).sum(1)[None, :] / dta_mm**2 + (
+            values.reshape(len(kji), -1) - ref_vals[:, None]
+        ) ** 2 / dose_gy**2
         best = np.minimum(best, g2.min(axis=1))
     return np.sqrt(best)
 

@@ -30,9 +30,34 @@ def test_plan_and_dvh_report_the_same_target_statistics(shared_data, tmp_path):
     path = shared_data / "rt" / "matRad" / "photons_testData.mat"
     plan_report, dvh_report = tmp_path / "plan.json", tmp_path / "dvh.json"
     dose, seg = tmp_path / "dose.nrrd", tmp_path / "structures.seg.nrrd"
-    assert main(["plan", "--matrad", str(path), "--target", "Target", "--prescription", "60", "--fractions", "30",
-                 "--gantry-angles", "0,90,180,270", "--bixel-width", "10", "--dose-grid", "10",
-                 "--output-dose", str(dose), "--output-segmentation", str(seg), "--report", str(plan_report)]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--matrad",
+                str(path),
+                "--target",
+                "Target",
+                "--prescription",
+                "60",
+                "--fractions",
+                "30",
+                "--gantry-angles",
+                "0,90,180,270",
+                "--bixel-width",
+                "10",
+                "--dose-grid",
+                "10",
+                "--output-dose",
+                str(dose),
+                "--output-segmentation",
+                str(seg),
+                "--report",
+                str(plan_report),
+            ]
+        )
+        == 0
+    )
     assert main(["dvh", str(dose), str(seg), "--report", str(dvh_report)]) == 0
     planned = json.loads(plan_report.read_text())["metrics"]["structures"]
     evaluated = json.loads(dvh_report.read_text())["metrics"]["structures"]
@@ -54,8 +79,9 @@ def test_mask_on_a_cropped_grid_gives_the_same_samples():
     mask = np.zeros(dose.shape, bool)
     mask[4:15, 6:20, 3:17] = rng.random((11, 14, 14)) > 0.3
     crop = mask[4:15, 6:20, 3:17]
-    crop_geometry = Geometry(geometry.spacing, geometry.index_to_point(np.array([3.0, 6.0, 4.0])), np.eye(3), "LPS",
-                             crop.shape)
+    crop_geometry = Geometry(
+        geometry.spacing, geometry.index_to_point(np.array([3.0, 6.0, 4.0])), np.eye(3), "LPS", crop.shape
+    )
     whole = dvh.mask_samples(dose, geometry, mask, geometry)
     cropped = dvh.mask_samples(dose, geometry, crop, crop_geometry)
     assert np.array_equal(whole.dose, cropped.dose)
@@ -67,8 +93,9 @@ def test_mask_on_a_cropped_grid_gives_the_same_samples():
     assert m["D50_Gy"] == pytest.approx(np.median(dose[mask]), abs=0.2)
     assert structure_metrics(whole) == m
     # on a finer grid the mask is oversampled, the dose interpolated between voxel centres
-    fine = Geometry((0.6, 0.45, 1.25), geometry.index_to_point(np.array([-0.25, -0.25, -0.25])), np.eye(3), "LPS",
-                    (40, 48, 56))
+    fine = Geometry(
+        (0.6, 0.45, 1.25), geometry.index_to_point(np.array([-0.25, -0.25, -0.25])), np.eye(3), "LPS", (40, 48, 56)
+    )
     oversampled = dvh.mask_samples(dose, geometry, np.ones((40, 48, 56), bool), fine, oversampling=2)
     assert len(oversampled.dose) == 8 * 40 * 48 * 56
     assert oversampled.volume_cc == pytest.approx(np.prod(dose.shape) * np.prod(geometry.spacing) / 1000.0)

@@ -24,7 +24,7 @@ from MedAIPlanLib.dose.memory_estimate import estimate_plan_memory
 from MedAIPlanLib.dose.pencil_beam import convolve_kernels
 from MedAIPlanLib.logic import MedAIPlanLogic, default_machine_path
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @pytest.fixture
@@ -47,12 +47,25 @@ def tg119(shared_data):
 def test_cli_refuses_a_hundredth_of_a_millimetre_bixel_at_once_with_the_estimate(tg119, tmp_path, capsys):
     out = tmp_path / "dose.nrrd"
     t0 = time.perf_counter()
-    code = main(["plan", "--matrad", str(tg119), "--target", "OuterTarget", "--prescription", "50",
-                 "--bixel-width", "0.01", "--output-dose", str(out)])
+    code = main(
+        [
+            "plan",
+            "--matrad",
+            str(tg119),
+            "--target",
+            "OuterTarget",
+            "--prescription",
+            "50",
+            "--bixel-width",
+            "0.01",
+            "--output-dose",
+            str(out),
+        ]
+    )
     seconds = time.perf_counter() - t0
     err = capsys.readouterr().err
     assert code == 1, err
-    assert seconds < 20.0, seconds            # ~3 s on an idle CPU (load, beams, estimate); it was 77 s
+    assert seconds < 20.0, seconds  # ~3 s on an idle CPU (load, beams, estimate); it was 77 s
     line = next(x for x in err.splitlines() if x.startswith("medai plan: error:"))
     assert "GiB" in line
     for option in ("--bixel-width", "--dose-grid", "--memory-limit-gb"):
@@ -80,7 +93,7 @@ def test_estimate_stays_small_and_fast_at_any_bixel_width(tg119):
         seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert peak < 256 * 1024 ** 2, (width, peak)       # it took > 12 GiB at 0.01 mm before
+        assert peak < 256 * 1024**2, (width, peak)  # it took > 12 GiB at 0.01 mm before
         assert seconds < 10.0, (width, seconds)
     fine, coarse = results[0.01], results[5.0]
     # bixels sit on projected target voxel centres: 0.01 mm gives ~one per target voxel (7458), 5 mm ~250
@@ -128,14 +141,36 @@ def test_estimate_bounds_the_measured_peak_of_a_real_plan(tg119, scene):
     logic = MedAIPlanLogic(scene)
     ct, seg = logic.load_matrad(tg119)
     angles = [0.0, 72.0, 144.0, 216.0, 288.0]
-    logic.plan(ct, seg, "OuterTarget", 60.0, gantry_angles=[0.0], bixel_width_mm=10.0, dose_grid_mm=10.0,
-               max_iter=2, device="cpu")           # compiles the engine's kernels: a one-off, outside the count
-    estimate = logic.estimate_plan_memory(ct, seg, "OuterTarget", gantry_angles=angles, bixel_width_mm=5.0,
-                                          dose_grid_mm=6.0)["total_GiB"] * GIB
+    logic.plan(
+        ct,
+        seg,
+        "OuterTarget",
+        60.0,
+        gantry_angles=[0.0],
+        bixel_width_mm=10.0,
+        dose_grid_mm=10.0,
+        max_iter=2,
+        device="cpu",
+    )  # compiles the engine's kernels: a one-off, outside the count
+    estimate = (
+        logic.estimate_plan_memory(ct, seg, "OuterTarget", gantry_angles=angles, bixel_width_mm=5.0, dose_grid_mm=6.0)[
+            "total_GiB"
+        ]
+        * GIB
+    )
     clear_refs.write_text("5")
     before, _ = _peak_rss_since_reset()
-    logic.plan(ct, seg, "OuterTarget", 60.0, gantry_angles=angles, bixel_width_mm=5.0, dose_grid_mm=6.0,
-               max_iter=20, device="cpu")
+    logic.plan(
+        ct,
+        seg,
+        "OuterTarget",
+        60.0,
+        gantry_angles=angles,
+        bixel_width_mm=5.0,
+        dose_grid_mm=6.0,
+        max_iter=20,
+        device="cpu",
+    )
     _, peak = _peak_rss_since_reset()
     measured = peak - before
     assert logic.last_result.memory_estimate["total_GiB"] * GIB == pytest.approx(estimate, rel=0.01)
@@ -155,8 +190,9 @@ def test_a_tiny_dose_grid_is_refused_from_its_shape_and_a_real_memory_error_read
     # MemoryError is one line that says where, what was estimated, and what to change
     count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     with pytest.raises(MemoryError, match="Out of memory while running compute_dose") as failed:
-        logic.compute_dose(ct, seg, "OuterTarget", gantry_angles=[0.0], dose_grid_mm=0.01, device="cpu",
-                           memory_limit_gb=1e9)
+        logic.compute_dose(
+            ct, seg, "OuterTarget", gantry_angles=[0.0], dose_grid_mm=0.01, device="cpu", memory_limit_gb=1e9
+        )
     message = str(failed.value)
     assert "\n" not in message
     assert "GiB free now" in message
@@ -172,4 +208,4 @@ def test_the_logic_refuses_a_memory_limit_that_is_not_positive(limit):
     with pytest.raises(ValueError, match="positive number of GiB"):
         memory_limit_bytes(limit)
     assert memory_limit_bytes(None) is None
-    assert memory_limit_bytes(2.0) == 2 * 1024 ** 3
+    assert memory_limit_bytes(2.0) == 2 * 1024**3

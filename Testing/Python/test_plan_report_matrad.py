@@ -35,7 +35,7 @@ def tg119_files(scene, shared_data, tmp_path):
     origin = np.asarray(patient.geometry.origin)
     kk, jj, ii = np.indices(shape_kji)
     points = origin + np.stack([ii, jj, kk], -1) * np.array([6.0, 6.0, 5.0])
-    dose = 50.0 * np.exp(-((points - centre) ** 2).sum(-1) / (2 * 30.0 ** 2))
+    dose = 50.0 * np.exp(-((points - centre) ** 2).sum(-1) / (2 * 30.0**2))
     image = sitk.GetImageFromArray(dose.astype(np.float32))
     image.SetSpacing((6.0, 6.0, 5.0))
     image.SetOrigin(tuple(origin))
@@ -48,9 +48,28 @@ def test_medai_dvh_report_shows_the_matrad_ct(tg119_files, tmp_path):
     """``medai dvh DOSE SEG --ct TG119.mat --report-pdf``: three pages, every /MediaBox A4 landscape."""
     mat, seg_path, dose_path = tg119_files
     pdf, png, report = tmp_path / "r.pdf", tmp_path / "r.png", tmp_path / "r.json"
-    assert main(["dvh", str(dose_path), str(seg_path), "--ct", str(mat), "--target", "OuterTarget",
-                 "--prescription", "50", "--report-pdf", str(pdf), "--report-png", str(png),
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "dvh",
+                str(dose_path),
+                str(seg_path),
+                "--ct",
+                str(mat),
+                "--target",
+                "OuterTarget",
+                "--prescription",
+                "50",
+                "--report-pdf",
+                str(pdf),
+                "--report-png",
+                str(png),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["outputs"]["report_pdf"] == str(pdf)
     boxes = re.findall(rb"/MediaBox\s*\[([^\]]*)\]", pdf.read_bytes())
     assert len(boxes) == 3
@@ -71,10 +90,18 @@ def test_report_pages_outline_structures_on_the_matrad_ct(scene, tg119_files):
     dose = bridge.load_volume(scene, dose_path)
     seg = bridge.load_segmentation(scene, seg_path)
     ct = load_report_ct(scene, mat)
-    result = PlanEvaluationLogic(scene).compute_dvh(dose, seg, prescription_gy=50.0, target_segment="OuterTarget",
-                                                    oversampling=1)
-    report = plan_report_from_nodes(dose, result, ct_node=ct, structures_node=seg, target="OuterTarget",
-                                    prescription_gy=50.0, isodose_levels_gy=(25.0, 47.5))
+    result = PlanEvaluationLogic(scene).compute_dvh(
+        dose, seg, prescription_gy=50.0, target_segment="OuterTarget", oversampling=1
+    )
+    report = plan_report_from_nodes(
+        dose,
+        result,
+        ct_node=ct,
+        structures_node=seg,
+        target="OuterTarget",
+        prescription_gy=50.0,
+        isodose_levels_gy=(25.0, 47.5),
+    )
     summary, planes, dvh_page = pdf_page_figures(report)
     assert [a.get_ylabel() for a in planes.axes if hasattr(a, "_colorbar")] == ["Dose (Gy)"] * 3
     legend = {t.get_text() for a in planes.axes if a.get_legend() for t in a.get_legend().get_texts()}
@@ -99,9 +126,30 @@ def test_medai_dose_writes_the_matrad_ct(shared_data, tmp_path):
     if not mat.exists():
         pytest.skip(f"{mat} missing")
     ct_path, report = tmp_path / "ct.nrrd", tmp_path / "dose.json"
-    assert main(["dose", "--matrad", str(mat), "--target", "OuterTarget", "--gantry-angles", "0", "--bixel-width", "20",
-                 "--dose-grid", "8", "--output-dose", str(tmp_path / "d.nrrd"), "--output-ct", str(ct_path),
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "dose",
+                "--matrad",
+                str(mat),
+                "--target",
+                "OuterTarget",
+                "--gantry-angles",
+                "0",
+                "--bixel-width",
+                "20",
+                "--dose-grid",
+                "8",
+                "--output-dose",
+                str(tmp_path / "d.nrrd"),
+                "--output-ct",
+                str(ct_path),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["outputs"]["ct"] == str(ct_path)
     patient = load_matrad_patient(mat)
     image = sitk.ReadImage(str(ct_path))

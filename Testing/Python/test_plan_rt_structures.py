@@ -23,8 +23,7 @@ from MedAIPlanLib.evaluation.dvh import contour_volume_cc
 from MedAIPlanLib.evaluation_logic import PlanEvaluationLogic
 from MedAIPlanLib.logic import MedAIPlanLogic
 
-RTSS_ROIS = ["BODY", "Areola", "Borders", "Breast", "Heart", "Lt Lung", "Nodes", "Scar", "Tumor Bed",
-             "Tumor Bed Block"]
+RTSS_ROIS = ["BODY", "Areola", "Borders", "Breast", "Heart", "Lt Lung", "Nodes", "Scar", "Tumor Bed", "Tumor Bed Block"]
 TG119_STRUCTURES = ["Core", "OuterTarget", "BODY"]
 
 
@@ -47,9 +46,13 @@ def tg119_files(scene, shared_data, tmp_path):
     """TG119's CT and structures (Core and OuterTarget inside BODY: overlapping, several layers) as files."""
     ct, seg = MedAIPlanLogic(scene).load_matrad(shared_data / "rt" / "pyRadPlan" / "TG119.mat")
     masks, geometry = segment_masks(seg)
-    return {"ct": bridge.save_node(ct, tmp_path / "TG119_ct.nrrd"),
-            "segmentation": bridge.save_node(seg, tmp_path / "TG119.seg.nrrd"),
-            "masks": masks, "geometry": geometry, "layers": _layer_count(seg)}
+    return {
+        "ct": bridge.save_node(ct, tmp_path / "TG119_ct.nrrd"),
+        "segmentation": bridge.save_node(seg, tmp_path / "TG119.seg.nrrd"),
+        "masks": masks,
+        "geometry": geometry,
+        "layers": _layer_count(seg),
+    }
 
 
 def test_rtss_import_keeps_nested_structures_and_the_empty_roi(scene, rtss):
@@ -64,7 +67,7 @@ def test_rtss_import_keeps_nested_structures_and_the_empty_roi(scene, rtss):
     for name in ("Tumor Bed", "Breast", "BODY", "Heart"):
         expected = contour_volume_cc(contours[name])
         assert abs(volumes[name] - expected) <= 0.01 * expected, (name, volumes[name], expected)
-    assert np.all(masks["BODY"][masks["Breast"]])          # nested: Tumor Bed in Breast in BODY
+    assert np.all(masks["BODY"][masks["Breast"]])  # nested: Tumor Bed in Breast in BODY
     assert np.all(masks["Breast"][masks["Tumor Bed"]])
     assert _layer_count(node) >= 3
     assert volumes["Areola"] == 0.0
@@ -98,8 +101,19 @@ def test_tg119_segmentation_exports_every_layer_and_round_trips(tg119_files, tmp
     the 1,320-voxel Core)."""
     assert tg119_files["layers"] >= 2
     out = tmp_path / "rt"
-    assert main(["rt-export", str(out), "--segmentation", str(tg119_files["segmentation"]),
-                 "--report", str(tmp_path / "export.json")]) == 0
+    assert (
+        main(
+            [
+                "rt-export",
+                str(out),
+                "--segmentation",
+                str(tg119_files["segmentation"]),
+                "--report",
+                str(tmp_path / "export.json"),
+            ]
+        )
+        == 0
+    )
     contours = json.loads((tmp_path / "export.json").read_text())["metrics"]["structure_contours"]
     assert list(contours) == TG119_STRUCTURES
     rois = {r.name: r for r in read_rtstruct(out / "RTSTRUCT.dcm")}
@@ -109,15 +123,39 @@ def test_tg119_segmentation_exports_every_layer_and_round_trips(tg119_files, tmp
         assert len(rois[name].contours) == contours[name]
     original = _volumes_cc(masks, geometry)
 
-    assert main(["rt-import", str(out / "RTSTRUCT.dcm"), "--reference", str(tg119_files["ct"]),
-                 "--output-dir", str(tmp_path / "on_ct"), "--report", str(tmp_path / "on_ct.json")]) == 0
+    assert (
+        main(
+            [
+                "rt-import",
+                str(out / "RTSTRUCT.dcm"),
+                "--reference",
+                str(tg119_files["ct"]),
+                "--output-dir",
+                str(tmp_path / "on_ct"),
+                "--report",
+                str(tmp_path / "on_ct.json"),
+            ]
+        )
+        == 0
+    )
     back = json.loads((tmp_path / "on_ct.json").read_text())["metrics"]["RTSTRUCT_structures_cc"]
     assert list(back) == TG119_STRUCTURES
     for name in TG119_STRUCTURES:
         assert back[name] == pytest.approx(original[name], rel=1e-9)
 
-    assert main(["rt-import", str(out / "RTSTRUCT.dcm"), "--output-dir", str(tmp_path / "fine"),
-                 "--report", str(tmp_path / "fine.json")]) == 0
+    assert (
+        main(
+            [
+                "rt-import",
+                str(out / "RTSTRUCT.dcm"),
+                "--output-dir",
+                str(tmp_path / "fine"),
+                "--report",
+                str(tmp_path / "fine.json"),
+            ]
+        )
+        == 0
+    )
     fine = json.loads((tmp_path / "fine.json").read_text())["metrics"]["RTSTRUCT_structures_cc"]
     assert list(fine) == TG119_STRUCTURES
     for name in TG119_STRUCTURES:
@@ -146,9 +184,23 @@ def test_tg119_round_trip_on_the_ct_grid_is_voxel_exact(scene, tg119_files, tmp_
 def test_gantry_400_refused_by_medai_plan(shared_data, tmp_path, capsys):
     """``--gantry-angles 0,400``: refused before any work, naming the angle and the valid range."""
     report = tmp_path / "plan.json"
-    code = main(["plan", "--matrad", str(shared_data / "rt" / "pyRadPlan" / "TG119.mat"), "--target", "OuterTarget",
-                 "--prescription", "50", "--gantry-angles", "0,400", "--output-dose", str(tmp_path / "d.nrrd"),
-                 "--report", str(report)])
+    code = main(
+        [
+            "plan",
+            "--matrad",
+            str(shared_data / "rt" / "pyRadPlan" / "TG119.mat"),
+            "--target",
+            "OuterTarget",
+            "--prescription",
+            "50",
+            "--gantry-angles",
+            "0,400",
+            "--output-dose",
+            str(tmp_path / "d.nrrd"),
+            "--report",
+            str(report),
+        ]
+    )
     assert code != 0
     err = capsys.readouterr().err
     assert "--gantry-angles: 400 degrees is outside 0 <= angle < 360" in err
@@ -160,16 +212,29 @@ def test_gantry_400_refused_by_rt_export_and_the_logic(scene, tg119_files, tmp_p
     """``medai rt-export --gantry 400`` and the plan Logic refuse the angle instead of writing 40."""
     ct = bridge.load_volume(scene, tg119_files["ct"])
     seg = bridge.load_segmentation(scene, tg119_files["segmentation"])
-    code = main(["rt-export", str(tmp_path / "rt"), "--dose", str(tg119_files["ct"]), "--segmentation",
-                 str(tg119_files["segmentation"]), "--target", "OuterTarget", "--gantry", "0,400"])
+    code = main(
+        [
+            "rt-export",
+            str(tmp_path / "rt"),
+            "--dose",
+            str(tg119_files["ct"]),
+            "--segmentation",
+            str(tg119_files["segmentation"]),
+            "--target",
+            "OuterTarget",
+            "--gantry",
+            "0,400",
+        ]
+    )
     assert code != 0
     assert "--gantry: 400 degrees is outside 0 <= angle < 360" in capsys.readouterr().err
     assert not (tmp_path / "rt" / "RTPLAN.dcm").exists()
     with pytest.raises(ValueError, match="Gantry angle: 400 degrees is outside 0 <= angle < 360"):
         MedAIPlanLogic(scene).plan(ct, seg, "OuterTarget", 50.0, gantry_angles=[0, 400])
     with pytest.raises(ValueError, match="Couch angle: -20 degrees"):
-        PlanEvaluationLogic(scene).plan_beams(ct, seg, target="OuterTarget", gantry_angles=[0, 90],
-                                              couch_angles=[0, -20])
+        PlanEvaluationLogic(scene).plan_beams(
+            ct, seg, target="OuterTarget", gantry_angles=[0, 90], couch_angles=[0, -20]
+        )
 
 
 def test_rtplan_gantry_out_of_range_refused_on_write_and_read(shared_data, tmp_path):
@@ -212,8 +277,12 @@ def test_repeated_roi_names_and_cut_structures_are_flagged(scene, rtss, tmp_path
     assert warnings == ["RTSTRUCT ROI name 'Tumor Bed' is repeated (ROI 10); imported as 'Tumor Bed (2)'."]
     masks, geometry = segment_masks(node)
     nk = geometry.shape_kji[0]
-    half = bridge.create_volume(scene, np.zeros((nk // 2, *geometry.shape_kji[1:]), np.int16),
-                                geometry.with_shape((nk // 2, *geometry.shape_kji[1:])), "CT covering half")
+    half = bridge.create_volume(
+        scene,
+        np.zeros((nk // 2, *geometry.shape_kji[1:]), np.int16),
+        geometry.with_shape((nk // 2, *geometry.shape_kji[1:])),
+        "CT covering half",
+    )
     with collect_warnings() as warnings:
         logic.import_rtstruct(path, reference_node=half)
     assert any(w.startswith("RTSTRUCT ROI 'Tumor Bed': ") and "reference volume that covers" in w for w in warnings)

@@ -23,16 +23,35 @@ def _phantom_pair(scene, tmp_path):
     fixed_image = bridge.volume_to_sitk(fixed_node)
     moving_image, truth = simulation.moved_copy(fixed_image, (8.0, -6.0, 14.0), (12.0, -15.0, 8.0))
     moving_node = bridge.sitk_to_volume(moving_image, scene, "moving")
-    return (bridge.save_node(fixed_node, tmp_path / "fixed.nrrd"), bridge.save_node(moving_node, tmp_path / "moving.nrrd"),
-            truth, phantom)
+    return (
+        bridge.save_node(fixed_node, tmp_path / "fixed.nrrd"),
+        bridge.save_node(moving_node, tmp_path / "moving.nrrd"),
+        truth,
+        phantom,
+    )
 
 
 def test_register_transform_moves_moving_volume_like_sitk_resampling(scene, tmp_path):
     fixed_path, moving_path, truth, phantom = _phantom_pair(scene, tmp_path)
     out, report_path = tmp_path / "T.h5", tmp_path / "report.json"
-    assert main(["register", str(fixed_path), str(moving_path), "--output-transform", str(out),
-                 "--output-volume", str(tmp_path / "R.nrrd"), "--preset", "ct-mr-head",
-                 "--report", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(fixed_path),
+                str(moving_path),
+                "--output-transform",
+                str(out),
+                "--output-volume",
+                str(tmp_path / "R.nrrd"),
+                "--preset",
+                "ct-mr-head",
+                "--report",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["metrics"]["mi_after"] > report["metrics"]["mi_before"]
     itk = sitk.ReadTransform(str(out))
@@ -58,8 +77,11 @@ def test_register_transform_moves_moving_volume_like_sitk_resampling(scene, tmp_
     hardened, geometry = bridge.array_from_volume(moving)
     fixed_array, fixed_geometry = bridge.array_from_volume(fixed)
     through_mrml = bridge.resample_array(hardened.astype(np.float32), geometry, fixed_geometry)
-    through_sitk = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(moving_path), sitk.sitkFloat32),
-                                                        bridge.volume_to_sitk(fixed), itk, sitk.sitkLinear, 0.0))
+    through_sitk = sitk.GetArrayFromImage(
+        sitk.Resample(
+            sitk.ReadImage(str(moving_path), sitk.sitkFloat32), bridge.volume_to_sitk(fixed), itk, sitk.sitkLinear, 0.0
+        )
+    )
     assert np.abs(through_mrml - through_sitk).max() < 1e-2 * np.abs(through_sitk).max()
     resampled = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "R.nrrd")))
     assert resampled.shape == fixed_array.shape
@@ -75,8 +97,21 @@ def test_landmarks_command_writes_itk_fixed_to_moving(scene, tmp_path, shared_da
         paths.append(str(bridge.save_node(node, tmp_path / f"{name}.mrk.json")))
     for method in ("rigid", "affine", "tps"):
         out = tmp_path / f"{method}.h5"
-        assert main(["landmarks", *paths, "--output-transform", str(out), "--method", method,
-                     "--report", str(tmp_path / "r.json")]) == 0
+        assert (
+            main(
+                [
+                    "landmarks",
+                    *paths,
+                    "--output-transform",
+                    str(out),
+                    "--method",
+                    method,
+                    "--report",
+                    str(tmp_path / "r.json"),
+                ]
+            )
+            == 0
+        )
         if method == "tps":
             # ITK's ThinPlateSplineKernelTransform is not in SimpleITK's reader: check through Slicer's.
             from_parent = bridge.load_transform(scene, out).GetTransformFromParent()
@@ -98,15 +133,30 @@ def test_icp_command_on_segment_surfaces(scene, tmp_path):
     fixed = bridge.create_segmentation(scene, phantom.labels, phantom.geometry, segments, "fixed seg")
     labels_image = bridge.array_to_sitk(phantom.labels.astype(np.uint16), phantom.geometry)
     moved_labels, truth = simulation.moved_copy(labels_image, (6.0, 4.0, -10.0), (8.0, 5.0, -6.0), remap=False)
-    moved_labels = sitk.Cast(sitk.Resample(labels_image, moved_labels, truth.GetInverse(), sitk.sitkNearestNeighbor),
-                             sitk.sitkUInt16)
+    moved_labels = sitk.Cast(
+        sitk.Resample(labels_image, moved_labels, truth.GetInverse(), sitk.sitkNearestNeighbor), sitk.sitkUInt16
+    )
     array, geometry = bridge.sitk_to_array(moved_labels)
     moving = bridge.create_segmentation(scene, array, geometry, segments, "moving seg")
     fixed_path = bridge.save_node(fixed, tmp_path / "fixed.seg.nrrd")
     moving_path = bridge.save_node(moving, tmp_path / "moving.seg.nrrd")
     out = tmp_path / "icp.h5"
-    assert main(["icp", f"{fixed_path}:liver", f"{moving_path}:liver", "--output-transform", str(out),
-                 "--trim", "0.95", "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "icp",
+                f"{fixed_path}:liver",
+                f"{moving_path}:liver",
+                "--output-transform",
+                str(out),
+                "--trim",
+                "0.95",
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     itk = sitk.ReadTransform(str(out))
     liver = bridge.array_to_sitk((phantom.labels == 5).astype(np.uint8), phantom.geometry)
     tre = intensity_registration.target_registration_error(itk, truth, simulation.grid_points(liver, 2, liver))

@@ -31,8 +31,9 @@ def _dense(grid, geometry, shape, coefficients):
 def test_bspline_layout_matches_itk_and_refinement_is_exact():
     rng = np.random.default_rng(3)
     shape = (12, 17, 15)
-    geometry = Geometry((1.5, 2.0, 3.0), (10.0, -20.0, 5.0), Rotation.from_rotvec([0.1, -0.2, 0.3]).as_matrix(),
-                        "LPS", shape)
+    geometry = Geometry(
+        (1.5, 2.0, 3.0), (10.0, -20.0, 5.0), Rotation.from_rotvec([0.1, -0.2, 0.3]).as_matrix(), "LPS", shape
+    )
     grid = torch_bspline.grid_for_image(geometry, shape, 12.0, 2)
     coefficients = rng.normal(size=grid.shape_kji + (3,))
     linear = np.eye(4)
@@ -51,8 +52,12 @@ def test_bspline_layout_matches_itk_and_refinement_is_exact():
 
 
 def _deformed_mr(shared_data):
-    image = sitk.Cast(sitk.Shrink(sitk.ReadImage(str(shared_data / "registration" / "ants-templates" /
-                                                     "ants_ch2.nii.gz")), [3, 3, 3]), sitk.sitkFloat32)
+    image = sitk.Cast(
+        sitk.Shrink(
+            sitk.ReadImage(str(shared_data / "registration" / "ants-templates" / "ants_ch2.nii.gz")), [3, 3, 3]
+        ),
+        sitk.sitkFloat32,
+    )
     centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
     deformation = simulation.SmoothDeformation(centre, amplitude_mm=6.0, wavelength_mm=120.0)
     moving, truth = simulation.deformed_copy(image, deformation)
@@ -63,8 +68,12 @@ def _deformed_mr(shared_data):
 def test_torch_bspline_recovers_known_smooth_deformation(shared_data):
     fixed, moving, truth, points = _deformed_mr(shared_data)
     expected = truth(points)
-    arrays = (sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-              Geometry.from_sitk(moving))
+    arrays = (
+        sitk.GetArrayFromImage(fixed),
+        Geometry.from_sitk(fixed),
+        sitk.GetArrayFromImage(moving),
+        Geometry.from_sitk(moving),
+    )
 
     def error(transform):
         mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in points])
@@ -94,8 +103,9 @@ def test_bspline_node_moves_moving_volume_like_the_torch_warp(scene):
     fixed, moving, _ = _phantom_pair(scene)
     logic = MedAIRegisterLogic(scene)
     stages = []
-    node = logic.register_volumes(fixed, moving, "bspline", "ct-mr-head", "torch",
-                                  progress=lambda stage, fraction: stages.append(stage))
+    node = logic.register_volumes(
+        fixed, moving, "bspline", "ct-mr-head", "torch", progress=lambda stage, fraction: stages.append(stage)
+    )
     assert logic.last.backend == "torch"
     assert not node.IsLinear()
     assert node.GetNodeReference("moving") is moving
@@ -110,19 +120,26 @@ def test_bspline_node_moves_moving_volume_like_the_torch_warp(scene):
     affine[:3, :3] = np.array(composite.GetNthTransform(0).GetMatrix()).reshape(3, 3)
     affine[:3, 3] = composite.GetNthTransform(0).TransformPoint((0.0, 0.0, 0.0))
     bspline = sitk.BSplineTransform(composite.GetNthTransform(1))
-    grid = torch_bspline.BSplineGrid(np.array(bspline.GetTransformDomainOrigin()),
-                                     np.array(bspline.GetTransformDomainDirection()).reshape(3, 3),
-                                     np.array(bspline.GetTransformDomainPhysicalDimensions()),
-                                     tuple(bspline.GetTransformDomainMeshSize()))
+    grid = torch_bspline.BSplineGrid(
+        np.array(bspline.GetTransformDomainOrigin()),
+        np.array(bspline.GetTransformDomainDirection()).reshape(3, 3),
+        np.array(bspline.GetTransformDomainPhysicalDimensions()),
+        tuple(bspline.GetTransformDomainMeshSize()),
+    )
     parameters = np.array(bspline.GetParameters()).reshape(3, -1)
     coefficients = np.stack([parameters[c].reshape(grid.shape_kji) for c in range(3)], -1)
     result = torch_bspline.BSplineResult(grid, coefficients, affine, 0.0, 0, 0.0, "cpu")
-    through_torch = torch_bspline.warp_moving(result, Geometry.from_sitk(fixed_image),
-                                              sitk.GetArrayFromImage(fixed_image).shape,
-                                              sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image))
+    through_torch = torch_bspline.warp_moving(
+        result,
+        Geometry.from_sitk(fixed_image),
+        sitk.GetArrayFromImage(fixed_image).shape,
+        sitk.GetArrayFromImage(moving_image),
+        Geometry.from_sitk(moving_image),
+    )
     # The node maps fixed RAS points to moving RAS points (from-parent) exactly as the torch map A(p + d(p)) ...
-    fixed_lps = Geometry.from_sitk(fixed_image).index_to_point(np.array([[0, 0, 0], [20, 30, 10], [40, 25, 20],
-                                                                         [63, 63, 31], [10, 50, 5]], float))
+    fixed_lps = Geometry.from_sitk(fixed_image).index_to_point(
+        np.array([[0, 0, 0], [20, 30, 10], [40, 25, 20], [63, 63, 31], [10, 50, 5]], float)
+    )
     from_parent = node.GetTransformFromParent()
     mapped = np.array([from_parent.TransformPoint(tuple(map(float, p))) for p in lps_to_ras_points(fixed_lps)])
     expected = np.array([composite.TransformPoint(tuple(map(float, p))) for p in fixed_lps])
@@ -137,8 +154,10 @@ def test_bspline_node_moves_moving_volume_like_the_torch_warp(scene):
     body = make_ct_phantom(shape_kji=(32, 64, 64), spacing=(4.0, 4.0, 5.0)).labels > 0
     difference = np.abs(through_mrml - through_torch)[body]
     scale = np.abs(through_torch[body]).max()
-    unregistered = np.abs(bridge.resample_array(sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image),
-                                                fixed_geometry) - through_torch)[body]
+    unregistered = np.abs(
+        bridge.resample_array(sitk.GetArrayFromImage(moving_image), Geometry.from_sitk(moving_image), fixed_geometry)
+        - through_torch
+    )[body]
     assert np.median(difference) < 0.01 * scale
     assert difference.mean() < 0.25 * unregistered.mean()
 
@@ -147,8 +166,7 @@ def test_bspline_node_moves_moving_volume_like_the_torch_warp(scene):
 def test_masks_on_medai_paths(scene, device):
     phantom = make_ct_phantom()
     fixed = bridge.create_volume(scene, phantom.ct.astype(np.float32), phantom.geometry, "F")
-    labels = bridge.create_volume(scene, (phantom.labels > 0).astype(np.uint8), phantom.geometry, "body",
-                                  labelmap=True)
+    labels = bridge.create_volume(scene, (phantom.labels > 0).astype(np.uint8), phantom.geometry, "body", labelmap=True)
     moving_image, truth = simulation.moved_copy(bridge.volume_to_sitk(fixed), (6.0, -4.0, 10.0), (10.0, -8.0, 6.0))
     # An artefact that does not move with the anatomy (a bright bar), masked out on the moving side.
     moving_array = sitk.GetArrayFromImage(moving_image)
@@ -166,8 +184,9 @@ def test_masks_on_medai_paths(scene, device):
     from MedAIRegisterLib.intensity.intensity_registration import target_registration_error
 
     assert target_registration_error(logic.last.itk_transform, truth, points).mean() < 1.0
-    empty = bridge.create_volume(scene, np.zeros_like(phantom.labels, np.uint8), phantom.geometry, "none",
-                                 labelmap=True)
+    empty = bridge.create_volume(
+        scene, np.zeros_like(phantom.labels, np.uint8), phantom.geometry, "none", labelmap=True
+    )
     with pytest.raises(ValueError, match="mask is empty"):
         logic.register_volumes(fixed, moving, "rigid", "ct-mr-head", device, fixed_mask=empty)
 
@@ -212,8 +231,26 @@ def test_register_command_bspline_on_torch_writes_an_itk_bspline_file(scene, tmp
     fixed_path = bridge.save_node(fixed, tmp_path / "fixed.nrrd")
     moving_path = bridge.save_node(moving, tmp_path / "moving.nrrd")
     out, report_path = tmp_path / "T.h5", tmp_path / "report.json"
-    assert main(["register", str(fixed_path), str(moving_path), "--output-transform", str(out), "--transform",
-                 "bspline", "--device", "torch", "--preset", "ct-mr-head", "--report", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(fixed_path),
+                str(moving_path),
+                "--output-transform",
+                str(out),
+                "--transform",
+                "bspline",
+                "--device",
+                "torch",
+                "--preset",
+                "ct-mr-head",
+                "--report",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["device"].startswith("torch")
     assert report["metrics"]["mi_after"] > report["metrics"]["mi_before"]

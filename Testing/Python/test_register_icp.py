@@ -99,8 +99,21 @@ def _icp_command(folder, tmp_path, *options):
     from MedAICommonLib.cli.main import main
 
     out, report = tmp_path / "bunny.h5", tmp_path / "bunny.json"
-    assert main(["icp", str(folder / "bun000.ply"), str(folder / "bun090.ply"), "--output-transform", str(out),
-                 "--report", str(report), *options]) == 0
+    assert (
+        main(
+            [
+                "icp",
+                str(folder / "bun000.ply"),
+                str(folder / "bun090.ply"),
+                "--output-transform",
+                str(out),
+                "--report",
+                str(report),
+                *options,
+            ]
+        )
+        == 0
+    )
     return sitk.ReadTransform(str(out)), json.loads(report.read_text())
 
 
@@ -113,8 +126,11 @@ def test_icp_command_defaults_recover_the_scanner_pose_in_mm(shared_data, tmp_pa
     _, moving_mm, truth = bunny_pair(shared_data)
     matrix_lps = np.eye(4)
     matrix_lps[:3, :3] = np.reshape(itk.GetMatrix(), (3, 3))
-    matrix_lps[:3, 3] = np.asarray(itk.GetTranslation()) + np.asarray(itk.GetCenter()) \
+    matrix_lps[:3, 3] = (
+        np.asarray(itk.GetTranslation())
+        + np.asarray(itk.GetCenter())
         - matrix_lps[:3, :3] @ np.asarray(itk.GetCenter())
+    )
     assert rotation_angle_deg(matrix_lps @ truth) < 2.0  # fixed -> moving composed with moving -> fixed
     moving = moving_mm[::50] / 1000.0
     on_fixed = moving @ truth[:3, :3].T + truth[:3, 3] / 1000.0

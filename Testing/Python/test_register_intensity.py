@@ -18,8 +18,9 @@ def load_case(shared_data, kind):
     if kind == "ct":
         image = sitk.ReadImage(str(shared_data / "registration" / "elastix-lung-ct" / "3DCT_lung_baseline_small.mha"))
     else:  # the ICBM/Colin 'ch2' T1 head, 1 mm, shrunk to 3 mm to keep the test fast
-        image = sitk.Shrink(sitk.ReadImage(str(shared_data / "registration" / "ants-templates" / "ants_ch2.nii.gz")),
-                            [3, 3, 3])
+        image = sitk.Shrink(
+            sitk.ReadImage(str(shared_data / "registration" / "ants-templates" / "ants_ch2.nii.gz")), [3, 3, 3]
+        )
     rotation, translation = MOTION[kind]
     moving, truth = simulation.moved_copy(image, rotation, translation)
     body = image > float(np.percentile(sitk.GetArrayViewFromImage(image), 50))
@@ -40,8 +41,15 @@ def test_simpleitk_mattes_recovers_known_motion(shared_data, kind):
 @pytest.mark.parametrize("kind", ["ct", "mr"])
 def test_torch_parzen_mi_recovers_known_motion_on_cpu(shared_data, kind):
     fixed, moving, truth, points = load_case(shared_data, kind)
-    result = register_torch(sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-                            Geometry.from_sitk(moving), "rigid", iterations=60, device="cpu")
+    result = register_torch(
+        sitk.GetArrayFromImage(fixed),
+        Geometry.from_sitk(fixed),
+        sitk.GetArrayFromImage(moving),
+        Geometry.from_sitk(moving),
+        "rigid",
+        iterations=60,
+        device="cpu",
+    )
     tre = intensity_registration.target_registration_error(result.sitk_transform(), truth, points)
     assert tre.mean() <= 1.0
     assert tre.max() <= 1.5
@@ -52,8 +60,15 @@ def test_torch_parzen_mi_recovers_known_motion_on_cpu(shared_data, kind):
 def test_numba_cpu_path_recovers_known_motion(shared_data, kind):
     """MedAI's default CPU path (fused numba MI kernel), same settings as the benchmark against SimpleITK."""
     fixed, moving, truth, points = load_case(shared_data, kind)
-    result = register_numba(sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-                            Geometry.from_sitk(moving), "rigid", bins=32, sampling_percentage=0.2)
+    result = register_numba(
+        sitk.GetArrayFromImage(fixed),
+        Geometry.from_sitk(fixed),
+        sitk.GetArrayFromImage(moving),
+        Geometry.from_sitk(moving),
+        "rigid",
+        bins=32,
+        sampling_percentage=0.2,
+    )
     tre = intensity_registration.target_registration_error(result.sitk_transform(), truth, points)
     assert tre.mean() <= 1.0
     assert tre.max() <= 1.5
@@ -98,5 +113,11 @@ def test_remap_is_non_monotonic(shared_data):
     knots_in, knots_out = simulation.default_remap_knots(fixed)
     assert np.any(np.diff(knots_out[1:-1]) > 0)
     assert np.any(np.diff(knots_out[1:-1]) < 0)
-    assert abs(np.corrcoef(np.interp(np.linspace(knots_in[1], knots_in[-2], 50), knots_in, knots_out),
-                           np.linspace(0, 1, 50))[0, 1]) < 0.9
+    assert (
+        abs(
+            np.corrcoef(
+                np.interp(np.linspace(knots_in[1], knots_in[-2], 50), knots_in, knots_out), np.linspace(0, 1, 50)
+            )[0, 1]
+        )
+        < 0.9
+    )

@@ -38,9 +38,10 @@ def test_rigid_matches_numpy_svd_on_lung_landmarks(shared_data):
     assert result.fre_mean_mm == pytest.approx(3.58, abs=0.01)
     assert result.residuals_mm.max() == pytest.approx(13.49, abs=0.01)
     # ... and SimpleITK's landmark initializer (rigid) agrees too.
-    sitk_t = sitk.LandmarkBasedTransformInitializer(sitk.VersorRigid3DTransform(), fixed.ravel().tolist(),
-                                                    moving.ravel().tolist())
-    mapped = np.array([sitk_t.TransformPoint(tuple(p)) for p in fixed])   # ITK: fixed -> moving
+    sitk_t = sitk.LandmarkBasedTransformInitializer(
+        sitk.VersorRigid3DTransform(), fixed.ravel().tolist(), moving.ravel().tolist()
+    )
+    mapped = np.array([sitk_t.TransformPoint(tuple(p)) for p in fixed])  # ITK: fixed -> moving
     inverse_mapped = result.transform_points(mapped)
     assert np.abs(inverse_mapped - fixed).max() < 1e-3
     # Predicted TRE is positive and grows away from the fiducial centroid.

@@ -83,8 +83,9 @@ def test_initial_transform_node_starts_from_a_given_pose(scene):
     phantom = phantom_ct()
     fixed, moving, truth = _pair(scene)
     near = simulation.rigid_transform((0.0, 0.0, 2.0), (2.0, 0.0, 0.0), (0.0, 0.0, 0.0))
-    start = bridge.sitk_to_transform_node(bridge.matrix_to_sitk(bridge.sitk_to_matrix(truth)
-                                                               @ bridge.sitk_to_matrix(near)), scene, "start")
+    start = bridge.sitk_to_transform_node(
+        bridge.matrix_to_sitk(bridge.sitk_to_matrix(truth) @ bridge.sitk_to_matrix(near)), scene, "start"
+    )
     body = bridge.array_to_sitk((phantom.labels > 0).astype(np.uint8), phantom.geometry)
     points = simulation.grid_points(body, 4, body)
     for device in ("cpu", "simpleitk", "torch-cpu"):
@@ -100,8 +101,9 @@ def test_dose_volume_carried_through_transform_keeps_attributes_and_moves_peak(s
 
     geometry = Geometry((4.0, 4.0, 4.0), (-60.0, -60.0, -40.0), np.eye(3), "RAS", (21, 31, 31))
     centre_ras = np.array([10.0, -8.0, 4.0])
-    points = geometry.index_to_point(np.stack(np.meshgrid(*[np.arange(n) for n in (31, 31, 21)], indexing="ij"),
-                                              -1).reshape(-1, 3))
+    points = geometry.index_to_point(
+        np.stack(np.meshgrid(*[np.arange(n) for n in (31, 31, 21)], indexing="ij"), -1).reshape(-1, 3)
+    )
     dose = np.exp(-np.sum((points - centre_ras) ** 2, axis=1) / (2 * 10.0**2)).reshape(31, 31, 21).transpose(2, 1, 0)
     fixed = bridge.create_volume(scene, np.zeros((21, 31, 31), np.float32), geometry, "fixed")
     moving_dose = bridge.create_volume(scene, (60.0 * dose).astype(np.float32), geometry, "dose")

@@ -31,8 +31,21 @@ def lung_ct(shared_data) -> sitk.Image:
 def register_command(tmp_path, fixed, moving, *options) -> dict:
     """`medai register FIXED MOVING OPTIONS`; returns the JSON report."""
     report = tmp_path / "report.json"
-    assert main(["register", str(fixed), str(moving), "--output-transform", str(tmp_path / "T.h5"),
-                 "--report", str(report), *options]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(fixed),
+                str(moving),
+                "--output-transform",
+                str(tmp_path / "T.h5"),
+                "--report",
+                str(report),
+                *options,
+            ]
+        )
+        == 0
+    )
     return json.loads(report.read_text())
 
 
@@ -45,8 +58,12 @@ def round_trip_mm(scene, fixed_node, moving_node, transform_type="rigid") -> np.
     logic.register_volumes(moving_node, fixed_node, transform_type)
     backward = logic.last.itk_transform  # moving point -> fixed point
     points = simulation.grid_points(bridge.volume_to_sitk(fixed_node), 4)
-    return np.array([np.linalg.norm(np.subtract(backward.TransformPoint(forward.TransformPoint(tuple(p))), p))
-                     for p in points.tolist()])
+    return np.array(
+        [
+            np.linalg.norm(np.subtract(backward.TransformPoint(forward.TransformPoint(tuple(p))), p))
+            for p in points.tolist()
+        ]
+    )
 
 
 @pytest.mark.parametrize("transform", ["rigid", "affine", "bspline"])
@@ -114,7 +131,9 @@ def test_modality_from_real_intensities(shared_data):
     folder = shared_data / "segmentation" / "totalsegmentator"
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_ct_sm.nii.gz")))
     mr = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_mr_sm.nii.gz")))
-    head = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "registration" / "ants-templates" / "ants_ch2.nii.gz")))
+    head = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(shared_data / "registration" / "ants-templates" / "ants_ch2.nii.gz"))
+    )
     assert image_modality(ct)[0] == "CT"
     assert image_modality(mr)[0] == "MR"
     assert image_modality(head)[0] == "MR"
@@ -137,8 +156,10 @@ def test_a_result_worse_than_the_start_is_not_returned(shared_data):
     assert kept is good
     assert metrics["kept_start"] is True
     assert metrics["metric_after"] < metrics["metric_before"]
-    np.testing.assert_array_equal(resampled, sitk.GetArrayFromImage(
-        sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, good, sitk.sitkLinear, 0.0)))
+    np.testing.assert_array_equal(
+        resampled,
+        sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, good, sitk.sitkLinear, 0.0)),
+    )
     kept, _, metrics = keep_better_than_start(fixed, moving, bad, good)
     assert kept is good
     assert metrics["kept_start"] is False

@@ -25,7 +25,9 @@ def second_node(scene, head_node):
 
 
 def snapshot(scene):
-    return sorted((scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes()))
+    return sorted(
+        (scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())
+    )
 
 
 def refused(scene, call, *fragments):
@@ -53,35 +55,56 @@ def card_model(folder, net, inputs):
     folder.mkdir(parents=True, exist_ok=True)
     model = folder / "model.ts"
     torch.jit.save(torch.jit.script(net), str(model))
-    card = {"name": "bright", "inputs": [{"name": f"channel {i}"} for i in range(inputs)], "roi_size": [16, 16, 16],
-            "labels": [{"value": 1, "name": "bright tissue"}]}
+    card = {
+        "name": "bright",
+        "inputs": [{"name": f"channel {i}"} for i in range(inputs)],
+        "roi_size": [16, 16, 16],
+        "labels": [{"value": 1, "name": "bright tissue"}],
+    }
     (folder / "model.ts.json").write_text(json.dumps(card))
     return model
 
 
 def test_card_says_one_channel_but_network_takes_two(scene, head_node, tmp_path):
     model = card_model(tmp_path, two_channel_net(), inputs=1)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], model, device="cpu"),
-            "expects 2 input channel(s)", "given 1", "model card")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], model, device="cpu"),
+        "expects 2 input channel(s)",
+        "given 1",
+        "model card",
+    )
 
 
 def test_card_says_two_channels_but_network_takes_one(scene, head_node, second_node, tmp_path):
     model = card_model(tmp_path, threshold_net(), inputs=2)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], model, device="cpu"),
-            "expects 1 input channel(s)", "given 2")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], model, device="cpu"),
+        "expects 1 input channel(s)",
+        "given 2",
+    )
 
 
 def test_card_model_given_the_wrong_number_of_volumes(scene, head_node, second_node, tmp_path):
     model = card_model(tmp_path, threshold_net(), inputs=1)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], model, device="cpu"),
-            "takes 1 input volume", "got 2")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], model, device="cpu"),
+        "takes 1 input volume",
+        "got 2",
+    )
 
 
 def test_bundle_network_takes_one_channel_but_two_volumes_given(scene, head_node, second_node, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
     record_trust(bundle)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], bundle, device="cpu"),
-            "expects 1 input channel(s)", "given 2")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node, second_node], bundle, device="cpu"),
+        "expects 1 input channel(s)",
+        "given 2",
+    )
 
 
 def test_bundle_network_takes_two_channels_but_one_volume_given(scene, head_node, tmp_path):
@@ -92,9 +115,14 @@ def test_bundle_network_takes_two_channels_but_one_volume_given(scene, head_node
     torch.save(two_channel_net().state_dict(), bundle / "models" / "model.pt")
     record_trust(bundle)
     for inferer in ("bundle", "medai"):
-        refused(scene, lambda inferer=inferer: MedAISegLogic(scene).segment_with_model([head_node], bundle,
-                                                                                        device="cpu", inferer=inferer),
-                "expects 2 input channel(s)", "given 1")
+        refused(
+            scene,
+            lambda inferer=inferer: MedAISegLogic(scene).segment_with_model(
+                [head_node], bundle, device="cpu", inferer=inferer
+            ),
+            "expects 2 input channel(s)",
+            "given 1",
+        )
 
 
 def test_bundle_metadata_channel_count_is_checked_before_running(scene, head_node, tmp_path):
@@ -103,8 +131,13 @@ def test_bundle_metadata_channel_count_is_checked_before_running(scene, head_nod
     metadata["network_data_format"]["inputs"] = {"image": {"num_channels": 4}}
     (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
     record_trust(bundle)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
-            "expects 4 input channel(s)", "metadata.json", "given 1")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
+        "expects 4 input channel(s)",
+        "metadata.json",
+        "given 1",
+    )
 
 
 def truncate(path):
@@ -118,35 +151,55 @@ def test_truncated_bundle_weights(scene, head_node, tmp_path, weights):
     record_trust(bundle)
     path = bundle / "models" / f"model.{weights}"
     truncate(path)
-    message = refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
-                      str(path), "truncated or corrupt", "re-download or re-export")
+    message = refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
+        str(path),
+        "truncated or corrupt",
+        "re-download or re-export",
+    )
     assert "not trusted" not in message
 
 
 def test_truncated_bundle_weights_are_reported_before_trust_is_asked(scene, head_node, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
     truncate(bundle / "models" / "model.pt")
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
-            "truncated or corrupt")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
+        "truncated or corrupt",
+    )
 
 
 def test_truncated_torchscript_with_card(scene, head_node, tmp_path):
     model = card_model(tmp_path, threshold_net(), inputs=1)
     truncate(model)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], model, device="cpu"),
-            str(model), "truncated or corrupt", "re-download or re-export")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], model, device="cpu"),
+        str(model),
+        "truncated or corrupt",
+        "re-download or re-export",
+    )
 
 
 def test_weights_that_do_not_fit_the_network_def(scene, head_node, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
     torch.save(torch.nn.Conv3d(1, 3, 1).state_dict(), bundle / "models" / "model.pt")  # 3 classes, config says 2
     record_trust(bundle)
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
-            "do not fit the bundle's network_def", "model.pt")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
+        "do not fit the bundle's network_def",
+        "model.pt",
+    )
 
 
 def test_model_pt_without_tensors(scene, head_node, tmp_path):
     bundle = write_bundle(tmp_path / "bundle")
     torch.save({"epoch": 3}, bundle / "models" / "model.pt")
-    refused(scene, lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
-            "holds no network weights")
+    refused(
+        scene,
+        lambda: MedAISegLogic(scene).segment_with_model([head_node], bundle, device="cpu"),
+        "holds no network weights",
+    )

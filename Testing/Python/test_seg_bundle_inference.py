@@ -109,8 +109,9 @@ def test_logic_creates_probability_and_uncertainty_nodes_for_bundles(scene, shar
     node = bridge.load_volume(scene, shared_data / "registration/monai-testing-data/anatomical.nii")
     bundle = write_bundle(tmp_path / "bundle")
     logic = MedAISegLogic(scene)
-    seg = logic.segment_with_model([node], bundle, device="cpu", flip_tta=True, return_probabilities=True,
-                                   return_entropy=True, trust_bundle=True)
+    seg = logic.segment_with_model(
+        [node], bundle, device="cpu", flip_tta=True, return_probabilities=True, return_entropy=True, trust_bundle=True
+    )
     assert logic.last_result.extra_nodes == ["anatomical probability bright tissue", "anatomical uncertainty"]
     x = bridge.array_from_volume(node)[0].astype(np.float64)
     assert int(bridge.segment_mask(seg, "bright tissue")[0].sum()) == int((x > THRESHOLD).sum())
@@ -126,8 +127,13 @@ def test_voxels_coincide_only_for_permuted_or_flipped_grids():
 
     reference = Geometry((2.0, 2.0, 3.0), (10.0, -5.0, 7.0), np.diag([-1.0, 1.0, -1.0]), "RAS", (5, 6, 7))
     # the same voxels with i and j swapped and i flipped: the origin is the reference's last i
-    flipped = Geometry((2.0, 2.0, 3.0), reference.index_to_point([6, 0, 0]),
-                       np.column_stack([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]), "RAS", (5, 7, 6))
+    flipped = Geometry(
+        (2.0, 2.0, 3.0),
+        reference.index_to_point([6, 0, 0]),
+        np.column_stack([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]),
+        "RAS",
+        (5, 7, 6),
+    )
     assert voxels_coincide(flipped, reference)
     assert voxels_coincide(reference.to_space("LPS"), reference)
     half = Geometry((2.0, 2.0, 3.0), np.add(reference.origin, (1.0, 0, 0)), reference.direction, "RAS", (5, 6, 7))

@@ -29,7 +29,9 @@ def head_node(scene, shared_data):
 
 
 def snapshot(scene):
-    return sorted((scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes()))
+    return sorted(
+        (scene.GetNthNode(i).GetID(), scene.GetNthNode(i).GetMTime()) for i in range(scene.GetNumberOfNodes())
+    )
 
 
 def bright_voxels(node):
@@ -162,9 +164,18 @@ def bundle_server(tmp_path):
 
 
 def catalogue_entry(server, **checksums):
-    return {"id": "bright", "name": "bright", "url": f"http://127.0.0.1:{server.server_address[1]}/bright.zip",
-            "license": "x", "modality": "MR", "format": "monai-bundle", "inputs": [{"name": "T1"}],
-            "labels": [{"value": 1, "name": "bright tissue"}], "description": "test bundle", **checksums}
+    return {
+        "id": "bright",
+        "name": "bright",
+        "url": f"http://127.0.0.1:{server.server_address[1]}/bright.zip",
+        "license": "x",
+        "modality": "MR",
+        "format": "monai-bundle",
+        "inputs": [{"name": "T1"}],
+        "labels": [{"value": 1, "name": "bright tissue"}],
+        "description": "test bundle",
+        **checksums,
+    }
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "sha1"])

@@ -78,8 +78,13 @@ def test_shipped_catalogue_is_valid_and_lists_checksums():
 def test_download_with_progress_and_checksum(server, tmp_path):
     seen = []
     sha = hashlib.sha256(PAYLOAD).hexdigest()
-    path = download(url(server), tmp_path / "m.bin", sha256=sha, size_bytes=len(PAYLOAD),
-                    progress=lambda done, total: seen.append((done, total)))
+    path = download(
+        url(server),
+        tmp_path / "m.bin",
+        sha256=sha,
+        size_bytes=len(PAYLOAD),
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert path.read_bytes() == PAYLOAD
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert not (tmp_path / "m.bin.part").exists()
@@ -117,9 +122,19 @@ def make_zip(entries):
 
 def test_download_model_unpacks_a_bundle_into_the_cache(server, tmp_path):
     server.payload = make_zip({"tiny_bundle/configs/metadata.json": "{}", "tiny_bundle/configs/inference.json": "{}"})
-    entry = {"id": "tiny", "name": "t", "url": url(server, "tiny.zip"), "sha256": hashlib.sha256(server.payload).hexdigest(),
-             "size_bytes": len(server.payload), "license": "x", "modality": "CT", "format": "monai-bundle",
-             "inputs": [{"name": "CT"}], "labels": [{"value": 1, "name": "a"}], "description": "d"}
+    entry = {
+        "id": "tiny",
+        "name": "t",
+        "url": url(server, "tiny.zip"),
+        "sha256": hashlib.sha256(server.payload).hexdigest(),
+        "size_bytes": len(server.payload),
+        "license": "x",
+        "modality": "CT",
+        "format": "monai-bundle",
+        "inputs": [{"name": "CT"}],
+        "labels": [{"value": 1, "name": "a"}],
+        "description": "d",
+    }
     folder = download_model("tiny", catalog=[entry], cache=tmp_path)
     assert (folder / "configs" / "inference.json").exists()
     assert folder.name == "tiny_bundle"
@@ -156,9 +171,18 @@ def test_import_local_model_file_with_card(tmp_path):
 
 def test_schema_requires_a_checksum_and_both_given_digests_are_checked(server, tmp_path):
     schema = json.loads(model_catalog.SCHEMA_PATH.read_text())
-    entry = {"id": "tiny", "name": "t", "url": url(server, "tiny.bin"), "license": "x", "modality": "CT",
-             "format": "torchscript", "archive": "none", "inputs": [{"name": "CT"}],
-             "labels": [{"value": 1, "name": "a"}], "description": "d"}
+    entry = {
+        "id": "tiny",
+        "name": "t",
+        "url": url(server, "tiny.bin"),
+        "license": "x",
+        "modality": "CT",
+        "format": "torchscript",
+        "archive": "none",
+        "inputs": [{"name": "CT"}],
+        "labels": [{"value": 1, "name": "a"}],
+        "description": "d",
+    }
     errors = validate({"version": 1, "models": [entry]}, schema)
     assert any("none of the alternatives" in e for e in errors)  # neither sha256 nor sha1
     good = dict(entry, sha256=hashlib.sha256(PAYLOAD).hexdigest(), sha1=hashlib.sha1(PAYLOAD).hexdigest())

@@ -65,15 +65,27 @@ def test_different_grids_are_compared_in_physical_space(totalseg_pair):
     # The same liver on a flipped, shifted grid with a different direction: identical in physical space.
     flipped = sitk.Flip(liver, [True, False, False])
     geometry_ref = Geometry.from_sitk(ref)
-    results = evaluate_labelmaps(r * (r == 5), geometry_ref, sitk.GetArrayFromImage(flipped),
-                                 Geometry.from_sitk(flipped), {5: "liver"}, {5: "Liver"})
+    results = evaluate_labelmaps(
+        r * (r == 5),
+        geometry_ref,
+        sitk.GetArrayFromImage(flipped),
+        Geometry.from_sitk(flipped),
+        {5: "liver"},
+        {5: "Liver"},
+    )
     assert results["liver"]["dice"] == pytest.approx(1.0)
     assert results["liver"]["hd95_mm"] == pytest.approx(0.0)
     # and a 2-voxel shift (6 mm) in physical space shows up as such
     shifted = sitk.Image(liver)
     shifted.SetOrigin(tuple(np.array(liver.GetOrigin()) + np.array(liver.GetDirection()).reshape(3, 3)[:, 0] * 6.0))
-    moved = evaluate_labelmaps(r * (r == 5), geometry_ref, sitk.GetArrayFromImage(shifted),
-                               Geometry.from_sitk(shifted), {5: "liver"}, {5: "liver"})
+    moved = evaluate_labelmaps(
+        r * (r == 5),
+        geometry_ref,
+        sitk.GetArrayFromImage(shifted),
+        Geometry.from_sitk(shifted),
+        {5: "liver"},
+        {5: "liver"},
+    )
     assert moved["liver"]["hd95_mm"] == pytest.approx(6.0, abs=0.01)
     assert moved["liver"]["dice"] < 0.95
 

@@ -50,7 +50,9 @@ def test_denoise_nlm_and_anisotropic(totalseg, tmp_path):
 def test_segment_threshold_counts_the_right_voxels(totalseg, tmp_path):
     src = totalseg / "example_ct_sm.nii.gz"
     out, report = tmp_path / "bone.seg.nrrd", tmp_path / "r.json"
-    assert main(["segment", str(src), str(out), "--method", "threshold", "--lower", "300", "--report", str(report)]) == 0
+    assert (
+        main(["segment", str(src), str(out), "--method", "threshold", "--lower", "300", "--report", str(report)]) == 0
+    )
     expected = int((sitk.GetArrayFromImage(sitk.ReadImage(str(src))) >= 300).sum())
     assert segment_voxels(out) == expected
     assert read_report(report)["metrics"]["voxels"] == expected
@@ -60,11 +62,27 @@ def test_segment_with_bundle_from_the_command_line(shared_data, tmp_path):
     src = shared_data / "registration/monai-testing-data/anatomical.nii"
     bundle = write_bundle(tmp_path / "bundle")
     out, report = tmp_path / "head.seg.nrrd", tmp_path / "r.json"
-    assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu",
-                 "--report", str(report)]) == 1  # an untrusted bundle is refused
+    assert (
+        main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu", "--report", str(report)]) == 1
+    )  # an untrusted bundle is refused
     assert not out.exists()
-    assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu", "--trust-bundle",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(src),
+                str(out),
+                "--model",
+                str(bundle),
+                "--device",
+                "cpu",
+                "--trust-bundle",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     data = read_report(report)
     assert data["metrics"]["segments"] == ["bright tissue"]
     assert segment_voxels(out) == int((sitk.GetArrayFromImage(sitk.ReadImage(str(src))) > THRESHOLD).sum())
@@ -78,8 +96,25 @@ def test_segment_region_growing_from_a_dicom_series(tmp_path):
     lps = np.array([-50.0, -40.0, 10.0]) + kji[::-1] * 6.0
     seed = f"{-lps[0]},{-lps[1]},{lps[2]}"
     out, report = tmp_path / "lung.seg.nrrd", tmp_path / "r.json"
-    assert main(["segment", str(tmp_path / "series"), str(out), "--method", "region-growing", f"--seeds={seed}",
-                 "--lower", "-1000", "--upper", "-500", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "series"),
+                str(out),
+                "--method",
+                "region-growing",
+                f"--seeds={seed}",
+                "--lower",
+                "-1000",
+                "--upper",
+                "-500",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert segment_voxels(out) == int((phantom.labels == 3).sum())
 
 
@@ -89,11 +124,13 @@ def test_evaluate_reports_metrics_per_label(totalseg, tmp_path):
     assert main(["evaluate", str(ref), str(pred), "--table", str(tmp_path / "t.csv"), "--report", str(report)]) == 0
     metrics = read_report(report)["metrics"]["segments"]
     f = sitk.LabelOverlapMeasuresImageFilter()
-    f.Execute(sitk.Cast(sitk.ReadImage(str(pred)), sitk.sitkUInt16), sitk.Cast(sitk.ReadImage(str(ref)), sitk.sitkUInt16))
+    f.Execute(
+        sitk.Cast(sitk.ReadImage(str(pred)), sitk.sitkUInt16), sitk.Cast(sitk.ReadImage(str(ref)), sitk.sitkUInt16)
+    )
     for label in (1, 5, 52):
         assert metrics[str(label)]["dice"] == pytest.approx(f.GetDiceCoefficient(label), abs=1e-9)
         assert metrics[str(label)]["hd95_mm"] >= 0
-    assert (tmp_path / "t.csv").read_text().startswith("\"segment\",\"matched\",\"dice\"")
+    assert (tmp_path / "t.csv").read_text().startswith('"segment","matched","dice"')
 
 
 def test_lesions_from_a_label_map(totalseg, tmp_path):
@@ -101,9 +138,25 @@ def test_lesions_from_a_label_map(totalseg, tmp_path):
     kidneys = sitk.Cast((labels == 2) | (labels == 3), sitk.sitkUInt8)
     sitk.WriteImage(kidneys, str(tmp_path / "kidneys.nii.gz"))
     report = tmp_path / "r.json"
-    assert main(["lesions", str(tmp_path / "kidneys.nii.gz"), "--intensity", str(totalseg / "example_ct_sm.nii.gz"),
-                 "--min-volume", "1000", "--points", str(tmp_path / "k.mrk.json"), "--table", str(tmp_path / "k.csv"),
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "lesions",
+                str(tmp_path / "kidneys.nii.gz"),
+                "--intensity",
+                str(totalseg / "example_ct_sm.nii.gz"),
+                "--min-volume",
+                "1000",
+                "--points",
+                str(tmp_path / "k.mrk.json"),
+                "--table",
+                str(tmp_path / "k.csv"),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     data = read_report(report)
     assert data["metrics"]["count"] == 2
     right, left = sorted(data["metrics"]["lesions"], key=lambda les: les["centroid_ras_mm"][0])
@@ -115,8 +168,18 @@ def test_lesions_from_a_label_map(totalseg, tmp_path):
 def test_segment_needs_a_method_or_model(totalseg, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["segment", str(totalseg / "example_ct_sm.nii.gz"), str(tmp_path / "x.seg.nrrd")])
-    assert main(["segment", str(totalseg / "example_ct_sm.nii.gz"), str(tmp_path / "x.seg.nrrd"),
-                 "--method", "region-growing"]) == 1
+    assert (
+        main(
+            [
+                "segment",
+                str(totalseg / "example_ct_sm.nii.gz"),
+                str(tmp_path / "x.seg.nrrd"),
+                "--method",
+                "region-growing",
+            ]
+        )
+        == 1
+    )
     assert "seeds" in capsys.readouterr().err
 
 
@@ -125,16 +188,37 @@ def test_segment_bundle_with_tta_probabilities_and_uncertainty(shared_data, tmp_
     bundle = write_bundle(tmp_path / "bundle")
     out, report = tmp_path / "head.seg.nrrd", tmp_path / "r.json"
     prob, unc = tmp_path / "prob.nrrd", tmp_path / "entropy.nrrd"
-    assert main(["segment", str(src), str(out), "--model", str(bundle), "--device", "cpu", "--trust-bundle", "--tta",
-                 "--probabilities", str(prob), "--uncertainty", str(unc), "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(src),
+                str(out),
+                "--model",
+                str(bundle),
+                "--device",
+                "cpu",
+                "--trust-bundle",
+                "--tta",
+                "--probabilities",
+                str(prob),
+                "--uncertainty",
+                str(unc),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     source = sitk.ReadImage(str(src))
     x = sitk.GetArrayFromImage(source).astype(np.float64)
     p1 = 1.0 / (1.0 + np.exp(-0.01 * (x - THRESHOLD)))  # the test network's softmax
 
     def on_source_grid(path):  # Slicer may store the voxels in another axis order: compare in physical space
         image = sitk.ReadImage(str(path))
-        return sitk.GetArrayFromImage(sitk.Resample(image, source, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0,
-                                                    image.GetPixelID()))
+        return sitk.GetArrayFromImage(
+            sitk.Resample(image, source, sitk.Transform(), sitk.sitkNearestNeighbor, -1.0, image.GetPixelID())
+        )
 
     np.testing.assert_allclose(on_source_grid(prob), p1, atol=1e-5)
     entropy = on_source_grid(unc)

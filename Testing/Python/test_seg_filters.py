@@ -18,13 +18,13 @@ def brute_force_nlm(a, h, sigma, p, s):
     r = range(-s, s + 1)
     for v in itertools.product(*[range(n) for n in a.shape]):
         c = [x + p + s for x in v]
-        ref = pad[c[0] - p:c[0] + p + 1, c[1] - p:c[1] + p + 1, c[2] - p:c[2] + p + 1]
+        ref = pad[c[0] - p : c[0] + p + 1, c[1] - p : c[1] + p + 1, c[2] - p : c[2] + p + 1]
         weights, values = [], []
         for d in itertools.product(r, r, r):
             if d == (0, 0, 0):
                 continue
             q = [c[i] + d[i] for i in range(3)]
-            patch = pad[q[0] - p:q[0] + p + 1, q[1] - p:q[1] + p + 1, q[2] - p:q[2] + p + 1]
+            patch = pad[q[0] - p : q[0] + p + 1, q[1] - p : q[1] + p + 1, q[2] - p : q[2] + p + 1]
             dist = np.mean((ref - patch) ** 2)
             weights.append(np.exp(-max(dist - 2 * sigma**2, 0) / h**2))
             values.append(pad[tuple(q)])

@@ -58,14 +58,16 @@ def test_constant_blending_equals_monai_sliding_window():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(3, 3, 1)).eval()
     x = torch.randn(1, 23, 30, 11)  # last axis shorter than the ROI: padded on both sides like MONAI
-    ours = sliding_window_inference(net, x, (16, 16, 16), overlap=0.25, batch_size=3, mode="constant",
-                                    activation="none", return_probabilities=True)
+    ours = sliding_window_inference(
+        net, x, (16, 16, 16), overlap=0.25, batch_size=3, mode="constant", activation="none", return_probabilities=True
+    )
     with torch.no_grad():
         ref = monai_sliding_window(x[None], (16, 16, 16), 1, net, overlap=0.25)[0]
     np.testing.assert_allclose(ours.probabilities, ref.numpy(), atol=1e-5)
     assert ours.labels.dtype == np.uint8
-    gauss = sliding_window_inference(net, x, (16, 16, 16), overlap=0.5, batch_size=2, tta_flips=False,
-                                     return_probabilities=True, return_entropy=True)
+    gauss = sliding_window_inference(
+        net, x, (16, 16, 16), overlap=0.5, batch_size=2, tta_flips=False, return_probabilities=True, return_entropy=True
+    )
     np.testing.assert_allclose(gauss.probabilities.sum(axis=0), 1.0, atol=1e-5)
     assert gauss.entropy.max() <= np.log(3) + 1e-5
     assert (gauss.labels == ours.labels).mean() > 0.9
@@ -92,8 +94,12 @@ def test_torchscript_with_card_lands_on_the_right_voxels(head, tmp_path):
     scripted = torch.jit.script(threshold_net())
     model = tmp_path / "model.ts"
     torch.jit.save(scripted, str(model))
-    card = {"name": "head threshold", "inputs": [{"name": "T1", "modality": "MR"}], "roi_size": [16, 16, 16],
-            "labels": [{"value": 1, "name": "bright", "color": [1, 0, 0], "terminology": "SCT^1^x"}]}
+    card = {
+        "name": "head threshold",
+        "inputs": [{"name": "T1", "modality": "MR"}],
+        "roi_size": [16, 16, 16],
+        "labels": [{"value": 1, "name": "bright", "color": [1, 0, 0], "terminology": "SCT^1^x"}],
+    }
     (tmp_path / "model.ts.json").write_text(json.dumps(card))
     assert find_card(model) == tmp_path / "model.ts.json"
     net, parsed = load_torchscript_with_card(model)
@@ -110,8 +116,17 @@ def test_torchscript_with_card_lands_on_the_right_voxels(head, tmp_path):
     assert coarse.labels.shape == expected.shape
     # the same thing by hand: linear resampling to 3 mm, threshold, nearest neighbour back
     size = [int(round(n * 2.0 / 3.0)) for n in head.GetSize()]
-    low = sitk.Resample(head, size, sitk.Transform(), sitk.sitkLinear, head.GetOrigin(), (3.0, 3.0, 3.0),
-                        head.GetDirection(), 0.0, sitk.sitkFloat32)
+    low = sitk.Resample(
+        head,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        head.GetOrigin(),
+        (3.0, 3.0, 3.0),
+        head.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
     back = sitk.Resample(sitk.Cast(low > THRESHOLD, sitk.sitkUInt8), head, sitk.Transform(), sitk.sitkNearestNeighbor)
     assert (coarse.labels == sitk.GetArrayFromImage(back)).mean() > 0.999
     assert (coarse.labels.astype(bool) == expected).mean() > 0.85
@@ -125,10 +140,18 @@ def test_multichannel_card_resamples_channels_onto_first_grid(head):
         net.bias.zero_()
         net.weight[1, 1] = 1.0  # only the second channel decides
         net.bias[1] = -THRESHOLD
-    second = sitk.Resample(head, [s // 2 for s in head.GetSize()], sitk.Transform(), sitk.sitkLinear,
-                           head.GetOrigin(), [s * 2 for s in head.GetSpacing()], head.GetDirection())
-    card = ModelCard.from_dict({"inputs": [{"name": "a"}, {"name": "b"}], "roi_size": [16, 16, 16],
-                                "labels": [{"value": 1, "name": "x"}]})
+    second = sitk.Resample(
+        head,
+        [s // 2 for s in head.GetSize()],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        head.GetOrigin(),
+        [s * 2 for s in head.GetSpacing()],
+        head.GetDirection(),
+    )
+    card = ModelCard.from_dict(
+        {"inputs": [{"name": "a"}, {"name": "b"}], "roi_size": [16, 16, 16], "labels": [{"value": 1, "name": "x"}]}
+    )
     result = run_model(net, card, [head, second])
     assert result.labels.shape == sitk.GetArrayFromImage(head).shape
     on_first = sitk.Resample(second, head, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -140,27 +163,43 @@ def test_multichannel_card_resamples_channels_onto_first_grid(head):
 def write_bundle(folder, spacing=None, weights="pt"):
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
-    pre = [{"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
-           {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}]
+    pre = [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+    ]
     if spacing:
         pre.append({"_target_": "Spacingd", "keys": "image", "pixdim": spacing, "mode": "bilinear"})
     pre.append({"_target_": "EnsureTyped", "keys": "image"})
     config = {
-        "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
         "preprocessing": {"_target_": "Compose", "transforms": pre},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 2, "overlap": 0.25},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir"}]},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir"},
+            ],
+        },
     }
     (folder / "configs" / "inference.json").write_text(json.dumps(config))
-    metadata = {"name": "bright tissue", "network_data_format": {"outputs": {"pred": {
-        "channel_def": {"0": "background", "1": "bright tissue"}}}}}
+    metadata = {
+        "name": "bright tissue",
+        "network_data_format": {"outputs": {"pred": {"channel_def": {"0": "background", "1": "bright tissue"}}}},
+    }
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
     if weights == "pt":
         torch.save(threshold_net().state_dict(), folder / "models" / "model.pt")
@@ -196,8 +235,9 @@ def test_memory_guard_lowers_batch_then_stitches_on_cpu():
     big = estimate_memory((512, 512, 400), 1, 14, (96, 96, 96), batch_size=4)
     small = estimate_memory((512, 512, 400), 1, 14, (96, 96, 96), batch_size=1, cpu_stitching=True)
     assert big.device_bytes > small.device_bytes
-    choice = choose_setting((512, 512, 400), 1, 14, (96, 96, 96), device_free_bytes=2 * 2**30,
-                            host_free_bytes=64 * 2**30)
+    choice = choose_setting(
+        (512, 512, 400), 1, 14, (96, 96, 96), device_free_bytes=2 * 2**30, host_free_bytes=64 * 2**30
+    )
     assert choice.fits
     assert choice.cpu_stitching
     none = choose_setting((512, 512, 400), 1, 14, (96, 96, 96), device_free_bytes=2**20, host_free_bytes=2**20)
@@ -209,8 +249,9 @@ def test_flip_tta_unflips_each_prediction():
     torch.manual_seed(1)
     net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()  # not flip-symmetric
     x = torch.randn(1, 12, 10, 8)
-    result = sliding_window_inference(net, x, (12, 10, 8), mode="constant", tta_flips=True, activation="none",
-                                      return_probabilities=True)
+    result = sliding_window_inference(
+        net, x, (12, 10, 8), mode="constant", tta_flips=True, activation="none", return_probabilities=True
+    )
     expected = torch.zeros(2, 12, 10, 8)
     with torch.no_grad():
         for n in range(4):

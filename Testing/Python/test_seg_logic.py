@@ -46,9 +46,18 @@ def test_torchscript_model_labels_land_on_the_right_ras_voxels(scene, head_node,
     assert not np.allclose(direction, np.eye(3))
     model = tmp_path / "net.ts"
     torch.jit.save(torch.jit.script(threshold_net()), str(model))
-    card = {"name": "bright", "roi_size": [16, 16, 16],
-            "labels": [{"value": 1, "name": "bright tissue", "color": [0.1, 0.8, 0.3],
-                        "terminology": "SCT^85756007^Tissue~SCT^85756007^Tissue~^^~^^~^^"}]}
+    card = {
+        "name": "bright",
+        "roi_size": [16, 16, 16],
+        "labels": [
+            {
+                "value": 1,
+                "name": "bright tissue",
+                "color": [0.1, 0.8, 0.3],
+                "terminology": "SCT^85756007^Tissue~SCT^85756007^Tissue~^^~^^~^^",
+            }
+        ],
+    }
     (tmp_path / "net.ts.json").write_text(json.dumps(card))
     before = bridge.array_from_volume(head_node)[0]
     logic = MedAISegLogic(scene)

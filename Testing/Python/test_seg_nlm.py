@@ -31,13 +31,13 @@ def brute_force_blockwise(a, h, sigma, p, s, n):
     steps = np.broadcast_to(n, 3)
     for centre in itertools.product(*[range(0, m, int(k)) for m, k in zip(a.shape, steps)]):
         c = [x + p + s for x in centre]
-        ref = pad[c[0] - p:c[0] + p + 1, c[1] - p:c[1] + p + 1, c[2] - p:c[2] + p + 1]
+        ref = pad[c[0] - p : c[0] + p + 1, c[1] - p : c[1] + p + 1, c[2] - p : c[2] + p + 1]
         weights, blocks = [], []
         for d in itertools.product(r, r, r):
             if d == (0, 0, 0):
                 continue
             q = [c[i] + d[i] for i in range(3)]
-            block = pad[q[0] - p:q[0] + p + 1, q[1] - p:q[1] + p + 1, q[2] - p:q[2] + p + 1]
+            block = pad[q[0] - p : q[0] + p + 1, q[1] - p : q[1] + p + 1, q[2] - p : q[2] + p + 1]
             weights.append(np.exp(-max(np.mean((ref - block) ** 2) - 2 * sigma**2, 0) / h**2))
             blocks.append(block)
         w_c = max(max(weights), 1e-12)
@@ -51,16 +51,32 @@ def brute_force_blockwise(a, h, sigma, p, s, n):
     return num / den
 
 
-@pytest.mark.parametrize(("shape", "p", "s", "n"), [((7, 8, 9), 1, 2, 2), ((8, 7, 9), 1, 1, 1),
-                                                    ((9, 9, 8), 2, 1, 3),
-                                                    ((7, 9, 8), 1, 2, (2, 2, 1)), ((8, 9, 7), 2, 2, 2)])
+@pytest.mark.parametrize(
+    ("shape", "p", "s", "n"),
+    [
+        ((7, 8, 9), 1, 2, 2),
+        ((8, 7, 9), 1, 1, 1),
+        ((9, 9, 8), 2, 1, 3),
+        ((7, 9, 8), 1, 2, (2, 2, 1)),
+        ((8, 9, 7), 2, 2, 2),
+    ],
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_blockwise_equals_brute_force_blockwise(shape, p, s, n, backend):
     rng = np.random.default_rng(3)
-    a = (rng.normal(0, 10, shape) + np.arange(shape[2]) * 15 + np.arange(shape[0])[:, None, None] * 5)
+    a = rng.normal(0, 10, shape) + np.arange(shape[2]) * 15 + np.arange(shape[0])[:, None, None] * 5
     a = a.astype(np.float32)
-    ours = nonlocal_means(a, h=12.0, sigma=10.0, patch_radius=p, search_radius=s, mode="blockwise",
-                          block_step=n, chunk_voxels=5000, backend=backend)
+    ours = nonlocal_means(
+        a,
+        h=12.0,
+        sigma=10.0,
+        patch_radius=p,
+        search_radius=s,
+        mode="blockwise",
+        block_step=n,
+        chunk_voxels=5000,
+        backend=backend,
+    )
     reference = brute_force_blockwise(a, 12.0, 10.0, p, s, n)
     assert ours.shape == a.shape
     assert ours.dtype == np.float32
@@ -79,11 +95,14 @@ def test_blockwise_denoises_phantom_like_voxelwise():
     kwargs = dict(shape_kji=(16, 48, 48), spacing=(6.0, 6.0, 8.0))
     phantom = make_ct_phantom(noise_hu=40.0, **kwargs)
     clean = make_ct_phantom(noise_hu=0.0, **kwargs).ct.astype(np.float64)
-    rmse = {name: np.sqrt(np.mean((out - clean) ** 2)) for name, out in {
-        "noisy": phantom.ct,
-        "voxelwise": nonlocal_means(phantom.ct, sigma=40.0, patch_radius=1, search_radius=2),
-        "blockwise": nonlocal_means(phantom.ct, sigma=40.0, patch_radius=1, search_radius=2, mode="blockwise"),
-    }.items()}
+    rmse = {
+        name: np.sqrt(np.mean((out - clean) ** 2))
+        for name, out in {
+            "noisy": phantom.ct,
+            "voxelwise": nonlocal_means(phantom.ct, sigma=40.0, patch_radius=1, search_radius=2),
+            "blockwise": nonlocal_means(phantom.ct, sigma=40.0, patch_radius=1, search_radius=2, mode="blockwise"),
+        }.items()
+    }
     assert rmse["blockwise"] < 0.6 * rmse["noisy"]
     assert rmse["blockwise"] < 1.2 * rmse["voxelwise"]
 
@@ -120,9 +139,16 @@ def psnr(a, clean):
     return 10 * np.log10(2000.0**2 / np.mean((a.astype(np.float64) - clean) ** 2))
 
 
-@pytest.mark.parametrize(("mode", "p", "s", "n"), [("blockwise", 1, 2, 2), ("blockwise", 1, 2, (2, 2, 1)),
-                                                   ("blockwise", 2, 1, 3), ("voxelwise", 1, 2, 1),
-                                                   ("voxelwise", 2, 1, 1)])
+@pytest.mark.parametrize(
+    ("mode", "p", "s", "n"),
+    [
+        ("blockwise", 1, 2, 2),
+        ("blockwise", 1, 2, (2, 2, 1)),
+        ("blockwise", 2, 1, 3),
+        ("voxelwise", 1, 2, 1),
+        ("voxelwise", 2, 1, 1),
+    ],
+)
 def test_numba_kernel_equals_torch_on_real_ct(noisy_ct, mode, p, s, n):
     """The fused CPU kernels and the torch code compute the same NLM (float32 rounding only)."""
     noisy = noisy_ct[1][6:22, 20:70, 30:90]
@@ -174,11 +200,13 @@ def test_bad_backend_is_refused():
     # The kernels index without bound checks: their wrappers refuse arrays that would be read out of bounds.
     offsets = np.array([[1, 0, 0]])
     with pytest.raises(ValueError, match="padded"):
-        nonlocal_means_numba.blockwise(np.zeros((8, 8, 8), np.float32), a.shape, 1, 2, (2, 2, 2), 1.0, 1.0,
-                                       offsets, 1, 1)
+        nonlocal_means_numba.blockwise(
+            np.zeros((8, 8, 8), np.float32), a.shape, 1, 2, (2, 2, 2), 1.0, 1.0, offsets, 1, 1
+        )
     with pytest.raises(ValueError, match="offsets"):
-        nonlocal_means_numba.voxelwise(np.zeros((12, 12, 12), np.float32), a.shape, 1, 1, 1.0, 1.0,
-                                       np.array([[0, 0, 2]]), 1, 1)
+        nonlocal_means_numba.voxelwise(
+            np.zeros((12, 12, 12), np.float32), a.shape, 1, 1, 1.0, 1.0, np.array([[0, 0, 2]]), 1, 1
+        )
 
 
 def test_bad_mode_and_step_are_refused():
@@ -212,8 +240,9 @@ def test_logic_denoise_blockwise_on_a_volume_node_and_cancel(scene):
     progress.callback = on_update
     nodes_before = scene.GetNumberOfNodes()
     with pytest.raises(CancelledError, match="nlm"):
-        logic.denoise(node, "nlm", device="cpu", mode="blockwise", search_radius=2, chunk_voxels=40000,
-                      progress=progress)
+        logic.denoise(
+            node, "nlm", device="cpu", mode="blockwise", search_radius=2, chunk_voxels=40000, progress=progress
+        )
     assert scene.GetNumberOfNodes() == nodes_before
     assert seen[-1][1] < 0.9
 

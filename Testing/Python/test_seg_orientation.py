@@ -38,8 +38,15 @@ def oblique(shared_data):
 
 
 def card(orientation, roi=(16, 16, 16), **extra):
-    return ModelCard.from_dict({"name": "t", "roi_size": list(roi), "orientation": orientation,
-                                "labels": [{"value": 1, "name": "bright"}], **extra})
+    return ModelCard.from_dict(
+        {
+            "name": "t",
+            "roi_size": list(roi),
+            "orientation": orientation,
+            "labels": [{"value": 1, "name": "bright"}],
+            **extra,
+        }
+    )
 
 
 def test_direction_agnostic_network_gives_the_same_voxels_in_any_orientation(oblique):
@@ -81,10 +88,20 @@ def test_reoriented_and_resampled_card_maps_back_to_the_input_grid(oblique):
     # by hand: reorient, linear to 3 mm on that grid, threshold, nearest back onto the oblique input grid
     ras = sitk.DICOMOrient(oblique, "RAS")
     size = [int(round(n * s / 3.0)) for n, s in zip(ras.GetSize(), ras.GetSpacing())]
-    low = sitk.Resample(ras, size, sitk.Transform(), sitk.sitkLinear, ras.GetOrigin(), (3.0, 3.0, 3.0),
-                        ras.GetDirection(), 0.0, sitk.sitkFloat32)
-    back = sitk.Resample(sitk.Cast(low > THRESHOLD, sitk.sitkUInt8), oblique, sitk.Transform(),
-                         sitk.sitkNearestNeighbor)
+    low = sitk.Resample(
+        ras,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        ras.GetOrigin(),
+        (3.0, 3.0, 3.0),
+        ras.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+    back = sitk.Resample(
+        sitk.Cast(low > THRESHOLD, sitk.sitkUInt8), oblique, sitk.Transform(), sitk.sitkNearestNeighbor
+    )
     assert (result.labels == sitk.GetArrayFromImage(back)).mean() > 0.999
 
 

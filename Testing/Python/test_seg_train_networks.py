@@ -32,9 +32,19 @@ def setting(monkeypatch, tmp_path):
 
 
 def _train_export_segment(network, features, roi, epochs, tmp_path, scene, samples=2, cases=3, lr=1e-2):
-    config = TrainingConfig(network=network, features=features, spacing_mm=(2, 2, 2), roi=roi, epochs=epochs,
-                            batch_size=2, samples_per_case=samples, learning_rate=lr, val_fraction=1 / cases,
-                            augment=False, patience=epochs)
+    config = TrainingConfig(
+        network=network,
+        features=features,
+        spacing_mm=(2, 2, 2),
+        roi=roi,
+        epochs=epochs,
+        batch_size=2,
+        samples_per_case=samples,
+        learning_rate=lr,
+        val_fraction=1 / cases,
+        augment=False,
+        patience=epochs,
+    )
     bundle = tmp_path / network
     result = train_and_export(make_phantom_cases(range(cases)), bundle, config)
     assert result.epochs_run == epochs
@@ -65,8 +75,7 @@ def test_dynunet_trains_exports_and_runs_through_medai_segment(tmp_path, scene):
 @pytest.mark.slow
 def test_swinunetr_trains_exports_and_runs_through_medai_segment(tmp_path, scene):
     pytest.importorskip("einops")
-    bundle, _, _ = _train_export_segment("swinunetr", 12, (32, 32, 32), 3, tmp_path, scene, samples=1, cases=3,
-                                         lr=3e-3)
+    bundle, _, _ = _train_export_segment("swinunetr", 12, (32, 32, 32), 3, tmp_path, scene, samples=1, cases=3, lr=3e-3)
     network, definition, _ = load_bundle_network(bundle)
     assert definition["feature_size"] == 12
     assert default_target_layer(network) == "out:input"
@@ -82,8 +91,16 @@ def test_roi_that_does_not_fit_the_network_is_refused(tmp_path):
 
 def test_persistent_cache_is_written_once_and_reused(tmp_path):
     cases = make_phantom_cases(range(2))
-    config = TrainingConfig(network="unet", features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2,
-                            samples_per_case=1, val_fraction=0.5, cache_dir=str(tmp_path / "cache"))
+    config = TrainingConfig(
+        network="unet",
+        features=4,
+        spacing_mm=(2, 2, 2),
+        roi=(16, 16, 16),
+        epochs=2,
+        samples_per_case=1,
+        val_fraction=0.5,
+        cache_dir=str(tmp_path / "cache"),
+    )
     first = train(cases, tmp_path / "a", config)
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cached) == 1  # one training case (the other is the validation case)
@@ -120,16 +137,24 @@ def test_zoo_style_bundle_is_fine_tuned_with_its_own_preprocessing(tmp_path):
     from MedAISegLib.learning.fine_tune import load_initial_model
 
     definition = network_definition("unet", 1, 2, 4)
-    zoo = export_bundle(tmp_path / "zoo", build_network(definition), definition, {1: "spleen"}, (2, 2, 2),
-                        (16, 16, 16))
+    zoo = export_bundle(tmp_path / "zoo", build_network(definition), definition, {1: "spleen"}, (2, 2, 2), (16, 16, 16))
     config = json.loads((zoo / "configs" / "inference.json").read_text())
     config["preprocessing"]["transforms"] = [  # as MONAI's spleen_ct_segmentation bundle writes it
-        {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
         {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
         {"_target_": "Spacingd", "keys": "image", "pixdim": [2.0, 2.0, 2.5], "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
-         "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"}]
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": -57,
+            "a_max": 164,
+            "b_min": 0,
+            "b_max": 1,
+            "clip": True,
+        },
+        {"_target_": "EnsureTyped", "keys": "image"},
+    ]
     (zoo / "configs" / "inference.json").write_text(json.dumps(config))
     metadata = json.loads((zoo / "configs" / "metadata.json").read_text())
     metadata.pop("medai")
@@ -141,10 +166,17 @@ def test_zoo_style_bundle_is_fine_tuned_with_its_own_preprocessing(tmp_path):
     assert initial.spacing_mm == (2.0, 2.0, 2.5)
     assert initial.roi == (16, 16, 16)
     assert initial.axcodes == "RAS"
-    assert initial.normalization == {"type": "window", "a_min": -57.0, "a_max": 164.0, "b_min": 0.0, "b_max": 1.0,
-                                     "clip": True}
-    train_and_export(make_phantom_cases(range(2)), tmp_path / "tuned", TrainingConfig(epochs=1, samples_per_case=1),
-                     init_bundle=zoo)
+    assert initial.normalization == {
+        "type": "window",
+        "a_min": -57.0,
+        "a_max": 164.0,
+        "b_min": 0.0,
+        "b_max": 1.0,
+        "clip": True,
+    }
+    train_and_export(
+        make_phantom_cases(range(2)), tmp_path / "tuned", TrainingConfig(epochs=1, samples_per_case=1), init_bundle=zoo
+    )
     steps = json.loads((tmp_path / "tuned" / "configs" / "inference.json").read_text())["preprocessing"]["transforms"]
     window = next(step for step in steps if step["_target_"] == "ScaleIntensityRanged")
     assert (window["a_min"], window["a_max"], window["clip"]) == (-57.0, 164.0, True)

@@ -27,8 +27,21 @@ MODULES = ("MedAICommon", "MedAISeg", "MedAIRegister", "MedAIPlan")
 # What Slicer's Python ships (Slicer/Slicer SuperBuild: External_python-numpy, -scipy, -dicom-requirements,
 # -pythonqt-requirements (packaging), -requests-requirements, SimpleITK, VTK, PythonQt/CTK), plus torch
 # from the PyTorch extension and PyTorchUtils, the extension's own module.
-PROVIDED_BY_SLICER = {"numpy", "scipy", "SimpleITK", "pydicom", "PIL", "packaging", "requests", "vtk", "slicer",
-                      "qt", "ctk", "torch", "PyTorchUtils"}
+PROVIDED_BY_SLICER = {
+    "numpy",
+    "scipy",
+    "SimpleITK",
+    "pydicom",
+    "PIL",
+    "packaging",
+    "requests",
+    "vtk",
+    "slicer",
+    "qt",
+    "ctk",
+    "torch",
+    "PyTorchUtils",
+}
 
 
 def requirement_file(module: str) -> Path:
@@ -53,20 +66,31 @@ def third_party_imports(module: str) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and not n.startswith("MedAI")}
 
 
-@pytest.mark.parametrize(("version", "installer"), [
-    ((5, 8), slicer_app.INSTALL_WITH_UTIL), ((5, 10), slicer_app.INSTALL_WITH_UTIL),
-    ((5, 11), slicer_app.INSTALL_WITH_UTIL), ((5, 12), slicer_app.INSTALL_WITH_PACKAGING),
-    ((5, 13), slicer_app.INSTALL_WITH_PACKAGING), ((6, 0), slicer_app.INSTALL_WITH_PACKAGING),
-    (("5", "12"), slicer_app.INSTALL_WITH_PACKAGING)])
+@pytest.mark.parametrize(
+    ("version", "installer"),
+    [
+        ((5, 8), slicer_app.INSTALL_WITH_UTIL),
+        ((5, 10), slicer_app.INSTALL_WITH_UTIL),
+        ((5, 11), slicer_app.INSTALL_WITH_UTIL),
+        ((5, 12), slicer_app.INSTALL_WITH_PACKAGING),
+        ((5, 13), slicer_app.INSTALL_WITH_PACKAGING),
+        ((6, 0), slicer_app.INSTALL_WITH_PACKAGING),
+        (("5", "12"), slicer_app.INSTALL_WITH_PACKAGING),
+    ],
+)
 def test_installer_follows_the_slicer_version(version, installer):
     assert slicer_app.installer_for(version) == installer
 
 
 def test_missing_requirements_compares_installed_versions():
     numpy_version = importlib.metadata.version("numpy")
-    requirements = [Requirement(f"numpy=={numpy_version}"), Requirement("numpy>=999"),
-                    Requirement("medai-no-such-distribution>=1"), Requirement("numpy; python_version < '3'"),
-                    Requirement("torch>=2.1")]
+    requirements = [
+        Requirement(f"numpy=={numpy_version}"),
+        Requirement("numpy>=999"),
+        Requirement("medai-no-such-distribution>=1"),
+        Requirement("numpy; python_version < '3'"),
+        Requirement("torch>=2.1"),
+    ]
     missing = slicer_app.missing_requirements(requirements)
     assert [str(r) for r in missing] == ["numpy>=999", "medai-no-such-distribution>=1"]
     # a local build tag (torch 2.4.0+cu121) satisfies torch>=2.1; a release candidate of the next version too
@@ -136,8 +160,12 @@ class Slicer510Gui:
     def __init__(self, answer: bool, testing: bool = False):
         self.asked, self.installed = [], []
         self.app = SimpleNamespace(majorVersion=5, minorVersion=10, testingEnabled=lambda: testing)
-        self.util = SimpleNamespace(confirmOkCancelDisplay=self._confirm, pip_install=self.installed.append,
-                                    WaitCursor=contextlib.nullcontext, errorDisplay=self.asked.append)
+        self.util = SimpleNamespace(
+            confirmOkCancelDisplay=self._confirm,
+            pip_install=self.installed.append,
+            WaitCursor=contextlib.nullcontext,
+            errorDisplay=self.asked.append,
+        )
         self._answer = answer
 
     def _confirm(self, text, windowTitle=None, **kwargs):

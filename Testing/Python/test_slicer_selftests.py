@@ -43,14 +43,20 @@ def test_each_module_test_runs_its_own_shared_scenario_modules(module):
 
 
 def test_common_scenarios_pass_on_a_headless_scene(runtime):
-    outcomes = run_self_test("MedAICommon", ["MedAICommonLib.synthetic.scenarios"], runtime.scene, reset=runtime.clear,
-                             display=lambda line: None)
+    outcomes = run_self_test(
+        "MedAICommon",
+        ["MedAICommonLib.synthetic.scenarios"],
+        runtime.scene,
+        reset=runtime.clear,
+        display=lambda line: None,
+    )
     assert [o.status for o in outcomes] == ["passed"] * 3
     assert self_test.LAST_OUTCOMES["MedAICommon"] == outcomes
 
 
 def test_runner_skips_missing_packages_and_reports_real_errors(tmp_path, monkeypatch, runtime):
-    (tmp_path / "medai_selftest_sample.py").write_text(textwrap.dedent("""
+    (tmp_path / "medai_selftest_sample.py").write_text(
+        textwrap.dedent("""
         from MedAICommonLib.application.self_test import ScenarioSkipped
 
         def scenario_a_needs_an_absent_package(scene):
@@ -68,22 +74,37 @@ def test_runner_skips_missing_packages_and_reports_real_errors(tmp_path, monkeyp
         def scenario_e_works(scene):
             scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
             assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1
-    """))
+    """)
+    )
     (tmp_path / "medai_selftest_unimportable.py").write_text("import medai_absent_package_for_selftest\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     lines = []
-    outcomes = run_scenarios(["medai_selftest_sample", "medai_selftest_unimportable"], runtime.scene,
-                             reset=runtime.clear, display=lines.append)
+    outcomes = run_scenarios(
+        ["medai_selftest_sample", "medai_selftest_unimportable"],
+        runtime.scene,
+        reset=runtime.clear,
+        display=lines.append,
+    )
     status = {o.name: o.status for o in outcomes}
-    assert status == {"scenario_a_needs_an_absent_package": "skipped", "scenario_b_is_wrong": "failed",
-                      "scenario_c_misses_medai_code": "failed", "scenario_d_cannot_run_here": "skipped",
-                      "scenario_e_works": "passed", "<import>": "skipped"}
+    assert status == {
+        "scenario_a_needs_an_absent_package": "skipped",
+        "scenario_b_is_wrong": "failed",
+        "scenario_c_misses_medai_code": "failed",
+        "scenario_d_cannot_run_here": "skipped",
+        "scenario_e_works": "passed",
+        "<import>": "skipped",
+    }
     assert "medai_absent_package_for_selftest" in outcomes[0].message
     assert "wrong on purpose" in outcomes[1].message
     assert len(lines) == len(outcomes)
     with pytest.raises(AssertionError, match="1 passed, 3 skipped, 2 failed"):
-        run_self_test("Sample", ["medai_selftest_sample", "medai_selftest_unimportable"], runtime.scene,
-                      reset=runtime.clear, display=lines.append)
+        run_self_test(
+            "Sample",
+            ["medai_selftest_sample", "medai_selftest_unimportable"],
+            runtime.scene,
+            reset=runtime.clear,
+            display=lines.append,
+        )
 
 
 BLOCKED_RUN = """
@@ -109,8 +130,13 @@ run_self_test(sys.argv[1], modules[sys.argv[1]], runtime.scene, reset=runtime.cl
 def test_self_test_skips_what_slicer_testing_mode_lacks(module):
     """In a Python where the modules' requirements cannot be imported (as in Slicer's testing mode, which
     installs nothing) the self-test passes: what needs them is skipped with the package's name."""
-    done = subprocess.run([sys.executable, "-c", BLOCKED_RUN, module, NOT_IN_SLICER], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN, module, NOT_IN_SLICER],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     totals = [line for line in lines if line.startswith(f"{module}: ") and line.endswith(" failed")]
@@ -150,15 +176,21 @@ def test_shell_script_passes_the_module_folders_and_reads_the_verdict(tmp_path):
     record = tmp_path / "args.txt"
     for verdict, expected in (("PASSED", 0), ("FAILED", 1), ("", 1)):
         launcher = tmp_path / "Slicer"
-        launcher.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{record}"\n'
-                            f'[ -n "{verdict}" ] && echo "MEDAI SELFTESTS: {verdict}"\nexit 0\n')
+        launcher.write_text(
+            f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{record}"\n'
+            f'[ -n "{verdict}" ] && echo "MEDAI SELFTESTS: {verdict}"\nexit 0\n'
+        )
         launcher.chmod(0o755)
-        done = subprocess.run([str(SCRIPT), str(tmp_path), "60"], capture_output=True, text=True,
-                              env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)})
+        done = subprocess.run(
+            [str(SCRIPT), str(tmp_path), "60"],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+        )
         assert done.returncode == expected, (verdict, done.stdout, done.stderr)
     args = record.read_text().splitlines()
     start = args.index("--additional-module-paths")
-    folders = args[start + 1:start + 5]
+    folders = args[start + 1 : start + 5]
     assert [Path(f).name for f in folders] == list(MODULES)
     assert all((Path(f) / f"{Path(f).name}.py").is_file() for f in folders)
     assert args[args.index("--python-script") + 1] == str(RUNNER)

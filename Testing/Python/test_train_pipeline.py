@@ -67,8 +67,24 @@ def bright_bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     images, labels = write_phantom_cases(folder / "cases", range(8))
     bundle, report = folder / "bundle", folder / "train.json"
-    code = main(["train", "--images", *images, "--labels", *labels, "--output", str(bundle), "--epochs", "8",
-                 "--network", "segresnet", *SMALL, "--report", str(report)])
+    code = main(
+        [
+            "train",
+            "--images",
+            *images,
+            "--labels",
+            *labels,
+            "--output",
+            str(bundle),
+            "--epochs",
+            "8",
+            "--network",
+            "segresnet",
+            *SMALL,
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0
     return bundle, json.loads(report.read_text())
 
@@ -97,11 +113,13 @@ def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_pa
     for index, (image, label) in enumerate(make_phantom_cases(range(300, 306), **DARK)):
         volumes.append(bridge.sitk_to_volume(image, scene, f"dark {index}"))
         labels, geometry = bridge.sitk_to_array(label)
-        segmentations.append(bridge.create_segmentation(scene, labels, geometry,
-                                                        [bridge.SegmentInfo(1, "lesion")], f"dark {index} seg"))
+        segmentations.append(
+            bridge.create_segmentation(scene, labels, geometry, [bridge.SegmentInfo(1, "lesion")], f"dark {index} seg")
+        )
     logic = MedAITrainingLogic(scene)
-    config = TrainingConfig(features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=8, learning_rate=3e-3,
-                            val_fraction=0.34)
+    config = TrainingConfig(
+        features=8, spacing_mm=(2, 2, 2), roi=(24, 24, 24), epochs=8, learning_rate=3e-3, val_fraction=0.34
+    )
     logic.train(volumes, segmentations, tmp_path / "dark", config, init_bundle=bundle, device="cpu")
     after = segment_dice(tmp_path / "dark", [2000, 2001], tmp_path, scene, **DARK)
     assert np.mean(after) > np.mean(before) + 0.3, (before, after)
@@ -118,8 +136,14 @@ def _torchscript_with_card(bundle, folder, label="label 1", architecture=False):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.ts"
     torch.jit.save(torch.jit.script(network.eval()), str(path))
-    card = {"name": "bright lesions", "labels": [{"value": 1, "name": label}], "spacing_mm": [2.0, 2.0, 2.0],
-            "normalization": {"type": "zscore"}, "roi_size": [24, 24, 24], "axis_order": "ijk"}
+    card = {
+        "name": "bright lesions",
+        "labels": [{"value": 1, "name": label}],
+        "spacing_mm": [2.0, 2.0, 2.0],
+        "normalization": {"type": "zscore"},
+        "roi_size": [24, 24, 24],
+        "axis_order": "ijk",
+    }
     if architecture:
         card["network_def"] = definition
     (folder / "model.ts.json").write_text(json.dumps(card))
@@ -132,8 +156,28 @@ def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle,
     before = segment_dice(model, [2000, 2001], tmp_path, scene, **DARK)
     images, labels = write_phantom_cases(tmp_path / "dark_cases", range(300, 306), **DARK)
     out = tmp_path / "dark_from_ts"
-    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(out), "--epochs", "8",
-                 "--init-bundle", str(model), "--learning-rate", "3e-3", "--val-fraction", "0.34"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--output",
+                str(out),
+                "--epochs",
+                "8",
+                "--init-bundle",
+                str(model),
+                "--learning-rate",
+                "3e-3",
+                "--val-fraction",
+                "0.34",
+            ]
+        )
+        == 0
+    )
     assert (out / "models" / "model.ts").exists()
     assert not (out / "models" / "model.pt").exists()
     after = segment_dice(out, [2000, 2001], tmp_path, scene, **DARK)
@@ -171,8 +215,9 @@ def test_card_naming_its_architecture_is_rebuilt_and_takes_a_new_label_set(brigh
     image, truth = make_two_lesion_case(0)
     volume = bridge.sitk_to_volume(image, scene, "two")
     labels, geometry = bridge.sitk_to_array(truth)
-    seg = bridge.create_segmentation(scene, labels, geometry, [bridge.SegmentInfo(1, "lesion"),
-                                                               bridge.SegmentInfo(2, "dark lesion")], "two seg")
+    seg = bridge.create_segmentation(
+        scene, labels, geometry, [bridge.SegmentInfo(1, "lesion"), bridge.SegmentInfo(2, "dark lesion")], "two seg"
+    )
     MedAITrainingLogic(scene).fine_tune_on_case(volume, seg, model, tmp_path / "three", epochs=1, device="cpu")
     assert (tmp_path / "three" / "models" / "model.pt").exists()
     node = MedAISegLogic(scene).segment_with_model(volume, tmp_path / "three", device="cpu")
@@ -203,8 +248,9 @@ def test_torchscript_output_convolution_is_replaced_for_a_new_label_set(bright_b
     # a residual output block (UNet with residual units) has no replaceable final convolution
     unet = UNet(3, 1, 2, channels=[4, 8, 16], strides=[2, 2], num_res_units=1)
     torch.jit.save(torch.jit.script(unet.eval()), str(tmp_path / "unet.ts"))
-    (tmp_path / "unet.ts.json").write_text(json.dumps({"labels": [{"value": 1, "name": "lesion"}],
-                                                       "roi_size": [16, 16, 16]}))
+    (tmp_path / "unet.ts.json").write_text(
+        json.dumps({"labels": [{"value": 1, "name": "lesion"}], "roi_size": [16, 16, 16]})
+    )
     with pytest.raises(ValueError, match="output convolution"):
         adapt_to_labels(load_initial_model(tmp_path / "unet.ts"), {1: "lesion", 2: "dark lesion"})
 
@@ -219,8 +265,9 @@ def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
     truth, geometry = bridge.sitk_to_array(truth_image)
     seg_logic = MedAISegLogic(scene)
     first = seg_logic.segment_with_model(volume, model, device="cpu", trust_bundle=True)
-    corrected = bridge.create_segmentation(scene, truth, geometry, [bridge.SegmentInfo(1, "label 1")],
-                                           "dark corrected")  # what the user drew in the Segment Editor
+    corrected = bridge.create_segmentation(
+        scene, truth, geometry, [bridge.SegmentInfo(1, "label 1")], "dark corrected"
+    )  # what the user drew in the Segment Editor
 
     def dice(node):
         try:
@@ -235,7 +282,9 @@ def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
     # the panel's "Fine-tune on this case": MedAITrainingLogic.fine_tune_on_case in a worker process
     # (`medai fine-tune`), updating the bundle in place; the scene gains no node
     count = scene.GetNumberOfNodes()
-    assert fine_tune_job(scene, volume, corrected, str(model), str(model), epochs=15, device="cpu").run(timeout=600) == {}
+    assert (
+        fine_tune_job(scene, volume, corrected, str(model), str(model), epochs=15, device="cpu").run(timeout=600) == {}
+    )
     assert scene.GetNumberOfNodes() == count
     assert weights.stat().st_mtime_ns != stamp
     second = seg_logic.segment_with_model(volume, model, device="cpu", output_node=first)  # no trust prompt
@@ -263,8 +312,9 @@ def test_medai_export_command_writes_report(bright_bundle, tmp_path):
     src = tmp_path / "sample.nii.gz"
     sitk.WriteImage(make_phantom_case(3100)[0], str(src))
     report = tmp_path / "export.json"
-    assert main(["export", str(bundle), "--sample", str(src), "--onnx", "--device", "cpu",
-                 "--report", str(report)]) == 0
+    assert (
+        main(["export", str(bundle), "--sample", str(src), "--onnx", "--device", "cpu", "--report", str(report)]) == 0
+    )
     metrics = json.loads(report.read_text())["metrics"]
     assert metrics["onnx"]["agreement"] >= 0.995
     assert "fp16_torchscript" not in metrics
@@ -304,8 +354,9 @@ def test_slow_torchscript_fine_tuned_to_a_new_label_set_segments_both_classes(br
     scores = {1: [], 2: []}
     for seed in range(50, 54):
         image, truth = make_two_lesion_case(seed)
-        node = MedAISegLogic(scene).segment_with_model(bridge.sitk_to_volume(image, scene, f"two {seed}"),
-                                                       tmp_path / "two", device="cpu")
+        node = MedAISegLogic(scene).segment_with_model(
+            bridge.sitk_to_volume(image, scene, f"two {seed}"), tmp_path / "two", device="cpu"
+        )
         assert [s.name for s in bridge.segment_infos(node)] == ["lesion", "dark lesion"]
         labels, _, infos = bridge.labelmap_from_segmentation(node, reference=Geometry.from_sitk(truth).to_space("RAS"))
         values = {info.name: info.label for info in infos}

@@ -28,18 +28,47 @@ from MedAISegLib.training_logic import MedAITrainingLogic
 def test_register_adds_train_and_export_with_the_issue_flags():
     parser = argparse.ArgumentParser()
     training_commands.register(parser.add_subparsers(dest="command"), add_common_options)
-    args = parser.parse_args(["train", "--images", "a.nii", "b.nii", "--labels", "la.nii", "lb.nii", "--output",
-                              "out", "--epochs", "3", "--network", "unet", "--report", "r.json"])
-    assert (args.images, args.labels, args.output, args.epochs, args.network) == \
-        (["a.nii", "b.nii"], ["la.nii", "lb.nii"], "out", 3, "unet")
+    args = parser.parse_args(
+        [
+            "train",
+            "--images",
+            "a.nii",
+            "b.nii",
+            "--labels",
+            "la.nii",
+            "lb.nii",
+            "--output",
+            "out",
+            "--epochs",
+            "3",
+            "--network",
+            "unet",
+            "--report",
+            "r.json",
+        ]
+    )
+    assert (args.images, args.labels, args.output, args.epochs, args.network) == (
+        ["a.nii", "b.nii"],
+        ["la.nii", "lb.nii"],
+        "out",
+        3,
+        "unet",
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--images", "a", "--labels", "b", "--output", "o", "--network", "resnet"])
 
 
 def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
     cases = make_phantom_cases(range(3))
-    config = TrainingConfig(features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=4, samples_per_case=1,
-                            val_fraction=0.34, augment=False)
+    config = TrainingConfig(
+        features=4,
+        spacing_mm=(2, 2, 2),
+        roi=(16, 16, 16),
+        epochs=4,
+        samples_per_case=1,
+        val_fraction=0.34,
+        augment=False,
+    )
     progress = Progress()
 
     def stop_after_two(row):
@@ -50,7 +79,7 @@ def test_cancel_keeps_best_model_and_resume_continues(tmp_path):
     assert first.stopped == "cancelled"
     assert first.epochs_run == 2
     assert first.best_epoch_by == "validation Dice"
-    assert all(0.0 <= r["val_dice"] <= 1.0 for r in first.history)      # a Dice, never 1 - loss
+    assert all(0.0 <= r["val_dice"] <= 1.0 for r in first.history)  # a Dice, never 1 - loss
     assert first.best_dice == max(r["val_dice"] for r in first.history)
     config.resume = True
     second = train(cases, tmp_path, config)
@@ -65,9 +94,37 @@ def test_one_case_reports_no_validation_dice_and_picks_the_lowest_loss(tmp_path,
     report 1 - loss, e.g. -0.80); the best epoch is the lowest training loss, and the run says so."""
     images, labels = write_phantom_cases(tmp_path / "cases", [0])
     report_path = tmp_path / "one.json"
-    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(tmp_path / "one"), "--epochs",
-                 "3", "--spacing", "2", "2", "2", "--roi", "16", "16", "16", "--features", "4", "--no-augment",
-                 "--device", "cpu", "--report", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--output",
+                str(tmp_path / "one"),
+                "--epochs",
+                "3",
+                "--spacing",
+                "2",
+                "2",
+                "2",
+                "--roi",
+                "16",
+                "16",
+                "16",
+                "--features",
+                "4",
+                "--no-augment",
+                "--device",
+                "cpu",
+                "--report",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     metrics = report["metrics"]
     assert metrics["best_val_dice"] is None
@@ -86,10 +143,11 @@ def test_one_case_reports_no_validation_dice_and_picks_the_lowest_loss(tmp_path,
 
 
 def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
-    """"Fine-tune on this case" has no held-out case either: the same honest figures, and a table without Dice."""
+    """ "Fine-tune on this case" has no held-out case either: the same honest figures, and a table without Dice."""
     cases = make_phantom_cases([0])
-    config = TrainingConfig(features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2, samples_per_case=1,
-                            augment=False)
+    config = TrainingConfig(
+        features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2, samples_per_case=1, augment=False
+    )
     with pytest.warns(UserWarning, match="no validation case"):
         first = train_and_export(cases, tmp_path / "model", config)
     image, truth = cases[0]
@@ -99,8 +157,15 @@ def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
     logic = MedAITrainingLogic(scene)
     messages = []
     with pytest.warns(UserWarning, match="no validation case"):
-        result = logic.fine_tune_on_case(volume, seg, tmp_path / "model", tmp_path / "tuned", epochs=2, device="cpu",
-                                         progress=Progress(lambda text, fraction: messages.append(text)))
+        result = logic.fine_tune_on_case(
+            volume,
+            seg,
+            tmp_path / "model",
+            tmp_path / "tuned",
+            epochs=2,
+            device="cpu",
+            progress=Progress(lambda text, fraction: messages.append(text)),
+        )
     epochs = [m for m in messages if m.startswith("epoch")]
     assert epochs == [f"epoch {r['epoch']}: training loss {r['loss']:.3f} (no validation case)" for r in result.history]
     assert first.best_dice is None
@@ -115,8 +180,15 @@ def test_fine_tune_on_one_case_claims_no_dice(tmp_path, scene):
 
 def test_same_seed_same_training(tmp_path):
     cases = make_phantom_cases(range(2))
-    config = TrainingConfig(network="unet", features=4, spacing_mm=(2, 2, 2), roi=(16, 16, 16), epochs=2,
-                            samples_per_case=1, val_fraction=0.5)
+    config = TrainingConfig(
+        network="unet",
+        features=4,
+        spacing_mm=(2, 2, 2),
+        roi=(16, 16, 16),
+        epochs=2,
+        samples_per_case=1,
+        val_fraction=0.5,
+    )
     a = train(cases, tmp_path / "a", config)
     b = train(cases, tmp_path / "b", config)
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
@@ -148,9 +220,40 @@ def test_errors_name_the_problem(tmp_path, scene):
 def test_slow_training_reaches_dice_090_on_new_phantoms(network, tmp_path, scene):
     images, labels = write_phantom_cases(tmp_path / "cases", range(12))
     bundle = tmp_path / network
-    assert main(["train", "--images", *images, "--labels", *labels, "--output", str(bundle), "--epochs", "25",
-                 "--network", network, "--spacing", "2", "2", "2", "--roi", "24", "24", "24", "--features", "8",
-                 "--learning-rate", "5e-3", "--patience", "25", "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--output",
+                str(bundle),
+                "--epochs",
+                "25",
+                "--network",
+                network,
+                "--spacing",
+                "2",
+                "2",
+                "2",
+                "--roi",
+                "24",
+                "24",
+                "24",
+                "--features",
+                "8",
+                "--learning-rate",
+                "5e-3",
+                "--patience",
+                "25",
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
     scores = segment_dice(bundle, [5000, 5001, 5002, 5003, 5004], tmp_path, scene)
     assert np.mean(scores) >= 0.90, (scores, metrics, (bundle / "logs" / "training_curves.csv").read_text())

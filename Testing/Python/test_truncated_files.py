@@ -25,15 +25,15 @@ def test_every_shared_volume_and_segmentation_is_complete(shared_data):
     files = [p for p in shared_data.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz", ".nrrd"))]
     assert len(files) > 20
     for path in files:
-        check_complete(path)          # no false alarm on a real file
+        check_complete(path)  # no false alarm on a real file
 
 
 def test_half_a_real_ct_is_refused_by_every_command(shared_data, tmp_path, capsys, scene):
     cut = _cut(shared_data / "segmentation/totalsegmentator/example_ct_sm.nii.gz", tmp_path / "ct.nii.gz")
     with gzip.open(cut) as handle, pytest.raises(EOFError):
-        handle.read()                               # the stream really is cut ...
+        handle.read()  # the stream really is cut ...
     with pytest.raises(BridgeError, match="truncated"):
-        bridge.load_volume(scene, cut)              # ... and is not read as a CT with zeros at the end
+        bridge.load_volume(scene, cut)  # ... and is not read as a CT with zeros at the end
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
     code = main(["denoise", str(cut), str(tmp_path / "out.nrrd"), "--method", "curvature"])
     assert code == 1
@@ -57,7 +57,7 @@ def test_cut_raw_nrrd_plain_nifti_and_segmentation_are_refused(scene, tmp_path):
     files.append(tmp_path / "raw.nrrd")
     for path in files:
         check_complete(path)
-        cut = _cut(path, tmp_path / f"cut_{path.name}", drop_bytes=12)    # the data's last bytes
+        cut = _cut(path, tmp_path / f"cut_{path.name}", drop_bytes=12)  # the data's last bytes
         with pytest.raises(BridgeError, match="truncated"):
             check_complete(cut)
     with pytest.raises(BridgeError, match="truncated"):

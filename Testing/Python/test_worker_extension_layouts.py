@@ -27,8 +27,12 @@ from MedAICommonLib.jobs.worker import PACKAGES
 from MedAICommonLib.synthetic.phantoms import make_ct_phantom
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_FOLDERS = {"MedAICommonLib": "MedAICommon", "MedAISegLib": "MedAISeg", "MedAIRegisterLib": "MedAIRegister",
-                  "MedAIPlanLib": "MedAIPlan"}
+MODULE_FOLDERS = {
+    "MedAICommonLib": "MedAICommon",
+    "MedAISegLib": "MedAISeg",
+    "MedAIRegisterLib": "MedAIRegister",
+    "MedAIPlanLib": "MedAIPlan",
+}
 
 PARENT = r"""
 import json, os, subprocess, sys
@@ -88,9 +92,25 @@ def test_worker_finds_the_packages_through_its_pythonpath(layout, pythonslicer, 
     ct = bridge.save_node(bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct"), tmp_path / "ct.nrrd")
     out = tmp_path / "out.seg.nrrd"
     site = sysconfig.get_paths()["purelib"]
-    run = subprocess.run([sys.executable, "-S", "-c", PARENT, os.pathsep.join(map(str, folders)), str(pythonslicer),
-                          site, str(ct), str(out)], env=dict(os.environ, PYTHONPATH=site), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            PARENT,
+            os.pathsep.join(map(str, folders)),
+            str(pythonslicer),
+            site,
+            str(ct),
+            str(out),
+        ],
+        env=dict(os.environ, PYTHONPATH=site),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.splitlines()[-1])
 

@@ -21,8 +21,9 @@ def run_module_test(name: str) -> tuple[str, str]:
     """("passed" | "failed", detail) of one module's self-test."""
     tests = getattr(slicer, "selfTests", {})
     if name not in tests:
-        return "failed", (f"module {name} is not loaded: check --additional-module-paths and the Python "
-                          "console for its import error")
+        return "failed", (
+            f"module {name} is not loaded: check --additional-module-paths and the Python console for its import error"
+        )
     try:
         tests[name](msec=MESSAGE_DELAY_MS)
     except Exception:  # noqa: BLE001 - the summary reports it; the other modules still run

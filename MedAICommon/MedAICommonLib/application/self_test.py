@@ -71,8 +71,11 @@ def missing_package(error: BaseException) -> str | None:
 
 def scenario_functions(module) -> list[tuple[str, Callable]]:
     """``(name, function)`` of every ``scenario_*`` function of a module, in name order."""
-    return [(name, getattr(module, name)) for name in sorted(dir(module))
-            if name.startswith("scenario_") and callable(getattr(module, name))]
+    return [
+        (name, getattr(module, name))
+        for name in sorted(dir(module))
+        if name.startswith("scenario_") and callable(getattr(module, name))
+    ]
 
 
 def _run_one(module_name: str, name: str, function, scene) -> ScenarioOutcome:
@@ -85,15 +88,21 @@ def _run_one(module_name: str, name: str, function, scene) -> ScenarioOutcome:
         package = missing_package(error)
         seconds = time.perf_counter() - start
         if package is not None:
-            return ScenarioOutcome(module_name, name, "skipped", f"needs the Python package {package}, "
-                                   "which is not installed (install the module's requirements)", seconds)
+            return ScenarioOutcome(
+                module_name,
+                name,
+                "skipped",
+                f"needs the Python package {package}, which is not installed (install the module's requirements)",
+                seconds,
+            )
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         return ScenarioOutcome(module_name, name, "failed", f"{detail}\n{traceback.format_exc()}", seconds)
     return ScenarioOutcome(module_name, name, "passed", "", time.perf_counter() - start)
 
 
-def run_scenarios(scenario_modules: list[str], scene, reset: Callable | None = None,
-                  display: Callable[[str], None] = print) -> list[ScenarioOutcome]:
+def run_scenarios(
+    scenario_modules: list[str], scene, reset: Callable | None = None, display: Callable[[str], None] = print
+) -> list[ScenarioOutcome]:
     """Import each scenario module by name and run its scenarios on ``scene``; returns the outcomes.
 
     Args:
@@ -109,8 +118,9 @@ def run_scenarios(scenario_modules: list[str], scene, reset: Callable | None = N
         except Exception as error:  # noqa: BLE001 - a missing optional package skips the module
             package = missing_package(error)
             status = "skipped" if package else "failed"
-            message = (f"needs the Python package {package}, which is not installed" if package
-                       else traceback.format_exc())
+            message = (
+                f"needs the Python package {package}, which is not installed" if package else traceback.format_exc()
+            )
             outcomes.append(ScenarioOutcome(dotted, "<import>", status, message))
             display(outcomes[-1].line())
             continue
@@ -128,8 +138,13 @@ def summary(module_name: str, outcomes: list[ScenarioOutcome]) -> str:
     return f"{module_name}: {counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed"
 
 
-def run_self_test(module_name: str, scenario_modules: list[str], scene, reset: Callable | None = None,
-                  display: Callable[[str], None] = print) -> list[ScenarioOutcome]:
+def run_self_test(
+    module_name: str,
+    scenario_modules: list[str],
+    scene,
+    reset: Callable | None = None,
+    display: Callable[[str], None] = print,
+) -> list[ScenarioOutcome]:
     """A module's self-test: run its scenarios, show the summary, raise ``AssertionError`` on any failure.
 
     Outcomes are also kept in :data:`LAST_OUTCOMES` under ``module_name`` for the headless runner.

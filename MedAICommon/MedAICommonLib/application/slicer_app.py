@@ -81,8 +81,10 @@ def read_requirements(requirements_file) -> list[Requirement]:
         try:
             requirements.append(Requirement(line))
         except InvalidRequirement as error:
-            raise ValueError(f"{path}, line {number}: {line!r} is not a valid requirement ({error}); "
-                             f"write one 'name>=version' per line, comments on their own lines.") from error
+            raise ValueError(
+                f"{path}, line {number}: {line!r} is not a valid requirement ({error}); "
+                f"write one 'name>=version' per line, comments on their own lines."
+            ) from error
     return requirements
 
 
@@ -148,8 +150,7 @@ def _ensure_with_packaging(requirements: list[Requirement], requester: str) -> b
         return False
     with _bundled_constraints_file() as constraints:
         try:
-            slicer.packaging.pip_ensure(missing, constraints=constraints, prompt_install=False,
-                                        requester=requester)
+            slicer.packaging.pip_ensure(missing, constraints=constraints, prompt_install=False, requester=requester)
         except (subprocess.CalledProcessError, RuntimeError) as error:
             _show_install_failure(requester, missing, error)
             return False
@@ -182,20 +183,27 @@ def _ensure_with_pip_install(requirements: list[Requirement], requester: str) ->
 def _user_agrees(requester: str, missing: list[Requirement]) -> bool:
     """Ask once, listing the packages to install; True when the user accepts."""
     names = "\n".join(f"- {req}" for req in missing)
-    return bool(slicer.util.confirmOkCancelDisplay(
-        _("{requester} needs {count} Python package(s) that are not installed:\n{names}\n\n"
-          "Install them now into Slicer's Python? This may take several minutes.").format(
-            requester=requester, count=len(missing), names=names),
-        windowTitle=_("{requester}: install Python packages").format(requester=requester)))
+    return bool(
+        slicer.util.confirmOkCancelDisplay(
+            _(
+                "{requester} needs {count} Python package(s) that are not installed:\n{names}\n\n"
+                "Install them now into Slicer's Python? This may take several minutes."
+            ).format(requester=requester, count=len(missing), names=names),
+            windowTitle=_("{requester}: install Python packages").format(requester=requester),
+        )
+    )
 
 
 def _show_install_failure(requester: str, missing: list[Requirement], error: Exception) -> None:
     """Tell the user that pip failed, with what to do."""
     logging.error("Installing %s failed: %s", ", ".join(str(req) for req in missing), error)
     slicer.util.errorDisplay(
-        _("{requester} could not install {names}. Check the internet connection; the Python console shows "
-          "pip's messages.").format(requester=requester, names=", ".join(str(req) for req in missing)),
-        windowTitle=_("{requester}: installation failed").format(requester=requester))
+        _(
+            "{requester} could not install {names}. Check the internet connection; the Python console shows "
+            "pip's messages."
+        ).format(requester=requester, names=", ".join(str(req) for req in missing)),
+        windowTitle=_("{requester}: installation failed").format(requester=requester),
+    )
 
 
 @contextlib.contextmanager
@@ -219,16 +227,22 @@ def ensure_torch(requester: str) -> bool:
     try:
         import PyTorchUtils
     except ImportError:
-        slicer.util.errorDisplay(_("{requester} needs the PyTorch extension; install it from the Extensions "
-                                   "Manager, restart Slicer and try again.").format(requester=requester))
+        slicer.util.errorDisplay(
+            _(
+                "{requester} needs the PyTorch extension; install it from the Extensions "
+                "Manager, restart Slicer and try again."
+            ).format(requester=requester)
+        )
         return False
     logic = PyTorchUtils.PyTorchUtilsLogic()
     if logic.torchInstalled():
         return True
     if not slicer.util.confirmOkCancelDisplay(
-            _("{requester} needs PyTorch (torch{version}). Install it now? This may take several minutes.").format(
-                requester=requester, version=TORCH_REQUIREMENT),
-            windowTitle=_("{requester}: install PyTorch").format(requester=requester)):
+        _("{requester} needs PyTorch (torch{version}). Install it now? This may take several minutes.").format(
+            requester=requester, version=TORCH_REQUIREMENT
+        ),
+        windowTitle=_("{requester}: install PyTorch").format(requester=requester),
+    ):
         return False
     try:
         torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)

@@ -127,14 +127,15 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = False
         try:
             with slicer.util.tryWithErrorDisplay(
-                    _("{title}: the required Python packages could not be installed.").format(title=title)):
+                _("{title}: the required Python packages could not be installed.").format(title=title)
+            ):
                 ready = bool(self.ensure_dependencies())
         except Exception as error:  # noqa: BLE001 - shown in the dialog; the panel stays usable
             logging.info("MedAI %s: dependency check failed: %s", title, error)
         if not ready:
             self.ui.statusLabel.text = _(
-                "{title}: required Python packages are missing (installation declined or failed); "
-                "nothing was run.").format(title=title)
+                "{title}: required Python packages are missing (installation declined or failed); nothing was run."
+            ).format(title=title)
         return ready
 
     def run_logic(self, title: str, function, *args, **kwargs):
@@ -223,7 +224,8 @@ class MedAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     on_done(nodes)
             except Exception as error:  # noqa: BLE001 - already shown in the error dialog
                 self.ui.statusLabel.text = _("{title}: showing the result failed: {error}").format(
-                    title=title, error=error)
+                    title=title, error=error
+                )
 
     def _show_job_failure(self, title: str, error: Exception, outcome) -> None:
         """The error dialog for a failed worker: its one-line cause, and its stderr tail as details."""

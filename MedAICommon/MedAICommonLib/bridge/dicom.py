@@ -7,7 +7,6 @@ from .errors import BridgeError
 from .volumes import sitk_to_volume
 
 
-
 def load_dicom_series(scene, folder, name: str | None = None, series_uid: str | None = None):
     """Load one DICOM image series into a new scalar volume node (HU for CT).
 

@@ -19,24 +19,59 @@ from .errors import BridgeError
 
 _CHUNK = 1 << 20
 _NRRD_TYPE_BYTES = {
-    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2,
-    "ushort": 2, "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2,
-    "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4,
-    "uint32_t": 4, "longlong": 8, "long long": 8, "long long int": 8, "signed long long": 8,
-    "signed long long int": 8, "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8,
-    "unsigned long long int": 8, "uint64": 8, "uint64_t": 8, "float": 4, "double": 8,
+    "signed char": 1,
+    "int8": 1,
+    "int8_t": 1,
+    "uchar": 1,
+    "unsigned char": 1,
+    "uint8": 1,
+    "uint8_t": 1,
+    "short": 2,
+    "short int": 2,
+    "signed short": 2,
+    "signed short int": 2,
+    "int16": 2,
+    "int16_t": 2,
+    "ushort": 2,
+    "unsigned short": 2,
+    "unsigned short int": 2,
+    "uint16": 2,
+    "uint16_t": 2,
+    "int": 4,
+    "signed int": 4,
+    "int32": 4,
+    "int32_t": 4,
+    "uint": 4,
+    "unsigned int": 4,
+    "uint32": 4,
+    "uint32_t": 4,
+    "longlong": 8,
+    "long long": 8,
+    "long long int": 8,
+    "signed long long": 8,
+    "signed long long int": 8,
+    "int64": 8,
+    "int64_t": 8,
+    "ulonglong": 8,
+    "unsigned long long": 8,
+    "unsigned long long int": 8,
+    "uint64": 8,
+    "uint64_t": 8,
+    "float": 4,
+    "double": 8,
 }
 
 
 def _truncated(path: Path, why: str) -> BridgeError:
-    return BridgeError(f"{path} is truncated: {why}. The file was cut short (an interrupted copy, download or "
-                       "export); copy or export it again.")
+    return BridgeError(
+        f"{path} is truncated: {why}. The file was cut short (an interrupted copy, download or "
+        "export); copy or export it again."
+    )
 
 
 def _inflated_size(handle, path: Path) -> int:
     """Bytes in the gzip (or zlib) stream read from ``handle``; raises when it ends before its end marker."""
-    inflater = zlib.decompressobj(wbits=47)          # gzip or zlib header, detected
+    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
     total = 0
     try:
         while not inflater.eof and (chunk := handle.read(_CHUNK)):
@@ -65,7 +100,7 @@ def _nifti_needed(head: bytes) -> tuple[int, int] | None:
             continue
         if not 1 <= dims[0] <= 7 or bitpix <= 0:
             return None
-        return offset, math.prod(max(int(d), 1) for d in dims[1:dims[0] + 1]) * bitpix // 8
+        return offset, math.prod(max(int(d), 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
     return None
 
 

@@ -43,7 +43,7 @@ def _nifti_pixdim(path: Path) -> list[float] | None:
     try:
         with opener(path, "rb") as handle:
             head = handle.read(540)
-    except (OSError, EOFError, zlib.error):    # not gzip / truncated: the storage node says what is wrong
+    except (OSError, EOFError, zlib.error):  # not gzip / truncated: the storage node says what is wrong
         return None
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(f"{endian}i", head[:4])[0] == 348:
@@ -68,19 +68,25 @@ def check_volume_header(path) -> str | None:
             return None
         negative = [f"{v:g} (axis {n})" for n, v in enumerate(spacings) if v < 0]
         if "space" in fields or "space dimension" in fields:
-            raise BridgeError(f"{path} gives both 'spacings' and a 'space'; NRRD allows one or the other. Write the "
-                              "geometry as 'space directions' and 'space origin' (as Slicer saves volumes).")
+            raise BridgeError(
+                f"{path} gives both 'spacings' and a 'space'; NRRD allows one or the other. Write the "
+                "geometry as 'space directions' and 'space origin' (as Slicer saves volumes)."
+            )
         if negative:
-            return (f"{path} has a negative spacing ({', '.join(negative)} in its 'spacings' field): read as that "
-                    "axis running the other way with a positive spacing, so the physical geometry is kept; "
-                    "rewrite the file with 'space directions' to make this explicit.")
+            return (
+                f"{path} has a negative spacing ({', '.join(negative)} in its 'spacings' field): read as that "
+                "axis running the other way with a positive spacing, so the physical geometry is kept; "
+                "rewrite the file with 'space directions' to make this explicit."
+            )
         return None
     if name.endswith((".nii", ".nii.gz", ".hdr", ".hdr.gz")):
         pixdim = _nifti_pixdim(path)
         if pixdim and any(v < 0 for v in pixdim[1:4]):
-            raise BridgeError(f"{path} has a negative voxel size (pixdim[1..3] = {pixdim[1]:g}, {pixdim[2]:g}, "
-                              f"{pixdim[3]:g}): ITK and Slicer apply the sign, nibabel and MONAI drop it, so the "
-                              "volume would be mirrored between tools. Rewrite the header with positive pixdim and "
-                              "the orientation in its qform/sform (e.g. nibabel: img.header.set_zooms(abs values) "
-                              "and set_qform(affine)).")
+            raise BridgeError(
+                f"{path} has a negative voxel size (pixdim[1..3] = {pixdim[1]:g}, {pixdim[2]:g}, "
+                f"{pixdim[3]:g}): ITK and Slicer apply the sign, nibabel and MONAI drop it, so the "
+                "volume would be mirrored between tools. Rewrite the header with positive pixdim and "
+                "the orientation in its qform/sform (e.g. nibabel: img.header.set_zooms(abs values) "
+                "and set_qform(affine))."
+            )
     return None

@@ -92,7 +92,9 @@ def array_on_grid(array: np.ndarray, geometry: Geometry, target: Geometry) -> np
     if np.any(hi <= lo):
         return out
     src_lo, src_hi = lo - offset, hi - offset
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = array[
+        src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
+    ]
     return out
 
 
@@ -110,8 +112,7 @@ def pack_layers(masks: list[np.ndarray]) -> tuple[list[np.ndarray], list[tuple[i
     counts: list[int] = []
     places = []
     for mask in masks:
-        index = next((n for n, u in enumerate(used)
-                      if counts[n] < MAX_LABELS_PER_LAYER and not np.any(u & mask)), None)
+        index = next((n for n, u in enumerate(used) if counts[n] < MAX_LABELS_PER_LAYER and not np.any(u & mask)), None)
         if index is None:
             layers.append(np.zeros(shape, np.uint8))
             used.append(np.zeros(shape, bool))

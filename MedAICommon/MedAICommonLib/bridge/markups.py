@@ -30,8 +30,14 @@ def point_labels(node) -> list[str]:
     return [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
 
 
-def create_markups(scene, points: np.ndarray, name: str, labels: list[str] | None = None,
-                   node=None, class_name: str = "vtkMRMLMarkupsFiducialNode"):
+def create_markups(
+    scene,
+    points: np.ndarray,
+    name: str,
+    labels: list[str] | None = None,
+    node=None,
+    class_name: str = "vtkMRMLMarkupsFiducialNode",
+):
     """Create (or update, replacing its points) a markups node from (N, 3) RAS points."""
     points = np.atleast_2d(np.asarray(points, dtype=float)) if len(points) else np.zeros((0, 3))
     if points.ndim != 2 or points.shape[1] != 3 or not np.all(np.isfinite(points)):

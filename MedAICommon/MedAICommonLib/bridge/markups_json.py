@@ -14,8 +14,10 @@ from pathlib import Path
 
 from .errors import BridgeError
 
-SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
-          "markups-schema-v1.0.4.json#")
+SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.4.json#"
+)
 
 NODE_CLASSES = {
     "Fiducial": "vtkMRMLMarkupsFiducialNode",
@@ -43,8 +45,10 @@ def read_markups_json(scene, path, name: str):
         raise BridgeError(f"Could not read {path} as a markups file (.mrk.json): {error}") from error
     kind = markup.get("type", "Fiducial")
     if kind not in NODE_CLASSES:
-        raise BridgeError(f"{path} holds a {kind} markup; MedAI reads point lists, lines, angles and curves "
-                          f"({', '.join(NODE_CLASSES)}).")
+        raise BridgeError(
+            f"{path} holds a {kind} markup; MedAI reads point lists, lines, angles and curves "
+            f"({', '.join(NODE_CLASSES)})."
+        )
     system = str(markup.get("coordinateSystem", "LPS")).upper()
     if system not in ("LPS", "RAS"):
         raise BridgeError(f"{path}: unknown coordinate system {system!r} (LPS or RAS).")
@@ -70,18 +74,30 @@ def write_markups_json(node, path) -> None:
     """Write a point-based markups node to ``path`` as Slicer does (positions in LPS)."""
     kind = next((k for k, class_name in NODE_CLASSES.items() if node.GetClassName() == class_name), None)
     if kind is None:
-        raise BridgeError(f"Saving a {node.GetClassName()} as .mrk.json is not supported; MedAI writes point "
-                          f"lists, lines, angles and curves.")
+        raise BridgeError(
+            f"Saving a {node.GetClassName()} as .mrk.json is not supported; MedAI writes point "
+            f"lists, lines, angles and curves."
+        )
     points = []
     for index in range(node.GetNumberOfControlPoints()):
         position = [0.0, 0.0, 0.0]
         node.GetNthControlPointPosition(index, position)
-        points.append({"id": node.GetNthControlPointID(index), "label": node.GetNthControlPointLabel(index),
-                       "description": node.GetNthControlPointDescription(index),
-                       "position": _flip(position, "LPS"),
-                       "positionStatus": _STATUS_NAMES[node.GetNthControlPointPositionStatus(index)]})
-    markup = {"type": kind, "coordinateSystem": "LPS", "coordinateUnits": "mm", "controlPoints": points,
-              "measurements": []}
+        points.append(
+            {
+                "id": node.GetNthControlPointID(index),
+                "label": node.GetNthControlPointLabel(index),
+                "description": node.GetNthControlPointDescription(index),
+                "position": _flip(position, "LPS"),
+                "positionStatus": _STATUS_NAMES[node.GetNthControlPointPositionStatus(index)],
+            }
+        )
+    markup = {
+        "type": kind,
+        "coordinateSystem": "LPS",
+        "coordinateUnits": "mm",
+        "controlPoints": points,
+        "measurements": [],
+    }
     display = node.GetDisplayNode()
     if display is not None:
         markup["display"] = {"color": list(display.GetColor())}

@@ -32,9 +32,18 @@ from .volumes import volume_geometry
 TERMINOLOGY_TAG = "TerminologyEntry"
 
 DEFAULT_COLORS = [
-    (0.50, 0.68, 0.50), (0.94, 0.84, 0.57), (0.69, 0.48, 0.39), (0.43, 0.72, 0.82),
-    (0.85, 0.40, 0.33), (0.56, 0.38, 0.76), (0.87, 0.71, 0.29), (0.30, 0.64, 0.76),
-    (0.90, 0.51, 0.70), (0.55, 0.80, 0.36), (0.72, 0.72, 0.72), (0.98, 0.60, 0.25),
+    (0.50, 0.68, 0.50),
+    (0.94, 0.84, 0.57),
+    (0.69, 0.48, 0.39),
+    (0.43, 0.72, 0.82),
+    (0.85, 0.40, 0.33),
+    (0.56, 0.38, 0.76),
+    (0.87, 0.71, 0.29),
+    (0.30, 0.64, 0.76),
+    (0.90, 0.51, 0.70),
+    (0.55, 0.80, 0.36),
+    (0.72, 0.72, 0.72),
+    (0.98, 0.60, 0.25),
 ]
 
 
@@ -92,8 +101,7 @@ def _select_infos(node, segment_names: list[str] | None) -> list[SegmentInfo]:
         return infos
     missing = [n for n in segment_names if n not in {s.name for s in infos}]
     if missing:
-        raise BridgeError(f"Segment(s) {missing} not found in '{node.GetName()}'; available: "
-                          f"{[s.name for s in infos]}")
+        raise BridgeError(f"Segment(s) {missing} not found in '{node.GetName()}'; available: {[s.name for s in infos]}")
     return [s for s in infos if s.name in segment_names]
 
 
@@ -101,16 +109,20 @@ def _labelmap_segmentation(node):
     """The node's vtkSegmentation with binary labelmaps: itself, or a converted copy (the node is not modified)."""
     segmentation = node.GetSegmentation()
     if segmentation.GetSourceRepresentationName() == BINARY_LABELMAP or segmentation.ContainsRepresentation(
-            BINARY_LABELMAP):
+        BINARY_LABELMAP
+    ):
         return segmentation
     register_converter_rules()  # (a copy made now gets the rules; Slicer has registered them already)
     copy = slicer.vtkSegmentation()
     copy.DeepCopy(segmentation)
     if not copy.CreateRepresentation(BINARY_LABELMAP):
         source = segmentation.GetSourceRepresentationName()
-        hint = (" Its segments are planar contours (e.g. a SlicerRT structure set), which slicer-core "
-                "cannot rasterise; import the RTSTRUCT with MedAIPlan (medai rt-import) instead."
-                if source == "Planar contour" else "")
+        hint = (
+            " Its segments are planar contours (e.g. a SlicerRT structure set), which slicer-core "
+            "cannot rasterise; import the RTSTRUCT with MedAIPlan (medai rt-import) instead."
+            if source == "Planar contour"
+            else ""
+        )
         raise BridgeError(f"Could not export segments of '{node.GetName()}' to a label map.{hint}")
     return copy
 
@@ -140,8 +152,10 @@ def _iter_masks(node, reference: Geometry | None, segment_names: list[str] | Non
     segmentation = _labelmap_segmentation(node)
     own = _own_grid(node, segmentation, ids)  # one grid for the node, whichever segments are read
     if own is None and reference is None:
-        raise BridgeError(f"The segments of '{node.GetName()}' are empty and it has no reference geometry; "
-                          "give a reference volume to place them on.")
+        raise BridgeError(
+            f"The segments of '{node.GetName()}' are empty and it has no reference geometry; "
+            "give a reference volume to place them on."
+        )
     target = reference if reference is not None and (own is None or not own.same_grid(reference)) else own
     to_world = parent_to_world_matrix(node)
     yield target if reference is None else reference
@@ -160,8 +174,9 @@ def _iter_masks(node, reference: Geometry | None, segment_names: list[str] | Non
         yield info, layers[key] == segment.GetLabelValue()
 
 
-def segment_masks(node, reference: Geometry | None = None,
-                  segment_names: list[str] | None = None) -> tuple[dict[str, np.ndarray], Geometry]:
+def segment_masks(
+    node, reference: Geometry | None = None, segment_names: list[str] | None = None
+) -> tuple[dict[str, np.ndarray], Geometry]:
     """One boolean KJI mask per segment (by name, in segment order) and their RAS geometry.
 
     Every layer is read, so overlapping segments keep their full masks. The masks lie on
@@ -173,8 +188,9 @@ def segment_masks(node, reference: Geometry | None = None,
     return {info.name: mask for info, mask in masks}, geometry
 
 
-def labelmap_from_segmentation(node, reference: Geometry | None = None,
-                               segment_names: list[str] | None = None) -> tuple[np.ndarray, Geometry, list[SegmentInfo]]:
+def labelmap_from_segmentation(
+    node, reference: Geometry | None = None, segment_names: list[str] | None = None
+) -> tuple[np.ndarray, Geometry, list[SegmentInfo]]:
     """Merge segments into one label map (uint16 KJI) on ``reference`` or the segmentation's own grid.
 
     Overlapping segments: later segments win. Returns the array, its RAS geometry and the segments
@@ -214,12 +230,21 @@ def _set_reference_geometry(node, geometry: Geometry, reference_volume) -> None:
     image.SetExtent(0, geometry.shape_kji[2] - 1, 0, geometry.shape_kji[1] - 1, 0, geometry.shape_kji[0] - 1)
     image.SetImageToWorldMatrix(vtk_matrix_from_array(geometry.to_space("RAS").ijk_to_physical()))
     segmentation = node.GetSegmentation()
-    segmentation.SetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
-                                        slicer.vtkSegmentationConverter.SerializeImageGeometry(image))
+    segmentation.SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(image),
+    )
 
 
-def create_segmentation(scene, labels: np.ndarray, geometry: Geometry, segments: list[SegmentInfo],
-                        name: str, node=None, reference_volume=None):
+def create_segmentation(
+    scene,
+    labels: np.ndarray,
+    geometry: Geometry,
+    segments: list[SegmentInfo],
+    name: str,
+    node=None,
+    reference_volume=None,
+):
     """Create (or update, replacing its segments) a segmentation node from a label map.
 
     The label map becomes one shared labelmap layer in which each segment keeps its label value.
@@ -253,8 +278,15 @@ def create_segmentation(scene, labels: np.ndarray, geometry: Geometry, segments:
     return node
 
 
-def create_segmentation_from_masks(scene, masks: dict[str, np.ndarray], geometry: Geometry, name: str,
-                                   colors: dict[str, tuple] | None = None, node=None, reference_volume=None):
+def create_segmentation_from_masks(
+    scene,
+    masks: dict[str, np.ndarray],
+    geometry: Geometry,
+    name: str,
+    colors: dict[str, tuple] | None = None,
+    node=None,
+    reference_volume=None,
+):
     """Create (or update, replacing its segments) a segmentation node from boolean KJI masks.
 
     Args:
@@ -272,8 +304,10 @@ def create_segmentation_from_masks(scene, masks: dict[str, np.ndarray], geometry
     shape = arrays[0].shape if arrays else tuple(geometry.shape_kji or ())
     for segment_name, array in zip(masks, arrays):
         if array.shape != shape or array.ndim != 3:
-            raise BridgeError(f"The mask of segment {segment_name!r} has shape {array.shape}; all masks need one "
-                              f"3D (k, j, i) shape, here {shape}.")
+            raise BridgeError(
+                f"The mask of segment {segment_name!r} has shape {array.shape}; all masks need one "
+                f"3D (k, j, i) shape, here {shape}."
+            )
         if array.dtype != np.bool_ and not np.all((array == 0) | (array == 1)):
             raise BridgeError(f"The mask of segment {segment_name!r} holds values other than 0 and 1.")
     if len(shape) != 3:
@@ -302,7 +336,15 @@ def reference_geometry(node) -> Geometry | None:
 
 
 __all__ = [
-    "SegmentInfo", "create_segmentation", "create_segmentation_from_masks", "labelmap_from_segmentation",
-    "reference_geometry", "require_segmentation", "segment_ids", "segment_infos", "segment_mask", "segment_masks",
+    "SegmentInfo",
+    "create_segmentation",
+    "create_segmentation_from_masks",
+    "labelmap_from_segmentation",
+    "reference_geometry",
+    "require_segmentation",
+    "segment_ids",
+    "segment_infos",
+    "segment_mask",
+    "segment_masks",
     "volume_geometry",
 ]

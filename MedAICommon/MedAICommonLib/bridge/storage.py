@@ -42,8 +42,11 @@ def _has_suffix(path, suffixes) -> bool:
 
 def _base_name(path) -> str:
     name = Path(path).name
-    for suffix in sorted(SEGMENTATION_EXTENSIONS + VOLUME_EXTENSIONS + MARKUPS_EXTENSIONS
-                         + MODEL_EXTENSIONS + TRANSFORM_EXTENSIONS, key=len, reverse=True):
+    for suffix in sorted(
+        SEGMENTATION_EXTENSIONS + VOLUME_EXTENSIONS + MARKUPS_EXTENSIONS + MODEL_EXTENSIONS + TRANSFORM_EXTENSIONS,
+        key=len,
+        reverse=True,
+    ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
@@ -88,8 +91,9 @@ def load_volume(scene, path, name: str | None = None, labelmap: bool = False):
     image = node.GetImageData()
     if image.GetNumberOfScalarComponents() != 1:
         remove_nodes(scene, [node])
-        raise BridgeError(f"{path} has {image.GetNumberOfScalarComponents()} components per voxel; "
-                          "MedAI needs a scalar volume.")
+        raise BridgeError(
+            f"{path} has {image.GetNumberOfScalarComponents()} components per voxel; MedAI needs a scalar volume."
+        )
     node.CreateDefaultDisplayNodes()
     if not labelmap and node.GetDisplayNode() is not None:
         node.GetDisplayNode().AutoWindowLevelOn()
@@ -127,8 +131,12 @@ def load_segmentation(scene, path, name: str | None = None, segment_names: dict 
 def load_transform(scene, path, name: str | None = None):
     """Load an ITK transform file (as Slicer does: the file holds the from-parent transform)."""
     path = _require_file(path)
-    for class_name in ("vtkMRMLLinearTransformNode", "vtkMRMLBSplineTransformNode",
-                       "vtkMRMLGridTransformNode", "vtkMRMLTransformNode"):
+    for class_name in (
+        "vtkMRMLLinearTransformNode",
+        "vtkMRMLBSplineTransformNode",
+        "vtkMRMLGridTransformNode",
+        "vtkMRMLTransformNode",
+    ):
         node = scene.AddNewNodeByClass(class_name, name or _base_name(path))
         storage = slicer.vtkMRMLTransformStorageNode()
         scene.AddNode(storage)
@@ -167,9 +175,14 @@ def load_model(scene, path, name: str | None = None):
 def load_node(scene, path, kind: str | None = None):
     """Load any supported file, choosing the node type from ``kind`` or the extension."""
     kind = kind or guess_kind(path)
-    loaders = {"volume": load_volume, "labelmap": lambda s, p: load_volume(s, p, labelmap=True),
-               "segmentation": load_segmentation, "transform": load_transform,
-               "markups": load_markups, "model": load_model}
+    loaders = {
+        "volume": load_volume,
+        "labelmap": lambda s, p: load_volume(s, p, labelmap=True),
+        "segmentation": load_segmentation,
+        "transform": load_transform,
+        "markups": load_markups,
+        "model": load_model,
+    }
     if kind not in loaders:
         raise BridgeError(f"Unknown kind of data {kind!r} for {path}")
     return loaders[kind](scene, path)
@@ -243,7 +256,8 @@ def _write_into(node, path: Path, compress: bool) -> None:
         if hasattr(storage, "SetUseCompression"):
             storage.SetUseCompression(1 if compress else 0)
         if not storage.WriteData(node):
-            raise BridgeError(f"Could not write {node.GetName()} to {path.parent.parent / path.name}; "
-                              "is the folder writable?")
+            raise BridgeError(
+                f"Could not write {node.GetName()} to {path.parent.parent / path.name}; is the folder writable?"
+            )
     finally:
         scene.RemoveNode(storage)

@@ -10,8 +10,7 @@ from .errors import BridgeError
 
 def _vtk_array(name: str, values) -> vtk.vtkAbstractArray:
     values = list(values)
-    if values and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                      for v in values):
+    if values and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
         array = vtk.vtkDoubleArray()
         for v in values:
             array.InsertNextValue(float(v))
@@ -59,8 +58,9 @@ def columns_from_table(node) -> dict:
     return columns
 
 
-def create_plot_chart(scene, table_node, x_column: str, y_columns: list[str], name: str,
-                      x_title: str = "", y_title: str = "", chart=None):
+def create_plot_chart(
+    scene, table_node, x_column: str, y_columns: list[str], name: str, x_title: str = "", y_title: str = "", chart=None
+):
     """Create (or update) a plot chart with one line series per ``y_columns`` from a table node."""
     if chart is None:
         chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)

@@ -35,12 +35,16 @@ def require_scalar_volume(node, role: str = "input volume") -> None:
     if np.issubdtype(values.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
-            raise BridgeError(f"The {role} '{node.GetName()}' has {bad} NaN or infinite voxel(s); replace them "
-                              "(e.g. with the background value) before processing.")
+            raise BridgeError(
+                f"The {role} '{node.GetName()}' has {bad} NaN or infinite voxel(s); replace them "
+                "(e.g. with the background value) before processing."
+            )
         peak = float(np.max(np.abs(values))) if values.size else 0.0
         if peak > EXTREME_INTENSITY:
-            raise BridgeError(f"The {role} '{node.GetName()}' has intensities up to {peak:.3g}, beyond any image "
-                              "unit (HU, MR, Gy); rescale it to its physical range first.")
+            raise BridgeError(
+                f"The {role} '{node.GetName()}' has intensities up to {peak:.3g}, beyond any image "
+                "unit (HU, MR, Gy); rescale it to its physical range first."
+            )
 
 
 EXTREME_INTENSITY = 1e12
@@ -51,31 +55,39 @@ def require_volume_extent(node, min_voxels: int = 4, role: str = "input volume")
     """Raise unless the volume has at least ``min_voxels`` voxels along every axis (3D methods need it)."""
     dims = node.GetImageData().GetDimensions()
     if min(dims) < min_voxels:
-        raise BridgeError(f"The {role} '{node.GetName()}' is {dims[0]}x{dims[1]}x{dims[2]} voxels; this needs at "
-                          f"least {min_voxels} along each axis (a 3D volume, not a single slice).")
+        raise BridgeError(
+            f"The {role} '{node.GetName()}' is {dims[0]}x{dims[1]}x{dims[2]} voxels; this needs at "
+            f"least {min_voxels} along each axis (a 3D volume, not a single slice)."
+        )
 
 
 def require_overlap(node_a, node_b, what: str = "volumes", warn_partial: bool = False) -> None:
     """Raise unless the two volumes' physical extents (world RAS) intersect; the error gives both extents
     in mm. With ``warn_partial``, a partial overlap is a warning with the share of ``node_a`` covered."""
-    require_grids_overlap(volume_geometry(node_a), volume_geometry(node_b), node_a.GetName(), node_b.GetName(),
-                          what, warn_partial)
+    require_grids_overlap(
+        volume_geometry(node_a), volume_geometry(node_b), node_a.GetName(), node_b.GetName(), what, warn_partial
+    )
 
 
-def require_grids_overlap(a: Geometry, b: Geometry, name_a: str, name_b: str, what: str,
-                          warn_partial: bool = True) -> float:
+def require_grids_overlap(
+    a: Geometry, b: Geometry, name_a: str, name_b: str, what: str, warn_partial: bool = True
+) -> float:
     """Share (0..1) of grid ``a``'s RAS bounding box inside grid ``b``'s; ``BridgeError`` naming both boxes
     (mm) when they do not intersect, a warning when ``warn_partial`` and the share is below 99.9 %."""
     fraction = grid_overlap_fraction(a, b)
     if fraction <= 0.0 or not grids_overlap(a, b):
-        raise BridgeError(f"The {what} '{name_a}' and '{name_b}' do not overlap in space: '{name_a}' spans "
-                          f"{describe_bounds(a)}, '{name_b}' spans {describe_bounds(b)} (RAS mm); check that "
-                          "they share a frame of reference (or align them first).")
+        raise BridgeError(
+            f"The {what} '{name_a}' and '{name_b}' do not overlap in space: '{name_a}' spans "
+            f"{describe_bounds(a)}, '{name_b}' spans {describe_bounds(b)} (RAS mm); check that "
+            "they share a frame of reference (or align them first)."
+        )
     if warn_partial and fraction < 0.999:
         from ..notices import warn
 
-        warn(f"The {what} overlap only partly: {100.0 * fraction:.1f} % of '{name_a}' ({describe_bounds(a)}) lies "
-             f"within '{name_b}' ({describe_bounds(b)}, RAS mm); results cover the overlap only.")
+        warn(
+            f"The {what} overlap only partly: {100.0 * fraction:.1f} % of '{name_a}' ({describe_bounds(a)}) lies "
+            f"within '{name_b}' ({describe_bounds(b)}, RAS mm); results cover the overlap only."
+        )
     return fraction
 
 
@@ -149,8 +161,7 @@ def update_volume(node, array: np.ndarray, geometry: Geometry) -> None:
     node.Modified()
 
 
-def create_volume(scene, array: np.ndarray, geometry: Geometry, name: str,
-                  labelmap: bool = False, node=None):
+def create_volume(scene, array: np.ndarray, geometry: Geometry, name: str, labelmap: bool = False, node=None):
     """Create (or, given ``node``, update) a scalar/label-map volume node with display nodes."""
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     if node is None:
@@ -191,9 +202,14 @@ def sitk_to_volume(image: sitk.Image, scene, name: str, labelmap: bool = False, 
     return create_volume(scene, array, geometry, name, labelmap=labelmap, node=node)
 
 
-def resample_array(array: np.ndarray, geometry: Geometry, reference: Geometry,
-                   interpolator=sitk.sitkLinear, default_value: float = 0.0,
-                   transform: sitk.Transform | None = None) -> np.ndarray:
+def resample_array(
+    array: np.ndarray,
+    geometry: Geometry,
+    reference: Geometry,
+    interpolator=sitk.sitkLinear,
+    default_value: float = 0.0,
+    transform: sitk.Transform | None = None,
+) -> np.ndarray:
     """Resample a KJI array from ``geometry`` onto the ``reference`` grid (needs ``shape_kji``).
 
     ``transform`` follows ITK's convention: it maps reference (output) LPS points to input points.
@@ -203,8 +219,7 @@ def resample_array(array: np.ndarray, geometry: Geometry, reference: Geometry,
     image = array_to_sitk(array, geometry)
     ref = sitk.Image([int(s) for s in reference.shape_kji[::-1]], image.GetPixelID())
     reference.apply_to_sitk(ref)
-    out = sitk.Resample(image, ref, transform or sitk.Transform(), interpolator, default_value,
-                        image.GetPixelID())
+    out = sitk.Resample(image, ref, transform or sitk.Transform(), interpolator, default_value, image.GetPixelID())
     return sitk.GetArrayFromImage(out)
 
 
@@ -214,8 +229,23 @@ def is_labelmap(node) -> bool:
 
 
 __all__ = [
-    "SCALAR_VOLUME_CLASSES", "array_from_volume", "array_to_sitk", "create_volume", "describe_bounds",
-    "grid_bounds_ras", "grid_overlap_fraction", "grids_overlap", "is_labelmap", "require_grids_overlap",
-    "require_overlap", "require_scalar_volume", "require_volume_extent", "resample_array", "sitk_to_array", "sitk_to_volume", "update_volume",
-    "volume_geometry", "volume_to_sitk",
+    "SCALAR_VOLUME_CLASSES",
+    "array_from_volume",
+    "array_to_sitk",
+    "create_volume",
+    "describe_bounds",
+    "grid_bounds_ras",
+    "grid_overlap_fraction",
+    "grids_overlap",
+    "is_labelmap",
+    "require_grids_overlap",
+    "require_overlap",
+    "require_scalar_volume",
+    "require_volume_extent",
+    "resample_array",
+    "sitk_to_array",
+    "sitk_to_volume",
+    "update_volume",
+    "volume_geometry",
+    "volume_to_sitk",
 ]

@@ -34,8 +34,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(prog="medai", description="MedAI: segmentation, registration and "
-                                     "dose planning on MRML, in 3D Slicer or headless.")
+    parser = argparse.ArgumentParser(
+        prog="medai",
+        description="MedAI: segmentation, registration and dose planning on MRML, in 3D Slicer or headless.",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     return parser, subparsers

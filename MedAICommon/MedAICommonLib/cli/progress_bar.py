@@ -32,8 +32,13 @@ def progress_printer():
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=1000, file=sys.stderr, leave=False, disable=not sys.stderr.isatty(),
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+    bar = tqdm(
+        total=1000,
+        file=sys.stderr,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+    )
 
     def callback(stage: str, fraction: float) -> None:
         bar.set_description_str(stage)

@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "isodose": (_EVALUATION, "isodose surfaces (models) and legend of a dose volume"),
     "rt-import": (_EVALUATION, "convert RTDOSE/RTSTRUCT/RTPLAN files to MedAI files"),
     "rt-export": (_EVALUATION, "write a dose and/or segmentation as RTDOSE/RTSTRUCT"),
-    "contour-qa": ("MedAIPlanLib.contour_qa.commands", "dose-aware comparison of two structure sets (and model uncertainty bands)"),
+    "contour-qa": (
+        "MedAIPlanLib.contour_qa.commands",
+        "dose-aware comparison of two structure sets (and model uncertainty bands)",
+    ),
     "batch": ("MedAICommonLib.cohort.commands", "run a pipeline of medai steps over a cohort (Dask)"),
 }
 

@@ -18,13 +18,20 @@ def register(subparsers, add_common_options) -> None:
     """Add ``batch``."""
     p = subparsers.add_parser("batch", help="run a pipeline of medai steps over a cohort (Dask)")
     p.add_argument("manifest", help="cohort CSV: an 'id' column and one column per input (paths relative to it)")
-    p.add_argument("--pipeline", required=True, metavar="FILE|NAME",
-                   help="pipeline YAML (steps with name, command, args, needs), or a shipped pipeline's name "
-                        "(segmentation-cohort, planning-cohort, contour-qa-cohort)")
+    p.add_argument(
+        "--pipeline",
+        required=True,
+        metavar="FILE|NAME",
+        help="pipeline YAML (steps with name, command, args, needs), or a shipped pipeline's name "
+        "(segmentation-cohort, planning-cohort, contour-qa-cohort)",
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="results folder: DIR/<case>/<step>/...")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="worker processes of the embedded LocalCluster "
-                       "(default: one per GPU, else a quarter of the cores)")
+    where.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the embedded LocalCluster (default: one per GPU, else a quarter of the cores)",
+    )
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     add_common_options(p)
     p.set_defaults(func=cmd_batch)
@@ -34,14 +41,16 @@ def _summarise(results: list[dict], report) -> None:
     from .contour_qa_summary import batch_metrics
 
     steps = [s for r in results for s in r.get("steps", {}).values()]
-    report.metrics.update({
-        "cases_total": report.metrics["cases_total"],
-        "cases_done": sum(r["status"] == "done" for r in results),
-        "cases_failed": sum(r["status"] != "done" for r in results),
-        "steps_run": sum(s["status"] == "run" for s in steps),
-        "steps_skipped": sum(s["status"] == "skipped" for s in steps),
-        "failed": {r["id"]: r.get("error") for r in results if r["status"] != "done"},
-    })
+    report.metrics.update(
+        {
+            "cases_total": report.metrics["cases_total"],
+            "cases_done": sum(r["status"] == "done" for r in results),
+            "cases_failed": sum(r["status"] != "done" for r in results),
+            "steps_run": sum(s["status"] == "run" for s in steps),
+            "steps_skipped": sum(s["status"] == "skipped" for s in steps),
+            "failed": {r["id"]: r.get("error") for r in results if r["status"] != "done"},
+        }
+    )
     report.metrics.update(batch_metrics(results))  # contour-qa steps: flagged structures across the cohort
 
 
@@ -87,9 +96,13 @@ def cmd_batch(args, report) -> int:
     output = Path(args.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     report.inputs.update({"manifest": str(manifest.path), "pipeline": str(pipeline.path)})
-    report.parameters.update({"steps": [{"name": s.name, "command": s.command, "args": s.args, "needs": s.needs}
-                                        for s in pipeline.steps],
-                              "workers": args.workers, "scheduler": args.scheduler})
+    report.parameters.update(
+        {
+            "steps": [{"name": s.name, "command": s.command, "args": s.args, "needs": s.needs} for s in pipeline.steps],
+            "workers": args.workers,
+            "scheduler": args.scheduler,
+        }
+    )
     report.metrics["cases_total"] = len(manifest.cases)
     results: list[dict] = []
     try:
@@ -98,8 +111,13 @@ def cmd_batch(args, report) -> int:
             report.parameters["workers_started"] = len(client.scheduler_info().get("workers", {}))
             progress = ProgressLine(len(manifest.cases), client.dashboard_link)
             with report.timed("run"):
-                results = run_cases(client, manifest.cases, pipeline.steps, str(output),
-                                    on_result=_counting(results, progress, getattr(args, "progress", None)))
+                results = run_cases(
+                    client,
+                    manifest.cases,
+                    pipeline.steps,
+                    str(output),
+                    on_result=_counting(results, progress, getattr(args, "progress", None)),
+                )
         _remove_leftovers(output, manifest.cases)
     finally:
         _summarise(results, report)

@@ -62,6 +62,11 @@ def value_digest(value: str) -> str:
 
 def step_key(command: str, args: list[str], column_digests: dict[str, str], step_keys: dict[str, str]) -> str:
     """The key of a case-step from its command, raw ``args``, used columns' digests and used steps' keys."""
-    payload = {"version": KEY_VERSION, "command": command, "args": list(args),
-               "columns": dict(sorted(column_digests.items())), "steps": dict(sorted(step_keys.items()))}
+    payload = {
+        "version": KEY_VERSION,
+        "command": command,
+        "args": list(args),
+        "columns": dict(sorted(column_digests.items())),
+        "steps": dict(sorted(step_keys.items())),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

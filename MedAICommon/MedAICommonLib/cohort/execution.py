@@ -58,8 +58,10 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
         try:
             client = Client(scheduler, timeout="20s")
         except OSError as error:
-            raise ValueError(f"Cannot reach the Dask scheduler at {scheduler} ({error}); start it first "
-                             "(dask scheduler, dask-jobqueue, dask-kubernetes) or leave --scheduler out.") from error
+            raise ValueError(
+                f"Cannot reach the Dask scheduler at {scheduler} ({error}); start it first "
+                "(dask scheduler, dask-jobqueue, dask-kubernetes) or leave --scheduler out."
+            ) from error
         try:
             yield client
         finally:
@@ -72,8 +74,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
         count, threads = workers, max(1, (os.cpu_count() or 1) // workers)
     os.environ["MEDAI_WORKER_THREADS"] = str(threads)  # read by each worker process it spawns
     with _workers_ignore_ctrl_c():
-        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+        )
     client = Client(cluster)
     try:
         yield client
@@ -84,7 +87,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class ProgressLine:
@@ -105,14 +110,17 @@ class ProgressLine:
         remaining = self.total - finished
         elapsed = time.perf_counter() - self.start
         eta = _duration(elapsed / finished * remaining) if finished else "?"
-        text = (f"medai batch: {self.done} done, {self.failed} failed, {remaining} remaining of {self.total}"
-                f" (elapsed {_duration(elapsed)}, ETA {eta})")
+        text = (
+            f"medai batch: {self.done} done, {self.failed} failed, {remaining} remaining of {self.total}"
+            f" (elapsed {_duration(elapsed)}, ETA {eta})"
+        )
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         print(("\r" + text) if tty else text, end="" if tty and remaining else "\n", file=self.stream, flush=True)
 
 
-def run_cases(client, cases: list[Case], steps: list[Step], output: str,
-              on_result: Callable[[dict], None] | None = None) -> list[dict]:
+def run_cases(
+    client, cases: list[Case], steps: list[Step], output: str, on_result: Callable[[dict], None] | None = None
+) -> list[dict]:
     """Submit one task per case to ``client`` and gather the results in manifest order.
 
     A task that Dask itself gives up on (e.g. its worker was killed more often than Dask allows) is a
@@ -121,8 +129,9 @@ def run_cases(client, cases: list[Case], steps: list[Step], output: str,
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]  # keys of this run only: a scheduler may still hold an earlier run's results
-    futures = {client.submit(run_case, case, steps, output, key=f"medai-case-{case.id}-{run}"): case.id
-               for case in cases}
+    futures = {
+        client.submit(run_case, case, steps, output, key=f"medai-case-{case.id}-{run}"): case.id for case in cases
+    }
     results: dict[str, dict] = {}
     try:
         for future in as_completed(futures):
@@ -130,8 +139,7 @@ def run_cases(client, cases: list[Case], steps: list[Step], output: str,
             try:
                 result = future.result()
             except Exception as error:  # noqa: BLE001 - recorded as the case's failure
-                result = {"id": case_id, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                          "steps": {}}
+                result = {"id": case_id, "status": "failed", "error": f"{type(error).__name__}: {error}", "steps": {}}
             results[case_id] = result
             if on_result is not None:
                 on_result(result)

@@ -63,12 +63,15 @@ def read_manifest(path) -> Manifest:
         raise ValueError(f"Manifest {path} is empty: it needs a header with an 'id' column and one row per case.")
     header = [name.strip() for name in rows[0]]
     if "id" not in header:
-        raise ValueError(f"Manifest {path} has no 'id' column (its columns: {', '.join(header)}); add one that "
-                         "names each case.")
+        raise ValueError(
+            f"Manifest {path} has no 'id' column (its columns: {', '.join(header)}); add one that names each case."
+        )
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated or "" in header:
-        raise ValueError(f"Manifest {path}: every column needs its own name (repeated or empty: "
-                         f"{', '.join(repeated) or 'an empty name'}).")
+        raise ValueError(
+            f"Manifest {path}: every column needs its own name (repeated or empty: "
+            f"{', '.join(repeated) or 'an empty name'})."
+        )
     if len(rows) < 2:
         raise ValueError(f"Manifest {path} lists no case: add one row per case under the header.")
     cases, seen = [], {}
@@ -78,11 +81,15 @@ def read_manifest(path) -> Manifest:
         record = dict(zip(header, row))
         case_id = record.pop("id").strip()
         if not _SAFE_ID.match(case_id):
-            raise ValueError(f"Manifest {path} line {line}: the id {case_id!r} cannot name a results folder; use "
-                             "letters, digits, '.', '_' and '-' (starting with a letter or digit).")
+            raise ValueError(
+                f"Manifest {path} line {line}: the id {case_id!r} cannot name a results folder; use "
+                "letters, digits, '.', '_' and '-' (starting with a letter or digit)."
+            )
         if case_id in seen:
-            raise ValueError(f"Manifest {path}: the id {case_id!r} is used twice (lines {seen[case_id]} and {line}); "
-                             "each case needs its own id.")
+            raise ValueError(
+                f"Manifest {path}: the id {case_id!r} is used twice (lines {seen[case_id]} and {line}); "
+                "each case needs its own id."
+            )
         seen[case_id] = line
         cases.append(Case(case_id, {name: _resolve(value, path.parent) for name, value in record.items()}))
     return Manifest(path=path.resolve(), columns=[name for name in header if name != "id"], cases=cases)

@@ -66,8 +66,10 @@ def find_pipeline(name_or_path) -> Path:
     key = path.name.removesuffix(".yaml").removesuffix(".yml")
     if key in shipped and path.parent == Path("."):
         return shipped[key]
-    raise ValueError(f"Pipeline {name_or_path} not found: give a YAML file, or the name of a shipped pipeline "
-                     f"({', '.join(shipped) or 'none found'}).")
+    raise ValueError(
+        f"Pipeline {name_or_path} not found: give a YAML file, or the name of a shipped pipeline "
+        f"({', '.join(shipped) or 'none found'})."
+    )
 
 
 def _step_placeholders(step: Step, index: int, names: list[str], columns: list[str]) -> None:
@@ -80,20 +82,25 @@ def _step_placeholders(step: Step, index: int, names: list[str], columns: list[s
             if token.startswith("case."):
                 column = token[5:]
                 if column not in columns:
-                    raise ValueError(f"{where} uses {{case.{column}}}, but the manifest has no column {column!r} "
-                                     f"(its columns: {', '.join(columns) or 'only id'}).")
+                    raise ValueError(
+                        f"{where} uses {{case.{column}}}, but the manifest has no column {column!r} "
+                        f"(its columns: {', '.join(columns) or 'only id'})."
+                    )
                 step.columns.append(column)
             elif token in earlier:
                 step.uses.append(token)
             elif token in later:
-                raise ValueError(f"{where} uses {{{token}}}, the output of a step that does not run before it; "
-                                 "a step may only use the steps above it.")
+                raise ValueError(
+                    f"{where} uses {{{token}}}, the output of a step that does not run before it; "
+                    "a step may only use the steps above it."
+                )
             else:
-                raise ValueError(f"{where} uses {{{token}}}, which is no earlier step, manifest column "
-                                 f"({{case.COLUMN}}) or {{out}}; earlier steps: {', '.join(earlier) or 'none'}.")
+                raise ValueError(
+                    f"{where} uses {{{token}}}, which is no earlier step, manifest column "
+                    f"({{case.COLUMN}}) or {{out}}; earlier steps: {', '.join(earlier) or 'none'}."
+                )
     step.uses = list(dict.fromkeys(step.uses))
     step.columns = list(dict.fromkeys(step.columns))
-
 
 
 def _parse_step(raw, index: int) -> Step:
@@ -108,16 +115,22 @@ def _parse_step(raw, index: int) -> Step:
         raise ValueError(f"{where} needs a name of letters, digits, '_' and '-' (not 'out' or 'case'), got {name!r}.")
     command = str(raw.get("command", "")).strip()
     if command not in COMMANDS or command == "batch":
-        raise ValueError(f"{where} ({name}): unknown command {command!r}; use one of the medai commands: "
-                         f"{', '.join(c for c in COMMANDS if c != 'batch')}.")
+        raise ValueError(
+            f"{where} ({name}): unknown command {command!r}; use one of the medai commands: "
+            f"{', '.join(c for c in COMMANDS if c != 'batch')}."
+        )
     args = raw.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
-        raise ValueError(f"{where} ({name}): args must be a list of command-line words, e.g. ['{{case.ct}}', "
-                         "'{out}/ct.nrrd', '--method', 'nlm'].")
+        raise ValueError(
+            f"{where} ({name}): args must be a list of command-line words, e.g. ['{{case.ct}}', "
+            "'{out}/ct.nrrd', '--method', 'nlm']."
+        )
     args = [str(a) for a in args]
     if any(a == "--report" or a.startswith("--report=") for a in args):
-        raise ValueError(f"{where} ({name}): leave out --report; every step's report is written to "
-                         "<output>/<case>/<step>/report.json.")
+        raise ValueError(
+            f"{where} ({name}): leave out --report; every step's report is written to "
+            "<output>/<case>/<step>/report.json."
+        )
     needs = raw.get("needs", []) or []
     if not isinstance(needs, list) or any(n not in NEEDS for n in needs):
         raise ValueError(f"{where} ({name}): needs must be a list of {', '.join(NEEDS)}, got {needs!r}.")
@@ -149,8 +162,9 @@ def check_arguments(step: Step, sample: dict[str, str] | None = None) -> None:
         raise ValueError(f"step {step.name}: medai {step.command} refuses its args: {detail}") from None
 
 
-def load_pipeline(name_or_path, columns: list[str], sample: dict[str, str] | None = None,
-                  check_args: bool = True) -> Pipeline:
+def load_pipeline(
+    name_or_path, columns: list[str], sample: dict[str, str] | None = None, check_args: bool = True
+) -> Pipeline:
     """Read and check a pipeline against the manifest's ``columns`` (``sample``: one case's values, to
     check the args with the commands' own parsers); ``ValueError`` says what to fix."""
     path = find_pipeline(name_or_path)

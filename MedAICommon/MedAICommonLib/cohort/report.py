@@ -22,13 +22,21 @@ import numpy as np
 from .contour_qa_summary import contour_qa_steps, structure_values, summary_rows
 
 # key metrics, most telling first: overlap and distance, target coverage and plan indices, gamma, TRE, then doses
-_KEY_METRICS = (re.compile(r"(dice|hd95|target_|pass_rate|tre|_ICRU|_Paddick)", re.IGNORECASE),
-                re.compile(r"(d95|dmean|d98|mean_)", re.IGNORECASE))
+_KEY_METRICS = (
+    re.compile(r"(dice|hd95|target_|pass_rate|tre|_ICRU|_Paddick)", re.IGNORECASE),
+    re.compile(r"(d95|dmean|d98|mean_)", re.IGNORECASE),
+)
 MAX_PANELS = 8
 # a contour-qa step's case summary, in this order, before any other panel (its per-structure columns get a row
 # of their own in the report)
-CONTOUR_QA_PANELS = ("summary.dose_relevant", "summary.max_abs_delta_Dmean_Gy", "summary.max_abs_delta_D95_Gy",
-                     "summary.min_dice", "mean_dice_matched", "summary.max_abs_delta_D0.03cc_Gy")
+CONTOUR_QA_PANELS = (
+    "summary.dose_relevant",
+    "summary.max_abs_delta_Dmean_Gy",
+    "summary.max_abs_delta_D95_Gy",
+    "summary.min_dice",
+    "mean_dice_matched",
+    "summary.max_abs_delta_D0.03cc_Gy",
+)
 MAX_STRUCTURES = 20
 
 
@@ -43,12 +51,18 @@ def key_metric_columns(rows: list[dict]) -> list[str]:
         for key, value in row.items():
             if key not in FIXED and isinstance(value, (int, float)):
                 values.setdefault(key, set()).add(value)
-    steps = [c.removesuffix(".summary.dose_relevant_fraction") for c in values
-             if c.endswith(".summary.dose_relevant_fraction")]
+    steps = [
+        c.removesuffix(".summary.dose_relevant_fraction")
+        for c in values
+        if c.endswith(".summary.dose_relevant_fraction")
+    ]
     preferred = [f"{s}.{c}" for s in steps for c in CONTOUR_QA_PANELS if f"{s}.{c}" in values]
     per_structure = tuple(f"{s}.structures." for s in steps)
-    varying = [c for c, seen in values.items()  # a parameter echoed by every case says nothing
-               if len(seen) > 1 and c not in preferred and not c.startswith(per_structure)]
+    varying = [
+        c
+        for c, seen in values.items()  # a parameter echoed by every case says nothing
+        if len(seen) > 1 and c not in preferred and not c.startswith(per_structure)
+    ]
 
     def rank(column: str) -> tuple[int, int]:
         name = column.rsplit(".", 1)[-1]
@@ -72,7 +86,9 @@ def _dvh_tables(results: list[dict], output: Path) -> list[Path]:
     return tables
 
 
-def dvh_bands(tables: list[Path], points: int = 200) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def dvh_bands(
+    tables: list[Path], points: int = 200
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per structure: (dose Gy, 10th percentile, median, 90th percentile of volume %) over the cases' DVHs."""
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in tables:
@@ -122,8 +138,17 @@ def _failures_panel(ax, results: list[dict]) -> None:
         lines += textwrap.wrap(f"{result['id']}: {result.get('error')}", 90, subsequent_indent="    ")
     if len(failed) > 12:
         lines.append(f"... and {len(failed) - 12} more (see cohort.csv)")
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7,
-            color="#b00020" if failed else "#206020", transform=ax.transAxes)
+    ax.text(
+        0.0,
+        1.0,
+        "\n".join(lines),
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7,
+        color="#b00020" if failed else "#206020",
+        transform=ax.transAxes,
+    )
 
 
 def _bands_panel(ax, bands: dict) -> None:
@@ -165,8 +190,11 @@ def _contour_qa_row(fig, grid_row, section) -> None:
     axes[0].set_xlabel("cases flagged dose-relevant (%)", fontsize=7)
     axes[0].set_title(f"{step}: {cases} cases, {len(values)} structures", fontsize=9, loc="left")
     rng = np.random.default_rng(0)
-    for ax, key, label in ((axes[1], "abs_delta_Dmean_Gy", "|ΔDmean| (Gy)"),
-                           (axes[2], "abs_delta_D95_Gy", "|ΔD95| (Gy)"), (axes[3], "dice", "Dice")):
+    for ax, key, label in (
+        (axes[1], "abs_delta_Dmean_Gy", "|ΔDmean| (Gy)"),
+        (axes[2], "abs_delta_D95_Gy", "|ΔD95| (Gy)"),
+        (axes[3], "dice", "Dice"),
+    ):
         for yi, name in zip(y, names):
             known = [(v, f) for v, f in zip(values[name][key], values[name]["flagged"]) if v is not None]
             data = np.array([v for v, _ in known], float)
@@ -184,9 +212,16 @@ def _contour_qa_row(fig, grid_row, section) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     if len(values) > len(rows):
-        axes[3].annotate(f"{len(values) - len(rows)} more structures in contour_qa_summary.csv", (1.0, 0.0),
-                         xycoords="axes fraction", xytext=(0, -26), textcoords="offset points", ha="right",
-                         va="top", fontsize=7)
+        axes[3].annotate(
+            f"{len(values) - len(rows)} more structures in contour_qa_summary.csv",
+            (1.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -26),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=7,
+        )
 
 
 def write_cohort_report(results: list[dict], rows: list[dict], output, title: str) -> dict[str, str]:

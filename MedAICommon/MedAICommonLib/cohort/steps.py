@@ -124,8 +124,11 @@ def _error_of(folder: Path, code: int) -> str:
     except (OSError, ValueError):
         error = None
     if not error:
-        lines = [line for line in (folder / "log.txt").read_text().splitlines() if line.strip()] \
-            if (folder / "log.txt").exists() else []
+        lines = (
+            [line for line in (folder / "log.txt").read_text().splitlines() if line.strip()]
+            if (folder / "log.txt").exists()
+            else []
+        )
         error = lines[-1] if lines else f"exit code {code}"
     return str(error)
 
@@ -148,8 +151,9 @@ def _publish(tmp: Path, final: Path, key: str, log_file: Path, record: dict) -> 
     except OSError:  # another attempt renamed its folder into place first
         shutil.rmtree(tmp, ignore_errors=True)
         return False
-    line = json.dumps({"case": record["case"], "step": record["step"], "key": key, "pid": os.getpid(),
-                       "time": time.time()})
+    line = json.dumps(
+        {"case": record["case"], "step": record["step"], "key": key, "pid": os.getpid(), "time": time.time()}
+    )
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())
@@ -180,8 +184,15 @@ def run_step(case: Case, step: Step, key: str, folders: dict[str, str], output: 
         return StepResult("failed", key, seconds, error=f"{step.name}: {error}")
     log_file = output / LOG_FOLDER / "done.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    record = {"case": case.id, "step": step.name, "key": key, "command": step.command, "args": argv[1:-2],
-              "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {
+        "case": case.id,
+        "step": step.name,
+        "key": key,
+        "command": step.command,
+        "args": argv[1:-2],
+        "seconds": seconds,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     _publish(tmp, final, key, log_file, record)
     return StepResult("run", key, seconds, metrics=_read_metrics(final))
 

@@ -38,9 +38,13 @@ def cohort_rows(results: list[dict]) -> list[dict]:
     rows = []
     for result in results:
         steps = result.get("steps", {})
-        row = {"id": result["id"], "status": result["status"], "error": result.get("error") or "",
-               "steps_run": sum(s["status"] == "run" for s in steps.values()),
-               "steps_skipped": sum(s["status"] == "skipped" for s in steps.values())}
+        row = {
+            "id": result["id"],
+            "status": result["status"],
+            "error": result.get("error") or "",
+            "steps_run": sum(s["status"] == "run" for s in steps.values()),
+            "steps_skipped": sum(s["status"] == "skipped" for s in steps.values()),
+        }
         for name, step in steps.items():
             metrics = step.get("metrics", {})
             row.update(flatten(table_metrics(metrics) if is_contour_qa(step) else metrics, name))

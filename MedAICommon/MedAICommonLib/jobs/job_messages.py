@@ -8,8 +8,9 @@ from __future__ import annotations
 LOG_TAIL_LINES = 30
 
 
-def job_failure_message(heading: str, error: BaseException | str, outcome=None,
-                        tail_lines: int = LOG_TAIL_LINES) -> tuple[str, str]:
+def job_failure_message(
+    heading: str, error: BaseException | str, outcome=None, tail_lines: int = LOG_TAIL_LINES
+) -> tuple[str, str]:
     """``(text, details)`` for the error dialog of a failed worker job.
 
     Args:
@@ -32,8 +33,11 @@ def job_failure_message(heading: str, error: BaseException | str, outcome=None,
         lines.append(cause)
     if len(lines) == 1:
         code = getattr(outcome, "returncode", None)
-        lines.append(f"The worker ended with exit code {code} and no message." if code is not None
-                     else "The worker ended without a message.")
+        lines.append(
+            f"The worker ended with exit code {code} and no message."
+            if code is not None
+            else "The worker ended without a message."
+        )
     log = list(getattr(outcome, "log", None) or [])[-tail_lines:]
     details = "\n".join(log) if log else "The worker wrote nothing on its error output."
     return "\n\n".join(lines), details

@@ -32,10 +32,15 @@ from .worker import Worker, WorkerResult, WorkerState, progress_reporter
 
 _PLACEHOLDER = re.compile(r"\{(in|out):([A-Za-z0-9_]+)\}|\{dir\}")
 
-_INPUT_SUFFIX = {"vtkMRMLSegmentationNode": ".seg.nrrd", "vtkMRMLScalarVolumeNode": ".nrrd",
-                 "vtkMRMLLabelMapVolumeNode": ".nrrd", "vtkMRMLMarkupsFiducialNode": ".mrk.json",
-                 "vtkMRMLLinearTransformNode": ".h5", "vtkMRMLTransformNode": ".h5",
-                 "vtkMRMLModelNode": ".vtk"}
+_INPUT_SUFFIX = {
+    "vtkMRMLSegmentationNode": ".seg.nrrd",
+    "vtkMRMLScalarVolumeNode": ".nrrd",
+    "vtkMRMLLabelMapVolumeNode": ".nrrd",
+    "vtkMRMLMarkupsFiducialNode": ".mrk.json",
+    "vtkMRMLLinearTransformNode": ".h5",
+    "vtkMRMLTransformNode": ".h5",
+    "vtkMRMLModelNode": ".vtk",
+}
 
 
 @dataclass
@@ -65,8 +70,17 @@ class SceneJob:
     ``PYTHONPATH``; the interpreter command); they may also be set on the job before it starts.
     """
 
-    def __init__(self, scene, args: list[str], inputs: dict | None = None, outputs: list[JobOutput] | None = None,
-                 on_progress=None, workdir=None, env: dict | None = None, python: list[str] | None = None):
+    def __init__(
+        self,
+        scene,
+        args: list[str],
+        inputs: dict | None = None,
+        outputs: list[JobOutput] | None = None,
+        on_progress=None,
+        workdir=None,
+        env: dict | None = None,
+        python: list[str] | None = None,
+    ):
         self.scene = scene
         self.args = list(args)
         self.inputs = dict(inputs or {})
@@ -136,8 +150,9 @@ class SceneJob:
         if self.on_progress is None:
             self.on_progress = progress_reporter(progress)
         self.start()
-        self.worker.wait(timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None,
-                         interval=interval)
+        self.worker.wait(
+            timeout=timeout, cancel_flag=(lambda: progress.cancelled) if progress else None, interval=interval
+        )
         return self.finish()
 
     # --- files -----------------------------------------------------------------------
@@ -203,9 +218,12 @@ def _staging_scene():
 def _copy_content(source, target) -> None:
     """Data and geometry of ``source`` into ``target``; ``target``'s name, display and references stay."""
     if target.GetClassName() != source.GetClassName() and not (
-            target.IsA("vtkMRMLTransformNode") and source.IsA("vtkMRMLTransformNode")):
-        raise RuntimeError(f"The output node {target.GetName()!r} is a {target.GetClassName()}, "
-                           f"but the worker produced a {source.GetClassName()}; choose a matching node.")
+        target.IsA("vtkMRMLTransformNode") and source.IsA("vtkMRMLTransformNode")
+    ):
+        raise RuntimeError(
+            f"The output node {target.GetName()!r} is a {target.GetClassName()}, "
+            f"but the worker produced a {source.GetClassName()}; choose a matching node."
+        )
     target.CopyContent(source, True)
     if target.GetDisplayNode() is None and hasattr(target, "CreateDefaultDisplayNodes"):
         target.CreateDefaultDisplayNodes()

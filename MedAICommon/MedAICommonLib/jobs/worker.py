@@ -151,8 +151,14 @@ class Worker:
     def start(self) -> Worker:
         """Start the worker process (in its own process group, so Cancel can end its children too)."""
         command = [*(self.python or [python_executable()]), "-m", "MedAICommonLib.cli", *self.args, "--progress-json"]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         env=worker_environment(self.env), **popen_options())
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_environment(self.env),
+            **popen_options(),
+        )
         self.state = WorkerState.RUNNING
         for stream, kind in ((self._process.stdout, "out"), (self._process.stderr, "err")):
             thread = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
@@ -172,7 +178,7 @@ class Worker:
                 kind, line = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if kind == "out" and line.startswith("{\"progress\""):
+            if kind == "out" and line.startswith('{"progress"'):
                 message = json.loads(line)["progress"]
                 self.stage, self.fraction = message["stage"], message["fraction"]
                 if self.on_progress is not None:
@@ -198,8 +204,9 @@ class Worker:
         if self._process is None or self._process.poll() is not None:
             return
         if _WINDOWS:
-            subprocess.run(kill_tree_command(self._process.pid), capture_output=True, check=False,
-                           creationflags=CREATE_NO_WINDOW)
+            subprocess.run(
+                kill_tree_command(self._process.pid), capture_output=True, check=False, creationflags=CREATE_NO_WINDOW
+            )
             try:
                 self._process.wait(timeout=max(grace_s, 5.0))
             except subprocess.TimeoutExpired:
@@ -224,10 +231,12 @@ class Worker:
         error = error_line(self._stderr, any_line=self.state == WorkerState.FAILED)
         if not error and self.state == WorkerState.FAILED:
             code = self._process.returncode
-            error = (f"the worker was killed by signal {-code}" if code is not None and code < 0
-                     else f"the worker exited with code {code}")
-        return WorkerResult(self.state, self._process.returncode if self._process else None, error,
-                            self._stderr[-50:])
+            error = (
+                f"the worker was killed by signal {-code}"
+                if code is not None and code < 0
+                else f"the worker exited with code {code}"
+            )
+        return WorkerResult(self.state, self._process.returncode if self._process else None, error, self._stderr[-50:])
 
     def wait(self, timeout: float | None = None, cancel_flag=None, interval: float = 0.05) -> WorkerResult:
         """Block until the worker ends (for scripts), polling progress; ``cancel_flag()`` True cancels."""

@@ -74,8 +74,9 @@ def prepare_inputs(context: DemoContext) -> None:
     inputs = context.output_dir / "inputs"
     ct = bridge.create_volume(context.scene, phantom.ct, phantom.geometry, "phantom CT")
     segments = [SegmentInfo(v, n, STRUCTURE_COLORS[v]) for v, n in STRUCTURES.items()]
-    structures = bridge.create_segmentation(context.scene, phantom.labels, phantom.geometry, segments,
-                                            "phantom structures", reference_volume=ct)
+    structures = bridge.create_segmentation(
+        context.scene, phantom.labels, phantom.geometry, segments, "phantom structures", reference_volume=ct
+    )
     ct_path = bridge.save_node(ct, inputs / "phantom_ct.nrrd")
     seg_path = bridge.save_node(structures, inputs / "phantom_structures.seg.nrrd")
     bridge.remove_nodes(context.scene, [ct, structures])
@@ -87,15 +88,24 @@ def prepare_inputs(context: DemoContext) -> None:
     k = figures.largest_section(truth["lesion"], geometry, "axial")
     context.nodes.update({"display_k": k, "ct_array": array, "ct_geometry": geometry, "truth_masks": truth})
     colors = figures.structure_colors(truth)
-    context.add_panel("Phantom CT and its structures", lambda fig, ax: figures.draw_anatomy_panel(
-        fig, ax, array, geometry, "axial", k, "Phantom CT and its structures", structures=truth, colors=colors),
-        plane="axial", index=k, structure="lesion")
+    context.add_panel(
+        "Phantom CT and its structures",
+        lambda fig, ax: figures.draw_anatomy_panel(
+            fig, ax, array, geometry, "axial", k, "Phantom CT and its structures", structures=truth, colors=colors
+        ),
+        plane="axial",
+        index=k,
+        structure="lesion",
+    )
 
 
 def available_steps() -> dict[str, str]:
     """The module demo steps installed (name -> module), in pipeline order."""
-    return {step: module for step, module in DEMO_STEPS.items()
-            if importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module)}
+    return {
+        step: module
+        for step, module in DEMO_STEPS.items()
+        if importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module)
+    }
 
 
 def overview_figure(context: DemoContext):
@@ -108,9 +118,8 @@ def overview_figure(context: DemoContext):
     panels = context.panels
     columns = min(3, len(panels))
     rows = int(np.ceil(len(panels) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 5.6 * rows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.ravel()[len(panels):]:
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 5.6 * rows), squeeze=False, layout="constrained")
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     for ax, panel in zip(axes.ravel(), panels):
         panel["draw"](fig, ax)
@@ -131,8 +140,7 @@ def write_overview(context: DemoContext, path: Path) -> Path:
 
 def run_demo(scene, output_dir, report: Report, progress: Progress | None = None) -> DemoContext:
     """Run the whole demo pipeline into ``output_dir``; returns the context with its nodes."""
-    context = DemoContext(scene=scene, output_dir=Path(output_dir), report=report,
-                          progress=progress or Progress())
+    context = DemoContext(scene=scene, output_dir=Path(output_dir), report=report, progress=progress or Progress())
     context.output_dir.mkdir(parents=True, exist_ok=True)
     steps = available_steps()
     with report.timed("inputs"):

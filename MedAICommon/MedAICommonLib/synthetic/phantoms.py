@@ -15,8 +15,14 @@ from ..geometry import Geometry
 STRUCTURES = {1: "body", 2: "lung_left", 3: "lung_right", 4: "spine", 5: "liver", 6: "lesion"}
 """Label value -> structure name."""
 STRUCTURE_HU = {1: 20.0, 2: -820.0, 3: -820.0, 4: 700.0, 5: 60.0, 6: 110.0}
-STRUCTURE_COLORS = {1: (0.89, 0.75, 0.64), 2: (0.77, 0.69, 0.50), 3: (0.77, 0.69, 0.50),
-                    4: (0.95, 0.95, 0.85), 5: (0.87, 0.51, 0.32), 6: (0.90, 0.10, 0.10)}
+STRUCTURE_COLORS = {
+    1: (0.89, 0.75, 0.64),
+    2: (0.77, 0.69, 0.50),
+    3: (0.77, 0.69, 0.50),
+    4: (0.95, 0.95, 0.85),
+    5: (0.87, 0.51, 0.32),
+    6: (0.90, 0.10, 0.10),
+}
 
 
 @dataclass
@@ -35,9 +41,16 @@ class Phantom:
         return self.geometry.index_to_point(kji[::-1])
 
 
-def make_ct_phantom(shape_kji=(48, 96, 96), spacing=(3.0, 3.0, 4.0), direction=None,
-                    origin=None, noise_hu: float = 15.0, seed: int = 0,
-                    lesion_center_mm=(40.0, -10.0, 5.0), lesion_radius_mm: float = 12.0) -> Phantom:
+def make_ct_phantom(
+    shape_kji=(48, 96, 96),
+    spacing=(3.0, 3.0, 4.0),
+    direction=None,
+    origin=None,
+    noise_hu: float = 15.0,
+    seed: int = 0,
+    lesion_center_mm=(40.0, -10.0, 5.0),
+    lesion_radius_mm: float = 12.0,
+) -> Phantom:
     """Make a torso phantom centred on the RAS origin.
 
     Structures are defined in physical RAS millimetres, so the anatomy is the same whatever the
@@ -59,11 +72,11 @@ def make_ct_phantom(shape_kji=(48, 96, 96), spacing=(3.0, 3.0, 4.0), direction=N
     for value, sign in ((2, -1.0), (3, 1.0)):
         lung = ((x - sign * 55.0) / 40.0) ** 2 + ((y + 5.0) / 50.0) ** 2 + (z / 80.0) ** 2 <= 1.0
         labels[lung & body] = value
-    labels[(x ** 2 + (y + 65.0) ** 2 <= 14.0 ** 2) & body] = 4
+    labels[(x**2 + (y + 65.0) ** 2 <= 14.0**2) & body] = 4
     liver = ((x - 40.0) / 45.0) ** 2 + ((y + 5.0) / 40.0) ** 2 + ((z + 40.0) / 35.0) ** 2 <= 1.0
     labels[liver & body & (labels == 1)] = 5
     c = np.asarray(lesion_center_mm, float)
-    lesion = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= lesion_radius_mm ** 2
+    lesion = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= lesion_radius_mm**2
     labels[lesion & body] = 6
     ct = np.full(shape_kji, -1000.0, dtype=np.float32)
     for value, hu in STRUCTURE_HU.items():

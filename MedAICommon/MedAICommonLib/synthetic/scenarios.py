@@ -46,8 +46,9 @@ def scenario_volume_and_segmentation_round_trip_through_files(scene) -> dict:
     phantom = make_ct_phantom(shape_kji=(16, 32, 32), spacing=(4.0, 4.0, 5.0), direction=rotation_matrix("z", 20.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "round-trip CT")
     segments = [SegmentInfo(v, n) for v, n in STRUCTURES.items()]
-    seg = bridge.create_segmentation(scene, phantom.labels, phantom.geometry, segments, "round-trip structures",
-                                     reference_volume=ct)
+    seg = bridge.create_segmentation(
+        scene, phantom.labels, phantom.geometry, segments, "round-trip structures", reference_volume=ct
+    )
     folder = Path(tempfile.mkdtemp(prefix="medai-selftest-"))
     try:
         ct2 = bridge.load_volume(scene, bridge.save_node(ct, folder / "ct.nrrd"))
@@ -76,8 +77,12 @@ def scenario_worker_converts_a_volume_in_a_separate_process(scene) -> dict:
     geometry = _oblique_geometry()
     array = np.arange(np.prod(geometry.shape_kji), dtype=np.float32).reshape(geometry.shape_kji)
     volume = bridge.create_volume(scene, array, geometry, "worker input")
-    job = SceneJob(scene, ["convert", "{in:volume}", "{out:volume}", "--kind", "volume"], {"volume": volume},
-                   [JobOutput("volume", "converted.nii.gz", "worker output", "volume")])
+    job = SceneJob(
+        scene,
+        ["convert", "{in:volume}", "{out:volume}", "--kind", "volume"],
+        {"volume": volume},
+        [JobOutput("volume", "converted.nii.gz", "worker output", "volume")],
+    )
     output = job.run(timeout=300)["volume"]
     values, out_geometry = bridge.array_from_volume(output)
     assert output is not volume

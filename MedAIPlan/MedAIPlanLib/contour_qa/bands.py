@@ -40,13 +40,22 @@ def _checked_probability(probability: np.ndarray, name: str) -> np.ndarray:
     p = np.asarray(probability, dtype=np.float32)
     low, high = float(np.nanmin(p)), float(np.nanmax(p))
     if low < -1e-3 or high > 1.0 + 1e-3:
-        raise ValueError(f"The probability map of '{name}' has values {low:g}..{high:g}, outside 0..1; give the "
-                         "probabilities (medai segment --probabilities), not a label map or logits.")
+        raise ValueError(
+            f"The probability map of '{name}' has values {low:g}..{high:g}, outside 0..1; give the "
+            "probabilities (medai segment --probabilities), not a label map or logits."
+        )
     return p
 
 
-def probability_band(dose, dose_geometry, probability: np.ndarray, probability_geometry, levels=DEFAULT_LEVELS,
-                     oversampling: int = 2, name: str = "structure") -> dict:
+def probability_band(
+    dose,
+    dose_geometry,
+    probability: np.ndarray,
+    probability_geometry,
+    levels=DEFAULT_LEVELS,
+    oversampling: int = 2,
+    name: str = "structure",
+) -> dict:
     """Band of one structure: ``{"levels", "nominal_level", "per_level": {level: stats}, "nominal": stats,
     "<stat>_band_Gy": [low, high] for each of :data:`BAND_STATS`, "volume_band_cc": [low, high]}``.
 
@@ -60,15 +69,21 @@ def probability_band(dose, dose_geometry, probability: np.ndarray, probability_g
         stats = dose_statistics(dose, dose_geometry, p >= level, probability_geometry, (), oversampling)
         per_level[level] = {s: float(stats.get(DOSE_KEYS[s], math.nan)) for s in BAND_STATS}
         per_level[level]["volume_cc"] = float(stats["volume_cc"])
-    out = {"levels": list(levels), "nominal_level": nominal_level, "per_level": {f"{k:g}": v for k, v in per_level.items()},
-           "nominal": per_level[nominal_level]}
+    out = {
+        "levels": list(levels),
+        "nominal_level": nominal_level,
+        "per_level": {f"{k:g}": v for k, v in per_level.items()},
+        "nominal": per_level[nominal_level],
+    }
     for stat in (*BAND_STATS, "volume_cc"):
         values = [v[stat] for v in per_level.values() if math.isfinite(v[stat])]
         key = "volume_band_cc" if stat == "volume_cc" else f"{stat}_band_Gy"
         out[key] = [min(values), max(values)] if values else [math.nan, math.nan]
     if not per_level[nominal_level]["volume_cc"]:
-        notices.warn(f"The probability map of '{name}' reaches {nominal_level:g} nowhere: the structure is empty "
-                     "at the nominal level, so its band is partial or undefined.")
+        notices.warn(
+            f"The probability map of '{name}' reaches {nominal_level:g} nowhere: the structure is empty "
+            "at the nominal level, so its band is partial or undefined."
+        )
     return out
 
 
@@ -90,12 +105,18 @@ class Constraint:
         """Whether ``value`` (Gy) meets it; None for a missing value."""
         if not math.isfinite(value):
             return None
-        return {"<": value < self.limit_gy, "<=": value <= self.limit_gy,
-                ">": value > self.limit_gy, ">=": value >= self.limit_gy}[self.op]
+        return {
+            "<": value < self.limit_gy,
+            "<=": value <= self.limit_gy,
+            ">": value > self.limit_gy,
+            ">=": value >= self.limit_gy,
+        }[self.op]
 
 
-_CONSTRAINT = re.compile(r"^\s*(?P<s>[^:]+?)\s*:\s*(?P<m>[A-Za-z0-9.]+?)\s*(?P<op><=|>=|<|>)\s*(?P<v>[-+0-9.eE]+)"
-                         r"\s*(Gy)?\s*$")
+_CONSTRAINT = re.compile(
+    r"^\s*(?P<s>[^:]+?)\s*:\s*(?P<m>[A-Za-z0-9.]+?)\s*(?P<op><=|>=|<|>)\s*(?P<v>[-+0-9.eE]+)"
+    r"\s*(Gy)?\s*$"
+)
 
 
 def parse_constraint(text: str) -> Constraint:
@@ -104,9 +125,11 @@ def parse_constraint(text: str) -> Constraint:
     aliases = {name_key(k): k for k in BAND_STATS} | {"dmax": "D0.03cc"}
     stat = aliases.get(name_key(match.group("m"))) if match else None
     if not match or stat is None:
-        raise ValueError(f"Constraint {text!r} not understood; write STRUCTURE:STAT<LIMIT with STAT one of "
-                         f"{', '.join(BAND_STATS)} (Dmax = D0.03cc), an operator <, <=, > or >= and a limit in Gy, "
-                         "e.g. 'liver:Dmean<30'.")
+        raise ValueError(
+            f"Constraint {text!r} not understood; write STRUCTURE:STAT<LIMIT with STAT one of "
+            f"{', '.join(BAND_STATS)} (Dmax = D0.03cc), an operator <, <=, > or >= and a limit in Gy, "
+            "e.g. 'liver:Dmean<30'."
+        )
     return Constraint(match.group("s"), stat, match.group("op"), float(match.group("v")))
 
 
@@ -116,8 +139,13 @@ def check_band(band: dict, constraint: Constraint) -> dict:
     nominal = band["nominal"][constraint.stat]
     ends = [constraint.met(low), constraint.met(high)]
     crosses = None if None in ends else ends[0] != ends[1]
-    return {"constraint": constraint.text, "nominal_Gy": nominal, "band_Gy": [low, high],
-            "met_at_nominal": constraint.met(nominal), "band_crosses": crosses}
+    return {
+        "constraint": constraint.text,
+        "nominal_Gy": nominal,
+        "band_Gy": [low, high],
+        "met_at_nominal": constraint.met(nominal),
+        "band_crosses": crosses,
+    }
 
 
 def constraints_for(name: str, constraints) -> list[Constraint]:

@@ -23,8 +23,14 @@ from MedAISegLib.postprocessing.evaluation import binary_metrics
 from MedAIPlanLib.evaluation import dose_metrics
 from .surface import surface_distances_mm, surface_dice, union_box
 
-DOSE_KEYS = {"Dmean": "Dmean_Gy", "D95": "D95_Gy", "D2": "D2_Gy", "D0.03cc": "Dmax_Gy", "D98": "D98_Gy",
-             "D50": "D50_Gy"}
+DOSE_KEYS = {
+    "Dmean": "Dmean_Gy",
+    "D95": "D95_Gy",
+    "D2": "D2_Gy",
+    "D0.03cc": "Dmax_Gy",
+    "D98": "D98_Gy",
+    "D50": "D50_Gy",
+}
 """Dose statistic name -> key of :func:`dose_metrics.structure_metrics` (D0.03cc is its ``Dmax_Gy``)."""
 DELTAS = ("Dmean", "D95", "D2", "D0.03cc")
 
@@ -47,8 +53,10 @@ class Thresholds:
     def limits_gy(self, prescription_gy: float | None, reference_d95_gy: float | None = None) -> dict[str, float]:
         """The limits in Gy: ``{"Dmean": ..., "D0.03cc": ..., "D95 (target)": ...}``."""
         rx = prescription_gy if prescription_gy and prescription_gy > 0 else None
-        out = {"Dmean": min(self.dmean_gy, self.dmean_percent / 100.0 * rx) if rx else self.dmean_gy,
-               "D0.03cc": min(self.dmax_gy, self.dmax_percent / 100.0 * rx) if rx else self.dmax_gy}
+        out = {
+            "Dmean": min(self.dmean_gy, self.dmean_percent / 100.0 * rx) if rx else self.dmean_gy,
+            "D0.03cc": min(self.dmax_gy, self.dmax_percent / 100.0 * rx) if rx else self.dmax_gy,
+        }
         base = rx or reference_d95_gy
         if base:
             out["D95 (target)"] = self.target_d95_percent / 100.0 * base
@@ -66,13 +74,17 @@ def geometric_metrics(reference: np.ndarray, candidate: np.ndarray, spacing, tol
     ref, cand = _crop(np.asarray(reference, bool), np.asarray(candidate, bool))
     base = binary_metrics(cand, ref, spacing)
     distances = surface_distances_mm(cand, ref, spacing)
-    return {"dice": base["dice"], "hd95_mm": base["hd95_mm"],
-            "surface_dice": surface_dice(cand, ref, spacing, tolerance_mm, distances),
-            "surface_dice_tolerance_mm": float(tolerance_mm)}
+    return {
+        "dice": base["dice"],
+        "hd95_mm": base["hd95_mm"],
+        "surface_dice": surface_dice(cand, ref, spacing, tolerance_mm, distances),
+        "surface_dice_tolerance_mm": float(tolerance_mm),
+    }
 
 
-def dose_statistics(dose: np.ndarray, dose_geometry, mask: np.ndarray, mask_geometry, v_doses_gy=(),
-                    oversampling: int = 2) -> dict:
+def dose_statistics(
+    dose: np.ndarray, dose_geometry, mask: np.ndarray, mask_geometry, v_doses_gy=(), oversampling: int = 2
+) -> dict:
     """Dose statistics (Gy, cc, %) of a mask, from :func:`dose_metrics.mask_metrics` (one DVH implementation)."""
     return dose_metrics.mask_metrics(dose, dose_geometry, mask, mask_geometry, oversampling, tuple(v_doses_gy))
 
@@ -91,8 +103,10 @@ def dose_deltas(reference: dict, candidate: dict, v_doses_gy=()) -> dict:
 
 def relevance(row: dict, limits_gy: dict, is_target: bool) -> tuple[float, list[str]]:
     """The largest |delta| / limit of a row, and the reasons (each delta over its limit, in words)."""
-    checks = [("Dmean", row["delta_Dmean_Gy"], limits_gy["Dmean"]),
-              ("D0.03cc", row["delta_D0.03cc_Gy"], limits_gy["D0.03cc"])]
+    checks = [
+        ("Dmean", row["delta_Dmean_Gy"], limits_gy["Dmean"]),
+        ("D0.03cc", row["delta_D0.03cc_Gy"], limits_gy["D0.03cc"]),
+    ]
     if is_target and "D95 (target)" in limits_gy:
         checks.append(("D95", row["delta_D95_Gy"], limits_gy["D95 (target)"]))
     score, reasons = 0.0, []
@@ -106,9 +120,19 @@ def relevance(row: dict, limits_gy: dict, is_target: bool) -> tuple[float, list[
     return score, reasons
 
 
-def compare_structure(dose, dose_geometry, reference: np.ndarray, candidate: np.ndarray, mask_geometry,
-                      v_doses_gy=(), tolerance_mm: float = 2.0, thresholds: Thresholds | None = None,
-                      prescription_gy: float | None = None, is_target: bool = False, oversampling: int = 2) -> dict:
+def compare_structure(
+    dose,
+    dose_geometry,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    mask_geometry,
+    v_doses_gy=(),
+    tolerance_mm: float = 2.0,
+    thresholds: Thresholds | None = None,
+    prescription_gy: float | None = None,
+    is_target: bool = False,
+    oversampling: int = 2,
+) -> dict:
     """One table row: geometry, both structures' dose statistics, their deltas, relevance and flag.
 
     ``reference``/``candidate``: boolean KJI masks on ``mask_geometry``; ``dose`` (Gy, KJI) on
@@ -117,20 +141,30 @@ def compare_structure(dose, dose_geometry, reference: np.ndarray, candidate: np.
     row = geometric_metrics(reference, candidate, mask_geometry.spacing, tolerance_mm)
     ref = dose_statistics(dose, dose_geometry, reference, mask_geometry, v_doses_gy, oversampling)
     cand = dose_statistics(dose, dose_geometry, candidate, mask_geometry, v_doses_gy, oversampling)
-    row.update({"volume_reference_cc": ref["volume_cc"], "volume_candidate_cc": cand["volume_cc"],
-                "reference": ref, "candidate": cand, "is_target": bool(is_target)})
+    row.update(
+        {
+            "volume_reference_cc": ref["volume_cc"],
+            "volume_candidate_cc": cand["volume_cc"],
+            "reference": ref,
+            "candidate": cand,
+            "is_target": bool(is_target),
+        }
+    )
     row.update(dose_deltas(ref, cand, v_doses_gy))
     limits = (thresholds or Thresholds()).limits_gy(prescription_gy, ref.get("D95_Gy") if is_target else None)
     score, reasons = relevance(row, limits, is_target)
-    row.update({"relevance": score, "dose_relevant": bool(score > 1.0), "relevance_reasons": reasons,
-                "limits_gy": limits})
+    row.update(
+        {"relevance": score, "dose_relevant": bool(score > 1.0), "relevance_reasons": reasons, "limits_gy": limits}
+    )
     return row
 
 
 def ranked(rows: dict[str, dict]) -> list[str]:
     """Structure names by decreasing dose relevance (then increasing Dice); rows without dose last."""
+
     def key(name):
         r = rows[name]
         score = r.get("relevance", 0.0)
         return (-(score if math.isfinite(score) else -1.0), r.get("dice", 1.0))
+
     return sorted(rows, key=key)

@@ -19,13 +19,22 @@ import numpy as np
 from MedAICommonLib import figures
 
 PAGE_SIZE_IN = (11.69, 8.27)
-_COLUMNS = (("dice", "Dice", "{:.3f}"), ("hd95_mm", "HD95 mm", "{:.1f}"), ("surface_dice", "sDice", "{:.3f}"),
-            ("delta_Dmean_Gy", "dDmean Gy", "{:+.2f}"), ("delta_D95_Gy", "dD95 Gy", "{:+.2f}"),
-            ("delta_D2_Gy", "dD2 Gy", "{:+.2f}"), ("delta_D0.03cc_Gy", "dD0.03cc Gy", "{:+.2f}"),
-            ("relevance", "relevance", "{:.2f}"))
+_COLUMNS = (
+    ("dice", "Dice", "{:.3f}"),
+    ("hd95_mm", "HD95 mm", "{:.1f}"),
+    ("surface_dice", "sDice", "{:.3f}"),
+    ("delta_Dmean_Gy", "dDmean Gy", "{:+.2f}"),
+    ("delta_D95_Gy", "dD95 Gy", "{:+.2f}"),
+    ("delta_D2_Gy", "dD2 Gy", "{:+.2f}"),
+    ("delta_D0.03cc_Gy", "dD0.03cc Gy", "{:+.2f}"),
+    ("relevance", "relevance", "{:.2f}"),
+)
 
-_BAND_COLUMNS = tuple((f"{stat}_band_Gy.{end}", f"{stat} {end} Gy", "{:.2f}")
-                      for stat in ("Dmean", "D95", "D2") for end in ("low", "high"))
+_BAND_COLUMNS = tuple(
+    (f"{stat}_band_Gy.{end}", f"{stat} {end} Gy", "{:.2f}")
+    for stat in ("Dmean", "D95", "D2")
+    for end in ("low", "high")
+)
 
 
 def _value(row: dict, key: str):
@@ -70,12 +79,16 @@ def _table_page(fig, report: ContourQAReport, max_rows: int = 30) -> None:
     lines = [f"{k}: {v}" for k, v in report.info.items()]
     if any("dice" in r for r in report.rows.values()):
         flagged = [n for n, r in report.rows.items() if r.get("dose_relevant")]
-        lines.append(f"{len(report.rows)} structures compared, {len(flagged)} dose-relevant (red; ranked by "
-                     "relevance = largest |delta| / its limit)")
+        lines.append(
+            f"{len(report.rows)} structures compared, {len(flagged)} dose-relevant (red; ranked by "
+            "relevance = largest |delta| / its limit)"
+        )
     else:
         flagged = [n for n, r in report.rows.items() if r.get("band_crosses_constraint")]
-        lines.append(f"{len(report.rows)} structures with DVH bands, {len(flagged)} crossing a constraint (red, "
-                     "first; then the widest Dmean band first)")
+        lines.append(
+            f"{len(report.rows)} structures with DVH bands, {len(flagged)} crossing a constraint (red, "
+            "first; then the widest Dmean band first)"
+        )
     for side, names in report.unmatched.items():
         if names:
             lines.append(f"Unmatched in the {side}: {', '.join(names)}")
@@ -83,14 +96,22 @@ def _table_page(fig, report: ContourQAReport, max_rows: int = 30) -> None:
     names = list(report.rows)[:max_rows]
     compared = any("dice" in r for r in report.rows.values())
     columns, flag = (_COLUMNS, "dose_relevant") if compared else (_BAND_COLUMNS, "band_crosses_constraint")
-    cells = [[n[:28]] + [_fmt(_value(report.rows[n], k), f) for k, _, f in columns]
-             + ["yes" if report.rows[n].get(flag) else ""] for n in names]
+    cells = [
+        [n[:28]]
+        + [_fmt(_value(report.rows[n], k), f) for k, _, f in columns]
+        + ["yes" if report.rows[n].get(flag) else ""]
+        for n in names
+    ]
     ax = fig.add_axes((0.03, 0.03, 0.94, 0.93 - 0.025 * (len(lines) + 1)))
     ax.axis("off")
     if not cells:
         return
-    table = ax.table(cellText=cells, colLabels=["Structure"] + [c for _, c, _ in columns] + ["flag"],
-                     loc="upper center", cellLoc="center")
+    table = ax.table(
+        cellText=cells,
+        colLabels=["Structure"] + [c for _, c, _ in columns] + ["flag"],
+        loc="upper center",
+        cellLoc="center",
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.scale(1.0, 1.1)
@@ -152,13 +173,29 @@ def _axial_panel(fig, ax, report: ContourQAReport, names, colors) -> None:
         figures.show_slice(ax, figures.slice_view(view.ct_kji, view.geometry, "axial", index), vmin=-400, vmax=400)
     else:
         ax.set_facecolor("black")
-    wash = figures.show_slice(ax, dose_view, cmap="jet", vmin=0, vmax=top, alpha=0.5 if view.ct_kji is not None else 1.0,
-                              masked_below=0.1 * top)
+    wash = figures.show_slice(
+        ax,
+        dose_view,
+        cmap="jet",
+        vmin=0,
+        vmax=top,
+        alpha=0.5 if view.ct_kji is not None else 1.0,
+        masked_below=0.1 * top,
+    )
     figures.add_colorbar(fig, ax, wash, "Dose (Gy)")
-    handles = figures.draw_outlines(ax, {n: figures.slice_view(view.reference[n], view.geometry, "axial", index)
-                                         for n in names}, colors, suffix=" (reference)")
-    handles += figures.draw_outlines(ax, {n: figures.slice_view(view.candidate[n], view.geometry, "axial", index)
-                                          for n in names}, colors, linestyle="--", suffix=" (candidate)")
+    handles = figures.draw_outlines(
+        ax,
+        {n: figures.slice_view(view.reference[n], view.geometry, "axial", index) for n in names},
+        colors,
+        suffix=" (reference)",
+    )
+    handles += figures.draw_outlines(
+        ax,
+        {n: figures.slice_view(view.candidate[n], view.geometry, "axial", index) for n in names},
+        colors,
+        linestyle="--",
+        suffix=" (candidate)",
+    )
     figures.add_orientation_labels(ax, dose_view)
     ax.set_title(f"Where the contours disagree in dose\n{dose_view.label}", fontsize=9)
     figures.legend_below(ax, handles, columns=2)
@@ -177,10 +214,17 @@ def overview_figure(report: ContourQAReport, top: int = 4):
     """Axial disagreement panel (left) and the paired DVHs of the ``top`` most relevant structures (right)."""
     fig = _new_page()
     with_view = report.view is not None
-    names = [n for n in report.rows if n in report.curves][:top if with_view else 2 * top]
+    names = [n for n in report.rows if n in report.curves][: top if with_view else 2 * top]
     colors = figures.structure_colors(names)
-    fig.suptitle(f"{report.title}: the {len(names)} " + ("most dose-relevant structures" if with_view else
-                 "structures first in rank (bands crossing a constraint, then the widest)"), fontsize=12)
+    fig.suptitle(
+        f"{report.title}: the {len(names)} "
+        + (
+            "most dose-relevant structures"
+            if with_view
+            else "structures first in rank (bands crossing a constraint, then the widest)"
+        ),
+        fontsize=12,
+    )
     grid = fig.add_gridspec(2, 4, left=0.04, right=0.98, top=0.88, bottom=0.1, wspace=0.45, hspace=0.5)
     if with_view and names:
         _axial_panel(fig, fig.add_subplot(grid[:, :2]), report, names[:3], colors)
@@ -222,7 +266,7 @@ def write_report(path, report: ContourQAReport, top: int = 16) -> Path:
         for fig in (overview_figure(report),):
             pdf.savefig(fig)
             plt.close(fig)
-        rest = [n for n in report.rows if n in report.curves][4 if report.view is not None else 8:top]
+        rest = [n for n in report.rows if n in report.curves][4 if report.view is not None else 8 : top]
         if rest:
             fig = _dvh_page(report, rest)
             pdf.savefig(fig)

@@ -56,8 +56,13 @@ def surface_distances_mm(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndar
     return to_b[sa], to_a[sb]
 
 
-def surface_dice(a: np.ndarray, b: np.ndarray, spacing, tolerance_mm: float = 2.0,
-                 distances: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+def surface_dice(
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing,
+    tolerance_mm: float = 2.0,
+    distances: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
     """Surface Dice of two boolean KJI masks at ``tolerance_mm`` (1.0 when both are empty, 0.0 when one is).
 
     ``distances``: the result of :func:`surface_distances_mm` for these masks, to avoid computing it again.
@@ -70,5 +75,6 @@ def surface_dice(a: np.ndarray, b: np.ndarray, spacing, tolerance_mm: float = 2.
     if not a_any or not b_any:
         return 0.0
     d_ab, d_ba = distances if distances is not None else surface_distances_mm(a, b, spacing)
-    return float((np.count_nonzero(d_ab <= tolerance_mm) + np.count_nonzero(d_ba <= tolerance_mm))
-                 / (len(d_ab) + len(d_ba)))
+    return float(
+        (np.count_nonzero(d_ab <= tolerance_mm) + np.count_nonzero(d_ba <= tolerance_mm)) / (len(d_ab) + len(d_ba))
+    )

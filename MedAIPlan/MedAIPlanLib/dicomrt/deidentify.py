@@ -15,20 +15,61 @@ from pydicom.dataset import Dataset
 
 # Keywords from PS3.15 Table E.1-1 (basic profile), grouped by action.
 REMOVE = (
-    "AccessionNumber", "AdditionalPatientHistory", "AdmittingDiagnosesDescription", "Allergies",
-    "BranchOfService", "CountryOfResidence", "CurrentPatientLocation", "DerivationDescription",
-    "EthnicGroup", "ImageComments", "InstitutionAddress", "InstitutionalDepartmentName",
-    "InstitutionName", "IssuerOfPatientID", "MedicalRecordLocator", "MilitaryRank",
-    "NameOfPhysiciansReadingStudy", "Occupation", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "OtherPatientNames", "PatientAddress", "PatientAge", "PatientBirthName", "PatientBirthTime",
-    "PatientComments", "PatientMotherBirthName", "PatientReligiousPreference", "PatientSize",
-    "PatientTelephoneNumbers", "PatientWeight", "PerformingPhysicianName", "PhysiciansOfRecord",
-    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "RequestingPhysician",
-    "StationName", "StudyComments", "DeviceSerialNumber", "OperatorsName", "ProtocolName",
-    "SeriesDescription", "StudyDescription", "RequestAttributesSequence", "PerformedProcedureStepDescription",
+    "AccessionNumber",
+    "AdditionalPatientHistory",
+    "AdmittingDiagnosesDescription",
+    "Allergies",
+    "BranchOfService",
+    "CountryOfResidence",
+    "CurrentPatientLocation",
+    "DerivationDescription",
+    "EthnicGroup",
+    "ImageComments",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "InstitutionName",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "MilitaryRank",
+    "NameOfPhysiciansReadingStudy",
+    "Occupation",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientAddress",
+    "PatientAge",
+    "PatientBirthName",
+    "PatientBirthTime",
+    "PatientComments",
+    "PatientMotherBirthName",
+    "PatientReligiousPreference",
+    "PatientSize",
+    "PatientTelephoneNumbers",
+    "PatientWeight",
+    "PerformingPhysicianName",
+    "PhysiciansOfRecord",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "RequestingPhysician",
+    "StationName",
+    "StudyComments",
+    "DeviceSerialNumber",
+    "OperatorsName",
+    "ProtocolName",
+    "SeriesDescription",
+    "StudyDescription",
+    "RequestAttributesSequence",
+    "PerformedProcedureStepDescription",
 )
-EMPTY = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "ContentCreatorName",
-         "ReviewerName", "ROIInterpreter")
+EMPTY = (
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferringPhysicianName",
+    "StudyID",
+    "ContentCreatorName",
+    "ReviewerName",
+    "ROIInterpreter",
+)
 DUMMY = {"PatientName": "ANONYMOUS", "PatientID": "ANON"}
 
 
@@ -48,8 +89,14 @@ class UidMap:
         return self.mapping[uid]
 
 
-_KEEP_UIDS = {"SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
-              "ImplementationClassUID", "CodingSchemeUID"}
+_KEEP_UIDS = {
+    "SOPClassUID",
+    "ReferencedSOPClassUID",
+    "MediaStorageSOPClassUID",
+    "TransferSyntaxUID",
+    "ImplementationClassUID",
+    "CodingSchemeUID",
+}
 
 
 def _walk(ds: Dataset, uid_map: UidMap) -> None:

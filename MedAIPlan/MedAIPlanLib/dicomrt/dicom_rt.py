@@ -84,8 +84,15 @@ def read_rtdose(path_or_dataset) -> RtDose:
     spacing = (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]), step)
     direction = np.column_stack([row_dir, col_dir, normal])
     geometry = Geometry(spacing, tuple(origin), direction, "LPS", dose.shape)
-    return RtDose(dose.astype(np.float32), geometry, str(getattr(ds, "DoseUnits", "GY")).upper(), scaling,
-                  str(getattr(ds, "DoseSummationType", "")), str(getattr(ds, "FrameOfReferenceUID", "")), ds)
+    return RtDose(
+        dose.astype(np.float32),
+        geometry,
+        str(getattr(ds, "DoseUnits", "GY")).upper(),
+        scaling,
+        str(getattr(ds, "DoseSummationType", "")),
+        str(getattr(ds, "FrameOfReferenceUID", "")),
+        ds,
+    )
 
 
 @dataclass
@@ -104,8 +111,10 @@ def read_rtstruct(path_or_dataset) -> list[RtRoi]:
     """ROIs of an RTSTRUCT with their CLOSED_PLANAR contours (POINT contours kept separately)."""
     ds = path_or_dataset if isinstance(path_or_dataset, pydicom.Dataset) else read_dataset(path_or_dataset)
     names = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
-    types = {int(o.ReferencedROINumber): str(getattr(o, "RTROIInterpretedType", ""))
-             for o in getattr(ds, "RTROIObservationsSequence", [])}
+    types = {
+        int(o.ReferencedROINumber): str(getattr(o, "RTROIInterpretedType", ""))
+        for o in getattr(ds, "RTROIObservationsSequence", [])
+    }
     rois = []
     for rc in getattr(ds, "ROIContourSequence", []):
         number = int(rc.ReferencedROINumber)
@@ -188,8 +197,9 @@ def rasterize_contours(contours: list[np.ndarray], geometry: Geometry) -> np.nda
 def _rasterize_axis_aligned(polys_by_plane, lower, upper, geometry: Geometry) -> np.ndarray:
     """:func:`rasterize_contours` on a grid whose i, j, k axes run along LPS +-x, +-y, +-z: scan-line fill."""
     d = np.diag(geometry.direction)
-    coords = [geometry.origin[a] + d[a] * geometry.spacing[a] * np.arange(n)
-              for a, n in enumerate(geometry.shape_kji[::-1])]  # x of each i, y of each j, z of each k
+    coords = [
+        geometry.origin[a] + d[a] * geometry.spacing[a] * np.arange(n) for a, n in enumerate(geometry.shape_kji[::-1])
+    ]  # x of each i, y of each j, z of each k
     mask = np.zeros(geometry.shape_kji, dtype=bool)
     for k, z in enumerate(coords[2]):
         plane = int(np.searchsorted(upper, z, side="right"))  # first plane with z < upper
@@ -262,15 +272,34 @@ def read_rtplan(path_or_dataset) -> dict:
         name = str(getattr(b, "BeamName", b.BeamNumber))
         gantry, couch, collimator = (
             check_angles(getattr(cp0, key, 0.0), f"RTPLAN beam '{name}' {kind} angle")[0]
-            for key, kind in (("GantryAngle", "gantry"), ("PatientSupportAngle", "couch"),
-                              ("BeamLimitingDeviceAngle", "collimator")))
-        beams.append(RtBeam(
-            int(b.BeamNumber), name, str(getattr(b, "RadiationType", "")),
-            float(cp0.NominalBeamEnergy) if "NominalBeamEnergy" in cp0 else None, gantry, couch, collimator,
-            tuple(float(v) for v in getattr(cp0, "IsocenterPosition", (0.0, 0.0, 0.0))),
-            float(getattr(b, "SourceAxisDistance", 1000.0)), meterset.get(int(b.BeamNumber)), len(cps), jaws))
-    return {"label": str(getattr(ds, "RTPlanLabel", "")), "fractions": fractions, "beams": beams,
-            "frame_of_reference_uid": str(getattr(ds, "FrameOfReferenceUID", ""))}
+            for key, kind in (
+                ("GantryAngle", "gantry"),
+                ("PatientSupportAngle", "couch"),
+                ("BeamLimitingDeviceAngle", "collimator"),
+            )
+        )
+        beams.append(
+            RtBeam(
+                int(b.BeamNumber),
+                name,
+                str(getattr(b, "RadiationType", "")),
+                float(cp0.NominalBeamEnergy) if "NominalBeamEnergy" in cp0 else None,
+                gantry,
+                couch,
+                collimator,
+                tuple(float(v) for v in getattr(cp0, "IsocenterPosition", (0.0, 0.0, 0.0))),
+                float(getattr(b, "SourceAxisDistance", 1000.0)),
+                meterset.get(int(b.BeamNumber)),
+                len(cps),
+                jaws,
+            )
+        )
+    return {
+        "label": str(getattr(ds, "RTPlanLabel", "")),
+        "fractions": fractions,
+        "beams": beams,
+        "frame_of_reference_uid": str(getattr(ds, "FrameOfReferenceUID", "")),
+    }
 
 
 def modality_of(path) -> str:

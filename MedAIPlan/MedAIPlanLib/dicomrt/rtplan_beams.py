@@ -26,12 +26,21 @@ def field_jaws_mm(beam: Beam) -> dict:
         raise ValueError("The beam has no bixels; its field (jaws) is undefined.")
     half = beam.bixel_width / 2.0
     pos = np.asarray(beam.ray_pos, float)
-    return {"X": [float(pos[:, 0].min() - half), float(pos[:, 0].max() + half)],
-            "Y": [float(pos[:, 1].min() - half), float(pos[:, 1].max() + half)]}
+    return {
+        "X": [float(pos[:, 0].min() - half), float(pos[:, 0].max() + half)],
+        "Y": [float(pos[:, 1].min() - half), float(pos[:, 1].max() + half)],
+    }
 
 
-def rtplan_beams_from_medai(beams: list[Beam], weights=None, beam_of_bixel=None, meterset_mu=None,
-                            mu_per_weight: float = 1.0, energy_mv: float = 6.0, names=None) -> list[dict]:
+def rtplan_beams_from_medai(
+    beams: list[Beam],
+    weights=None,
+    beam_of_bixel=None,
+    meterset_mu=None,
+    mu_per_weight: float = 1.0,
+    energy_mv: float = 6.0,
+    names=None,
+) -> list[dict]:
     """Beam dicts for :func:`dicom_rt_export.rtplan_dataset` from MedAI beams.
 
     ``weights`` (bixel weights, all beams concatenated in beam order) with ``beam_of_bixel`` (beam index
@@ -54,10 +63,19 @@ def rtplan_beams_from_medai(beams: list[Beam], weights=None, beam_of_bixel=None,
     out = []
     for n, (beam, mu) in enumerate(zip(beams, metersets)):
         name = names[n] if names else f"G{beam.gantry_deg:g}" + (f" C{beam.couch_deg:g}" if beam.couch_deg else "")
-        out.append({"name": name, "gantry_deg": float(beam.gantry_deg), "couch_deg": float(beam.couch_deg),
-                    "collimator_deg": 0.0, "isocenter_lps": tuple(float(v) for v in beam.isocenter),
-                    "sad_mm": float(beam.sad), "energy_mv": float(energy_mv), "meterset_mu": mu,
-                    "jaws_mm": field_jaws_mm(beam)})
+        out.append(
+            {
+                "name": name,
+                "gantry_deg": float(beam.gantry_deg),
+                "couch_deg": float(beam.couch_deg),
+                "collimator_deg": 0.0,
+                "isocenter_lps": tuple(float(v) for v in beam.isocenter),
+                "sad_mm": float(beam.sad),
+                "energy_mv": float(energy_mv),
+                "meterset_mu": mu,
+                "jaws_mm": field_jaws_mm(beam),
+            }
+        )
     return out
 
 
@@ -75,8 +93,16 @@ def medai_beams_from_rtplan(rt_beams, bixel_width: float = 5.0) -> list[Beam]:
         ys = _centres(y, bixel_width)
         gx, gy = np.meshgrid(xs, ys, indexing="ij")
         ray_pos = np.column_stack([gx.ravel(), gy.ravel()])
-        out.append(Beam(float(b.gantry_deg), float(b.couch_deg), np.asarray(b.isocenter_lps, float), ray_pos,
-                        float(bixel_width), float(b.sad_mm)))
+        out.append(
+            Beam(
+                float(b.gantry_deg),
+                float(b.couch_deg),
+                np.asarray(b.isocenter_lps, float),
+                ray_pos,
+                float(bixel_width),
+                float(b.sad_mm),
+            )
+        )
     return out
 
 

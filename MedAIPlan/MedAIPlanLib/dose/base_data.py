@@ -12,8 +12,7 @@ from pathlib import Path
 from MedAICommonLib.downloads import cache_root, download
 
 MATRAD_COMMIT = "c014dc82d620bace0836eb8cc420fe33c19cdb87"
-MACHINE_URL = (f"https://raw.githubusercontent.com/e0404/matRad/{MATRAD_COMMIT}/"
-               "matRad/basedata/photons_Generic.mat")
+MACHINE_URL = f"https://raw.githubusercontent.com/e0404/matRad/{MATRAD_COMMIT}/matRad/basedata/photons_Generic.mat"
 MACHINE_SHA256 = "171048cf03dcfff2672ac0d0c0dd1bfde4c5c70ce68a08afad0c6c2c83679d6a"
 MACHINE_SIZE_BYTES = 2259100
 
@@ -25,5 +24,10 @@ def cached_machine_path() -> Path:
 
 def download_machine(url: str = MACHINE_URL, destination=None, progress=None) -> Path:
     """Download the base data (resumable, size- and SHA-256-checked); returns its path."""
-    return download(url, destination or cached_machine_path(), sha256=MACHINE_SHA256,
-                    size_bytes=MACHINE_SIZE_BYTES, progress=progress)
+    return download(
+        url,
+        destination or cached_machine_path(),
+        sha256=MACHINE_SHA256,
+        size_bytes=MACHINE_SIZE_BYTES,
+        progress=progress,
+    )

@@ -31,9 +31,11 @@ def check_angles(angles, what: str = "Gantry angle") -> list[float]:
     bad = [a for a in values if not 0.0 <= a < 360.0]  # NaN fails the comparison too
     if bad:
         hint = [round(a % 360.0, 6) for a in bad if np.isfinite(a)]
-        raise ValueError(f"{what}: {', '.join(f'{a:g}' for a in bad)} degrees is outside 0 <= angle < 360. Angles "
-                         "are refused, not wrapped: give them in that range"
-                         + (f" ({', '.join(f'{a:g}' for a in hint)}?)." if hint else "."))
+        raise ValueError(
+            f"{what}: {', '.join(f'{a:g}' for a in bad)} degrees is outside 0 <= angle < 360. Angles "
+            "are refused, not wrapped: give them in that range"
+            + (f" ({', '.join(f'{a:g}' for a in hint)}?)." if hint else ".")
+        )
     return values
 
 
@@ -52,7 +54,7 @@ class Beam:
     gantry_deg: float
     couch_deg: float
     isocenter: np.ndarray
-    ray_pos: np.ndarray          # (N, 2) BEV (x, z) positions of the bixel centres at the iso plane, mm
+    ray_pos: np.ndarray  # (N, 2) BEV (x, z) positions of the bixel centres at the iso plane, mm
     bixel_width: float
     sad: float = 1000.0
 
@@ -103,8 +105,10 @@ def check_isocenter(iso: np.ndarray, geometry: Geometry) -> None:
     ijk = g.point_to_index(np.asarray(iso, float))
     shape_ijk = np.array(g.shape_kji[::-1])
     if np.any(ijk < -0.5) or np.any(ijk > shape_ijk - 0.5):
-        raise ValueError(f"Isocentre {np.round(iso, 1).tolist()} mm (LPS) lies outside the CT; "
-                         "give an isocentre inside the image or use the target centroid.")
+        raise ValueError(
+            f"Isocentre {np.round(iso, 1).tolist()} mm (LPS) lies outside the CT; "
+            "give an isocentre inside the image or use the target centroid."
+        )
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -119,13 +123,20 @@ def _grow(mask: np.ndarray, geometry: Geometry, margin_mm: float) -> np.ndarray:
     sp = np.array(geometry.spacing)[::-1]  # k, j, i
     r = np.ceil(margin_mm / sp).astype(int)
     zz, yy, xx = np.meshgrid(*[np.arange(-n, n + 1) * s for n, s in zip(r, sp)], indexing="ij")
-    ball = zz ** 2 + yy ** 2 + xx ** 2 <= margin_mm ** 2 + 1e-6
+    ball = zz**2 + yy**2 + xx**2 <= margin_mm**2 + 1e-6
     return ndimage.binary_dilation(mask, structure=ball)
 
 
-def make_beams(target_mask: np.ndarray, geometry: Geometry, gantry_angles, couch_angles=None,
-               bixel_width: float = 5.0, isocenter=None, margin_mm: float = 0.0,
-               sad: float = 1000.0) -> list[Beam]:
+def make_beams(
+    target_mask: np.ndarray,
+    geometry: Geometry,
+    gantry_angles,
+    couch_angles=None,
+    bixel_width: float = 5.0,
+    isocenter=None,
+    margin_mm: float = 0.0,
+    sad: float = 1000.0,
+) -> list[Beam]:
     """Beams with bixel grids covering the target's BEV projection (plus ``margin_mm``)."""
     gantry_angles = check_angles(gantry_angles, "Gantry angle")
     if not gantry_angles:

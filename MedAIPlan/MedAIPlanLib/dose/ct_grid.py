@@ -21,7 +21,7 @@ def interpolation_matrix(dose_geometry: Geometry, ct_geometry: Geometry, ct_mask
     dg = dose_geometry.to_space("LPS")
     kji = np.argwhere(np.asarray(ct_mask, bool))
     pts = ct.index_to_point(kji[:, ::-1].astype(float))
-    f = dg.point_to_index(pts)                        # continuous (i, j, k) on the dose grid
+    f = dg.point_to_index(pts)  # continuous (i, j, k) on the dose grid
     n_i, n_j, n_k = dg.shape_kji[2], dg.shape_kji[1], dg.shape_kji[0]
     base = np.floor(f).astype(np.int64)
     frac = f - base
@@ -31,14 +31,19 @@ def interpolation_matrix(dose_geometry: Geometry, ct_geometry: Geometry, ct_mask
         for dj in (0, 1):
             for dk in (0, 1):
                 i, j, k = base[:, 0] + di, base[:, 1] + dj, base[:, 2] + dk
-                w = (np.where(di, frac[:, 0], 1 - frac[:, 0]) * np.where(dj, frac[:, 1], 1 - frac[:, 1])
-                     * np.where(dk, frac[:, 2], 1 - frac[:, 2]))
+                w = (
+                    np.where(di, frac[:, 0], 1 - frac[:, 0])
+                    * np.where(dj, frac[:, 1], 1 - frac[:, 1])
+                    * np.where(dk, frac[:, 2], 1 - frac[:, 2])
+                )
                 ok = (i >= 0) & (j >= 0) & (k >= 0) & (i < n_i) & (j < n_j) & (k < n_k) & (w > 1e-9)
                 rows.append(r[ok])
                 cols.append((k[ok] * n_j + j[ok]) * n_i + i[ok])
                 vals.append(w[ok])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(len(kji), int(np.prod(dg.shape_kji))))
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(kji), int(np.prod(dg.shape_kji))),
+    )
 
 
 def ct_factor(dose_geometry: Geometry, ct_geometry: Geometry, ct_mask: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -23,7 +23,7 @@ from MedAIPlanLib.dose.matrad_io import PhotonMachine
 from MedAIPlanLib.dose.memory_estimate import available_memory_bytes
 from MedAIPlanLib.dose.pencil_beam import ConvolvedKernels, depth_components, interpolate_kernels, iso_lateral_offsets
 
-SAMPLING_DEPTH_MM = 5.0     # matRad's radiological-depth cluster width of the dij sampling
+SAMPLING_DEPTH_MM = 5.0  # matRad's radiological-depth cluster width of the dij sampling
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,11 +118,11 @@ class ColumnStore:
             want = self.used + n + int(offsets[-1] * 1.25) * (self.n_beams - self.beams_done - 1)
             free = available_memory_bytes()
             if free is not None:
-                want = min(want, max(self.used + n, free // 16))     # 8 bytes an entry, half the free memory
-            else:       # unknown (a system that may commit at allocation): twice the average beam so far
+                want = min(want, max(self.used + n, free // 16))  # 8 bytes an entry, half the free memory
+            else:  # unknown (a system that may commit at allocation): twice the average beam so far
                 want = min(want, 2 * (self.used + n) * self.n_beams // (self.beams_done + 1))
             self._grow(want)
-        compact_columns(offsets, counts, self.slot_rows, self.slot_vals, self.rows[self.used:], self.vals[self.used:])
+        compact_columns(offsets, counts, self.slot_rows, self.slot_vals, self.rows[self.used :], self.vals[self.used :])
         self.used += n
         self.beams_done += 1
 
@@ -131,15 +131,15 @@ class ColumnStore:
         scipy would copy a view of a much larger buffer."""
         self.slot_rows = self.slot_vals = None
         for name in ("rows", "vals"):
-            try:        # on the attribute itself: a local alias would count as a reference and refuse
+            try:  # on the attribute itself: a local alias would count as a reference and refuse
                 getattr(self, name).resize(self.used, refcheck=True)
-            except ValueError:          # referenced elsewhere: copy instead
-                setattr(self, name, getattr(self, name)[:self.used].copy())
+            except ValueError:  # referenced elsewhere: copy instead
+                setattr(self, name, getattr(self, name)[: self.used].copy())
         return self.rows, self.vals
 
     def _grow(self, capacity: int) -> None:
         rows, vals = np.empty(capacity, np.int32), np.empty(capacity, np.float32)
-        rows[:self.used], vals[:self.used] = self.rows[:self.used], self.vals[:self.used]
+        rows[: self.used], vals[: self.used] = self.rows[: self.used], self.vals[: self.used]
         self.rows, self.vals = rows, vals
 
 
@@ -173,14 +173,21 @@ def _cell_index(voxels: BeamVoxels, geometry: BeamGeometry) -> tuple[_CellIndex,
     cell_start = np.zeros(cells.count + 1, np.int64)
     np.cumsum(np.bincount(cell, minlength=cells.count), out=cell_start[1:])
     half = search_half_width(geometry.cutoff_mm)
-    index = _CellIndex(np.argsort(cell, kind="stable"), cell_start, cells.ncu, cells.ncv, cells.u0, cells.v0,
-                       cells.width, half ** 2)
+    index = _CellIndex(
+        np.argsort(cell, kind="stable"), cell_start, cells.ncu, cells.ncv, cells.u0, cells.v0, cells.width, half**2
+    )
     return index, cells.bixel_rectangles(np.asarray(geometry.ray_pos, float), half)
 
 
-def numba_beam_columns(voxels: BeamVoxels, geometry: BeamGeometry, kernels: ConvolvedKernels,
-                       machine: PhotonMachine, sampling: SamplingSettings, beam_index: int,
-                       store: ColumnStore) -> np.ndarray:
+def numba_beam_columns(
+    voxels: BeamVoxels,
+    geometry: BeamGeometry,
+    kernels: ConvolvedKernels,
+    machine: PhotonMachine,
+    sampling: SamplingSettings,
+    beam_index: int,
+    store: ColumnStore,
+) -> np.ndarray:
     """One beam's dij columns on the CPU (numba), appended to ``store``: returns the counts per bixel."""
     from MedAIPlanLib.dose.dose_kernels import column_upper_bounds, pencil_beam_columns
 
@@ -192,16 +199,28 @@ def numba_beam_columns(voxels: BeamVoxels, geometry: BeamGeometry, kernels: Conv
     slot_rows, slot_vals = store.slots(int(offsets[-1]))
     counts = np.zeros(len(rp), np.int64)
     o = cells.order
-    sorted_voxels = (np.ascontiguousarray(voxels.q[o], dtype=np.float64), np.ascontiguousarray(comp[o], dtype=np.float32),
-                     np.ascontiguousarray(voxels.rad[o], dtype=np.float64),
-                     np.ascontiguousarray(voxels.rows[o], dtype=np.int32))
+    sorted_voxels = (
+        np.ascontiguousarray(voxels.q[o], dtype=np.float64),
+        np.ascontiguousarray(comp[o], dtype=np.float32),
+        np.ascontiguousarray(voxels.rad[o], dtype=np.float64),
+        np.ascontiguousarray(voxels.rows[o], dtype=np.int32),
+    )
     bixels = (rp, *rects, _bixel_rotations(rp, geometry.sad), float(geometry.sad), float(geometry.cutoff_mm) ** 2)
-    tables = (np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32), float(kernels.start_mm),
-              float(kernels.res_mm))
-    sampling_args = (bool(sampling.enabled), float(sampling.core_radius(geometry.bixel_width)) ** 2,
-                     SAMPLING_DEPTH_MM, float(sampling.rel_threshold), int(sampling.seed * 7919 + beam_index))
-    pencil_beam_columns(*sorted_voxels, *cells.kernel_args(), *bixels, *tables, offsets, *sampling_args,
-                        slot_rows, slot_vals, counts)
+    tables = (
+        np.ascontiguousarray(kernels.values_last.cpu().numpy(), dtype=np.float32),
+        float(kernels.start_mm),
+        float(kernels.res_mm),
+    )
+    sampling_args = (
+        bool(sampling.enabled),
+        float(sampling.core_radius(geometry.bixel_width)) ** 2,
+        SAMPLING_DEPTH_MM,
+        float(sampling.rel_threshold),
+        int(sampling.seed * 7919 + beam_index),
+    )
+    pencil_beam_columns(
+        *sorted_voxels, *cells.kernel_args(), *bixels, *tables, offsets, *sampling_args, slot_rows, slot_vals, counts
+    )
     store.append(offsets, counts)
     return counts
 
@@ -213,7 +232,8 @@ def _sample_tail(ray_i, rad_depth, dose, tail, generator, delta_mm: float = SAMP
     cluster = ray_i.long() * 100_000 + torch.ceil(rad_depth / delta_mm).long()
     uniq, inv = torch.unique(cluster[tail], return_inverse=True)
     cmax = torch.zeros(len(uniq), dtype=dose.dtype, device=dose.device).scatter_reduce(
-        0, inv, dose[tail], "amax", include_self=False)
+        0, inv, dose[tail], "amax", include_self=False
+    )
     thr = cmax[inv]
     r = torch.rand(int(tail.sum()), generator=generator).to(dose.device)
     keep_tail = (r * thr <= dose[tail]) & (thr > 0)
@@ -225,9 +245,15 @@ def _sample_tail(ray_i, rad_depth, dose, tail, generator, delta_mm: float = SAMP
     return keep, new[keep]
 
 
-def torch_beam_columns(voxels: BeamVoxels, geometry: BeamGeometry, kernels: ConvolvedKernels,
-                       machine: PhotonMachine, sampling: SamplingSettings, generator: torch.Generator,
-                       device: torch.device) -> tuple[list, list, list]:
+def torch_beam_columns(
+    voxels: BeamVoxels,
+    geometry: BeamGeometry,
+    kernels: ConvolvedKernels,
+    machine: PhotonMachine,
+    sampling: SamplingSettings,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[list, list, list]:
     """One beam's dij columns with torch on ``device``, a few million (bixel, voxel) pairs at a time:
     lists of (rows, counts per bixel, float32 values) per chunk of bixels, each chunk in CSC order.
     ``generator`` (CPU) draws the sampling's random numbers."""
@@ -243,7 +269,7 @@ def torch_beam_columns(voxels: BeamVoxels, geometry: BeamGeometry, kernels: Conv
     chunk = max(1, int(4_000_000 // max(1, len(voxels.rows))))
     rows, counts, vals = [], [], []
     for a in range(0, len(rp_t), chunk):
-        r = rp_t[a:a + chunk]
+        r = rp_t[a : a + chunk]
         d2 = (uu[None, :] - r[:, 0:1]) ** 2 + (vv[None, :] - r[:, 1:2]) ** 2
         ray_i, vox_i = torch.nonzero(d2 <= slack, as_tuple=True)
         lx, lz = iso_lateral_offsets(q[vox_i], r[ray_i], sad)
@@ -251,7 +277,7 @@ def torch_beam_columns(voxels: BeamVoxels, geometry: BeamGeometry, kernels: Conv
         ray_i, vox_i, lx, lz = ray_i[keep], vox_i[keep], lx[keep], lz[keep]
         dose = torch.clamp((interpolate_kernels(kernels, lx, lz) * comp[vox_i]).sum(dim=1), min=0.0)
         if sampling.enabled and dose.numel():
-            lat2 = (lx * lx + lz * lz) * (geo_t[vox_i] / sad) ** 2     # un-projected, as matRad
+            lat2 = (lx * lx + lz * lz) * (geo_t[vox_i] / sad) ** 2  # un-projected, as matRad
             tail = lat2 > sampling.core_radius(geometry.bixel_width) ** 2
             keep, dose = _sample_tail(ray_i, rad_t[vox_i], dose, tail, generator)
             ray_i, vox_i = ray_i[keep], vox_i[keep]

@@ -43,8 +43,7 @@ def _trilinear(vol, i, j, k, pad):
     """Trilinear sample of a KJI volume at continuous (i, j, k); within ``pad`` voxels outside the grid
     the edge value (the patient goes on past the scan's ends), farther out 0."""
     nk, nj, ni = vol.shape
-    if i < -pad[0] or j < -pad[1] or k < -pad[2] or i > ni - 1 + pad[0] or j > nj - 1 + pad[1] \
-            or k > nk - 1 + pad[2]:
+    if i < -pad[0] or j < -pad[1] or k < -pad[2] or i > ni - 1 + pad[0] or j > nj - 1 + pad[1] or k > nk - 1 + pad[2]:
         return 0.0
     return _trilinear_clamped(vol, k, j, i)
 
@@ -105,9 +104,39 @@ def column_upper_bounds(cell_start, ncu, ncv, lo_u, hi_u, lo_v, hi_v):
 
 
 @numba.njit(cache=True, parallel=True)
-def pencil_beam_columns(q, comp, rad, rows, cell_start, ncu, ncv, cell_u0, cell_v0, cell_w, reach2, ray_pos,
-                        lo_u, hi_u, lo_v, hi_v, bix_rot, sad, cutoff2, kernel, k_start, k_res, offsets,
-                        sampling, core2, delta_mm, rel_threshold, seed, out_rows, out_vals, counts):
+def pencil_beam_columns(
+    q,
+    comp,
+    rad,
+    rows,
+    cell_start,
+    ncu,
+    ncv,
+    cell_u0,
+    cell_v0,
+    cell_w,
+    reach2,
+    ray_pos,
+    lo_u,
+    hi_u,
+    lo_v,
+    hi_v,
+    bix_rot,
+    sad,
+    cutoff2,
+    kernel,
+    k_start,
+    k_res,
+    offsets,
+    sampling,
+    core2,
+    delta_mm,
+    rel_threshold,
+    seed,
+    out_rows,
+    out_vals,
+    counts,
+):
     """Dose-influence entries of each bixel b (parallel over bixels) into out[offsets[b]:...].
 
     ``q`` (N, 3) voxel BEV coordinates relative to the source; ``comp`` (N, 3) depth-dose components

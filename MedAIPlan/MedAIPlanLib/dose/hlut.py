@@ -12,10 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_HLUT = np.array([
-    [-1024.0, 0.001], [-999.0, 0.001], [-90.0, 0.95], [-45.0, 0.99], [0.0, 1.0],
-    [100.0, 1.095], [350.0, 1.199], [3000.0, 2.505],
-])
+DEFAULT_HLUT = np.array(
+    [
+        [-1024.0, 0.001],
+        [-999.0, 0.001],
+        [-90.0, 0.95],
+        [-45.0, 0.99],
+        [0.0, 1.0],
+        [100.0, 1.095],
+        [350.0, 1.199],
+        [3000.0, 2.505],
+    ]
+)
 """matRad's default photon HLUT: column 0 HU, column 1 relative electron density."""
 
 
@@ -57,6 +65,6 @@ def hu_to_density(hu: np.ndarray, table=None) -> np.ndarray:
     hu = np.asarray(hu)
     out = np.empty(hu.shape, np.float32)
     flat_in, flat_out = hu.reshape(-1), out.reshape(-1)
-    for a in range(0, flat_in.size, 8_000_000):        # slabs: no float64 copy of a whole large CT
-        flat_out[a:a + 8_000_000] = np.interp(flat_in[a:a + 8_000_000].astype(float), t[:, 0], t[:, 1])
+    for a in range(0, flat_in.size, 8_000_000):  # slabs: no float64 copy of a whole large CT
+        flat_out[a : a + 8_000_000] = np.interp(flat_in[a : a + 8_000_000].astype(float), t[:, 0], t[:, 1])
     return out

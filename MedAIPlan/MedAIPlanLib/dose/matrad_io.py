@@ -57,13 +57,13 @@ class PhotonMachine:
 
     sad: float
     scd: float
-    betas: np.ndarray            # (3,) 1/mm
-    m: float                     # 1/mm primary attenuation
-    kernel_pos: np.ndarray       # (P,) mm radial positions of the kernels
-    kernel_ssd: np.ndarray       # (S,) mm
-    kernels: np.ndarray          # (S, 3, P) radial kernels per SSD
+    betas: np.ndarray  # (3,) 1/mm
+    m: float  # 1/mm primary attenuation
+    kernel_pos: np.ndarray  # (P,) mm radial positions of the kernels
+    kernel_ssd: np.ndarray  # (S,) mm
+    kernels: np.ndarray  # (S, 3, P) radial kernels per SSD
     primary_fluence: np.ndarray  # (F, 2) radius mm, relative fluence
-    penumbra_fwhm: float = 5.0   # mm at the isocentre
+    penumbra_fwhm: float = 5.0  # mm at the isocentre
     energy: float = 6.0
 
 
@@ -137,8 +137,12 @@ def matrad_geometry(ct) -> Geometry:
 
 
 _OBJECTIVE_NAMES = {
-    "SquaredOverdosing": "squared_overdose", "SquaredUnderdosing": "squared_underdose",
-    "SquaredDeviation": "squared_deviation", "MeanDose": "mean", "MaxDVH": "max_dvh", "MinDVH": "min_dvh",
+    "SquaredOverdosing": "squared_overdose",
+    "SquaredUnderdosing": "squared_underdose",
+    "SquaredDeviation": "squared_deviation",
+    "MeanDose": "mean",
+    "MaxDVH": "max_dvh",
+    "MinDVH": "min_dvh",
 }
 
 
@@ -151,8 +155,11 @@ def _objectives(value) -> list[dict]:
         if name not in _OBJECTIVE_NAMES:
             continue
         params = np.atleast_1d(np.asarray(getattr(obj, "parameters", 0.0), dtype=float))
-        entry = {"type": _OBJECTIVE_NAMES[name], "dose": float(params[0]),
-                 "penalty": float(getattr(obj, "penalty", 1.0))}
+        entry = {
+            "type": _OBJECTIVE_NAMES[name],
+            "dose": float(params[0]),
+            "penalty": float(getattr(obj, "penalty", 1.0)),
+        }
         if name in ("MaxDVH", "MinDVH") and params.size > 1:
             entry["volume"] = float(params[1])
         out.append(entry)
@@ -181,10 +188,12 @@ def load_matrad_patient(path) -> MatRadPatient:
         props = row[4] if len(row) > 4 else None
         priority = int(getattr(props, "Priority", 1 if str(row[2]).upper() == "TARGET" else 2))
         objectives = _objectives(row[5]) if len(row) > 5 else []
-        structures.append(Structure(str(row[1]), str(row[2]).upper(), matrad_indices_to_mask(idx, dim),
-                                    priority, objectives))
-    return MatRadPatient(hu=np.asarray(hu), density=density, geometry=matrad_geometry(ct),
-                         structures=structures, hlut=hlut)
+        structures.append(
+            Structure(str(row[1]), str(row[2]).upper(), matrad_indices_to_mask(idx, dim), priority, objectives)
+        )
+    return MatRadPatient(
+        hu=np.asarray(hu), density=density, geometry=matrad_geometry(ct), structures=structures, hlut=hlut
+    )
 
 
 def load_photon_machine(path) -> PhotonMachine:
@@ -198,9 +207,14 @@ def load_photon_machine(path) -> PhotonMachine:
     d = mach.data
     kernels = list(np.atleast_1d(d.kernel))
     return PhotonMachine(
-        sad=float(mach.meta.SAD), scd=float(mach.meta.SCD), betas=np.asarray(d.betas, dtype=float),
-        m=float(d.m), kernel_pos=np.asarray(d.kernelPos, dtype=float),
+        sad=float(mach.meta.SAD),
+        scd=float(mach.meta.SCD),
+        betas=np.asarray(d.betas, dtype=float),
+        m=float(d.m),
+        kernel_pos=np.asarray(d.kernelPos, dtype=float),
         kernel_ssd=np.array([float(k.SSD) for k in kernels]),
         kernels=np.array([[k.kernel1, k.kernel2, k.kernel3] for k in kernels], dtype=float),
         primary_fluence=np.asarray(d.primaryFluence, dtype=float),
-        penumbra_fwhm=float(getattr(d, "penumbraFWHMatIso", 5.0)), energy=float(d.energy))
+        penumbra_fwhm=float(getattr(d, "penumbraFWHMatIso", 5.0)),
+        energy=float(d.energy),
+    )

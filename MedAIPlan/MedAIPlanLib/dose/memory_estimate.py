@@ -31,14 +31,19 @@ import numpy as np
 from MedAICommonLib.geometry import Geometry
 
 from MedAIPlanLib.dose.beams import Beam, voxel_points_lps
-from MedAIPlanLib.dose.iso_plane_cells import IsoPlaneCells, binning_bytes, iso_plane_projection, near_ray_lattice_shape, \
-    search_half_width
+from MedAIPlanLib.dose.iso_plane_cells import (
+    IsoPlaneCells,
+    binning_bytes,
+    iso_plane_projection,
+    near_ray_lattice_shape,
+    search_half_width,
+)
 
-COUNTING_CELLS = 1 << 20        # iso-plane cells the estimate bins into at most (8 MiB of int64 counts)
-COUNTING_POINTS = 200_000      # dose voxels the estimate projects at most (a regular subsample)
-VOXEL_WORKING_BYTES = 120       # per dose voxel and beam: BEV position, projection, depth, sorted copies
-DOSE_VOXEL_BYTES = 150          # per dose-grid voxel at least: the engine's working buffers, the dose, resampling
-ENGINE_FIXED_BYTES = 192 * 1024 ** 2   # measured: 0.27 GiB peak for a 0.08 GiB TG119 plan in a fresh process
+COUNTING_CELLS = 1 << 20  # iso-plane cells the estimate bins into at most (8 MiB of int64 counts)
+COUNTING_POINTS = 200_000  # dose voxels the estimate projects at most (a regular subsample)
+VOXEL_WORKING_BYTES = 120  # per dose voxel and beam: BEV position, projection, depth, sorted copies
+DOSE_VOXEL_BYTES = 150  # per dose-grid voxel at least: the engine's working buffers, the dose, resampling
+ENGINE_FIXED_BYTES = 192 * 1024**2  # measured: 0.27 GiB peak for a 0.08 GiB TG119 plan in a fresh process
 
 
 @dataclass
@@ -58,18 +63,28 @@ class PlanMemory:
     @property
     def total(self) -> int:
         """Estimated peak bytes: one beam's ray tracing or its kernel slots and working buffers at a time."""
-        return int(self.ct_volumes + self.engine_fixed + max(self.ray_tracing, self.dij_slots + self.engine_working)
-                   + 2.5 * self.dij_matrix + self.optimisation)
+        return int(
+            self.ct_volumes
+            + self.engine_fixed
+            + max(self.ray_tracing, self.dij_slots + self.engine_working)
+            + 2.5 * self.dij_matrix
+            + self.optimisation
+        )
 
     def as_dict(self) -> dict:
-        gib = 1024 ** 3
-        return {"total_GiB": round(self.total / gib, 3), "ct_volumes_GiB": round(self.ct_volumes / gib, 3),
-                "ray_tracing_GiB": round(self.ray_tracing / gib, 3), "dij_slots_GiB": round(self.dij_slots / gib, 3),
-                "engine_working_GiB": round(self.engine_working / gib, 3),
-                "engine_fixed_GiB": round(self.engine_fixed / gib, 3),
-                "dij_matrix_GiB": round(self.dij_matrix / gib, 3),
-                "optimisation_GiB": round(self.optimisation / gib, 3), "voxel_bixel_pairs": int(self.pairs),
-                "dose_voxels": int(self.dose_voxels)}
+        gib = 1024**3
+        return {
+            "total_GiB": round(self.total / gib, 3),
+            "ct_volumes_GiB": round(self.ct_volumes / gib, 3),
+            "ray_tracing_GiB": round(self.ray_tracing / gib, 3),
+            "dij_slots_GiB": round(self.dij_slots / gib, 3),
+            "engine_working_GiB": round(self.engine_working / gib, 3),
+            "engine_fixed_GiB": round(self.engine_fixed / gib, 3),
+            "dij_matrix_GiB": round(self.dij_matrix / gib, 3),
+            "optimisation_GiB": round(self.optimisation / gib, 3),
+            "voxel_bixel_pairs": int(self.pairs),
+            "dose_voxels": int(self.dose_voxels),
+        }
 
 
 def _beam_pairs(points: np.ndarray, beam: Beam, cutoff: float) -> tuple[np.ndarray, int]:
@@ -80,8 +95,11 @@ def _beam_pairs(points: np.ndarray, beam: Beam, cutoff: float) -> tuple[np.ndarr
     still prices its buffers."""
     _, u, v = iso_plane_projection(points, beam)
     engine = IsoPlaneCells.covering(u, v, beam.bixel_width)
-    width = beam.bixel_width if engine.count <= COUNTING_CELLS else \
-        beam.bixel_width * float(np.sqrt(engine.count / COUNTING_CELLS)) * 1.01
+    width = (
+        beam.bixel_width
+        if engine.count <= COUNTING_CELLS
+        else beam.bixel_width * float(np.sqrt(engine.count / COUNTING_CELLS)) * 1.01
+    )
     cells = IsoPlaneCells.covering(u, v, width)
     counts = np.bincount(cells.cell_of(u, v), minlength=cells.count).reshape(cells.ncv, cells.ncu)
     csum = np.zeros((cells.ncv + 1, cells.ncu + 1), np.int64)
@@ -94,9 +112,15 @@ def _beam_pairs(points: np.ndarray, beam: Beam, cutoff: float) -> tuple[np.ndarr
     return square * (np.pi / 4.0), binning_bytes(0, engine.count) + 2 * lattice  # the kernel skips the corners
 
 
-def estimate_plan_memory(ct_geometry: Geometry, dose_geometry: Geometry, dose_mask: np.ndarray, beams: list[Beam],
-                         n_structures: int = 1, lateral_cutoff_mm: float = 50.0,
-                         objective_fraction: float = 1.0) -> PlanMemory:
+def estimate_plan_memory(
+    ct_geometry: Geometry,
+    dose_geometry: Geometry,
+    dose_mask: np.ndarray,
+    beams: list[Beam],
+    n_structures: int = 1,
+    lateral_cutoff_mm: float = 50.0,
+    objective_fraction: float = 1.0,
+) -> PlanMemory:
     """Estimate a plan's peak memory (bytes) before computing it.
 
     ``dose_mask``: dose-grid voxels that get dose (KJI bool on ``dose_geometry``, LPS);
@@ -105,7 +129,7 @@ def estimate_plan_memory(ct_geometry: Geometry, dose_geometry: Geometry, dose_ma
     n_ct = int(np.prod(ct_geometry.shape_kji))
     ct_bytes = n_ct * (4 + 4 + n_structures + 1)
     points = voxel_points_lps(dose_geometry, dose_mask)
-    if len(points) > COUNTING_POINTS:            # a regular subsample is plenty for counting
+    if len(points) > COUNTING_POINTS:  # a regular subsample is plenty for counting
         step = int(np.ceil(len(points) / COUNTING_POINTS))
         points, scale = points[::step], step
     else:
@@ -121,15 +145,16 @@ def estimate_plan_memory(ct_geometry: Geometry, dose_geometry: Geometry, dose_ma
     working += VOXEL_WORKING_BYTES * n_dose
     pairs = float(sum(per_beam))
     fan = max(min(ct_geometry.spacing), min(dose_geometry.spacing) / 2.0)
-    extent = (np.array(ct_geometry.shape_kji) * np.array(ct_geometry.spacing[::-1]))
+    extent = np.array(ct_geometry.shape_kji) * np.array(ct_geometry.spacing[::-1])
     diag = float(np.linalg.norm(extent))
-    rays = (diag / fan) ** 2                       # fan covering the patient's projection (upper bound)
+    rays = (diag / fan) ** 2  # fan covering the patient's projection (upper bound)
     store = diag / (fan / 2.0)
     ray_bytes = int(rays * store * 4)
-    slots = int(max(per_beam, default=0.0) / (np.pi / 4.0) * 16)     # the kernel reserves the full square
-    dij_bytes = int(pairs * 8)                                      # kept <= the circle's pairs
-    return PlanMemory(ct_bytes, ray_bytes, slots, dij_bytes, int(dij_bytes * objective_fraction * 1.5), int(pairs),
-                      n_dose, working)
+    slots = int(max(per_beam, default=0.0) / (np.pi / 4.0) * 16)  # the kernel reserves the full square
+    dij_bytes = int(pairs * 8)  # kept <= the circle's pairs
+    return PlanMemory(
+        ct_bytes, ray_bytes, slots, dij_bytes, int(dij_bytes * objective_fraction * 1.5), int(pairs), n_dose, working
+    )
 
 
 def memory_limit_bytes(memory_limit_gb: float | None) -> int | None:
@@ -138,7 +163,7 @@ def memory_limit_bytes(memory_limit_gb: float | None) -> int | None:
         return None
     if not memory_limit_gb > 0:
         raise ValueError(f"The memory limit must be a positive number of GiB, got {memory_limit_gb}.")
-    return int(memory_limit_gb * 1024 ** 3)
+    return int(memory_limit_gb * 1024**3)
 
 
 def check_dose_grid_size(shape_kji, dose_grid_mm, limit_bytes: int | None) -> None:
@@ -148,29 +173,43 @@ def check_dose_grid_size(shape_kji, dose_grid_mm, limit_bytes: int | None) -> No
     need = voxels * DOSE_VOXEL_BYTES
     if limit_bytes and need > limit_bytes:
         grid = "CT-grid" if dose_grid_mm is None else f"{float(dose_grid_mm):g} mm"
-        raise ValueError(f"A {grid} dose grid has {voxels:,} voxels, which alone need about "
-                         f"{need / 1024 ** 3:.1f} GiB (before any dose-influence matrix) but only "
-                         f"{limit_bytes / 1024 ** 3:.1f} GiB are allowed (the free memory or --memory-limit-gb); use "
-                         "a coarser dose grid (--dose-grid, typically 2.5-5 mm) or wider bixels (--bixel-width) "
-                         "for a smaller plan.")
+        raise ValueError(
+            f"A {grid} dose grid has {voxels:,} voxels, which alone need about "
+            f"{need / 1024**3:.1f} GiB (before any dose-influence matrix) but only "
+            f"{limit_bytes / 1024**3:.1f} GiB are allowed (the free memory or --memory-limit-gb); use "
+            "a coarser dose grid (--dose-grid, typically 2.5-5 mm) or wider bixels (--bixel-width) "
+            "for a smaller plan."
+        )
 
 
 def memory_sentence(estimate: PlanMemory, limit_bytes: int | None, limit_given: bool = False) -> str:
-    """"The plan needs about N GiB (parts) but only M GiB ...": the estimate against the limit, in GiB."""
+    """ "The plan needs about N GiB (parts) but only M GiB ...": the estimate against the limit, in GiB."""
     g = estimate.as_dict()
     against = ""
     if limit_bytes:
         source = "the --memory-limit-gb limit" if limit_given else "available now (set --memory-limit-gb to change)"
-        against = f" but only {limit_bytes / 1024 ** 3:.1f} GiB are {source}" if estimate.total > limit_bytes else \
-            f" ({limit_bytes / 1024 ** 3:.1f} GiB are {source})"
-    return (f"The plan needs about {g['total_GiB']:.1f} GiB ({g['voxel_bixel_pairs']:,} voxel-bixel pairs: "
-            f"dose-influence matrix {g['dij_matrix_GiB']:.1f} GiB, kernel slots and engine buffers "
-            f"{g['dij_slots_GiB'] + g['engine_working_GiB']:.1f} GiB, ray tracing {g['ray_tracing_GiB']:.1f} GiB, "
-            f"CT volumes {g['ct_volumes_GiB']:.1f} GiB){against}")
+        against = (
+            f" but only {limit_bytes / 1024**3:.1f} GiB are {source}"
+            if estimate.total > limit_bytes
+            else f" ({limit_bytes / 1024**3:.1f} GiB are {source})"
+        )
+    return (
+        f"The plan needs about {g['total_GiB']:.1f} GiB ({g['voxel_bixel_pairs']:,} voxel-bixel pairs: "
+        f"dose-influence matrix {g['dij_matrix_GiB']:.1f} GiB, kernel slots and engine buffers "
+        f"{g['dij_slots_GiB'] + g['engine_working_GiB']:.1f} GiB, ray tracing {g['ray_tracing_GiB']:.1f} GiB, "
+        f"CT volumes {g['ct_volumes_GiB']:.1f} GiB){against}"
+    )
 
 
-def refusal_message(estimate: PlanMemory, limit_bytes: int | None, bixel_width_mm: float, dose_grid_mm,
-                    n_beams: int, limit_given: bool = False, reason: str | None = None) -> str:
+def refusal_message(
+    estimate: PlanMemory,
+    limit_bytes: int | None,
+    bixel_width_mm: float,
+    dose_grid_mm,
+    n_beams: int,
+    limit_given: bool = False,
+    reason: str | None = None,
+) -> str:
     """One line: ``reason`` (when the plan is refused for another reason, e.g. its bixel width), the estimate
     (GiB) against the limit and, when over it, what to change (--bixel-width, --dose-grid, --memory-limit-gb,
     --auto-dose-grid)."""
@@ -178,10 +217,12 @@ def refusal_message(estimate: PlanMemory, limit_bytes: int | None, bixel_width_m
     prefix = f"{reason} " if reason else ""
     if not limit_bytes or estimate.total <= limit_bytes:
         return f"{prefix}{sentence}."
-    return (f"{prefix}{sentence}; use wider bixels (--bixel-width, now {bixel_width_mm:g} mm; typically 5), a "
-            f"coarser dose grid (--dose-grid, now {dose_grid_mm or 'the CT grid'} mm, e.g. --dose-grid 5) or fewer "
-            f"beams ({n_beams}), let --auto-dose-grid choose a coarser dose grid automatically, or raise "
-            "--memory-limit-gb if more memory is really free.")
+    return (
+        f"{prefix}{sentence}; use wider bixels (--bixel-width, now {bixel_width_mm:g} mm; typically 5), a "
+        f"coarser dose grid (--dose-grid, now {dose_grid_mm or 'the CT grid'} mm, e.g. --dose-grid 5) or fewer "
+        f"beams ({n_beams}), let --auto-dose-grid choose a coarser dose grid automatically, or raise "
+        "--memory-limit-gb if more memory is really free."
+    )
 
 
 def out_of_memory_message(estimate: dict | None, what: str = "planning") -> str:
@@ -189,10 +230,12 @@ def out_of_memory_message(estimate: dict | None, what: str = "planning") -> str:
     and what to change."""
     free = available_memory_bytes()
     known = f"estimated {estimate['total_GiB']:.1f} GiB" if estimate else "no estimate made before"
-    now = f", {free / 1024 ** 3:.1f} GiB free now" if free else ""
-    return (f"Out of memory while {what} ({known}{now}); use wider bixels (--bixel-width), a coarser dose grid "
-            "(--dose-grid) or fewer beams, or give --memory-limit-gb below the memory this machine can really "
-            "spare so that such a plan is refused before it starts.")
+    now = f", {free / 1024**3:.1f} GiB free now" if free else ""
+    return (
+        f"Out of memory while {what} ({known}{now}); use wider bixels (--bixel-width), a coarser dose grid "
+        "(--dose-grid) or fewer beams, or give --memory-limit-gb below the memory this machine can really "
+        "spare so that such a plan is refused before it starts."
+    )
 
 
 def explains_memory_errors(method):
@@ -207,6 +250,7 @@ def explains_memory_errors(method):
             return method(self, *args, **kwargs)
         except MemoryError as error:
             raise MemoryError(out_of_memory_message(self.memory_estimate, f"running {method.__name__}")) from error
+
     return wrapper
 
 

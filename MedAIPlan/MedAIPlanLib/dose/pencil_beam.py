@@ -32,8 +32,8 @@ from MedAIPlanLib.dose.matrad_io import PhotonMachine
 class ConvolvedKernels:
     """The three aperture-convolved kernels on a square grid: values[k, row = z, col = x]."""
 
-    values: torch.Tensor     # (3, n, n)
-    start_mm: float          # coordinate of index 0 (both axes)
+    values: torch.Tensor  # (3, n, n)
+    start_mm: float  # coordinate of index 0 (both axes)
     res_mm: float
     ssd_mm: float
 
@@ -58,11 +58,17 @@ def _fftconv2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fast = tuple(scipy.fft.next_fast_len(n, real=True) for n in shape)
     fa = torch.fft.rfft2(a, s=fast)
     fb = torch.fft.rfft2(b, s=fast)
-    return torch.fft.irfft2(fa * fb, s=fast)[..., :shape[0], :shape[1]].contiguous()
+    return torch.fft.irfft2(fa * fb, s=fast)[..., : shape[0], : shape[1]].contiguous()
 
 
-def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, conv_res: float = 0.5,
-                     kernel_cutoff: float | None = None, device: str | torch.device = "cpu") -> ConvolvedKernels:
+def convolve_kernels(
+    machine: PhotonMachine,
+    ssd_mm: float,
+    bixel_width: float,
+    conv_res: float = 0.5,
+    kernel_cutoff: float | None = None,
+    device: str | torch.device = "cpu",
+) -> ConvolvedKernels:
     """Aperture * Gaussian penumbra * SVD kernels of the SSD nearest to ``ssd_mm`` (matRad's grids)."""
     res = float(conv_res)
     cutoff = float(machine.kernel_pos[-1] if kernel_cutoff is None else min(kernel_cutoff, machine.kernel_pos[-1]))
@@ -72,11 +78,11 @@ def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, 
     gauss_limit = int(np.ceil(5 * sigma / res))
     gx = _axis(gauss_limit, res)
     gxx, gzz = np.meshgrid(gx, gx)
-    gauss = np.exp(-(gxx ** 2 + gzz ** 2) / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2 / res ** 2)
+    gauss = np.exp(-(gxx**2 + gzz**2) / (2 * sigma**2)) / (2 * np.pi * sigma**2 / res**2)
     kernel_limit = int(np.ceil(cutoff / res))
     kx = _axis(kernel_limit, res)
     kxx, kzz = np.meshgrid(kx, kx)
-    r = np.sqrt(kxx ** 2 + kzz ** 2)
+    r = np.sqrt(kxx**2 + kzz**2)
     ix = int(np.argmin(np.abs(machine.kernel_ssd - ssd_mm))) if np.isfinite(ssd_mm) else len(machine.kernel_ssd) - 1
     kernels = np.stack([np.interp(r, machine.kernel_pos, machine.kernels[ix, k], right=0.0) for k in range(3)])
     kernels[:, r > machine.kernel_pos[-1]] = 0.0
@@ -92,7 +98,7 @@ def convolve_kernels(machine: PhotonMachine, ssd_mm: float, bixel_width: float, 
 
 def interpolate_kernels(kernels: ConvolvedKernels, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Bilinear kernel values (N, 3) at iso-plane lateral offsets x, z (mm); 0 outside the grid."""
-    v = kernels.values_last                      # (n_z, n_x, 3): one gather fetches all three kernels
+    v = kernels.values_last  # (n_z, n_x, 3): one gather fetches all three kernels
     n = v.shape[0]
     fx = (x - kernels.start_mm) / kernels.res_mm
     fz = (z - kernels.start_mm) / kernels.res_mm
@@ -116,8 +122,9 @@ def interpolate_kernels(kernels: ConvolvedKernels, x: torch.Tensor, z: torch.Ten
     return (top + wz * (bottom - top)) * valid
 
 
-def depth_components(machine: PhotonMachine, rad_depth: torch.Tensor, geo_dist: torch.Tensor, sad: float,
-                     dtype=torch.float32) -> torch.Tensor:
+def depth_components(
+    machine: PhotonMachine, rad_depth: torch.Tensor, geo_dist: torch.Tensor, sad: float, dtype=torch.float32
+) -> torch.Tensor:
     """Per-voxel factors (N, 3): ``beta_k/(beta_k-m)(exp(-m d)-exp(-beta_k d)) (SAD/r)^2`` (ray independent)."""
     betas = torch.as_tensor(machine.betas, dtype=torch.float64, device=rad_depth.device)
     d = rad_depth.double()[:, None]
@@ -125,8 +132,9 @@ def depth_components(machine: PhotonMachine, rad_depth: torch.Tensor, geo_dist: 
     return (comp * ((sad / geo_dist.double()) ** 2)[:, None]).to(dtype)
 
 
-def bixel_dose(machine: PhotonMachine, kernel_values: torch.Tensor, rad_depth: torch.Tensor,
-               geo_dist: torch.Tensor, sad: float) -> torch.Tensor:
+def bixel_dose(
+    machine: PhotonMachine, kernel_values: torch.Tensor, rad_depth: torch.Tensor, geo_dist: torch.Tensor, sad: float
+) -> torch.Tensor:
     """Dose per bixel weight at voxels: depth-dose components x kernels, inverse-square corrected."""
     comp = depth_components(machine, rad_depth, geo_dist, sad, kernel_values.dtype)
     return torch.clamp((comp * kernel_values).sum(dim=1), min=0.0)
@@ -149,7 +157,7 @@ def iso_lateral_offsets(q: torch.Tensor, ray_pos: torch.Tensor, sad: float) -> t
     s2 = (w * w).sum(dim=1, keepdim=True)
     factor = torch.where(s2 > 1e-20, (1 - c) / torch.clamp(s2, min=1e-20), torch.zeros_like(s2))
     wxq = torch.linalg.cross(w, q)
-    rot = q - wxq + factor * torch.linalg.cross(w, wxq)     # R^T q  (row-vector q @ R in matRad)
+    rot = q - wxq + factor * torch.linalg.cross(w, wxq)  # R^T q  (row-vector q @ R in matRad)
     lat_x = rot[:, 0] / rot[:, 1] * sad
     lat_z = rot[:, 2] / rot[:, 1] * sad
     return lat_x, lat_z

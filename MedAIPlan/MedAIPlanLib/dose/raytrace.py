@@ -28,21 +28,25 @@ def _normalised_grid(points_lps: torch.Tensor, geometry: Geometry) -> torch.Tens
     return 2.0 * ijk / torch.clamp(size - 1, min=1) - 1.0
 
 
-def sample_volume(volume: torch.Tensor, geometry: Geometry, points_lps: torch.Tensor,
-                  mode: str = "bilinear", edge_pad=None) -> torch.Tensor:
+def sample_volume(
+    volume: torch.Tensor, geometry: Geometry, points_lps: torch.Tensor, mode: str = "bilinear", edge_pad=None
+) -> torch.Tensor:
     """Trilinear (or nearest) samples of a KJI volume at LPS points (N, 3); 0 outside, or with
     ``edge_pad`` (voxels i, j, k) the edge value up to that far outside (as :func:`dose_kernels.trace_fan`)."""
     grid = _normalised_grid(points_lps, geometry)
     if edge_pad is None:
-        out = torch.nn.functional.grid_sample(volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode,
-                                              padding_mode="zeros", align_corners=True)
+        out = torch.nn.functional.grid_sample(
+            volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode, padding_mode="zeros", align_corners=True
+        )
         return out.reshape(-1)
     size = torch.tensor(geometry.shape_kji[::-1], dtype=grid.dtype, device=grid.device)
-    limit = 1.0 + 2.0 * torch.as_tensor(np.asarray(edge_pad, float), dtype=grid.dtype, device=grid.device) \
-        / torch.clamp(size - 1, min=1)
+    limit = 1.0 + 2.0 * torch.as_tensor(
+        np.asarray(edge_pad, float), dtype=grid.dtype, device=grid.device
+    ) / torch.clamp(size - 1, min=1)
     near = (grid.abs() <= limit).all(dim=-1)
-    out = torch.nn.functional.grid_sample(volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode,
-                                          padding_mode="border", align_corners=True)
+    out = torch.nn.functional.grid_sample(
+        volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode=mode, padding_mode="border", align_corners=True
+    )
     return out.reshape(-1) * near.reshape(-1)
 
 
@@ -54,8 +58,11 @@ def nonzero_box(density) -> tuple[np.ndarray, np.ndarray] | None:
     bounds = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        nz = (torch.nonzero(d.any(dim=other[1]).any(dim=other[0])).ravel().cpu().numpy() if is_tensor
-              else np.flatnonzero(d.any(axis=other)))
+        nz = (
+            torch.nonzero(d.any(dim=other[1]).any(dim=other[0])).ravel().cpu().numpy()
+            if is_tensor
+            else np.flatnonzero(d.any(axis=other))
+        )
         if len(nz) == 0:
             return None
         bounds.append((nz[0] - 1, nz[-1] + 1))
@@ -80,10 +87,20 @@ def _box_distance_range(geometry: Geometry, source: np.ndarray, box=None) -> tup
     return near, float(d.max())
 
 
-def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, source_lps, rotation: np.ndarray,
-                       sad: float, points_lps: np.ndarray, step_mm: float | None = None,
-                       lateral_mm: float | None = None, device: str | torch.device = "cpu",
-                       store_mm: float | None = None, engine: str = "auto", box="auto") -> np.ndarray:
+def radiological_depth(
+    density: np.ndarray | torch.Tensor,
+    geometry: Geometry,
+    source_lps,
+    rotation: np.ndarray,
+    sad: float,
+    points_lps: np.ndarray,
+    step_mm: float | None = None,
+    lateral_mm: float | None = None,
+    device: str | torch.device = "cpu",
+    store_mm: float | None = None,
+    engine: str = "auto",
+    box="auto",
+) -> np.ndarray:
     """Radiological depth (mm water-equivalent) of LPS ``points_lps`` (N, 3) for a point source.
 
     ``rotation`` maps BEV to LPS (see :mod:`beams`); the beam axis is BEV +y, the fan grid lives on
@@ -98,12 +115,13 @@ def radiological_depth(density: np.ndarray | torch.Tensor, geometry: Geometry, s
         return np.zeros(0)
     source = np.asarray(source_lps, float)
     step = float(step_mm or min(geometry.spacing) / 2.0)
-    q = (points - source) @ rotation                      # BEV, relative to the source
+    q = (points - source) @ rotation  # BEV, relative to the source
     if np.any(q[:, 1] <= 0):
         raise ValueError("Some voxels lie behind the photon source; increase the SAD or move the isocentre.")
     box = nonzero_box(density) if isinstance(box, str) else box
-    fan = _Fan.covering(q, sad, step, float(lateral_mm or min(geometry.spacing)),
-                        _box_distance_range(geometry, source, box))
+    fan = _Fan.covering(
+        q, sad, step, float(lateral_mm or min(geometry.spacing)), _box_distance_range(geometry, source, box)
+    )
     dev = torch.device(device)
     if engine == "numba" or (engine == "auto" and dev.type == "cpu"):
         return _radiological_depth_numba(density, geometry, source, rotation, sad, fan, store_mm)
@@ -138,8 +156,9 @@ class _Fan:
         return cls(u, v, s, u_axis, v_axis, s_axis, step)
 
 
-def _radiological_depth_torch(density, geometry: Geometry, source, rotation, sad, fan: _Fan,
-                              dev: torch.device) -> np.ndarray:
+def _radiological_depth_torch(
+    density, geometry: Geometry, source, rotation, sad, fan: _Fan, dev: torch.device
+) -> np.ndarray:
     """The GPU engine of :func:`radiological_depth`: the fan marched in chunks of steps, then the
     cumulative path sampled trilinearly at the voxels."""
     dt = torch.float32
@@ -148,31 +167,38 @@ def _radiological_depth_torch(density, geometry: Geometry, source, rotation, sad
     ut = torch.as_tensor(u_axis, dtype=dt, device=dev)
     vt = torch.as_tensor(v_axis, dtype=dt, device=dev)
     st = torch.as_tensor(s_axis, dtype=dt, device=dev)
-    dirs = torch.stack(torch.meshgrid(vt, ut, indexing="ij"), dim=-1)          # (nv, nu, 2) = (v, u)
+    dirs = torch.stack(torch.meshgrid(vt, ut, indexing="ij"), dim=-1)  # (nv, nu, 2) = (v, u)
     d_bev = torch.stack([dirs[..., 1], torch.full_like(dirs[..., 0], float(sad)), dirs[..., 0]], dim=-1)
     d_bev = d_bev / torch.linalg.norm(d_bev, dim=-1, keepdim=True)
-    d_lps = d_bev @ torch.as_tensor(rotation.T, dtype=dt, device=dev)           # (nv, nu, 3)
+    d_lps = d_bev @ torch.as_tensor(rotation.T, dtype=dt, device=dev)  # (nv, nu, 3)
     src = torch.as_tensor(source, dtype=dt, device=dev)
     cum = torch.empty((len(s_axis), len(v_axis), len(u_axis)), dtype=dt, device=dev)
     pad = _edge_pad(geometry.to_space("LPS"), u_axis, v_axis, step)
     running = torch.zeros((len(v_axis), len(u_axis)), dtype=dt, device=dev)
     chunk = max(1, int(4_000_000 // max(1, len(u_axis) * len(v_axis))))
     for a in range(0, len(s_axis), chunk):
-        ss = st[a:a + chunk]
+        ss = st[a : a + chunk]
         pts = src + ss[:, None, None, None] * d_lps[None]
-        rho = sample_volume(vol, geometry, pts.reshape(-1, 3), edge_pad=pad).reshape(len(ss), len(v_axis),
-                                                                                      len(u_axis))
+        rho = sample_volume(vol, geometry, pts.reshape(-1, 3), edge_pad=pad).reshape(len(ss), len(v_axis), len(u_axis))
         c = torch.cumsum(rho, dim=0) * step + running
-        cum[a:a + chunk] = c - rho * (step / 2.0)
+        cum[a : a + chunk] = c - rho * (step / 2.0)
         running = c[-1]
     # trilinear interpolation of the cumulative path at (u, v, s)
-    grid = torch.stack([
-        torch.as_tensor(2 * (fan.u - u_axis[0]) / (u_axis[-1] - u_axis[0]) - 1, dtype=dt),
-        torch.as_tensor(2 * (fan.v - v_axis[0]) / (v_axis[-1] - v_axis[0]) - 1, dtype=dt),
-        torch.as_tensor(2 * (fan.s - s_axis[0]) / (s_axis[-1] - s_axis[0]) - 1, dtype=dt),
-    ], dim=-1).to(dev).reshape(1, 1, 1, -1, 3)
-    out = torch.nn.functional.grid_sample(cum[None, None], grid, mode="bilinear", padding_mode="border",
-                                          align_corners=True)
+    grid = (
+        torch.stack(
+            [
+                torch.as_tensor(2 * (fan.u - u_axis[0]) / (u_axis[-1] - u_axis[0]) - 1, dtype=dt),
+                torch.as_tensor(2 * (fan.v - v_axis[0]) / (v_axis[-1] - v_axis[0]) - 1, dtype=dt),
+                torch.as_tensor(2 * (fan.s - s_axis[0]) / (s_axis[-1] - s_axis[0]) - 1, dtype=dt),
+            ],
+            dim=-1,
+        )
+        .to(dev)
+        .reshape(1, 1, 1, -1, 3)
+    )
+    out = torch.nn.functional.grid_sample(
+        cum[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
     return out.reshape(-1).double().cpu().numpy()
 
 
@@ -181,7 +207,9 @@ def _edge_pad(geometry: Geometry, u_axis, v_axis, step: float) -> np.ndarray:
     (at up to 1.5x the SAD) plus a step. A voxel in the first or last slice takes its depth from fan rays
     on both sides of its own ray; those just outside the grid would otherwise see air and the depth
     there would come out some 20 % short."""
-    lat = max(abs(u_axis[1] - u_axis[0]) if len(u_axis) > 1 else 0.0, abs(v_axis[1] - v_axis[0]) if len(v_axis) > 1 else 0.0)
+    lat = max(
+        abs(u_axis[1] - u_axis[0]) if len(u_axis) > 1 else 0.0, abs(v_axis[1] - v_axis[0]) if len(v_axis) > 1 else 0.0
+    )
     return (1.5 * lat + step) / np.asarray(geometry.spacing, float)
 
 
@@ -202,15 +230,27 @@ def _radiological_depth_numba(density, geometry: Geometry, source, rotation, sad
     vol = np.ascontiguousarray(np.asarray(density, dtype=np.float32))
     affine = np.ascontiguousarray(g.physical_to_ijk()[:3], dtype=np.float64)
     every = max(1, int(round(float(store_mm or step) / step)))
-    cum = trace_fan(vol, affine, np.asarray(source, float), _fan_directions(u_axis, v_axis, sad, rotation),
-                    float(s_axis[0]), float(step), len(s_axis) + every, every, _edge_pad(g, u_axis, v_axis, step))
+    cum = trace_fan(
+        vol,
+        affine,
+        np.asarray(source, float),
+        _fan_directions(u_axis, v_axis, sad, rotation),
+        float(s_axis[0]),
+        float(step),
+        len(s_axis) + every,
+        every,
+        _edge_pad(g, u_axis, v_axis, step),
+    )
     lat_u = u_axis[1] - u_axis[0] if len(u_axis) > 1 else 1.0
     lat_v = v_axis[1] - v_axis[0] if len(v_axis) > 1 else 1.0
-    return interp_cum(cum, (fan.u - u_axis[0]) / lat_u, (fan.v - v_axis[0]) / lat_v, (fan.s - s_axis[0]) / (step * every))
+    return interp_cum(
+        cum, (fan.u - u_axis[0]) / lat_u, (fan.v - v_axis[0]) / lat_v, (fan.s - s_axis[0]) / (step * every)
+    )
 
 
-def ssd_along_ray(density: np.ndarray, geometry: Geometry, source_lps, target_lps,
-                  threshold: float = 0.05, step_mm: float = 0.25) -> float:
+def ssd_along_ray(
+    density: np.ndarray, geometry: Geometry, source_lps, target_lps, threshold: float = 0.05, step_mm: float = 0.25
+) -> float:
     """Source-to-surface distance (mm): first point along source->target with density > threshold.
 
     Nearest-voxel sampling (the voxel boundary within ``step_mm``), as matRad's ``matRad_computeSSD``.

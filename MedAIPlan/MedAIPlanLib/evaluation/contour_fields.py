@@ -54,7 +54,7 @@ def inside_polygons_grid(polys: list[np.ndarray], gx: np.ndarray, gy: np.ndarray
     xs = gx[0]
     inside = np.zeros(gx.shape, dtype=bool)
     for r in np.flatnonzero(counts):
-        inside[r] = np.searchsorted(xc[r, :counts[r]], xs, side="right") % 2 == 1
+        inside[r] = np.searchsorted(xc[r, : counts[r]], xs, side="right") % 2 == 1
     return inside
 
 
@@ -104,11 +104,13 @@ def row_power_field(polys: list[np.ndarray], gx: np.ndarray, gy: np.ndarray) -> 
     k_max = int(counts.max()) // 2 if len(counts) else 0
     if k_max == 0:
         return out
-    lo, hi = xc[:, 0:2 * k_max:2], xc[:, 1:2 * k_max:2]  # (rows, intervals)
+    lo, hi = xc[:, 0 : 2 * k_max : 2], xc[:, 1 : 2 * k_max : 2]  # (rows, intervals)
     valid = (np.arange(k_max)[None, :] * 2) < counts[:, None]
     with np.errstate(invalid="ignore"):  # unused interval slots hold inf
         c, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-        q = np.where(valid[:, :, None], half[:, :, None] ** 2 - (gx[:, None, :] - c[:, :, None]) ** 2, -np.inf).max(axis=1)
+        q = np.where(valid[:, :, None], half[:, :, None] ** 2 - (gx[:, None, :] - c[:, :, None]) ** 2, -np.inf).max(
+            axis=1
+        )
     rows = counts > 0
     out[rows] = q[rows]
     return out

@@ -125,7 +125,7 @@ def paddick_conformity_index(target: DoseSamples, body: DoseSamples, prescriptio
     piv, _ = volume_at_dose(body, prescription_gy)
     if tv <= 0 or piv <= 0:
         return 0.0
-    return tv_piv ** 2 / (tv * piv)
+    return tv_piv**2 / (tv * piv)
 
 
 def homogeneity_index(target: DoseSamples) -> float:
@@ -143,8 +143,14 @@ def gradient_index(body: DoseSamples, prescription_gy: float) -> float:
     return v50 / v100 if v100 > 0 else float("inf")
 
 
-def mask_metrics(dose: np.ndarray, geometry, mask: np.ndarray, mask_geometry=None, oversampling: int = 2,
-                 v_doses_gy: tuple[float, ...] = ()) -> dict[str, float]:
+def mask_metrics(
+    dose: np.ndarray,
+    geometry,
+    mask: np.ndarray,
+    mask_geometry=None,
+    oversampling: int = 2,
+    v_doses_gy: tuple[float, ...] = (),
+) -> dict[str, float]:
     """:func:`structure_metrics` of a voxel mask (KJI bool on ``mask_geometry``, default the dose grid ``geometry``),
     sampled by :func:`dvh.mask_samples`: the one implementation behind ``medai plan`` and ``medai dvh``."""
     return structure_metrics(mask_samples(dose, geometry, mask, mask_geometry, oversampling), v_doses_gy)

@@ -18,8 +18,13 @@ DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
 DOSE_COLOR_TABLE_NAME = "Dose_ColorTable"
 
 # Colour ramp control points (fraction of the range, RGB) for the dose colour table.
-_RAMP = ((0.0, (0.0, 0.0, 1.0)), (0.25, (0.0, 1.0, 1.0)), (0.5, (0.0, 1.0, 0.0)),
-         (0.75, (1.0, 1.0, 0.0)), (1.0, (1.0, 0.0, 0.0)))
+_RAMP = (
+    (0.0, (0.0, 0.0, 1.0)),
+    (0.25, (0.0, 1.0, 1.0)),
+    (0.5, (0.0, 1.0, 0.0)),
+    (0.75, (1.0, 1.0, 0.0)),
+    (1.0, (1.0, 0.0, 0.0)),
+)
 
 
 def _ramp_color(t: float) -> tuple[float, float, float]:

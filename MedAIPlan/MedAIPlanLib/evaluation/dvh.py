@@ -24,7 +24,14 @@ from scipy.ndimage import map_coordinates
 
 from MedAICommonLib.geometry import Geometry
 
-from MedAIPlanLib.evaluation.contour_fields import Blend, fill_missing_rows, inside_polygons, plane_sdf, power_field, row_power_field
+from MedAIPlanLib.evaluation.contour_fields import (
+    Blend,
+    fill_missing_rows,
+    inside_polygons,
+    plane_sdf,
+    power_field,
+    row_power_field,
+)
 
 __all__ = ["DVH", "DoseSamples", "inside_polygons"]
 
@@ -50,9 +57,9 @@ class DoseSamples:
 class DVH:
     """Cumulative and differential DVH on dose bins (Gy) with volumes in cc and %."""
 
-    dose_gy: np.ndarray            # bin lower edges, starting at 0
-    cumulative_cc: np.ndarray      # volume receiving >= dose_gy
-    differential_cc: np.ndarray    # volume in [dose_gy, dose_gy + bin)
+    dose_gy: np.ndarray  # bin lower edges, starting at 0
+    cumulative_cc: np.ndarray  # volume receiving >= dose_gy
+    differential_cc: np.ndarray  # volume in [dose_gy, dose_gy + bin)
     total_cc: float
 
     @property
@@ -88,8 +95,9 @@ def slab_bounds(zs: np.ndarray, slice_spacing: float | None) -> tuple[np.ndarray
     return lower, upper
 
 
-def _in_plane_grid(planes: dict[float, list[np.ndarray]], n_z: float, max_step: float, step_mm: float | None,
-                   target_samples: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _in_plane_grid(
+    planes: dict[float, list[np.ndarray]], n_z: float, max_step: float, step_mm: float | None, target_samples: int
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Cell-centred in-plane points ``(gx, gy)`` (mm, ``meshgrid`` "xy") and the cell size ``(sx, sy)`` (mm).
 
     The cells tile the contours' bounding box exactly (midpoint rule: a straight edge of the bounding box
@@ -119,8 +127,9 @@ class _SubSliceSampler:
     than ``fine_z`` (mm).
     """
 
-    def __init__(self, dose: np.ndarray, geometry: Geometry, gx: np.ndarray, gy: np.ndarray, cell_area: float,
-                 fine_z: float):
+    def __init__(
+        self, dose: np.ndarray, geometry: Geometry, gx: np.ndarray, gy: np.ndarray, cell_area: float, fine_z: float
+    ):
         self.dose, self.geometry, self.cell_area, self.fine_z = dose, geometry, cell_area, fine_z
         # continuous k, j, i of the grid points at z = 0 and per mm of z: a sub-slice's points are one add away
         to_ijk = geometry.physical_to_ijk()
@@ -153,9 +162,17 @@ class _SubSliceSampler:
         return DoseSamples(np.concatenate(self.doses), np.concatenate(self.weights))
 
 
-def _sample_planes(sampler: _SubSliceSampler, planes: dict[float, list[np.ndarray]], zs: np.ndarray,
-                   lower: np.ndarray, upper: np.ndarray, sdf: list, rows: list, joined: list[bool],
-                   interpolate: bool) -> None:
+def _sample_planes(
+    sampler: _SubSliceSampler,
+    planes: dict[float, list[np.ndarray]],
+    zs: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    sdf: list,
+    rows: list,
+    joined: list[bool],
+    interpolate: bool,
+) -> None:
     """Sample every contour plane's slab: end caps where the stack starts, stops or breaks, the blended
     shape towards the next plane where ``joined``, and the contour vertices at the slab limits."""
     for n, z in enumerate(zs):
@@ -173,9 +190,15 @@ def _sample_planes(sampler: _SubSliceSampler, planes: dict[float, list[np.ndarra
             sampler.add_vertices(verts, zz)
 
 
-def contour_samples(contours: list[np.ndarray], dose: np.ndarray, geometry: Geometry,
-                    slice_spacing: float | None = None, step_mm: float | None = None,
-                    target_samples: int = 4_000_000, interpolate: bool = True) -> DoseSamples:
+def contour_samples(
+    contours: list[np.ndarray],
+    dose: np.ndarray,
+    geometry: Geometry,
+    slice_spacing: float | None = None,
+    step_mm: float | None = None,
+    target_samples: int = 4_000_000,
+    interpolate: bool = True,
+) -> DoseSamples:
     """Dose samples of a structure given as closed axial contours ((N, 3) points, same space as ``geometry``).
 
     Between two contour planes the shape is interpolated (``interpolate``; else each plane fills its
@@ -266,7 +289,11 @@ def _aligned_voxel_doses(dose: np.ndarray, mask: np.ndarray, offset: np.ndarray)
     """Dose at the centres of the mask voxels (KJI masks on an aligned grid, see :func:`aligned_offset`); 0 off the grid."""
     if not offset.any() and mask.shape == dose.shape:
         return dose[mask]
-    nz = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
+    nz = (
+        np.nonzero(mask.any(axis=(1, 2)))[0],
+        np.nonzero(mask.any(axis=(0, 2)))[0],
+        np.nonzero(mask.any(axis=(0, 1)))[0],
+    )
     lo, hi = np.array([a[0] for a in nz]), np.array([a[-1] + 1 for a in nz])
     on_mask = np.zeros(tuple(hi - lo), dtype=dose.dtype)
     start = lo + offset[::-1]  # KJI on the dose grid
@@ -277,8 +304,14 @@ def _aligned_voxel_doses(dose: np.ndarray, mask: np.ndarray, offset: np.ndarray)
     return on_mask[mask[tuple(slice(a, b) for a, b in zip(lo, hi))]]
 
 
-def mask_samples(dose: np.ndarray, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry | None = None,
-                 oversampling: int = 2, max_samples: int = 16_000_000) -> DoseSamples:
+def mask_samples(
+    dose: np.ndarray,
+    geometry: Geometry,
+    mask: np.ndarray,
+    mask_geometry: Geometry | None = None,
+    oversampling: int = 2,
+    max_samples: int = 16_000_000,
+) -> DoseSamples:
     """Dose samples of a voxel mask (KJI bool on ``mask_geometry``, default the dose grid).
 
     When the mask grid is the dose grid or a whole-voxel crop of it (a plan's structures on its dose), each
@@ -301,15 +334,19 @@ def mask_samples(dose: np.ndarray, geometry: Geometry, mask: np.ndarray, mask_ge
         d = _aligned_voxel_doses(np.asarray(dose), mask, offset).astype(np.float64)
         return DoseSamples(d, np.broadcast_to(float(np.prod(mask_geometry.spacing)), d.shape))
     n = max(1, int(oversampling))
-    while n > 1 and count * n ** 3 > max_samples:
+    while n > 1 and count * n**3 > max_samples:
         n -= 1
     dose = np.asarray(dose, dtype=np.float64)
     idx = np.argwhere(mask).astype(float)[:, ::-1]  # i, j, k
     sub = (np.arange(n) + 0.5) / n - 0.5
     si, sj, sk = np.meshgrid(sub, sub, sub, indexing="ij")
-    d = np.concatenate([dose_at_points(dose, geometry, mask_geometry.index_to_point(idx + off))
-                        for off in np.stack([si.ravel(), sj.ravel(), sk.ravel()], axis=1)])
-    voxel_mm3 = float(np.prod(mask_geometry.spacing)) / n ** 3
+    d = np.concatenate(
+        [
+            dose_at_points(dose, geometry, mask_geometry.index_to_point(idx + off))
+            for off in np.stack([si.ravel(), sj.ravel(), sk.ravel()], axis=1)
+        ]
+    )
+    voxel_mm3 = float(np.prod(mask_geometry.spacing)) / n**3
     return DoseSamples(d, np.broadcast_to(voxel_mm3, d.shape))
 
 
@@ -325,8 +362,14 @@ def compute_dvh(samples: DoseSamples, bin_width_gy: float = 0.01, max_dose_gy: f
     return DVH(edges[:-1], cum, diff_cc, samples.volume_cc)
 
 
-def dvh_agreement(reference_dose_gy, reference_volume_percent, dvh: DVH, max_dose_gy: float,
-                  volume_criterion_percent: float = 1.0, dose_criterion_percent: float = 1.0) -> float:
+def dvh_agreement(
+    reference_dose_gy,
+    reference_volume_percent,
+    dvh: DVH,
+    max_dose_gy: float,
+    volume_criterion_percent: float = 1.0,
+    dose_criterion_percent: float = 1.0,
+) -> float:
     """% of reference DVH points that agree with ``dvh`` (1D gamma <= 1, Ebert et al. 2010, as SlicerRT).
 
     Gamma of a reference point (D, V%) is the smallest normalised distance to the cumulative curve

@@ -37,8 +37,10 @@ def isodose_levels(levels, prescription_gy: float | None = None, percent: bool =
         raise ValueError("No isodose level given; give at least one, e.g. 50,95,100 (% of the prescription).")
     bad = [v for v in levels if not np.isfinite(v) or v <= 0]
     if bad:
-        raise ValueError(f"Isodose levels must be positive doses, got {', '.join(f'{v:g}' for v in bad)}; give levels "
-                         f"above 0 ({'% of the prescription' if percent else 'Gy'}).")
+        raise ValueError(
+            f"Isodose levels must be positive doses, got {', '.join(f'{v:g}' for v in bad)}; give levels "
+            f"above 0 ({'% of the prescription' if percent else 'Gy'})."
+        )
     if percent and not (prescription_gy and prescription_gy > 0):
         raise ValueError("Isodose levels in % need a positive prescription dose (Gy).")
     out = []

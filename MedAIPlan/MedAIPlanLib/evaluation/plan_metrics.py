@@ -28,14 +28,27 @@ def structure_stats(dose: np.ndarray, mask: np.ndarray) -> dict:
     d = np.asarray(dose)[np.asarray(mask, bool)]
     if d.size == 0:
         return {"voxels": 0}
-    d.sort()                      # once for the three dose-volume points
-    return {"voxels": int(d.size), "Dmean_Gy": float(d.mean(dtype=np.float64)), "Dmax_Gy": float(d[-1]),
-            "Dmin_Gy": float(d[0]), "D95_Gy": _dose_at_volume_sorted(d, 95),
-            "D50_Gy": _dose_at_volume_sorted(d, 50), "D2_Gy": _dose_at_volume_sorted(d, 2)}
+    d.sort()  # once for the three dose-volume points
+    return {
+        "voxels": int(d.size),
+        "Dmean_Gy": float(d.mean(dtype=np.float64)),
+        "Dmax_Gy": float(d[-1]),
+        "Dmin_Gy": float(d[0]),
+        "D95_Gy": _dose_at_volume_sorted(d, 95),
+        "D50_Gy": _dose_at_volume_sorted(d, 50),
+        "D2_Gy": _dose_at_volume_sorted(d, 2),
+    }
 
 
-def gamma_pass_rate(reference: np.ndarray, evaluated: np.ndarray, spacing_kji, dose_percent: float = 2.0,
-                    dta_mm: float = 2.0, threshold_percent: float = 10.0, step_fraction: float = 0.2) -> float:
+def gamma_pass_rate(
+    reference: np.ndarray,
+    evaluated: np.ndarray,
+    spacing_kji,
+    dose_percent: float = 2.0,
+    dta_mm: float = 2.0,
+    threshold_percent: float = 10.0,
+    step_fraction: float = 0.2,
+) -> float:
     """Global 3D gamma pass rate (%) of ``evaluated`` against ``reference`` (same KJI grid).
 
     Dose criterion ``dose_percent`` % of the reference maximum; reference voxels below
@@ -56,16 +69,16 @@ def gamma_pass_rate(reference: np.ndarray, evaluated: np.ndarray, spacing_kji, d
     n = int(np.ceil(2 * dta_mm / step))
     axis = np.arange(-n, n + 1) * step
     off = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    r2 = (off ** 2).sum(1)
+    r2 = (off**2).sum(1)
     off, r2 = off[r2 <= (2 * dta_mm) ** 2], r2[r2 <= (2 * dta_mm) ** 2]
     order = np.argsort(r2)
     off, r2 = off[order], r2[order]
     dref = ref[tuple(sel.T)]
     best = np.full(len(sel), np.inf)
     for o, rr in zip(off, r2):
-        if rr / dta_mm ** 2 >= 1.0 and np.all(best <= 1.0):
+        if rr / dta_mm**2 >= 1.0 and np.all(best <= 1.0):
             break
         coords = (sel + o / sp).T
         val = ndimage.map_coordinates(ev, coords, order=1, mode="nearest")
-        best = np.minimum(best, rr / dta_mm ** 2 + (val - dref) ** 2 / dd ** 2)
+        best = np.minimum(best, rr / dta_mm**2 + (val - dref) ** 2 / dd**2)
     return float(100.0 * np.mean(best <= 1.0))

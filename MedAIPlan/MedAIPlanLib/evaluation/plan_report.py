@@ -69,10 +69,21 @@ def _dose_panel(fig, ax, report: PlanReport, plane: str, legend: bool = True):
     """One dose-on-CT slice with outlines, isodose lines and (``legend``) their legend; returns the handles."""
     background = report.ct if report.ct is not None else np.full(report.dose.shape, -1000.0)
     return figures.draw_anatomy_panel(
-        fig, ax, background, report.geometry, plane, report.slice_index(plane), "Dose on CT",
-        structures=report.structures, colors=report.colors(), dose_kji=report.dose,
-        isodose_gy=report.isodose_levels_gy, prescription_gy=report.prescription_gy, legend=legend,
-        position_known=report.position_known)[1]
+        fig,
+        ax,
+        background,
+        report.geometry,
+        plane,
+        report.slice_index(plane),
+        "Dose on CT",
+        structures=report.structures,
+        colors=report.colors(),
+        dose_kji=report.dose,
+        isodose_gy=report.isodose_levels_gy,
+        prescription_gy=report.prescription_gy,
+        legend=legend,
+        position_known=report.position_known,
+    )[1]
 
 
 def _metrics_table(ax, metrics: dict, loc: str, font_size: int):
@@ -93,8 +104,12 @@ def _summary_lines(report: PlanReport) -> list[str]:
     lines.append(f"Maximum dose (grid): {top:.2f} Gy")
     if report.isodose_levels_gy:
         ref = report.prescription_gy
-        lines.append("Isodose lines: " + ", ".join(
-            f"{v:.1f} Gy" + (f" ({100 * v / ref:.0f}%)" if ref else "") for v in sorted(report.isodose_levels_gy)))
+        lines.append(
+            "Isodose lines: "
+            + ", ".join(
+                f"{v:.1f} Gy" + (f" ({100 * v / ref:.0f}%)" if ref else "") for v in sorted(report.isodose_levels_gy)
+            )
+        )
     return lines
 
 
@@ -110,8 +125,9 @@ def _new_page(layout=None):
 def report_png_figure(report: PlanReport):
     """The one-page report figure (A4 landscape): axial dose panel, DVH, metric table. The caller closes it."""
     fig = _new_page()
-    grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.2], left=0.04, right=0.97, top=0.9, bottom=0.02,
-                            wspace=0.25, hspace=0.45)
+    grid = fig.add_gridspec(
+        2, 2, height_ratios=[3, 1.2], left=0.04, right=0.97, top=0.9, bottom=0.02, wspace=0.25, hspace=0.45
+    )
     _dose_panel(fig, fig.add_subplot(grid[0, 0]), report, "axial")
     ax_dvh = fig.add_subplot(grid[0, 1])
     figures.draw_dvh(ax_dvh, report.curves, report.colors(), report.prescription_gy)
@@ -144,8 +160,15 @@ def pdf_page_figures(report: PlanReport) -> list:
     axes[3].axis("off")
     for handle in handles:  # one legend for three planes: whether a structure is in one slice is not its business
         handle.set_label(handle.get_label().replace(" (not in slice)", ""))
-    axes[3].legend(handles=handles, loc="center", fontsize=9, title="Structures and isodose lines",
-                   facecolor=figures.LEGEND_FACE, framealpha=1.0, ncol=2 if len(handles) > 12 else 1)
+    axes[3].legend(
+        handles=handles,
+        loc="center",
+        fontsize=9,
+        title="Structures and isodose lines",
+        facecolor=figures.LEGEND_FACE,
+        framealpha=1.0,
+        ncol=2 if len(handles) > 12 else 1,
+    )
     target = f" through the largest section of {report.target}" if report.target in report.structures else ""
     planes.suptitle(f"{report.title}: dose{target}")
 
@@ -211,24 +234,51 @@ def orthogonal_slices(volume: np.ndarray, center_kji) -> dict:
     return {"axial": volume[k], "coronal": volume[:, j, :], "sagittal": volume[:, :, i]}
 
 
-def write_plan_report(path, ct_slice: np.ndarray, dose_slice: np.ndarray, curves: dict, metrics: dict,
-                      title: str = "MedAI plan report", isodose_levels_gy=(), plan_indices: dict | None = None,
-                      prescription_gy: float | None = None) -> Path:
+def write_plan_report(
+    path,
+    ct_slice: np.ndarray,
+    dose_slice: np.ndarray,
+    curves: dict,
+    metrics: dict,
+    title: str = "MedAI plan report",
+    isodose_levels_gy=(),
+    plan_indices: dict | None = None,
+    prescription_gy: float | None = None,
+) -> Path:
     """One-page report from an axial CT and dose slice already in radiological display (anterior up, patient
     right on the left), as :func:`sar_orientation` views flipped in both axes give; 1 mm pixels assumed.
     Prefer :func:`write_report_png` with a :class:`PlanReport`, which also outlines the structures."""
     dose = np.asarray(dose_slice, float)[::-1, ::-1][None]
     ct = np.asarray(ct_slice, float)[::-1, ::-1][None]
-    report = PlanReport(dose, Geometry(shape_kji=dose.shape), curves, metrics, ct if ct.shape == dose.shape else None,
-                        isodose_levels_gy=tuple(isodose_levels_gy), prescription_gy=prescription_gy,
-                        plan_indices=plan_indices, title=title, position_known=False)
+    report = PlanReport(
+        dose,
+        Geometry(shape_kji=dose.shape),
+        curves,
+        metrics,
+        ct if ct.shape == dose.shape else None,
+        isodose_levels_gy=tuple(isodose_levels_gy),
+        prescription_gy=prescription_gy,
+        plan_indices=plan_indices,
+        title=title,
+        position_known=False,
+    )
     return write_report_png(path, report)
 
 
-def write_plan_report_pdf(path, dose: np.ndarray, spacing_ijk, curves: dict, metrics: dict, ct=None,
-                          center_kji=None, title: str = "MedAI plan report", isodose_levels_gy=(),
-                          plan_indices: dict | None = None, info: dict | None = None,
-                          prescription_gy: float | None = None) -> tuple[Path, int]:
+def write_plan_report_pdf(
+    path,
+    dose: np.ndarray,
+    spacing_ijk,
+    curves: dict,
+    metrics: dict,
+    ct=None,
+    center_kji=None,
+    title: str = "MedAI plan report",
+    isodose_levels_gy=(),
+    plan_indices: dict | None = None,
+    info: dict | None = None,
+    prescription_gy: float | None = None,
+) -> tuple[Path, int]:
     """Three-page PDF from a KJI dose whose axes run Superior, Anterior, Right (see :func:`sar_orientation`),
     ``spacing_ijk`` (mm) and ``ct``: HU on the same grid or the dict of :func:`orthogonal_slices` through
     ``center_kji`` (default: the dose maximum). Prefer :func:`write_report_pdf` with a :class:`PlanReport`."""
@@ -241,8 +291,18 @@ def write_plan_report_pdf(path, dose: np.ndarray, spacing_ijk, curves: dict, met
         volume[k], volume[:, j, :], volume[:, :, i] = ct["axial"], ct["coronal"], ct["sagittal"]
         ct = volume
     ct = np.asarray(ct, float) if ct is not None and np.shape(ct) == dose.shape else None
-    report = PlanReport(dose, Geometry(spacing_ijk, shape_kji=dose.shape), curves, metrics, ct,
-                        isodose_levels_gy=tuple(isodose_levels_gy), prescription_gy=prescription_gy,
-                        plan_indices=plan_indices, info=info, title=title, centre_kji=tuple(center_kji),
-                        position_known=False)
+    report = PlanReport(
+        dose,
+        Geometry(spacing_ijk, shape_kji=dose.shape),
+        curves,
+        metrics,
+        ct,
+        isodose_levels_gy=tuple(isodose_levels_gy),
+        prescription_gy=prescription_gy,
+        plan_indices=plan_indices,
+        info=info,
+        title=title,
+        centre_kji=tuple(center_kji),
+        position_known=False,
+    )
     return write_report_pdf(path, report)

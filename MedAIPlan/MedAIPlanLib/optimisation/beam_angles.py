@@ -10,9 +10,18 @@ import scipy.sparse as sp
 from MedAIPlanLib.optimisation.fluence import Objective, optimise_fluence
 
 
-def select_beams_greedy(dij: sp.spmatrix, beam_of_bixel: np.ndarray, num_beams: int, voxels: dict,
-                        objectives: list[Objective], prescription_gy: float, target: str, fractions: int = 1,
-                        trial_iterations: int = 40, progress=None) -> tuple[list[int], list[float]]:
+def select_beams_greedy(
+    dij: sp.spmatrix,
+    beam_of_bixel: np.ndarray,
+    num_beams: int,
+    voxels: dict,
+    objectives: list[Objective],
+    prescription_gy: float,
+    target: str,
+    fractions: int = 1,
+    trial_iterations: int = 40,
+    progress=None,
+) -> tuple[list[int], list[float]]:
     """Indices of ``num_beams`` candidate beams chosen greedily, and the objective after each addition.
 
     ``dij`` holds the columns of all candidate beams, ``beam_of_bixel`` their beam index.
@@ -32,10 +41,11 @@ def select_beams_greedy(dij: sp.spmatrix, beam_of_bixel: np.ndarray, num_beams: 
                 continue
             cols = np.flatnonzero(np.isin(beam_of_bixel, chosen + [c]))
             try:
-                result = optimise_fluence(dij[:, cols], voxels, objectives, prescription_gy, target, fractions,
-                                          max_iter=trial_iterations)
+                result = optimise_fluence(
+                    dij[:, cols], voxels, objectives, prescription_gy, target, fractions, max_iter=trial_iterations
+                )
                 value = result.history[-1] if result.history else np.inf
-            except ValueError:   # e.g. this beam alone misses the target
+            except ValueError:  # e.g. this beam alone misses the target
                 value = np.inf
             if value < best_value:
                 best, best_value = c, value

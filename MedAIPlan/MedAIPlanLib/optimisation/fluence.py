@@ -49,17 +49,23 @@ def exclusive_voxels(masks: dict[str, np.ndarray], priorities: dict[str, int]) -
 
 def _torch_csr(matrix: sp.spmatrix, device) -> torch.Tensor:
     m = matrix.tocsr().astype(np.float32)
-    m.sort_indices()          # scipy's CSR meets torch's invariants: no need to check them again
+    m.sort_indices()  # scipy's CSR meets torch's invariants: no need to check them again
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
-                                       torch.as_tensor(m.indices, dtype=torch.int64), torch.as_tensor(m.data),
-                                       size=m.shape, device=device, check_invariants=False)
+        return torch.sparse_csr_tensor(
+            torch.as_tensor(m.indptr, dtype=torch.int64),
+            torch.as_tensor(m.indices, dtype=torch.int64),
+            torch.as_tensor(m.data),
+            size=m.shape,
+            device=device,
+            check_invariants=False,
+        )
 
 
 class _Problem:
-    def __init__(self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective], scale: float,
-                 device):
+    def __init__(
+        self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective], scale: float, device
+    ):
         self.device = torch.device(device)
         self.terms = []
         used = sorted({o.structure for o in objectives})
@@ -104,11 +110,23 @@ def _target_mean_dose(problem, dij, voxels, target, fractions, blocks) -> float:
     return mean_t
 
 
-def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list[Objective],
-                     prescription_gy: float, target: str, fractions: int = 1, max_iter: int = 300,
-                     w0: np.ndarray | None = None, device="cpu", method: str = "auto", tol: float | None = None,
-                     blocks: dict | None = None, stall_iterations: int | None = None, stall_tol: float = 5e-3,
-                     progress=None) -> FluenceResult:
+def optimise_fluence(
+    dij: sp.spmatrix,
+    voxels: dict[str, np.ndarray],
+    objectives: list[Objective],
+    prescription_gy: float,
+    target: str,
+    fractions: int = 1,
+    max_iter: int = 300,
+    w0: np.ndarray | None = None,
+    device="cpu",
+    method: str = "auto",
+    tol: float | None = None,
+    blocks: dict | None = None,
+    stall_iterations: int | None = None,
+    stall_tol: float = 5e-3,
+    progress=None,
+) -> FluenceResult:
     """Optimise non-negative bixel weights; plan dose = ``fractions`` x (dij @ w).
 
     ``voxels``: flat dose-grid indices per structure (see :func:`exclusive_voxels`). The start is a
@@ -125,14 +143,14 @@ def optimise_fluence(dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives
     t0 = time.perf_counter()
     problem, value_and_grad = _objective_function(dij, voxels, objectives, fractions, blocks, torch.device(device))
     if w0 is None:
-        w0 = np.full(dij.shape[1], prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions,
-                                                                      blocks))
+        w0 = np.full(dij.shape[1], prescription_gy / _target_mean_dose(problem, dij, voxels, target, fractions, blocks))
     history: list[float] = []
-    if method == "auto":     # L-BFGS-B on every device: a GPU evaluates the objective, scipy steps (2 k numbers)
+    if method == "auto":  # L-BFGS-B on every device: a GPU evaluates the objective, scipy steps (2 k numbers)
         method = "lbfgsb"
     if method == "lbfgsb":
-        w, iters = _run_lbfgsb(value_and_grad, w0, dij.shape[1], history, max_iter, tol, stall_iterations, stall_tol,
-                               progress)
+        w, iters = _run_lbfgsb(
+            value_and_grad, w0, dij.shape[1], history, max_iter, tol, stall_iterations, stall_tol, progress
+        )
     else:
         w, iters = _run_projected_adam(value_and_grad, w0, history, max_iter, progress)
     return FluenceResult(np.asarray(w, float), history, time.perf_counter() - t0, iters)
@@ -161,11 +179,13 @@ def _objective_function(dij, voxels, objectives, fractions, blocks, dev: torch.d
     def value_and_grad(x):
         f, g = problem.value_and_grad(torch.as_tensor(x, dtype=torch.float64, device=dev))
         return f, g.cpu().numpy()
+
     return problem, value_and_grad
 
 
-def _run_lbfgsb(value_and_grad, w0, n: int, history: list[float], max_iter: int, tol, stall_iterations, stall_tol,
-                progress) -> tuple[np.ndarray, int]:
+def _run_lbfgsb(
+    value_and_grad, w0, n: int, history: list[float], max_iter: int, tol, stall_iterations, stall_tol, progress
+) -> tuple[np.ndarray, int]:
     """scipy's L-BFGS-B with bounds w >= 0 on the ``n`` bixels, stopped early on a plateau; (weights, iterations)."""
     from scipy.optimize import minimize
 
@@ -186,9 +206,15 @@ def _run_lbfgsb(value_and_grad, w0, n: int, history: list[float], max_iter: int,
                 raise StopIteration
 
     with single_threaded_blas():
-        res = minimize(fun, np.asarray(w0, float), jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
-                       callback=stalled, options={"maxiter": max_iter, "maxfun": max_iter * 2,
-                                                  "ftol": tol or 1e-10, "gtol": tol or 1e-8})
+        res = minimize(
+            fun,
+            np.asarray(w0, float),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(0, None)] * n,
+            callback=stalled,
+            options={"maxiter": max_iter, "maxfun": max_iter * 2, "ftol": tol or 1e-10, "gtol": tol or 1e-8},
+        )
     return res.x, int(res.nit)
 
 
@@ -203,7 +229,7 @@ def _run_projected_adam(value_and_grad, w0, history: list[float], max_iter: int,
         history.append(f)
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
-        step = lr * (m / (1 - 0.9 ** it)) / (np.sqrt(v / (1 - 0.999 ** it)) + 1e-12)
+        step = lr * (m / (1 - 0.9**it)) / (np.sqrt(v / (1 - 0.999**it)) + 1e-12)
         w = np.maximum(w - step, 0.0)
         if progress is not None:
             progress.update("optimisation", it / max_iter)

@@ -106,8 +106,9 @@ def fused_objective(indptr, indices, data, w, rows, row_group, grp_ptr, kind, do
     values = np.zeros(n_chunks)
     grads = np.zeros((n_chunks, len(w)))
     for c in prange(n_chunks):
-        values[c] = _fused_range(indptr, indices, data, w, rows, bounds[c], bounds[c + 1], row_group, grp_ptr,
-                                 kind, dose, coef, d, grads[c])
+        values[c] = _fused_range(
+            indptr, indices, data, w, rows, bounds[c], bounds[c + 1], row_group, grp_ptr, kind, dose, coef, d, grads[c]
+        )
     return values.sum(), grads.sum(axis=0)
 
 

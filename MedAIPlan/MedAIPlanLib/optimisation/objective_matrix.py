@@ -39,8 +39,14 @@ from MedAIPlanLib.optimisation.objectives import objective_value_grad
 class StackedObjectives:
     """Objectives of all structures on one CSR matrix ``scale`` x dij[rows] (see module docstring)."""
 
-    def __init__(self, dij: sp.spmatrix, voxels: dict[str, np.ndarray], objectives: list, scale: float = 1.0,
-                 blocks: dict[str, sp.spmatrix] | None = None):
+    def __init__(
+        self,
+        dij: sp.spmatrix,
+        voxels: dict[str, np.ndarray],
+        objectives: list,
+        scale: float = 1.0,
+        blocks: dict[str, sp.spmatrix] | None = None,
+    ):
         """``blocks``: for structure s, doses ``W @ dij[rows]`` from a pair (W, rows) instead of
         ``dij[voxels[s]]`` (e.g. :func:`ct_grid.ct_factor`: CT-grid voxels interpolated)."""
         used = sorted({o.structure for o in objectives})
@@ -93,9 +99,10 @@ class StackedObjectives:
         n_groups = min(32, max(1, self.n_cols))
         self.group_starts = np.unique(np.linspace(0, self.n_cols, n_groups, endpoint=False).astype(np.int64))
         group_of = (np.searchsorted(self.group_starts, np.arange(self.n_cols), side="right") - 1).astype(np.int64)
-        self.rowsum, self.group_rowsum = row_group_sums(self.indptr, self.indices, self.data, group_of,
-                                                        len(self.group_starts))
-        self.threshold = np.full(self.n_rows, np.inf)      # inf: row always computed
+        self.rowsum, self.group_rowsum = row_group_sums(
+            self.indptr, self.indices, self.data, group_of, len(self.group_starts)
+        )
+        self.threshold = np.full(self.n_rows, np.inf)  # inf: row always computed
         for s in used:
             objs = [o for o in self.objectives if o.structure == s]
             if s not in self.factors and all(o.type == "squared_overdose" for o in objs):
@@ -146,8 +153,19 @@ class StackedObjectives:
         rows = self.all_rows if full else rows
         nnz = int(self.indptr[-1]) if full else int(self.row_nnz[rows].sum())
         d = self._d
-        args = (self.indptr, self.indices, self.data, w, rows, self.row_group, self.grp_ptr, self.kind,
-                self.dose_ref, self.coef, d)
+        args = (
+            self.indptr,
+            self.indices,
+            self.data,
+            w,
+            rows,
+            self.row_group,
+            self.grp_ptr,
+            self.kind,
+            self.dose_ref,
+            self.coef,
+            d,
+        )
         if self.n_threads > 1 and nnz > _PARALLEL_ENTRIES:
             total, grad = fused_objective(*args, self.n_threads)
         else:
@@ -173,13 +191,14 @@ class StackedObjectives:
                 total += o.penalty * f
                 gs += o.penalty * g
         g_rows = gs if factor is None else factor.T @ gs
-        csr_rmatvec_serial(self.indptr, self.indices, self.data, g_rows, np.flatnonzero(g_rows).astype(np.int64),
-                           sl.start, grad)
+        csr_rmatvec_serial(
+            self.indptr, self.indices, self.data, g_rows, np.flatnonzero(g_rows).astype(np.int64), sl.start, grad
+        )
         return total
 
 
 _KINDS = {"squared_overdose": OVERDOSE, "squared_underdose": UNDERDOSE, "squared_deviation": DEVIATION}
-_PARALLEL_ENTRIES = 3_000_000      # below this many matrix entries one thread is as fast (2-core box)
+_PARALLEL_ENTRIES = 3_000_000  # below this many matrix entries one thread is as fast (2-core box)
 
 
 def _stack_rows(dij: sp.spmatrix, source: list[np.ndarray], scale: float):
@@ -195,8 +214,17 @@ def _stack_rows(dij: sp.spmatrix, source: list[np.ndarray], scale: float):
     indptr[1:] = np.cumsum(counts)
     indices = np.empty(int(indptr[-1]), np.uint16 if dij.shape[1] <= 65536 else np.int32)  # fewer bytes per entry
     data = np.empty(int(indptr[-1]), np.float32)
-    fill_stacked(csc.indptr, csc.indices, csc.data.astype(np.float32, copy=False), map_ptr, map_rows, indptr,
-                 np.float32(scale), indices, data)
+    fill_stacked(
+        csc.indptr,
+        csc.indices,
+        csc.data.astype(np.float32, copy=False),
+        map_ptr,
+        map_rows,
+        indptr,
+        np.float32(scale),
+        indices,
+        data,
+    )
     return indptr, indices, data
 
 
@@ -239,10 +267,23 @@ def load_kernels() -> None:
     dij = sp.csc_matrix(np.ones((3, 2), np.float32))
     objectives = [Objective("a", "squared_deviation", 1.0), Objective("b", "mean", 1.0)]
     for n_cols in (2, 70000):
-        m = sp.csc_matrix((dij.data, dij.indices, np.concatenate([dij.indptr, np.full(n_cols - 2, 6)])),
-                          shape=(3, n_cols))
+        m = sp.csc_matrix(
+            (dij.data, dij.indices, np.concatenate([dij.indptr, np.full(n_cols - 2, 6)])), shape=(3, n_cols)
+        )
         problem = StackedObjectives(m, {"a": np.array([0, 1]), "b": np.array([2])}, objectives)
         w = np.ones(n_cols)
         problem.value_and_grad(w)
-        fused_objective(problem.indptr, problem.indices, problem.data, w, problem.all_rows, problem.row_group,
-                        problem.grp_ptr, problem.kind, problem.dose_ref, problem.coef, problem._d, 2)
+        fused_objective(
+            problem.indptr,
+            problem.indices,
+            problem.data,
+            w,
+            problem.all_rows,
+            problem.row_group,
+            problem.grp_ptr,
+            problem.kind,
+            problem.dose_ref,
+            problem.coef,
+            problem._d,
+            2,
+        )

@@ -94,8 +94,14 @@ def _dvh(d, o: Objective, above: bool):
     return (r @ r) / d.shape[0], 2 * r / d.shape[0]
 
 
-DEFINITIONS = {"squared_overdose": squared_overdose, "squared_underdose": squared_underdose,
-               "squared_deviation": squared_deviation, "mean": mean_dose, "max_dvh": max_dvh, "min_dvh": min_dvh}
+DEFINITIONS = {
+    "squared_overdose": squared_overdose,
+    "squared_underdose": squared_underdose,
+    "squared_deviation": squared_deviation,
+    "mean": mean_dose,
+    "max_dvh": max_dvh,
+    "min_dvh": min_dvh,
+}
 
 
 def objective_value_grad(o: Objective, d):

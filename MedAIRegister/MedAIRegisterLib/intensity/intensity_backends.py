@@ -43,8 +43,10 @@ def choose_backend(device: str, transform_type: str, metric: str | None) -> tupl
     linear_mi = transform_type in ("rigid", "affine") and metric in (None, "mattes")
     if device == "simpleitk" or transform_type == "similarity" or (transform_type != "bspline" and not linear_mi):
         if device in ("torch", "torch-cpu", "cuda") and transform_type != "similarity":
-            raise ValueError(f"The torch path registers linear transforms by mutual information, not {metric!r}; "
-                             "use --device simpleitk for mean squares or correlation.")
+            raise ValueError(
+                f"The torch path registers linear transforms by mutual information, not {metric!r}; "
+                "use --device simpleitk for mean squares or correlation."
+            )
         return "simpleitk", "cpu"
     if device in ("torch", "auto"):
         import torch
@@ -66,10 +68,12 @@ def mask_array(mask_image: sitk.Image | None, image: sitk.Image) -> np.ndarray |
     """A mask image as a KJI uint8 array on ``image``'s grid (nearest-neighbour resampling if needed)."""
     if mask_image is None:
         return None
-    same = (mask_image.GetSize() == image.GetSize()
-            and np.allclose(mask_image.GetOrigin(), image.GetOrigin(), atol=1e-4)
-            and np.allclose(mask_image.GetSpacing(), image.GetSpacing(), atol=1e-6)
-            and np.allclose(mask_image.GetDirection(), image.GetDirection(), atol=1e-6))
+    same = (
+        mask_image.GetSize() == image.GetSize()
+        and np.allclose(mask_image.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        and np.allclose(mask_image.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        and np.allclose(mask_image.GetDirection(), image.GetDirection(), atol=1e-6)
+    )
     if not same:
         mask_image = sitk.Resample(mask_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     array = (sitk.GetArrayFromImage(mask_image) > 0).astype(np.uint8)
@@ -78,11 +82,21 @@ def mask_array(mask_image: sitk.Image | None, image: sitk.Image) -> np.ndarray |
     return array
 
 
-def register_with_backend(backend: str, torch_device: str, fixed: sitk.Image, moving: sitk.Image,
-                          transform_type: str, preset: str, *, metric: str | None = None,
-                          sampling_percentage: float | None = None, initial: sitk.Transform | None = None,
-                          fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
-                          progress=None) -> BackendResult:
+def register_with_backend(
+    backend: str,
+    torch_device: str,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    transform_type: str,
+    preset: str,
+    *,
+    metric: str | None = None,
+    sampling_percentage: float | None = None,
+    initial: sitk.Transform | None = None,
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
+    progress=None,
+) -> BackendResult:
     """Register ``moving`` to ``fixed`` on ``backend`` (see :func:`choose_backend`) with the settings of
     ``preset`` (a key of ``intensity_registration.PRESETS``); ``metric`` and ``sampling_percentage``
     (fraction 0..1) override it; ``initial``: a linear fixed -> moving transform to start from (default:
@@ -95,27 +109,69 @@ def register_with_backend(backend: str, torch_device: str, fixed: sitk.Image, mo
 
     if backend == "simpleitk":
         result = intensity_registration.register_images(
-            fixed, moving, transform_type, preset=preset, fixed_mask=fixed_mask, moving_mask=moving_mask,
-            sampling_percentage=sampling_percentage, metric=metric, initial_transform=initial, progress=report)
+            fixed,
+            moving,
+            transform_type,
+            preset=preset,
+            fixed_mask=fixed_mask,
+            moving_mask=moving_mask,
+            sampling_percentage=sampling_percentage,
+            metric=metric,
+            initial_transform=initial,
+            progress=report,
+        )
         return BackendResult(result.transform, result.metric_value, result.elapsed_s)
     settings = intensity_registration.PRESETS[preset]
     if backend == "numba" or transform_type != "bspline":
-        result = _register_linear(backend, fixed, moving, transform_type, settings, sampling_percentage,
-                                  torch_device, initial, fixed_mask, moving_mask, report)
+        result = _register_linear(
+            backend,
+            fixed,
+            moving,
+            transform_type,
+            settings,
+            sampling_percentage,
+            torch_device,
+            initial,
+            fixed_mask,
+            moving_mask,
+            report,
+        )
         return BackendResult(result.sitk_transform(), -result.mutual_information, result.elapsed_s)
-    return _register_bspline(fixed, moving, settings, metric, sampling_percentage, torch_device, initial,
-                             fixed_mask, moving_mask, progress)
+    return _register_bspline(
+        fixed, moving, settings, metric, sampling_percentage, torch_device, initial, fixed_mask, moving_mask, progress
+    )
 
 
-def _register_linear(backend, fixed, moving, transform_type, settings, sampling_percentage, torch_device, initial,
-                     fixed_mask, moving_mask, progress):
+def _register_linear(
+    backend,
+    fixed,
+    moving,
+    transform_type,
+    settings,
+    sampling_percentage,
+    torch_device,
+    initial,
+    fixed_mask,
+    moving_mask,
+    progress,
+):
     arguments = dict(
-        bins=settings.bins, sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
-        shrink_factors=settings.shrink_factors, smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
+        bins=settings.bins,
+        sampling_percentage=sampling_percentage or max(0.2, settings.sampling_percentage),
+        shrink_factors=settings.shrink_factors,
+        smoothing_sigmas_mm=settings.smoothing_sigmas_mm,
         initial_matrix_lps=None if initial is None else intensity_registration.affine_matrix(initial),
-        fixed_mask=mask_array(fixed_mask, fixed), moving_mask=mask_array(moving_mask, moving), progress=progress)
-    images = (sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-              Geometry.from_sitk(moving), transform_type)
+        fixed_mask=mask_array(fixed_mask, fixed),
+        moving_mask=mask_array(moving_mask, moving),
+        progress=progress,
+    )
+    images = (
+        sitk.GetArrayFromImage(fixed),
+        Geometry.from_sitk(fixed),
+        sitk.GetArrayFromImage(moving),
+        Geometry.from_sitk(moving),
+        transform_type,
+    )
     if backend == "numba":
         from MedAIRegisterLib.intensity.numba_registration import register_numba
 
@@ -125,20 +181,40 @@ def _register_linear(backend, fixed, moving, transform_type, settings, sampling_
     return register_torch(*images, device=torch_device, **arguments)
 
 
-def _register_bspline(fixed, moving, settings, metric, sampling_percentage, torch_device, initial, fixed_mask,
-                      moving_mask, progress) -> BackendResult:
+def _register_bspline(
+    fixed, moving, settings, metric, sampling_percentage, torch_device, initial, fixed_mask, moving_mask, progress
+) -> BackendResult:
     """Affine MI stage (numba on the CPU, torch on CUDA) then the torch B-spline FFD; ITK composite."""
     from MedAIRegisterLib.intensity.torch_bspline import register_bspline
 
     linear_backend = "numba" if torch_device == "cpu" else "torch"
-    linear = _register_linear(linear_backend, fixed, moving, "affine", settings, sampling_percentage, torch_device,
-                              initial, fixed_mask, moving_mask, lambda f: progress("registering", 0.3 * f))
+    linear = _register_linear(
+        linear_backend,
+        fixed,
+        moving,
+        "affine",
+        settings,
+        sampling_percentage,
+        torch_device,
+        initial,
+        fixed_mask,
+        moving_mask,
+        lambda f: progress("registering", 0.3 * f),
+    )
     result = register_bspline(
-        sitk.GetArrayFromImage(fixed), Geometry.from_sitk(fixed), sitk.GetArrayFromImage(moving),
-        Geometry.from_sitk(moving), linear.matrix_lps, metric=metric or "mattes",
-        mesh_spacing_mm=settings.bspline_mesh_mm / 2, bins=settings.bins,
-        fixed_mask=mask_array(fixed_mask, fixed), moving_mask=mask_array(moving_mask, moving), device=torch_device,
-        progress=lambda f: progress("deformable", 0.3 + 0.7 * f))
+        sitk.GetArrayFromImage(fixed),
+        Geometry.from_sitk(fixed),
+        sitk.GetArrayFromImage(moving),
+        Geometry.from_sitk(moving),
+        linear.matrix_lps,
+        metric=metric or "mattes",
+        mesh_spacing_mm=settings.bspline_mesh_mm / 2,
+        bins=settings.bins,
+        fixed_mask=mask_array(fixed_mask, fixed),
+        moving_mask=mask_array(moving_mask, moving),
+        device=torch_device,
+        progress=lambda f: progress("deformable", 0.3 + 0.7 * f),
+    )
     return BackendResult(result.sitk_transform(), result.final_metric, linear.elapsed_s + result.elapsed_s)
 
 
@@ -150,8 +226,14 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image, transform: sitk.Tra
     return sitk.GetArrayFromImage(out)
 
 
-def keep_better_than_start(fixed: sitk.Image, moving: sitk.Image, start: sitk.Transform, result: sitk.Transform,
-                           metric: str = "mattes", same_modality: bool = False):
+def keep_better_than_start(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    start: sitk.Transform,
+    result: sitk.Transform,
+    metric: str = "mattes",
+    same_modality: bool = False,
+):
     """(transform kept, moving resampled with it onto the fixed grid, metrics) for a registration ``result``
     that began at ``start`` (both ITK fixed -> moving). The metrics (see :func:`quality.alignment_metrics`,
     on the whole fixed grid) say whether the optimised ``metric`` improved; when it got worse the start is kept
@@ -162,12 +244,16 @@ def keep_better_than_start(fixed: sitk.Image, moving: sitk.Image, start: sitk.Tr
     improved = metrics.pop("improved")
     metrics["kept_start"] = not improved
     if not improved:
-        notices.warn(f"Registration made the {metrics['metric']} worse than at the start "
-                     f"({metrics['metric_before']:.4g} -> {metrics['metric_after']:.4g}); the starting position is "
-                     "kept, not the result: check the overlap, give an initial transform or another preset.")
+        notices.warn(
+            f"Registration made the {metrics['metric']} worse than at the start "
+            f"({metrics['metric_before']:.4g} -> {metrics['metric_after']:.4g}); the starting position is "
+            "kept, not the result: check the overlap, give an initial transform or another preset."
+        )
         return start, before, metrics
     if same_modality and metrics["ncc_after"] < metrics["ncc_before"]:
-        notices.warn(f"Registration raised the {metrics['metric']} but lowered the correlation of these "
-                     f"same-modality volumes ({metrics['ncc_before']:.3f} -> {metrics['ncc_after']:.3f}); check "
-                     "the overlay.")
+        notices.warn(
+            f"Registration raised the {metrics['metric']} but lowered the correlation of these "
+            f"same-modality volumes ({metrics['ncc_before']:.3f} -> {metrics['ncc_after']:.3f}); check "
+            "the overlay."
+        )
     return result, after, metrics

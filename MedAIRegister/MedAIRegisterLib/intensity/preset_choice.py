@@ -41,12 +41,14 @@ def image_modality(array: np.ndarray, dicom_modality: str | None = None) -> tupl
     air = float(np.mean((values >= AIR_HU[0]) & (values <= AIR_HU[1])))
     if air >= MIN_AIR_SHARE and np.percentile(values, 99.9) > 0.0:
         return "CT", f"CT-like intensities ({air:.1%} of voxels at -1000 HU air, max {values.max():.0f})"
-    return "MR", (f"MR-like intensities (no -1000 HU air: {air:.1%} of voxels, range "
-                  f"{values.min():.0f}..{values.max():.0f})")
+    return "MR", (
+        f"MR-like intensities (no -1000 HU air: {air:.1%} of voxels, range {values.min():.0f}..{values.max():.0f})"
+    )
 
 
-def choose_preset(fixed: np.ndarray, moving: np.ndarray, fixed_modality: str | None = None,
-                  moving_modality: str | None = None) -> tuple[str, str]:
+def choose_preset(
+    fixed: np.ndarray, moving: np.ndarray, fixed_modality: str | None = None, moving_modality: str | None = None
+) -> tuple[str, str]:
     """(preset, reason) for registering ``moving`` onto ``fixed`` (intensity arrays; optional DICOM
     modalities): ct-ct for two CTs, ct-mr-head for CT and MR, mr-mr-brain for two MR-like volumes, pet-ct for
     PET and CT, and the multimodal ct-mr-head for any other pair."""

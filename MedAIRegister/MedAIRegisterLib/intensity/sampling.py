@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def sample_fixed_voxels(shape_kji, shrink: int, fixed_mask, sampling_fraction: float,
-                        rng: np.random.Generator) -> np.ndarray:
+def sample_fixed_voxels(
+    shape_kji, shrink: int, fixed_mask, sampling_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """KJI indices (n, 3) of the fixed grid at one pyramid level: every ``shrink``-th voxel, inside
     ``fixed_mask`` (KJI, non-zero = inside) if given, then a random subset of ``sampling_fraction``
     (at least 500 points)."""

@@ -28,15 +28,19 @@ def uniform_rotations(count: int) -> np.ndarray:
     r, big_r = np.sqrt(s / count), np.sqrt(1.0 - s / count)
     alpha, beta = 2 * np.pi * s / np.sqrt(2.0), 2 * np.pi * s / 1.533751168755204288118041
     x, y, z, w = r * np.sin(alpha), r * np.cos(alpha), big_r * np.sin(beta), big_r * np.cos(beta)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], 1)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        1,
+    )
 
 
-def initial_transforms(fixed: np.ndarray, moving: np.ndarray, mode: str = "axes",
-                       rotations: int = 192) -> dict[str, np.ndarray]:
+def initial_transforms(
+    fixed: np.ndarray, moving: np.ndarray, mode: str = "axes", rotations: int = 192
+) -> dict[str, np.ndarray]:
     """Candidate moving -> fixed starts, all superimposing the centroids: ``"centroid"`` only,
     ``"axes"`` (+ principal axes matched with the 4 proper sign flips), ``"all"`` (+ the 24
     rotations permuting the principal axes) or ``"sphere"`` (+ ``rotations`` uniformly spread ones,

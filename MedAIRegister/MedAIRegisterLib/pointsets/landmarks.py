@@ -61,8 +61,10 @@ def _check_pairs(source: np.ndarray, target: np.ndarray, minimum: int) -> tuple[
     source = np.atleast_2d(np.asarray(source, dtype=float))
     target = np.atleast_2d(np.asarray(target, dtype=float))
     if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 3:
-        raise ValueError(f"Landmarks must be two (N, 3) arrays of paired points, got {source.shape} and "
-                         f"{target.shape}; place the same number of points in both lists, in the same order.")
+        raise ValueError(
+            f"Landmarks must be two (N, 3) arrays of paired points, got {source.shape} and "
+            f"{target.shape}; place the same number of points in both lists, in the same order."
+        )
     if len(source) < minimum:
         raise ValueError(f"This fit needs at least {minimum} landmark pairs, got {len(source)}; add more points.")
     if not (np.all(np.isfinite(source)) and np.all(np.isfinite(target))):
@@ -146,7 +148,7 @@ def predicted_tre(fiducials: np.ndarray, targets: np.ndarray, fle_rms_mm: float)
     n = len(fiducials)
     centroid = fiducials.mean(axis=0)
     _, _, axes = np.linalg.svd(fiducials - centroid, full_matrices=False)
-    centred_f = (fiducials - centroid) @ axes.T          # coordinates along principal axes
+    centred_f = (fiducials - centroid) @ axes.T  # coordinates along principal axes
     centred_t = (targets - centroid) @ axes.T
     ratio = np.zeros(len(targets))
     for k in range(3):
@@ -196,7 +198,7 @@ def read_elastix_points(path) -> np.ndarray:
     if not lines or lines[0].lower() not in ("point", "index"):
         raise ValueError(f"{path} is not an elastix point file (first line must be 'point' or 'index').")
     count = int(lines[1])
-    points = np.array([[float(v) for v in line.split()] for line in lines[2:2 + count]])
+    points = np.array([[float(v) for v in line.split()] for line in lines[2 : 2 + count]])
     if points.shape != (count, 3):
         raise ValueError(f"{path} announces {count} points but holds {points.shape}.")
     return points

@@ -87,9 +87,15 @@ def trust_info(bundle) -> dict:
     digest = code_digest(bundle)
     entry = _read_store().get(key)
     trusted = bool(entry) and entry.get("digest") == digest
-    return {"path": key, "origin": entry.get("origin", ORIGIN_LOCAL) if trusted else ORIGIN_LOCAL,
-            "source": entry.get("source") if trusted else None, "digest": digest, "trusted": trusted,
-            "changed": bool(entry) and not trusted, "trusted_at": entry.get("trusted_at") if trusted else None}
+    return {
+        "path": key,
+        "origin": entry.get("origin", ORIGIN_LOCAL) if trusted else ORIGIN_LOCAL,
+        "source": entry.get("source") if trusted else None,
+        "digest": digest,
+        "trusted": trusted,
+        "changed": bool(entry) and not trusted,
+        "trusted_at": entry.get("trusted_at") if trusted else None,
+    }
 
 
 def is_trusted(bundle) -> bool:
@@ -100,8 +106,12 @@ def is_trusted(bundle) -> bool:
 def record_trust(bundle, origin: str = ORIGIN_LOCAL, source: str | None = None) -> dict:
     """Record the bundle's current content as trusted (replacing an older entry); returns :func:`trust_info`."""
     entries = _read_store()
-    entries[_key(bundle)] = {"digest": code_digest(bundle), "origin": origin, "source": source,
-                             "trusted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entries[_key(bundle)] = {
+        "digest": code_digest(bundle),
+        "origin": origin,
+        "source": source,
+        "trusted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _write_store(entries)
     return trust_info(bundle)
 
@@ -123,4 +133,5 @@ def require_trusted(bundle) -> dict:
         f"The MONAI bundle {info['path']} is not trusted ({why}); bundle configs can run Python code, so it "
         "runs only after you trust it. Check where it came from, then confirm the trust prompt in the MedAISeg "
         "panel, add --trust-bundle to the medai command ('medai segment', 'medai export'), or call MedAISegLogic.trust_bundle(path) "
-        f"(configs sha256 {info['digest'][:16]}...).")
+        f"(configs sha256 {info['digest'][:16]}...)."
+    )

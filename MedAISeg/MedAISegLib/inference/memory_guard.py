@@ -26,9 +26,17 @@ class MemoryEstimate:
     advice: str = ""
 
 
-def estimate_memory(shape, channels: int, classes: int, roi_size, batch_size: int = 4, parameters: int = 0,
-                    cpu_stitching: bool = False, amp: bool = False,
-                    activation_bytes_per_voxel: float = 512.0) -> MemoryEstimate:
+def estimate_memory(
+    shape,
+    channels: int,
+    classes: int,
+    roi_size,
+    batch_size: int = 4,
+    parameters: int = 0,
+    cpu_stitching: bool = False,
+    amp: bool = False,
+    activation_bytes_per_voxel: float = 512.0,
+) -> MemoryEstimate:
     """Estimate the memory of a run on a working grid of ``shape`` voxels (3 ints)."""
     voxels = int(np.prod(shape))
     roi_voxels = int(np.prod(roi_size))
@@ -41,17 +49,27 @@ def estimate_memory(shape, channels: int, classes: int, roi_size, batch_size: in
     return MemoryEstimate(int(device), int(host), batch_size, cpu_stitching)
 
 
-def choose_setting(shape, channels: int, classes: int, roi_size, device_free_bytes: int | None,
-                   host_free_bytes: int | None, batch_size: int = 4, parameters: int = 0, amp: bool = False,
-                   activation_bytes_per_voxel: float = 512.0) -> MemoryEstimate:
+def choose_setting(
+    shape,
+    channels: int,
+    classes: int,
+    roi_size,
+    device_free_bytes: int | None,
+    host_free_bytes: int | None,
+    batch_size: int = 4,
+    parameters: int = 0,
+    amp: bool = False,
+    activation_bytes_per_voxel: float = 512.0,
+) -> MemoryEstimate:
     """The largest batch (halving from ``batch_size``) that fits, moving stitching to the CPU if
     needed; ``fits`` is False with ``advice`` (lower resolution / CPU) when nothing fits.
     Free-memory figures of None mean "unknown" (assumed to fit)."""
     for cpu_stitching in (False, True):
         batch = batch_size
         while batch >= 1:
-            estimate = estimate_memory(shape, channels, classes, roi_size, batch, parameters, cpu_stitching, amp,
-                                       activation_bytes_per_voxel)
+            estimate = estimate_memory(
+                shape, channels, classes, roi_size, batch, parameters, cpu_stitching, amp, activation_bytes_per_voxel
+            )
             device_ok = device_free_bytes is None or estimate.device_bytes <= device_free_bytes
             host_ok = host_free_bytes is None or estimate.host_bytes <= host_free_bytes
             if device_ok and host_ok:
@@ -60,9 +78,11 @@ def choose_setting(shape, channels: int, classes: int, roi_size, device_free_byt
     estimate = estimate_memory(shape, channels, classes, roi_size, 1, parameters, True, amp, activation_bytes_per_voxel)
     estimate.fits = False
     factor = max(estimate.host_bytes / max(host_free_bytes or 1, 1), 1.0) ** (1 / 3)
-    estimate.advice = (f"Needs about {estimate.device_bytes / 2**30:.1f} GiB on the device and "
-                       f"{estimate.host_bytes / 2**30:.1f} GiB of RAM; run at a coarser spacing (about "
-                       f"{factor:.1f}x the voxel size), on a smaller crop, or on the CPU.")
+    estimate.advice = (
+        f"Needs about {estimate.device_bytes / 2**30:.1f} GiB on the device and "
+        f"{estimate.host_bytes / 2**30:.1f} GiB of RAM; run at a coarser spacing (about "
+        f"{factor:.1f}x the voxel size), on a smaller crop, or on the CPU."
+    )
     return estimate
 
 

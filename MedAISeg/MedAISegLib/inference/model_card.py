@@ -95,8 +95,15 @@ class ModelCard:
         """Build from parsed JSON, checking the fields that matter; raises ValueError naming the problem."""
         if "labels" not in data or not data["labels"]:
             raise ValueError("The model card lists no labels; add 'labels': [{'value': 1, 'name': ...}].")
-        labels = [LabelInfo(int(item["value"]), str(item["name"]), tuple(item["color"]) if item.get("color") else None,
-                            item.get("terminology")) for item in data["labels"]]
+        labels = [
+            LabelInfo(
+                int(item["value"]),
+                str(item["name"]),
+                tuple(item["color"]) if item.get("color") else None,
+                item.get("terminology"),
+            )
+            for item in data["labels"]
+        ]
         norm = dict(data.get("normalization") or {"type": "none"})
         if norm.get("type") not in NORMALIZATIONS:
             raise ValueError(f"Unknown normalisation {norm.get('type')!r} in the model card; use {NORMALIZATIONS}")
@@ -107,13 +114,21 @@ class ModelCard:
         roi = tuple(int(v) for v in data.get("roi_size", (96, 96, 96)))
         if len(roi) != 3:
             raise ValueError(f"roi_size needs three sizes (voxels), got {roi}")
-        return cls(name=str(data.get("name", "model")), labels=labels, inputs=list(data.get("inputs") or [{"name": "image"}]),
-                   spacing_mm=tuple(float(s) for s in spacing) if spacing else None, axis_order=order,
-                   normalization=norm, roi_size=roi, overlap=float(data.get("overlap", 0.25)),
-                   activation=data.get("activation", "softmax"), file=data.get("file"),
-                   format=data.get("format", "torchscript"),
-                   activation_bytes_per_voxel=float(data.get("activation_bytes_per_voxel", 512.0)),
-                   orientation=check_orientation(data.get("orientation")))
+        return cls(
+            name=str(data.get("name", "model")),
+            labels=labels,
+            inputs=list(data.get("inputs") or [{"name": "image"}]),
+            spacing_mm=tuple(float(s) for s in spacing) if spacing else None,
+            axis_order=order,
+            normalization=norm,
+            roi_size=roi,
+            overlap=float(data.get("overlap", 0.25)),
+            activation=data.get("activation", "softmax"),
+            file=data.get("file"),
+            format=data.get("format", "torchscript"),
+            activation_bytes_per_voxel=float(data.get("activation_bytes_per_voxel", 512.0)),
+            orientation=check_orientation(data.get("orientation")),
+        )
 
     @classmethod
     def load(cls, path) -> ModelCard:
@@ -126,12 +141,28 @@ class ModelCard:
 
     def to_dict(self) -> dict:
         """The card as JSON-able data."""
-        return {"name": self.name, "format": self.format, "file": self.file, "inputs": self.inputs,
-                "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None, "axis_order": self.axis_order,
-                "normalization": self.normalization, "roi_size": list(self.roi_size), "overlap": self.overlap,
-                "activation": self.activation, "orientation": self.orientation,
-                "labels": [{"value": lab.value, "name": lab.name, "color": list(lab.color) if lab.color else None,
-                            "terminology": lab.terminology} for lab in self.labels]}
+        return {
+            "name": self.name,
+            "format": self.format,
+            "file": self.file,
+            "inputs": self.inputs,
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "axis_order": self.axis_order,
+            "normalization": self.normalization,
+            "roi_size": list(self.roi_size),
+            "overlap": self.overlap,
+            "activation": self.activation,
+            "orientation": self.orientation,
+            "labels": [
+                {
+                    "value": lab.value,
+                    "name": lab.name,
+                    "color": list(lab.color) if lab.color else None,
+                    "terminology": lab.terminology,
+                }
+                for lab in self.labels
+            ],
+        }
 
     def save(self, path) -> Path:
         """Write the card as JSON."""
@@ -143,8 +174,11 @@ class ModelCard:
 def find_card(model_path) -> Path | None:
     """The card of a model file: ``<file>.json``, ``<stem>.json`` or ``model_card.json`` beside it."""
     model_path = Path(model_path)
-    for candidate in (model_path.with_name(model_path.name + ".json"), model_path.with_suffix(".json"),
-                      model_path.parent / "model_card.json"):
+    for candidate in (
+        model_path.with_name(model_path.name + ".json"),
+        model_path.with_suffix(".json"),
+        model_path.parent / "model_card.json",
+    ):
         if candidate.exists() and candidate != model_path:
             return candidate
     return None

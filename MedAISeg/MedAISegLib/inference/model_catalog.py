@@ -28,8 +28,18 @@ from MedAICommonLib.downloads import ChecksumError, download, file_digest
 
 from MedAISegLib.inference.bundle_trust import ORIGIN_CATALOGUE, is_trusted, record_trust
 
-__all__ = ["ChecksumError", "cache_dir", "download", "download_model", "file_digest", "find_model",
-           "import_local_model", "load_catalog", "safe_extract", "validate"]
+__all__ = [
+    "ChecksumError",
+    "cache_dir",
+    "download",
+    "download_model",
+    "file_digest",
+    "find_model",
+    "import_local_model",
+    "load_catalog",
+    "safe_extract",
+    "validate",
+]
 
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
 CATALOG_PATH = RESOURCES / "model_catalog.json"
@@ -54,7 +64,9 @@ def validate(instance, schema: dict, path: str = "$") -> list[str]:
     minimum, minItems, anyOf); an empty list means valid."""
     errors = []
     kind = schema.get("type")
-    if kind and (not isinstance(instance, _TYPES[kind]) or (kind in ("number", "integer") and isinstance(instance, bool))):
+    if kind and (
+        not isinstance(instance, _TYPES[kind]) or (kind in ("number", "integer") and isinstance(instance, bool))
+    ):
         return [f"{path}: expected {kind}, got {type(instance).__name__}"]
     if "enum" in schema and instance not in schema["enum"]:
         errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
@@ -148,8 +160,9 @@ def _verify_archive(entry: dict, archive: Path) -> None:
     for algorithm in ("sha256", "sha1"):
         if entry.get(algorithm) and file_digest(archive, algorithm) != entry[algorithm].lower():
             archive.unlink(missing_ok=True)
-            raise ChecksumError(f"{archive.name} of {entry['id']} failed the {algorithm} check; it was deleted, "
-                                "download it again.")
+            raise ChecksumError(
+                f"{archive.name} of {entry['id']} failed the {algorithm} check; it was deleted, download it again."
+            )
 
 
 def _trust_if_bundle(entry: dict, model: Path) -> None:
@@ -186,8 +199,10 @@ def download_model(model_id: str, catalog: list[dict] | None = None, progress=No
     re-verified archive."""
     entry = find_model(model_id, catalog)
     if not (entry.get("sha256") or entry.get("sha1")):
-        raise ValueError(f"The catalogue entry {entry['id']!r} has no sha256 checksum; refusing an unchecked "
-                         "download. Add the file's sha256 to the catalogue.")
+        raise ValueError(
+            f"The catalogue entry {entry['id']!r} has no sha256 checksum; refusing an unchecked "
+            "download. Add the file's sha256 to the catalogue."
+        )
     folder = Path(cache or cache_dir()) / entry["id"]
     name = Path(entry["url"].split("?")[0]).name or "download"
     archive = folder / name
@@ -202,8 +217,14 @@ def download_model(model_id: str, catalog: list[dict] | None = None, progress=No
         model = _unpack(entry, archive, folder, name)
         _trust_if_bundle(entry, model)
         return model
-    archive = download(entry["url"], archive, sha256=entry.get("sha256"), sha1=entry.get("sha1"),
-                       size_bytes=entry.get("size_bytes"), progress=progress)
+    archive = download(
+        entry["url"],
+        archive,
+        sha256=entry.get("sha256"),
+        sha1=entry.get("sha1"),
+        size_bytes=entry.get("size_bytes"),
+        progress=progress,
+    )
     _verify_archive(entry, archive)
     model = _unpack(entry, archive, folder, name)
     _trust_if_bundle(entry, model)

@@ -21,8 +21,18 @@ import torch
 
 from MedAICommonLib.cohort.model_cache import cached_model
 
-_CORRUPT = ("central directory", "zip archive", "unexpected eof", "ran out of input", "corrupt", "truncated",
-            "invalid header", "failed finding", "file not found in archive", "pytorchstreamreader")
+_CORRUPT = (
+    "central directory",
+    "zip archive",
+    "unexpected eof",
+    "ran out of input",
+    "corrupt",
+    "truncated",
+    "invalid header",
+    "failed finding",
+    "file not found in archive",
+    "pytorchstreamreader",
+)
 _CHANNELS = re.compile(r"expected input\[([^\]]*)\] to have (\d+) channels, but got (\d+) channels")
 
 
@@ -59,16 +69,19 @@ def pickle_code_references(path) -> list[str]:
 
 
 def _code_error(path: Path, references: list[str]) -> ValueError:
-    return ValueError(f"Refused to load {path}: the file holds code, not only weights (its pickle calls "
-                      f"{', '.join(references[:5])} when loaded; torch.load(weights_only=True) refuses such a "
-                      "GLOBAL/REDUCE). MedAI never runs it; only use model files from a source you trust, and "
-                      "re-download or re-export the model as plain weights or TorchScript.")
+    return ValueError(
+        f"Refused to load {path}: the file holds code, not only weights (its pickle calls "
+        f"{', '.join(references[:5])} when loaded; torch.load(weights_only=True) refuses such a "
+        "GLOBAL/REDUCE). MedAI never runs it; only use model files from a source you trust, and "
+        "re-download or re-export the model as plain weights or TorchScript."
+    )
 
 
 def _corrupt_error(path: Path, error: BaseException) -> ValueError:
     first = str(error).strip().split(". ")[0] if str(error).strip() else type(error).__name__
-    return ValueError(f"The model weights {path} are truncated or corrupt ({first[:160]}); "
-                      "re-download or re-export the model.")
+    return ValueError(
+        f"The model weights {path} are truncated or corrupt ({first[:160]}); re-download or re-export the model."
+    )
 
 
 def _looks_corrupt(error: BaseException) -> bool:
@@ -91,9 +104,11 @@ def _load_state_dict_file(path: Path) -> dict:
         if references:
             raise _code_error(path, references) from error
         if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
-            raise ValueError(f"Refused to load {path}: it is not plain weights (torch.load weights_only=True "
-                             f"refused it: {str(error).splitlines()[0][:200]}). Only use model files from a "
-                             "source you trust; re-download or re-export the model.") from error
+            raise ValueError(
+                f"Refused to load {path}: it is not plain weights (torch.load weights_only=True "
+                f"refused it: {str(error).splitlines()[0][:200]}). Only use model files from a "
+                "source you trust; re-download or re-export the model."
+            ) from error
         raise _corrupt_error(path, error) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
         if isinstance(error, OSError) or _looks_corrupt(error):
@@ -102,8 +117,10 @@ def _load_state_dict_file(path: Path) -> dict:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no network weights (a state dict of tensors); re-export the model "
-                         "with torch.save(network.state_dict(), ...).")
+        raise ValueError(
+            f"{path} holds no network weights (a state dict of tensors); re-export the model "
+            "with torch.save(network.state_dict(), ...)."
+        )
     return state
 
 
@@ -122,8 +139,10 @@ def _load_torchscript_file(path: Path, device):
             raise _code_error(path, references) from error
         if isinstance(error, OSError) or _looks_corrupt(error):
             raise _corrupt_error(path, error) from error
-        raise ValueError(f"{path} is not a TorchScript model ({str(error).splitlines()[0][:160]}); export it "
-                         "with torch.jit.save, or re-download the model.") from error
+        raise ValueError(
+            f"{path} is not a TorchScript model ({str(error).splitlines()[0][:160]}); export it "
+            "with torch.jit.save, or re-download the model."
+        ) from error
 
 
 def load_weights_into(network, state: dict, path) -> None:
@@ -131,8 +150,10 @@ def load_weights_into(network, state: dict, path) -> None:
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"The weights {path} do not fit the bundle's network_def "
-                         f"({' '.join(str(error).split())[:240]}); re-download or re-export the model.") from error
+        raise ValueError(
+            f"The weights {path} do not fit the bundle's network_def "
+            f"({' '.join(str(error).split())[:240]}); re-download or re-export the model."
+        ) from error
 
 
 def first_layer_channels(network) -> int | None:
@@ -149,6 +170,8 @@ def explain_channel_error(error: BaseException, given: int, model: str) -> Value
     if match is None:
         return None
     expected = int(match.group(2))
-    return ValueError(f"The model {model} expects {expected} input channel(s) but was given {given}; "
-                      f"select {expected} input volume(s), or fix the model "
-                      "card's 'inputs' / the bundle's network_def so they match the network.")
+    return ValueError(
+        f"The model {model} expects {expected} input channel(s) but was given {given}; "
+        f"select {expected} input volume(s), or fix the model "
+        "card's 'inputs' / the bundle's network_def so they match the network."
+    )

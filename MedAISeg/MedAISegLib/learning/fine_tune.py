@@ -70,24 +70,35 @@ def _load_card_model(path: Path) -> InitialModel:
 
     card_path = find_card(path)
     if card_path is None:
-        raise ValueError(f"No model card found for {path}; put {path.name}.json or model_card.json beside it "
-                         "(labels, spacing, normalisation, ROI) before fine-tuning it.")
+        raise ValueError(
+            f"No model card found for {path}; put {path.name}.json or model_card.json beside it "
+            "(labels, spacing, normalisation, ROI) before fine-tuning it."
+        )
     card = ModelCard.load(card_path)
     if card.activation != "softmax":
-        raise ValueError(f"{path}: only softmax models (background channel 0) can be fine-tuned; the card says "
-                         f"activation {card.activation!r}.")
+        raise ValueError(
+            f"{path}: only softmax models (background channel 0) can be fine-tuned; the card says "
+            f"activation {card.activation!r}."
+        )
     scripted = load_torchscript(path, "cpu")
     labels = {int(label.value): label.name for label in card.labels}
-    common = {"labels": labels, "out_channels": card.classes, "in_channels": card.channels,
-              "spacing_mm": tuple(card.spacing_mm) if card.spacing_mm else None, "roi": tuple(card.roi_size),
-              "normalization": dict(card.normalization), "axcodes": None if card.axis_order == "ijk" else "RAS"}
+    common = {
+        "labels": labels,
+        "out_channels": card.classes,
+        "in_channels": card.channels,
+        "spacing_mm": tuple(card.spacing_mm) if card.spacing_mm else None,
+        "roi": tuple(card.roi_size),
+        "normalization": dict(card.normalization),
+        "axcodes": None if card.axis_order == "ijk" else "RAS",
+    }
     definition = _card_definition(json.loads(card_path.read_text()), card.channels, card.classes)
     if definition is not None:
         try:
             network = build_network(definition)
             network.load_state_dict(scripted.state_dict())
-            return InitialModel(network, definition, source=f"torchscript rebuilt as {definition['_target_']}",
-                                **common)
+            return InitialModel(
+                network, definition, source=f"torchscript rebuilt as {definition['_target_']}", **common
+            )
         except Exception as error:  # noqa: BLE001 - any mismatch: fine-tune the scripted module instead
             source = f"torchscript (card architecture not usable: {str(error).splitlines()[0][:120]})"
     else:
@@ -118,9 +129,18 @@ def load_initial_model(path) -> InitialModel:
         spacing, roi, axcodes, normalization = bundle_settings(path)
         source = "bundle (settings from its preprocessing)"
     roi = roi or inputs.get("spatial_shape") or [96, 96, 96]
-    return InitialModel(network, definition, labels or {1: "label 1"}, out_channels, in_channels,
-                        tuple(float(v) for v in spacing) if spacing is not None else None,
-                        tuple(int(r) for r in roi), dict(normalization), axcodes, source=source)
+    return InitialModel(
+        network,
+        definition,
+        labels or {1: "label 1"},
+        out_channels,
+        in_channels,
+        tuple(float(v) for v in spacing) if spacing is not None else None,
+        tuple(int(r) for r in roi),
+        dict(normalization),
+        axcodes,
+        source=source,
+    )
 
 
 def bundle_settings(bundle) -> tuple:
@@ -142,13 +162,22 @@ def bundle_settings(bundle) -> tuple:
             spacing = [float(v) for v in np.atleast_1d(transform.spacing_transform.pixdim)]
         elif isinstance(transform, T.ScaleIntensityRanged):
             scaler = transform.scaler
-            normalization = {"type": "window", "a_min": float(scaler.a_min), "a_max": float(scaler.a_max),
-                             "b_min": float(scaler.b_min), "b_max": float(scaler.b_max), "clip": bool(scaler.clip)}
+            normalization = {
+                "type": "window",
+                "a_min": float(scaler.a_min),
+                "a_max": float(scaler.a_max),
+                "b_min": float(scaler.b_min),
+                "b_max": float(scaler.b_max),
+                "clip": bool(scaler.clip),
+            }
         elif isinstance(transform, T.NormalizeIntensityd):
             normalization = {"type": "zscore", "nonzero": bool(transform.normalizer.nonzero)}
         elif isinstance(transform, T.ScaleIntensityRangePercentilesd):
-            normalization = {"type": "percentile", "lower": float(transform.scaler.lower),
-                             "upper": float(transform.scaler.upper)}
+            normalization = {
+                "type": "percentile",
+                "lower": float(transform.scaler.lower),
+                "upper": float(transform.scaler.upper),
+            }
     roi = None
     parser = ConfigParser()
     parser.read_config(str(Path(bundle) / "configs" / "inference.json"))
@@ -260,10 +289,12 @@ def _adapt_scripted(initial: InitialModel, out_channels: int, mapping: dict, roi
         module.weight = old_weight
         if isinstance(old_bias, torch.Tensor):
             module.bias = old_bias
-    raise ValueError(f"The TorchScript model has {initial.out_channels} output channels and no final output "
-                     f"convolution could be replaced to give {out_channels}; fine-tune it with its own label set "
-                     "or name its MONAI architecture in the model card ('network_def' or 'architecture') so it "
-                     "can be rebuilt.")
+    raise ValueError(
+        f"The TorchScript model has {initial.out_channels} output channels and no final output "
+        f"convolution could be replaced to give {out_channels}; fine-tune it with its own label set "
+        "or name its MONAI architecture in the model card ('network_def' or 'architecture') so it "
+        "can be rebuilt."
+    )
 
 
 def adapt_to_labels(initial: InitialModel, new_labels: dict, roi=None) -> tuple[torch.nn.Module, dict | None]:

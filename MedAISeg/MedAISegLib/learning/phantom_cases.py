@@ -13,8 +13,14 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def make_phantom_case(seed: int, shape=(32, 32, 32), spacing_mm: float = 2.0, contrast=(60.0, 120.0),
-                      noise=(10.0, 25.0), radius_mm=(6.0, 14.0)) -> tuple[sitk.Image, sitk.Image]:
+def make_phantom_case(
+    seed: int,
+    shape=(32, 32, 32),
+    spacing_mm: float = 2.0,
+    contrast=(60.0, 120.0),
+    noise=(10.0, 25.0),
+    radius_mm=(6.0, 14.0),
+) -> tuple[sitk.Image, sitk.Image]:
     """Image and label (SimpleITK, LPS) of phantom ``seed`` on a ``shape`` (i, j, k) grid.
 
     ``contrast``, ``noise`` and ``radius_mm`` are (low, high) ranges sampled uniformly; the
@@ -45,8 +51,9 @@ def make_phantom_case(seed: int, shape=(32, 32, 32), spacing_mm: float = 2.0, co
     return result[0], result[1]
 
 
-def make_two_lesion_case(seed: int, shape=(32, 32, 32), spacing_mm: float = 2.0, noise=(10.0, 20.0)
-                         ) -> tuple[sitk.Image, sitk.Image]:
+def make_two_lesion_case(
+    seed: int, shape=(32, 32, 32), spacing_mm: float = 2.0, noise=(10.0, 20.0)
+) -> tuple[sitk.Image, sitk.Image]:
     """Image and label (SimpleITK, LPS) with a bright lesion (label 1) in the lower-x half and a
     dark lesion (label 2) in the upper-x half; radii, contrasts and noise vary with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -57,11 +64,14 @@ def make_two_lesion_case(seed: int, shape=(32, 32, 32), spacing_mm: float = 2.0,
     image = 100.0 + 10.0 * np.sin(y / (ny * spacing_mm) * np.pi * rng.uniform(0.5, 1.5))
     for value, sign, (low, high) in ((1, 1.0, (0.0, half)), (2, -1.0, (half, 2 * half))):
         radii = rng.uniform(4.0, min(9.0, half / 2 - spacing_mm), size=3)
-        centre = [rng.uniform(low + radii[0] + spacing_mm, high - radii[0] - spacing_mm),
-                  rng.uniform(radii[1] + spacing_mm, ny * spacing_mm - radii[1] - spacing_mm),
-                  rng.uniform(radii[2] + spacing_mm, nz * spacing_mm - radii[2] - spacing_mm)]
-        inside = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + \
-            ((z - centre[2]) / radii[2]) ** 2 <= 1.0
+        centre = [
+            rng.uniform(low + radii[0] + spacing_mm, high - radii[0] - spacing_mm),
+            rng.uniform(radii[1] + spacing_mm, ny * spacing_mm - radii[1] - spacing_mm),
+            rng.uniform(radii[2] + spacing_mm, nz * spacing_mm - radii[2] - spacing_mm),
+        ]
+        inside = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
+            (z - centre[2]) / radii[2]
+        ) ** 2 <= 1.0
         labels[inside] = value
         image = image + sign * inside * rng.uniform(60.0, 100.0)
     image = image + rng.normal(0.0, rng.uniform(noise[0], noise[1]), size=image.shape)

@@ -17,9 +17,11 @@ BY_TRAINING_LOSS = "training loss"
 
 def no_validation_message(n_cases: int) -> str:
     """The warning given when no case is held out for validation."""
-    return (f"no validation case: all {n_cases} case(s) are used for training, so no validation Dice is computed "
-            "and the best epoch is the one with the lowest training loss; give 3 or more cases (or 2 with "
-            "--val-fraction 0.5) to score the model on a held-out case.")
+    return (
+        f"no validation case: all {n_cases} case(s) are used for training, so no validation Dice is computed "
+        "and the best epoch is the one with the lowest training loss; give 3 or more cases (or 2 with "
+        "--val-fraction 0.5) to score the model on a held-out case."
+    )
 
 
 def improves(row: dict, best_dice: float | None, best_loss: float | None) -> bool:

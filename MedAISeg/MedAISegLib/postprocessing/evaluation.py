@@ -18,8 +18,18 @@ from scipy.spatial import cKDTree
 from MedAICommonLib import notices
 from MedAICommonLib.geometry import Geometry
 
-METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "sensitivity", "specificity",
-           "volume_reference_mm3", "volume_prediction_mm3", "volume_difference_mm3", "volume_difference_percent")
+METRICS = (
+    "dice",
+    "jaccard",
+    "hd95_mm",
+    "asd_mm",
+    "sensitivity",
+    "specificity",
+    "volume_reference_mm3",
+    "volume_prediction_mm3",
+    "volume_difference_mm3",
+    "volume_difference_percent",
+)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -60,10 +70,12 @@ def binary_metrics(prediction: np.ndarray, reference: np.ndarray, spacing, perce
     return {
         "dice": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
         "jaccard": 1.0 if both_empty else tp / (tp + fp + fn),
-        "hd95_mm": hd95, "asd_mm": asd,
+        "hd95_mm": hd95,
+        "asd_mm": asd,
         "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
-        "volume_reference_mm3": vol_r, "volume_prediction_mm3": vol_p,
+        "volume_reference_mm3": vol_r,
+        "volume_prediction_mm3": vol_p,
         "volume_difference_mm3": vol_p - vol_r,
         "volume_difference_percent": 100.0 * (vol_p - vol_r) / vol_r if vol_r else float("nan"),
     }
@@ -80,6 +92,7 @@ def match_segments(reference_segments: dict, prediction_segments: dict) -> list[
     ``(reference name, reference label, prediction label)``; a reference segment with no partner gets
     prediction label 0 (an empty prediction). Unmatched names on either side are a warning; no match at
     all is a ``ValueError`` listing both name sets and how to map them."""
+
     def key(name) -> str:
         return str(name).strip().lower()
 
@@ -90,19 +103,28 @@ def match_segments(reference_segments: dict, prediction_segments: dict) -> list[
             f"No segment of the prediction has the name of a reference segment: the reference has "
             f"{_listed(reference_segments.values())}; the prediction has {_listed(prediction_segments.values())}. "
             "Segments are paired by name only; name a label map's values (medai evaluate --label-names "
-            "'1=spleen,2=kidney_right' or a file of 'value name' lines), or rename the segments so they match.")
+            "'1=spleen,2=kidney_right' or a file of 'value name' lines), or rename the segments so they match."
+        )
     missing = [name for name, _, p in pairs if not p]
     extra = [n for n in prediction_segments.values() if key(n) not in {key(r) for r in reference_segments.values()}]
     if missing or extra:
-        notices.warn(f"Segments paired by name only: reference segment(s) without a prediction of the same name "
-                     f"(scored against an empty prediction): {_listed(missing) or 'none'}; prediction segment(s) "
-                     f"not in the reference (ignored): {_listed(extra) or 'none'}.")
+        notices.warn(
+            f"Segments paired by name only: reference segment(s) without a prediction of the same name "
+            f"(scored against an empty prediction): {_listed(missing) or 'none'}; prediction segment(s) "
+            f"not in the reference (ignored): {_listed(extra) or 'none'}."
+        )
     return pairs
 
 
-def evaluate_labelmaps(reference: np.ndarray, reference_geometry: Geometry, prediction: np.ndarray,
-                       prediction_geometry: Geometry, reference_segments: dict | None = None,
-                       prediction_segments: dict | None = None, percentile: float = 95.0) -> dict:
+def evaluate_labelmaps(
+    reference: np.ndarray,
+    reference_geometry: Geometry,
+    prediction: np.ndarray,
+    prediction_geometry: Geometry,
+    reference_segments: dict | None = None,
+    prediction_segments: dict | None = None,
+    percentile: float = 95.0,
+) -> dict:
     """Per-segment metrics ``{reference segment name: {metric: value}}`` (see :data:`METRICS`).
 
     Segments are ``{label value: name}`` (default: the values themselves as names), paired by name only

@@ -25,8 +25,13 @@ def _max_diameter_mm(points_mm: np.ndarray) -> float:
     return float(pdist(points_mm).max())
 
 
-def detect_lesions(mask_or_probability: np.ndarray, geometry: Geometry, intensity: np.ndarray | None = None,
-                   probability_threshold: float = 0.5, min_volume_mm3: float = 0.0) -> list[dict]:
+def detect_lesions(
+    mask_or_probability: np.ndarray,
+    geometry: Geometry,
+    intensity: np.ndarray | None = None,
+    probability_threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+) -> list[dict]:
     """Connected components (26-connectivity) of a KJI mask (or probability >= threshold).
 
     ``geometry`` (RAS or LPS; centroids are returned in RAS) gives voxel size and position.
@@ -48,12 +53,16 @@ def detect_lesions(mask_or_probability: np.ndarray, geometry: Geometry, intensit
             continue
         points = ras.index_to_point(kji[:, ::-1].astype(float))
         values = intensity[tuple(kji.T)] if intensity is not None else None
-        lesions.append({
-            "voxels": len(kji), "volume_mm3": volume, "max_diameter_mm": _max_diameter_mm(points),
-            "centroid_ras": points.mean(axis=0),
-            "mean_intensity": float(values.mean()) if values is not None else None,
-            "max_intensity": float(values.max()) if values is not None else None,
-        })
+        lesions.append(
+            {
+                "voxels": len(kji),
+                "volume_mm3": volume,
+                "max_diameter_mm": _max_diameter_mm(points),
+                "centroid_ras": points.mean(axis=0),
+                "mean_intensity": float(values.mean()) if values is not None else None,
+                "max_intensity": float(values.max()) if values is not None else None,
+            }
+        )
     lesions.sort(key=lambda item: -item["volume_mm3"])
     for label, lesion in enumerate(lesions, start=1):
         lesion["label"] = label

@@ -48,8 +48,15 @@ def smooth(mask: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma_vox) >= 0.5
 
 
-def postprocess(labels: np.ndarray, spacing, largest_component: bool = False, holes: bool = False,
-                min_island_mm3: float = 0.0, smoothing_mm: float = 0.0, only=None) -> np.ndarray:
+def postprocess(
+    labels: np.ndarray,
+    spacing,
+    largest_component: bool = False,
+    holes: bool = False,
+    min_island_mm3: float = 0.0,
+    smoothing_mm: float = 0.0,
+    only=None,
+) -> np.ndarray:
     """Apply the chosen operations to every label (or those in ``only``); later labels win overlaps
     created by smoothing. Returns a new array of the same dtype."""
     out = np.zeros_like(labels)

@@ -40,9 +40,16 @@ def otsu(array: np.ndarray, classes: int = 2, bins: int = 256) -> tuple[np.ndarr
     return labels, [float(t) for t in f.GetThresholds()]
 
 
-def region_growing(image: sitk.Image, seeds_ijk, method: str = "connected", lower: float | None = None,
-                   upper: float | None = None, multiplier: float = 2.5, iterations: int = 3,
-                   radius: int = 1) -> np.ndarray:
+def region_growing(
+    image: sitk.Image,
+    seeds_ijk,
+    method: str = "connected",
+    lower: float | None = None,
+    upper: float | None = None,
+    multiplier: float = 2.5,
+    iterations: int = 3,
+    radius: int = 1,
+) -> np.ndarray:
     """Region growing from seed voxels ``seeds_ijk`` ((N, 3) integer i, j, k) into a uint8 mask.
 
     ``connected``: voxels connected to a seed with ``lower <= value <= upper`` (both required);
@@ -59,9 +66,14 @@ def region_growing(image: sitk.Image, seeds_ijk, method: str = "connected", lowe
             raise ValueError("Connected-threshold region growing needs lower and upper thresholds.")
         out = sitk.ConnectedThreshold(image, seedList=seeds, lower=float(lower), upper=float(upper), replaceValue=1)
     elif method == "confidence":
-        out = sitk.ConfidenceConnected(image, seedList=seeds, numberOfIterations=int(iterations),
-                                       multiplier=float(multiplier), initialNeighborhoodRadius=int(radius),
-                                       replaceValue=1)
+        out = sitk.ConfidenceConnected(
+            image,
+            seedList=seeds,
+            numberOfIterations=int(iterations),
+            multiplier=float(multiplier),
+            initialNeighborhoodRadius=int(radius),
+            replaceValue=1,
+        )
     else:
         raise ValueError(f"Unknown region growing method {method!r}; use one of {REGION_GROWING_METHODS}")
     return sitk.GetArrayFromImage(out).astype(np.uint8)

@@ -22,7 +22,7 @@ def run_coloured(kernel, head, colours, args, threads: int, progress, planes_per
     work = []
     for colour in colours:
         size = max(1, min(planes_per_call, -(-len(colour) // threads)))
-        work.append([np.ascontiguousarray(colour[i:i + size]) for i in range(0, len(colour), size)])
+        work.append([np.ascontiguousarray(colour[i : i + size]) for i in range(0, len(colour), size)])
     total, done = sum(len(groups) for groups in work), 0
 
     def report():

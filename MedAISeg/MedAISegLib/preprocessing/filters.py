@@ -13,25 +13,33 @@ import SimpleITK as sitk
 DENOISE_METHODS = ("nlm", "anisotropic", "curvature", "clahe", "histogram", "n4")
 
 
-def gradient_anisotropic_diffusion(image: sitk.Image, iterations: int = 5, conductance: float = 1.0,
-                                   time_step: float | None = None) -> sitk.Image:
+def gradient_anisotropic_diffusion(
+    image: sitk.Image, iterations: int = 5, conductance: float = 1.0, time_step: float | None = None
+) -> sitk.Image:
     """Perona-Malik gradient anisotropic diffusion (edge-preserving smoothing); float32 out.
 
     ``time_step`` defaults to the stable ``min(spacing) / 2**(dim + 1)`` (mm units, as ITK wants).
     """
     time_step = min(image.GetSpacing()) / 2 ** (image.GetDimension() + 1) if time_step is None else time_step
-    return sitk.GradientAnisotropicDiffusion(sitk.Cast(image, sitk.sitkFloat32), timeStep=time_step,
-                                             conductanceParameter=conductance,
-                                             numberOfIterations=int(iterations))
+    return sitk.GradientAnisotropicDiffusion(
+        sitk.Cast(image, sitk.sitkFloat32),
+        timeStep=time_step,
+        conductanceParameter=conductance,
+        numberOfIterations=int(iterations),
+    )
 
 
-def curvature_anisotropic_diffusion(image: sitk.Image, iterations: int = 5, conductance: float = 1.0,
-                                    time_step: float | None = None) -> sitk.Image:
+def curvature_anisotropic_diffusion(
+    image: sitk.Image, iterations: int = 5, conductance: float = 1.0, time_step: float | None = None
+) -> sitk.Image:
     """Curvature (modified curvature diffusion equation) anisotropic diffusion; float32 out."""
     time_step = min(image.GetSpacing()) / 2 ** (image.GetDimension() + 1) if time_step is None else time_step
-    return sitk.CurvatureAnisotropicDiffusion(sitk.Cast(image, sitk.sitkFloat32), timeStep=time_step,
-                                              conductanceParameter=conductance,
-                                              numberOfIterations=int(iterations))
+    return sitk.CurvatureAnisotropicDiffusion(
+        sitk.Cast(image, sitk.sitkFloat32),
+        timeStep=time_step,
+        conductanceParameter=conductance,
+        numberOfIterations=int(iterations),
+    )
 
 
 def clahe(image: sitk.Image, alpha: float = 0.3, beta: float = 0.3, radius: int = 5) -> sitk.Image:
@@ -61,8 +69,9 @@ def histogram_equalization(image: sitk.Image, bins: int = 1024) -> sitk.Image:
     return result
 
 
-def n4_bias_correction(image: sitk.Image, mask: sitk.Image | None = None, shrink: int = 2,
-                       iterations: tuple[int, ...] = (20, 20, 10)) -> sitk.Image:
+def n4_bias_correction(
+    image: sitk.Image, mask: sitk.Image | None = None, shrink: int = 2, iterations: tuple[int, ...] = (20, 20, 10)
+) -> sitk.Image:
     """N4 bias-field correction (for MR) at full resolution; float32 out.
 
     The field is fitted on an image shrunk by ``shrink`` (speed) and applied to the full image.
@@ -85,12 +94,17 @@ def window(image: sitk.Image, level: float, width: float, out_min: float = 0.0, 
     """Intensity windowing: [level - width/2, level + width/2] (input unit, e.g. HU) -> [out_min, out_max]."""
     if width <= 0:
         raise ValueError(f"Window width must be > 0, got {width}")
-    return sitk.IntensityWindowing(sitk.Cast(image, sitk.sitkFloat32), level - width / 2.0, level + width / 2.0,
-                                   out_min, out_max)
+    return sitk.IntensityWindowing(
+        sitk.Cast(image, sitk.sitkFloat32), level - width / 2.0, level + width / 2.0, out_min, out_max
+    )
 
 
-def normalize(image: sitk.Image, mode: str = "zscore", mask: np.ndarray | None = None,
-              percentiles: tuple[float, float] = (0.5, 99.5)) -> sitk.Image:
+def normalize(
+    image: sitk.Image,
+    mode: str = "zscore",
+    mask: np.ndarray | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> sitk.Image:
     """Intensity normalisation: ``zscore`` (mean 0, sd 1 over ``mask`` or all voxels) or
     ``percentile`` (given percentiles -> [0, 1], clipped); float32 out, geometry kept."""
     array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -107,16 +121,26 @@ def normalize(image: sitk.Image, mode: str = "zscore", mask: np.ndarray | None =
     return result
 
 
-def resample_to_spacing(image: sitk.Image, spacing_mm, interpolator=sitk.sitkLinear,
-                        default_value: float = 0.0) -> sitk.Image:
+def resample_to_spacing(
+    image: sitk.Image, spacing_mm, interpolator=sitk.sitkLinear, default_value: float = 0.0
+) -> sitk.Image:
     """Resample onto a grid with the same origin and direction and the given spacing (mm, i/j/k),
     covering the same physical extent."""
     spacing = [float(s) for s in np.broadcast_to(np.asarray(spacing_mm, float), (image.GetDimension(),))]
     if any(s <= 0 for s in spacing):
         raise ValueError(f"Spacing must be positive (mm), got {spacing}")
     size = [max(1, int(round(n * s0 / s))) for n, s0, s in zip(image.GetSize(), image.GetSpacing(), spacing)]
-    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
-                         image.GetDirection(), default_value, image.GetPixelID())
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        spacing,
+        image.GetDirection(),
+        default_value,
+        image.GetPixelID(),
+    )
 
 
 def nlm(image: sitk.Image, device: str = "cpu", **params) -> sitk.Image:
@@ -135,9 +159,14 @@ def nlm(image: sitk.Image, device: str = "cpu", **params) -> sitk.Image:
 
 def denoise(image: sitk.Image, method: str, **params) -> sitk.Image:
     """Dispatch ``method`` in :data:`DENOISE_METHODS` with its keyword parameters."""
-    functions = {"nlm": nlm, "anisotropic": gradient_anisotropic_diffusion,
-                 "curvature": curvature_anisotropic_diffusion, "clahe": clahe,
-                 "histogram": histogram_equalization, "n4": n4_bias_correction}
+    functions = {
+        "nlm": nlm,
+        "anisotropic": gradient_anisotropic_diffusion,
+        "curvature": curvature_anisotropic_diffusion,
+        "clahe": clahe,
+        "histogram": histogram_equalization,
+        "n4": n4_bias_correction,
+    }
     if method not in functions:
         raise ValueError(f"Unknown preprocessing method {method!r}; choose one of {', '.join(DENOISE_METHODS)}")
     return functions[method](image, **params)

@@ -72,10 +72,12 @@ def _strided_box(x: torch.Tensor, radius: int, steps, starts, counts) -> torch.T
     shrinks the data most cheaply: whole planes)."""
     size = 2 * radius + 1
     for axis, (step, start, count) in enumerate(zip(steps, starts, counts), start=1):
+
         def view(j, x=x, axis=axis, step=step, start=start, count=count):
             index = [slice(None)] * 4
             index[axis] = slice(start + j, start + j + (count - 1) * step + 1, step)
             return x[tuple(index)]
+
         if size == 1:
             x = view(0).contiguous()
             continue
@@ -130,7 +132,7 @@ def _spread_outer_accumulate(target: torch.Tensor, w: torch.Tensor, x: torch.Ten
                 continue
             first, last = max(0, -t), min(length, count - t)
             if last > first:
-                dest[first:last].addcmul_(w[first + t:last + t], values[first:last])
+                dest[first:last].addcmul_(w[first + t : last + t], values[first:last])
 
 
 def _weights_(dist: torch.Tensor, var2: float, h2: float) -> torch.Tensor:
@@ -171,24 +173,33 @@ def _voxelwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, chunk_vo
     diff_buffer = torch.empty((chunk, *grown), device=device)
     inner = (slice(s + p, s + p + shape[0]), slice(s + p, s + p + shape[1]), slice(s + p, s + p + shape[2]))
     for start in range(0, len(offsets), chunk):
-        group = offsets[start:start + chunk]
-        diff = diff_buffer[:len(group)]
+        group = offsets[start : start + chunk]
+        diff = diff_buffer[: len(group)]
         for index, (a, b, c) in enumerate(group):
-            torch.sub(xpp[s + a:s + a + grown[0], s + b:s + b + grown[1], s + c:s + c + grown[2]],
-                      base[: grown[0], : grown[1], : grown[2]], out=diff[index])
+            torch.sub(
+                xpp[s + a : s + a + grown[0], s + b : s + b + grown[1], s + c : s + c + grown[2]],
+                base[: grown[0], : grown[1], : grown[2]],
+                out=diff[index],
+            )
         dist = _box_sum(diff.square_(), p)  # (n, D+2s, H+2s, W+2s): distance at voxel v between v and v + d
         w = _weights_(dist, var2, h2)
-        w_fwd = w[:, s:s + shape[0], s:s + shape[1], s:s + shape[2]]
+        w_fwd = w[:, s : s + shape[0], s : s + shape[1], s : s + shape[2]]
         weight_sum += w_fwd.sum(0)
         torch.maximum(w_max, w_fwd.amax(0), out=w_max)
         for index, (a, b, c) in enumerate(group):
             # voxel v gets x(v + d) with weight w_d(v); voxel v + d gets x(v) with the same weight
-            x_fwd = xp[inner[0].start + a:inner[0].stop + a, inner[1].start + b:inner[1].stop + b,
-                       inner[2].start + c:inner[2].stop + c]
+            x_fwd = xp[
+                inner[0].start + a : inner[0].stop + a,
+                inner[1].start + b : inner[1].stop + b,
+                inner[2].start + c : inner[2].stop + c,
+            ]
             value_sum.addcmul_(w_fwd[index], x_fwd)
-            w_bwd = w[index, s - a:s - a + shape[0], s - b:s - b + shape[1], s - c:s - c + shape[2]]
-            x_bwd = xp[inner[0].start - a:inner[0].stop - a, inner[1].start - b:inner[1].stop - b,
-                       inner[2].start - c:inner[2].stop - c]
+            w_bwd = w[index, s - a : s - a + shape[0], s - b : s - b + shape[1], s - c : s - c + shape[2]]
+            x_bwd = xp[
+                inner[0].start - a : inner[0].stop - a,
+                inner[1].start - b : inner[1].stop - b,
+                inner[2].start - c : inner[2].stop - c,
+            ]
             weight_sum += w_bwd
             value_sum.addcmul_(w_bwd, x_bwd)
             torch.maximum(w_max, w_bwd, out=w_max)
@@ -217,25 +228,37 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, c
     chunk = max(1, int(chunk_voxels // (2 * int(np.prod(grown)) + 2 * int(np.prod(shape)))))
     sq_buffer = torch.empty((chunk, *grown), device=device)
     for start in range(0, len(offsets), chunk):
-        group = offsets[start:start + chunk]
-        sq = sq_buffer[:len(group)]
+        group = offsets[start : start + chunk]
+        sq = sq_buffer[: len(group)]
         for index, (a, b, c) in enumerate(group):
-            torch.sub(xp[s + a:s + a + grown[0], s + b:s + b + grown[1], s + c:s + c + grown[2]],
-                      xp[s:s + grown[0], s:s + grown[1], s:s + grown[2]], out=sq[index])
+            torch.sub(
+                xp[s + a : s + a + grown[0], s + b : s + b + grown[1], s + c : s + c + grown[2]],
+                xp[s : s + grown[0], s : s + grown[1], s : s + grown[2]],
+                out=sq[index],
+            )
         sq.square_()
         # Distance of the block at centre c to the block at c + d: boxes starting at u' = c + s;
         # to the block at c - d: sq_d shifted by -d, i.e. boxes starting at c + s - d.
         dist_fwd = _strided_box(sq, p, steps, (s, s, s), counts)
-        dist_bwd = torch.cat([_strided_box(sq[index:index + 1], p, steps, (s - a, s - b, s - c), counts)
-                              for index, (a, b, c) in enumerate(group)])
+        dist_bwd = torch.cat(
+            [
+                _strided_box(sq[index : index + 1], p, steps, (s - a, s - b, s - c), counts)
+                for index, (a, b, c) in enumerate(group)
+            ]
+        )
         w = _weights_(torch.cat([dist_fwd, dist_bwd]), var2, h2)  # (2n, counts...): +d then -d
         weight_sub += w.sum(0)
         torch.maximum(w_max, w.amax(0), out=w_max)
         planes = _spread(w, p, steps, shape, axes=(3, 2))  # spread within planes; across them below
         signed = list(group) + [(-a, -b, -c) for a, b, c in group]
         for index, (a, b, c) in enumerate(signed):
-            _spread_outer_accumulate(value_sum, planes[index], xp[pad + a:pad + a + shape[0],
-                                     pad + b:pad + b + shape[1], pad + c:pad + c + shape[2]], p, steps[0])
+            _spread_outer_accumulate(
+                value_sum,
+                planes[index],
+                xp[pad + a : pad + a + shape[0], pad + b : pad + b + shape[1], pad + c : pad + c + shape[2]],
+                p,
+                steps[0],
+            )
         if progress is not None:
             progress(min(1.0, (start + len(group)) / len(offsets)))
     centre = torch.clamp(w_max, min=1e-12)
@@ -244,8 +267,9 @@ def _blockwise(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, c
     return value_sum / weight_sum
 
 
-def _checked_steps(volume: np.ndarray, patch_radius: int, search_radius: int, mode: str, backend: str,
-                   block_step) -> tuple[int, int, int]:
+def _checked_steps(
+    volume: np.ndarray, patch_radius: int, search_radius: int, mode: str, backend: str, block_step
+) -> tuple[int, int, int]:
     """Refuses a bad volume, radius, mode, backend or block step; returns the (k, j, i) block steps."""
     if volume.ndim != 3:
         raise ValueError(f"Non-local means needs a 3D array (k, j, i), got shape {volume.shape}")
@@ -257,13 +281,16 @@ def _checked_steps(volume: np.ndarray, patch_radius: int, search_radius: int, mo
         raise ValueError(f"Unknown NLM backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     steps = tuple(int(n) for n in np.broadcast_to(block_step, 3))
     if mode == "blockwise" and not all(1 <= n <= patch_radius + 1 for n in steps):
-        raise ValueError(f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
-                         f"(blocks must cover every voxel), got {block_step}.")
+        raise ValueError(
+            f"block_step must be between 1 and patch_radius + 1 = {patch_radius + 1} voxels "
+            f"(blocks must cover every voxel), got {block_step}."
+        )
     return steps
 
 
-def _numba_nlm(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, mode: str, chunk_voxels: int,
-               progress) -> torch.Tensor:
+def _numba_nlm(
+    x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, mode: str, chunk_voxels: int, progress
+) -> torch.Tensor:
     """The CPU (numba) kernels of either mode on the scaled volume ``x`` (KJI)."""
     from MedAISegLib.preprocessing import nonlocal_means_numba
 
@@ -274,21 +301,49 @@ def _numba_nlm(x: torch.Tensor, h2: float, var2: float, p: int, s: int, steps, m
     if mode == "blockwise":
         r = range(-s, s + 1)
         offsets = np.array([d for d in itertools.product(r, r, r) if d != (0, 0, 0)], dtype=np.int64)
-        out = nonlocal_means_numba.blockwise(_padded(x, p + 2 * s)[s:-s, s:-s, s:-s].contiguous().numpy(),
-                                             x.shape, p, s, steps, 1.0 / (h2 * _LN2), var2, offsets, planes,
-                                             threads, progress)
+        out = nonlocal_means_numba.blockwise(
+            _padded(x, p + 2 * s)[s:-s, s:-s, s:-s].contiguous().numpy(),
+            x.shape,
+            p,
+            s,
+            steps,
+            1.0 / (h2 * _LN2),
+            var2,
+            offsets,
+            planes,
+            threads,
+            progress,
+        )
     else:
         xp = F.pad(_padded(x, p + s)[None, None], (s,) * 6, mode="replicate")[0, 0]
-        out = nonlocal_means_numba.voxelwise(xp.numpy(), x.shape, p, s, 1.0 / (h2 * _LN2), var2,
-                                             np.array(_half_offsets(s), dtype=np.int64), planes, threads,
-                                             progress)
+        out = nonlocal_means_numba.voxelwise(
+            xp.numpy(),
+            x.shape,
+            p,
+            s,
+            1.0 / (h2 * _LN2),
+            var2,
+            np.array(_half_offsets(s), dtype=np.int64),
+            planes,
+            threads,
+            progress,
+        )
     return torch.from_numpy(out)
 
 
-def nonlocal_means(array: np.ndarray, h: float | None = None, patch_radius: int = 1, search_radius: int = 3,
-                   sigma: float | None = None, device: str | torch.device = "cpu",
-                   chunk_voxels: int = 2**22, progress=None, mode: str = "voxelwise",
-                   block_step: int | tuple[int, int, int] = 2, backend: str = "auto") -> np.ndarray:
+def nonlocal_means(
+    array: np.ndarray,
+    h: float | None = None,
+    patch_radius: int = 1,
+    search_radius: int = 3,
+    sigma: float | None = None,
+    device: str | torch.device = "cpu",
+    chunk_voxels: int = 2**22,
+    progress=None,
+    mode: str = "voxelwise",
+    block_step: int | tuple[int, int, int] = 2,
+    backend: str = "auto",
+) -> np.ndarray:
     """Denoise a 3D KJI array with non-local means; returns float32 of the same shape.
 
     ``h``: filter strength (intensity unit); default ``0.8 * sigma``. ``sigma``: noise standard
