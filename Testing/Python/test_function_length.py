@@ -7,6 +7,7 @@ costs a call per inner iteration.
 """
 
 import ast
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -113,3 +114,12 @@ def test_a_docstring_and_nested_functions_count_towards_the_length():
     assert long_functions(source, "x.py") == ([], [])
     too_long, _ = long_functions(source.replace("return inner", "return inner\n" + "    pass\n" * 55), "x.py")
     assert too_long == ["x.py:outer:62"]
+
+
+def test_no_python_file_is_over_400_lines():
+    """Every tracked Python file (modules, tests, benchmarks, utilities) stays under 400 lines."""
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    files = [REPO / name for name in listed.stdout.split() if (REPO / name).is_file()]
+    assert len(files) > 100
+    too_long = [f"{p.relative_to(REPO)}: {n}" for p in files if (n := len(p.read_text().splitlines())) > 400]
+    assert too_long == []
