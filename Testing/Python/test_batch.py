@@ -84,6 +84,7 @@ def test_bad_manifest_or_pipeline_is_refused_before_anything_runs(cohort, tmp_pa
     assert "used twice" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three cohort runs (about 40 s); test_batch_scale covers it at scale
 def test_cohort_runs_once_resumes_and_redoes_only_what_changed(cohort, cluster, tmp_path):
     _, client = cluster
     output, pipeline = tmp_path / "results", write_pipeline(tmp_path / "pipeline.yaml", SEGMENTATION_STEPS)
@@ -127,6 +128,7 @@ def test_cohort_runs_once_resumes_and_redoes_only_what_changed(cohort, cluster, 
     assert all(float(r["segment.lower"]) == 160.0 for r in _table(output))
 
 
+@pytest.mark.slow  # a cohort run through Dask (about 19 s)
 def test_a_failing_case_is_recorded_and_the_cohort_goes_on(cohort, cluster, tmp_path):
     _, client = cluster
     folder = tmp_path / "cohort"

@@ -110,6 +110,7 @@ def _csv(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # a cohort run through Dask (about 50 s)
 def test_each_case_row_carries_the_contour_qa_metrics(batch_run):
     code, report, output, masks, reports = batch_run
     assert code == 0, report["metrics"].get("failed")
@@ -140,6 +141,7 @@ def test_each_case_row_carries_the_contour_qa_metrics(batch_run):
     assert grown["dose_relevant"]
 
 
+@pytest.mark.slow  # a cohort run through Dask (about 50 s)
 def test_cohort_summary_counts_what_the_case_reports_say(batch_run):
     code, report, output, _, reports = batch_run
     assert code == 0
@@ -170,6 +172,7 @@ def test_cohort_summary_counts_what_the_case_reports_say(batch_run):
     assert fractions == sorted(fractions, reverse=True), "most often flagged first"
 
 
+@pytest.mark.slow  # a cohort run through Dask (about 50 s)
 def test_cohort_report_leads_with_the_contour_qa_summary(batch_run):
     code, _, output, _, _ = batch_run
     assert code == 0

@@ -171,6 +171,7 @@ def test_bad_input_is_refused_before_anything_runs(scene, case_folder, tmp_path)
     assert scene.GetNumberOfNodes() == before
 
 
+@pytest.mark.slow  # a PythonSlicer worker running a Dask cohort (about 25 s)
 def test_a_case_folder_batch_gives_the_cohort_table_with_failed_cases_as_rows(
     scene, case_folder, pythonslicer_env, tmp_path
 ):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from MedAICommonLib.cli.main import main
 
@@ -37,6 +38,7 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, capsys):
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.slow  # the demo (about 12 s); CI's install check runs it on every push
 def test_demo_writes_overview_and_report(tmp_path):
     report = tmp_path / "demo.json"
     assert main(["demo", "--output", str(tmp_path / "demo"), "--report", str(report)]) == 0

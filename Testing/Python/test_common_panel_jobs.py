@@ -29,6 +29,7 @@ from MedAISegLib.preprocess_worker_logic import denoise_job
 from MedAISegLib.worker_logic import segment_with_model_job
 
 
+@pytest.mark.slow  # a worker job end to end (5-9 s); test_pythonslicer_jobs runs these jobs too
 def test_model_segmentation_job_lands_on_the_input_voxels_in_ras(scene, shared_data, tmp_path):
     head = bridge.load_volume(scene, shared_data / "registration/monai-testing-data/anatomical.nii")
     assert not np.allclose(bridge.volume_geometry(head).direction, np.eye(3))
@@ -53,6 +54,7 @@ def test_model_segmentation_job_lands_on_the_input_voxels_in_ras(scene, shared_d
     assert seg.GetName() == "anatomical segmentation"
 
 
+@pytest.mark.slow  # a worker job end to end (5-9 s); test_pythonslicer_jobs runs these jobs too
 def test_registration_job_transform_aligns_moving_with_fixed(scene):
     phantom = make_ct_phantom(shape_kji=(24, 40, 40), spacing=(4.0, 4.0, 5.0), noise_hu=5.0)
     fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
@@ -75,6 +77,7 @@ def test_registration_job_transform_aligns_moving_with_fixed(scene):
     assert bridge.volume_geometry(nodes["volume"]).same_grid(bridge.volume_geometry(fixed))
 
 
+@pytest.mark.slow  # end-to-end worker job; test_pythonslicer_jobs runs the same job in the fast suite
 def test_plan_job_returns_a_marked_dose_volume_on_the_ct_grid(scene, tmp_path):
     phantom = make_ct_phantom(shape_kji=(20, 36, 36), spacing=(5.0, 5.0, 5.0), direction=rotation_matrix("z", 0.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
@@ -147,6 +150,7 @@ def test_a_failed_worker_job_is_reported_with_its_own_error_and_stderr_tail(scen
 
 
 @pytest.mark.parametrize("method", ["nlm", "n4"])
+@pytest.mark.slow  # a worker job end to end (5-9 s); test_pythonslicer_jobs runs these jobs too
 def test_preprocessing_job_gives_what_the_in_process_logic_gives(scene, method):
     """The panel's denoising in a worker: same voxels as the in-process Logic with the panel's settings, on the
     input's oblique grid, named as the Logic names it; the input is untouched."""
@@ -169,6 +173,7 @@ def test_preprocessing_job_gives_what_the_in_process_logic_gives(scene, method):
         assert worker_values[body].std() < 0.6 * before[body].std()
 
 
+@pytest.mark.slow  # end-to-end worker job; test_pythonslicer_jobs runs the same job in the fast suite
 def test_gamma_job_matches_the_in_process_gamma(scene):
     """The panel's gamma in a worker: the same gamma values and pass rate as the in-process Logic, on the
     reference grid, marked as SlicerRT's gamma volume."""

@@ -44,6 +44,7 @@ def otsu_job(scene, ct, output_node=None, extra=()):
     )
 
 
+@pytest.mark.slow  # a worker job end to end (about 9 s)
 def test_job_result_equals_in_process_logic_on_an_oblique_grid(scene, ct):
     in_process = MedAISegLogic(scene).otsu(ct)
     expected, expected_geometry, _ = bridge.labelmap_from_segmentation(in_process, bridge.volume_geometry(ct))

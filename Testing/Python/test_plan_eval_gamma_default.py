@@ -51,6 +51,7 @@ def _brute_force_gamma(ref, geo, ev, ev_geo, kji, dose_gy, dta_mm, step_mm, radi
     return np.sqrt(best)
 
 
+@pytest.mark.slow  # brute-force fine sampling (about 16 s)
 def test_default_search_matches_brute_force_fine_sampling(shifted_prostate):
     """Default 2 %/2 mm pass rate ~82 % (not the voxel lattice's ~53 %), voxel by voxel as a 0.2 mm brute force."""
     ref, geo, ev, ev_geo = shifted_prostate

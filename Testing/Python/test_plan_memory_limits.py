@@ -128,6 +128,7 @@ def _peak_rss_since_reset() -> tuple[int, int]:
 
 
 @pytest.mark.usefixtures("_machine")
+@pytest.mark.slow  # a real plan measured for its peak memory (about 18 s)
 def test_estimate_bounds_the_measured_peak_of_a_real_plan(tg119, scene):
     """TG119, 5 beams, 5 mm bixels, 6 mm dose grid: the process's peak RSS over the plan (VmHWM reset
     through /proc/self/clear_refs) is below the estimate, and the estimate is within 8x of it (measured:

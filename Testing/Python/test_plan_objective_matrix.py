@@ -59,7 +59,9 @@ def _plain(dense, voxels, blocks, objectives, scale, w):
     return total, grad
 
 
-@pytest.mark.parametrize("n_cols", [50, 70000])  # 16-bit and 32-bit column indices
+@pytest.mark.parametrize(
+    "n_cols", [50, pytest.param(70000, marks=pytest.mark.slow)]
+)  # 16-bit and 32-bit column indices
 def test_values_and_gradients_equal_the_plain_computation(n_cols):
     dense, dij, voxels, blocks, objectives = _problem(3, min(n_cols, 50))
     if n_cols > 50:  # the same entries, then many empty columns (wider than 16 bits)

@@ -44,6 +44,7 @@ def tg119_files(scene, shared_data, tmp_path):
     return mat, seg_path, dose_path
 
 
+@pytest.mark.slow  # a full DVH report on the TG119 CT (about 5 s)
 def test_medai_dvh_report_shows_the_matrad_ct(tg119_files, tmp_path):
     """``medai dvh DOSE SEG --ct TG119.mat --report-pdf``: three pages, every /MediaBox A4 landscape."""
     mat, seg_path, dose_path = tg119_files

@@ -162,6 +162,7 @@ def test_tg119_segmentation_exports_every_layer_and_round_trips(tg119_files, tmp
         assert abs(fine[name] - original[name]) <= 0.03 * original[name], (name, fine[name], original[name])
 
 
+@pytest.mark.slow  # a full TG119 RTSTRUCT round trip (about 8 s)
 def test_tg119_round_trip_on_the_ct_grid_is_voxel_exact(scene, tg119_files, tmp_path):
     """Logic level: export, re-import on the CT; every segment's mask comes back voxel for voxel. A
     segmentation without a reference geometry exports the same contours."""

@@ -159,6 +159,7 @@ def test_explain_job_gives_the_in_process_saliency(scene, pythonslicer, tmp_path
     assert nodes["saliency"].GetName() == "patient CT saliency"
 
 
+@pytest.mark.slow  # a PythonSlicer job end to end (9-19 s); the model segmentation and rigid registration jobs stay in the fast suite
 def test_explain_job_runs_an_untrusted_bundle_only_when_trusted(scene, pythonslicer, tmp_path):
     from monai.networks.nets import UNet
 
@@ -189,6 +190,7 @@ def test_explain_job_runs_an_untrusted_bundle_only_when_trusted(scene, pythonsli
     np.testing.assert_allclose(saliency, expected, atol=1e-4)
 
 
+@pytest.mark.slow  # a PythonSlicer job end to end (9-19 s); the model segmentation and rigid registration jobs stay in the fast suite
 def test_planning_job(scene, pythonslicer):
     phantom = make_ct_phantom(shape_kji=(16, 28, 28), spacing=(6.0, 6.0, 6.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")
@@ -209,6 +211,7 @@ def test_planning_job(scene, pythonslicer):
     assert values[~lesion].mean() < 0.5 * 60.0
 
 
+@pytest.mark.slow  # a PythonSlicer job end to end (9-19 s); the model segmentation and rigid registration jobs stay in the fast suite
 def test_bspline_registration_job(scene, pythonslicer):
     phantom = make_ct_phantom(shape_kji=(16, 24, 24), spacing=(5.0, 5.0, 6.0), noise_hu=5.0)
     fixed = bridge.create_volume(scene, phantom.ct, phantom.geometry, "fixed")
@@ -318,6 +321,7 @@ def test_training_then_fine_tuning_jobs(scene, pythonslicer, tmp_path):
 
 
 
+@pytest.mark.slow  # a PythonSlicer job end to end (9-19 s); the model segmentation and rigid registration jobs stay in the fast suite
 def test_gamma_rt_export_and_denoising_jobs(scene, pythonslicer, tmp_path):
     phantom = make_ct_phantom(shape_kji=(12, 20, 20), spacing=(4.0, 4.0, 4.0))
     ct = bridge.create_volume(scene, phantom.ct, phantom.geometry, "ct")

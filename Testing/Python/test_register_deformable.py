@@ -65,6 +65,7 @@ def _deformed_mr(shared_data):
     return image, moving, truth, simulation.grid_points(image, 3, body)
 
 
+@pytest.mark.slow  # a B-spline registration to convergence (about 8 s)
 def test_torch_bspline_recovers_known_smooth_deformation(shared_data):
     fixed, moving, truth, points = _deformed_mr(shared_data)
     expected = truth(points)

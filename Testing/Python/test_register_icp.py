@@ -144,6 +144,7 @@ def test_icp_command_defaults_recover_the_scanner_pose_in_mm(shared_data, tmp_pa
     assert any("metres" in warning for warning in report["warnings"])
 
 
+@pytest.mark.slow  # ICP from 192 starts end to end (about 8 s)
 def test_icp_command_flags_a_pose_it_did_not_find(shared_data, tmp_path):
     """Principal-axes starts with 90% of the pairs cannot turn bun090 onto bun000 (about half of each scan
     is out of the other's view): the command must not claim convergence and must say why."""
@@ -159,6 +160,7 @@ def test_icp_command_flags_a_pose_it_did_not_find(shared_data, tmp_path):
     assert not any("metres" in warning for warning in report["warnings"])  # --units m: nothing guessed
 
 
+@pytest.mark.slow  # ICP from 192 starts end to end (about 8 s)
 def test_icp_warns_when_the_trimmed_pairs_are_off_the_surface(shared_data):
     """The algorithm itself flags a wrong pose (MedAIWarning, ``reliable`` False), whoever calls it."""
     from MedAICommonLib.notices import MedAIWarning

@@ -73,6 +73,7 @@ def _train_command(images, labels, bundle, report, *extra) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # two training processes (about 14 s)
 def test_two_gloo_processes_write_one_bundle_and_report_world_size(tmp_path):
     images, labels = write_phantom_cases(tmp_path / "cases", range(4))  # 3 training cases, 1 validation case
     out, report_path = tmp_path / "out", tmp_path / "ddp.json"

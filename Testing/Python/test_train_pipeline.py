@@ -106,6 +106,7 @@ def test_trained_bundle_segments_new_phantoms_through_medai_segment(bright_bundl
     assert np.mean(scores) >= 0.7, scores
 
 
+@pytest.mark.slow  # end-to-end fine-tuning (10-25 s)
 def test_fine_tune_on_another_contrast_improves_dice_there(bright_bundle, tmp_path, scene):
     bundle, _ = bright_bundle
     before = segment_dice(bundle, [2000, 2001], tmp_path, scene, **DARK)
@@ -150,6 +151,7 @@ def _torchscript_with_card(bundle, folder, label="label 1", architecture=False):
     return path
 
 
+@pytest.mark.slow  # end-to-end fine-tuning (10-25 s)
 def test_fine_tune_from_torchscript_with_card_on_another_contrast(bright_bundle, tmp_path, scene):
     bundle, _ = bright_bundle
     model = _torchscript_with_card(bundle, tmp_path / "ts")
@@ -255,6 +257,7 @@ def test_torchscript_output_convolution_is_replaced_for_a_new_label_set(bright_b
         adapt_to_labels(load_initial_model(tmp_path / "unet.ts"), {1: "lesion", 2: "dark lesion"})
 
 
+@pytest.mark.slow  # end-to-end fine-tuning (10-25 s)
 def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
     """The Slicer loop: segment, correct in the Segment Editor, fine-tune on the case, segment again."""
     bundle, _ = bright_bundle
@@ -294,6 +297,7 @@ def test_fine_tune_on_this_case_then_run_again(bright_bundle, tmp_path, scene):
     assert after >= 0.7, (before, after)
 
 
+@pytest.mark.slow  # three exports run end to end (about 8 s)
 def test_fp16_and_onnx_exports_agree_with_fp32(bright_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     bundle, _ = bright_bundle
