@@ -4,15 +4,17 @@ Run in a fresh virtual environment made with ``pip install .`` (no extras), as `
 
     python Testing/check_install.py [--demo-output DIR]
 
-Imports every module of MedAICommonLib, MedAISegLib, MedAIRegisterLib and MedAIPlanLib (except the two
-that only Slicer's application can import: they need Qt), runs ``medai --help`` and ``medai demo``, and
-exits non-zero naming the first module or step that fails.
+Imports every module of MedAICommonLib, MedAISegLib, MedAIRegisterLib and MedAIPlanLib (except those only
+Slicer's application can import: ``slicer_app``, and any module importing ``qt`` or ``ctk`` at its top), runs
+``medai --help`` and ``medai demo``, and exits non-zero naming the first module or step that fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -20,7 +22,22 @@ import tempfile
 from pathlib import Path
 
 PACKAGES = ("MedAICommonLib", "MedAISegLib", "MedAIRegisterLib", "MedAIPlanLib")
-SLICER_APPLICATION_ONLY = {"MedAICommonLib.application.slicer_app", "MedAICommonLib.application.slicer_widget"}
+# Imports `packaging`, which Slicer's Python provides; the Qt-importing modules are found by `needs_qt`.
+SLICER_APPLICATION_ONLY = {"MedAICommonLib.application.slicer_app"}
+QT_MODULES = {"qt", "ctk", "slicer.util", "slicer.i18n"}
+
+
+def needs_qt(name: str) -> bool:
+    """True when module ``name`` imports Qt or CTK (or Slicer's Qt helpers) at its top: application-only."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.Import) and any(alias.name in QT_MODULES for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module in QT_MODULES:
+            return True
+    return False
 
 
 def all_modules() -> list[str]:
@@ -31,7 +48,11 @@ def all_modules() -> list[str]:
         names.append(package_name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
             names.append(info.name)
-    return [name for name in names if name not in SLICER_APPLICATION_ONLY and not name.endswith("__main__")]
+    return [
+        name
+        for name in names
+        if name not in SLICER_APPLICATION_ONLY and not name.endswith("__main__") and not needs_qt(name)
+    ]
 
 
 def main() -> int:
