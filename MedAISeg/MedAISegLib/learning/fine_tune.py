@@ -153,7 +153,8 @@ def bundle_settings(bundle) -> tuple:
 
     from MedAISegLib.inference.export import bundle_preprocessing
 
-    spacing, axcodes, normalization = None, None, {"type": "none"}
+    spacing, axcodes = None, None
+    normalization: dict[str, object] = {"type": "none"}
     compose = bundle_preprocessing(bundle)
     for transform in getattr(compose, "transforms", [compose]):
         if isinstance(transform, T.Orientationd):
